@@ -1,0 +1,15 @@
+"""fastnorm: fast CPU kernels for activations, dropout and normalization, forward and backward.
+
+Compiled (Cython + C, OpenMP) kernels with a pure-NumPy twin of every function
+(:mod:`fastnorm.reference`) that is both the test oracle and the fallback backend.
+"""
+from . import reference
+from ._config import (backend, get_num_threads, isa, set_isa, set_num_threads,
+                      use_backend)
+from .activations import *  # noqa: F401,F403
+from .activations import __all__ as _activations_all
+
+__version__ = "0.1.0"
+
+__all__ = ["backend", "use_backend", "get_num_threads", "set_num_threads", "isa", "set_isa",
+           "reference", *_activations_all]

@@ -1,0 +1,132 @@
+"""Argument validation and memory-layout handling shared by the public functions.
+
+Kernels see only contiguous 1-D buffers of float32 or float64.  Everything else a
+caller may pass (lists, float16, Fortran order, strided or negative-stride views,
+``out=`` that aliases an input) is resolved here, and every rejection names the
+function, the argument, what was expected and what was given.
+"""
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+_F16 = np.dtype(np.float16)
+_F32 = np.dtype(np.float32)
+
+
+def as_float_array(func, name, x):
+    """``x`` as an ndarray of float16/32/64 (array-likes are converted as NumPy would)."""
+    if type(x) is not np.ndarray:
+        if x is None:
+            raise TypeError(f"{func}: {name} must be a float array, got None")
+        try:
+            x = np.asarray(x)
+        except Exception as exc:  # ragged lists and the like
+            raise TypeError(f"{func}: {name} must be a float array, got {type(x).__name__} ({exc})") from None
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{func}: {name} must have dtype float16, float32 or float64, got {x.dtype}")
+    return x
+
+
+def same_array_spec(func, name, a, ref_name, ref):
+    """Require ``a`` to have ``ref``'s shape (ValueError) and dtype (TypeError)."""
+    if a.shape != ref.shape:
+        raise ValueError(f"{func}: {name} must have the shape of {ref_name} {ref.shape}, got {a.shape}")
+    if a.dtype != ref.dtype:
+        raise TypeError(f"{func}: {name} must have the dtype of {ref_name} ({ref.dtype}), got {a.dtype}")
+
+
+def check_out(func, out, shape, dtype):
+    """Validate a caller-supplied ``out=`` array."""
+    if type(out) is not np.ndarray and not isinstance(out, np.ndarray):
+        raise TypeError(f"{func}: out must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{func}: out must have shape {tuple(shape)}, got {out.shape}")
+    if out.dtype != dtype:
+        raise TypeError(f"{func}: out must have dtype {dtype}, got {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"{func}: out must be writeable, got a read-only array")
+
+
+def check_real(func, name, value, *, positive=False, nonzero=False, nonnegative=False):
+    """``value`` as a finite Python float, with optional sign constraints."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{func}: {name} must be a real number, got {type(value).__name__}") from None
+    if isinstance(value, (bool, np.bool_)) or isinstance(value, complex):
+        raise TypeError(f"{func}: {name} must be a real number, got {type(value).__name__}")
+    if not np.isfinite(v):
+        raise ValueError(f"{func}: {name} must be finite, got {v}")
+    if positive and not v > 0:
+        raise ValueError(f"{func}: {name} must be > 0, got {v}")
+    if nonnegative and not v >= 0:
+        raise ValueError(f"{func}: {name} must be >= 0, got {v}")
+    if nonzero and v == 0:
+        raise ValueError(f"{func}: {name} must be non-zero, got {v}")
+    return v
+
+
+def compute_dtype(dtype):
+    """float16 is computed in float32; float32 and float64 natively."""
+    return _F32 if dtype == _F16 else dtype
+
+
+def _common_order(arrays):
+    if all(a.flags.c_contiguous for a in arrays):
+        return "C"
+    if all(a.flags.f_contiguous for a in arrays):
+        return "F"
+    return None
+
+
+def _same_view(a, b):
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.strides == b.strides)
+
+
+def elementwise(func, inputs, out, kernel):
+    """Run an elementwise ``kernel(flat_inputs, flat_out)`` over arrays of one shape.
+
+    ``inputs`` are validated float arrays of equal shape and dtype; ``out`` is None
+    or a validated array.  The kernel receives 1-D contiguous arrays of the compute
+    dtype and writes every element of its output.  Inputs are never modified unless
+    one of them is ``out``.
+    """
+    ref = inputs[0]
+    dtype = ref.dtype
+    if out is not None:
+        check_out(func, out, ref.shape, dtype)
+    ctype = compute_dtype(dtype)
+    if ref.size == 0:
+        return np.empty_like(ref) if out is None else out
+
+    if ctype != dtype:  # float16: convert once, compute in float32, round once
+        flat = [np.ascontiguousarray(a, dtype=ctype).reshape(-1) for a in inputs]
+        result = np.empty(ref.shape, dtype=ctype)
+        kernel(flat, result.reshape(-1))
+        if out is None:
+            return result.astype(dtype)
+        np.copyto(out, result, casting="same_kind")
+        return out
+
+    order = _common_order(inputs)
+    if order is None:
+        inputs = [np.ascontiguousarray(a) for a in inputs]
+        order = "C"
+    flat = [a.reshape(-1, order=order) for a in inputs]
+    if out is None:
+        result = np.empty(ref.shape, dtype=dtype, order=order)
+        kernel(flat, result.reshape(-1, order=order))
+        return result
+    direct = (out.flags.c_contiguous if order == "C" else out.flags.f_contiguous)
+    if direct:
+        for a in inputs:
+            if np.may_share_memory(out, a) and not _same_view(out, a):
+                direct = False  # partial overlap: element i could be written before it is read
+                break
+    if direct:
+        kernel(flat, out.reshape(-1, order=order))
+        return out
+    result = np.empty(ref.shape, dtype=dtype, order=order)
+    kernel(flat, result.reshape(-1, order=order))
+    np.copyto(out, result)
+    return out

@@ -1,0 +1,176 @@
+"""Backend, instruction-set and thread configuration shared by every kernel family.
+
+The compiled kernels live in ``fastnorm._ext``; when they cannot be imported the
+package runs on the NumPy reference (one warning at import).  Kernel families are
+looked up with :func:`extension`, which returns ``None`` on the NumPy backend.
+"""
+import contextlib
+import os
+import warnings
+
+#: Compiled kernel families, one extension module each (fastnorm/_ext/<name>.pyx).
+FAMILIES = ("activations",)
+
+_BACKENDS = ("cython", "numpy")
+_ISAS = ("base", "avx2")
+
+_runtime = None
+_modules = {}
+_import_error = None
+try:
+    from ._ext import _runtime
+    import importlib
+
+    for _name in FAMILIES:
+        _modules[_name] = importlib.import_module("fastnorm._ext." + _name)
+except ImportError as exc:  # no compiler at install time, or FASTNORM_NO_EXTENSION=1
+    _runtime, _modules, _import_error = None, {}, exc
+
+
+def _env(name):
+    return os.environ.get(name, "").strip()
+
+
+def _parse_threads(text, source):
+    if not text:
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        warnings.warn(f"fastnorm: ignoring {source}={text!r} (expected a positive integer)",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    return n
+
+
+def _initial_backend():
+    wanted = _env("FASTNORM_BACKEND").lower()
+    if wanted not in ("", "cython", "numpy"):
+        warnings.warn(f"fastnorm: FASTNORM_BACKEND={wanted!r} is not 'cython' or 'numpy'; ignored",
+                      RuntimeWarning, stacklevel=3)
+        wanted = ""
+    if _runtime is None:
+        if wanted != "numpy":
+            warnings.warn("fastnorm: the compiled kernels are not available "
+                          f"({_import_error}); using the NumPy backend, which is much slower",
+                          RuntimeWarning, stacklevel=3)
+        return "numpy"
+    return wanted or "cython"
+
+
+def _best_isa():
+    if _runtime is None or not (_runtime.avx2_variant_built() and _runtime.cpu_has_avx2_fma()):
+        return "base"
+    return "avx2"
+
+
+_backend = _initial_backend()
+_isa = None
+_requested_threads = None
+_env_threads = _parse_threads(_env("FASTNORM_NUM_THREADS"), "FASTNORM_NUM_THREADS")
+
+
+def backend():
+    """The backend that computes: ``'cython'`` (compiled kernels) or ``'numpy'``."""
+    return _backend
+
+
+def extension(family):
+    """The compiled module of a kernel family, or None when the NumPy backend is active."""
+    return _modules[family] if _backend == "cython" else None
+
+
+def compiled_available():
+    return _runtime is not None
+
+
+@contextlib.contextmanager
+def use_backend(name):
+    """Context manager selecting the backend for the calls inside it.
+
+    The setting is process-wide (not per thread).  ``'cython'`` raises
+    RuntimeError when the compiled kernels are not installed.
+    """
+    global _backend
+    if name not in _BACKENDS:
+        raise ValueError(f"use_backend: name must be one of {_BACKENDS}, got {name!r}")
+    if name == "cython" and _runtime is None:
+        raise RuntimeError(f"use_backend: the compiled kernels are not available ({_import_error})")
+    previous, _backend = _backend, name
+    try:
+        yield name
+    finally:
+        _backend = previous
+
+
+def isa():
+    """The kernel variant in use: ``'avx2'`` (AVX2+FMA) or ``'base'`` (any x86-64)."""
+    return _isa
+
+
+def set_isa(name=None):
+    """Select the kernel variant; None picks the best the CPU supports."""
+    global _isa
+    if name is None:
+        name = _best_isa()
+    if name not in _ISAS:
+        raise ValueError(f"set_isa: name must be one of {_ISAS} or None, got {name!r}")
+    if name == "avx2" and _best_isa() != "avx2":
+        raise ValueError("set_isa: this CPU (or this build) has no AVX2+FMA variant")
+    for module in _modules.values():
+        module.set_isa(name)
+    _isa = name
+
+
+def _initial_isa():
+    wanted = _env("FASTNORM_ISA").lower() or None
+    if wanted is not None and wanted not in _ISAS:
+        warnings.warn(f"fastnorm: FASTNORM_ISA={wanted!r} is not 'base' or 'avx2'; ignored",
+                      RuntimeWarning, stacklevel=3)
+        wanted = None
+    if wanted == "avx2" and _best_isa() != "avx2":
+        warnings.warn("fastnorm: FASTNORM_ISA=avx2 but the CPU or build has no AVX2+FMA; using 'base'",
+                      RuntimeWarning, stacklevel=3)
+        wanted = "base"
+    set_isa(wanted)
+
+
+_initial_isa()
+
+
+def get_num_threads():
+    """Threads a large kernel call uses.
+
+    Precedence: :func:`set_num_threads`, then ``FASTNORM_NUM_THREADS``, then OpenMP's
+    own setting (``OMP_NUM_THREADS``, a threadpoolctl limit, else the CPUs available
+    to the process).  Always 1 on the NumPy backend's behalf when built without OpenMP.
+    """
+    if _requested_threads is not None:
+        return _requested_threads
+    if _env_threads is not None:
+        return _env_threads
+    if _runtime is None:
+        return 1
+    return _runtime.omp_max_threads()
+
+
+def set_num_threads(n):
+    """Use ``n`` threads for large kernel calls from now on; ``None`` restores the default."""
+    global _requested_threads
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int) and not hasattr(n, "__index__"):
+            raise TypeError(f"set_num_threads: n must be a positive int or None, got {type(n).__name__}")
+        n = int(n.__index__()) if not isinstance(n, int) else n
+        if n < 1:
+            raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    _requested_threads = n
+
+
+def threads_for(work, grain):
+    """Thread count for a call doing ``work`` units: serial below ``grain`` units,
+    where starting a parallel region costs more than it saves (measured in bench/)."""
+    if work < grain:
+        return 1
+    return get_num_threads()

@@ -1,0 +1,135 @@
+"""Cython glue of the elementwise activation kernels (C loops in fn_activations_impl.h).
+
+Arguments arrive validated and contiguous from fastnorm.activations; this module
+only picks the ISA variant, splits the work over OpenMP threads and releases the GIL.
+"""
+from libc.stdint cimport int64_t
+from cython.parallel cimport prange
+from cython cimport floating
+
+cdef extern from "fn_activations.h" nogil:
+    enum fn_act_op:
+        FN_ACT_RELU
+        FN_ACT_RELU6
+        FN_ACT_LEAKY_RELU
+        FN_ACT_ELU
+        FN_ACT_SELU
+        FN_ACT_CELU
+        FN_ACT_GELU
+        FN_ACT_GELU_TANH
+        FN_ACT_SILU
+        FN_ACT_SOFTPLUS
+        FN_ACT_MISH
+        FN_ACT_SIGMOID
+        FN_ACT_TANH
+        FN_ACT_HARDSIGMOID
+        FN_ACT_HARDSWISH
+        FN_ACT_SOFTSIGN
+    void fn_act_forward_f32_base(int, const float *, float *, int64_t, double, double)
+    void fn_act_forward_f64_base(int, const double *, double *, int64_t, double, double)
+    void fn_act_backward_f32_base(int, const float *, const float *, float *, int64_t, double, double)
+    void fn_act_backward_f64_base(int, const double *, const double *, double *, int64_t, double, double)
+    void fn_act_forward_f32_avx2(int, const float *, float *, int64_t, double, double)
+    void fn_act_forward_f64_avx2(int, const double *, double *, int64_t, double, double)
+    void fn_act_backward_f32_avx2(int, const float *, const float *, float *, int64_t, double, double)
+    void fn_act_backward_f64_avx2(int, const double *, const double *, double *, int64_t, double, double)
+
+ctypedef void (*fwd_f32_t)(int, const float *, float *, int64_t, double, double) noexcept nogil
+ctypedef void (*fwd_f64_t)(int, const double *, double *, int64_t, double, double) noexcept nogil
+ctypedef void (*bwd_f32_t)(int, const float *, const float *, float *, int64_t, double, double) noexcept nogil
+ctypedef void (*bwd_f64_t)(int, const double *, const double *, double *, int64_t, double, double) noexcept nogil
+
+cdef fwd_f32_t _fwd_f32 = fn_act_forward_f32_base
+cdef fwd_f64_t _fwd_f64 = fn_act_forward_f64_base
+cdef bwd_f32_t _bwd_f32 = fn_act_backward_f32_base
+cdef bwd_f64_t _bwd_f64 = fn_act_backward_f64_base
+
+OPS = {
+    "relu": FN_ACT_RELU, "relu6": FN_ACT_RELU6, "leaky_relu": FN_ACT_LEAKY_RELU,
+    "elu": FN_ACT_ELU, "selu": FN_ACT_SELU, "celu": FN_ACT_CELU, "gelu": FN_ACT_GELU,
+    "gelu_tanh": FN_ACT_GELU_TANH, "silu": FN_ACT_SILU, "softplus": FN_ACT_SOFTPLUS,
+    "mish": FN_ACT_MISH, "sigmoid": FN_ACT_SIGMOID, "tanh": FN_ACT_TANH,
+    "hardsigmoid": FN_ACT_HARDSIGMOID, "hardswish": FN_ACT_HARDSWISH,
+    "softsign": FN_ACT_SOFTSIGN,
+}
+
+
+def set_isa(str isa):
+    """Route every call to the 'base' or the 'avx2' variant of the kernels."""
+    global _fwd_f32, _fwd_f64, _bwd_f32, _bwd_f64
+    if isa == "avx2":
+        _fwd_f32, _fwd_f64 = fn_act_forward_f32_avx2, fn_act_forward_f64_avx2
+        _bwd_f32, _bwd_f64 = fn_act_backward_f32_avx2, fn_act_backward_f64_avx2
+    elif isa == "base":
+        _fwd_f32, _fwd_f64 = fn_act_forward_f32_base, fn_act_forward_f64_base
+        _bwd_f32, _bwd_f64 = fn_act_backward_f32_base, fn_act_backward_f64_base
+    else:
+        raise ValueError(f"set_isa: isa must be 'base' or 'avx2', got {isa!r}")
+
+
+cdef inline Py_ssize_t _chunk(Py_ssize_t n, int nthreads) noexcept nogil:
+    # Chunks start on 64-byte boundaries (16 floats) so threads never share a cache line.
+    return (((n + nthreads - 1) // nthreads) + 15) & ~(<Py_ssize_t>15)
+
+
+cdef void _forward(int op, const floating *x, floating *y, Py_ssize_t n,
+                   double a, double b, int nthreads) noexcept nogil:
+    cdef Py_ssize_t c, start, chunk
+    if nthreads <= 1:
+        if floating is float:
+            _fwd_f32(op, x, y, n, a, b)
+        else:
+            _fwd_f64(op, x, y, n, a, b)
+        return
+    chunk = _chunk(n, nthreads)
+    for c in prange(nthreads, num_threads=nthreads, schedule="static"):
+        start = c * chunk
+        if start < n:
+            if floating is float:
+                _fwd_f32(op, x + start, y + start, min(chunk, n - start), a, b)
+            else:
+                _fwd_f64(op, x + start, y + start, min(chunk, n - start), a, b)
+
+
+cdef void _backward(int op, const floating *g, const floating *s, floating *gx, Py_ssize_t n,
+                    double a, double b, int nthreads) noexcept nogil:
+    cdef Py_ssize_t c, start, chunk
+    if nthreads <= 1:
+        if floating is float:
+            _bwd_f32(op, g, s, gx, n, a, b)
+        else:
+            _bwd_f64(op, g, s, gx, n, a, b)
+        return
+    chunk = _chunk(n, nthreads)
+    for c in prange(nthreads, num_threads=nthreads, schedule="static"):
+        start = c * chunk
+        if start < n:
+            if floating is float:
+                _bwd_f32(op, g + start, s + start, gx + start, min(chunk, n - start), a, b)
+            else:
+                _bwd_f64(op, g + start, s + start, gx + start, min(chunk, n - start), a, b)
+
+
+def forward(int op, const floating[::1] x, floating[::1] y, double a, double b, int nthreads):
+    """y = f_op(x) elementwise.  IN x: (n,); OUT y: (n,), may be x's buffer."""
+    if y.shape[0] != x.shape[0]:
+        raise ValueError("forward: x and y differ in length")
+    if not 0 <= op < FN_ACT_SOFTSIGN + 1:
+        raise ValueError(f"forward: unknown op {op}")
+    if x.shape[0] == 0:
+        return
+    with nogil:
+        _forward(op, &x[0], &y[0], x.shape[0], a, b, nthreads)
+
+
+def backward(int op, const floating[::1] g, const floating[::1] s, floating[::1] gx,
+             double a, double b, int nthreads):
+    """gx = g * f_op'(s).  IN g, s: (n,); OUT gx: (n,), may be g's or s's buffer."""
+    if not (g.shape[0] == s.shape[0] == gx.shape[0]):
+        raise ValueError("backward: g, s and gx differ in length")
+    if not 0 <= op < FN_ACT_SOFTSIGN + 1:
+        raise ValueError(f"backward: unknown op {op}")
+    if g.shape[0] == 0:
+        return
+    with nogil:
+        _backward(op, &g[0], &s[0], &gx[0], g.shape[0], a, b, nthreads)

@@ -1,0 +1,41 @@
+/* Elementwise activation kernels: op codes and the entry points of both ISA variants.
+ *
+ * forward:  y[i] = f(x[i])                      (x and y may be the same buffer)
+ * backward: gx[i] = g[i] * f'(s[i])             s = saved forward input, or the
+ *                                               forward output for sigmoid/tanh
+ * a, b are the op's parameters (see fn_activations_impl.h); unused ones are ignored.
+ */
+#ifndef FN_ACTIVATIONS_H
+#define FN_ACTIVATIONS_H
+#include "fn_common.h"
+
+enum fn_act_op {
+    FN_ACT_RELU = 0,
+    FN_ACT_RELU6,
+    FN_ACT_LEAKY_RELU,   /* a = negative_slope */
+    FN_ACT_ELU,          /* a = alpha */
+    FN_ACT_SELU,
+    FN_ACT_CELU,         /* a = alpha (non-zero) */
+    FN_ACT_GELU,         /* exact, erf-based */
+    FN_ACT_GELU_TANH,
+    FN_ACT_SILU,
+    FN_ACT_SOFTPLUS,     /* a = beta (non-zero), b = threshold */
+    FN_ACT_MISH,
+    FN_ACT_SIGMOID,      /* backward takes the forward output */
+    FN_ACT_TANH,         /* backward takes the forward output */
+    FN_ACT_HARDSIGMOID,
+    FN_ACT_HARDSWISH,
+    FN_ACT_SOFTSIGN,
+    FN_ACT_COUNT
+};
+
+#define FN_DECLARE_ACT(isa) \
+    void fn_act_forward_f32_##isa(int op, const float *x, float *y, int64_t n, double a, double b); \
+    void fn_act_forward_f64_##isa(int op, const double *x, double *y, int64_t n, double a, double b); \
+    void fn_act_backward_f32_##isa(int op, const float *g, const float *s, float *gx, int64_t n, double a, double b); \
+    void fn_act_backward_f64_##isa(int op, const double *g, const double *s, double *gx, int64_t n, double a, double b);
+
+FN_DECLARE_ACT(base)
+FN_DECLARE_ACT(avx2)
+
+#endif /* FN_ACTIVATIONS_H */

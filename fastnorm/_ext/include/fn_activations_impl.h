@@ -1,0 +1,155 @@
+/* Template of the activation kernels; see fn_common.h for how it is instantiated.
+ *
+ * Every case is one `omp simd` loop over contiguous memory whose body is
+ * branch-free (selects, not jumps), so gcc vectorizes it with
+ * -fno-trapping-math; the switch sits outside the loops.  `omp simd` rather
+ * than `restrict` because x and y may be the same buffer (in-place), which
+ * carries no dependency between iterations.
+ *
+ * Logistic terms use e = exp(-|z|), sigmoid(z) = z >= 0 ? 1/(1+e) : e/(1+e):
+ * e never overflows, so results stay finite and keep full relative accuracy
+ * far into the tails (sigmoid(-100) is a correct subnormal, not 0 or NaN).
+ */
+#include <math.h>
+#include "fn_activations.h"
+#include "fn_math_tmp.h"
+#include "fn_real.h"
+
+#define T FN_T
+#define MAP(EXPR) \
+    do { _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) { const T v = x[i]; y[i] = (EXPR); } } while (0)
+#define MAP_GRAD(EXPR) \
+    do { _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) { const T v = s[i]; const T d = g[i]; gx[i] = (EXPR); } } while (0)
+
+/* PyTorch's constants (torch.nn.SELU, GELU tanh form). */
+#define SELU_ALPHA ((T)1.6732632423543772848170429916717)
+#define SELU_SCALE ((T)1.0507009873554804934193349852946)
+#define GELU_K ((T)0.7978845608028654)         /* sqrt(2/pi) */
+#define GELU_C ((T)0.044715)
+#define INV_SQRT2 ((T)0.70710678118654752440)
+#define INV_SQRT_2PI ((T)0.39894228040143267794)
+
+static inline T FN_NAME(sigmoid, FN_SUF)(T z)
+{
+    const T e = FN_EXP(-FN_FABS(z));
+    const T r = (T)1 / ((T)1 + e);
+    return z >= 0 ? r : e * r;
+}
+
+/* sigmoid(z) * (1 - sigmoid(z)) = e / (1+e)^2, symmetric in z: no cancellation. */
+static inline T FN_NAME(sigmoid_slope, FN_SUF)(T z)
+{
+    const T e = FN_EXP(-FN_FABS(z));
+    const T r = (T)1 / ((T)1 + e);
+    return e * r * r;
+}
+
+/* tanh(softplus(z)) written as n/(n+2) with n = u(u+2), u = e^z: exact algebra,
+ * accurate for z << 0 (n ~ 2u).  Above z = 20 the ratio is 1 to double precision,
+ * so clamping u's argument there only prevents n from overflowing. */
+static inline T FN_NAME(mish_u, FN_SUF)(T z) { return FN_EXP(z > (T)20 ? (T)20 : z); }
+
+#define SIGMOID FN_NAME(sigmoid, FN_SUF)
+#define SIGMOID_SLOPE FN_NAME(sigmoid_slope, FN_SUF)
+#define MISH_U FN_NAME(mish_u, FN_SUF)
+
+void FN_NAME(fn_act_forward, FN_SUF)(int op, const T *x, T *y, int64_t n, double a, double b)
+{
+    const T pa = (T)a, pb = (T)b;
+    switch (op) {
+    case FN_ACT_RELU:        MAP(v < 0 ? (T)0 : v); break;
+    case FN_ACT_RELU6:       MAP(v < 0 ? (T)0 : (v > 6 ? (T)6 : v)); break;
+    case FN_ACT_LEAKY_RELU:  MAP(v > 0 ? v : v * pa); break;
+    case FN_ACT_ELU:         MAP(v > 0 ? v : pa * FN_EXPM1(v)); break;
+    case FN_ACT_SELU:        MAP(SELU_SCALE * (v > 0 ? v : SELU_ALPHA * FN_EXPM1(v))); break;
+    case FN_ACT_CELU: {
+        const T inv_alpha = (T)1 / pa;
+        MAP(v > 0 ? v : pa * FN_EXPM1(v * inv_alpha));
+        break;
+    }
+    /* 0.5 x erfc(-x/sqrt2), not 0.5 x (1 + erf(x/sqrt2)): the latter cancels for x << 0. */
+    case FN_ACT_GELU:        MAP((T)0.5 * v * FN_ERFC(-v * INV_SQRT2)); break;
+    /* 0.5 x (1 + tanh(u)) = x sigmoid(2u): same function, no cancellation for x << 0. */
+    case FN_ACT_GELU_TANH:   MAP(v * SIGMOID((T)2 * GELU_K * (v + GELU_C * v * v * v))); break;
+    case FN_ACT_SILU:        MAP(v * SIGMOID(v)); break;
+    case FN_ACT_SOFTPLUS:
+        /* PyTorch: x where beta*x > threshold, else log1p(exp(beta*x))/beta, written
+         * as max(z,0) + log1p(exp(-|z|)) so that exp never overflows. */
+        MAP(pa * v > pb ? v : ((pa * v > 0 ? pa * v : (T)0) + FN_LOG1P(FN_EXP(-FN_FABS(pa * v)))) / pa);
+        break;
+    case FN_ACT_MISH: {
+        _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {
+            const T v = x[i], u = MISH_U(v), q = u * (u + 2);
+            y[i] = v * (q / (q + 2));
+        }
+        break;
+    }
+    case FN_ACT_SIGMOID:     MAP(SIGMOID(v)); break;
+    case FN_ACT_TANH:        MAP(FN_TANH(v)); break;
+    /* PyTorch's order of operations: min(max(x+3, 0), 6) / 6, times x for hardswish. */
+    case FN_ACT_HARDSIGMOID: MAP(((v + 3) < 0 ? (T)0 : ((v + 3) > 6 ? (T)6 : (v + 3))) / 6); break;
+    case FN_ACT_HARDSWISH:   MAP(v * ((v + 3) < 0 ? (T)0 : ((v + 3) > 6 ? (T)6 : (v + 3))) / 6); break;
+    case FN_ACT_SOFTSIGN:    MAP(v / (1 + FN_FABS(v))); break;
+    default: break;
+    }
+}
+
+void FN_NAME(fn_act_backward, FN_SUF)(int op, const T *g, const T *s, T *gx, int64_t n, double a, double b)
+{
+    const T pa = (T)a, pb = (T)b;
+    switch (op) {
+    /* Derivatives at kinks follow PyTorch: relu'(0) = 0, relu6' = 0 at 0 and 6. */
+    case FN_ACT_RELU:        MAP_GRAD(v <= 0 ? (T)0 : d); break;
+    case FN_ACT_RELU6:       MAP_GRAD((v <= 0 || v >= 6) ? (T)0 : d); break;
+    case FN_ACT_LEAKY_RELU:  MAP_GRAD(v > 0 ? d : d * pa); break;
+    case FN_ACT_ELU:         MAP_GRAD(v > 0 ? d : d * pa * FN_EXP(v)); break;
+    case FN_ACT_SELU:        MAP_GRAD(v > 0 ? d * SELU_SCALE : d * (SELU_SCALE * SELU_ALPHA) * FN_EXP(v)); break;
+    case FN_ACT_CELU: {
+        const T inv_alpha = (T)1 / pa;
+        MAP_GRAD(v > 0 ? d : d * FN_EXP(v * inv_alpha));
+        break;
+    }
+    case FN_ACT_GELU:
+        MAP_GRAD(d * ((T)0.5 * FN_ERFC(-v * INV_SQRT2) + v * INV_SQRT_2PI * FN_EXP((T)-0.5 * v * v)));
+        break;
+    case FN_ACT_GELU_TANH: {
+        _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {
+            const T v = s[i], v2 = v * v;
+            const T z = (T)2 * GELU_K * (v + GELU_C * v2 * v);
+            const T dz = (T)2 * GELU_K * (1 + (T)3 * GELU_C * v2);
+            gx[i] = g[i] * (SIGMOID(z) + v * SIGMOID_SLOPE(z) * dz);
+        }
+        break;
+    }
+    case FN_ACT_SILU:        MAP_GRAD(d * (SIGMOID(v) + v * SIGMOID_SLOPE(v))); break;
+    case FN_ACT_SOFTPLUS:    MAP_GRAD(pa * v > pb ? d : d * SIGMOID(pa * v)); break;
+    case FN_ACT_MISH: {
+        /* d/dx x tanh(sp(x)) = t + x (1 - t^2) sigmoid(x), with t = q/(q+2),
+         * 1 - t^2 = 4 (q+1)/(q+2)^2 and sigmoid(x) = u/(1+u). */
+        _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {
+            const T v = s[i], u = MISH_U(v), q = u * (u + 2), r = (T)1 / (q + 2);
+            gx[i] = g[i] * (q * r + v * (T)4 * (q + 1) * r * r * (u / (1 + u)));
+        }
+        break;
+    }
+    case FN_ACT_SIGMOID:     MAP_GRAD(d * (1 - v) * v); break;   /* v = forward output */
+    case FN_ACT_TANH:        MAP_GRAD(d * (1 - v * v)); break;   /* v = forward output */
+    case FN_ACT_HARDSIGMOID: MAP_GRAD((v > -3 && v < 3) ? d * ((T)1 / 6) : (T)0); break;
+    case FN_ACT_HARDSWISH:   MAP_GRAD(v < -3 ? (T)0 : (v <= 3 ? d * (v / 3 + (T)0.5) : d)); break;
+    case FN_ACT_SOFTSIGN:    MAP_GRAD(d / ((1 + FN_FABS(v)) * (1 + FN_FABS(v)))); break;
+    default: break;
+    }
+}
+
+#undef T
+#undef MAP
+#undef MAP_GRAD
+#undef SELU_ALPHA
+#undef SELU_SCALE
+#undef GELU_K
+#undef GELU_C
+#undef INV_SQRT2
+#undef INV_SQRT_2PI
+#undef SIGMOID
+#undef SIGMOID_SLOPE
+#undef MISH_U

@@ -1,0 +1,35 @@
+/* (Re)defines the real-type macros of a kernel template for FN_REAL = 32 or 64.
+ * Included at the top of every fn_<family>_impl.h, which the ISA translation
+ * units include once per FN_REAL; deliberately has no include guard. */
+#undef FN_T
+#undef FN_SUF
+#undef FN_EXP
+#undef FN_EXPM1
+#undef FN_LOG1P
+#undef FN_TANH
+#undef FN_ERFC
+#undef FN_SQRT
+#undef FN_FABS
+#if FN_REAL == 32
+#define FN_T float
+#define FN_SUF f32
+#define FN_EXP fn_expf
+#define FN_EXPM1 fn_expm1f
+#define FN_LOG1P fn_log1pf
+#define FN_TANH fn_tanhf
+#define FN_ERFC fn_erfcf
+#define FN_SQRT sqrtf
+#define FN_FABS fabsf
+#elif FN_REAL == 64
+#define FN_T double
+#define FN_SUF f64
+#define FN_EXP fn_exp
+#define FN_EXPM1 fn_expm1
+#define FN_LOG1P fn_log1p
+#define FN_TANH fn_tanh
+#define FN_ERFC fn_erfc
+#define FN_SQRT sqrt
+#define FN_FABS fabs
+#else
+#error "FN_REAL must be 32 or 64"
+#endif

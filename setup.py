@@ -1,0 +1,73 @@
+"""Build description of fastnorm's compiled kernels.
+
+Each ``fastnorm/_ext/<family>.pyx`` becomes one extension module; the C files
+``fastnorm/_ext/src/<family>_*.c`` are compiled into it (one translation unit per
+instruction-set variant, chosen at import time).  Metadata lives in pyproject.toml.
+
+Environment:
+  FASTNORM_NO_EXTENSION=1   install the pure-NumPy package only (no compiler needed)
+  FASTNORM_NO_OPENMP=1      build the kernels without OpenMP (single-threaded)
+"""
+import glob
+import os
+import sys
+
+from setuptools import Extension, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EXT_DIR = os.path.join("fastnorm", "_ext")
+
+
+def _flag(name):
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _compile_args(use_openmp):
+    if sys.platform == "win32":
+        return (["/O2", "/openmp"] if use_openmp else ["/O2"]), []
+    # No -ffast-math/-Ofast: they break the exp range reduction and a shared object
+    # built with them can switch the whole process to flush-to-zero.  These two flags
+    # are what the loops need to vectorize without changing results.
+    args = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd",
+            "-Wno-unused-function"]
+    link = []
+    if use_openmp:
+        args.append("-fopenmp")
+        link.append("-fopenmp")
+    return args, link
+
+
+def extensions():
+    if _flag("FASTNORM_NO_EXTENSION"):
+        return []
+    from Cython.Build import cythonize
+
+    use_openmp = not _flag("FASTNORM_NO_OPENMP")
+    cargs, largs = _compile_args(use_openmp)
+    exts = []
+    for pyx in sorted(glob.glob(os.path.join(EXT_DIR, "*.pyx"))):
+        family = os.path.splitext(os.path.basename(pyx))[0]
+        sources = [pyx] + sorted(glob.glob(os.path.join(EXT_DIR, "src", family + "_*.c")))
+        exts.append(Extension(
+            "fastnorm._ext." + family,
+            sources=sources,
+            include_dirs=[os.path.join(EXT_DIR, "include")],
+            extra_compile_args=cargs,
+            extra_link_args=largs,
+        ))
+    return cythonize(
+        exts,
+        compile_time_env={"FASTNORM_OPENMP": use_openmp},
+        compiler_directives={
+            "language_level": 3,
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "initializedcheck": False,
+            "nonecheck": False,
+            "embedsignature": True,
+        },
+    )
+
+
+setup(ext_modules=extensions())

@@ -1,0 +1,69 @@
+"""Shared fixtures.  The suite refuses to run on a silent NumPy fallback: unless
+FASTNORM_BACKEND=numpy was asked for, the compiled kernels must be what is tested."""
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+import fastnorm
+from fastnorm import _config
+
+settings.register_profile("default", max_examples=60, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("long", max_examples=2000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("FASTNORM_HYPOTHESIS_PROFILE", "default"))
+
+NUMPY_ONLY = os.environ.get("FASTNORM_BACKEND", "").strip().lower() == "numpy"
+
+
+def pytest_report_header(config):
+    return (f"fastnorm {fastnorm.__version__} from {os.path.dirname(fastnorm.__file__)}; "
+            f"backend={fastnorm.backend()} isa={fastnorm.isa()} threads={fastnorm.get_num_threads()}")
+
+
+def pytest_sessionstart(session):
+    if not NUMPY_ONLY and not _config.compiled_available():
+        pytest.exit("fastnorm's compiled extension is not importable "
+                    f"({_config._import_error}); refusing to test the NumPy fallback in its place. "
+                    "Set FASTNORM_BACKEND=numpy to test the NumPy backend on purpose.", returncode=3)
+
+
+def _implementations():
+    if NUMPY_ONLY:
+        return [("numpy", None)]
+    impls = [("cython", "base")]
+    if _config._best_isa() == "avx2":
+        impls.insert(0, ("cython", "avx2"))
+    return impls + [("numpy", None)]
+
+
+@pytest.fixture(params=_implementations(), ids=lambda p: p[1] or p[0])
+def backend(request):
+    """Runs the test once per kernel variant (avx2, base) and once on the NumPy backend."""
+    name, isa = request.param
+    previous = fastnorm.isa()
+    with fastnorm.use_backend(name):
+        if isa is not None:
+            fastnorm.set_isa(isa)
+        try:
+            yield request.param
+        finally:
+            if isa is not None:
+                fastnorm.set_isa(previous)
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def num_threads(request):
+    previous = _config._requested_threads
+    fastnorm.set_num_threads(request.param)
+    try:
+        yield request.param
+    finally:
+        fastnorm.set_num_threads(previous)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
