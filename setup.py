@@ -7,6 +7,7 @@ instruction-set variant, chosen at import time).  Metadata lives in pyproject.to
 Environment:
   FASTNORM_NO_EXTENSION=1   install the pure-NumPy package only (no compiler needed)
   FASTNORM_NO_OPENMP=1      build the kernels without OpenMP (single-threaded)
+  FASTNORM_BUILD_ONLY=a,b   development: (re)build only these kernel families
 """
 import glob
 import os
@@ -44,9 +45,12 @@ def extensions():
 
     use_openmp = not _flag("FASTNORM_NO_OPENMP")
     cargs, largs = _compile_args(use_openmp)
+    only = {f.strip() for f in os.environ.get("FASTNORM_BUILD_ONLY", "").split(",") if f.strip()}
     exts = []
     for pyx in sorted(glob.glob(os.path.join(EXT_DIR, "*.pyx"))):
         family = os.path.splitext(os.path.basename(pyx))[0]
+        if only and family not in only:
+            continue
         sources = [pyx] + sorted(glob.glob(os.path.join(EXT_DIR, "src", family + "_*.c")))
         exts.append(Extension(
             "fastnorm._ext." + family,

@@ -83,13 +83,15 @@ def _same_view(a, b):
             and a.strides == b.strides)
 
 
-def elementwise(func, inputs, out, kernel):
+def elementwise(func, inputs, out, kernel, *, c_order=False):
     """Run an elementwise ``kernel(flat_inputs, flat_out)`` over arrays of one shape.
 
     ``inputs`` are validated float arrays of equal shape and dtype; ``out`` is None
-    or a validated array.  The kernel receives 1-D contiguous arrays of the compute
-    dtype and writes every element of its output.  Inputs are never modified unless
-    one of them is ``out``.
+    or an array to be validated here.  The kernel receives 1-D contiguous arrays of
+    the compute dtype and writes every element of its output.  The flat index is the
+    C-order (row-major) index when ``c_order`` is true (kernels whose result depends
+    on the position, like dropout), else whichever memory order avoids copies.
+    Inputs are never modified unless one of them is ``out``.
     """
     ref = inputs[0]
     dtype = ref.dtype
@@ -108,10 +110,9 @@ def elementwise(func, inputs, out, kernel):
         np.copyto(out, result, casting="same_kind")
         return out
 
-    order = _common_order(inputs)
-    if order is None:
-        inputs = [np.ascontiguousarray(a) for a in inputs]
-        order = "C"
+    order = "C" if c_order else (_common_order(inputs) or "C")
+    if order == "C":
+        inputs = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in inputs]
     flat = [a.reshape(-1, order=order) for a in inputs]
     if out is None:
         result = np.empty(ref.shape, dtype=dtype, order=order)
