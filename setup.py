@@ -56,6 +56,7 @@ def extensions():
             "fastnorm._ext." + family,
             sources=sources,
             include_dirs=[os.path.join(EXT_DIR, "include")],
+            depends=sorted(glob.glob(os.path.join(EXT_DIR, "include", "*.h"))),
             extra_compile_args=cargs,
             extra_link_args=largs,
         ))

@@ -5,6 +5,8 @@ caller may pass (lists, float16, Fortran order, strided or negative-stride views
 ``out=`` that aliases an input) is resolved here, and every rejection names the
 function, the argument, what was expected and what was given.
 """
+import numbers
+
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
@@ -48,12 +50,9 @@ def check_out(func, out, shape, dtype):
 
 def check_real(func, name, value, *, positive=False, nonzero=False, nonnegative=False):
     """``value`` as a finite Python float, with optional sign constraints."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{func}: {name} must be a real number, got {type(value).__name__}") from None
-    if isinstance(value, (bool, np.bool_)) or isinstance(value, complex):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{func}: {name} must be a real number, got {type(value).__name__}")
+    v = float(value)
     if not np.isfinite(v):
         raise ValueError(f"{func}: {name} must be finite, got {v}")
     if positive and not v > 0:

@@ -11,8 +11,6 @@ float32 and float64 are computed natively, float16 in float32; other dtypes rais
 TypeError.  Any shape and strides are accepted; ``out=`` may be the input itself.
 Semantics, defaults and the derivative at kinks follow ``torch.nn.functional``.
 """
-import numpy as np
-
 from . import _config, reference
 from ._arrays import as_float_array, check_real, elementwise, same_array_spec
 
@@ -81,25 +79,14 @@ def relu6_backward(grad_output, x, *, out=None):
     return _backward("relu6_backward", "relu6", grad_output, x, "x", out)
 
 
-def _slope(func, negative_slope):
-    try:
-        v = float(negative_slope)
-    except (TypeError, ValueError):
-        raise TypeError(f"{func}: negative_slope must be a real number, "
-                        f"got {type(negative_slope).__name__}") from None
-    if np.isnan(v):
-        raise ValueError(f"{func}: negative_slope must not be NaN")
-    return v
-
-
 def leaky_relu(x, negative_slope=0.01, *, out=None):
     """x where x > 0, else negative_slope * x."""
-    s = _slope("leaky_relu", negative_slope)
+    s = check_real("leaky_relu", "negative_slope", negative_slope)
     return _forward("leaky_relu", "leaky_relu", x, out, s, negative_slope=s)
 
 
 def leaky_relu_backward(grad_output, x, negative_slope=0.01, *, out=None):
-    s = _slope("leaky_relu_backward", negative_slope)
+    s = check_real("leaky_relu_backward", "negative_slope", negative_slope)
     return _backward("leaky_relu_backward", "leaky_relu", grad_output, x, "x", out, s,
                      negative_slope=s)
 

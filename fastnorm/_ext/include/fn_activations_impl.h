@@ -68,9 +68,44 @@ void FN_NAME(fn_act_forward, FN_SUF)(int op, const T *x, T *y, int64_t n, double
         break;
     }
     /* 0.5 x erfc(-x/sqrt2), not 0.5 x (1 + erf(x/sqrt2)): the latter cancels for x << 0. */
-    case FN_ACT_GELU:        MAP((T)0.5 * v * FN_ERFC(-v * INV_SQRT2)); break;
+    case FN_ACT_GELU: {
+#if FN_REAL == 32
+        /* erfc(a) amplifies the rounding of its argument by ~2a^2 (100+ ulp at x = -11).
+         * For float32 the argument is formed in double and split, a = a_hi + a_lo, and
+         * erfc(a) = erfc(a_hi) (1 - (2a + 1/a) a_lo) to first order for a > 1. */
+        _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {
+            const T v = x[i];
+            const double a_wide = -(double)v * 0.70710678118654752440;
+            const T a = (T)a_wide, a_lo = (T)(a_wide - (double)a);
+            /* Beyond a = 16 erfc(a) underflows anyway; there a_lo may be huge or NaN. */
+            const T correction = (a > 1 && a < 16) ? 1 - (2 * a + 1 / a) * a_lo : (T)1;
+            y[i] = (T)0.5 * v * FN_ERFC(a) * correction;
+        }
+#else
+        MAP((T)0.5 * v * FN_ERFC(-v * INV_SQRT2));
+#endif
+        break;
+    }
     /* 0.5 x (1 + tanh(u)) = x sigmoid(2u): same function, no cancellation for x << 0. */
-    case FN_ACT_GELU_TANH:   MAP(v * SIGMOID((T)2 * GELU_K * (v + GELU_C * v * v * v))); break;
+    case FN_ACT_GELU_TANH: {
+#if FN_REAL == 32
+        /* As for erf-GELU: exp(-|z|) amplifies z's rounding by |z|; z is formed in
+         * double and the low part applied as sigmoid(z_hi + z_lo) = s (1 + (1 - s) z_lo). */
+        _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {
+            const T v = x[i];
+            const double vw = (double)v;
+            const double z_wide = 2 * 0.7978845608028654 * (vw + 0.044715 * vw * vw * vw);
+            const T z = (T)z_wide;
+            /* Where |z| > 128 the sigmoid is 0 or 1 regardless (and z may be infinite). */
+            const T z_lo = FN_FABS(z) < 128 ? (T)(z_wide - (double)z) : (T)0;
+            const T s = SIGMOID(z);
+            y[i] = v * (s + s * (1 - s) * z_lo);
+        }
+#else
+        MAP(v * SIGMOID((T)2 * GELU_K * (v + GELU_C * v * v * v)));
+#endif
+        break;
+    }
     case FN_ACT_SILU:        MAP(v * SIGMOID(v)); break;
     case FN_ACT_SOFTPLUS:
         /* PyTorch: x where beta*x > threshold, else log1p(exp(beta*x))/beta, written
@@ -135,7 +170,8 @@ void FN_NAME(fn_act_backward, FN_SUF)(int op, const T *g, const T *s, T *gx, int
     case FN_ACT_SIGMOID:     MAP_GRAD(d * (1 - v) * v); break;   /* v = forward output */
     case FN_ACT_TANH:        MAP_GRAD(d * (1 - v * v)); break;   /* v = forward output */
     case FN_ACT_HARDSIGMOID: MAP_GRAD((v > -3 && v < 3) ? d * ((T)1 / 6) : (T)0); break;
-    case FN_ACT_HARDSWISH:   MAP_GRAD(v < -3 ? (T)0 : (v <= 3 ? d * (v / 3 + (T)0.5) : d)); break;
+    /* PyTorch 2.x: hardswish'(-3) = 0 and hardswish'(3) = 1 (the outer pieces own the kinks). */
+    case FN_ACT_HARDSWISH:   MAP_GRAD(v <= -3 ? (T)0 : (v < 3 ? d * (v / 3 + (T)0.5) : d)); break;
     case FN_ACT_SOFTSIGN:    MAP_GRAD(d / ((1 + FN_FABS(v)) * (1 + FN_FABS(v)))); break;
     default: break;
     }

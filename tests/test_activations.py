@@ -1,0 +1,409 @@
+"""Activation functions: every function on every backend against the NumPy oracle
+(itself checked against scalar float64 math and hand-computed values), finite
+differences of every backward, layouts, dtypes, special values and errors."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+from hypothesis.extra import numpy as hnp
+
+import fastnorm
+from fastnorm import reference as ref
+
+from _activation_cases import (CASES, PARAM_CASES, case_id, kinks, saved_for_backward,
+                               spread_values)
+
+FLOATS = [np.float32, np.float64]
+# Forward accuracy bound in ulps of the result's dtype, against the oracle evaluated in float64.
+MAX_ULP = {np.float32: 4, np.float64: 4}
+
+
+def ulp_error(actual, expected64):
+    """|actual - expected| in units in the last place of actual's dtype.
+
+    Subnormal results are measured in ulps of the smallest normal number: an
+    intermediate that underflows (exp(-100) in float32) keeps only a few bits, and
+    no float32 formula can do better without rescaling."""
+    dt = actual.dtype
+    finite = np.isfinite(expected64.astype(dt))
+    scale = np.maximum(np.abs(expected64.astype(dt)), np.finfo(dt).tiny)
+    spacing = np.spacing(np.where(finite, scale, 1).astype(dt)).astype(np.float64)
+    err = np.abs(actual.astype(np.float64) - expected64) / spacing
+    return np.where(finite, err, 0.0)
+
+
+def assert_same_specials(actual, expected):
+    """NaN where expected is NaN, the same infinity where it overflows."""
+    expected = expected.astype(actual.dtype)
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
+    inf = np.isinf(expected)
+    np.testing.assert_array_equal(actual[inf], expected[inf])
+
+
+def reference_f64(name, params, x):
+    return getattr(ref, name)(x.astype(np.float64), **params)
+
+
+# ---------------------------------------------------------------------------- the oracle
+
+# Hand-computed values: (name, params, x, expected).
+HAND = [
+    ("relu", {}, [-2.0, 0.0, 3.5], [0.0, 0.0, 3.5]),
+    ("relu6", {}, [-1.0, 3.0, 7.0], [0.0, 3.0, 6.0]),
+    ("leaky_relu", {}, [-2.0, 5.0], [-0.02, 5.0]),
+    ("elu", {"alpha": 2.0}, [-1.0, 1.0], [2 * (math.exp(-1) - 1), 1.0]),
+    ("selu", {}, [1.0, -1.0], [1.0507009873554805, 1.0507009873554805 * 1.6732632423543772 * (math.exp(-1) - 1)]),
+    ("celu", {"alpha": 2.0}, [-2.0], [2 * (math.exp(-1) - 1)]),
+    ("gelu", {}, [1.0, -1.0], [0.8413447460685429, -0.15865525393145707]),
+    ("gelu", {"approximate": "tanh"}, [1.0], [0.8411919906082768]),
+    ("silu", {}, [1.0], [0.7310585786300049]),
+    ("softplus", {}, [0.0, 30.0], [math.log(2.0), 30.0]),
+    ("mish", {}, [1.0], [0.8650983882673103]),
+    ("sigmoid", {}, [0.0, 2.0], [0.5, 0.8807970779778823]),
+    ("tanh", {}, [0.5], [0.46211715726000974]),
+    ("hardsigmoid", {}, [-4.0, 0.0, 1.5, 4.0], [0.0, 0.5, 0.75, 1.0]),
+    ("hardswish", {}, [-4.0, 1.0, 4.0], [0.0, 4.0 / 6.0, 4.0]),
+    ("softsign", {}, [-3.0, 1.0], [-0.75, 0.5]),
+]
+
+
+@pytest.mark.parametrize("name, params, x, expected", HAND, ids=[h[0] for h in HAND])
+def test_oracle_hand_computed(name, params, x, expected, backend):
+    got = getattr(fastnorm, name)(np.array(x), **params)
+    np.testing.assert_allclose(got, expected, rtol=1e-14, atol=1e-300)
+
+
+SCALAR_MATH = {
+    "relu": lambda v: max(v, 0.0),
+    "elu": lambda v: v if v > 0 else math.expm1(v),
+    "gelu": lambda v: 0.5 * v * math.erfc(-v / math.sqrt(2)),
+    "silu": lambda v: v / (1 + math.exp(-v)) if v > -700 else 0.0,
+    "softplus": lambda v: v if v > 20 else math.log1p(math.exp(v)),
+    "mish": lambda v: v * math.tanh(math.log1p(math.exp(v))) if v < 700 else v,
+    "sigmoid": lambda v: 1 / (1 + math.exp(-v)) if v > -700 else 0.0,
+    "tanh": math.tanh,
+    "softsign": lambda v: v / (1 + abs(v)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCALAR_MATH))
+def test_oracle_against_scalar_math(name):
+    x = np.concatenate([np.linspace(-30, 30, 2001), [-700.0, -100.0, 100.0, 650.0]])
+    expected = np.array([SCALAR_MATH[name](v) for v in x])
+    # erfc's condition number is ~2x^2: rounding x/sqrt(2) differently costs ~1e-12 at |x| = 30.
+    rtol = 1e-11 if name == "gelu" else 1e-13
+    np.testing.assert_allclose(getattr(ref, name)(x), expected, rtol=rtol, atol=1e-300)
+
+
+# ---------------------------------------------------------------------------- forward
+
+@pytest.mark.parametrize("case", PARAM_CASES, ids=case_id)
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_forward_accuracy(case, dtype, backend, rng):
+    name, params = case
+    x = np.concatenate([spread_values(rng, 20000, dtype),
+                        np.linspace(-12, 12, 5001, dtype=dtype),
+                        np.array([0.0, -0.0, 1e-30, -1e-30, 3.0, -3.0, 6.0, 20.0, -20.0, 88.0,
+                                  -88.0, -100.0, 100.0, -1000.0, 1000.0], dtype=dtype)])
+    got = getattr(fastnorm, name)(x, **params)
+    assert got.dtype == dtype and got.shape == x.shape
+    expected = reference_f64(name, params, x)
+    assert_same_specials(got, expected)
+    # Where an intermediate (exp(-|z|)) underflows, float arithmetic keeps only its absolute
+    # precision: allow (1 + |x|) of the smallest subnormal on top of the ulp bound.
+    slack = 2 * (1 + np.abs(x.astype(np.float64))) * np.finfo(dtype).smallest_subnormal
+    allowed = np.full(x.shape, float(MAX_ULP[dtype]))
+    if dtype == np.float64 and name == "gelu":
+        # float64 has no wider type to form erfc's argument in: its rounding is amplified
+        # by erfc's condition number, 2a^2 at a = -x/sqrt(2), and the float64 oracle
+        # rounds its own argument too.
+        a2 = x.astype(np.float64) ** 2 / 2
+        allowed += (6 * a2 if params.get("approximate") != "tanh"
+                    else 4 * np.abs(1.6 * (x + 0.044715 * x ** 3)))
+    err = ulp_error(got, expected)
+    over = err - allowed - slack / np.spacing(np.abs(expected.astype(dtype))).astype(np.float64)
+    worst = int(np.argmax(over))
+    assert over[worst] <= 0, f"{name}{params}: {err[worst]:.1f} ulp at x={x[worst]!r}"
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_forward_float16(name, backend, rng):
+    x = spread_values(rng, 3000, np.float16)
+    got = getattr(fastnorm, name)(x)
+    assert got.dtype == np.float16
+    expected = reference_f64(name, {}, x.astype(np.float32)).astype(np.float16)
+    # computed in float32, rounded once to float16: at most one float16 ulp off.
+    assert np.all(ulp_error(got, expected.astype(np.float64)) <= 1)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_large_magnitudes_stay_finite(name, dtype, backend):
+    x = np.array([-1000.0, -100.0, -50.0, 50.0, 100.0, 1000.0], dtype=dtype)
+    y = getattr(fastnorm, name)(x)
+    assert np.all(np.isfinite(y)), f"{name}: {y}"
+    g = np.ones_like(x)
+    gx = getattr(fastnorm, name + "_backward")(g, saved_for_backward(fastnorm, name, {}, x))
+    assert np.all(np.isfinite(gx)), f"{name}_backward: {gx}"
+
+
+def test_named_large_values(backend):
+    for dtype in FLOATS:
+        assert 0 < fastnorm.sigmoid(np.array([-100.0], dtype))[0] < 1e-40
+        assert fastnorm.softplus(np.array([100.0], dtype))[0] == 100
+        assert fastnorm.silu(np.array([-1000.0], dtype))[0] == 0
+        np.testing.assert_array_equal(fastnorm.mish(np.array([-1000.0, 1000.0], dtype)), [0, 1000])
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_nan_propagates(name, backend):
+    x = np.array([np.nan, 1.0, np.nan], dtype=np.float32)
+    y = getattr(fastnorm, name)(x)
+    assert np.isnan(y[0]) and np.isnan(y[2]) and not np.isnan(y[1])
+
+
+def test_swish_is_silu():
+    assert fastnorm.swish is fastnorm.silu and fastnorm.swish_backward is fastnorm.silu_backward
+
+
+# ---------------------------------------------------------------------------- backward
+
+def grad_tolerance(dtype, g, x):
+    eps = np.finfo(dtype).eps
+    return 16 * eps * np.abs(g.astype(np.float64)) * (1 + np.abs(x.astype(np.float64)) ** 2)
+
+
+@pytest.mark.parametrize("case", PARAM_CASES, ids=case_id)
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_backward_against_oracle(case, dtype, backend, rng):
+    name, params = case
+    x = np.concatenate([spread_values(rng, 20000, dtype), np.linspace(-12, 12, 2001, dtype=dtype)])
+    g = rng.standard_normal(x.shape).astype(dtype)
+    saved = saved_for_backward(fastnorm, name, params, x)
+    got = getattr(fastnorm, name + "_backward")(g, saved, **params)
+    assert got.dtype == dtype
+    expected = getattr(ref, name + "_backward")(g.astype(np.float64), saved.astype(np.float64), **params)
+    tol = grad_tolerance(dtype, g, x) + 4 * np.finfo(dtype).eps * np.abs(expected)
+    bad = np.abs(got - expected) > tol
+    assert not bad.any(), f"{name}{params}: x={x[bad][:3]} got={got[bad][:3]} want={expected[bad][:3]}"
+
+
+@pytest.mark.parametrize("case", PARAM_CASES, ids=case_id)
+def test_backward_finite_differences(case, backend, rng):
+    name, params = case
+    x = rng.uniform(-8, 8, 4000)
+    for k in kinks(name, params):
+        x = np.where(np.abs(x - k) < 1e-3, x + 2e-3, x)
+    g = rng.standard_normal(x.shape)
+    h = 1e-6
+    f = getattr(fastnorm, name)
+    numeric = g * (f(x + h, **params) - f(x - h, **params)) / (2 * h)
+    analytic = getattr(fastnorm, name + "_backward")(g, saved_for_backward(fastnorm, name, params, x),
+                                                      **params)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-7 * (1 + np.abs(x)).max())
+
+
+def test_derivatives_at_kinks_follow_pytorch(backend):
+    g = np.ones(2)
+    np.testing.assert_array_equal(fastnorm.relu_backward(np.ones(1), np.zeros(1)), [0])
+    np.testing.assert_array_equal(fastnorm.relu6_backward(g, np.array([0.0, 6.0])), [0, 0])
+    np.testing.assert_array_equal(fastnorm.hardswish_backward(g, np.array([-3.0, 3.0])), [0, 1])
+    np.testing.assert_array_equal(fastnorm.hardsigmoid_backward(g, np.array([-3.0, 3.0])), [0, 0])
+    # softplus switches to the identity where beta*x > threshold
+    np.testing.assert_array_equal(fastnorm.softplus(np.array([20.5]), 1.0, 20.0), [20.5])
+
+
+def test_sigmoid_derivative_is_at_most_a_quarter(backend):
+    x = np.linspace(-10, 10, 10001)
+    d = fastnorm.sigmoid_backward(np.ones_like(x), fastnorm.sigmoid(x))
+    assert d.max() == pytest.approx(0.25) and d.max() <= 0.25 and d[5000] == 0.25
+
+
+# ---------------------------------------------------------------------------- layouts and out=
+
+@st.composite
+def strided_arrays(draw):
+    """Arrays of random shape viewed through transposes, steps and reversals."""
+    dtype = draw(st.sampled_from([np.float16, np.float32, np.float64]))
+    shape = draw(hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=7))
+    base = draw(hnp.arrays(np.float64, shape, elements=st.floats(-30, 30, width=32)))
+    x = base.astype(dtype)
+    if x.ndim:
+        if draw(st.booleans()):
+            x = x.T
+        if draw(st.booleans()):
+            x = np.asfortranarray(x)
+        axis = draw(st.integers(0, x.ndim - 1))
+        step = draw(st.sampled_from([1, 2, -1, -2]))
+        index = [slice(None)] * x.ndim
+        index[axis] = slice(None, None, step)
+        x = x[tuple(index)]
+    return x
+
+
+@given(x=strided_arrays(), case=st.sampled_from(PARAM_CASES))
+def test_any_layout_matches_oracle(x, case):
+    name, params = case
+    for backend in ("cython", "numpy") if fastnorm._config.compiled_available() else ("numpy",):
+        with fastnorm.use_backend(backend):
+            y = getattr(fastnorm, name)(x, **params)
+            g = np.ones_like(x)[..., ::-1] if x.ndim else np.ones_like(x)
+            gx = getattr(fastnorm, name + "_backward")(g, saved_for_backward(fastnorm, name, params, x),
+                                                       **params)
+        assert y.shape == x.shape and y.dtype == x.dtype and gx.dtype == x.dtype
+        compute = np.float32 if x.dtype == np.float16 else x.dtype
+        expected = getattr(ref, name)(np.ascontiguousarray(x), **params)
+        rtol = {np.float16: 1e-3, np.float32: 1e-5, np.float64: 1e-12}[np.dtype(compute).type if x.dtype != np.float16 else np.float16]
+        np.testing.assert_allclose(y.astype(np.float64), expected.astype(np.float64), rtol=rtol,
+                                   atol=rtol)
+
+
+@pytest.mark.parametrize("name", ["relu", "sigmoid", "gelu"])
+def test_out_in_place_and_views(name, backend, rng):
+    f = getattr(fastnorm, name)
+    x = rng.standard_normal((6, 8))
+    expected = f(x)
+    y = x.copy()
+    assert f(y, out=y) is y
+    np.testing.assert_array_equal(y, expected)
+    # out in Fortran order, and a strided out view
+    out = np.empty((6, 8), order="F")
+    assert f(x, out=out) is out
+    np.testing.assert_array_equal(out, expected)
+    big = np.zeros((6, 16))
+    f(x, out=big[:, ::2])
+    np.testing.assert_array_equal(big[:, ::2], expected)
+    np.testing.assert_array_equal(big[:, 1::2], 0)
+    # out overlapping the input shifted by one element
+    buf = rng.standard_normal(49)
+    src = buf[:48].reshape(6, 8)
+    expected = f(src.copy())
+    f(src, out=buf[1:].reshape(6, 8))
+    np.testing.assert_array_equal(buf[1:].reshape(6, 8), expected)
+
+
+def test_read_only_and_memmap_inputs(backend, tmp_path, rng):
+    x = rng.standard_normal(1000).astype(np.float32)
+    x.flags.writeable = False
+    np.testing.assert_array_equal(fastnorm.tanh(x), ref.tanh(x) if backend[0] == "numpy" else fastnorm.tanh(x.copy()))
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    mm = np.load(path, mmap_mode="r")
+    np.testing.assert_array_equal(fastnorm.relu(mm), np.maximum(x, 0))
+
+
+@pytest.mark.parametrize("shape", [(0,), (3, 0), (0, 4, 5), (), (1,), (1, 1)])
+def test_empty_scalar_and_single_element(shape, backend):
+    x = np.full(shape, -0.5)
+    for name in CASES:
+        y = getattr(fastnorm, name)(x)
+        assert y.shape == shape
+        np.testing.assert_allclose(y, getattr(ref, name)(x), rtol=1e-14)
+
+
+def test_lists_and_scalars_are_accepted(backend):
+    np.testing.assert_array_equal(fastnorm.relu([-1.0, 2.0]), [0.0, 2.0])
+    assert fastnorm.relu(-3.0).shape == ()
+
+
+def test_inputs_not_modified(backend, rng):
+    x = rng.standard_normal((50, 30)).astype(np.float32)
+    g = rng.standard_normal((50, 30)).astype(np.float32)
+    before = (x.tobytes(), g.tobytes())
+    for name, params in PARAM_CASES:
+        getattr(fastnorm, name)(x, **params)
+        getattr(fastnorm, name + "_backward")(g, x, **params)
+    assert (x.tobytes(), g.tobytes()) == before
+
+
+def test_thread_count_does_not_change_results(rng):
+    if not fastnorm._config.compiled_available():
+        pytest.skip("compiled kernels not built")
+    x = rng.standard_normal(3 * (1 << 17) + 5).astype(np.float32)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    results = []
+    for n in (1, 2):
+        fastnorm.set_num_threads(n)
+        try:
+            results.append([getattr(fastnorm, name)(x) for name in CASES]
+                           + [getattr(fastnorm, name + "_backward")(g, x) for name in CASES])
+        finally:
+            fastnorm.set_num_threads(None)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------- errors
+
+@pytest.mark.parametrize("bad", [np.arange(4), np.ones(4, bool), np.ones(4, complex),
+                                 np.array(["a", "b"]), np.array([object()])],
+                         ids=["int", "bool", "complex", "str", "object"])
+def test_wrong_dtype_raises_type_error(bad, backend):
+    with pytest.raises(TypeError, match=r"relu: x must have dtype float16, float32 or float64"):
+        fastnorm.relu(bad)
+    with pytest.raises(TypeError, match=r"sigmoid_backward: grad_output"):
+        fastnorm.sigmoid_backward(bad, np.ones(4))
+
+
+def test_bad_out_and_shapes(backend):
+    x = np.ones((3, 4))
+    with pytest.raises(ValueError, match=r"gelu: out must have shape \(3, 4\), got \(4, 3\)"):
+        fastnorm.gelu(x, out=np.empty((4, 3)))
+    with pytest.raises(TypeError, match=r"gelu: out must have dtype float64, got float32"):
+        fastnorm.gelu(x, out=np.empty((3, 4), np.float32))
+    ro = np.empty((3, 4))
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match=r"gelu: out must be writeable"):
+        fastnorm.gelu(x, out=ro)
+    with pytest.raises(TypeError, match=r"gelu: out must be a numpy.ndarray, got list"):
+        fastnorm.gelu(x, out=[0.0] * 12)
+    with pytest.raises(ValueError, match=r"relu_backward: x must have the shape of grad_output"):
+        fastnorm.relu_backward(x, np.ones((3, 5)))
+    with pytest.raises(TypeError, match=r"tanh_backward: y must have the dtype of grad_output"):
+        fastnorm.tanh_backward(x, x.astype(np.float32))
+
+
+def test_bad_parameters(backend):
+    x = np.ones(3)
+    with pytest.raises(ValueError, match=r"celu: alpha must be non-zero"):
+        fastnorm.celu(x, alpha=0.0)
+    with pytest.raises(ValueError, match=r"gelu: approximate must be 'none' or 'tanh', got 'fast'"):
+        fastnorm.gelu(x, approximate="fast")
+    with pytest.raises(ValueError, match=r"leaky_relu: negative_slope must be finite, got nan"):
+        fastnorm.leaky_relu(x, float("nan"))
+    with pytest.raises(ValueError, match=r"softplus: beta must be non-zero"):
+        fastnorm.softplus(x, beta=0)
+    with pytest.raises(TypeError, match=r"elu: alpha must be a real number, got str"):
+        fastnorm.elu(x, alpha="1")
+    with pytest.raises(ValueError, match=r"elu_backward: alpha must be finite"):
+        fastnorm.elu_backward(x, x, alpha=float("inf"))
+
+
+# ---------------------------------------------------------------------------- PyTorch parity
+
+SPECIALS = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e30, -1e30, 3.0, -3.0, 6.0, 1e-30],
+                    dtype=np.float32)
+
+
+@pytest.mark.parametrize("case", PARAM_CASES, ids=case_id)
+def test_matches_pytorch(case, backend, rng):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    name, params = case
+    tfn = {"sigmoid": torch.sigmoid, "tanh": torch.tanh}.get(name) or getattr(F, name)
+    x = np.concatenate([rng.standard_normal(2000).astype(np.float32) * 5, SPECIALS])
+    tx = torch.from_numpy(x.copy()).requires_grad_(True)
+    ty = tfn(tx, **params)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    ty.backward(torch.from_numpy(g))
+    y = getattr(fastnorm, name)(x, **params)
+    want = ty.detach().numpy()
+    if name == "gelu" and not params:
+        # torch's erf-GELU gives NaN at +inf; the limit (and ours) is +inf.
+        want = np.where(x == np.inf, np.inf, want)
+    np.testing.assert_allclose(y, want, rtol=2e-6, atol=1e-6, equal_nan=True)
+    finite = np.isfinite(x) & (np.abs(x) < 1e29)
+    gx = getattr(fastnorm, name + "_backward")(g[finite], saved_for_backward(fastnorm, name, params, x[finite]),
+                                               **params)
+    np.testing.assert_allclose(gx, tx.grad.numpy()[finite], rtol=2e-5, atol=2e-6)
