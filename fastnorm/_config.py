@@ -70,6 +70,18 @@ _backend = _initial_backend()
 _isa = None
 _requested_threads = None
 _env_threads = _parse_threads(_env("FASTNORM_NUM_THREADS"), "FASTNORM_NUM_THREADS")
+_forked_child = False
+
+
+def _after_fork_in_child():
+    # libgomp's thread pool does not survive fork(): a child that enters a parallel
+    # region after its parent used one can hang.  Children run the kernels serially.
+    global _forked_child
+    _forked_child = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def backend():
@@ -145,8 +157,10 @@ def get_num_threads():
 
     Precedence: :func:`set_num_threads`, then ``FASTNORM_NUM_THREADS``, then OpenMP's
     own setting (``OMP_NUM_THREADS``, a threadpoolctl limit, else the CPUs available
-    to the process).  Always 1 on the NumPy backend's behalf when built without OpenMP.
+    to the process).  Always 1 when built without OpenMP and in a forked child process.
     """
+    if _forked_child:
+        return 1
     if _requested_threads is not None:
         return _requested_threads
     if _env_threads is not None:

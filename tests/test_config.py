@@ -1,0 +1,154 @@
+"""Backend selection, ISA variants, thread control, import hygiene and fork safety."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fastnorm
+from fastnorm import _config
+from conftest import NUMPY_ONLY
+
+compiled = pytest.mark.skipif(not _config.compiled_available(), reason="compiled kernels not built")
+
+
+def run_python(code, **env):
+    """Run code in a fresh interpreter (outside the source tree) and return its stdout."""
+    full_env = {k: v for k, v in os.environ.items()
+                if not k.startswith(("FASTNORM_", "OMP_"))}
+    full_env.update(env)
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, env=full_env, timeout=120, cwd=os.path.dirname(__file__))
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout, proc.stderr
+
+
+def test_compiled_backend_is_what_is_tested():
+    """The suite tests the compiled kernels unless FASTNORM_BACKEND=numpy asked otherwise."""
+    assert fastnorm.backend() == ("numpy" if NUMPY_ONLY else "cython")
+
+
+def test_reference_is_the_numpy_module():
+    assert fastnorm.reference.relu.__module__ == "fastnorm.reference._activations"
+
+
+@compiled
+def test_use_backend_switches_and_restores():
+    x = np.linspace(-3, 3, 7)
+    assert fastnorm.backend() == "cython"
+    with fastnorm.use_backend("numpy"):
+        assert fastnorm.backend() == "numpy"
+        np.testing.assert_allclose(fastnorm.gelu(x), fastnorm.reference.gelu(x))
+    assert fastnorm.backend() == "cython"
+    with pytest.raises(ValueError, match="use_backend: name must be one of"):
+        with fastnorm.use_backend("torch"):
+            pass
+
+
+def test_env_selects_numpy_backend():
+    out, err = run_python("import fastnorm; print(fastnorm.backend())", FASTNORM_BACKEND="numpy")
+    assert out.strip() == "numpy" and err == ""
+
+
+@compiled
+def test_import_prints_nothing_and_starts_no_threads():
+    out, err = run_python("""
+        import os, threading
+        import numpy  # OpenBLAS starts its own pool when NumPy loads; count after it
+        before = len(os.listdir('/proc/self/task'))
+        import fastnorm
+        after = len(os.listdir('/proc/self/task'))
+        print(before, after, threading.active_count(), fastnorm.backend())
+    """)
+    before, after, active, backend = out.split()
+    assert err == "" and before == after and active == "1" and backend == "cython"
+
+
+@compiled
+def test_subnormals_survive_import_and_kernels():
+    out, _ = run_python("""
+        import numpy as np, fastnorm
+        fastnorm.gelu(np.ones(1 << 18, np.float32))
+        tiny32, tiny64 = np.float32(2e-38), 2e-308
+        print(float(tiny32 * np.float32(0.25)) != 0.0, (np.array([tiny64]) * 0.25)[0] != 0.0)
+    """)
+    assert out.split() == ["True", "True"]
+
+
+@compiled
+@pytest.mark.parametrize("env, expected", [
+    ({"FASTNORM_NUM_THREADS": "1", "OMP_NUM_THREADS": "2"}, 1),
+    ({"OMP_NUM_THREADS": "1"}, 1),
+    ({"OMP_NUM_THREADS": "2"}, 2),
+    ({"FASTNORM_NUM_THREADS": "2", "OMP_NUM_THREADS": "1"}, 2),
+])
+def test_thread_count_precedence(env, expected):
+    out, _ = run_python("import fastnorm; print(fastnorm.get_num_threads())", **env)
+    assert int(out) == expected
+
+
+@compiled
+def test_set_num_threads_wins_and_resets():
+    default = fastnorm.get_num_threads()
+    fastnorm.set_num_threads(3)
+    try:
+        assert fastnorm.get_num_threads() == 3
+    finally:
+        fastnorm.set_num_threads(None)
+    assert fastnorm.get_num_threads() == default
+    with pytest.raises(ValueError, match="set_num_threads: n must be >= 1, got 0"):
+        fastnorm.set_num_threads(0)
+    with pytest.raises(TypeError, match="set_num_threads: n must be a positive int"):
+        fastnorm.set_num_threads(1.5)
+
+
+@compiled
+def test_threadpoolctl_sees_and_limits_the_openmp_threads():
+    pytest.importorskip("threadpoolctl")
+    if not fastnorm._config._runtime.openmp_enabled():
+        pytest.skip("built without OpenMP")
+    out, _ = run_python("""
+        import fastnorm
+        from threadpoolctl import threadpool_info, threadpool_limits
+        apis = {lib['user_api'] for lib in threadpool_info()}
+        with threadpool_limits(1, user_api='openmp'):
+            inside = fastnorm.get_num_threads()
+        print('openmp' in apis, inside, fastnorm.get_num_threads())
+    """, OMP_NUM_THREADS="2")
+    assert out.split() == ["True", "1", "2"]
+
+
+@compiled
+def test_isa_variants_selectable():
+    assert fastnorm.isa() in ("base", "avx2")
+    previous = fastnorm.isa()
+    try:
+        fastnorm.set_isa("base")
+        assert fastnorm.isa() == "base"
+    finally:
+        fastnorm.set_isa(previous)
+    with pytest.raises(ValueError, match="set_isa: name must be one of"):
+        fastnorm.set_isa("avx512")
+    out, _ = run_python("import fastnorm; print(fastnorm.isa())", FASTNORM_ISA="base")
+    assert out.strip() == "base"
+
+
+@compiled
+def test_forked_child_can_still_compute():
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork on this platform")
+    out, _ = run_python("""
+        import os, numpy as np, fastnorm
+        fastnorm.set_num_threads(2)
+        x = np.linspace(-4, 4, 1 << 20).astype(np.float32)
+        expected = fastnorm.sigmoid(x)          # the parent uses an OpenMP region
+        pid = os.fork()
+        if pid == 0:
+            ok = np.array_equal(fastnorm.sigmoid(x), expected)
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        print(os.WEXITSTATUS(status))
+    """)
+    assert out.strip() == "0"
