@@ -1,0 +1,259 @@
+"""The standard benchmark suite: fastnorm against NumPy (and PyTorch when installed).
+
+    python -m fastnorm.bench [--quick] [--threads 1 2] [--only NAME ...] [--json FILE]
+
+Every workload is timed side by side with its peers in one run, interleaved
+(peer A, peer B, fastnorm, A, B, ...), and reported as medians and ratios:
+NumPy/fastnorm, torch/fastnorm (allocating and writing into a preallocated output)
+and fastnorm/copy-floor, where the floor is ``np.copyto`` of the same bytes
+measured in the same run.  ``--quick`` runs small shapes for a few seconds (a
+smoke test; its numbers mean little).
+"""
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import fastnorm
+from fastnorm import reference as ref
+
+SHAPES = {"large": (4096, 4096), "cache": (256, 1024), "tiny": (32, 128)}
+QUICK_SHAPES = {"large": (512, 512), "cache": (64, 256), "tiny": (32, 128)}
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+class Workload:
+    """One benchmark row: ``impls`` maps a peer name to a zero-argument callable."""
+
+    def __init__(self, name, impls, floor_bytes=0):
+        self.name, self.impls, self.floor_bytes = name, impls, floor_bytes
+
+
+# NumPy formulas a NumPy user would write (forward, backward given (g, saved)).
+def _np_sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+NUMPY_FORMULAS = {
+    "relu": (lambda x: np.maximum(x, 0), lambda g, x: g * (x > 0)),
+    "leaky_relu": (lambda x: np.where(x > 0, x, 0.01 * x), lambda g, x: np.where(x > 0, g, 0.01 * g)),
+    "sigmoid": (_np_sigmoid, lambda g, y: g * y * (1 - y)),
+    "tanh": (np.tanh, lambda g, y: g * (1 - y * y)),
+    "silu": (lambda x: x * _np_sigmoid(x), lambda g, x: g * _np_sigmoid(x) * (1 + x * (1 - _np_sigmoid(x)))),
+    "elu": (lambda x: np.where(x > 0, x, np.expm1(x)), lambda g, x: np.where(x > 0, g, g * np.exp(x))),
+    "softplus": (lambda x: np.logaddexp(0, x), lambda g, x: g * _np_sigmoid(x)),
+    # NumPy has no erf: the oracle's formula (math.erfc per element) is what is left.
+    "gelu": (ref.gelu, ref.gelu_backward),
+    "gelu_tanh": (lambda x: 0.5 * x * (1 + np.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3))),
+                  lambda g, x: ref.gelu_backward(g, x, "tanh")),
+}
+
+TORCH_NAMES = {"relu": "relu", "leaky_relu": "leaky_relu", "sigmoid": "sigmoid", "tanh": "tanh",
+               "silu": "silu", "elu": "elu", "softplus": "softplus", "gelu": "gelu",
+               "gelu_tanh": "gelu"}
+
+
+def activation_workloads(shapes, torch, names=None):
+    rng = np.random.default_rng(0)
+    rows = []
+    cases = [(n, s, np.float32) for n in NUMPY_FORMULAS for s in shapes]
+    cases += [(n, "large", np.float64) for n in ("relu", "sigmoid")]
+    for name, size, dtype in cases:
+        shape = shapes[size]
+        x = (rng.standard_normal(shape) * 3).astype(dtype)
+        g = rng.standard_normal(shape).astype(dtype)
+        params = {"approximate": "tanh"} if name == "gelu_tanh" else {}
+        fname = "gelu" if name == "gelu_tanh" else name
+        fwd, bwd = getattr(fastnorm, fname), getattr(fastnorm, fname + "_backward")
+        saved = fwd(x, **params) if name in ("sigmoid", "tanh") else x
+        out = np.empty_like(x)
+        np_fwd, np_bwd = NUMPY_FORMULAS[name]
+        tag = f"{name} {shape[0]}x{shape[1]} {np.dtype(dtype).name}"
+        fwd_impls = {"numpy": lambda f=np_fwd, x=x: f(x),
+                     "fastnorm": lambda x=x, p=params, f=fwd: f(x, **p),
+                     "fastnorm-out": lambda x=x, p=params, f=fwd, o=out: f(x, out=o, **p)}
+        bwd_impls = {"numpy": lambda f=np_bwd, g=g, s=saved: f(g, s),
+                     "fastnorm": lambda f=bwd, g=g, s=saved, p=params: f(g, s, **p)}
+        if torch is not None:
+            tx, tg, ts = (torch.from_numpy(a) for a in (x, g, saved))
+            tout = torch.empty_like(tx)
+            tparams = {"approximate": "tanh"} if name == "gelu_tanh" else {}
+            F = torch.nn.functional
+            tf = getattr(torch, TORCH_NAMES[name], None) if name in ("sigmoid", "tanh") \
+                else getattr(F, TORCH_NAMES[name])
+            fwd_impls["torch"] = lambda tf=tf, tx=tx, p=tparams: tf(tx, **p)
+            if name in ("sigmoid", "tanh", "relu", "silu", "elu", "gelu", "gelu_tanh", "softplus",
+                        "leaky_relu"):
+                out_fn = {"sigmoid": torch.sigmoid, "tanh": torch.tanh}.get(name)
+                if out_fn is not None:
+                    fwd_impls["torch-out"] = lambda f=out_fn, tx=tx, o=tout: f(tx, out=o)
+            tb = _torch_backward(torch, name, tparams)
+            if tb is not None:
+                bwd_impls["torch"] = lambda tb=tb, tg=tg, ts=ts: tb(tg, ts)
+        rows.append(Workload(f"{tag} fwd", fwd_impls, x.nbytes))
+        rows.append(Workload(f"{tag} bwd", bwd_impls, x.nbytes))
+    if names:
+        rows = [r for r in rows if any(n in r.name.split()[0] for n in names)]
+    return rows
+
+
+def _torch_backward(torch, name, params):
+    """PyTorch's native backward op for an activation, called as (grad, saved)."""
+    ops = torch.ops.aten
+    table = {
+        "relu": lambda g, x: ops.threshold_backward(g, x, 0),
+        "leaky_relu": lambda g, x: ops.leaky_relu_backward(g, x, 0.01, False),
+        "sigmoid": lambda g, y: ops.sigmoid_backward(g, y),
+        "tanh": lambda g, y: ops.tanh_backward(g, y),
+        "silu": lambda g, x: ops.silu_backward(g, x),
+        "elu": lambda g, x: ops.elu_backward(g, 1.0, 1.0, 1.0, False, x),
+        "softplus": lambda g, x: ops.softplus_backward(g, x, 1.0, 20.0),
+        "gelu": lambda g, x: ops.gelu_backward(g, x, approximate="none"),
+        "gelu_tanh": lambda g, x: ops.gelu_backward(g, x, approximate="tanh"),
+    }
+    return table.get(name)
+
+
+def _time_once(fn, inner):
+    t0 = time.perf_counter_ns()
+    for _ in range(inner):
+        fn()
+    return (time.perf_counter_ns() - t0) / inner
+
+
+def measure(workload, repeats, budget_s):
+    """Median seconds per call of every impl, samples interleaved across impls."""
+    impls = dict(workload.impls)
+    floor_src = floor_dst = None
+    if workload.floor_bytes:
+        floor_src = np.ones(workload.floor_bytes // 4, np.float32)
+        floor_dst = np.empty_like(floor_src)
+        impls["copy-floor"] = lambda: np.copyto(floor_dst, floor_src)
+    inner = {}
+    for name, fn in impls.items():  # warm up and calibrate: a sample lasts >= ~1 ms
+        fn()
+        t = _time_once(fn, 1)
+        inner[name] = max(1, min(10000, int(1e6 / max(t, 1.0))))
+    samples = {name: [] for name in impls}
+    deadline = time.perf_counter() + budget_s
+    for r in range(repeats):
+        for name, fn in impls.items():
+            samples[name].append(_time_once(fn, inner[name]))
+        if r >= 2 and time.perf_counter() > deadline:
+            break
+    return {name: statistics.median(v) * 1e-9 for name, v in samples.items()}
+
+
+def _ratio(a, b):
+    return a / b if a and b else None
+
+
+def run(quick=False, threads=(1, 2), names=None, repeats=None, budget_s=None):
+    torch = _torch()
+    shapes = QUICK_SHAPES if quick else SHAPES
+    repeats = repeats or (3 if quick else 15)
+    budget_s = budget_s if budget_s is not None else (0.05 if quick else 3.0)
+    workloads = activation_workloads(shapes, torch, names)
+    results = []
+    for n in threads:
+        fastnorm.set_num_threads(n)
+        if torch is not None:
+            torch.set_num_threads(n)
+        try:
+            for w in workloads:
+                t = measure(w, repeats, budget_s)
+                results.append({"workload": w.name, "threads": n, "seconds": t})
+        finally:
+            fastnorm.set_num_threads(None)
+    return {"machine": machine_info(torch), "results": results}
+
+
+def machine_info(torch):
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import os
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__, "torch": getattr(torch, "__version__", None),
+            "fastnorm": fastnorm.__version__, "isa": fastnorm.isa(), "backend": fastnorm.backend(),
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def _fmt_time(s):
+    return f"{s * 1e3:.3f} ms" if s >= 1e-3 else f"{s * 1e6:.2f} us"
+
+
+def _fmt_ratio(r):
+    return "-" if r is None else f"{r:.2f}x"
+
+
+def table(report):
+    rows = ["| workload | threads | fastnorm | NumPy/fastnorm | torch/fastnorm | torch-out/fastnorm "
+            "| fastnorm/floor |", "|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        t = r["seconds"]
+        fn_t = t["fastnorm"]
+        best_fn = min(fn_t, t.get("fastnorm-out", fn_t))
+        rows.append("| {} | {} | {} | {} | {} | {} | {} |".format(
+            r["workload"], r["threads"], _fmt_time(fn_t), _fmt_ratio(_ratio(t.get("numpy"), fn_t)),
+            _fmt_ratio(_ratio(t.get("torch"), fn_t)),
+            _fmt_ratio(_ratio(t.get("torch-out"), t.get("fastnorm-out"))),
+            _fmt_ratio(_ratio(best_fn, t.get("copy-floor")))))
+    return "\n".join(rows)
+
+
+def summary(report):
+    lines = []
+    for n in sorted({r["threads"] for r in report["results"]}):
+        rs = [r["seconds"] for r in report["results"] if r["threads"] == n]
+        vs_np = [t["numpy"] / t["fastnorm"] for t in rs if "numpy" in t]
+        vs_torch = [t["torch"] / t["fastnorm"] for t in rs if "torch" in t]
+        line = f"{n} thread(s): NumPy/fastnorm geometric mean {_geomean(vs_np):.2f}x (min {min(vs_np):.2f}x)"
+        if vs_torch:
+            line += f"; torch/fastnorm geometric mean {_geomean(vs_torch):.2f}x (min {min(vs_torch):.2f}x)"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _geomean(v):
+    return math.exp(sum(math.log(a) for a in v) / len(v)) if v else float("nan")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m fastnorm.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small shapes, a few seconds")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="workloads whose name contains NAME")
+    parser.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
+    args = parser.parse_args(argv)
+    report = run(quick=args.quick, threads=args.threads, names=args.only)
+    m = report["machine"]
+    print(f"fastnorm {m['fastnorm']} ({m['backend']}, {m['isa']}) on {m['cpu']}, {m['cores']} cores; "
+          f"NumPy {m['numpy']}, torch {m['torch'] or 'not installed'}; {m['date']}")
+    print(table(report))
+    print(summary(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
