@@ -24,6 +24,11 @@ def pytest_report_header(config):
 
 
 def pytest_sessionstart(session):
+    if os.environ.get("FASTNORM_REQUIRE_INSTALLED") == "1":
+        source_tree = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if os.path.abspath(fastnorm.__file__).startswith(source_tree + os.sep):
+            pytest.exit(f"fastnorm was imported from the source tree ({fastnorm.__file__}), "
+                        "not from the installed package", returncode=3)
     if not NUMPY_ONLY and not _config.compiled_available():
         pytest.exit("fastnorm's compiled extension is not importable "
                     f"({_config._import_error}); refusing to test the NumPy fallback in its place. "
