@@ -8,8 +8,9 @@ from ._config import (backend, get_num_threads, isa, set_isa, set_num_threads,
                       use_backend)
 from .activations import *  # noqa: F401,F403
 from .activations import __all__ as _activations_all
+from .dropout import DropoutMask, dropout, dropout_backward
 
 __version__ = "0.1.0"
 
 __all__ = ["backend", "use_backend", "get_num_threads", "set_num_threads", "isa", "set_isa",
-           "reference", *_activations_all]
+           "reference", *_activations_all, "dropout", "dropout_backward", "DropoutMask"]

@@ -9,7 +9,7 @@ import os
 import warnings
 
 #: Compiled kernel families, one extension module each (fastnorm/_ext/<name>.pyx).
-FAMILIES = ("activations",)
+FAMILIES = ("activations", "dropout")
 
 _BACKENDS = ("cython", "numpy")
 _ISAS = ("base", "avx2")

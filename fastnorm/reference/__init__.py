@@ -5,5 +5,7 @@ oracle and, with ``FASTNORM_BACKEND=numpy`` or without a compiler, as the backen
 """
 from ._activations import *  # noqa: F401,F403
 from ._activations import __all__ as _activations_all
+from ._dropout import *  # noqa: F401,F403
+from ._dropout import __all__ as _dropout_all
 
-__all__ = list(_activations_all)
+__all__ = list(_activations_all) + list(_dropout_all)

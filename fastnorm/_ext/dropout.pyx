@@ -1,0 +1,119 @@
+"""Cython glue of the dropout kernels (C loops in fn_dropout_impl.h, Philox in fn_philox.h).
+
+Arguments arrive validated and C-order flat from fastnorm.dropout; this module only
+picks the ISA variant, splits the work over OpenMP threads and releases the GIL.
+"""
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
+from cython.parallel cimport prange
+from cython cimport floating
+
+cdef extern from "fn_dropout.h" nogil:
+    void fn_dropout_forward_f32_base(const float *, float *, uint8_t *, int64_t, int64_t,
+                                     uint64_t, uint64_t, uint64_t, int32_t, double)
+    void fn_dropout_forward_f64_base(const double *, double *, uint8_t *, int64_t, int64_t,
+                                     uint64_t, uint64_t, uint64_t, int32_t, double)
+    void fn_dropout_forward_f32_avx2(const float *, float *, uint8_t *, int64_t, int64_t,
+                                     uint64_t, uint64_t, uint64_t, int32_t, double)
+    void fn_dropout_forward_f64_avx2(const double *, double *, uint8_t *, int64_t, int64_t,
+                                     uint64_t, uint64_t, uint64_t, int32_t, double)
+    void fn_dropout_backward_f32_base(const float *, const uint8_t *, float *, int64_t, double)
+    void fn_dropout_backward_f64_base(const double *, const uint8_t *, double *, int64_t, double)
+    void fn_dropout_backward_f32_avx2(const float *, const uint8_t *, float *, int64_t, double)
+    void fn_dropout_backward_f64_avx2(const double *, const uint8_t *, double *, int64_t, double)
+
+ctypedef void (*fwd_f32_t)(const float *, float *, uint8_t *, int64_t, int64_t,
+                           uint64_t, uint64_t, uint64_t, int32_t, double) noexcept nogil
+ctypedef void (*fwd_f64_t)(const double *, double *, uint8_t *, int64_t, int64_t,
+                           uint64_t, uint64_t, uint64_t, int32_t, double) noexcept nogil
+ctypedef void (*bwd_f32_t)(const float *, const uint8_t *, float *, int64_t, double) noexcept nogil
+ctypedef void (*bwd_f64_t)(const double *, const uint8_t *, double *, int64_t, double) noexcept nogil
+
+cdef fwd_f32_t _fwd_f32 = fn_dropout_forward_f32_base
+cdef fwd_f64_t _fwd_f64 = fn_dropout_forward_f64_base
+cdef bwd_f32_t _bwd_f32 = fn_dropout_backward_f32_base
+cdef bwd_f64_t _bwd_f64 = fn_dropout_backward_f64_base
+
+
+def set_isa(str isa):
+    """Route every call to the 'base' or the 'avx2' variant of the kernels."""
+    global _fwd_f32, _fwd_f64, _bwd_f32, _bwd_f64
+    if isa == "avx2":
+        _fwd_f32, _fwd_f64 = fn_dropout_forward_f32_avx2, fn_dropout_forward_f64_avx2
+        _bwd_f32, _bwd_f64 = fn_dropout_backward_f32_avx2, fn_dropout_backward_f64_avx2
+    elif isa == "base":
+        _fwd_f32, _fwd_f64 = fn_dropout_forward_f32_base, fn_dropout_forward_f64_base
+        _bwd_f32, _bwd_f64 = fn_dropout_backward_f32_base, fn_dropout_backward_f64_base
+    else:
+        raise ValueError(f"set_isa: isa must be 'base' or 'avx2', got {isa!r}")
+
+
+cdef inline Py_ssize_t _chunk(Py_ssize_t n, int nthreads) noexcept nogil:
+    # Multiples of 64 elements: whole Philox blocks (16), whole mask bytes (8) and whole
+    # cache lines of floats, so no two threads write one mask byte or one line.
+    return (((n + nthreads - 1) // nthreads) + 63) & ~(<Py_ssize_t>63)
+
+
+cdef inline void _forward_part(const floating *x, floating *y, uint8_t *mask, Py_ssize_t n,
+                               Py_ssize_t start, uint64_t key_lo, uint64_t key_hi,
+                               uint64_t offset, int32_t threshold, double scale) noexcept nogil:
+    if floating is float:
+        _fwd_f32(x + start, y + start, mask + start // 8, n, start, key_lo, key_hi, offset,
+                 threshold, scale)
+    else:
+        _fwd_f64(x + start, y + start, mask + start // 8, n, start, key_lo, key_hi, offset,
+                 threshold, scale)
+
+
+cdef inline void _backward_part(const floating *g, const uint8_t *mask, floating *gx,
+                                Py_ssize_t n, Py_ssize_t start, double scale) noexcept nogil:
+    if floating is float:
+        _bwd_f32(g + start, mask + start // 8, gx + start, n, scale)
+    else:
+        _bwd_f64(g + start, mask + start // 8, gx + start, n, scale)
+
+
+def forward(const floating[::1] x, floating[::1] y, uint8_t[::1] mask, uint64_t key_lo,
+            uint64_t key_hi, uint64_t offset, int32_t threshold, double scale, int nthreads):
+    """y = x * (keep ? scale : 0) and the packed keep bits.
+
+    IN x: (n,) C-order flat input; OUT y: (n,), may be x's buffer; OUT mask:
+    (ceil(n / 8),) uint8.  key_lo/key_hi: Philox key words; offset: Philox counter
+    the stream starts from; threshold in [0, 65536]: keep iff 16-bit field >= threshold.
+    """
+    cdef Py_ssize_t n = x.shape[0], c, start, chunk
+    if y.shape[0] != n or mask.shape[0] != (n + 7) // 8:
+        raise ValueError("forward: x, y and mask lengths do not match")
+    if not 0 <= threshold <= 65536:
+        raise ValueError(f"forward: threshold must be in [0, 65536], got {threshold}")
+    if n == 0:
+        return
+    with nogil:
+        if nthreads <= 1:
+            _forward_part(&x[0], &y[0], &mask[0], n, 0, key_lo, key_hi, offset, threshold, scale)
+        else:
+            chunk = _chunk(n, nthreads)
+            for c in prange(nthreads, num_threads=nthreads, schedule="static"):
+                start = c * chunk
+                if start < n:
+                    _forward_part(&x[0], &y[0], &mask[0], min(chunk, n - start), start,
+                                  key_lo, key_hi, offset, threshold, scale)
+
+
+def backward(const floating[::1] g, const uint8_t[::1] mask, floating[::1] gx, double scale,
+             int nthreads):
+    """gx = g * (bit ? scale : 0).  IN g: (n,); IN mask: (ceil(n / 8),) packed keep bits;
+    OUT gx: (n,), may be g's buffer."""
+    cdef Py_ssize_t n = g.shape[0], c, start, chunk
+    if gx.shape[0] != n or mask.shape[0] != (n + 7) // 8:
+        raise ValueError("backward: g, gx and mask lengths do not match")
+    if n == 0:
+        return
+    with nogil:
+        if nthreads <= 1:
+            _backward_part(&g[0], &mask[0], &gx[0], n, 0, scale)
+        else:
+            chunk = _chunk(n, nthreads)
+            for c in prange(nthreads, num_threads=nthreads, schedule="static"):
+                start = c * chunk
+                if start < n:
+                    _backward_part(&g[0], &mask[0], &gx[0], min(chunk, n - start), start, scale)

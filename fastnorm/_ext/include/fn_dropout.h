@@ -1,0 +1,35 @@
+/* Dropout kernels: entry points of both ISA variants.
+ *
+ * The keep decision of element i (C-order flat index over the whole array) comes
+ * from NumPy's Philox4x64-10 stream with key (key_lo, key_hi) started at counter
+ * `offset`: block b = i / 16 uses counter offset + 1 + b (NumPy increments before it
+ * generates), and element i uses the 16-bit field i % 4 (low bits first) of the
+ * block's word (i / 4) % 4.  Element i is kept iff field >= threshold, with
+ * threshold = round(p * 65536) in [0, 65536].
+ *
+ * forward:  y[i] = x[i] * (kept ? scale : 0), and bit i % 8 of mask[i / 8] = kept
+ *           (np.packbits(..., bitorder='little') layout; unused bits of the last
+ *           byte are 0).  x and y may be the same buffer.  `start` is the flat index
+ *           of x[0] within the whole array and must be a multiple of 16; mask points
+ *           at byte start / 8.  Writes ceil(n / 8) mask bytes.
+ * backward: gx[i] = g[i] * (bit i of mask ? scale : 0).  g and gx may be the same
+ *           buffer; mask[0] holds the bit of g[0].
+ */
+#ifndef FN_DROPOUT_H
+#define FN_DROPOUT_H
+#include "fn_common.h"
+
+#define FN_DECLARE_DROPOUT(isa) \
+    void fn_dropout_forward_f32_##isa(const float *x, float *y, uint8_t *mask, int64_t n, int64_t start, \
+                                      uint64_t key_lo, uint64_t key_hi, uint64_t offset, \
+                                      int32_t threshold, double scale); \
+    void fn_dropout_forward_f64_##isa(const double *x, double *y, uint8_t *mask, int64_t n, int64_t start, \
+                                      uint64_t key_lo, uint64_t key_hi, uint64_t offset, \
+                                      int32_t threshold, double scale); \
+    void fn_dropout_backward_f32_##isa(const float *g, const uint8_t *mask, float *gx, int64_t n, double scale); \
+    void fn_dropout_backward_f64_##isa(const double *g, const uint8_t *mask, double *gx, int64_t n, double scale);
+
+FN_DECLARE_DROPOUT(base)
+FN_DECLARE_DROPOUT(avx2)
+
+#endif /* FN_DROPOUT_H */
