@@ -41,6 +41,7 @@ def _compile_args(use_openmp):
 def extensions():
     if _flag("FASTNORM_NO_EXTENSION"):
         return []
+    import numpy
     from Cython.Build import cythonize
 
     use_openmp = not _flag("FASTNORM_NO_OPENMP")
@@ -55,7 +56,8 @@ def extensions():
         exts.append(Extension(
             "fastnorm._ext." + family,
             sources=sources,
-            include_dirs=[os.path.join(EXT_DIR, "include")],
+            include_dirs=[os.path.join(EXT_DIR, "include"), numpy.get_include()],
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             depends=sorted(glob.glob(os.path.join(EXT_DIR, "include", "*.h"))),
             extra_compile_args=cargs,
             extra_link_args=largs,

@@ -23,17 +23,24 @@ _CHEAP = frozenset(("relu", "relu6", "leaky_relu", "hardsigmoid", "hardswish", "
 _CHEAP_BACKWARD = _CHEAP | {"sigmoid", "tanh"}
 
 
+def _grain(op, cheap):
+    return _GRAIN_CHEAP if op in cheap else _GRAIN_MATH
+
+
 def _forward(func, op, x, out, a=0.0, b=0.0, **ref_params):
-    x = as_float_array(func, "x", x)
     ext = _config.extension("activations")
+    if ext is not None:
+        y = ext.forward_fast(ext.OPS[op], x, out, a, b, _grain(op, _CHEAP))
+        if y is not None:
+            return y
+    x = as_float_array(func, "x", x)
     if ext is None:
         ref = getattr(reference, func)
 
         def kernel(flat, y):
             ref(flat[0], **ref_params, out=y)
     else:
-        code = ext.OPS[op]
-        grain = _GRAIN_CHEAP if op in _CHEAP else _GRAIN_MATH
+        code, grain = ext.OPS[op], _grain(op, _CHEAP)
 
         def kernel(flat, y):
             ext.forward(code, flat[0], y, a, b, _config.threads_for(y.shape[0], grain))
@@ -41,18 +48,21 @@ def _forward(func, op, x, out, a=0.0, b=0.0, **ref_params):
 
 
 def _backward(func, op, grad_output, saved, saved_name, out, a=0.0, b=0.0, **ref_params):
+    ext = _config.extension("activations")
+    if ext is not None:
+        gx = ext.backward_fast(ext.OPS[op], grad_output, saved, out, a, b, _grain(op, _CHEAP_BACKWARD))
+        if gx is not None:
+            return gx
     g = as_float_array(func, "grad_output", grad_output)
     s = as_float_array(func, saved_name, saved)
     same_array_spec(func, saved_name, s, "grad_output", g)
-    ext = _config.extension("activations")
     if ext is None:
         ref = getattr(reference, func)
 
         def kernel(flat, gx):
             ref(flat[0], flat[1], **ref_params, out=gx)
     else:
-        code = ext.OPS[op]
-        grain = _GRAIN_CHEAP if op in _CHEAP_BACKWARD else _GRAIN_MATH
+        code, grain = ext.OPS[op], _grain(op, _CHEAP_BACKWARD)
 
         def kernel(flat, gx):
             ext.backward(code, flat[0], flat[1], gx, a, b, _config.threads_for(gx.shape[0], grain))

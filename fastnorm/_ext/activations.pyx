@@ -3,9 +3,12 @@
 Arguments arrive validated and contiguous from fastnorm.activations; this module
 only picks the ISA variant, splits the work over OpenMP threads and releases the GIL.
 """
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, intptr_t
 from cython.parallel cimport prange
 from cython cimport floating
+cimport numpy as cnp
+
+cnp.import_array()
 
 cdef extern from "fn_activations.h" nogil:
     enum fn_act_op:
@@ -133,3 +136,112 @@ def backward(int op, const floating[::1] g, const floating[::1] s, floating[::1]
         return
     with nogil:
         _backward(op, &g[0], &s[0], &gx[0], g.shape[0], a, b, nthreads)
+
+
+# ---------------------------------------------------------------------------- fast path
+# The common call -- an aligned, C-contiguous, native float32/float64 array and no or a
+# matching out= -- is checked and run here without creating memoryviews or temporaries:
+# on a (32, 128) array the general Python path costs more than the kernel.  Anything
+# else returns None and takes the general path in fastnorm.activations, which also
+# produces every error message.
+
+cdef inline bint _plain(object a, int typenum):
+    if type(a) is not cnp.ndarray:
+        return False
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    return (cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_IS_C_CONTIGUOUS(arr)
+            and cnp.PyArray_ISALIGNED(arr) and cnp.PyArray_ISNOTSWAPPED(arr))
+
+
+cdef inline bint _same_shape(cnp.ndarray a, cnp.ndarray b):
+    cdef int d
+    if cnp.PyArray_NDIM(a) != cnp.PyArray_NDIM(b):
+        return False
+    for d in range(cnp.PyArray_NDIM(a)):
+        if cnp.PyArray_DIMS(a)[d] != cnp.PyArray_DIMS(b)[d]:
+            return False
+    return True
+
+
+cdef inline bint _disjoint_or_same(cnp.ndarray a, cnp.ndarray b):
+    cdef intptr_t pa = <intptr_t>cnp.PyArray_DATA(a), pb = <intptr_t>cnp.PyArray_DATA(b)
+    cdef intptr_t na = cnp.PyArray_NBYTES(a), nb = cnp.PyArray_NBYTES(b)
+    return pa == pb or pa + na <= pb or pb + nb <= pa
+
+
+cdef object _output(cnp.ndarray x, object out):
+    """out if it is a usable destination for x, a new array when out is None, else None."""
+    cdef cnp.ndarray o
+    if out is None:
+        return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0)
+    if not _plain(out, cnp.PyArray_TYPE(x)):
+        return None
+    o = <cnp.ndarray>out
+    if not (cnp.PyArray_ISWRITEABLE(o) and _same_shape(x, o) and _disjoint_or_same(x, o)):
+        return None
+    return o
+
+
+cdef int _threads(Py_ssize_t n, Py_ssize_t grain) except -1:
+    if n < grain:
+        return 1
+    from fastnorm._config import get_num_threads
+    return get_num_threads()
+
+
+def forward_fast(int op, object x, object out, double a, double b, Py_ssize_t grain):
+    """y = f_op(x) for plain arrays (see above); None when the general path is needed."""
+    cdef int typenum
+    if type(x) is not cnp.ndarray or not 0 <= op <= FN_ACT_SOFTSIGN:
+        return None
+    typenum = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    if not (typenum == cnp.NPY_FLOAT32 or typenum == cnp.NPY_FLOAT64) or not _plain(x, typenum):
+        return None
+    cdef cnp.ndarray xa = <cnp.ndarray>x
+    y = _output(xa, out)
+    if y is None:
+        return None
+    cdef cnp.ndarray ya = <cnp.ndarray>y
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(xa)
+    cdef int nthreads = _threads(n, grain)
+    if n == 0:
+        return y
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            _forward[float](op, <const float *>cnp.PyArray_DATA(xa), <float *>cnp.PyArray_DATA(ya),
+                            n, a, b, nthreads)
+        else:
+            _forward[double](op, <const double *>cnp.PyArray_DATA(xa), <double *>cnp.PyArray_DATA(ya),
+                             n, a, b, nthreads)
+    return y
+
+
+def backward_fast(int op, object g, object s, object out, double a, double b, Py_ssize_t grain):
+    """gx = g * f_op'(s) for plain arrays of one shape; None when the general path is needed."""
+    cdef int typenum
+    if type(g) is not cnp.ndarray or not 0 <= op <= FN_ACT_SOFTSIGN:
+        return None
+    typenum = cnp.PyArray_TYPE(<cnp.ndarray>g)
+    if not (typenum == cnp.NPY_FLOAT32 or typenum == cnp.NPY_FLOAT64) \
+            or not _plain(g, typenum) or not _plain(s, typenum):
+        return None
+    cdef cnp.ndarray ga = <cnp.ndarray>g, sa = <cnp.ndarray>s
+    if not _same_shape(ga, sa):
+        return None
+    gx = _output(ga, out)
+    if gx is None or not _disjoint_or_same(sa, <cnp.ndarray>gx):
+        return None
+    cdef cnp.ndarray gxa = <cnp.ndarray>gx
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(ga)
+    cdef int nthreads = _threads(n, grain)
+    if n == 0:
+        return gx
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            _backward[float](op, <const float *>cnp.PyArray_DATA(ga), <const float *>cnp.PyArray_DATA(sa),
+                             <float *>cnp.PyArray_DATA(gxa), n, a, b, nthreads)
+        else:
+            _backward[double](op, <const double *>cnp.PyArray_DATA(ga),
+                              <const double *>cnp.PyArray_DATA(sa),
+                              <double *>cnp.PyArray_DATA(gxa), n, a, b, nthreads)
+    return gx
