@@ -5,12 +5,16 @@ Compiled (Cython + C, OpenMP) kernels with a pure-NumPy twin of every function
 """
 from . import reference
 from ._config import (backend, get_num_threads, isa, set_isa, set_num_threads,
-                      use_backend)
+                      show_config, use_backend)
 from .activations import *  # noqa: F401,F403
 from .activations import __all__ as _activations_all
 from .dropout import DropoutMask, dropout, dropout_backward
+from .normalization import *  # noqa: F401,F403
+from .normalization import __all__ as _normalization_all
 
 __version__ = "0.1.0"
 
 __all__ = ["backend", "use_backend", "get_num_threads", "set_num_threads", "isa", "set_isa",
-           "reference", *_activations_all, "dropout", "dropout_backward", "DropoutMask"]
+           "show_config",
+           "reference", *_activations_all, "dropout", "dropout_backward", "DropoutMask",
+           *_normalization_all]

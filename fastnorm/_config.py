@@ -9,7 +9,7 @@ import os
 import warnings
 
 #: Compiled kernel families, one extension module each (fastnorm/_ext/<name>.pyx).
-FAMILIES = ("activations", "dropout")
+FAMILIES = ("activations", "dropout", "normalization")
 
 _BACKENDS = ("cython", "numpy")
 _ISAS = ("base", "avx2")
@@ -188,3 +188,33 @@ def threads_for(work, grain):
     if work < grain:
         return 1
     return get_num_threads()
+
+
+def show_config(file=None):
+    """Print how fastnorm is built and configured: backend, kernel variant, OpenMP, threads."""
+    import platform
+    import sys
+
+    import numpy as np
+
+    lines = [
+        f"fastnorm {_version()}",
+        f"  backend:        {_backend}" + ("" if _runtime is not None
+                                           else f" (compiled kernels unavailable: {_import_error})"),
+        f"  kernel variant: {_isa}" + (" (CPU has AVX2+FMA)" if _runtime is not None
+                                        and _runtime.cpu_has_avx2_fma() else ""),
+        f"  OpenMP:         " + (("built in (libgomp), omp_get_max_threads() = "
+                                  f"{_runtime.omp_max_threads()}") if _runtime is not None
+                                 and _runtime.openmp_enabled() else "not built in"),
+        f"  threads:        {get_num_threads()}"
+        + (f" (set_num_threads)" if _requested_threads is not None
+           else " (FASTNORM_NUM_THREADS)" if _env_threads is not None else ""),
+        f"  NumPy:          {np.__version__}",
+        f"  Python:         {platform.python_version()} on {platform.machine()} {platform.system()}",
+    ]
+    print("\n".join(lines), file=file or sys.stdout)
+
+
+def _version():
+    from . import __version__
+    return __version__

@@ -7,5 +7,7 @@ from ._activations import *  # noqa: F401,F403
 from ._activations import __all__ as _activations_all
 from ._dropout import *  # noqa: F401,F403
 from ._dropout import __all__ as _dropout_all
+from ._normalization import *  # noqa: F401,F403
+from ._normalization import __all__ as _normalization_all
 
-__all__ = list(_activations_all) + list(_dropout_all)
+__all__ = list(_activations_all) + list(_dropout_all) + list(_normalization_all)

@@ -1,0 +1,408 @@
+"""Cython glue of the normalization kernels (C loops in fn_normalization_impl.h).
+
+Arguments arrive validated, contiguous and of one compute dtype from
+fastnorm.normalization; this module picks the ISA variant, splits work over OpenMP
+threads and releases the GIL.  Work is split so that results do not depend on the
+thread count: every per-unit or per-row reduction runs whole inside one thread, and
+column reductions use row blocks whose size depends only on the shape, with the block
+partials added in block order afterwards.
+"""
+import numpy as np
+from libc.stdint cimport int64_t
+from cython.parallel cimport prange
+from cython cimport floating
+
+cdef extern from "fn_normalization.h" nogil:
+    void fn_norm_stats_runs_f32_base(const float *, int64_t, int64_t, int64_t, int64_t, int64_t, double *, double *)
+    void fn_norm_stats_runs_f64_base(const double *, int64_t, int64_t, int64_t, int64_t, int64_t, double *, double *)
+    void fn_norm_stats_runs_f32_avx2(const float *, int64_t, int64_t, int64_t, int64_t, int64_t, double *, double *)
+    void fn_norm_stats_runs_f64_avx2(const double *, int64_t, int64_t, int64_t, int64_t, int64_t, double *, double *)
+    void fn_norm_stats_cols_f32_base(const float *, int64_t, int64_t, const double *, double *, double *)
+    void fn_norm_stats_cols_f64_base(const double *, int64_t, int64_t, const double *, double *, double *)
+    void fn_norm_stats_cols_f32_avx2(const float *, int64_t, int64_t, const double *, double *, double *)
+    void fn_norm_stats_cols_f64_avx2(const double *, int64_t, int64_t, const double *, double *, double *)
+    void fn_norm_dual_runs_f32_base(const float *, const float *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, double *, double *)
+    void fn_norm_dual_runs_f64_base(const double *, const double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, double *, double *)
+    void fn_norm_dual_runs_f32_avx2(const float *, const float *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, double *, double *)
+    void fn_norm_dual_runs_f64_avx2(const double *, const double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, double *, double *)
+    void fn_norm_dual_cols_f32_base(const float *, const float *, int64_t, int64_t, const double *, double *, double *)
+    void fn_norm_dual_cols_f64_base(const double *, const double *, int64_t, int64_t, const double *, double *, double *)
+    void fn_norm_dual_cols_f32_avx2(const float *, const float *, int64_t, int64_t, const double *, double *, double *)
+    void fn_norm_dual_cols_f64_avx2(const double *, const double *, int64_t, int64_t, const double *, double *, double *)
+    void fn_norm_affine_f32_base(const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, const float *, const float *)
+    void fn_norm_affine_f64_base(const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *)
+    void fn_norm_affine_f32_avx2(const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, const float *, const float *)
+    void fn_norm_affine_f64_avx2(const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *)
+    void fn_norm_affine_grad_f32_base(const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, const float *, const float *)
+    void fn_norm_affine_grad_f64_base(const double *, const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *)
+    void fn_norm_affine_grad_f32_avx2(const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, const float *, const float *)
+    void fn_norm_affine_grad_f64_avx2(const double *, const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *)
+    void fn_norm_rows_forward_f32_base(const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, double, int, float *, float *)
+    void fn_norm_rows_forward_f64_base(const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, double, int, double *, double *)
+    void fn_norm_rows_forward_f32_avx2(const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, double, int, float *, float *)
+    void fn_norm_rows_forward_f64_avx2(const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, double, int, double *, double *)
+    void fn_norm_rows_backward_f32_base(const float *, const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, const float *, int, double *, double *)
+    void fn_norm_rows_backward_f64_base(const double *, const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, const double *, int, double *, double *)
+    void fn_norm_rows_backward_f32_avx2(const float *, const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, const float *, int, double *, double *)
+    void fn_norm_rows_backward_f64_avx2(const double *, const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, const double *, int, double *, double *)
+
+ctypedef void (*stats_runs_f32_t)(const float *, int64_t, int64_t, int64_t, int64_t, int64_t, double *, double *) noexcept nogil
+ctypedef void (*stats_runs_f64_t)(const double *, int64_t, int64_t, int64_t, int64_t, int64_t, double *, double *) noexcept nogil
+ctypedef void (*stats_cols_f32_t)(const float *, int64_t, int64_t, const double *, double *, double *) noexcept nogil
+ctypedef void (*stats_cols_f64_t)(const double *, int64_t, int64_t, const double *, double *, double *) noexcept nogil
+ctypedef void (*dual_runs_f32_t)(const float *, const float *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, double *, double *) noexcept nogil
+ctypedef void (*dual_runs_f64_t)(const double *, const double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, double *, double *) noexcept nogil
+ctypedef void (*dual_cols_f32_t)(const float *, const float *, int64_t, int64_t, const double *, double *, double *) noexcept nogil
+ctypedef void (*dual_cols_f64_t)(const double *, const double *, int64_t, int64_t, const double *, double *, double *) noexcept nogil
+ctypedef void (*affine_f32_t)(const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, const float *, const float *) noexcept nogil
+ctypedef void (*affine_f64_t)(const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *) noexcept nogil
+ctypedef void (*affine_grad_f32_t)(const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, const float *, const float *) noexcept nogil
+ctypedef void (*affine_grad_f64_t)(const double *, const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *) noexcept nogil
+ctypedef void (*rows_forward_f32_t)(const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, double, int, float *, float *) noexcept nogil
+ctypedef void (*rows_forward_f64_t)(const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, double, int, double *, double *) noexcept nogil
+ctypedef void (*rows_backward_f32_t)(const float *, const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, const float *, int, double *, double *) noexcept nogil
+ctypedef void (*rows_backward_f64_t)(const double *, const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, const double *, int, double *, double *) noexcept nogil
+
+cdef stats_runs_f32_t _stats_runs_f32 = fn_norm_stats_runs_f32_base
+cdef stats_runs_f64_t _stats_runs_f64 = fn_norm_stats_runs_f64_base
+cdef stats_cols_f32_t _stats_cols_f32 = fn_norm_stats_cols_f32_base
+cdef stats_cols_f64_t _stats_cols_f64 = fn_norm_stats_cols_f64_base
+cdef dual_runs_f32_t _dual_runs_f32 = fn_norm_dual_runs_f32_base
+cdef dual_runs_f64_t _dual_runs_f64 = fn_norm_dual_runs_f64_base
+cdef dual_cols_f32_t _dual_cols_f32 = fn_norm_dual_cols_f32_base
+cdef dual_cols_f64_t _dual_cols_f64 = fn_norm_dual_cols_f64_base
+cdef affine_f32_t _affine_f32 = fn_norm_affine_f32_base
+cdef affine_f64_t _affine_f64 = fn_norm_affine_f64_base
+cdef affine_grad_f32_t _affine_grad_f32 = fn_norm_affine_grad_f32_base
+cdef affine_grad_f64_t _affine_grad_f64 = fn_norm_affine_grad_f64_base
+cdef rows_forward_f32_t _rows_forward_f32 = fn_norm_rows_forward_f32_base
+cdef rows_forward_f64_t _rows_forward_f64 = fn_norm_rows_forward_f64_base
+cdef rows_backward_f32_t _rows_backward_f32 = fn_norm_rows_backward_f32_base
+cdef rows_backward_f64_t _rows_backward_f64 = fn_norm_rows_backward_f64_base
+
+#: Runs shorter than this are reduced column-wise (vectorized across channels) instead.
+RUN_MIN = 16
+
+
+def set_isa(str isa):
+    """Route every call to the 'base' or the 'avx2' variant of the kernels."""
+    global _stats_runs_f32, _stats_runs_f64, _stats_cols_f32, _stats_cols_f64
+    global _dual_runs_f32, _dual_runs_f64, _dual_cols_f32, _dual_cols_f64
+    global _affine_f32, _affine_f64, _affine_grad_f32, _affine_grad_f64
+    global _rows_forward_f32, _rows_forward_f64, _rows_backward_f32, _rows_backward_f64
+    if isa == "avx2":
+        _stats_runs_f32, _stats_runs_f64 = fn_norm_stats_runs_f32_avx2, fn_norm_stats_runs_f64_avx2
+        _stats_cols_f32, _stats_cols_f64 = fn_norm_stats_cols_f32_avx2, fn_norm_stats_cols_f64_avx2
+        _dual_runs_f32, _dual_runs_f64 = fn_norm_dual_runs_f32_avx2, fn_norm_dual_runs_f64_avx2
+        _dual_cols_f32, _dual_cols_f64 = fn_norm_dual_cols_f32_avx2, fn_norm_dual_cols_f64_avx2
+        _affine_f32, _affine_f64 = fn_norm_affine_f32_avx2, fn_norm_affine_f64_avx2
+        _affine_grad_f32, _affine_grad_f64 = fn_norm_affine_grad_f32_avx2, fn_norm_affine_grad_f64_avx2
+        _rows_forward_f32, _rows_forward_f64 = fn_norm_rows_forward_f32_avx2, fn_norm_rows_forward_f64_avx2
+        _rows_backward_f32, _rows_backward_f64 = fn_norm_rows_backward_f32_avx2, fn_norm_rows_backward_f64_avx2
+    elif isa == "base":
+        _stats_runs_f32, _stats_runs_f64 = fn_norm_stats_runs_f32_base, fn_norm_stats_runs_f64_base
+        _stats_cols_f32, _stats_cols_f64 = fn_norm_stats_cols_f32_base, fn_norm_stats_cols_f64_base
+        _dual_runs_f32, _dual_runs_f64 = fn_norm_dual_runs_f32_base, fn_norm_dual_runs_f64_base
+        _dual_cols_f32, _dual_cols_f64 = fn_norm_dual_cols_f32_base, fn_norm_dual_cols_f64_base
+        _affine_f32, _affine_f64 = fn_norm_affine_f32_base, fn_norm_affine_f64_base
+        _affine_grad_f32, _affine_grad_f64 = fn_norm_affine_grad_f32_base, fn_norm_affine_grad_f64_base
+        _rows_forward_f32, _rows_forward_f64 = fn_norm_rows_forward_f32_base, fn_norm_rows_forward_f64_base
+        _rows_backward_f32, _rows_backward_f64 = fn_norm_rows_backward_f32_base, fn_norm_rows_backward_f64_base
+    else:
+        raise ValueError(f"set_isa: isa must be 'base' or 'avx2', got {isa!r}")
+
+
+cdef inline Py_ssize_t _share(Py_ssize_t n, int parts) noexcept nogil:
+    return (n + parts - 1) // parts
+
+
+def _row_block(Py_ssize_t rows, Py_ssize_t min_rows):
+    """Rows per block of a column reduction: from the shape only (at most ~32 blocks)."""
+    return max(min_rows, (rows + 31) // 32)
+
+
+def _check(cond, what):
+    if not cond:
+        raise ValueError(f"normalization kernel: {what}")
+
+
+def stats(const floating[::1] x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B,
+          double[::1] mean, double[::1] m2, int nthreads):
+    """Per unit (p, c) of the (P, A, C, B) array x: mean and M2 = sum((x - mean)^2), in
+    double.  OUT mean, m2: (P*C,).  A*B must be >= 1."""
+    _check(x.shape[0] == P * A * C * B and mean.shape[0] == P * C == m2.shape[0] and A * B >= 1,
+           "stats: inconsistent sizes")
+    cdef Py_ssize_t U = P * C, t, u0, ch, W, p, blk, nblk, rb, rows
+    cdef double[:, ::1] s1, s2
+    cdef double[::1] shift
+    cdef const floating *xp
+    if U == 0:
+        return
+    if B >= RUN_MIN or A == 1:
+        with nogil:
+            if nthreads <= 1 or U == 1:
+                if floating is float:
+                    _stats_runs_f32(&x[0], A, C, B, 0, U, &mean[0], &m2[0])
+                else:
+                    _stats_runs_f64(&x[0], A, C, B, 0, U, &mean[0], &m2[0])
+            else:
+                ch = _share(U, nthreads)
+                for t in prange(nthreads, num_threads=nthreads, schedule="static"):
+                    u0 = t * ch
+                    if u0 < U:
+                        if floating is float:
+                            _stats_runs_f32(&x[0], A, C, B, u0, min(u0 + ch, U), &mean[0], &m2[0])
+                        else:
+                            _stats_runs_f64(&x[0], A, C, B, u0, min(u0 + ch, U), &mean[0], &m2[0])
+        return
+    # Short runs: column sums over fixed row blocks, every column of a channel shifted
+    # by the channel's first element so the columns' sums can simply be added.
+    W = C * B
+    rb = _row_block(A, 64)
+    nblk = (A + rb - 1) // rb
+    xa = np.asarray(x).reshape(P, A, C, B)
+    mean_a, m2_a = np.asarray(mean).reshape(P, C), np.asarray(m2).reshape(P, C)
+    n = float(A * B)
+    for p in range(P):
+        shift_c = xa[p, 0, :, 0].astype(np.float64)
+        shift = np.ascontiguousarray(np.repeat(shift_c, B))
+        s1 = np.zeros((nblk, W))
+        s2 = np.zeros((nblk, W))
+        xp = &x[p * A * W]
+        with nogil:
+            if nthreads <= 1 or nblk == 1:
+                for blk in range(nblk):
+                    rows = min(rb, A - blk * rb)
+                    if floating is float:
+                        _stats_cols_f32(xp + blk * rb * W, rows, W, &shift[0], &s1[blk, 0], &s2[blk, 0])
+                    else:
+                        _stats_cols_f64(xp + blk * rb * W, rows, W, &shift[0], &s1[blk, 0], &s2[blk, 0])
+            else:
+                for blk in prange(nblk, num_threads=nthreads, schedule="static"):
+                    rows = min(rb, A - blk * rb)
+                    if floating is float:
+                        _stats_cols_f32(xp + blk * rb * W, rows, W, &shift[0], &s1[blk, 0], &s2[blk, 0])
+                    else:
+                        _stats_cols_f64(xp + blk * rb * W, rows, W, &shift[0], &s1[blk, 0], &s2[blk, 0])
+        t1 = np.asarray(s1).sum(axis=0).reshape(C, B).sum(axis=1)
+        t2 = np.asarray(s2).sum(axis=0).reshape(C, B).sum(axis=1)
+        mean_a[p] = shift_c + t1 / n
+        m2_a[p] = np.maximum(t2 - t1 * (t1 / n), 0.0)
+
+
+def dual_sums(const floating[::1] dy, const floating[::1] x, Py_ssize_t P, Py_ssize_t A,
+              Py_ssize_t C, Py_ssize_t B, const double[::1] center, double[::1] s1_out,
+              double[::1] s2_out, int nthreads):
+    """Per unit (p, c): s1 = sum(dy), s2 = sum(dy * (x - center)).  IN center: (P*C,);
+    OUT s1_out, s2_out: (P*C,)."""
+    _check(x.shape[0] == P * A * C * B == dy.shape[0] and center.shape[0] == P * C
+           and s1_out.shape[0] == P * C == s2_out.shape[0], "dual_sums: inconsistent sizes")
+    cdef Py_ssize_t U = P * C, t, u0, ch, W, p, blk, nblk, rb, rows
+    cdef double[:, ::1] s1, s2
+    cdef const double[::1] cen
+    cdef const floating *xp
+    cdef const floating *gp
+    if U == 0 or A * B == 0:
+        np.asarray(s1_out)[:] = 0
+        np.asarray(s2_out)[:] = 0
+        return
+    if B >= RUN_MIN or A == 1:
+        with nogil:
+            if nthreads <= 1 or U == 1:
+                if floating is float:
+                    _dual_runs_f32(&dy[0], &x[0], A, C, B, 0, U, &center[0], &s1_out[0], &s2_out[0])
+                else:
+                    _dual_runs_f64(&dy[0], &x[0], A, C, B, 0, U, &center[0], &s1_out[0], &s2_out[0])
+            else:
+                ch = _share(U, nthreads)
+                for t in prange(nthreads, num_threads=nthreads, schedule="static"):
+                    u0 = t * ch
+                    if u0 < U:
+                        if floating is float:
+                            _dual_runs_f32(&dy[0], &x[0], A, C, B, u0, min(u0 + ch, U), &center[0],
+                                           &s1_out[0], &s2_out[0])
+                        else:
+                            _dual_runs_f64(&dy[0], &x[0], A, C, B, u0, min(u0 + ch, U), &center[0],
+                                           &s1_out[0], &s2_out[0])
+        return
+    W = C * B
+    rb = _row_block(A, 64)
+    nblk = (A + rb - 1) // rb
+    center_a = np.asarray(center).reshape(P, C)
+    s1_a, s2_a = np.asarray(s1_out).reshape(P, C), np.asarray(s2_out).reshape(P, C)
+    for p in range(P):
+        cen = np.ascontiguousarray(np.repeat(center_a[p], B))
+        s1 = np.zeros((nblk, W))
+        s2 = np.zeros((nblk, W))
+        xp = &x[p * A * W]
+        gp = &dy[p * A * W]
+        with nogil:
+            if nthreads <= 1 or nblk == 1:
+                for blk in range(nblk):
+                    rows = min(rb, A - blk * rb)
+                    if floating is float:
+                        _dual_cols_f32(gp + blk * rb * W, xp + blk * rb * W, rows, W, &cen[0], &s1[blk, 0], &s2[blk, 0])
+                    else:
+                        _dual_cols_f64(gp + blk * rb * W, xp + blk * rb * W, rows, W, &cen[0], &s1[blk, 0], &s2[blk, 0])
+            else:
+                for blk in prange(nblk, num_threads=nthreads, schedule="static"):
+                    rows = min(rb, A - blk * rb)
+                    if floating is float:
+                        _dual_cols_f32(gp + blk * rb * W, xp + blk * rb * W, rows, W, &cen[0], &s1[blk, 0], &s2[blk, 0])
+                    else:
+                        _dual_cols_f64(gp + blk * rb * W, xp + blk * rb * W, rows, W, &cen[0], &s1[blk, 0], &s2[blk, 0])
+        s1_a[p] = np.asarray(s1).sum(axis=0).reshape(C, B).sum(axis=1)
+        s2_a[p] = np.asarray(s2).sum(axis=0).reshape(C, B).sum(axis=1)
+
+
+def affine(const floating[::1] x, floating[::1] y, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C,
+           Py_ssize_t B, const floating[::1] mhi, const floating[::1] mlo,
+           const floating[::1] scale, const floating[::1] shift, int nthreads):
+    """y = ((x - mhi) - mlo) * scale + shift, parameters per (p, c) of (P, A, C, B).
+    IN x: (P*A*C*B,), parameters (P*C,); OUT y: like x."""
+    _check(x.shape[0] == P * A * C * B == y.shape[0] and mhi.shape[0] == P * C == mlo.shape[0]
+           and scale.shape[0] == P * C == shift.shape[0], "affine: inconsistent sizes")
+    cdef Py_ssize_t R = P * A * C, t, u0, ch
+    if x.shape[0] == 0:
+        return
+    with nogil:
+        if nthreads <= 1:
+            if floating is float:
+                _affine_f32(&x[0], &y[0], A, C, B, 0, R, &mhi[0], &mlo[0], &scale[0], &shift[0])
+            else:
+                _affine_f64(&x[0], &y[0], A, C, B, 0, R, &mhi[0], &mlo[0], &scale[0], &shift[0])
+        else:
+            ch = _share(R, nthreads)
+            if B == 1:
+                ch = (ch + 15) & ~(<Py_ssize_t>15)  # keep threads off each other's cache lines
+            for t in prange(nthreads, num_threads=nthreads, schedule="static"):
+                u0 = t * ch
+                if u0 < R:
+                    if floating is float:
+                        _affine_f32(&x[0], &y[0], A, C, B, u0, min(u0 + ch, R), &mhi[0], &mlo[0], &scale[0], &shift[0])
+                    else:
+                        _affine_f64(&x[0], &y[0], A, C, B, u0, min(u0 + ch, R), &mhi[0], &mlo[0], &scale[0], &shift[0])
+
+
+def affine_grad(const floating[::1] dy, const floating[::1] x, floating[::1] gx, Py_ssize_t P,
+                Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, const floating[::1] k1,
+                const floating[::1] mhi, const floating[::1] k2, const floating[::1] k3,
+                int nthreads):
+    """gx = dy * k1 + (x - mhi) * k2 + k3, parameters per (p, c) of (P, A, C, B)."""
+    _check(x.shape[0] == P * A * C * B == dy.shape[0] == gx.shape[0] and k1.shape[0] == P * C
+           and mhi.shape[0] == P * C == k2.shape[0] == k3.shape[0], "affine_grad: inconsistent sizes")
+    cdef Py_ssize_t R = P * A * C, t, u0, ch
+    if x.shape[0] == 0:
+        return
+    with nogil:
+        if nthreads <= 1:
+            if floating is float:
+                _affine_grad_f32(&dy[0], &x[0], &gx[0], A, C, B, 0, R, &k1[0], &mhi[0], &k2[0], &k3[0])
+            else:
+                _affine_grad_f64(&dy[0], &x[0], &gx[0], A, C, B, 0, R, &k1[0], &mhi[0], &k2[0], &k3[0])
+        else:
+            ch = _share(R, nthreads)
+            if B == 1:
+                ch = (ch + 15) & ~(<Py_ssize_t>15)
+            for t in prange(nthreads, num_threads=nthreads, schedule="static"):
+                u0 = t * ch
+                if u0 < R:
+                    if floating is float:
+                        _affine_grad_f32(&dy[0], &x[0], &gx[0], A, C, B, u0, min(u0 + ch, R), &k1[0], &mhi[0], &k2[0], &k3[0])
+                    else:
+                        _affine_grad_f64(&dy[0], &x[0], &gx[0], A, C, B, u0, min(u0 + ch, R), &k1[0], &mhi[0], &k2[0], &k3[0])
+
+
+def rows_forward(const floating[::1] x, floating[::1] y, Py_ssize_t M, Py_ssize_t K,
+                 const floating[::1] w, const floating[::1] b, double eps, bint rms,
+                 floating[::1] mean, floating[::1] rstd, int nthreads):
+    """Layer norm (rms=False) or RMS norm of the rows of an (M, K) array (K >= 1).
+    IN w, b: (K,) or None; OUT y: (M*K,), mean (M,; unused for RMS), rstd (M,)."""
+    _check(x.shape[0] == M * K == y.shape[0] and K >= 1 and mean.shape[0] == M == rstd.shape[0]
+           and (w is None or w.shape[0] == K) and (b is None or b.shape[0] == K),
+           "rows_forward: inconsistent sizes")
+    cdef const floating *wp = NULL
+    cdef const floating *bp = NULL
+    cdef Py_ssize_t t, r0, ch
+    if M == 0:
+        return
+    if w is not None:
+        wp = &w[0]
+    if b is not None:
+        bp = &b[0]
+    with nogil:
+        if nthreads <= 1 or M == 1:
+            if floating is float:
+                _rows_forward_f32(&x[0], &y[0], K, 0, M, wp, bp, eps, rms, &mean[0], &rstd[0])
+            else:
+                _rows_forward_f64(&x[0], &y[0], K, 0, M, wp, bp, eps, rms, &mean[0], &rstd[0])
+        else:
+            ch = _share(M, nthreads)
+            for t in prange(nthreads, num_threads=nthreads, schedule="static"):
+                r0 = t * ch
+                if r0 < M:
+                    if floating is float:
+                        _rows_forward_f32(&x[0], &y[0], K, r0, min(r0 + ch, M), wp, bp, eps, rms, &mean[0], &rstd[0])
+                    else:
+                        _rows_forward_f64(&x[0], &y[0], K, r0, min(r0 + ch, M), wp, bp, eps, rms, &mean[0], &rstd[0])
+
+
+def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] gx, Py_ssize_t M,
+                  Py_ssize_t K, const floating[::1] w, const floating[::1] mean,
+                  const floating[::1] rstd, bint rms, bint want_gw, bint want_gb, int nthreads):
+    """Backward of rows_forward.  OUT gx: (M*K,).  Returns (gw, gb): float64 (K,) arrays
+    of sum(dy * xhat) and sum(dy) over the rows, or None where not wanted."""
+    _check(x.shape[0] == M * K == dy.shape[0] == gx.shape[0] and K >= 1
+           and mean.shape[0] == M == rstd.shape[0] and (w is None or w.shape[0] == K),
+           "rows_backward: inconsistent sizes")
+    cdef const floating *wp = NULL
+    cdef Py_ssize_t t, r0, ch, blk, nblk, rb
+    cdef double[:, ::1] pw
+    cdef double[:, ::1] pb
+    cdef double *pwp
+    cdef double *pbp
+    cdef bint acc = want_gw or want_gb
+    if w is not None:
+        wp = &w[0]
+    if M == 0:
+        return (np.zeros(K) if want_gw else None), (np.zeros(K) if want_gb else None)
+    if not acc:
+        with nogil:
+            if nthreads <= 1 or M == 1:
+                if floating is float:
+                    _rows_backward_f32(&dy[0], &x[0], &gx[0], K, 0, M, wp, &mean[0], &rstd[0], rms, NULL, NULL)
+                else:
+                    _rows_backward_f64(&dy[0], &x[0], &gx[0], K, 0, M, wp, &mean[0], &rstd[0], rms, NULL, NULL)
+            else:
+                ch = _share(M, nthreads)
+                for t in prange(nthreads, num_threads=nthreads, schedule="static"):
+                    r0 = t * ch
+                    if r0 < M:
+                        if floating is float:
+                            _rows_backward_f32(&dy[0], &x[0], &gx[0], K, r0, min(r0 + ch, M), wp, &mean[0], &rstd[0], rms, NULL, NULL)
+                        else:
+                            _rows_backward_f64(&dy[0], &x[0], &gx[0], K, r0, min(r0 + ch, M), wp, &mean[0], &rstd[0], rms, NULL, NULL)
+        return None, None
+    # Parameter gradients are column sums: fixed row blocks, partials added in order.
+    rb = _row_block(M, 16)
+    nblk = (M + rb - 1) // rb
+    pw = np.zeros((nblk if want_gw else 1, K))
+    pb = np.zeros((nblk if want_gb else 1, K))
+    with nogil:
+        if nthreads <= 1 or nblk == 1:
+            for blk in range(nblk):
+                pwp = &pw[blk, 0] if want_gw else NULL
+                pbp = &pb[blk, 0] if want_gb else NULL
+                if floating is float:
+                    _rows_backward_f32(&dy[0], &x[0], &gx[0], K, blk * rb, min(blk * rb + rb, M), wp, &mean[0], &rstd[0], rms, pwp, pbp)
+                else:
+                    _rows_backward_f64(&dy[0], &x[0], &gx[0], K, blk * rb, min(blk * rb + rb, M), wp, &mean[0], &rstd[0], rms, pwp, pbp)
+        else:
+            for blk in prange(nblk, num_threads=nthreads, schedule="static"):
+                pwp = &pw[blk, 0] if want_gw else NULL
+                pbp = &pb[blk, 0] if want_gb else NULL
+                if floating is float:
+                    _rows_backward_f32(&dy[0], &x[0], &gx[0], K, blk * rb, min(blk * rb + rb, M), wp, &mean[0], &rstd[0], rms, pwp, pbp)
+                else:
+                    _rows_backward_f64(&dy[0], &x[0], &gx[0], K, blk * rb, min(blk * rb + rb, M), wp, &mean[0], &rstd[0], rms, pwp, pbp)
+    return (np.asarray(pw).sum(axis=0) if want_gw else None), (np.asarray(pb).sum(axis=0) if want_gb else None)

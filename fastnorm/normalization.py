@@ -1,0 +1,685 @@
+"""Normalization layers as functions, forward and backward (public API).
+
+Shapes follow PyTorch: ``x`` is ``(N, C)`` or ``(N, C, *spatial)`` for batch, group and
+instance norm (``(N, *spatial, C)`` with ``channels_last=True`` for batch and group
+norm); layer and RMS norm normalize over the trailing ``normalized_shape`` axes.
+Forward functions return ``(y, mean, rstd)`` (RMS norm: ``(y, rstd)``), with
+``rstd = 1 / sqrt(var + eps)`` -- what the backward functions take back, exactly as
+returned.  Statistics shapes: batch norm ``(C,)``, layer/RMS norm
+``x.shape[:-len(normalized_shape)]``, group norm ``(N, num_groups)``, instance norm
+``(N, C)``.
+
+dtypes: float32 and float64 are computed natively (float32 data with float64
+accumulation), float16 in float32 with ``y`` returned as float16; mean/rstd are in the
+compute dtype (float32 for float16/float32 input, float64 for float64 -- PyTorch's
+choice for float32).  weight/bias and running statistics have x's dtype (float32 is
+also accepted with float16 x); parameter gradients come back in the dtype of the
+parameter.  Variances: biased (divide by the count) for normalizing; unbiased for
+the running variance, as PyTorch.  ``eps`` (>= 0) sits inside the square root.
+
+Backward functions return ``grad_weight`` only when ``weight`` is given and
+``grad_bias`` only when the keyword ``bias`` is given (the forward's bias or anything
+of its shape), else None.  Any strides are accepted (non-contiguous input is copied
+once); inputs are never modified, except the running statistics, updated in place.
+"""
+import math
+import operator
+
+import numpy as np
+
+from . import _config, reference
+from ._arrays import as_float_array, check_out, check_real, compute_dtype, same_array_spec
+
+__all__ = ["moments", "batch_norm", "batch_norm_backward", "layer_norm", "layer_norm_backward",
+           "group_norm", "group_norm_backward", "instance_norm", "instance_norm_backward",
+           "rms_norm", "rms_norm_backward"]
+
+# Below this many elements a call runs on one thread: starting an OpenMP region (~1 us
+# plus waking a thread) costs more than the second core saves (bench/norm_speed.py).
+_GRAIN = 1 << 15
+_F64 = np.dtype(np.float64)
+_F16 = np.dtype(np.float16)
+
+
+# ---------------------------------------------------------------------------- validation
+
+def _x(func, x, min_ndim, what="x"):
+    x = as_float_array(func, what, x)
+    if x.ndim < min_ndim:
+        raise ValueError(f"{func}: {what} must have at least {min_ndim} dimensions, got shape {x.shape}")
+    return x
+
+
+def _param(func, name, p, shape, x):
+    """An optional weight/bias/running statistic of ``shape`` and x's dtype (float32
+    also accepted for float16 x)."""
+    if p is None:
+        return None
+    p = as_float_array(func, name, p)
+    if p.shape != tuple(shape):
+        raise ValueError(f"{func}: {name} must have shape {tuple(shape)}, got {p.shape}")
+    if p.dtype != x.dtype and p.dtype != compute_dtype(x.dtype):
+        raise TypeError(f"{func}: {name} must have dtype {x.dtype} (the dtype of x), got {p.dtype}")
+    return p
+
+
+def _running(func, running_mean, running_var, c, x):
+    if (running_mean is None) != (running_var is None):
+        missing = "running_var" if running_var is None else "running_mean"
+        raise ValueError(f"{func}: running_mean and running_var must be given together, {missing} is None")
+    if running_mean is None:
+        return None, None
+    out = []
+    for name, r in (("running_mean", running_mean), ("running_var", running_var)):
+        if not isinstance(r, np.ndarray):
+            raise TypeError(f"{func}: {name} must be a numpy.ndarray (updated in place), got {type(r).__name__}")
+        r = _param(func, name, r, (c,), x)
+        if not r.flags.writeable:
+            raise ValueError(f"{func}: {name} must be writeable (it is updated in place)")
+        out.append(r)
+    if np.may_share_memory(out[0], out[1]):
+        raise ValueError(f"{func}: running_mean and running_var must not share memory")
+    return out
+
+
+def _stat(func, name, a, shape):
+    a = as_float_array(func, name, a)
+    if a.shape != tuple(shape):
+        raise ValueError(f"{func}: {name} must have shape {tuple(shape)} (as the forward returned it), "
+                         f"got {a.shape}")
+    return a
+
+
+def _grad_output(func, grad_output, x):
+    g = as_float_array(func, "grad_output", grad_output)
+    same_array_spec(func, "grad_output", g, "x", x)
+    return g
+
+
+def _eps(func, eps):
+    return check_real(func, "eps", eps, nonnegative=True)
+
+
+def _flag(func, name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{func}: {name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+def _int(func, name, value):
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{func}: {name} must be an int, got bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{func}: {name} must be an int, got {type(value).__name__}") from None
+
+
+def _normalized_shape(func, normalized_shape, x):
+    if isinstance(normalized_shape, (int, np.integer)) and not isinstance(normalized_shape, bool):
+        ns = (int(normalized_shape),)
+    else:
+        try:
+            ns = tuple(_int(func, "normalized_shape", s) for s in normalized_shape)
+        except TypeError:
+            raise TypeError(f"{func}: normalized_shape must be an int or a sequence of ints, "
+                            f"got {normalized_shape!r}") from None
+    if not ns or len(ns) > x.ndim or x.shape[x.ndim - len(ns):] != ns:
+        raise ValueError(f"{func}: normalized_shape {ns} must be non-empty and equal the trailing "
+                         f"dimensions of x, got x of shape {x.shape}")
+    return ns
+
+
+def _num_groups(func, num_groups, c):
+    g = _int(func, "num_groups", num_groups)
+    if g < 1 or c % g:
+        raise ValueError(f"{func}: num_groups must be a positive divisor of the number of channels "
+                         f"C = {c}, got {g}")
+    return g
+
+
+def _channels(x, channels_last):
+    return x.shape[-1] if channels_last else x.shape[1]
+
+
+def _count_per_channel(x, channels_last):
+    cax = x.ndim - 1 if channels_last else 1
+    return math.prod(s for i, s in enumerate(x.shape) if i != cax)
+
+
+def _momentum_factor(func, momentum, num_batches_tracked):
+    if momentum is not None:
+        return check_real(func, "momentum", momentum)
+    if num_batches_tracked is None:
+        raise ValueError(f"{func}: momentum=None (cumulative average) needs num_batches_tracked=, "
+                         "the number of batches seen including this one")
+    nbt = _int(func, "num_batches_tracked", num_batches_tracked)
+    if nbt < 1:
+        raise ValueError(f"{func}: num_batches_tracked must be >= 1 (already incremented), got {nbt}")
+    return 1.0 / nbt
+
+
+# ---------------------------------------------------------------------------- kernel glue
+
+def _contiguous(a):
+    """a as a C-contiguous array of the compute dtype (copied only when needed)."""
+    return np.ascontiguousarray(a, dtype=compute_dtype(a.dtype))
+
+
+def _vector(p, cd):
+    return None if p is None else np.ascontiguousarray(p, dtype=cd).reshape(-1)
+
+
+def _output_buffer(x, xc, out):
+    """Where the kernel writes y: ``out`` itself when it can (C-contiguous, compute dtype,
+    and not partially overlapping the input), else a new array."""
+    if (out is not None and out.dtype == xc.dtype and out.flags.c_contiguous
+            and (not np.may_share_memory(out, xc)
+                 or (out.__array_interface__["data"][0] == xc.__array_interface__["data"][0]))):
+        return out
+    return np.empty(x.shape, dtype=xc.dtype)
+
+
+def _deliver(buf, dtype, out):
+    if out is None:
+        return buf if buf.dtype == dtype else buf.astype(dtype)
+    if buf is not out:
+        np.copyto(out, buf, casting="unsafe")
+    return out
+
+
+def _split_mean(mean_d, cd):
+    """The float64 mean as hi + lo in the compute dtype (see fn_normalization_impl.h)."""
+    hi = mean_d.astype(cd)
+    return hi, (mean_d - hi).astype(cd)
+
+
+def _rstd(var, eps):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 1.0 / np.sqrt(var + eps)
+
+
+def _update_running(running, batch, factor):
+    running[...] = ((1.0 - factor) * running.astype(_F64) + factor * batch).astype(running.dtype)
+
+
+def _channel_geometry(x, channels_last):
+    """(P, A, C, B) of batch norm: reduce over A and B per channel."""
+    c = _channels(x, channels_last)
+    if channels_last or x.ndim == 2:
+        return (1, x.size // c, c, 1)
+    return (1, x.shape[0], c, x.size // (x.shape[0] * c))
+
+
+def _threads(x):
+    return _config.threads_for(x.size, _GRAIN)
+
+
+# ---------------------------------------------------------------------------- moments
+
+def _axes(func, ndim, axis):
+    if axis is None:
+        return tuple(range(ndim))
+    items = (axis,) if isinstance(axis, (int, np.integer)) and not isinstance(axis, bool) else axis
+    try:
+        items = [_int(func, "axis", a) for a in items]
+    except TypeError:
+        raise TypeError(f"{func}: axis must be None, an int or a tuple of ints, got {axis!r}") from None
+    axes = []
+    for a in items:
+        if not -ndim <= a < ndim:
+            raise ValueError(f"{func}: axis {a} is out of range for an array of {ndim} dimensions")
+        a %= ndim
+        if a in axes:
+            raise ValueError(f"{func}: axis contains {a} twice")
+        axes.append(a)
+    return tuple(sorted(axes))
+
+
+def moments(x, axis=None, *, ddof=0):
+    """Mean and variance of ``x`` over ``axis`` (an int, a tuple of ints, or None = all).
+
+    Returns ``(mean, var)`` in the compute dtype with the reduced axes removed;
+    ``var = sum((x - mean)**2) / (n - ddof)`` (ddof=0: biased, ddof=1: sample variance),
+    NaN where ``n - ddof <= 0``.  Per-feature statistics reduce over the batch
+    (``axis=0``), per-sample ones over the features (``axis=-1``).  A constant slice
+    has variance exactly 0.
+    """
+    func = "moments"
+    x = _x(func, x, 0)
+    axes = _axes(func, x.ndim, axis)
+    ddof = _int(func, "ddof", ddof)
+    if ddof < 0:
+        raise ValueError(f"{func}: ddof must be >= 0, got {ddof}")
+    ext = _config.extension("normalization")
+    n = math.prod(x.shape[a] for a in axes)
+    if ext is None or n == 0 or x.size == 0:
+        return reference.moments(x, axes, ddof=ddof)
+    keep = [a for a in range(x.ndim) if a not in axes]
+    out_shape = tuple(x.shape[a] for a in keep)
+    if not x.flags.c_contiguous and x.flags.f_contiguous and x.ndim > 1:
+        # The transpose of a Fortran array is C-contiguous: reduce it with mirrored axes.
+        mean, var = moments(x.T, tuple(x.ndim - 1 - a for a in axes), ddof=ddof)
+        return mean.T, var.T
+    if keep and keep != list(range(keep[0], keep[-1] + 1)):
+        xc = _contiguous(np.transpose(x, keep + list(axes)))
+        geometry = (1, 1, math.prod(out_shape), n)
+    else:
+        xc = _contiguous(x)
+        k0, k1 = (keep[0], keep[-1] + 1) if keep else (0, 0)
+        geometry = (1, math.prod(x.shape[:k0]), math.prod(x.shape[k0:k1]), math.prod(x.shape[k1:]))
+    units = geometry[2]
+    mean_d, m2 = np.empty(units), np.empty(units)
+    ext.stats(xc.reshape(-1), *geometry, mean_d, m2, _threads(x))
+    with np.errstate(all="ignore"):
+        var = m2 / (n - ddof) if n - ddof > 0 else np.full(units, np.nan)
+    cd = compute_dtype(x.dtype)
+    return mean_d.astype(cd).reshape(out_shape), var.astype(cd).reshape(out_shape)
+
+
+# ---------------------------------------------------------------------------- batch norm
+
+def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *, training=True,
+               momentum=0.1, eps=1e-5, num_batches_tracked=None, channels_last=False, out=None):
+    """Batch normalization, per channel over N and the spatial axes.
+
+    x: (N, C, *spatial), or (N, *spatial, C) with ``channels_last``.  weight, bias,
+    running_mean, running_var: (C,).  Returns ``(y, mean, rstd)``, mean/rstd (C,).
+
+    Training: the batch mean and biased variance normalize; running statistics, when
+    given, are updated in place as PyTorch does: ``r = (1 - f) * r + f * s`` with the
+    unbiased batch variance for running_var, where f = momentum, or
+    1 / num_batches_tracked when momentum is None (cumulative average; pass the
+    counter already incremented for this batch).  One value per channel raises
+    ValueError.  Evaluation (training=False): the running statistics normalize and are
+    returned as mean and 1/sqrt(running_var + eps).
+    """
+    func = "batch_norm"
+    x = _x(func, x, 2)
+    channels_last = _flag(func, "channels_last", channels_last)
+    training = _flag(func, "training", training)
+    c = _channels(x, channels_last)
+    weight = _param(func, "weight", weight, (c,), x)
+    bias = _param(func, "bias", bias, (c,), x)
+    eps = _eps(func, eps)
+    rm, rv = _running(func, running_mean, running_var, c, x)
+    factor = None
+    if training:
+        n = _count_per_channel(x, channels_last)
+        if n <= 1:
+            raise ValueError(f"{func}: expected more than 1 value per channel when training, "
+                             f"got x of shape {x.shape}")
+        if rm is not None:
+            factor = _momentum_factor(func, momentum, num_batches_tracked)
+    elif rm is None:
+        raise ValueError(f"{func}: running_mean and running_var are required when training=False")
+    if out is not None:
+        check_out(func, out, x.shape, x.dtype)
+    ext = _config.extension("normalization")
+    if ext is None or x.size == 0:
+        return reference.batch_norm(x, weight, bias, rm, rv, training=training,
+                                    momentum=factor if factor is not None else momentum, eps=eps,
+                                    channels_last=channels_last, out=out)
+    cd = compute_dtype(x.dtype)
+    xc = _contiguous(x)
+    geometry = _channel_geometry(x, channels_last)
+    nthreads = _threads(x)
+    if training:
+        mean_d, m2 = np.empty(c), np.empty(c)
+        ext.stats(xc.reshape(-1), *geometry, mean_d, m2, nthreads)
+        var = m2 / n
+        if rm is not None:
+            _update_running(rm, mean_d, factor)
+            _update_running(rv, m2 / (n - 1), factor)
+    else:
+        mean_d, var = rm.astype(_F64), rv.astype(_F64)
+    rstd_d = _rstd(var, eps)
+    scale = rstd_d if weight is None else rstd_d * weight
+    shift = np.zeros(c, cd) if bias is None else _vector(bias, cd)
+    mhi, mlo = _split_mean(mean_d, cd)
+    buf = _output_buffer(x, xc, out)
+    ext.affine(xc.reshape(-1), buf.reshape(-1), *geometry, mhi, mlo, scale.astype(cd), shift, nthreads)
+    return _deliver(buf, x.dtype, out), mean_d.astype(cd), rstd_d.astype(cd)
+
+
+def batch_norm_backward(grad_output, x, weight, mean, rstd, *, training=True, channels_last=False,
+                        bias=None):
+    """Gradients of :func:`batch_norm`: ``(grad_x, grad_weight, grad_bias)``.
+
+    mean, rstd: (C,) as the forward returned them.  With training=False the statistics
+    are constants (grad_x = grad_output * weight * rstd).  grad_weight is None without
+    weight; grad_bias is None unless ``bias`` is given.
+    """
+    func = "batch_norm_backward"
+    x = _x(func, x, 2)
+    g = _grad_output(func, grad_output, x)
+    channels_last = _flag(func, "channels_last", channels_last)
+    training = _flag(func, "training", training)
+    c = _channels(x, channels_last)
+    weight = _param(func, "weight", weight, (c,), x)
+    bias = _param(func, "bias", bias, (c,), x)
+    mean = _stat(func, "mean", mean, (c,))
+    rstd = _stat(func, "rstd", rstd, (c,))
+    ext = _config.extension("normalization")
+    if ext is None or x.size == 0:
+        return reference.batch_norm_backward(g, x, weight, mean, rstd, training=training,
+                                             channels_last=channels_last, bias=bias)
+    cd = compute_dtype(x.dtype)
+    xc, gc = _contiguous(x), _contiguous(g)
+    geometry = _channel_geometry(x, channels_last)
+    n = _count_per_channel(x, channels_last)
+    nthreads = _threads(x)
+    mean_d, rstd_d = mean.astype(_F64), rstd.astype(_F64)
+    s1, s2 = np.empty(c), np.empty(c)
+    ext.dual_sums(gc.reshape(-1), xc.reshape(-1), *geometry, mean_d, s1, s2, nthreads)
+    w = 1.0 if weight is None else weight.astype(_F64)
+    k1 = np.broadcast_to(w * rstd_d, (c,))
+    if training:
+        k2 = -w * rstd_d ** 3 * s2 / n
+        k3 = -w * rstd_d * s1 / n
+    else:
+        k2 = k3 = np.zeros(c)
+    gx = np.empty(x.shape, cd)
+    ext.affine_grad(gc.reshape(-1), xc.reshape(-1), gx.reshape(-1), *geometry, _vector(k1, cd),
+                    _vector(mean, cd), _vector(k2, cd), _vector(k3, cd), nthreads)
+    gw = None if weight is None else (rstd_d * s2).astype(weight.dtype)
+    gb = None if bias is None else s1.astype(bias.dtype)
+    return gx.astype(x.dtype, copy=False), gw, gb
+
+
+# ---------------------------------------------------------------------------- layer / RMS norm
+
+def _rows_forward(func, x, ns, weight, bias, eps, rms, out):
+    cd = compute_dtype(x.dtype)
+    k = math.prod(ns)
+    m = x.size // k
+    lead = x.shape[:x.ndim - len(ns)]
+    xc = _contiguous(x)
+    buf = _output_buffer(x, xc, out)
+    mean, rstd = np.empty(m, cd), np.empty(m, cd)
+    ext = _config.extension("normalization")
+    ext.rows_forward(xc.reshape(-1), buf.reshape(-1), m, k, _vector(weight, cd), _vector(bias, cd),
+                     eps, rms, mean, rstd, _threads(x))
+    return _deliver(buf, x.dtype, out), mean.reshape(lead), rstd.reshape(lead)
+
+
+def _rows_backward(func, g, x, ns, weight, mean, rstd, rms, want_gb):
+    cd = compute_dtype(x.dtype)
+    k = math.prod(ns)
+    m = x.size // k
+    xc, gc = _contiguous(x), _contiguous(g)
+    gx = np.empty(x.shape, cd)
+    ext = _config.extension("normalization")
+    rstd_c = _vector(rstd, cd)
+    mean_c = rstd_c if mean is None else _vector(mean, cd)
+    gw, gb = ext.rows_backward(gc.reshape(-1), xc.reshape(-1), gx.reshape(-1), m, k,
+                               _vector(weight, cd), mean_c, rstd_c, rms, weight is not None,
+                               want_gb, _threads(x))
+    gw = None if gw is None else gw.reshape(ns).astype(weight.dtype)
+    return gx.astype(x.dtype, copy=False), gw, gb
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, out=None):
+    """Layer normalization over the trailing ``normalized_shape`` axes (biased variance).
+
+    weight, bias: normalized_shape.  Returns ``(y, mean, rstd)``, mean/rstd of shape
+    ``x.shape[:-len(normalized_shape)]``.
+    """
+    func = "layer_norm"
+    x = _x(func, x, 1)
+    ns = _normalized_shape(func, normalized_shape, x)
+    weight = _param(func, "weight", weight, ns, x)
+    bias = _param(func, "bias", bias, ns, x)
+    eps = _eps(func, eps)
+    if out is not None:
+        check_out(func, out, x.shape, x.dtype)
+    if _config.extension("normalization") is None or x.size == 0:
+        return reference.layer_norm(x, ns, weight, bias, eps=eps, out=out)
+    return _rows_forward(func, x, ns, weight, bias, eps, False, out)
+
+
+def layer_norm_backward(grad_output, x, normalized_shape, weight, mean, rstd, *, bias=None):
+    """Gradients of :func:`layer_norm`: ``(grad_x, grad_weight, grad_bias)``."""
+    func = "layer_norm_backward"
+    x = _x(func, x, 1)
+    g = _grad_output(func, grad_output, x)
+    ns = _normalized_shape(func, normalized_shape, x)
+    weight = _param(func, "weight", weight, ns, x)
+    bias = _param(func, "bias", bias, ns, x)
+    lead = x.shape[:x.ndim - len(ns)]
+    mean = _stat(func, "mean", mean, lead)
+    rstd = _stat(func, "rstd", rstd, lead)
+    if _config.extension("normalization") is None or x.size == 0:
+        return reference.layer_norm_backward(g, x, ns, weight, mean, rstd, bias=bias)
+    gx, gw, gb = _rows_backward(func, g, x, ns, weight, mean, rstd, False, bias is not None)
+    return gx, gw, (None if gb is None else gb.reshape(ns).astype(bias.dtype))
+
+
+def rms_norm(x, normalized_shape, weight=None, *, eps=None, out=None):
+    """RMS normalization: ``x / sqrt(mean(x**2) + eps) * weight`` over the trailing
+    ``normalized_shape`` axes; eps=None means the machine epsilon of the compute dtype
+    (float32's for float16/float32 input), as torch.  Returns ``(y, rstd)``."""
+    func = "rms_norm"
+    x = _x(func, x, 1)
+    ns = _normalized_shape(func, normalized_shape, x)
+    weight = _param(func, "weight", weight, ns, x)
+    eps = float(np.finfo(compute_dtype(x.dtype)).eps) if eps is None else _eps(func, eps)
+    if out is not None:
+        check_out(func, out, x.shape, x.dtype)
+    if _config.extension("normalization") is None or x.size == 0:
+        return reference.rms_norm(x, ns, weight, eps=eps, out=out)
+    y, _, rstd = _rows_forward(func, x, ns, weight, None, eps, True, out)
+    return y, rstd
+
+
+def rms_norm_backward(grad_output, x, normalized_shape, weight, rstd):
+    """Gradients of :func:`rms_norm`: ``(grad_x, grad_weight)`` (None without weight)."""
+    func = "rms_norm_backward"
+    x = _x(func, x, 1)
+    g = _grad_output(func, grad_output, x)
+    ns = _normalized_shape(func, normalized_shape, x)
+    weight = _param(func, "weight", weight, ns, x)
+    rstd = _stat(func, "rstd", rstd, x.shape[:x.ndim - len(ns)])
+    if _config.extension("normalization") is None or x.size == 0:
+        return reference.rms_norm_backward(g, x, ns, weight, rstd)
+    gx, gw, _ = _rows_backward(func, g, x, ns, weight, None, rstd, True, False)
+    return gx, gw
+
+
+# ---------------------------------------------------------------------------- group / instance norm
+
+def _group_geometry(x, channels_last):
+    n, c = x.shape[0], _channels(x, channels_last)
+    hw = x.size // (n * c)
+    return n, c, hw
+
+
+def _apply_geometry(n, c, hw, channels_last):
+    """(P, A, C, B) with one parameter per (sample, channel)."""
+    return (n, hw, c, 1) if channels_last else (1, 1, n * c, hw)
+
+
+def _group_stats(ext, xc, n, c, hw, groups, channels_last, nthreads):
+    """Per (sample, group): mean and M2 (float64, (N, G))."""
+    cg = c // groups
+    if not channels_last:  # groups are contiguous rows of the (N*G, C/G*HW) view
+        mean, m2 = np.empty(n * groups), np.empty(n * groups)
+        ext.stats(xc.reshape(-1), 1, 1, n * groups, cg * hw, mean, m2, nthreads)
+        return mean.reshape(n, groups), m2.reshape(n, groups)
+    mean_c, m2_c = np.empty(n * c), np.empty(n * c)
+    ext.stats(xc.reshape(-1), n, hw, c, 1, mean_c, m2_c, nthreads)
+    # Chan's merge of the channels of a group (equal counts), in channel order.
+    mean_c, m2_c = mean_c.reshape(n, groups, cg), m2_c.reshape(n, groups, cg)
+    mean = mean_c.mean(axis=2)
+    m2 = m2_c.sum(axis=2) + hw * ((mean_c - mean[:, :, None]) ** 2).sum(axis=2)
+    return mean, m2
+
+
+def _group_apply(ext, xc, out_buf, n, c, hw, groups, channels_last, mean, rstd, weight, bias, nthreads):
+    cd = xc.dtype
+    cg = c // groups
+    mean_nc = np.repeat(mean, cg, axis=1)
+    scale = np.repeat(rstd, cg, axis=1)
+    if weight is not None:
+        scale = scale * weight.astype(_F64)
+    shift = np.zeros((n, c), cd) if bias is None else np.broadcast_to(bias.astype(cd), (n, c))
+    mhi, mlo = _split_mean(mean_nc.reshape(-1), cd)
+    ext.affine(xc.reshape(-1), out_buf.reshape(-1), *_apply_geometry(n, c, hw, channels_last),
+               mhi, mlo, np.ascontiguousarray(scale, cd).reshape(-1),
+               np.ascontiguousarray(shift).reshape(-1), nthreads)
+
+
+def _group_backward(ext, g, x, groups, channels_last, weight, bias, mean, rstd, training):
+    cd = compute_dtype(x.dtype)
+    n, c, hw = _group_geometry(x, channels_last)
+    cg = c // groups
+    xc, gc = _contiguous(x), _contiguous(g)
+    nthreads = _threads(x)
+    geometry = _apply_geometry(n, c, hw, channels_last)
+    mean_nc = np.repeat(mean.astype(_F64), cg, axis=1)
+    rstd_g = rstd.astype(_F64)
+    rstd_nc = np.repeat(rstd_g, cg, axis=1)
+    s1, s2 = np.empty(n * c), np.empty(n * c)
+    ext.dual_sums(gc.reshape(-1), xc.reshape(-1), *geometry, mean_nc.reshape(-1), s1, s2, nthreads)
+    s1, s2 = s1.reshape(n, c), s2.reshape(n, c)
+    w = np.ones(c) if weight is None else weight.astype(_F64)
+    k1 = rstd_nc * w
+    if training:
+        m = cg * hw
+        g1 = (w * s1).reshape(n, groups, cg).sum(axis=2)
+        g2 = (w * s2).reshape(n, groups, cg).sum(axis=2)
+        k2 = np.repeat(-rstd_g ** 3 * g2 / m, cg, axis=1)
+        k3 = np.repeat(-rstd_g * g1 / m, cg, axis=1)
+    else:
+        k2 = k3 = np.zeros((n, c))
+    gx = np.empty(x.shape, cd)
+    ext.affine_grad(gc.reshape(-1), xc.reshape(-1), gx.reshape(-1), *geometry, _vector(k1, cd),
+                    _vector(np.repeat(mean, cg, axis=1), cd), _vector(k2, cd), _vector(k3, cd), nthreads)
+    gw = None if weight is None else (rstd_nc * s2).sum(axis=0).astype(weight.dtype)
+    gb = None if bias is None else s1.sum(axis=0).astype(bias.dtype)
+    return gx.astype(x.dtype, copy=False), gw, gb
+
+
+def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, channels_last=False, out=None):
+    """Group normalization: each sample's channels split into ``num_groups`` groups of
+    consecutive channels, each group normalized over its channels and spatial positions
+    (biased variance), then a per-channel affine.
+
+    x: (N, C, *spatial), or (N, *spatial, C) with ``channels_last``; num_groups divides
+    C; weight, bias: (C,).  Returns ``(y, mean, rstd)``, mean/rstd of shape (N, num_groups).
+    """
+    func = "group_norm"
+    x = _x(func, x, 2)
+    channels_last = _flag(func, "channels_last", channels_last)
+    c = _channels(x, channels_last)
+    groups = _num_groups(func, num_groups, c)
+    weight = _param(func, "weight", weight, (c,), x)
+    bias = _param(func, "bias", bias, (c,), x)
+    eps = _eps(func, eps)
+    if out is not None:
+        check_out(func, out, x.shape, x.dtype)
+    ext = _config.extension("normalization")
+    if ext is None or x.size == 0:
+        return reference.group_norm(x, groups, weight, bias, eps=eps, channels_last=channels_last, out=out)
+    cd = compute_dtype(x.dtype)
+    n, c, hw = _group_geometry(x, channels_last)
+    xc = _contiguous(x)
+    nthreads = _threads(x)
+    mean, m2 = _group_stats(ext, xc, n, c, hw, groups, channels_last, nthreads)
+    rstd = _rstd(m2 / (c // groups * hw), eps)
+    buf = _output_buffer(x, xc, out)
+    _group_apply(ext, xc, buf, n, c, hw, groups, channels_last, mean, rstd, weight, bias, nthreads)
+    return _deliver(buf, x.dtype, out), mean.astype(cd), rstd.astype(cd)
+
+
+def group_norm_backward(grad_output, x, num_groups, weight, mean, rstd, *, channels_last=False,
+                        bias=None):
+    """Gradients of :func:`group_norm`: ``(grad_x, grad_weight, grad_bias)``; mean/rstd
+    (N, num_groups) as the forward returned them."""
+    func = "group_norm_backward"
+    x = _x(func, x, 2)
+    g = _grad_output(func, grad_output, x)
+    channels_last = _flag(func, "channels_last", channels_last)
+    c = _channels(x, channels_last)
+    groups = _num_groups(func, num_groups, c)
+    weight = _param(func, "weight", weight, (c,), x)
+    bias = _param(func, "bias", bias, (c,), x)
+    mean = _stat(func, "mean", mean, (x.shape[0], groups))
+    rstd = _stat(func, "rstd", rstd, (x.shape[0], groups))
+    ext = _config.extension("normalization")
+    if ext is None or x.size == 0:
+        return reference.group_norm_backward(g, x, groups, weight, mean, rstd,
+                                             channels_last=channels_last, bias=bias)
+    return _group_backward(ext, g, x, groups, channels_last, weight, bias, mean, rstd, True)
+
+
+def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *,
+                  use_input_stats=True, momentum=0.1, eps=1e-5, out=None):
+    """Instance normalization (``F.instance_norm``): each (sample, channel) normalized over
+    the spatial axes -- group norm with one channel per group.
+
+    x: (N, C, *spatial); weight, bias, running_mean, running_var: (C,).  Returns
+    ``(y, mean, rstd)``, mean/rstd (N, C).  With use_input_stats (the default) the
+    instance statistics normalize (more than one spatial element required) and running
+    statistics, when given, are updated in place with the batch average of the
+    instance mean and unbiased variance (factor momentum); without it the running
+    statistics normalize (they are then required).
+    """
+    func = "instance_norm"
+    x = _x(func, x, 2)
+    use_input_stats = _flag(func, "use_input_stats", use_input_stats)
+    c = x.shape[1]
+    weight = _param(func, "weight", weight, (c,), x)
+    bias = _param(func, "bias", bias, (c,), x)
+    eps = _eps(func, eps)
+    rm, rv = _running(func, running_mean, running_var, c, x)
+    n, _, hw = (x.shape[0], c, math.prod(x.shape[2:]))
+    if use_input_stats:
+        if hw <= 1:
+            raise ValueError(f"{func}: expected more than 1 spatial element when use_input_stats=True, "
+                             f"got x of shape {x.shape}")
+        if rm is not None:
+            momentum = check_real(func, "momentum", momentum)
+    elif rm is None:
+        raise ValueError(f"{func}: running_mean and running_var are required when use_input_stats=False")
+    if out is not None:
+        check_out(func, out, x.shape, x.dtype)
+    ext = _config.extension("normalization")
+    if ext is None or x.size == 0:
+        return reference.instance_norm(x, weight, bias, rm, rv, use_input_stats=use_input_stats,
+                                       momentum=momentum, eps=eps, out=out)
+    cd = compute_dtype(x.dtype)
+    xc = _contiguous(x)
+    nthreads = _threads(x)
+    if use_input_stats:
+        mean, m2 = _group_stats(ext, xc, n, c, hw, c, False, nthreads)
+        var = m2 / hw
+        if rm is not None:
+            _update_running(rm, mean.mean(axis=0), momentum)
+            _update_running(rv, (m2 / (hw - 1)).mean(axis=0), momentum)
+    else:
+        mean = np.broadcast_to(rm.astype(_F64), (n, c))
+        var = np.broadcast_to(rv.astype(_F64), (n, c))
+    rstd = _rstd(var, eps)
+    buf = _output_buffer(x, xc, out)
+    _group_apply(ext, xc, buf, n, c, hw, c, False, mean, rstd, weight, bias, nthreads)
+    return _deliver(buf, x.dtype, out), mean.astype(cd), rstd.astype(cd)
+
+
+def instance_norm_backward(grad_output, x, weight, mean, rstd, *, use_input_stats=True, bias=None):
+    """Gradients of :func:`instance_norm`: ``(grad_x, grad_weight, grad_bias)``; mean/rstd
+    (N, C) as the forward returned them; constants when use_input_stats=False."""
+    func = "instance_norm_backward"
+    x = _x(func, x, 2)
+    g = _grad_output(func, grad_output, x)
+    use_input_stats = _flag(func, "use_input_stats", use_input_stats)
+    c = x.shape[1]
+    weight = _param(func, "weight", weight, (c,), x)
+    bias = _param(func, "bias", bias, (c,), x)
+    mean = _stat(func, "mean", mean, x.shape[:2])
+    rstd = _stat(func, "rstd", rstd, x.shape[:2])
+    ext = _config.extension("normalization")
+    if ext is None or x.size == 0:
+        return reference.instance_norm_backward(g, x, weight, mean, rstd,
+                                                use_input_stats=use_input_stats, bias=bias)
+    return _group_backward(ext, g, x, c, False, weight, bias, mean, rstd, use_input_stats)

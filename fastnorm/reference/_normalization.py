@@ -1,0 +1,293 @@
+"""NumPy reference of the normalization functions: the test oracle and the fallback backend.
+
+Same functions, signatures and semantics as :mod:`fastnorm.normalization`, written as
+plain textbook NumPy in float64 (two-pass variance), whatever the input dtype, then
+rounded once: ``y`` to the input's dtype, ``mean``/``rstd`` to the compute dtype
+(float32 for float16/float32 input, float64 for float64), parameter gradients to the
+parameter's dtype.  Arguments are assumed valid (the public module validates them);
+running statistics are updated in place as PyTorch does.
+"""
+import numpy as np
+
+__all__ = ["moments", "batch_norm", "batch_norm_backward", "layer_norm", "layer_norm_backward",
+           "group_norm", "group_norm_backward", "instance_norm", "instance_norm_backward",
+           "rms_norm", "rms_norm_backward"]
+
+_F64 = np.float64
+
+
+def _cdtype(dtype):
+    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+
+
+def _d(a):
+    return None if a is None else np.asarray(a, dtype=_F64)
+
+
+def _finish(y, dtype, out):
+    if out is None:
+        return y.astype(dtype)
+    np.copyto(out, y, casting="unsafe")
+    return out
+
+
+def _axes(ndim, axis):
+    if axis is None:
+        return tuple(range(ndim))
+    if np.ndim(axis) == 0:
+        axis = (axis,)
+    return tuple(sorted(int(a) % ndim for a in axis)) if ndim else ()
+
+
+def moments(x, axis=None, *, ddof=0):
+    """(mean, var) over ``axis`` (an int, a tuple of ints or None for all axes);
+    var = sum((x - mean)**2) / (n - ddof), NaN where n - ddof <= 0."""
+    x = np.asarray(x)
+    axes = _axes(x.ndim, axis)
+    n = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
+    xd = x.astype(_F64)
+    with np.errstate(all="ignore"):
+        mean = xd.mean(axis=axes, keepdims=True) if n else np.full(
+            [1 if i in axes else s for i, s in enumerate(x.shape)], np.nan)
+        m2 = ((xd - mean) ** 2).sum(axis=axes)
+        var = m2 / (n - ddof) if n - ddof > 0 else np.full(m2.shape, np.nan)
+    cd = _cdtype(x.dtype)
+    return np.squeeze(mean, axis=axes).astype(cd), np.asarray(var).astype(cd)
+
+
+def _channel_geometry(x, channels_last):
+    cax = x.ndim - 1 if channels_last else 1
+    axes = tuple(a for a in range(x.ndim) if a != cax)
+    shape = [1] * x.ndim
+    shape[cax] = x.shape[cax]
+    return axes, shape
+
+
+def _affine(xhat, weight, bias, shape):
+    if weight is not None:
+        xhat = xhat * (_d(weight) if shape is None else _d(weight).reshape(shape))
+    if bias is not None:
+        xhat = xhat + (_d(bias) if shape is None else _d(bias).reshape(shape))
+    return xhat
+
+
+def _update_running(running, batch, factor):
+    running[...] = ((1.0 - factor) * running.astype(_F64) + factor * batch).astype(running.dtype)
+
+
+def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *, training=True,
+               momentum=0.1, eps=1e-5, num_batches_tracked=None, channels_last=False, out=None):
+    """Batch norm over every axis but the channel axis (1, or the last with channels_last).
+
+    Returns ``(y, mean, rstd)``, mean/rstd of shape (C,).  Training normalizes with the
+    batch statistics (biased variance) and, when running statistics are given, updates
+    them in place: ``r = (1 - f) r + f * stat`` with the unbiased batch variance, where
+    ``f = momentum``, or ``1 / num_batches_tracked`` when momentum is None.  Evaluation
+    normalizes with the running statistics (and returns them as mean/rstd).
+    """
+    x = np.asarray(x)
+    axes, shape = _channel_geometry(x, channels_last)
+    xd = x.astype(_F64)
+    if training:
+        mean = xd.mean(axis=axes)
+        var = ((xd - mean.reshape(shape)) ** 2).mean(axis=axes)
+        if running_mean is not None:
+            n = x.size // x.shape[x.ndim - 1 if channels_last else 1]
+            factor = momentum if momentum is not None else 1.0 / num_batches_tracked
+            _update_running(running_mean, mean, factor)
+            _update_running(running_var, var * n / (n - 1), factor)
+    else:
+        mean, var = _d(running_mean), _d(running_var)
+    rstd = 1.0 / np.sqrt(var + eps)
+    y = _affine((xd - mean.reshape(shape)) * rstd.reshape(shape), weight, bias, shape)
+    cd = _cdtype(x.dtype)
+    return _finish(y, x.dtype, out), mean.astype(cd), rstd.astype(cd)
+
+
+def _param_grads(g, xhat, axes, weight, bias):
+    gw = None if weight is None else (g * xhat).sum(axis=axes).astype(np.asarray(weight).dtype)
+    gb = None if bias is None else g.sum(axis=axes).astype(np.asarray(bias).dtype)
+    return gw, gb
+
+
+def batch_norm_backward(grad_output, x, weight, mean, rstd, *, training=True, channels_last=False,
+                        bias=None):
+    """(grad_x, grad_weight, grad_bias) of :func:`batch_norm`; in evaluation mode the
+    statistics are constants.  grad_weight is None without weight, grad_bias None
+    without bias (only its presence matters)."""
+    x = np.asarray(x)
+    axes, shape = _channel_geometry(x, channels_last)
+    g, xd = _d(grad_output), x.astype(_F64)
+    mean, rstd = _d(mean).reshape(shape), _d(rstd).reshape(shape)
+    xhat = (xd - mean) * rstd
+    w = 1.0 if weight is None else _d(weight).reshape(shape)
+    if training:
+        n = x.size // x.shape[x.ndim - 1 if channels_last else 1]
+        gx = (w * rstd / n) * (n * g - g.sum(axis=axes, keepdims=True)
+                               - xhat * (g * xhat).sum(axis=axes, keepdims=True))
+    else:
+        gx = g * w * rstd
+    return (gx.astype(x.dtype), *_param_grads(g, xhat, axes, weight, bias))
+
+
+def _normalized_shape(normalized_shape):
+    return (int(normalized_shape),) if np.ndim(normalized_shape) == 0 else tuple(int(s) for s in normalized_shape)
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, out=None):
+    """Normalize over the trailing ``normalized_shape`` axes (biased variance); weight and
+    bias have shape normalized_shape.  Returns ``(y, mean, rstd)``, mean/rstd of shape
+    ``x.shape[:-len(normalized_shape)]``."""
+    x = np.asarray(x)
+    axes = tuple(range(x.ndim - len(_normalized_shape(normalized_shape)), x.ndim))
+    xd = x.astype(_F64)
+    mean = xd.mean(axis=axes, keepdims=True)
+    rstd = 1.0 / np.sqrt(((xd - mean) ** 2).mean(axis=axes, keepdims=True) + eps)
+    y = _affine((xd - mean) * rstd, weight, bias, None)
+    cd = _cdtype(x.dtype)
+    return _finish(y, x.dtype, out), np.squeeze(mean, axes).astype(cd), np.squeeze(rstd, axes).astype(cd)
+
+
+def layer_norm_backward(grad_output, x, normalized_shape, weight, mean, rstd, *, bias=None):
+    """(grad_x, grad_weight, grad_bias) of :func:`layer_norm`."""
+    x = np.asarray(x)
+    k = len(_normalized_shape(normalized_shape))
+    axes = tuple(range(x.ndim - k, x.ndim))
+    lead = tuple(range(x.ndim - k))
+    g, xd = _d(grad_output), x.astype(_F64)
+    mean = _d(mean).reshape(x.shape[:x.ndim - k] + (1,) * k)
+    rstd = _d(rstd).reshape(mean.shape)
+    xhat = (xd - mean) * rstd
+    gy = g if weight is None else g * _d(weight)
+    gx = rstd * (gy - gy.mean(axis=axes, keepdims=True)
+                 - xhat * (gy * xhat).mean(axis=axes, keepdims=True))
+    return (gx.astype(x.dtype), *_param_grads(g, xhat, lead, weight, bias))
+
+
+def _grouped(a, num_groups):
+    """(N, C, *spatial) as (N, G, C/G * prod(spatial)) (a copy is fine in the oracle)."""
+    return a.reshape(a.shape[0], num_groups, -1)
+
+
+def _to_channels_first(a):
+    return np.moveaxis(a, -1, 1)
+
+
+def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, channels_last=False, out=None):
+    """Normalize each sample's channel groups (C/num_groups consecutive channels and all
+    spatial positions; biased variance), then a per-channel affine.  Returns
+    ``(y, mean, rstd)``, mean/rstd of shape (N, num_groups)."""
+    x = np.asarray(x)
+    xc = _to_channels_first(x) if channels_last else x
+    xg = _grouped(xc.astype(_F64), num_groups)
+    mean = xg.mean(axis=2)
+    rstd = 1.0 / np.sqrt(((xg - mean[:, :, None]) ** 2).mean(axis=2) + eps)
+    y = ((xg - mean[:, :, None]) * rstd[:, :, None]).reshape(xc.shape)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    y = _affine(y, weight, bias, shape)
+    if channels_last:
+        y = np.moveaxis(y, 1, -1)
+    cd = _cdtype(x.dtype)
+    return _finish(y, x.dtype, out), mean.astype(cd), rstd.astype(cd)
+
+
+def _expand_group_stats(stat, num_groups, channels):
+    return np.repeat(_d(stat), channels // num_groups, axis=1)  # (N, C)
+
+
+def group_norm_backward(grad_output, x, num_groups, weight, mean, rstd, *, channels_last=False,
+                        bias=None):
+    """(grad_x, grad_weight, grad_bias) of :func:`group_norm`."""
+    x = np.asarray(x)
+    g, xd = _d(grad_output), x.astype(_F64)
+    if channels_last:
+        g, xd = _to_channels_first(g), _to_channels_first(xd)
+    n, c = xd.shape[:2]
+    spatial = (1,) * (xd.ndim - 2)
+    mean_c = _expand_group_stats(mean, num_groups, c).reshape((n, c) + spatial)
+    rstd_c = _expand_group_stats(rstd, num_groups, c).reshape((n, c) + spatial)
+    xhat = (xd - mean_c) * rstd_c
+    gy = g if weight is None else g * _d(weight).reshape((1, c) + spatial)
+    gyg, xhg = _grouped(gy, num_groups), _grouped(xhat, num_groups)
+    gxg = (gyg - gyg.mean(axis=2, keepdims=True) - xhg * (gyg * xhg).mean(axis=2, keepdims=True))
+    gx = gxg.reshape(xd.shape) * rstd_c
+    gw, gb = _param_grads(g, xhat, (0,) + tuple(range(2, xd.ndim)), weight, bias)
+    if channels_last:
+        gx = np.moveaxis(gx, 1, -1)
+    return gx.astype(x.dtype), gw, gb
+
+
+def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *,
+                  use_input_stats=True, momentum=0.1, eps=1e-5, out=None):
+    """Normalize each (sample, channel) over the spatial axes, as F.instance_norm.
+
+    Returns ``(y, mean, rstd)`` of shape (N, C).  With use_input_stats, running
+    statistics (shape (C,)), when given, are updated in place with the average over
+    the batch of the per-instance statistics (unbiased variance), as PyTorch does;
+    without it the running statistics normalize.
+    """
+    x = np.asarray(x)
+    n, c = x.shape[:2]
+    xd = x.astype(_F64)
+    axes = tuple(range(2, x.ndim))
+    spatial = (1,) * (x.ndim - 2)
+    if use_input_stats:
+        mean = xd.mean(axis=axes)
+        var = ((xd - mean.reshape((n, c) + spatial)) ** 2).mean(axis=axes)
+        if running_mean is not None:
+            m = x.size // (n * c)
+            _update_running(running_mean, mean.mean(axis=0), momentum)
+            _update_running(running_var, (var * m / (m - 1)).mean(axis=0), momentum)
+    else:
+        mean = np.broadcast_to(_d(running_mean), (n, c))
+        var = np.broadcast_to(_d(running_var), (n, c))
+    rstd = 1.0 / np.sqrt(var + eps)
+    y = (xd - mean.reshape((n, c) + spatial)) * rstd.reshape((n, c) + spatial)
+    y = _affine(y, weight, bias, (1, c) + spatial)
+    cd = _cdtype(x.dtype)
+    return _finish(y, x.dtype, out), mean.astype(cd), rstd.astype(cd)
+
+
+def instance_norm_backward(grad_output, x, weight, mean, rstd, *, use_input_stats=True, bias=None):
+    """(grad_x, grad_weight, grad_bias) of :func:`instance_norm` (statistics constant
+    without use_input_stats)."""
+    x = np.asarray(x)
+    n, c = x.shape[:2]
+    if use_input_stats:
+        return group_norm_backward(grad_output, x, c, weight, mean, rstd, bias=bias)
+    spatial = (1,) * (x.ndim - 2)
+    g, xd = _d(grad_output), x.astype(_F64)
+    mean, rstd = _d(mean).reshape((n, c) + spatial), _d(rstd).reshape((n, c) + spatial)
+    xhat = (xd - mean) * rstd
+    w = 1.0 if weight is None else _d(weight).reshape((1, c) + spatial)
+    gx = g * w * rstd
+    return (gx.astype(x.dtype), *_param_grads(g, xhat, (0,) + tuple(range(2, x.ndim)), weight, bias))
+
+
+def rms_norm(x, normalized_shape, weight=None, *, eps=None, out=None):
+    """x / sqrt(mean(x**2 over the trailing normalized_shape axes) + eps) * weight;
+    eps=None means the machine epsilon of the compute dtype.  Returns ``(y, rstd)``."""
+    x = np.asarray(x)
+    axes = tuple(range(x.ndim - len(_normalized_shape(normalized_shape)), x.ndim))
+    cd = _cdtype(x.dtype)
+    if eps is None:
+        eps = float(np.finfo(cd).eps)
+    xd = x.astype(_F64)
+    rstd = 1.0 / np.sqrt((xd * xd).mean(axis=axes, keepdims=True) + eps)
+    y = _affine(xd * rstd, weight, None, None)
+    return _finish(y, x.dtype, out), np.squeeze(rstd, axes).astype(cd)
+
+
+def rms_norm_backward(grad_output, x, normalized_shape, weight, rstd):
+    """(grad_x, grad_weight) of :func:`rms_norm`; grad_weight is None without weight."""
+    x = np.asarray(x)
+    k = len(_normalized_shape(normalized_shape))
+    axes = tuple(range(x.ndim - k, x.ndim))
+    g, xd = _d(grad_output), x.astype(_F64)
+    rstd = _d(rstd).reshape(x.shape[:x.ndim - k] + (1,) * k)
+    xhat = xd * rstd
+    gy = g if weight is None else g * _d(weight)
+    gx = rstd * (gy - xhat * (gy * xhat).mean(axis=axes, keepdims=True))
+    gw = None if weight is None else (g * xhat).sum(axis=tuple(range(x.ndim - k))).astype(
+        np.asarray(weight).dtype)
+    return gx.astype(x.dtype), gw
