@@ -14,6 +14,7 @@ import os
 import sys
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXT_DIR = os.path.join("fastnorm", "_ext")
@@ -38,11 +39,38 @@ def _compile_args(use_openmp):
     return args, link
 
 
+def _warn(message):
+    bar = "*" * 78
+    sys.stderr.write(f"\n{bar}\nfastnorm: {message}\nfastnorm will install without its compiled "
+                     f"kernels and run on the (much slower) NumPy backend.\n{bar}\n\n")
+
+
+class OptionalBuildExt(build_ext):
+    """Build the kernels, but let the package install without them if the compiler fails
+    (the import then warns once and uses the NumPy reference)."""
+
+    def run(self):
+        try:
+            super().run()
+        except Exception as exc:  # no compiler, no OpenMP, missing headers, ...
+            _warn(f"building the compiled kernels failed ({exc}).")
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as exc:
+            _warn(f"building {ext.name} failed ({exc}).")
+
+
 def extensions():
     if _flag("FASTNORM_NO_EXTENSION"):
         return []
-    import numpy
-    from Cython.Build import cythonize
+    try:
+        import numpy
+        from Cython.Build import cythonize
+    except ImportError as exc:
+        _warn(f"Cython and NumPy are needed to build the kernels ({exc}).")
+        return []
 
     use_openmp = not _flag("FASTNORM_NO_OPENMP")
     cargs, largs = _compile_args(use_openmp)
@@ -77,4 +105,4 @@ def extensions():
     )
 
 
-setup(ext_modules=extensions())
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
