@@ -16,15 +16,50 @@
 #include "fn_real.h"
 
 #define T FN_T
-/* Elements per tile: a multiple of 16 * FN_PHILOX_LANES (whole groups of blocks). */
+/* Elements per tile: a multiple of 16 * FN_PHILOX_GROUP (whole groups of blocks). */
 #define FN_DROPOUT_TILE 1024
+
+
+#ifndef FN_DROPOUT_PACK_DEFINED_FOR_ISA
+/* Guarded per translation unit: the template is included once per FN_REAL. */
+#define FN_DROPOUT_PACK_DEFINED_FOR_ISA
+/* bytes[j] = bits (field[8j + k] >= t) for k = 0..7, low bit first. */
+static inline void FN_NAME(fn_dropout_pack, any)(const uint16_t *field, int32_t t, uint8_t *bytes, int64_t nbytes)
+{
+    int64_t j = 0;
+#if defined(__AVX2__)
+    /* A bytewise loop over bits does not vectorize well (it cost as much as the
+     * generator); here: compare 32 fields, narrow to bytes, movemask -> 4 mask bytes. */
+    if (t >= 65536) {  /* nothing kept; the unsigned compare below needs t <= 65535 */
+        memset(bytes, 0, (size_t)nbytes);
+        return;
+    }
+    const __m256i tv = _mm256_set1_epi16((short)(uint16_t)t);
+    for (; j + 4 <= nbytes; j += 4) {
+        const __m256i a = _mm256_loadu_si256((const __m256i *)(field + 8 * j));
+        const __m256i b = _mm256_loadu_si256((const __m256i *)(field + 8 * j + 16));
+        const __m256i ka = _mm256_cmpeq_epi16(_mm256_max_epu16(a, tv), a);  /* a >= t, unsigned */
+        const __m256i kb = _mm256_cmpeq_epi16(_mm256_max_epu16(b, tv), b);
+        const __m256i k8 = _mm256_permute4x64_epi64(_mm256_packs_epi16(ka, kb), 0xD8);
+        const uint32_t bits = (uint32_t)_mm256_movemask_epi8(k8);
+        memcpy(bytes + j, &bits, 4);  /* little-endian: byte j holds elements 8j .. 8j+7 */
+    }
+#endif
+    for (; j < nbytes; ++j) {
+        unsigned byte = 0;
+        for (int k = 0; k < 8; ++k)
+            byte |= (unsigned)((int32_t)field[8 * j + k] >= t) << k;
+        bytes[j] = (uint8_t)byte;
+    }
+}
+#endif
 
 void FN_NAME(fn_dropout_forward, FN_SUF)(const T *x, T *y, uint8_t *mask, int64_t n, int64_t start,
                                          uint64_t key_lo, uint64_t key_hi, uint64_t offset,
                                          int32_t threshold, double scale)
 {
     fn_philox_keys ks;
-    uint16_t field[FN_DROPOUT_TILE];
+    uint16_t field[FN_DROPOUT_TILE] __attribute__((aligned(32)));
     const T kept_factor = (T)scale;
     const int32_t t = threshold;
     fn_philox_schedule(&ks, key_lo, key_hi);
@@ -34,20 +69,10 @@ void FN_NAME(fn_dropout_forward, FN_SUF)(const T *x, T *y, uint8_t *mask, int64_
 
     for (int64_t s = 0; s < n; s += FN_DROPOUT_TILE) {
         const int64_t m = n - s < FN_DROPOUT_TILE ? n - s : FN_DROPOUT_TILE;
-        const int64_t groups = (m + 16 * FN_PHILOX_LANES - 1) / (16 * FN_PHILOX_LANES);
+        const int64_t groups = (m + 16 * FN_PHILOX_GROUP - 1) / (16 * FN_PHILOX_GROUP);
         for (int64_t gi = 0; gi < groups; ++gi) {
-            uint64_t words[4 * FN_PHILOX_LANES];
-            fn_philox_blocks(&ks, ctr, words);
-            ctr += FN_PHILOX_LANES;
-            uint16_t *f = field + gi * 16 * FN_PHILOX_LANES;
-#pragma GCC unroll 16
-            for (int w = 0; w < 4 * FN_PHILOX_LANES; ++w) {
-                const uint64_t v = words[w];
-                f[4 * w + 0] = (uint16_t)v;
-                f[4 * w + 1] = (uint16_t)(v >> 16);
-                f[4 * w + 2] = (uint16_t)(v >> 32);
-                f[4 * w + 3] = (uint16_t)(v >> 48);
-            }
+            fn_philox_group_fields(&ks, ctr, field + gi * 16 * FN_PHILOX_GROUP);
+            ctr += FN_PHILOX_GROUP;
         }
         const T *xs = x + s;
         T *ys = y + s;
@@ -57,14 +82,7 @@ void FN_NAME(fn_dropout_forward, FN_SUF)(const T *x, T *y, uint8_t *mask, int64_
 
         uint8_t *ms = mask + s / 8;
         const int64_t full = m / 8;
-#pragma omp simd
-        for (int64_t j = 0; j < full; ++j) {
-            unsigned byte = 0;
-#pragma GCC unroll 8
-            for (int k = 0; k < 8; ++k)
-                byte |= (unsigned)((int32_t)field[8 * j + k] >= t) << k;
-            ms[j] = (uint8_t)byte;
-        }
+        FN_NAME(fn_dropout_pack, any)(field, t, ms, full);
         if (full * 8 < m) {  /* partial last byte: bits past n stay 0, as np.packbits pads */
             unsigned byte = 0;
             for (int64_t i = full * 8; i < m; ++i)
