@@ -1,0 +1,674 @@
+"""Normalization (moments, batch/layer/group/instance/RMS norm): every function on every
+backend against the float64 NumPy oracle over random shapes, layouts, dtypes and
+parameters; finite differences of every backward; running statistics against hand-written
+updates; large offsets; thread-count bit-identity; errors; optional parity with torch."""
+import math
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import fastnorm
+from fastnorm import reference as ref
+
+FLOATS = [np.float16, np.float32, np.float64]
+# Tolerance relative to the largest expected magnitude, by input dtype: float16 output is
+# rounded to 11 bits; float32 kernels compute the output pass in float32.
+TOL = {np.dtype(np.float16): 4e-3, np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-10}
+
+
+def compiled_backends():
+    return ("cython", "numpy") if fastnorm._config.compiled_available() else ("numpy",)
+
+
+def assert_close(actual, expected, dtype, what=""):
+    assert actual.shape == expected.shape, what
+    expected = np.asarray(expected, np.float64)
+    scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
+    np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=0,
+                               atol=TOL[np.dtype(dtype)] * scale, err_msg=what)
+
+
+def compute_dtype(dtype):
+    return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
+
+
+# ---------------------------------------------------------------------------- cases
+#
+# A case runs forward and backward of one normalization on a module (fastnorm or the
+# oracle) and returns every output by name.  Running statistics are copies, so a case
+# can be run twice.
+
+def _nsplit(x, k):
+    return x.shape[x.ndim - k:]
+
+
+def run_forward(mod, kind, x, w, b, p):
+    """p: dict with eps, groups, k (normalized dims), rm, rv (running stats or None)."""
+    rm = None if p.get("rm") is None else p["rm"].copy()
+    rv = None if p.get("rv") is None else p["rv"].copy()
+    mean = None
+    if kind in ("batch", "batch_cl", "batch_eval"):
+        y, mean, rstd = mod.batch_norm(x, w, b, rm, rv, training=kind != "batch_eval", eps=p["eps"],
+                                       channels_last=kind == "batch_cl")
+    elif kind in ("group", "group_cl"):
+        y, mean, rstd = mod.group_norm(x, p["groups"], w, b, eps=p["eps"], channels_last=kind == "group_cl")
+    elif kind in ("instance", "instance_eval"):
+        y, mean, rstd = mod.instance_norm(x, w, b, rm, rv, use_input_stats=kind == "instance", eps=p["eps"])
+    elif kind == "layer":
+        y, mean, rstd = mod.layer_norm(x, _nsplit(x, p["k"]), w, b, eps=p["eps"])
+    elif kind == "rms":
+        y, rstd = mod.rms_norm(x, _nsplit(x, p["k"]), w, eps=p["eps"])
+    else:
+        raise AssertionError(kind)
+    return dict(y=y, mean=mean, rstd=rstd, rm=rm, rv=rv)
+
+
+def run_backward(mod, kind, g, x, w, b, mean, rstd, p):
+    gb = None
+    if kind in ("batch", "batch_cl", "batch_eval"):
+        gx, gw, gb = mod.batch_norm_backward(g, x, w, mean, rstd, training=kind != "batch_eval",
+                                             channels_last=kind == "batch_cl", bias=b)
+    elif kind in ("group", "group_cl"):
+        gx, gw, gb = mod.group_norm_backward(g, x, p["groups"], w, mean, rstd,
+                                             channels_last=kind == "group_cl", bias=b)
+    elif kind in ("instance", "instance_eval"):
+        gx, gw, gb = mod.instance_norm_backward(g, x, w, mean, rstd, use_input_stats=kind == "instance",
+                                                bias=b)
+    elif kind == "layer":
+        gx, gw, gb = mod.layer_norm_backward(g, x, _nsplit(x, p["k"]), w, mean, rstd, bias=b)
+    else:
+        gx, gw = mod.rms_norm_backward(g, x, _nsplit(x, p["k"]), w, rstd)
+    return dict(gx=gx, gw=gw, gb=gb)
+
+
+def run_case(mod, kind, x, g, w, b, p):
+    out = run_forward(mod, kind, x, w, b, p)
+    out.update(run_backward(mod, kind, g, x, w, b, out["mean"], out["rstd"], p))
+    return out
+
+
+def param_shape(kind, shape, p):
+    if kind in ("layer", "rms"):
+        return shape[len(shape) - p["k"]:]
+    return (shape[-1],) if kind.endswith("_cl") else (shape[1],)
+
+
+KINDS = ["batch", "batch_cl", "batch_eval", "group", "group_cl", "instance", "instance_eval",
+         "layer", "rms"]
+
+
+def valid_for(kind, shape, p):
+    if kind in ("batch", "batch_cl"):
+        c = shape[-1] if kind == "batch_cl" else shape[1]
+        return math.prod(shape) // max(c, 1) > 1
+    if kind == "instance":
+        return len(shape) >= 3 and math.prod(shape[2:]) > 1
+    return True
+
+
+@st.composite
+def cases(draw, kinds=KINDS, max_side=5):
+    kind = draw(st.sampled_from(kinds))
+    min_dims = 1 if kind in ("layer", "rms") else 2
+    ndim = draw(st.integers(min_dims, 5))
+    shape = tuple(draw(st.lists(st.integers(1, max_side), min_size=ndim, max_size=ndim)))
+    p = {"eps": draw(st.sampled_from([1e-5, 1e-3, 0.1])), "k": draw(st.integers(1, ndim))}
+    if kind == "rms" and draw(st.booleans()):
+        p["eps"] = None
+    c = shape[-1] if kind.endswith("_cl") else (shape[1] if ndim > 1 else 1)
+    p["groups"] = draw(st.sampled_from([d for d in range(1, c + 1) if c % d == 0]))
+    if kind in ("batch", "batch_cl") and not valid_for(kind, shape, p):
+        shape = (shape[0] + 1,) + shape[1:]
+    if kind == "instance" and not valid_for(kind, shape, p):
+        shape = shape[:2] + (2,) + shape[3:] if ndim >= 3 else shape + (2,)
+    dtype = draw(st.sampled_from(FLOATS))
+    seed = draw(st.integers(0, 2**31 - 1))
+    layout = draw(st.sampled_from(["c", "strided", "reversed", "fortran"]))
+    offset = draw(st.sampled_from([0.0, 3.0, -50.0]))
+    affine = draw(st.sampled_from(["both", "weight", "bias", "none"]))
+    return kind, shape, p, dtype, seed, layout, offset, affine
+
+
+def make_inputs(kind, shape, p, dtype, seed, layout, offset, affine):
+    rng = np.random.default_rng(seed)
+    x = (offset + rng.standard_normal(shape) * rng.uniform(0.5, 3)).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    if layout == "strided":
+        big = np.zeros(shape[:-1] + (2 * shape[-1],), dtype)
+        big[..., ::2] = x
+        x = big[..., ::2]
+    elif layout == "reversed":
+        x = np.ascontiguousarray(x[::-1])[::-1]
+    elif layout == "fortran":
+        x = np.asfortranarray(x)
+    pshape = param_shape(kind, shape, p)
+    pdt = compute_dtype(dtype) if dtype == np.float16 and rng.random() < 0.5 else dtype
+    w = rng.standard_normal(pshape).astype(pdt) if affine in ("both", "weight") else None
+    b = rng.standard_normal(pshape).astype(pdt) if affine in ("both", "bias") and kind != "rms" else None
+    if kind in ("batch", "batch_cl", "batch_eval", "instance", "instance_eval"):
+        p = dict(p, rm=rng.standard_normal(pshape).astype(dtype),
+                 rv=rng.uniform(0.5, 2.0, pshape).astype(dtype))
+    return x, g, w, b, p
+
+
+def f64(a):
+    return None if a is None else np.asarray(a, np.float64)
+
+
+def check_against_oracle(kind, x, g, w, b, p):
+    """Forward against the oracle on the float64 inputs; backward against the oracle fed
+    the same inputs and the statistics this forward returned (the backward's contract),
+    with a tolerance on grad_x scaled by its largest term, |rstd * weight * grad_output|
+    (the terms of grad_x cancel when a group has few elements)."""
+    dtype = x.dtype
+    eps = p["eps"]
+    if eps is None:
+        eps = float(np.finfo(compute_dtype(dtype)).eps)
+    p64 = dict(p, rm=f64(p.get("rm")), rv=f64(p.get("rv")), eps=eps)
+    expected = run_forward(ref, kind, f64(x), f64(w), f64(b), p64)
+    got = run_forward(fastnorm, kind, x, w, b, p)
+    assert got["y"].dtype == dtype
+    assert got["rstd"].dtype == compute_dtype(dtype)
+    for name in ("y", "mean", "rstd", "rm", "rv"):
+        if expected[name] is None:
+            assert got[name] is None, name
+            continue
+        assert got[name].dtype == (compute_dtype(dtype) if name in ("mean", "rstd") else dtype)
+        assert_close(got[name], expected[name], dtype if name != "rstd" else compute_dtype(dtype),
+                     f"{kind} {name}")
+    mean, rstd = got["mean"], got["rstd"]
+    back = run_backward(fastnorm, kind, g, x, w, b, mean, rstd, p)
+    bexp = run_backward(ref, kind, f64(g), f64(x), f64(w), f64(b), f64(mean), f64(rstd), p64)
+    assert back["gx"].dtype == dtype
+    term = np.max(np.abs(f64(g))) * np.max(np.abs(f64(rstd))) * (1.0 if w is None else np.max(np.abs(f64(w))))
+    gx_scale = max(term, float(np.max(np.abs(bexp["gx"]))), 1.0)
+    np.testing.assert_allclose(f64(back["gx"]), bexp["gx"], rtol=0, atol=TOL[np.dtype(dtype)] * gx_scale,
+                               err_msg=f"{kind} gx")
+    for name, param in (("gw", w), ("gb", b)):
+        if bexp[name] is None:
+            assert back[name] is None, name
+            continue
+        assert back[name].dtype == param.dtype
+        assert_close(back[name], bexp[name], compute_dtype(dtype) if param.dtype != np.float16 else dtype,
+                     f"{kind} {name}")
+
+
+@given(case=cases())
+def test_forward_backward_match_oracle_random(case):
+    kind, shape, p, dtype, seed, layout, offset, affine = case
+    x, g, w, b, p = make_inputs(*case)
+    for backend in compiled_backends():
+        with fastnorm.use_backend(backend):
+            check_against_oracle(kind, x, g, w, b, p)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_forward_backward_every_backend_and_thread_count(kind, dtype, backend, num_threads):
+    # Large enough (>= 2**15 elements) for the parallel paths.
+    shape = {"layer": (64, 24, 32), "rms": (64, 24, 32)}.get(kind, (8, 16, 20, 16))
+    p = {"eps": 1e-5, "k": 2, "groups": 4}
+    x, g, w, b, p = make_inputs(kind, shape, p, dtype, 7, "c", 2.0, "both")
+    check_against_oracle(kind, x, g, w, b, p)
+
+
+@pytest.mark.parametrize("kind, shape, p", [
+    ("batch", (1, 1, 5), {}), ("batch", (5, 1), {}), ("batch_cl", (3, 1, 1, 2), {}),
+    ("batch_eval", (1, 1), {}), ("batch", (2, 3, 1, 1, 1), {}),
+    ("group", (1, 1), {"groups": 1}), ("group", (1, 6, 1), {"groups": 6}), ("group_cl", (2, 1, 4), {"groups": 2}),
+    ("instance", (1, 1, 2), {}), ("instance_eval", (1, 1), {}),
+    ("layer", (1,), {"k": 1}), ("layer", (7, 1), {"k": 1}), ("layer", (1, 1, 1), {"k": 3}),
+    ("rms", (3, 1), {"k": 1}), ("rms", (1, 1), {"k": 2}),
+])
+def test_size_one_edges(kind, shape, p, backend):
+    p = dict({"eps": 1e-5, "k": 1, "groups": 1}, **p)
+    x, g, w, b, p = make_inputs(kind, shape, p, np.float64, 3, "c", 1.0, "both")
+    check_against_oracle(kind, x, g, w, b, p)
+
+
+# ---------------------------------------------------------------------------- oracle checks
+
+def test_oracle_against_textbook_formulas(rng):
+    x = rng.standard_normal((4, 3, 5))
+    y, mean, rstd = ref.batch_norm(x, training=True)
+    np.testing.assert_allclose(mean, x.mean(axis=(0, 2)))
+    np.testing.assert_allclose(rstd, 1 / np.sqrt(x.var(axis=(0, 2)) + 1e-5))
+    np.testing.assert_allclose(y.mean(axis=(0, 2)), 0, atol=1e-12)
+    y, mean, rstd = ref.layer_norm(x, (3, 5), eps=0.0)
+    np.testing.assert_allclose(y.reshape(4, -1).std(axis=1), 1, rtol=1e-12)
+    y, mean, rstd = ref.group_norm(x.reshape(4, 3, 5, 1), 3)
+    np.testing.assert_allclose(y[..., 0], ref.instance_norm(x)[0])
+    y, rstd = ref.rms_norm(x, 5, eps=0.0)
+    np.testing.assert_allclose(np.sqrt((y ** 2).mean(axis=-1)), 1, rtol=1e-12)
+
+
+def test_lecture_table_sample_std():
+    """The lecture's 6x3 layer outputs normalized per row with the sample standard deviation
+    (ddof=1).  Exact values: row 1 (-0.927173, -0.132453, 1.059626) -> -0.9, -0.1, 1.1;
+    row 2 all equal -> 0, 0, 0 (zero spread, no NaN); row 3 (-0.755929, -0.377964,
+    1.133893); row 4 (0.132453, 0.927173, -1.059626); row 5 (1.091089, -0.872872,
+    -0.218218); row 6 (0.577350, -1.154701, 0.577350)."""
+    table = np.array([[1, 3, 6], [2, 2, 2], [0, 1, 5], [4, 6, 1], [5, 2, 3], [1, 0, 1]], float)
+    expected = np.array([[-0.927173, -0.132453, 1.059626], [0, 0, 0],
+                         [-0.755929, -0.377964, 1.133893], [0.132453, 0.927173, -1.059626],
+                         [1.091089, -0.872872, -0.218218], [0.577350, -1.154701, 0.577350]])
+    for backend in compiled_backends():
+        with fastnorm.use_backend(backend):
+            for dtype in (np.float32, np.float64):
+                mean, var = fastnorm.moments(table.astype(dtype), axis=1, ddof=1)
+                np.testing.assert_allclose(mean, [10 / 3, 2, 2, 11 / 3, 10 / 3, 2 / 3], rtol=1e-6)
+                np.testing.assert_allclose(var, [19 / 3, 0, 7, 19 / 3, 7 / 3, 1 / 3], rtol=1e-6)
+                assert var[1] == 0  # exactly: a constant row must not give a tiny negative
+                std = np.sqrt(var)
+                z = np.divide(table - mean[:, None], std[:, None], out=np.zeros_like(table),
+                              where=std[:, None] > 0)
+                assert not np.isnan(z).any()
+                np.testing.assert_allclose(z, expected, atol=1e-6)
+                np.testing.assert_array_equal(np.round(z[0], 1), [-0.9, -0.1, 1.1])
+                # layer norm of the same rows (biased variance, eps inside the root): no NaN either
+                y = fastnorm.layer_norm(table.astype(dtype), 3)[0]
+                assert np.all(np.isfinite(y)) and np.all(y[1] == 0)
+
+
+# ---------------------------------------------------------------------------- moments
+
+@pytest.mark.parametrize("axis", [0, 1, 2, -1, (0, 2), (1, 2), (0, 1), None, (), (2, 0)])
+@pytest.mark.parametrize("layout", ["c", "fortran", "strided"])
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_moments_against_numpy(axis, layout, dtype, backend, rng):
+    x = (5 + rng.standard_normal((6, 40, 7))).astype(dtype)
+    if layout == "fortran":
+        x = np.asfortranarray(x)
+    elif layout == "strided":
+        x = x[::2, ::-1]
+    for ddof in (0, 1):
+        mean, var = fastnorm.moments(x, axis, ddof=ddof)
+        np_axis = axis if axis != () else ()
+        xd = x.astype(np.float64)
+        assert mean.dtype == compute_dtype(dtype) == var.dtype
+        tol = 1e-6 if dtype != np.float64 else 1e-12
+        np.testing.assert_allclose(mean, xd.mean(axis=np_axis), rtol=tol)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # n - ddof <= 0: NaN expected
+            expected_var = xd.var(axis=np_axis, ddof=ddof)
+        np.testing.assert_allclose(var, expected_var, rtol=10 * tol, atol=tol)
+
+
+def test_moments_degenerate(backend):
+    x = np.arange(12.0).reshape(3, 4)
+    mean, var = fastnorm.moments(x, 0, ddof=3)
+    assert np.isnan(var).all() and np.allclose(mean, x.mean(axis=0))
+    mean, var = fastnorm.moments(np.zeros((0, 4)), 0)
+    assert mean.shape == (4,) and np.isnan(mean).all() and np.isnan(var).all()
+    mean, var = fastnorm.moments(np.zeros((3, 0)), 0)
+    assert mean.shape == (0,) and var.shape == (0,)
+    mean, var = fastnorm.moments(np.float32(2.5), None)
+    assert mean == 2.5 and var == 0 and mean.dtype == np.float32
+    mean, var = fastnorm.moments([[1.0, 2.0], [3.0, 5.0]], axis=1)
+    np.testing.assert_allclose(var, [0.25, 1.0])
+
+
+# ---------------------------------------------------------------------------- finite differences
+
+def _numeric_grad(f, a, eps=1e-6):
+    grad = np.zeros_like(a)
+    flat, gflat = a.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        hi = f()
+        flat[i] = old - eps
+        lo = f()
+        flat[i] = old
+        gflat[i] = (hi - lo) / (2 * eps)
+    return grad
+
+
+FD_CASES = [("batch", (3, 2, 4)), ("batch_cl", (2, 3, 2)), ("batch_eval", (3, 2, 2)),
+            ("batch", (5, 3)), ("group", (2, 4, 3)), ("group_cl", (2, 3, 4)),
+            ("instance", (2, 3, 4)), ("instance_eval", (2, 2, 3)), ("layer", (3, 2, 4)),
+            ("rms", (3, 2, 4))]
+
+
+@pytest.mark.parametrize("kind, shape", FD_CASES, ids=[f"{k}-{s}" for k, s in FD_CASES])
+def test_backward_finite_differences(kind, shape, backend, rng):
+    p = {"eps": 1e-3, "k": 2, "groups": 2}
+    x, g, w, b, p = make_inputs(kind, shape, p, np.float64, 11, "c", 0.5, "both")
+    p["rm"] = p["rv"] = None if kind in ("batch", "batch_cl", "instance") else p.get("rm")
+    if kind.endswith("_eval"):
+        p["rv"] = rng.uniform(0.5, 2.0, w.shape)
+    got = run_case(fastnorm, kind, x, g, w, b, p)
+
+    def loss():  # sum(y * g) with a random upstream gradient g
+        return float(np.sum(run_case(fastnorm, kind, x, g, w, b, p)["y"] * g))
+
+    np.testing.assert_allclose(got["gx"], _numeric_grad(loss, x), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got["gw"], _numeric_grad(loss, w), rtol=1e-5, atol=1e-7)
+    if b is not None:
+        np.testing.assert_allclose(got["gb"], _numeric_grad(loss, b), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["batch", "group", "layer", "instance"])
+def test_gradients_returned_only_for_given_parameters(kind, backend, rng):
+    p = {"eps": 1e-5, "k": 1, "groups": 1}
+    for affine in ("none", "weight", "bias", "both"):
+        x, g, w, b, pp = make_inputs(kind, (3, 2, 4), p, np.float64, 5, "c", 0.0, affine)
+        pp["rm"] = pp["rv"] = None
+        got = run_case(fastnorm, kind, x, g, w, b, pp)
+        assert (got["gw"] is None) == (w is None) and (got["gb"] is None) == (b is None)
+    x = rng.standard_normal((3, 4))
+    gx, gw = fastnorm.rms_norm_backward(x, x, 4, None, fastnorm.rms_norm(x, 4)[1])
+    assert gw is None
+
+
+# ---------------------------------------------------------------------------- running statistics
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_running_statistics_several_steps(channels_last, backend, rng):
+    c, momentum = 3, 0.3
+    rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
+    em, ev = np.zeros(c), np.ones(c)
+    axes = (0, 1, 2) if channels_last else (0, 2, 3)
+    for step in range(4):
+        x = (rng.standard_normal((4, 5, 6, c) if channels_last else (4, c, 5, 6)) * (step + 1) + step).astype(np.float32)
+        fastnorm.batch_norm(x, None, None, rm, rv, momentum=momentum, channels_last=channels_last)
+        xd = x.astype(np.float64)
+        em = (1 - momentum) * em + momentum * xd.mean(axis=axes)
+        ev = (1 - momentum) * ev + momentum * xd.var(axis=axes, ddof=1)
+        np.testing.assert_allclose(rm, em, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(rv, ev, rtol=1e-5)
+    # evaluation mode uses (and does not change) them
+    before = (rm.copy(), rv.copy())
+    y, mean, rstd = fastnorm.batch_norm(x, None, None, rm, rv, training=False, channels_last=channels_last)
+    np.testing.assert_array_equal(rm, before[0])
+    np.testing.assert_allclose(mean, rm)
+    np.testing.assert_allclose(rstd, 1 / np.sqrt(rv.astype(np.float64) + 1e-5), rtol=1e-6)
+    shape = (1, 1, 1, c) if channels_last else (1, c, 1, 1)
+    np.testing.assert_allclose(y, (x - rm.reshape(shape)) / np.sqrt(rv.reshape(shape) + 1e-5), rtol=1e-4, atol=1e-4)
+
+
+def test_running_statistics_cumulative_average(backend, rng):
+    """momentum=None: factor 1/num_batches_tracked, so the running mean is the plain
+    average of the batch means (and the running var of the unbiased batch vars)."""
+    rm, rv = np.zeros(2), np.ones(2)
+    means, variances = [], []
+    for step in range(1, 5):
+        x = rng.standard_normal((7, 2)) + step
+        fastnorm.batch_norm(x, None, None, rm, rv, momentum=None, num_batches_tracked=step)
+        means.append(x.mean(axis=0))
+        variances.append(x.var(axis=0, ddof=1))
+        np.testing.assert_allclose(rm, np.mean(means, axis=0), rtol=1e-12)
+        np.testing.assert_allclose(rv, np.mean(variances, axis=0), rtol=1e-12)
+
+
+def test_instance_norm_running_statistics(backend, rng):
+    rm, rv = np.zeros(3), np.ones(3)
+    x = rng.standard_normal((4, 3, 10)) * 2 + 1
+    fastnorm.instance_norm(x, running_mean=rm, running_var=rv, momentum=0.25)
+    np.testing.assert_allclose(rm, 0.25 * x.mean(axis=2).mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(rv, 0.75 + 0.25 * x.var(axis=2, ddof=1).mean(axis=0), rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------- numerics
+
+def test_large_offset_float32(backend, rng):
+    """x = 1e4 + randn in float32 normalizes to within 1e-3 of the float64 answer (the
+    textbook float32 E[x^2] - E[x]^2 is off by O(1) here)."""
+    x = (1e4 + rng.standard_normal((16, 8, 12, 12))).astype(np.float32)
+    xd = x.astype(np.float64)
+    cases = [
+        (fastnorm.batch_norm(x)[0], ref.batch_norm(xd)[0]),
+        (fastnorm.batch_norm(np.moveaxis(x, 1, -1).copy(), channels_last=True)[0],
+         np.moveaxis(ref.batch_norm(xd)[0], 1, -1)),
+        (fastnorm.layer_norm(x, (12, 12))[0], ref.layer_norm(xd, (12, 12))[0]),
+        (fastnorm.group_norm(x, 4)[0], ref.group_norm(xd, 4)[0]),
+        (fastnorm.group_norm(np.moveaxis(x, 1, -1).copy(), 4, channels_last=True)[0],
+         np.moveaxis(ref.group_norm(xd, 4)[0], 1, -1)),
+        (fastnorm.instance_norm(x)[0], ref.instance_norm(xd)[0]),
+        (fastnorm.batch_norm(x.reshape(-1, 8))[0], ref.batch_norm(xd.reshape(-1, 8))[0]),
+    ]
+    for got, expected in cases:
+        assert np.max(np.abs(got - expected)) < 1e-3
+    mean, var = fastnorm.moments(x, (0, 2, 3))
+    np.testing.assert_allclose(var, xd.var(axis=(0, 2, 3)), rtol=1e-4)
+
+
+def test_constant_input_gives_zero_not_nan(backend):
+    x = np.full((4, 3, 5), 7.25, np.float32)
+    for y in (fastnorm.batch_norm(x)[0], fastnorm.layer_norm(x, 5)[0], fastnorm.group_norm(x, 3)[0],
+              fastnorm.instance_norm(x)[0]):
+        np.testing.assert_array_equal(y, 0)
+
+
+def test_thread_count_bit_identical(backend, rng):
+    if backend[0] == "numpy":
+        pytest.skip("the NumPy backend is single-threaded")
+    x = (3 + rng.standard_normal((64, 16, 9, 16))).astype(np.float32)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    w, b = rng.standard_normal(16).astype(np.float32), rng.standard_normal(16).astype(np.float32)
+    x2, g2 = x.reshape(-1, 16), g.reshape(-1, 16)   # batch norm 1-d: column path, row blocks
+    xl, gl = x.reshape(-1, 144), g.reshape(-1, 144)
+    wl = rng.standard_normal(144).astype(np.float32)
+
+    def everything():
+        res = []
+        for cl in (False, True):
+            y, m, r = fastnorm.batch_norm(x, w, b, channels_last=cl)
+            res += [y, m, r, *fastnorm.batch_norm_backward(g, x, w, m, r, channels_last=cl, bias=b)]
+            y, m, r = fastnorm.group_norm(x, 4, w, b, channels_last=cl)
+            res += [y, m, r, *fastnorm.group_norm_backward(g, x, 4, w, m, r, channels_last=cl, bias=b)]
+        y, m, r = fastnorm.batch_norm(x2, w, b)
+        res += [y, m, r, *fastnorm.batch_norm_backward(g2, x2, w, m, r, bias=b)]
+        y, m, r = fastnorm.layer_norm(xl, 144, wl, wl)
+        res += [y, m, r, *fastnorm.layer_norm_backward(gl, xl, 144, wl, m, r, bias=wl)]
+        y, r = fastnorm.rms_norm(xl, 144, wl)
+        res += [y, r, *fastnorm.rms_norm_backward(gl, xl, 144, wl, r)]
+        res += list(fastnorm.moments(x, (0, 2, 3))) + list(fastnorm.moments(x2, 0))
+        return res
+
+    results = []
+    for n in (1, 2):
+        fastnorm.set_num_threads(n)
+        try:
+            results.append(everything())
+        finally:
+            fastnorm.set_num_threads(None)
+    for a, b_ in zip(*results):
+        np.testing.assert_array_equal(a, b_)
+
+
+# ---------------------------------------------------------------------------- API contracts
+
+def test_out_and_float16(backend, rng):
+    x = rng.standard_normal((4, 3, 5)).astype(np.float32)
+    expected = fastnorm.batch_norm(x)[0]
+    out = np.empty_like(x)
+    assert fastnorm.batch_norm(x, out=out)[0] is out
+    np.testing.assert_array_equal(out, expected)
+    inplace = x.copy()
+    fastnorm.layer_norm(inplace, 5, out=inplace)
+    np.testing.assert_allclose(inplace, fastnorm.layer_norm(x, 5)[0], rtol=1e-6, atol=1e-6)
+    strided = np.zeros((4, 3, 10), np.float32)
+    fastnorm.group_norm(x, 3, out=strided[..., ::2])
+    np.testing.assert_allclose(strided[..., ::2], fastnorm.group_norm(x, 3)[0], rtol=1e-6, atol=1e-6)
+    h = x.astype(np.float16)
+    y, mean, rstd = fastnorm.instance_norm(h)
+    assert y.dtype == np.float16 and mean.dtype == np.float32 and rstd.dtype == np.float32
+    y, rstd = fastnorm.rms_norm(h, 5)
+    assert y.dtype == np.float16 and rstd.dtype == np.float32
+    np.testing.assert_allclose(rstd, ref.rms_norm(h.astype(np.float64), 5, eps=float(np.finfo(np.float32).eps))[1],
+                               rtol=1e-6)
+    with pytest.raises(TypeError, match="batch_norm: out"):
+        fastnorm.batch_norm(x, out=np.empty(x.shape))
+
+
+def test_read_only_inputs_and_lists(backend, rng):
+    x = rng.standard_normal((6, 4))
+    x.flags.writeable = False
+    w = np.ones(4)
+    w.flags.writeable = False
+    y, m, r = fastnorm.layer_norm(x, 4, w, w)
+    fastnorm.layer_norm_backward(x, x, 4, w, m, r)
+    fastnorm.batch_norm(x, w, w)
+    y, m, r = fastnorm.batch_norm([[1.0, 2.0], [3.0, 5.0]])
+    np.testing.assert_allclose(y, [[-1, -1], [1, 1]], rtol=1e-4)
+
+
+def test_inputs_not_modified(backend, rng):
+    x = rng.standard_normal((4, 6, 5)).astype(np.float32)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    w, b = np.ones(6, np.float32), np.zeros(6, np.float32)
+    arrays = (x, g, w, b)
+    before = [a.tobytes() for a in arrays]
+    for kind in KINDS:
+        p = {"eps": 1e-5, "k": 1, "groups": 2, "rm": np.zeros(6, np.float32), "rv": np.ones(6, np.float32)}
+        pw = np.ones(5, np.float32) if kind in ("layer", "rms") else w
+        pb = np.zeros(5, np.float32) if kind in ("layer", "rms") else b
+        if kind.endswith("_cl"):
+            continue
+        run_case(fastnorm, kind, x, g, pw, pb, p)
+    assert [a.tobytes() for a in arrays] == before
+
+
+# ---------------------------------------------------------------------------- errors
+
+X4 = np.ones((2, 4, 3))
+W4 = np.ones(4)
+M4 = np.zeros(4)
+STATS_LN = np.zeros((2, 4))
+
+ERRORS = [
+    (lambda: fastnorm.batch_norm(X4, np.ones(3)), ValueError, "batch_norm: weight must have shape"),
+    (lambda: fastnorm.batch_norm(X4, None, np.ones(5)), ValueError, "batch_norm: bias"),
+    (lambda: fastnorm.batch_norm(X4, W4.astype(np.float32)), TypeError, "batch_norm: weight must have dtype"),
+    (lambda: fastnorm.batch_norm(X4, eps=-1e-5), ValueError, "batch_norm: eps"),
+    (lambda: fastnorm.batch_norm(X4, eps="a"), TypeError, "batch_norm: eps"),
+    (lambda: fastnorm.batch_norm(np.ones((1, 4))), ValueError, "more than 1 value per channel"),
+    (lambda: fastnorm.batch_norm(np.ones(4)), ValueError, "batch_norm: x must have at least 2"),
+    (lambda: fastnorm.batch_norm(X4, running_mean=np.zeros(4), running_var=np.ones(3)), ValueError,
+     "batch_norm: running_var must have shape"),
+    (lambda: fastnorm.batch_norm(X4, running_mean=np.zeros(4, np.float32), running_var=np.ones(4)),
+     TypeError, "batch_norm: running_mean must have dtype"),
+    (lambda: fastnorm.batch_norm(X4, running_mean=np.zeros(4)), ValueError, "running_var is None"),
+    (lambda: fastnorm.batch_norm(X4, running_mean=[0.0] * 4, running_var=[1.0] * 4), TypeError,
+     "running_mean must be a numpy.ndarray"),
+    (lambda: fastnorm.batch_norm(X4, training=False), ValueError, "required when training=False"),
+    (lambda: fastnorm.batch_norm(X4, running_mean=np.zeros(4), running_var=np.ones(4), momentum=None),
+     ValueError, "num_batches_tracked"),
+    (lambda: fastnorm.batch_norm(X4, running_mean=np.zeros(4), running_var=np.ones(4), momentum=None,
+                                 num_batches_tracked=0), ValueError, "num_batches_tracked must be >= 1"),
+    (lambda: fastnorm.batch_norm(X4.astype(np.int64)), TypeError, "batch_norm: x must have dtype"),
+    (lambda: fastnorm.batch_norm(X4, training=1), TypeError, "batch_norm: training must be a bool"),
+    (lambda: fastnorm.batch_norm(X4, out=np.empty((2, 4))), ValueError, "batch_norm: out must have shape"),
+    (lambda: fastnorm.batch_norm_backward(np.ones((2, 4)), X4, W4, M4, M4), ValueError,
+     "batch_norm_backward: grad_output must have the shape"),
+    (lambda: fastnorm.batch_norm_backward(X4.astype(np.float32), X4, W4, M4, M4), TypeError,
+     "batch_norm_backward: grad_output must have the dtype"),
+    (lambda: fastnorm.batch_norm_backward(X4, X4, W4, np.zeros(3), M4), ValueError,
+     "batch_norm_backward: mean must have shape"),
+    (lambda: fastnorm.batch_norm_backward(X4, X4, np.ones(2), M4, M4), ValueError,
+     "batch_norm_backward: weight"),
+    (lambda: fastnorm.batch_norm_backward(X4, X4, W4, M4, M4, bias=np.ones(2)), ValueError,
+     "batch_norm_backward: bias"),
+    (lambda: fastnorm.group_norm(X4, 3), ValueError, "group_norm: num_groups must be a positive divisor"),
+    (lambda: fastnorm.group_norm(X4, 0), ValueError, "group_norm: num_groups"),
+    (lambda: fastnorm.group_norm(X4, 2.0), TypeError, "group_norm: num_groups must be an int"),
+    (lambda: fastnorm.group_norm(X4, 2, np.ones(2)), ValueError, "group_norm: weight"),
+    (lambda: fastnorm.group_norm(X4, 2, eps=-1.0), ValueError, "group_norm: eps"),
+    (lambda: fastnorm.group_norm_backward(X4, X4, 2, W4, np.zeros((2, 4)), np.zeros((2, 2))), ValueError,
+     "group_norm_backward: mean must have shape"),
+    (lambda: fastnorm.group_norm_backward(X4, X4, 3, W4, np.zeros((2, 2)), np.zeros((2, 2))), ValueError,
+     "group_norm_backward: num_groups"),
+    (lambda: fastnorm.group_norm_backward(X4[:1], X4, 2, W4, np.zeros((2, 2)), np.zeros((2, 2))),
+     ValueError, "group_norm_backward: grad_output"),
+    (lambda: fastnorm.layer_norm(X4, (4,)), ValueError, "layer_norm: normalized_shape"),
+    (lambda: fastnorm.layer_norm(X4, ()), ValueError, "layer_norm: normalized_shape"),
+    (lambda: fastnorm.layer_norm(X4, (1, 2, 4, 3)), ValueError, "layer_norm: normalized_shape"),
+    (lambda: fastnorm.layer_norm(X4, "3"), TypeError, "layer_norm: normalized_shape"),
+    (lambda: fastnorm.layer_norm(X4, 3, np.ones(4)), ValueError, "layer_norm: weight must have shape (3,)"),
+    (lambda: fastnorm.layer_norm(X4, 3, eps=-0.1), ValueError, "layer_norm: eps"),
+    (lambda: fastnorm.layer_norm_backward(X4, X4, 3, None, np.zeros(2), np.zeros((2, 4))), ValueError,
+     "layer_norm_backward: mean must have shape (2, 4)"),
+    (lambda: fastnorm.layer_norm_backward(X4, X4, 4, None, STATS_LN, STATS_LN), ValueError,
+     "layer_norm_backward: normalized_shape"),
+    (lambda: fastnorm.layer_norm_backward(X4[..., :2], X4, 3, None, STATS_LN, STATS_LN), ValueError,
+     "layer_norm_backward: grad_output"),
+    (lambda: fastnorm.rms_norm(X4, 3, np.ones(2)), ValueError, "rms_norm: weight"),
+    (lambda: fastnorm.rms_norm(X4, 3, eps=-1.0), ValueError, "rms_norm: eps"),
+    (lambda: fastnorm.rms_norm_backward(X4, X4, 3, None, np.zeros(2)), ValueError, "rms_norm_backward: rstd"),
+    (lambda: fastnorm.instance_norm(np.ones((2, 4))), ValueError, "instance_norm: expected more than 1 spatial"),
+    (lambda: fastnorm.instance_norm(X4, use_input_stats=False), ValueError, "required when use_input_stats=False"),
+    (lambda: fastnorm.instance_norm(X4, running_mean=np.zeros(3), running_var=np.ones(3)), ValueError,
+     "instance_norm: running_mean must have shape"),
+    (lambda: fastnorm.instance_norm(X4, eps=-1.0), ValueError, "instance_norm: eps"),
+    (lambda: fastnorm.instance_norm_backward(X4, X4, W4, M4, M4), ValueError,
+     "instance_norm_backward: mean must have shape (2, 4)"),
+    (lambda: fastnorm.moments(X4, 3), ValueError, "moments: axis 3 is out of range"),
+    (lambda: fastnorm.moments(X4, (0, 0)), ValueError, "moments: axis contains 0 twice"),
+    (lambda: fastnorm.moments(X4, 0, ddof=-1), ValueError, "moments: ddof"),
+    (lambda: fastnorm.moments(X4, 0.5), TypeError, "moments: axis"),
+    (lambda: fastnorm.moments(None, 0), TypeError, "moments: x"),
+]
+
+
+@pytest.mark.parametrize("call, exc, message", ERRORS, ids=[e[2][:40] for e in ERRORS])
+def test_invalid_arguments(call, exc, message, backend):
+    with pytest.raises(exc, match=message.replace("(", r"\(").replace(")", r"\)")):
+        call()
+
+
+def test_failed_call_leaves_running_statistics_alone(backend):
+    rm, rv = np.zeros(4), np.ones(4)
+    with pytest.raises(ValueError):
+        fastnorm.batch_norm(X4, np.ones(3), None, rm, rv)
+    assert (rm == 0).all() and (rv == 1).all()
+
+
+# ---------------------------------------------------------------------------- torch parity
+
+TORCH_CASES = ["batch", "batch_cl", "batch_eval", "group", "group_cl", "instance", "instance_eval",
+               "layer", "rms"]
+
+
+@pytest.mark.parametrize("kind", TORCH_CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_parity_with_torch(kind, dtype, backend, rng):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    shape = (4, 6, 5, 3)
+    cl = kind.endswith("_cl")
+    x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    c = shape[-1] if cl else shape[1]
+    w = rng.standard_normal((5, 3) if kind in ("layer", "rms") else c).astype(dtype)
+    b = rng.standard_normal(w.shape).astype(dtype)
+    rm, rv = rng.standard_normal(c).astype(dtype), rng.uniform(0.5, 2, c).astype(dtype)
+    rmt, rvt = torch.tensor(rm), torch.tensor(rv)
+    as_t = (lambda a: torch.tensor(np.moveaxis(a, -1, 1).copy())) if cl else torch.tensor
+    xt = as_t(x).requires_grad_()
+    wt, bt = torch.tensor(w, requires_grad=True), torch.tensor(b, requires_grad=True)
+    p = {"eps": 1e-5, "k": 2, "groups": 3, "rm": rm, "rv": rv}
+    if kind in ("batch", "batch_cl", "batch_eval"):
+        yt = F.batch_norm(xt, rmt, rvt, wt, bt, training=kind != "batch_eval", eps=1e-5)
+    elif kind in ("group", "group_cl"):
+        yt = F.group_norm(xt, 3, wt, bt, eps=1e-5)
+    elif kind in ("instance", "instance_eval"):
+        yt = F.instance_norm(xt, rmt, rvt, wt, bt, use_input_stats=kind == "instance", eps=1e-5)
+    elif kind == "layer":
+        yt = F.layer_norm(xt, (5, 3), wt, bt, eps=1e-5)
+    else:
+        yt = F.rms_norm(xt, (5, 3), wt, eps=1e-5)
+        b, bt = None, None
+    yt.backward(as_t(g))
+    got = run_case(fastnorm, kind, x, g, w, b, p)
+    back = (lambda a: np.moveaxis(a, -1, 1)) if cl else (lambda a: a)
+    tol = {np.float32: 2e-5, np.float64: 1e-10}[dtype]
+    pairs = [("y", back(got["y"]), yt), ("gx", back(got["gx"]), xt.grad), ("gw", got["gw"], wt.grad)]
+    if bt is not None:
+        pairs.append(("gb", got["gb"], bt.grad))
+    if kind in ("batch", "batch_cl", "instance"):
+        pairs += [("running_mean", got["rm"], rmt), ("running_var", got["rv"], rvt)]
+    for name, a, t in pairs:
+        assert_close(a, t.detach().numpy(), dtype, f"{kind} {name}")
