@@ -1,0 +1,440 @@
+"""dropout / dropout_backward against the NumPy oracle (built on np.random.Philox),
+on every kernel variant, thread count and memory layout."""
+import contextlib
+import math
+import os
+
+import hypothesis.extra.numpy as hnp
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+from hypothesis import given
+
+import fastnorm
+from fastnorm import DropoutMask, dropout, dropout_backward
+from fastnorm import reference as ref
+from fastnorm import _config
+
+SEED = (0x1234 << 64) | 0xDEADBEEF
+NUMPY_ONLY = os.environ.get("FASTNORM_BACKEND", "").strip().lower() == "numpy"
+
+
+def blocks(size):
+    return -(-size // 16)
+
+
+def variants():
+    """(backend, isa) pairs available here, for tests that cannot take the fixture."""
+    out = []
+    if _config.compiled_available() and not NUMPY_ONLY:
+        if _config._best_isa() == "avx2":
+            out.append(("cython", "avx2"))
+        out.append(("cython", "base"))
+    out.append(("numpy", None))
+    return out
+
+
+@contextlib.contextmanager
+def variant(name, isa):
+    previous = fastnorm.isa()
+    with fastnorm.use_backend(name):
+        if isa is not None:
+            fastnorm.set_isa(isa)
+        try:
+            yield
+        finally:
+            if isa is not None:
+                fastnorm.set_isa(previous)
+
+
+def keep_by_hand(size, p, seed, offset):
+    """The documented rule, element by element in Python, from NumPy's Philox words."""
+    words = np.random.Philox(key=seed, counter=offset).random_raw(4 * blocks(size))
+    t = round(p * 65536)
+    return np.array([(int(words[i // 4]) >> (16 * (i % 4))) & 0xFFFF >= t for i in range(size)],
+                    dtype=bool)
+
+
+# ---------------------------------------------------------------- the oracle itself
+
+@pytest.mark.parametrize("p", [0.0, 0.3, 0.5, 0.9, 1.0])
+def test_reference_follows_the_documented_rule(p):
+    x = np.ones((5, 13))
+    _, mask = ref.dropout(x, p, seed=SEED, offset=7)
+    np.testing.assert_array_equal(mask.numpy().ravel(), keep_by_hand(x.size, p, SEED, 7))
+
+
+def test_philox_counter_and_key_conventions():
+    # Block b of the stream is Philox(counter = offset + 1 + b): starting one counter
+    # later drops exactly the first four words; the key is (low word, high word).
+    a = np.random.Philox(key=SEED, counter=10).random_raw(8)
+    b = np.random.Philox(key=SEED, counter=11).random_raw(4)
+    np.testing.assert_array_equal(a[4:], b)
+    assert list(np.random.Philox(key=SEED).state["state"]["key"]) == [0xDEADBEEF, 0x1234]
+
+
+# ---------------------------------------------------------------- against the oracle
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(0,), (1,), (7,), (16,), (17,), (3, 65), (64, 129), (5, 0, 3),
+                                   (2, 3, 4, 5), (300_001,)])
+@pytest.mark.parametrize("p", [0.0, 0.2, 0.5, 0.97, 1.0])
+def test_matches_oracle(shape, dtype, p, backend, num_threads, rng):
+    x = rng.standard_normal(shape).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    y, mask = dropout(x, p, seed=SEED, offset=3)
+    y_ref, mask_ref = ref.dropout(x, p, seed=SEED, offset=3)
+    assert y.dtype == x.dtype and y.shape == x.shape and isinstance(mask, DropoutMask)
+    np.testing.assert_array_equal(mask.packed, mask_ref.packed)
+    np.testing.assert_array_equal(mask.numpy(), mask_ref.numpy())
+    np.testing.assert_array_equal(y, y_ref)
+    gx = dropout_backward(g, mask)
+    assert gx.dtype == g.dtype and gx.shape == g.shape
+    np.testing.assert_array_equal(gx, ref.dropout_backward(g, mask_ref))
+
+
+@st.composite
+def strided_arrays(draw):
+    """Arrays of random shape viewed through transposes, Fortran order, steps and reversals."""
+    dtype = draw(st.sampled_from([np.float16, np.float32, np.float64]))
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=9))
+    base = draw(hnp.arrays(np.float64, shape, elements=st.floats(-1e3, 1e3, width=32)))
+    x = base.astype(dtype)
+    if draw(st.booleans()):
+        x = x.T
+    if draw(st.booleans()):
+        x = np.asfortranarray(x)
+    axis = draw(st.integers(0, x.ndim - 1))
+    step = draw(st.sampled_from([1, 2, -1, -2]))
+    index = [slice(None)] * x.ndim
+    index[axis] = slice(None, None, step)
+    return x[tuple(index)]
+
+
+P_VALUES = st.one_of(st.sampled_from([0.0, 1.0, 0.5, 1 / 65536, 1 - 1 / 65536]),
+                     st.floats(0, 1, allow_nan=False))
+
+
+@given(x=strided_arrays(), p=P_VALUES, seed=st.integers(0, 2**128 - 1),
+       offset=st.integers(0, 2**64 - 64) | st.integers(0, 100), threads=st.sampled_from([1, 2]))
+def test_any_layout_matches_oracle(x, p, seed, offset, threads):
+    offset = min(offset, 2**64 - blocks(x.size))
+    expected_keep = keep_by_hand(x.size, p, seed, offset).reshape(x.shape)
+    y_ref, mask_ref = ref.dropout(np.ascontiguousarray(x), p, seed=seed, offset=offset)
+    np.testing.assert_array_equal(mask_ref.numpy(), expected_keep)
+    g = (x[..., ::-1] * 0.5 + 1).astype(x.dtype)
+    previous = _config._requested_threads
+    fastnorm.set_num_threads(threads)
+    try:
+        for name, isa in variants():
+            with variant(name, isa):
+                y, mask = dropout(x, p, seed=seed, offset=offset)
+                gx = dropout_backward(g, mask)
+            np.testing.assert_array_equal(mask.numpy(), expected_keep)
+            np.testing.assert_array_equal(y, y_ref)
+            np.testing.assert_array_equal(gx, ref.dropout_backward(np.ascontiguousarray(g), mask_ref))
+            assert y.dtype == x.dtype and gx.dtype == x.dtype
+    finally:
+        fastnorm.set_num_threads(previous)
+
+
+def test_mask_independent_of_backend_threads_and_layout(rng):
+    x = rng.standard_normal((64, 1000)).astype(np.float32)
+    masks = []
+    previous = _config._requested_threads
+    try:
+        for threads in (1, 2):
+            fastnorm.set_num_threads(threads)
+            for name, isa in variants():
+                with variant(name, isa):
+                    for view in (x, np.asfortranarray(x), x.T.copy().T):
+                        masks.append(dropout(view, 0.3, seed=99, offset=5)[1].packed)
+    finally:
+        fastnorm.set_num_threads(previous)
+    for m in masks[1:]:
+        np.testing.assert_array_equal(m, masks[0])
+
+
+# ---------------------------------------------------------------- semantics
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
+def test_kept_fraction_within_five_sigma(p, backend):
+    n = 1_000_000
+    _, mask = dropout(np.ones(n, np.float32), p, seed=2024)
+    keep_prob = 1 - round(p * 65536) / 65536
+    sigma = math.sqrt(n * keep_prob * (1 - keep_prob))
+    assert abs(mask.numpy().sum() - n * keep_prob) < 5 * sigma
+    assert abs(keep_prob - (1 - p)) <= 2**-17
+
+
+def test_bits_are_balanced_across_fields(backend):
+    # Each of the four 16-bit fields of a word decides its own element: a field
+    # wired wrongly (say, always the low one) would skew one residue class mod 4.
+    n = 1 << 20
+    keep = dropout(np.ones(n, np.float32), 0.5, seed=7)[1].numpy()
+    for r in range(16):
+        frac = keep[r::16].mean()
+        assert abs(frac - 0.5) < 5 * math.sqrt(0.25 / (n // 16))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_scaling(dtype, p, backend, rng):
+    x = (rng.standard_normal(10_000) + 3).astype(dtype)
+    y, mask = dropout(x, p, seed=1)
+    keep = mask.numpy()
+    assert 0 < keep.sum() < keep.size
+    np.testing.assert_array_equal(y[~keep], 0)
+    rtol = {np.float16: 2e-3, np.float32: 2e-7, np.float64: 4e-16}[dtype]
+    expected = x[keep].astype(np.float64) / (1 - p)
+    np.testing.assert_allclose(y[keep].astype(np.float64), expected, rtol=rtol, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_p_zero_is_identity_and_p_one_is_zeros(dtype, backend, rng):
+    x = rng.standard_normal((33, 7)).astype(dtype)
+    y, mask = dropout(x, 0.0, seed=5)
+    np.testing.assert_array_equal(y, x)
+    assert mask.numpy().all()
+    y, mask = dropout(x, 1.0, seed=5)
+    np.testing.assert_array_equal(y, np.zeros_like(x))
+    assert not mask.numpy().any()
+    g = rng.standard_normal(x.shape).astype(dtype)
+    np.testing.assert_array_equal(dropout_backward(g, mask), np.zeros_like(g))
+
+
+def test_nan_and_inf_are_multiplied_not_selected(backend):
+    x = np.array([np.nan, np.inf, -np.inf, 1.0] * 8, dtype=np.float32)
+    y, mask = dropout(x, 1.0, seed=3)  # all dropped: NaN * 0, Inf * 0 = NaN, as PyTorch
+    assert np.isnan(y[x != 1]).all() and (y[x == 1] == 0).all()
+    y, mask = dropout(x, 0.0, seed=3)
+    np.testing.assert_array_equal(y, x)
+
+
+@pytest.mark.parametrize("p", [0.25, 0.6])
+def test_backward_equals_grad_times_mask_over_keep(p, backend, rng):
+    x = rng.standard_normal((40, 50))
+    g = rng.standard_normal((40, 50))
+    _, mask = dropout(x, p, seed=11)
+    np.testing.assert_allclose(dropout_backward(g, mask), g * mask.numpy() / (1 - p), rtol=1e-15, atol=0)
+
+
+def test_backward_finite_differences(backend, rng):
+    # With a fixed (seed, offset) the mask is fixed and dropout is linear in x: the
+    # directional derivative of <g, dropout(x)> equals <dropout_backward(g), v>.
+    x = rng.standard_normal((17, 23))
+    g = rng.standard_normal(x.shape)
+    v = rng.standard_normal(x.shape)
+    _, mask = dropout(x, 0.4, seed=77, offset=9)
+    eps = 1e-6
+
+    def objective(z):
+        return np.sum(g * dropout(z, 0.4, seed=77, offset=9)[0])
+
+    numeric = (objective(x + eps * v) - objective(x - eps * v)) / (2 * eps)
+    analytic = np.sum(dropout_backward(g, mask) * v)
+    np.testing.assert_allclose(numeric, analytic, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("n", [16, 64, 1024, 4096, 160_000])
+def test_offset_continues_the_stream(n, backend, num_threads, rng):
+    # Two calls, the second at the first's next_offset, give the halves of one longer
+    # call when the first half is a whole number of Philox blocks (a multiple of 16).
+    x = rng.standard_normal(2 * n).astype(np.float32)
+    y_whole, m_whole = dropout(x, 0.5, seed=SEED, offset=1000)
+    y1, m1 = dropout(x[:n], 0.5, seed=SEED, offset=1000)
+    assert m1.next_offset == 1000 + blocks(n)
+    y2, m2 = dropout(x[n:], 0.5, seed=SEED, offset=m1.next_offset)
+    np.testing.assert_array_equal(np.concatenate([m1.numpy(), m2.numpy()]), m_whole.numpy())
+    np.testing.assert_array_equal(np.concatenate([y1, y2]), y_whole)
+    assert m2.next_offset == m_whole.next_offset
+
+
+def test_counter_carries_into_the_second_word(backend):
+    x = np.ones(100, np.float64)
+    last = 2**64 - blocks(x.size)
+    _, mask = dropout(x, 0.5, seed=SEED, offset=last)
+    np.testing.assert_array_equal(mask.numpy(), keep_by_hand(x.size, 0.5, SEED, last))
+    assert mask.next_offset == 2**64
+
+
+def test_seeds_differ_and_none_draws_fresh(backend):
+    x = np.ones(4096, np.float32)
+    a, b = dropout(x, 0.5, seed=1)[1], dropout(x, 0.5, seed=2)[1]
+    assert not np.array_equal(a.packed, b.packed)
+    c, d = dropout(x, 0.5)[1], dropout(x, 0.5)[1]
+    assert c.seed != d.seed and 0 <= c.seed < 2**64
+    assert not np.array_equal(c.packed, d.packed)
+    # the drawn seed reproduces the mask
+    np.testing.assert_array_equal(dropout(x, 0.5, seed=c.seed)[1].packed, c.packed)
+
+
+def test_high_key_word_matters(backend):
+    x = np.ones(256, np.float32)
+    a = dropout(x, 0.5, seed=5)[1].packed
+    b = dropout(x, 0.5, seed=5 + (1 << 64))[1].packed
+    assert not np.array_equal(a, b)
+
+
+def test_mask_object(backend):
+    x = np.ones((3, 37))
+    y, mask = dropout(x, 0.25, seed=42, offset=8)
+    assert mask.shape == (3, 37) and mask.p == 0.25 and mask.seed == 42 and mask.offset == 8
+    assert mask.next_offset == 8 + blocks(111)
+    assert mask.nbytes == math.ceil(111 / 8) == mask.packed.nbytes
+    keep = mask.numpy()
+    assert keep.dtype == np.bool_ and keep.shape == (3, 37)
+    np.testing.assert_array_equal(mask.packed, np.packbits(keep.ravel(), bitorder="little"))
+    np.testing.assert_array_equal(y != 0, keep)
+    assert not mask.packed.flags.writeable
+    text = repr(mask)
+    assert "DropoutMask" in text and "(3, 37)" in text and "seed=42" in text and "next_offset" in text
+
+
+@pytest.mark.parametrize("shape", [(0,), (1,), (1000, 33), (8, 9, 10)])
+def test_mask_storage_is_one_bit_per_element(shape, backend):
+    _, mask = dropout(np.ones(shape, np.float32), 0.5, seed=1)
+    size = math.prod(shape)
+    assert mask.nbytes <= math.ceil(size / 8) + 8
+
+
+def test_zero_size(backend):
+    x = np.ones((0, 5), np.float32)
+    y, mask = dropout(x, 0.5, seed=1, offset=2**64)  # no blocks are used: the last offset is valid
+    assert y.shape == (0, 5) and y.dtype == np.float32 and mask.next_offset == 2**64
+    assert dropout_backward(np.ones((0, 5), np.float32), mask).shape == (0, 5)
+    assert mask.numpy().shape == (0, 5)
+
+
+# ---------------------------------------------------------------- out=, read-only, inputs
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_out_and_in_place(dtype, backend, rng):
+    x = rng.standard_normal((31, 17)).astype(dtype)
+    expected, _ = ref.dropout(x, 0.5, seed=4)
+    out = np.empty_like(x)
+    y, _ = dropout(x, 0.5, seed=4, out=out)
+    assert y is out
+    np.testing.assert_array_equal(out, expected)
+    inplace = x.copy()
+    y, mask = dropout(inplace, 0.5, seed=4, out=inplace)
+    assert y is inplace
+    np.testing.assert_array_equal(inplace, expected)
+    fortran_out = np.empty(x.shape, dtype, order="F")
+    dropout(x, 0.5, seed=4, out=fortran_out)
+    np.testing.assert_array_equal(fortran_out, expected)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    g_expected = ref.dropout_backward(g, mask)
+    r = dropout_backward(g, mask, out=g)
+    assert r is g
+    np.testing.assert_array_equal(g, g_expected)
+
+
+def test_read_only_input_and_inputs_not_modified(backend, rng):
+    x = rng.standard_normal((50, 40)).astype(np.float32)
+    g = rng.standard_normal((50, 40)).astype(np.float32)
+    x_copy, g_copy = x.copy(), g.copy()
+    x.flags.writeable = False
+    g.flags.writeable = False
+    y, mask = dropout(x, 0.3, seed=8)
+    gx = dropout_backward(g, mask)
+    np.testing.assert_array_equal(x, x_copy)
+    np.testing.assert_array_equal(g, g_copy)
+    np.testing.assert_array_equal(y, ref.dropout(x_copy, 0.3, seed=8)[0])
+    np.testing.assert_array_equal(gx, ref.dropout_backward(g_copy, mask))
+    packed = mask.packed.copy()
+    dropout_backward(g, mask)
+    np.testing.assert_array_equal(mask.packed, packed)
+
+
+def test_lists_are_accepted(backend):
+    y, mask = dropout([[1.0, 2.0], [3.0, 4.0]], 0.0, seed=0)
+    np.testing.assert_array_equal(y, [[1.0, 2.0], [3.0, 4.0]])
+
+
+# ---------------------------------------------------------------- errors
+
+@pytest.mark.parametrize("p", [-0.1, 1.5, float("nan"), float("inf")])
+def test_bad_p_raises_value_error(p, backend):
+    with pytest.raises(ValueError, match=r"dropout: p"):
+        dropout(np.ones(4), p)
+
+
+@pytest.mark.parametrize("p", ["0.5", None, True, 1j])
+def test_p_of_wrong_type_raises_type_error(p, backend):
+    with pytest.raises(TypeError, match=r"dropout: p"):
+        dropout(np.ones(4), p)
+
+
+@pytest.mark.parametrize("seed, exc", [(-1, ValueError), (2**128, ValueError), (1.5, TypeError),
+                                       ("7", TypeError), (True, TypeError)])
+def test_bad_seed(seed, exc, backend):
+    with pytest.raises(exc, match=r"dropout: seed"):
+        dropout(np.ones(4), 0.5, seed=seed)
+
+
+def test_numpy_integer_seed_and_offset_are_accepted(backend):
+    a = dropout(np.ones(64), 0.5, seed=np.uint64(9), offset=np.int32(3))[1]
+    b = dropout(np.ones(64), 0.5, seed=9, offset=3)[1]
+    np.testing.assert_array_equal(a.packed, b.packed)
+
+
+@pytest.mark.parametrize("offset, exc", [(-1, ValueError), (2**64 - 1, ValueError), (2**64, ValueError),
+                                         (0.0, TypeError), (None, TypeError)])
+def test_bad_offset(offset, exc, backend):
+    # 40 elements use 3 blocks, so the largest valid offset is 2**64 - 3.
+    with pytest.raises(exc, match=r"dropout: offset"):
+        dropout(np.ones(40), 0.5, seed=1, offset=offset)
+    dropout(np.ones(40), 0.5, seed=1, offset=2**64 - 3)
+
+
+@pytest.mark.parametrize("bad", [np.arange(4), np.ones(4, np.complex64), np.array(["a"]), None])
+def test_wrong_dtype_raises_type_error(bad, backend):
+    with pytest.raises(TypeError, match=r"dropout: x"):
+        dropout(bad, 0.5)
+
+
+def test_bad_out(backend):
+    x = np.ones((4, 5), np.float32)
+    with pytest.raises(ValueError, match=r"dropout: out"):
+        dropout(x, 0.5, out=np.empty((5, 4), np.float32))
+    with pytest.raises(TypeError, match=r"dropout: out"):
+        dropout(x, 0.5, out=np.empty((4, 5), np.float64))
+    read_only = np.empty((4, 5), np.float32)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match=r"dropout: out"):
+        dropout(x, 0.5, out=read_only)
+    with pytest.raises(TypeError, match=r"dropout: out"):
+        dropout(x, 0.5, out=[0.0] * 20)
+
+
+def test_backward_errors(backend):
+    _, mask = dropout(np.ones((4, 5), np.float32), 0.5, seed=1)
+    with pytest.raises(ValueError, match=r"dropout_backward: grad_output"):
+        dropout_backward(np.ones((5, 4), np.float32), mask)
+    with pytest.raises(TypeError, match=r"dropout_backward: mask"):
+        dropout_backward(np.ones((4, 5), np.float32), mask.numpy())
+    with pytest.raises(TypeError, match=r"dropout_backward: grad_output"):
+        dropout_backward(np.ones((4, 5), np.int32), mask)
+    with pytest.raises(ValueError, match=r"dropout_backward: out"):
+        dropout_backward(np.ones((4, 5), np.float32), mask, out=np.empty((4, 4), np.float32))
+    with pytest.raises(TypeError, match=r"dropout_backward: out"):
+        dropout_backward(np.ones((4, 5), np.float32), mask, out=np.empty((4, 5), np.float16))
+
+
+# ---------------------------------------------------------------- PyTorch (optional)
+
+def test_semantics_match_pytorch_given_the_mask(rng):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((64, 64)).astype(np.float32)
+    g = rng.standard_normal((64, 64)).astype(np.float32)
+    y, mask = dropout(x, 0.3, seed=5)
+    keep = torch.from_numpy(mask.numpy())
+    tx = torch.from_numpy(x).requires_grad_()
+    # PyTorch's dropout with this mask: x * mask / (1 - p)
+    ty = tx * keep / (1 - 0.3)
+    ty.backward(torch.from_numpy(g))
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-6, atol=0)
+    np.testing.assert_allclose(dropout_backward(g, mask), tx.grad.numpy(), rtol=1e-6, atol=0)
+    tz = torch.nn.functional.dropout(torch.ones(1000), p=1.0, training=True)
+    assert float(tz.abs().sum()) == 0.0
