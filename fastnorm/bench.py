@@ -65,7 +65,7 @@ TORCH_NAMES = {"relu": "relu", "leaky_relu": "leaky_relu", "sigmoid": "sigmoid",
                "gelu_tanh": "gelu"}
 
 
-def activation_workloads(shapes, torch, names=None):
+def activation_workloads(shapes, torch):
     rng = np.random.default_rng(0)
     rows = []
     cases = [(n, s, np.float32) for n in NUMPY_FORMULAS for s in shapes]
@@ -104,8 +104,38 @@ def activation_workloads(shapes, torch, names=None):
                 bwd_impls["torch"] = lambda tb=tb, tg=tg, ts=ts: tb(tg, ts)
         rows.append(Workload(f"{tag} fwd", fwd_impls, x.nbytes))
         rows.append(Workload(f"{tag} bwd", bwd_impls, x.nbytes))
-    if names:
-        rows = [r for r in rows if any(n in r.name.split()[0] for n in names)]
+    return rows
+
+
+def dropout_workloads(shapes, torch):
+    rng = np.random.default_rng(1)
+    np_rng = np.random.default_rng(2)
+    rows = []
+    for size in ("large", "cache"):
+        shape = shapes[size]
+        x = rng.standard_normal(shape).astype(np.float32)
+        g = rng.standard_normal(shape).astype(np.float32)
+        out = np.empty_like(x)
+        _, mask = fastnorm.dropout(x, 0.5, seed=7)
+        keep = mask.numpy()
+        tag = f"dropout p=0.5 {shape[0]}x{shape[1]} float32"
+
+        def np_forward(x=x):
+            m = np_rng.random(x.shape, dtype=np.float32) >= 0.5
+            return x * m / np.float32(0.5), m
+
+        fwd = {"numpy": np_forward,
+               "fastnorm": lambda x=x: fastnorm.dropout(x, 0.5, seed=7),
+               "fastnorm-out": lambda x=x, o=out: fastnorm.dropout(x, 0.5, seed=7, out=o)}
+        bwd = {"numpy": lambda g=g, k=keep: g * k / np.float32(0.5),
+               "fastnorm": lambda g=g, m=mask: fastnorm.dropout_backward(g, m)}
+        if torch is not None:
+            tx, tg = torch.from_numpy(x), torch.from_numpy(g)
+            tmask = torch.from_numpy(keep)
+            fwd["torch"] = lambda tx=tx: torch.ops.aten.native_dropout(tx, 0.5, True)
+            bwd["torch"] = lambda tg=tg, tm=tmask: torch.ops.aten.native_dropout_backward(tg, tm, 2.0)
+        rows.append(Workload(f"{tag} fwd", fwd, x.nbytes))
+        rows.append(Workload(f"{tag} bwd", bwd, x.nbytes))
     return rows
 
 
@@ -165,7 +195,9 @@ def run(quick=False, threads=(1, 2), names=None, repeats=None, budget_s=None):
     shapes = QUICK_SHAPES if quick else SHAPES
     repeats = repeats or (3 if quick else 15)
     budget_s = budget_s if budget_s is not None else (0.05 if quick else 3.0)
-    workloads = activation_workloads(shapes, torch, names)
+    workloads = activation_workloads(shapes, torch) + dropout_workloads(shapes, torch)
+    if names:
+        workloads = [w for w in workloads if any(n in w.name.split()[0] for n in names)]
     results = []
     for n in threads:
         fastnorm.set_num_threads(n)
