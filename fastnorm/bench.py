@@ -139,6 +139,99 @@ def dropout_workloads(shapes, torch):
     return rows
 
 
+NORM_SHAPES = {"bn2d": (64, 64, 56, 56), "bn1d": (4096, 1024), "ln": (8192, 768),
+               "ln-small": (32, 768), "gn": (16, 256, 32, 32)}
+QUICK_NORM_SHAPES = {"bn2d": (8, 16, 28, 28), "bn1d": (512, 256), "ln": (1024, 768),
+                     "ln-small": (32, 768), "gn": (4, 64, 16, 16)}
+
+
+def norm_workloads(shapes, torch):
+    """Batch/layer/group norm forward and backward; NumPy peer = the oracle module."""
+    rng = np.random.default_rng(3)
+    aten = torch.ops.aten if torch is not None else None
+    T = torch.from_numpy if torch is not None else None
+    mask3 = [True, True, True]
+    rows = []
+
+    def arrays(shape, c, dtype):
+        x = rng.standard_normal(shape).astype(dtype)
+        g = rng.standard_normal(shape).astype(dtype)
+        w = rng.standard_normal(c).astype(dtype)
+        b = rng.standard_normal(c).astype(dtype)
+        return x, g, w, b
+
+    def tag(kind, shape, dtype):
+        return f"{kind} {'x'.join(map(str, shape))} {np.dtype(dtype).name}"
+
+    def batch_norm_rows(key, dtype):  # a function per case: closures bind this case's arrays
+        shape = shapes[key]
+        c = shape[1]
+        x, g, w, b = arrays(shape, c, dtype)
+        rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+        _, mean, rstd = fastnorm.batch_norm(x, w, b)
+        name = "batch_norm" + ("2d" if len(shape) == 4 else "1d")
+        fwd = {"numpy": lambda: ref.batch_norm(x, w, b, rm.copy(), rv.copy()),
+               "fastnorm": lambda x=x, w=w, b=b, rm=rm, rv=rv: fastnorm.batch_norm(x, w, b, rm, rv)}
+        bwd = {"numpy": lambda: ref.batch_norm_backward(g, x, w, mean, rstd, bias=b),
+               "fastnorm": lambda x=x, g=g, w=w, b=b, m=mean, r=rstd:
+                   fastnorm.batch_norm_backward(g, x, w, m, r, bias=b)}
+        ev = {"numpy": lambda: ref.batch_norm(x, w, b, rm, rv, training=False),
+              "fastnorm": lambda x=x, w=w, b=b, rm=rm, rv=rv: fastnorm.batch_norm(x, w, b, rm, rv, training=False)}
+        if torch is not None:
+            tx, tg, tw, tb, trm, trv = map(T, (x, g, w, b, rm.copy(), rv.copy()))
+            saved = aten.native_batch_norm(tx, tw, tb, trm, trv, True, 0.1, 1e-5)
+            fwd["torch"] = lambda: aten.native_batch_norm(tx, tw, tb, trm, trv, True, 0.1, 1e-5)
+            bwd["torch"] = lambda: aten.native_batch_norm_backward(tg, tx, tw, trm, trv, saved[1], saved[2],
+                                                                   True, 1e-5, mask3)
+            ev["torch"] = lambda: aten.native_batch_norm(tx, tw, tb, trm, trv, False, 0.1, 1e-5)
+        rows.extend([Workload(f"{tag(name, shape, dtype)} train fwd", fwd, x.nbytes),
+                     Workload(f"{tag(name, shape, dtype)} train bwd", bwd, x.nbytes)])
+        if key == "bn2d":
+            rows.append(Workload(f"{tag(name, shape, dtype)} eval fwd", ev, x.nbytes))
+
+
+    def layer_norm_rows(key, dtype):
+        shape = shapes[key]
+        d = shape[-1]
+        x, g, w, b = arrays(shape, d, dtype)
+        _, mean, rstd = fastnorm.layer_norm(x, d, w, b)
+        fwd = {"numpy": lambda: ref.layer_norm(x, d, w, b),
+               "fastnorm": lambda x=x, d=d, w=w, b=b: fastnorm.layer_norm(x, d, w, b)}
+        bwd = {"numpy": lambda: ref.layer_norm_backward(g, x, d, w, mean, rstd, bias=b),
+               "fastnorm": lambda x=x, g=g, d=d, w=w, b=b, m=mean, r=rstd:
+                   fastnorm.layer_norm_backward(g, x, d, w, m, r, bias=b)}
+        if torch is not None:
+            tx, tg, tw, tb = map(T, (x, g, w, b))
+            saved = aten.native_layer_norm(tx, [d], tw, tb, 1e-5)
+            fwd["torch"] = lambda: aten.native_layer_norm(tx, [d], tw, tb, 1e-5)
+            bwd["torch"] = lambda: aten.native_layer_norm_backward(tg, tx, [d], saved[1], saved[2], tw, tb, mask3)
+        rows.extend([Workload(f"{tag('layer_norm', shape, dtype)} fwd", fwd, x.nbytes),
+                     Workload(f"{tag('layer_norm', shape, dtype)} bwd", bwd, x.nbytes)])
+
+    for case in (("bn2d", np.float32), ("bn2d", np.float64), ("bn1d", np.float32)):
+        batch_norm_rows(*case)
+    for case in (("ln", np.float32), ("ln", np.float64), ("ln-small", np.float32)):
+        layer_norm_rows(*case)
+
+    shape = shapes["gn"]
+    n, c = shape[:2]
+    hw = int(np.prod(shape[2:]))
+    x, g, w, b = arrays(shape, c, np.float32)
+    _, mean, rstd = fastnorm.group_norm(x, 32, w, b)
+    fwd = {"numpy": lambda: ref.group_norm(x, 32, w, b),
+           "fastnorm": lambda: fastnorm.group_norm(x, 32, w, b)}
+    bwd = {"numpy": lambda: ref.group_norm_backward(g, x, 32, w, mean, rstd, bias=b),
+           "fastnorm": lambda: fastnorm.group_norm_backward(g, x, 32, w, mean, rstd, bias=b)}
+    if torch is not None:
+        tx, tg, tw, tb = map(T, (x, g, w, b))
+        saved = aten.native_group_norm(tx, tw, tb, n, c, hw, 32, 1e-5)
+        fwd["torch"] = lambda: aten.native_group_norm(tx, tw, tb, n, c, hw, 32, 1e-5)
+        bwd["torch"] = lambda: aten.native_group_norm_backward(tg, tx, saved[1], saved[2], tw, n, c, hw, 32, mask3)
+    rows += [Workload(f"{tag('group_norm', shape, np.float32)} G=32 fwd", fwd, x.nbytes),
+             Workload(f"{tag('group_norm', shape, np.float32)} G=32 bwd", bwd, x.nbytes)]
+    return rows
+
+
 def _torch_backward(torch, name, params):
     """PyTorch's native backward op for an activation, called as (grad, saved)."""
     ops = torch.ops.aten
@@ -190,12 +283,13 @@ def _ratio(a, b):
     return a / b if a and b else None
 
 
-def run(quick=False, threads=(1, 2), names=None, repeats=None, budget_s=None):
-    torch = _torch()
+def run(quick=False, threads=(1, 2), names=None, repeats=None, budget_s=None, use_torch=True):
+    torch = _torch() if use_torch else None
     shapes = QUICK_SHAPES if quick else SHAPES
     repeats = repeats or (3 if quick else 15)
     budget_s = budget_s if budget_s is not None else (0.05 if quick else 3.0)
-    workloads = activation_workloads(shapes, torch) + dropout_workloads(shapes, torch)
+    workloads = (activation_workloads(shapes, torch) + dropout_workloads(shapes, torch)
+                 + norm_workloads(QUICK_NORM_SHAPES if quick else NORM_SHAPES, torch))
     if names:
         workloads = [w for w in workloads if any(n in w.name.split()[0] for n in names)]
     results = []
@@ -273,8 +367,12 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--only", nargs="+", metavar="NAME", help="workloads whose name contains NAME")
     parser.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
+    parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if installed")
+    parser.add_argument("--isa", choices=["base", "avx2"], help="force a kernel variant")
     args = parser.parse_args(argv)
-    report = run(quick=args.quick, threads=args.threads, names=args.only)
+    if args.isa:
+        fastnorm.set_isa(args.isa)
+    report = run(quick=args.quick, threads=args.threads, names=args.only, use_torch=not args.no_torch)
     m = report["machine"]
     print(f"fastnorm {m['fastnorm']} ({m['backend']}, {m['isa']}) on {m['cpu']}, {m['cores']} cores; "
           f"NumPy {m['numpy']}, torch {m['torch'] or 'not installed'}; {m['date']}")
