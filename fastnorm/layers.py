@@ -13,6 +13,13 @@ layer's input and *adds* the parameter gradients to ``param.grad`` (clear them w
 raises RuntimeError.  ``backward`` may be called more than once after one forward
 (each call accumulates again).
 
+inplace=True (where PyTorch has it) overwrites the input.  As in PyTorch, the array
+must not be one another layer keeps for its backward -- the output of Sigmoid or Tanh,
+or of an inplace ReLU-family layer, possibly seen through Flatten -- which PyTorch
+detects and this package cannot.  ReLU, ReLU6 and LeakyReLU (slope >= 0) then
+differentiate from their output and keep nothing extra; the other inplace layers keep a
+copy of the input in training mode, so there inplace saves an allocation, not memory.
+
 dtypes: parameters are float32 unless the constructor's ``dtype=`` says otherwise
 (``layer.to(numpy.float64)`` converts an existing layer); inputs of layers with
 parameters must have the parameters' dtype (normalization layers also take float16
@@ -517,25 +524,31 @@ ReLU6 = _activation("ReLU6", "relu6", inplace=True, from_output=_always,
                     doc="min(max(x, 0), 6).  ReLU6(inplace=False)")
 LeakyReLU = _activation("LeakyReLU", "leaky_relu", params=(("negative_slope", 0.01, _real),),
                         inplace=True, from_output=lambda self: self.negative_slope >= 0,
-                        doc="x if x > 0 else negative_slope * x.  LeakyReLU(negative_slope=0.01, inplace=False)")
+                        doc="x if x > 0 else negative_slope * x.  "
+                            "LeakyReLU(negative_slope=0.01, inplace=False)")
 ELU = _activation("ELU", "elu", params=(("alpha", 1.0, _real),), inplace=True,
                   doc="x if x > 0 else alpha * (exp(x) - 1).  ELU(alpha=1.0, inplace=False)")
-SELU = _activation("SELU", "selu", inplace=True, doc="scale * elu(x, alpha), PyTorch's constants.  SELU(inplace=False)")
+SELU = _activation("SELU", "selu", inplace=True,
+                   doc="scale * elu(x, alpha) with PyTorch's constants.  SELU(inplace=False)")
 CELU = _activation("CELU", "celu", params=(("alpha", 1.0, _nonzero),), inplace=True,
-                   doc="max(0, x) + min(0, alpha * (exp(x / alpha) - 1)).  CELU(alpha=1.0, inplace=False)")
+                   doc="max(0, x) + min(0, alpha * (exp(x / alpha) - 1)).  "
+                       "CELU(alpha=1.0, inplace=False)")
 GELU = _activation("GELU", "gelu", params=(("approximate", "none", _approximate),),
                    doc="x * Phi(x), or the tanh approximation.  GELU(approximate='none')")
 SiLU = _activation("SiLU", "silu", inplace=True, doc="x * sigmoid(x).  SiLU(inplace=False)")
 Swish = SiLU
-Softplus = _activation("Softplus", "softplus", params=(("beta", 1.0, _nonzero), ("threshold", 20.0, _real)),
+Softplus = _activation("Softplus", "softplus",
+                       params=(("beta", 1.0, _nonzero), ("threshold", 20.0, _real)),
                        doc="log(1 + exp(beta x)) / beta (x where beta x > threshold).  "
                            "Softplus(beta=1.0, threshold=20.0)")
 Mish = _activation("Mish", "mish", inplace=True, doc="x * tanh(softplus(x)).  Mish(inplace=False)")
-Sigmoid = _activation("Sigmoid", "sigmoid", saves_output=True, doc="1 / (1 + exp(-x)); keeps its output for backward.")
+Sigmoid = _activation("Sigmoid", "sigmoid", saves_output=True,
+                      doc="1 / (1 + exp(-x)); keeps its output for backward.")
 Tanh = _activation("Tanh", "tanh", saves_output=True, doc="tanh(x); keeps its output for backward.")
 Hardsigmoid = _activation("Hardsigmoid", "hardsigmoid", inplace=True,
                           doc="relu6(x + 3) / 6.  Hardsigmoid(inplace=False)")
-Hardswish = _activation("Hardswish", "hardswish", inplace=True, doc="x * relu6(x + 3) / 6.  Hardswish(inplace=False)")
+Hardswish = _activation("Hardswish", "hardswish", inplace=True,
+                        doc="x * relu6(x + 3) / 6.  Hardswish(inplace=False)")
 Softsign = _activation("Softsign", "softsign", doc="x / (1 + |x|).")
 
 for _cls in (ReLU, ReLU6, LeakyReLU, ELU, SELU, CELU, GELU, SiLU, Softplus, Mish, Sigmoid, Tanh,

@@ -58,7 +58,8 @@ def l2_penalty(params, weight_decay=1.0):
     """``weight_decay / 2 * sum(w**2)`` over the parameters (a float): the L2 term to add
     to the data loss for the loss curve; its gradient is what ``weight_decay=`` adds."""
     lam = _number("l2_penalty", "weight_decay", weight_decay)
-    return lam / 2.0 * float(sum(np.square(w, dtype=np.float64).sum() for w in _weights("l2_penalty", params)))
+    weights = _weights("l2_penalty", params)
+    return lam / 2.0 * float(sum(np.square(w, dtype=np.float64).sum() for w in weights))
 
 
 def l1_penalty(params, l1=1.0):

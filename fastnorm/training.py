@@ -30,7 +30,8 @@ class EarlyStopping:
         try:
             self.patience = operator.index(patience)
         except TypeError:
-            raise TypeError(f"EarlyStopping: patience must be an int, got {type(patience).__name__}") from None
+            raise TypeError("EarlyStopping: patience must be an int, "
+                            f"got {type(patience).__name__}") from None
         if self.patience < 0:
             raise ValueError(f"EarlyStopping: patience must be >= 0, got {self.patience}")
         if isinstance(min_delta, (bool, np.bool_)) or not isinstance(min_delta, numbers.Real):
@@ -110,7 +111,8 @@ def train_val_test_split(X, y, fractions=(0.6, 0.2, 0.2), seed=None, *, shuffle=
     except (TypeError, ValueError):
         raise TypeError(f"{func}: fractions must be three numbers, got {fractions!r}") from None
     if len(fr) != 3 or any(not math.isfinite(f) or f < 0 for f in fr) or abs(sum(fr) - 1.0) > 1e-9:
-        raise ValueError(f"{func}: fractions must be three non-negative numbers summing to 1, got {fractions!r}")
+        raise ValueError(f"{func}: fractions must be three non-negative numbers summing to 1, "
+                         f"got {fractions!r}")
     n = X.shape[0]
     n_val, n_test = round(fr[1] * n), round(fr[2] * n)
     n_train = n - n_val - n_test
@@ -123,6 +125,10 @@ def train_val_test_split(X, y, fractions=(0.6, 0.2, 0.2), seed=None, *, shuffle=
         order = np.arange(n)
     parts = np.split(order, [n_train, n_train + n_val])
     return tuple((X[idx], y[idx]) for idx in parts)
+
+
+def _is_int(value):
+    return isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def _progress(total, enabled, desc):
@@ -161,11 +167,11 @@ def fit(model, loss_fn, optimizer, X, y, *, epochs, batch_size=32, validation=No
     """
     X, y = np.asarray(X), np.asarray(y)
     if X.shape[0] != y.shape[0]:
-        raise ValueError(f"fit: X and y must have the same number of samples, got {X.shape[0]} and {y.shape[0]}")
-    if isinstance(epochs, (bool, np.bool_)) or not isinstance(epochs, (numbers.Integral, np.integer)) or epochs < 0:
+        raise ValueError(f"fit: X and y must have the same number of samples, got {X.shape[0]} "
+                         f"and {y.shape[0]}")
+    if not _is_int(epochs) or epochs < 0:
         raise ValueError(f"fit: epochs must be a non-negative int, got {epochs!r}")
-    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (numbers.Integral, np.integer)) \
-            or batch_size < 1:
+    if not _is_int(batch_size) or batch_size < 1:
         raise ValueError(f"fit: batch_size must be a positive int, got {batch_size!r}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     n = X.shape[0]
