@@ -24,6 +24,9 @@ def as_float_array(func, name, x):
         except Exception as exc:  # ragged lists and the like
             raise TypeError(f"{func}: {name} must be a float array, got {type(x).__name__} ({exc})") from None
     if x.dtype not in FLOAT_DTYPES:
+        if x.dtype.kind == "f" and x.dtype.newbyteorder("=") in FLOAT_DTYPES:
+            # byte-swapped floats (files, network data): the same values, natively ordered
+            return x.astype(x.dtype.newbyteorder("="))
         raise TypeError(f"{func}: {name} must have dtype float16, float32 or float64, got {x.dtype}")
     return x
 

@@ -12,6 +12,8 @@ import warnings
 FAMILIES = ("activations", "dropout", "normalization")
 
 _BACKENDS = ("cython", "numpy")
+# Thread counts reach the kernels as a C int (OpenMP's num_threads); far beyond any CPU.
+_MAX_THREADS = 1 << 16
 _ISAS = ("base", "avx2")
 
 _runtime = None
@@ -38,8 +40,8 @@ def _parse_threads(text, source):
         n = int(text)
     except ValueError:
         n = 0
-    if n < 1:
-        warnings.warn(f"fastnorm: ignoring {source}={text!r} (expected a positive integer)",
+    if not 1 <= n <= _MAX_THREADS:
+        warnings.warn(f"fastnorm: ignoring {source}={text!r} (expected an integer in [1, {_MAX_THREADS}])",
                       RuntimeWarning, stacklevel=3)
         return None
     return n
@@ -179,6 +181,8 @@ def set_num_threads(n):
         n = int(n.__index__()) if not isinstance(n, int) else n
         if n < 1:
             raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+        if n > _MAX_THREADS:
+            raise ValueError(f"set_num_threads: n must be <= {_MAX_THREADS}, got {n}")
     _requested_threads = n
 
 

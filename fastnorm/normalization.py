@@ -73,7 +73,10 @@ def _running(func, running_mean, running_var, c, x):
     for name, r in (("running_mean", running_mean), ("running_var", running_var)):
         if not isinstance(r, np.ndarray):
             raise TypeError(f"{func}: {name} must be a numpy.ndarray (updated in place), got {type(r).__name__}")
-        r = _param(func, name, r, (c,), x)
+        converted = _param(func, name, r, (c,), x)
+        if converted is not r:  # an update of a converted copy would be lost
+            raise TypeError(f"{func}: {name} must have dtype {x.dtype} in native byte order "
+                            f"(it is updated in place), got {r.dtype}")
         if not r.flags.writeable:
             raise ValueError(f"{func}: {name} must be writeable (it is updated in place)")
         out.append(r)

@@ -107,11 +107,16 @@ class DropoutMask:
 
     def __init__(self, shape, p, seed, offset, packed):
         shape = tuple(int(d) for d in shape)
+        if any(d < 0 for d in shape):
+            raise ValueError(f"DropoutMask: shape must have non-negative dimensions, got {shape}")
         size = math.prod(shape)
+        p = check_p("DropoutMask", p)  # a NaN or out-of-range p would scale silently wrong
         packed = np.asarray(packed)
         if packed.dtype != np.uint8 or packed.shape != ((size + 7) // 8,):
             raise ValueError(f"DropoutMask: packed must be a uint8 array of shape ({(size + 7) // 8},) "
                              f"for shape {shape}, got {packed.dtype} {packed.shape}")
+        if not packed.flags.c_contiguous:  # the kernels read the bytes as one contiguous run
+            packed = np.ascontiguousarray(packed)
         if packed.flags.writeable:
             packed = packed.view()
             packed.flags.writeable = False
