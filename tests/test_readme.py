@@ -1,0 +1,22 @@
+"""The README's Python examples run as written (they are the first code a user copies)."""
+import os
+import re
+
+import pytest
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+
+
+def _blocks():
+    if not os.path.exists(README):
+        return []
+    with open(README) as f:
+        return re.findall(r"```python\n(.*?)```", f.read(), re.S)
+
+
+@pytest.mark.parametrize("code", _blocks(), ids=lambda c: c.splitlines()[0][:40])
+def test_readme_example_runs(code, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # examples may write files (np.savez)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace  # the example defined something: it really ran
