@@ -173,14 +173,23 @@ def _vector(p, cd):
     return None if p is None else np.ascontiguousarray(p, dtype=cd).reshape(-1)
 
 
-def _output_buffer(x, xc, out):
+def _output_buffer(x, xc, out, *params):
     """Where the kernel writes y: ``out`` itself when it can (C-contiguous, compute dtype,
-    and not partially overlapping the input), else a new array."""
+    not partially overlapping the input, and disjoint from the parameter vectors the
+    kernel reads while it writes), else a new array."""
     if (out is not None and out.dtype == xc.dtype and out.flags.c_contiguous
             and (not np.may_share_memory(out, xc)
-                 or (out.__array_interface__["data"][0] == xc.__array_interface__["data"][0]))):
+                 or (out.__array_interface__["data"][0] == xc.__array_interface__["data"][0]))
+            and not any(p is not None and np.may_share_memory(out, p) for p in params)):
         return out
     return np.empty(x.shape, dtype=xc.dtype)
+
+
+def _check_out_disjoint(func, out, running):
+    """out and the running statistics are both written: they must not alias."""
+    for name, r in zip(("running_mean", "running_var"), running):
+        if out is not None and r is not None and np.may_share_memory(out, r):
+            raise ValueError(f"{func}: out must not share memory with {name} (both are written)")
 
 
 def _deliver(buf, dtype, out):
@@ -318,6 +327,7 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
         raise ValueError(f"{func}: running_mean and running_var are required when training=False")
     if out is not None:
         check_out(func, out, x.shape, x.dtype)
+        _check_out_disjoint(func, out, (rm, rv))
     ext = _config.extension("normalization")
     if ext is None or x.size == 0:
         return reference.batch_norm(x, weight, bias, rm, rv, training=training,
@@ -340,7 +350,7 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
     scale = rstd_d if weight is None else rstd_d * weight
     shift = np.zeros(c, cd) if bias is None else _vector(bias, cd)
     mhi, mlo = _split_mean(mean_d, cd)
-    buf = _output_buffer(x, xc, out)
+    buf = _output_buffer(x, xc, out, shift)
     ext.affine(xc.reshape(-1), buf.reshape(-1), *geometry, mhi, mlo, scale.astype(cd), shift, nthreads)
     return _deliver(buf, x.dtype, out), mean_d.astype(cd), rstd_d.astype(cd)
 
@@ -398,11 +408,11 @@ def _rows_forward(func, x, ns, weight, bias, eps, rms, out):
     m = x.size // k
     lead = x.shape[:x.ndim - len(ns)]
     xc = _contiguous(x)
-    buf = _output_buffer(x, xc, out)
+    wc, bc = _vector(weight, cd), _vector(bias, cd)
+    buf = _output_buffer(x, xc, out, wc, bc)
     mean, rstd = np.empty(m, cd), np.empty(m, cd)
     ext = _config.extension("normalization")
-    ext.rows_forward(xc.reshape(-1), buf.reshape(-1), m, k, _vector(weight, cd), _vector(bias, cd),
-                     eps, rms, mean, rstd, _threads(x))
+    ext.rows_forward(xc.reshape(-1), buf.reshape(-1), m, k, wc, bc, eps, rms, mean, rstd, _threads(x))
     return _deliver(buf, x.dtype, out), mean.reshape(lead), rstd.reshape(lead)
 
 
@@ -647,6 +657,7 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
         raise ValueError(f"{func}: running_mean and running_var are required when use_input_stats=False")
     if out is not None:
         check_out(func, out, x.shape, x.dtype)
+        _check_out_disjoint(func, out, (rm, rv))
     ext = _config.extension("normalization")
     if ext is None or x.size == 0:
         return reference.instance_norm(x, weight, bias, rm, rv, use_input_stats=use_input_stats,
