@@ -29,10 +29,11 @@ import numpy as np
 
 from . import _config, reference
 from ._arrays import as_float_array, check_out, check_real, compute_dtype, same_array_spec
+from .reference._normalization import PartialMoments
 
-__all__ = ["moments", "batch_norm", "batch_norm_backward", "layer_norm", "layer_norm_backward",
-           "group_norm", "group_norm_backward", "instance_norm", "instance_norm_backward",
-           "rms_norm", "rms_norm_backward"]
+__all__ = ["moments", "merge_moments", "PartialMoments", "batch_norm", "batch_norm_backward",
+           "layer_norm", "layer_norm_backward", "group_norm", "group_norm_backward",
+           "instance_norm", "instance_norm_backward", "rms_norm", "rms_norm_backward"]
 
 # Below this many elements a call runs on one thread: starting an OpenMP region (~1 us
 # plus waking a thread) costs more than the second core saves (bench/norm_speed.py).
@@ -248,7 +249,7 @@ def _axes(func, ndim, axis):
     return tuple(sorted(axes))
 
 
-def moments(x, axis=None, *, ddof=0):
+def moments(x, axis=None, *, ddof=0, partial=False):
     """Mean and variance of ``x`` over ``axis`` (an int, a tuple of ints, or None = all).
 
     Returns ``(mean, var)`` in the compute dtype with the reduced axes removed;
@@ -256,6 +257,11 @@ def moments(x, axis=None, *, ddof=0):
     NaN where ``n - ddof <= 0``.  Per-feature statistics reduce over the batch
     (``axis=0``), per-sample ones over the features (``axis=-1``).  A constant slice
     has variance exactly 0.
+
+    partial=True returns mergeable statistics instead: ``PartialMoments(count, mean,
+    m2)`` with count = n (an int), mean and m2 = sum((x - mean)**2) float64 arrays of
+    the same shape -- combine the partials of pieces of a batch with
+    :func:`merge_moments`, then ``.var(ddof)``.  An empty x gives (0, 0, 0).
     """
     func = "moments"
     x = _x(func, x, 0)
@@ -263,16 +269,19 @@ def moments(x, axis=None, *, ddof=0):
     ddof = _int(func, "ddof", ddof)
     if ddof < 0:
         raise ValueError(f"{func}: ddof must be >= 0, got {ddof}")
+    partial = _flag(func, "partial", partial)
     ext = _config.extension("normalization")
     n = math.prod(x.shape[a] for a in axes)
     if ext is None or n == 0 or x.size == 0:
-        return reference.moments(x, axes, ddof=ddof)
+        return reference.moments(x, axes, ddof=ddof, partial=partial)
     keep = [a for a in range(x.ndim) if a not in axes]
     out_shape = tuple(x.shape[a] for a in keep)
     if not x.flags.c_contiguous and x.flags.f_contiguous and x.ndim > 1:
         # The transpose of a Fortran array is C-contiguous: reduce it with mirrored axes.
-        mean, var = moments(x.T, tuple(x.ndim - 1 - a for a in axes), ddof=ddof)
-        return mean.T, var.T
+        result = moments(x.T, tuple(x.ndim - 1 - a for a in axes), ddof=ddof, partial=partial)
+        if partial:
+            return PartialMoments(result.count, result.mean.T, result.m2.T)
+        return result[0].T, result[1].T
     if keep and keep != list(range(keep[0], keep[-1] + 1)):
         xc = _contiguous(np.transpose(x, keep + list(axes)))
         geometry = (1, 1, math.prod(out_shape), n)
@@ -283,10 +292,45 @@ def moments(x, axis=None, *, ddof=0):
     units = geometry[2]
     mean_d, m2 = np.empty(units), np.empty(units)
     ext.stats(xc.reshape(-1), *geometry, mean_d, m2, _threads(x))
+    if partial:
+        return PartialMoments(n, mean_d.reshape(out_shape), m2.reshape(out_shape))
     with np.errstate(all="ignore"):
         var = m2 / (n - ddof) if n - ddof > 0 else np.full(units, np.nan)
     cd = compute_dtype(x.dtype)
     return mean_d.astype(cd).reshape(out_shape), var.astype(cd).reshape(out_shape)
+
+
+def merge_moments(partials):
+    """Combine the :class:`PartialMoments` of disjoint pieces of a batch (e.g. from
+    ``moments(piece, axis, partial=True)``, or ``(count, mean, m2)`` triples) into
+    those of the whole batch, by Chan et al.'s pairwise update over a balanced tree:
+    the result equals the one-shot moments up to rounding, whatever the split and
+    whatever the order of the partials.  Returns a PartialMoments (float64)."""
+    func = "merge_moments"
+    try:
+        items = list(partials)
+    except TypeError:
+        raise TypeError(f"{func}: partials must be an iterable of PartialMoments, "
+                        f"got {type(partials).__name__}") from None
+    if not items:
+        raise ValueError(f"{func}: partials must contain at least one PartialMoments, got none")
+    checked, shape = [], None
+    for i, item in enumerate(items):
+        try:
+            count, mean, m2 = item
+        except (TypeError, ValueError):
+            raise TypeError(f"{func}: partials[{i}] must be a PartialMoments or a (count, mean, m2) "
+                            f"triple, got {type(item).__name__}") from None
+        count = _int(func, f"partials[{i}].count", count)
+        if count < 0:
+            raise ValueError(f"{func}: partials[{i}].count must be >= 0, got {count}")
+        mean, m2 = np.asarray(mean, dtype=_F64), np.asarray(m2, dtype=_F64)
+        shape = mean.shape if shape is None else shape
+        if mean.shape != shape or m2.shape != shape:
+            raise ValueError(f"{func}: partials[{i}] has mean/m2 of shapes {mean.shape}/{m2.shape}, "
+                             f"expected {shape} (the shape of partials[0].mean)")
+        checked.append(PartialMoments(count, mean, m2))
+    return reference.merge_moments(checked)
 
 
 # ---------------------------------------------------------------------------- batch norm

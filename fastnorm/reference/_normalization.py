@@ -7,10 +7,12 @@ rounded once: ``y`` to the input's dtype, ``mean``/``rstd`` to the compute dtype
 parameter's dtype.  Arguments are assumed valid (the public module validates them);
 running statistics are updated in place as PyTorch does.
 """
+from typing import NamedTuple
+
 import numpy as np
 
-__all__ = ["moments", "batch_norm", "batch_norm_backward", "layer_norm", "layer_norm_backward",
-           "group_norm", "group_norm_backward", "instance_norm", "instance_norm_backward",
+__all__ = ["moments", "merge_moments", "PartialMoments", "batch_norm", "batch_norm_backward",
+           "layer_norm", "layer_norm_backward", "group_norm", "group_norm_backward", "instance_norm", "instance_norm_backward",
            "rms_norm", "rms_norm_backward"]
 
 _F64 = np.float64
@@ -39,13 +41,64 @@ def _axes(ndim, axis):
     return tuple(sorted(int(a) % ndim for a in axis)) if ndim else ()
 
 
-def moments(x, axis=None, *, ddof=0):
+class PartialMoments(NamedTuple):
+    """Mergeable statistics of a part of the data: ``count`` (int, values per feature),
+    ``mean`` and ``m2`` = sum((x - mean)**2) (float64 arrays, one value per feature).
+    An empty part is (0, 0, 0), the identity of :func:`merge_moments`."""
+    count: int
+    mean: np.ndarray
+    m2: np.ndarray
+
+    def var(self, ddof=0):
+        """m2 / (count - ddof) (float64), NaN where count - ddof <= 0."""
+        with np.errstate(all="ignore"):
+            if self.count - ddof > 0:
+                return np.asarray(self.m2 / (self.count - ddof))
+            return np.full(np.shape(self.m2), np.nan)
+
+
+def _merge_two(a, b):
+    """Chan, Golub & LeVeque's pairwise update: exact in exact arithmetic, and
+    without the cancellation of sum(x**2) - n * mean**2."""
+    if b.count == 0:
+        return a
+    if a.count == 0:
+        return b
+    n = a.count + b.count
+    delta = b.mean - a.mean
+    mean = a.mean + delta * (b.count / n)
+    m2 = a.m2 + b.m2 + delta * delta * (a.count * (b.count / n))
+    return PartialMoments(n, mean, m2)
+
+
+def merge_moments(partials):
+    """Combine PartialMoments of disjoint parts into those of their union: pairwise
+    (a balanced tree over the given order, so rounding grows with log(parts))."""
+    level = [PartialMoments(int(c), np.asarray(m, dtype=_F64), np.asarray(q, dtype=_F64))
+             for c, m, q in partials]
+    if not level:
+        raise ValueError("merge_moments: partials must contain at least one PartialMoments, got none")
+    while len(level) > 1:
+        level = [_merge_two(level[i], level[i + 1]) if i + 1 < len(level) else level[i]
+                 for i in range(0, len(level), 2)]
+    return level[0]
+
+
+def moments(x, axis=None, *, ddof=0, partial=False):
     """(mean, var) over ``axis`` (an int, a tuple of ints or None for all axes);
-    var = sum((x - mean)**2) / (n - ddof), NaN where n - ddof <= 0."""
+    var = sum((x - mean)**2) / (n - ddof), NaN where n - ddof <= 0.  partial=True
+    returns PartialMoments(n, mean, m2) in float64 instead (ddof is then unused)."""
     x = np.asarray(x)
     axes = _axes(x.ndim, axis)
     n = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
     xd = x.astype(_F64)
+    if partial:
+        if n == 0:
+            zeros = np.zeros([s for i, s in enumerate(x.shape) if i not in axes])
+            return PartialMoments(0, zeros, zeros.copy())
+        mean = xd.mean(axis=axes, keepdims=True)
+        m2 = ((xd - mean) ** 2).sum(axis=axes)
+        return PartialMoments(n, np.asarray(np.squeeze(mean, axis=axes)), np.asarray(m2))
     with np.errstate(all="ignore"):
         mean = xd.mean(axis=axes, keepdims=True) if n else np.full(
             [1 if i in axes else s for i, s in enumerate(x.shape)], np.nan)
