@@ -62,12 +62,13 @@ def _thread_limits(threads):
 
 
 def run_experiments(names=None, *, quick=False, seed=0, out_dir="fastnorm-experiments", threads=1,
-                    progress=None, command=None, log=sys.stderr):
+                    progress=None, command=None, log=None):
     """Run the named experiments (all by default) and write ``out_dir/report.md``.
 
     Returns ``(report_path, results)``.  threads: fastnorm and BLAS threads (1 keeps
     results bit-reproducible and avoids the oversubscription described in
-    ``_thread_limits``).  log: a file for one line per experiment, or None."""
+    ``_thread_limits``).  log: a file (e.g. sys.stderr) for one line per experiment;
+    None is silent."""
     names = list(EXPERIMENTS) if not names else list(names)
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:
@@ -129,6 +130,6 @@ def main(argv=None):
         (f" --threads {args.threads}" if args.threads != 1 else "")
     path, _ = run_experiments(args.only, quick=args.quick, seed=args.seed, out_dir=args.out,
                               threads=args.threads, progress=False if args.no_progress else None,
-                              command=command)
+                              command=command, log=sys.stderr)
     print(f"report written to {os.path.abspath(path)}")
     return 0
