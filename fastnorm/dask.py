@@ -311,13 +311,13 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
     cd = np.dtype(np.float32) if x.dtype == np.float16 else x.dtype
     meta = np.empty((0,) * x.ndim, x.dtype)
     if not training:
-        rm, rv = _small(func, "running_mean", running_mean, (c,)), _small(func, "running_var", running_var, (c,))
+        rm = _small(func, "running_mean", running_mean, (c,))
+        rv = _small(func, "running_var", running_var, (c,))
         if rm is None or rv is None:
             raise ValueError(f"{func}: running_mean and running_var are required when training=False")
-        y = x.map_blocks(lambda b, block_info=None: _bn_block(
-            b, (rm.astype(np.float64), _norm._rstd(rv.astype(np.float64), eps)), weight, bias,
-            channels_last, block_info), dtype=x.dtype, meta=meta)
-        return y, da.from_array(rm.astype(cd)), da.from_array(_norm._rstd(rv.astype(np.float64), eps).astype(cd))
+        stats = (rm.astype(np.float64), _norm._rstd(rv.astype(np.float64), eps))
+        y = x.map_blocks(_bn_block, stats, weight, bias, channels_last, dtype=x.dtype, meta=meta)
+        return y, da.from_array(rm.astype(cd)), da.from_array(stats[1].astype(cd))
     if running_mean is not None or running_var is not None:
         raise ValueError(f"{func}: running statistics are not updated lazily; pass none when training "
                          "and update them from partial_moments(x, axes) (mean, var(ddof=1))")
