@@ -55,7 +55,7 @@ def _jsonable(obj):
         return int(obj)
     if isinstance(obj, numbers.Real):
         v = float(obj)
-        return v if math.isfinite(v) else None
+        return float(f"{v:.6g}") if math.isfinite(v) else None
     return obj if obj is None or isinstance(obj, str) else str(obj)
 
 

@@ -387,10 +387,13 @@ def run_speed(ctx):
     drop_text = (f"dropout cost {epoch_ratio:.2f}x the time per epoch and "
                  + (f"{conv_ratio:.1f}x the epochs to reach the target validation accuracy" if conv_ratio == conv_ratio
                     else "one net never reached the target accuracy"))
-    throughput_held = fwd_ratio >= 4
+    # The claim is about the functions, so compare the fastest implementation of each.
+    best_ratio = (min(act[b][("sigmoid", "forward")] for b in act) / min(act[b][("relu", "forward")] for b in act))
+    throughput_held = best_ratio >= 4
     dropout_held = conv_ratio == conv_ratio and 1.5 <= conv_ratio
-    verdict = (f"Per call, sigmoid's forward took {ratio_text}, so 'about 6x' "
-               f"{'held' if throughput_held else 'did not hold'} as throughput here; as convergence, "
+    verdict = (f"Per call, sigmoid's forward took {ratio_text}; the fastest sigmoid here took {best_ratio:.1f}x "
+               f"the fastest ReLU, so 'about 6x' {'held' if throughput_held else 'did not hold'} as throughput; "
+               "as convergence, "
                f"{conv_text}; {drop_text} (the lecture's '2-3x slower' "
                f"{'matches the epoch count' if dropout_held else 'did not show in the epoch count'}, "
                "not the time per epoch).")

@@ -283,15 +283,18 @@ def run_early_stopping(ctx):
             ax.legend(fontsize=8)
             figures.append("early_stopping.png")
     overfit = history["val_loss"][-1] > min(history["val_loss"]) * 1.1
-    better = best_acc >= last_acc
+    better = best_acc >= last_acc and best_loss < last_loss
     held = overfit and stopped is not None and better
     verdict = (f"{'Yes' if held else 'Partly' if overfit else 'No'}: the validation loss bottomed out at epoch "
                f"{best_epoch} ({min(history['val_loss']):.3f}) and reached {history['val_loss'][-1]:.3f} by epoch "
                f"{epochs} while the training loss kept falling to {history['train_loss'][-1]:.2g}; early stopping "
                f"(patience {patience}) {'stopped at epoch ' + str(stopped) if stopped else 'never triggered'}, and "
-               f"the restored best state scored {best_acc:.1%} test accuracy against {last_acc:.1%} at the last "
-               "epoch" + ("" if better else " (accuracy kept improving even though the loss rose: the net grew "
-                                            "over-confident on the examples it gets wrong)") + ".")
+               f"the restored best state scored test loss {best_loss:.3f} and accuracy {best_acc:.1%} against "
+               f"{last_loss:.3f} and {last_acc:.1%} at the last epoch"
+               + (" (the same accuracy: stopping saved the training time and the calibration of the "
+                  "predictions, not correct answers)" if best_acc == last_acc else "")
+               + (" (accuracy kept improving even though the loss rose: the net grew over-confident on the "
+                  "examples it gets wrong)" if best_acc < last_acc else "") + ".")
     return ExperimentResult(
         "early-stopping", "Early stopping on the validation loss",
         "Training loss keeps falling while validation loss turns up once the net starts to overfit; "
