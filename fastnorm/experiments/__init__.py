@@ -15,7 +15,7 @@ import time
 
 import fastnorm as fn
 
-from ._common import Context, ExperimentResult, matplotlib_available
+from ._common import Context, ExperimentResult
 from ._report import write_report
 from .activation_experiments import run_sparsity, run_speed, run_vanishing
 from .normalization_experiments import run_batchnorm, run_layernorm_table, run_small_batch
