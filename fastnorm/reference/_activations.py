@@ -124,14 +124,21 @@ def gelu(x, approximate="none", *, out=None):
     return _map(lambda v: 0.5 * v * _erfc(-v * _INV_SQRT2), x, out)
 
 
+def _tame(v):
+    """v clamped to +-1e6 (NaN kept): beyond it these derivatives are exactly their limits,
+    and the clamp keeps Inf * 0 (NaN) out of them at x = +-Inf."""
+    return np.clip(v, -1e6, 1e6)
+
+
 def gelu_backward(grad_output, x, approximate="none", *, out=None):
     if approximate == "tanh":
         def grad(g, v):
+            v = _tame(v)
             t = np.tanh(_GELU_K * (v + _GELU_C * v ** 3))
             return g * (0.5 * (1 + t) + 0.5 * v * (1 - t * t) * _GELU_K * (1 + 3 * _GELU_C * v * v))
         return _map_grad(grad, grad_output, x, out)
     return _map_grad(lambda g, v: g * (0.5 * _erfc(-v * _INV_SQRT2)
-                                       + v * _INV_SQRT_2PI * np.exp(-0.5 * v * v)),
+                                       + _tame(v) * _INV_SQRT_2PI * np.exp(-0.5 * _tame(v) ** 2)),
                      grad_output, x, out)
 
 
@@ -142,7 +149,7 @@ def silu(x, *, out=None):
 def silu_backward(grad_output, x, *, out=None):
     def grad(g, v):
         s = _sigmoid(v)
-        return g * s * (1 + v * (1 - s))
+        return g * s * (1 + _tame(v) * (1 - s))
     return _map_grad(grad, grad_output, x, out)
 
 
@@ -162,7 +169,7 @@ def mish(x, *, out=None):
 def mish_backward(grad_output, x, *, out=None):
     def grad(g, v):
         t = np.tanh(np.logaddexp(0, v))
-        return g * (t + v * (1 - t * t) * _sigmoid(v))
+        return g * (t + _tame(v) * (1 - t * t) * _sigmoid(v))
     return _map_grad(grad, grad_output, x, out)
 
 

@@ -144,26 +144,35 @@ void FN_NAME(fn_act_backward, FN_SUF)(int op, const T *g, const T *s, T *gx, int
         MAP_GRAD(v > 0 ? d : d * FN_EXP(v * inv_alpha));
         break;
     }
+    /* The GELU derivatives are exactly 1 or 0 (in either precision) beyond |x| = 1e6;
+     * clamping there keeps Inf * 0 out of them (x = +-Inf, and x^3 overflowing in the
+     * tanh form at |x| > 1.8e19 in float32, gave NaN; the comparisons keep NaN as NaN). */
+#define GELU_CLAMP(v) ((v) > (T)1e6 ? (T)1e6 : ((v) < (T)-1e6 ? (T)-1e6 : (v)))
     case FN_ACT_GELU:
-        MAP_GRAD(d * ((T)0.5 * FN_ERFC(-v * INV_SQRT2) + v * INV_SQRT_2PI * FN_EXP((T)-0.5 * v * v)));
+        MAP_GRAD(d * ((T)0.5 * FN_ERFC(-v * INV_SQRT2)
+                      + GELU_CLAMP(v) * INV_SQRT_2PI * FN_EXP((T)-0.5 * GELU_CLAMP(v) * GELU_CLAMP(v))));
         break;
     case FN_ACT_GELU_TANH: {
         _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {
-            const T v = s[i], v2 = v * v;
+            const T v = GELU_CLAMP(s[i]), v2 = v * v;
             const T z = (T)2 * GELU_K * (v + GELU_C * v2 * v);
             const T dz = (T)2 * GELU_K * (1 + (T)3 * GELU_C * v2);
             gx[i] = g[i] * (SIGMOID(z) + v * SIGMOID_SLOPE(z) * dz);
         }
         break;
     }
-    case FN_ACT_SILU:        MAP_GRAD(d * (SIGMOID(v) + v * SIGMOID_SLOPE(v))); break;
+    case FN_ACT_SILU:        MAP_GRAD(d * (SIGMOID(v) + GELU_CLAMP(v) * SIGMOID_SLOPE(v))); break;
     case FN_ACT_SOFTPLUS:    MAP_GRAD(pa * v > pb ? d : d * SIGMOID(pa * v)); break;
     case FN_ACT_MISH: {
         /* d/dx x tanh(sp(x)) = t + x (1 - t^2) sigmoid(x), with t = q/(q+2),
          * 1 - t^2 = 4 (q+1)/(q+2)^2 and sigmoid(x) = u/(1+u). */
         _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {
             const T v = s[i], u = MISH_U(v), q = u * (u + 2), r = (T)1 / (q + 2);
-            gx[i] = g[i] * (q * r + v * (T)4 * (q + 1) * r * r * (u / (1 + u)));
+            const T vt = v < (T)-1e6 ? (T)-1e6 : v;  /* -Inf * 0 would be NaN; the limit is 0 */
+            const T d = q * r + vt * (T)4 * (q + 1) * r * r * (u / (1 + u));
+            /* Beyond x = 30 the derivative is 1 to ~1e-24, and q overflows further on
+             * (x = 1e30 gave Inf; the limit, and PyTorch at finite x, is 1). */
+            gx[i] = g[i] * (v > 30 ? (T)1 : d);
         }
         break;
     }
@@ -182,6 +191,7 @@ void FN_NAME(fn_act_backward, FN_SUF)(int op, const T *g, const T *s, T *gx, int
 #undef MAP_GRAD
 #undef SELU_ALPHA
 #undef SELU_SCALE
+#undef GELU_CLAMP
 #undef GELU_K
 #undef GELU_C
 #undef INV_SQRT2

@@ -72,7 +72,9 @@ void FN_NAME(fn_norm_stats_runs, FN_SUF)(const T *x, int64_t A, int64_t C, int64
             RUN_SUMS(base + a * C * B, B, shift, &s1, &s2);
         mean[u] = shift + s1 / n;
         const double q = s2 - s1 * (s1 / n);
-        m2[u] = q > 0.0 ? q : 0.0;
+        /* Clamp rounding below zero, but let a NaN through: "q > 0 ? q : 0" turned a
+         * NaN channel into variance 0 (finite rstd, a silently wrong running_var). */
+        m2[u] = q < 0.0 ? 0.0 : q;
     }
 }
 
