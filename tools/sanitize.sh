@@ -17,7 +17,8 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 scratch=${FASTNORM_SANITIZE_DIR:-/tmp/fastnorm-sanitize}
 source_mode=${FASTNORM_SANITIZE_SOURCE:-head}
-python=${PYTHON:-python}
+# The real interpreter, not a pyenv/conda shim script (valgrind would trace the shell).
+python=$("${PYTHON:-python}" -c "import sys; print(sys.executable)")
 
 case "$scratch" in /|"$repo"|"$repo"/*) echo "refusing scratch dir $scratch" >&2; exit 2;; esac
 rm -rf "$scratch"
