@@ -6,7 +6,8 @@
 #   tools/valgrind.sh                          # the default subset (about 10-20 minutes)
 #   tools/valgrind.sh tests/test_threads.py    # any pytest arguments instead
 #
-# Exit status 99 means memcheck reported an error (see "== ... ==" lines in the log).
+# Exit status 99 means memcheck reported an error inside fastnorm's code (printed at the
+# end; the full log is in $FASTNORM_VALGRIND_LOG, default /tmp/fastnorm-valgrind.log).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,6 +26,33 @@ fi
 # keeps interned objects and caches until exit by design).
 export PYTHONMALLOC=malloc
 unset FASTNORM_BACKEND
-exec valgrind --tool=memcheck --error-exitcode=99 --leak-check=no --track-origins=yes \
+log=${FASTNORM_VALGRIND_LOG:-/tmp/fastnorm-valgrind.log}
+status=0
+valgrind --tool=memcheck --log-file="$log" --leak-check=no --track-origins=yes \
     --num-callers=30 --show-mismatched-frees=yes \
-    "$python" -m pytest -q -p no:cacheprovider -x "$@"
+    "$python" -m pytest -q -p no:cacheprovider -x "$@" || status=$?
+
+# A CPython built without --with-valgrind reports dozens of "uninitialised value" contexts
+# of its own (object.h, longobject.c): count them, but fail only on errors whose stack
+# passes through fastnorm's extension modules or kernel headers.
+"$python" - "$log" <<'PY' || status=99
+import re, sys
+blocks, cur = [], []
+for line in open(sys.argv[1]):
+    m = re.match(r"==\d+== ?(.*)", line.rstrip("\n"))
+    if not m:
+        continue
+    if m.group(1):
+        cur.append(m.group(1))
+    elif cur:
+        blocks.append(cur)
+        cur = []
+blocks.append(cur)
+errors = [b for b in blocks if b and re.match(r"(Conditional|Invalid|Use of uninit|Syscall|Mismatched|Source and dest)", b[0])]
+ours = [b for b in errors if any(re.search(r"fastnorm|_ext/|fn_\w+_impl|fn_philox|fn_common", l) for l in b)]
+print(f"valgrind: {len(errors)} error contexts, {len(ours)} in fastnorm's code (log: {sys.argv[1]})")
+for b in ours:
+    print("\n".join(b[:25]), "\n---")
+sys.exit(1 if ours else 0)
+PY
+exit $status
