@@ -11,8 +11,9 @@
  * far into the tails (sigmoid(-100) is a correct subnormal, not 0 or NaN).
  */
 #include <math.h>
+#include <string.h>
 #include "fn_activations.h"
-#include "fn_math_tmp.h"
+#include "fn_math.h"
 #include "fn_real.h"
 
 #define T FN_T
@@ -53,7 +54,7 @@ static inline T FN_NAME(mish_u, FN_SUF)(T z) { return FN_EXP(z > (T)20 ? (T)20 :
 #define SIGMOID_SLOPE FN_NAME(sigmoid_slope, FN_SUF)
 #define MISH_U FN_NAME(mish_u, FN_SUF)
 
-void FN_NAME(fn_act_forward, FN_SUF)(int op, const T *x, T *y, int64_t n, double a, double b)
+static void FN_NAME(act_forward_span, FN_SUF)(int op, const T *x, T *y, int64_t n, double a, double b)
 {
     const T pa = (T)a, pb = (T)b;
     switch (op) {
@@ -129,7 +130,7 @@ void FN_NAME(fn_act_forward, FN_SUF)(int op, const T *x, T *y, int64_t n, double
     }
 }
 
-void FN_NAME(fn_act_backward, FN_SUF)(int op, const T *g, const T *s, T *gx, int64_t n, double a, double b)
+static void FN_NAME(act_backward_span, FN_SUF)(int op, const T *g, const T *s, T *gx, int64_t n, double a, double b)
 {
     const T pa = (T)a, pb = (T)b;
     switch (op) {
@@ -186,6 +187,39 @@ void FN_NAME(fn_act_backward, FN_SUF)(int op, const T *g, const T *s, T *gx, int
     }
 }
 
+/* The vector loop body and gcc's scalar remainder loop may round differently (FMA
+ * contraction is decided per basic block, and the scalar code keeps branches), so an
+ * element's result would depend on its position -- on how an array is split into
+ * threads, blocks or views.  Every element therefore goes through the vector body:
+ * the last n % FN_ACT_PAD elements are run through a zero-padded stack buffer. */
+#define FN_ACT_PAD 16
+
+void FN_NAME(fn_act_forward, FN_SUF)(int op, const T *x, T *y, int64_t n, double a, double b)
+{
+    const int64_t body = n - n % FN_ACT_PAD;
+    FN_NAME(act_forward_span, FN_SUF)(op, x, y, body, a, b);
+    if (body < n) {
+        T xt[FN_ACT_PAD] = {0}, yt[FN_ACT_PAD];
+        memcpy(xt, x + body, (size_t)(n - body) * sizeof(T));
+        FN_NAME(act_forward_span, FN_SUF)(op, xt, yt, FN_ACT_PAD, a, b);
+        memcpy(y + body, yt, (size_t)(n - body) * sizeof(T));
+    }
+}
+
+void FN_NAME(fn_act_backward, FN_SUF)(int op, const T *g, const T *s, T *gx, int64_t n, double a, double b)
+{
+    const int64_t body = n - n % FN_ACT_PAD;
+    FN_NAME(act_backward_span, FN_SUF)(op, g, s, gx, body, a, b);
+    if (body < n) {
+        T gt[FN_ACT_PAD] = {0}, st[FN_ACT_PAD] = {0}, gxt[FN_ACT_PAD];
+        memcpy(gt, g + body, (size_t)(n - body) * sizeof(T));
+        memcpy(st, s + body, (size_t)(n - body) * sizeof(T));
+        FN_NAME(act_backward_span, FN_SUF)(op, gt, st, gxt, FN_ACT_PAD, a, b);
+        memcpy(gx + body, gxt, (size_t)(n - body) * sizeof(T));
+    }
+}
+
+#undef FN_ACT_PAD
 #undef T
 #undef MAP
 #undef MAP_GRAD
