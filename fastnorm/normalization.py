@@ -204,7 +204,8 @@ def _deliver(buf, dtype, out):
 def _split_mean(mean_d, cd):
     """The float64 mean as hi + lo in the compute dtype (see fn_normalization_impl.h)."""
     hi = mean_d.astype(cd)
-    return hi, (mean_d - hi).astype(cd)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN means: NaN flows on, silently
+        return hi, (mean_d - hi).astype(cd)
 
 
 def _rstd(var, eps):

@@ -25,6 +25,13 @@ needs_sklearn = pytest.mark.skipif(_data._package_file("sklearn", "datasets", "d
 _TIMED = {"speed"}
 
 
+
+
+def _read(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     """One quick run of every experiment, shared by the tests below (about 10-30 s)."""
@@ -68,7 +75,7 @@ def test_quick_experiment_returns_its_result(quick_run, name):
 def test_report_is_written(quick_run):
     out, path, results = quick_run
     assert path == os.path.join(str(out), "report.md")
-    text = open(path, encoding="utf-8").read()
+    text = _read(path)
     assert text.startswith("# fastnorm experiments")
     assert "Regenerate with: `python -m fastnorm.experiments --quick --seed 3`" in text
     for name, r in results.items():
@@ -77,7 +84,7 @@ def test_report_is_written(quick_run):
         for fig in r.figures:
             assert f"]({fig})" in text
     assert text.count("**Did the claim hold here?**") == len(EXPERIMENTS)
-    payload = json.load(open(os.path.join(str(out), "report.json"), encoding="utf-8"))
+    payload = json.loads(_read(os.path.join(str(out), "report.json")))
     assert set(payload["experiments"]) == set(EXPERIMENTS)
     assert payload["settings"]["quick"] is True and payload["settings"]["seed"] == 3
 
@@ -159,7 +166,7 @@ def test_report_without_matplotlib_has_no_figures(tmp_path, monkeypatch):
                         lambda **kw: Context(**kw, figures=False))
     path, (r,) = run_experiments(["layernorm-table"], out_dir=str(tmp_path), progress=False, log=None)
     assert r.figures == []
-    assert "![" not in open(path, encoding="utf-8").read()
+    assert "![" not in _read(path)
     assert not list(tmp_path.glob("*.png"))
 
 

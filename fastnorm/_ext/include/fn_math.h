@@ -23,7 +23,7 @@
  *            saturates to exactly +-1 for large |x|.
  *   erfc     keeps relative accuracy for large x down to its underflow at
  *            10.05 / 27.23, with subnormal results rounded once.  It
- *            reaches exactly 2 for x < -3.9 / -5.9, and erfc(+-inf) = 0 / 2.
+ *            reaches exactly 2 from x = -3.83 / -5.86, and erfc(+-inf) = 0 / 2.
  *   NaN in gives NaN out, for every function.
  *
  * Measured accuracy (tools/math_accuracy.c): max error in ulp of the result
