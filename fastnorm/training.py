@@ -165,6 +165,14 @@ def fit(model, loss_fn, optimizer, X, y, *, epochs, batch_size=32, validation=No
     validation data); the best state is restored when training ends.  progress: True or
     False forces a tqdm bar (when tqdm is installed) on or off; None shows one for long runs.
     """
+    for name, obj, needed in (("model", model, ("forward", "backward", "train", "eval")),
+                              ("optimizer", optimizer, ("zero_grad", "step"))):
+        missing = [m for m in needed if not callable(getattr(obj, m, None))]
+        if missing:
+            raise TypeError(f"fit: {name} must have {', '.join(needed)} methods, got "
+                            f"{type(obj).__name__} without {', '.join(missing)}")
+    if not callable(loss_fn):
+        raise TypeError(f"fit: loss_fn must be callable, got {type(loss_fn).__name__}")
     X, y = np.asarray(X), np.asarray(y)
     if X.shape[0] != y.shape[0]:
         raise ValueError(f"fit: X and y must have the same number of samples, got {X.shape[0]} "

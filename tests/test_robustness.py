@@ -278,9 +278,7 @@ def _bad_calls_of_training():
             (lambda: fastnorm.train_val_test_split(x, np.zeros(4), fractions=(0.5, 0.6, 0.2)), ValueError,
              "train_val_test_split: fractions")],
         "fit": [pytest.param(lambda: fastnorm.fit(L.Linear(3, 2), fastnorm.mse_loss, None, x, x, epochs=1),
-                             TypeError, "fit: optimizer", marks=pytest.mark.xfail(
-                                 strict=True, reason="fit() does not validate optimizer (AttributeError "
-                                 "'NoneType' has no attribute 'zero_grad'); training.py is not ours")),
+                             TypeError, "fit: optimizer"),
                 (lambda: fastnorm.fit(L.Linear(3, 2), fastnorm.mse_loss,
                                       fastnorm.optim.SGD(L.Linear(3, 2).parameters(), lr=0.1), x, x,
                                       epochs=-1), ValueError, "fit: epochs")],
