@@ -7,26 +7,12 @@ import pytest
 
 import fastnorm
 import fastnorm.layers as L
+from _gradcheck import numeric_gradient
 
 F64 = np.float64
 
 
 # ---------------------------------------------------------------------------- finite differences
-
-def numeric_gradient(f, a, h=1e-6):
-    """Central differences of the scalar f() with respect to every element of a (in place)."""
-    grad = np.zeros(a.shape)
-    flat, gflat = a.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + h
-        up = f()
-        flat[i] = old - h
-        down = f()
-        flat[i] = old
-        gflat[i] = (up - down) / (2 * h)
-    return grad
-
 
 def replay_dropout(layer):
     """A callable that puts every dropout stream in ``layer`` back where it is now, so the

@@ -11,6 +11,7 @@ from hypothesis import given, strategies as st
 
 import fastnorm
 from fastnorm import reference as ref
+from _gradcheck import numeric_gradient
 
 FLOATS = [np.float16, np.float32, np.float64]
 # Tolerance relative to the largest expected magnitude, by input dtype: float16 output is
@@ -312,19 +313,6 @@ def test_moments_degenerate(backend):
 
 # ---------------------------------------------------------------------------- finite differences
 
-def _numeric_grad(f, a, eps=1e-6):
-    grad = np.zeros_like(a)
-    flat, gflat = a.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        hi = f()
-        flat[i] = old - eps
-        lo = f()
-        flat[i] = old
-        gflat[i] = (hi - lo) / (2 * eps)
-    return grad
-
 
 FD_CASES = [("batch", (3, 2, 4)), ("batch_cl", (2, 3, 2)), ("batch_eval", (3, 2, 2)),
             ("batch", (5, 3)), ("group", (2, 4, 3)), ("group_cl", (2, 3, 4)),
@@ -344,10 +332,10 @@ def test_backward_finite_differences(kind, shape, backend, rng):
     def loss():  # sum(y * g) with a random upstream gradient g
         return float(np.sum(run_case(fastnorm, kind, x, g, w, b, p)["y"] * g))
 
-    np.testing.assert_allclose(got["gx"], _numeric_grad(loss, x), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(got["gw"], _numeric_grad(loss, w), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got["gx"], numeric_gradient(loss, x), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got["gw"], numeric_gradient(loss, w), rtol=1e-5, atol=1e-7)
     if b is not None:
-        np.testing.assert_allclose(got["gb"], _numeric_grad(loss, b), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(got["gb"], numeric_gradient(loss, b), rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("kind", ["batch", "group", "layer", "instance"])
