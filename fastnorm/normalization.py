@@ -483,6 +483,11 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, out=Non
     weight, bias: normalized_shape.  Returns ``(y, mean, rstd)``, mean/rstd of shape
     ``x.shape[:-len(normalized_shape)]``.
     """
+    ext = _config.extension("normalization")
+    if ext is not None and out is None:
+        result = ext.rows_forward_fast(x, normalized_shape, weight, bias, eps, False, _GRAIN)
+        if result is not None:
+            return result
     func = "layer_norm"
     x = _x(func, x, 1)
     ns = _normalized_shape(func, normalized_shape, x)
@@ -498,6 +503,12 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, out=Non
 
 def layer_norm_backward(grad_output, x, normalized_shape, weight, mean, rstd, *, bias=None):
     """Gradients of :func:`layer_norm`: ``(grad_x, grad_weight, grad_bias)``."""
+    ext = _config.extension("normalization")
+    if ext is not None:
+        result = ext.rows_backward_fast(grad_output, x, normalized_shape, weight, mean, rstd, bias,
+                                        False, _GRAIN)
+        if result is not None:
+            return result
     func = "layer_norm_backward"
     x = _x(func, x, 1)
     g = _grad_output(func, grad_output, x)
@@ -517,6 +528,11 @@ def rms_norm(x, normalized_shape, weight=None, *, eps=None, out=None):
     """RMS normalization: ``x / sqrt(mean(x**2) + eps) * weight`` over the trailing
     ``normalized_shape`` axes; eps=None means the machine epsilon of the compute dtype
     (float32's for float16/float32 input), as torch.  Returns ``(y, rstd)``."""
+    ext = _config.extension("normalization")
+    if ext is not None and out is None:
+        result = ext.rows_forward_fast(x, normalized_shape, weight, None, eps, True, _GRAIN)
+        if result is not None:
+            return result[0], result[2]
     func = "rms_norm"
     x = _x(func, x, 1)
     ns = _normalized_shape(func, normalized_shape, x)
@@ -532,6 +548,12 @@ def rms_norm(x, normalized_shape, weight=None, *, eps=None, out=None):
 
 def rms_norm_backward(grad_output, x, normalized_shape, weight, rstd):
     """Gradients of :func:`rms_norm`: ``(grad_x, grad_weight)`` (None without weight)."""
+    ext = _config.extension("normalization")
+    if ext is not None:
+        result = ext.rows_backward_fast(grad_output, x, normalized_shape, weight, None, rstd, None,
+                                        True, _GRAIN)
+        if result is not None:
+            return result[:2]
     func = "rms_norm_backward"
     x = _x(func, x, 1)
     g = _grad_output(func, grad_output, x)

@@ -9,8 +9,13 @@ partials added in block order afterwards.
 """
 import numpy as np
 from libc.stdint cimport int64_t
+from libc.float cimport FLT_EPSILON, DBL_EPSILON
+from libc.math cimport isfinite
+cimport numpy as cnp
 from cython.parallel cimport prange
 from cython cimport floating
+
+cnp.import_array()
 
 cdef extern from "fn_normalization.h" nogil:
     void fn_norm_stats_runs_f32_base(const float *, int64_t, int64_t, int64_t, int64_t, int64_t, double *, double *)
@@ -313,6 +318,86 @@ def affine_grad(const floating[::1] dy, const floating[::1] x, floating[::1] gx,
                         _affine_grad_f64(&dy[0], &x[0], &gx[0], A, C, B, u0, min(u0 + ch, R), &k1[0], &mhi[0], &k2[0], &k3[0])
 
 
+cdef void _rows_forward_run(const floating *x, floating *y, Py_ssize_t M, Py_ssize_t K,
+                            const floating *wp, const floating *bp, double eps, bint rms,
+                            floating *mean, floating *rstd, int nthreads) noexcept nogil:
+    cdef Py_ssize_t t, r0, ch
+    if nthreads <= 1 or M == 1:
+        if floating is float:
+            _rows_forward_f32(x, y, K, 0, M, wp, bp, eps, rms, mean, rstd)
+        else:
+            _rows_forward_f64(x, y, K, 0, M, wp, bp, eps, rms, mean, rstd)
+        return
+    ch = _share(M, nthreads)
+    for t in prange(nthreads, num_threads=nthreads, schedule="static"):
+        r0 = t * ch
+        if r0 < M:
+            if floating is float:
+                _rows_forward_f32(x, y, K, r0, min(r0 + ch, M), wp, bp, eps, rms, mean, rstd)
+            else:
+                _rows_forward_f64(x, y, K, r0, min(r0 + ch, M), wp, bp, eps, rms, mean, rstd)
+
+
+cdef void _rows_backward_run(const floating *dy, const floating *x, floating *gx, Py_ssize_t M,
+                             Py_ssize_t K, const floating *wp, const floating *mean,
+                             const floating *rstd, bint rms, double *pw, double *pb,
+                             Py_ssize_t rb, int nthreads) noexcept nogil:
+    """Without parameter gradients (pw = pb = NULL) rows are split evenly over the
+    threads; with them, rows go in blocks of rb and block blk adds its column sums into
+    row blk of the (nblk, K) partials pw/pb (either may be NULL)."""
+    cdef Py_ssize_t t, r0, ch, blk, nblk
+    cdef double *pwp
+    cdef double *pbp
+    if pw == NULL and pb == NULL:
+        if nthreads <= 1 or M == 1:
+            if floating is float:
+                _rows_backward_f32(dy, x, gx, K, 0, M, wp, mean, rstd, rms, NULL, NULL)
+            else:
+                _rows_backward_f64(dy, x, gx, K, 0, M, wp, mean, rstd, rms, NULL, NULL)
+            return
+        ch = _share(M, nthreads)
+        for t in prange(nthreads, num_threads=nthreads, schedule="static"):
+            r0 = t * ch
+            if r0 < M:
+                if floating is float:
+                    _rows_backward_f32(dy, x, gx, K, r0, min(r0 + ch, M), wp, mean, rstd, rms, NULL, NULL)
+                else:
+                    _rows_backward_f64(dy, x, gx, K, r0, min(r0 + ch, M), wp, mean, rstd, rms, NULL, NULL)
+        return
+    nblk = (M + rb - 1) // rb
+    if nthreads <= 1 or nblk == 1:
+        for blk in range(nblk):
+            pwp = pw + blk * K if pw != NULL else NULL
+            pbp = pb + blk * K if pb != NULL else NULL
+            if floating is float:
+                _rows_backward_f32(dy, x, gx, K, blk * rb, min(blk * rb + rb, M), wp, mean, rstd, rms, pwp, pbp)
+            else:
+                _rows_backward_f64(dy, x, gx, K, blk * rb, min(blk * rb + rb, M), wp, mean, rstd, rms, pwp, pbp)
+    else:
+        for blk in prange(nblk, num_threads=nthreads, schedule="static"):
+            pwp = pw + blk * K if pw != NULL else NULL
+            pbp = pb + blk * K if pb != NULL else NULL
+            if floating is float:
+                _rows_backward_f32(dy, x, gx, K, blk * rb, min(blk * rb + rb, M), wp, mean, rstd, rms, pwp, pbp)
+            else:
+                _rows_backward_f64(dy, x, gx, K, blk * rb, min(blk * rb + rb, M), wp, mean, rstd, rms, pwp, pbp)
+
+
+cdef object _block_sum(double[:, ::1] partial, int typenum):
+    """Column sums of the (nblk, K) block partials, added in block order, as a (K,)
+    array of typenum (cast from the float64 sum)."""
+    cdef Py_ssize_t nblk = partial.shape[0], K = partial.shape[1], blk, k
+    cdef cnp.npy_intp dim = K
+    cdef cnp.ndarray total = cnp.PyArray_ZEROS(1, &dim, cnp.NPY_FLOAT64, 0)
+    cdef double *tp = <double *>cnp.PyArray_DATA(total)
+    for blk in range(nblk):
+        for k in range(K):
+            tp[k] += partial[blk, k]
+    if typenum == cnp.NPY_FLOAT64:
+        return total
+    return cnp.PyArray_Cast(total, typenum)
+
+
 def rows_forward(const floating[::1] x, floating[::1] y, Py_ssize_t M, Py_ssize_t K,
                  const floating[::1] w, const floating[::1] b, double eps, bint rms,
                  floating[::1] mean, floating[::1] rstd, int nthreads):
@@ -323,7 +408,6 @@ def rows_forward(const floating[::1] x, floating[::1] y, Py_ssize_t M, Py_ssize_
            "rows_forward: inconsistent sizes")
     cdef const floating *wp = NULL
     cdef const floating *bp = NULL
-    cdef Py_ssize_t t, r0, ch
     if M == 0:
         return
     if w is not None:
@@ -331,20 +415,7 @@ def rows_forward(const floating[::1] x, floating[::1] y, Py_ssize_t M, Py_ssize_
     if b is not None:
         bp = &b[0]
     with nogil:
-        if nthreads <= 1 or M == 1:
-            if floating is float:
-                _rows_forward_f32(&x[0], &y[0], K, 0, M, wp, bp, eps, rms, &mean[0], &rstd[0])
-            else:
-                _rows_forward_f64(&x[0], &y[0], K, 0, M, wp, bp, eps, rms, &mean[0], &rstd[0])
-        else:
-            ch = _share(M, nthreads)
-            for t in prange(nthreads, num_threads=nthreads, schedule="static"):
-                r0 = t * ch
-                if r0 < M:
-                    if floating is float:
-                        _rows_forward_f32(&x[0], &y[0], K, r0, min(r0 + ch, M), wp, bp, eps, rms, &mean[0], &rstd[0])
-                    else:
-                        _rows_forward_f64(&x[0], &y[0], K, r0, min(r0 + ch, M), wp, bp, eps, rms, &mean[0], &rstd[0])
+        _rows_forward_run(&x[0], &y[0], M, K, wp, bp, eps, rms, &mean[0], &rstd[0], nthreads)
 
 
 def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] gx, Py_ssize_t M,
@@ -356,53 +427,182 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] g
            and mean.shape[0] == M == rstd.shape[0] and (w is None or w.shape[0] == K),
            "rows_backward: inconsistent sizes")
     cdef const floating *wp = NULL
-    cdef Py_ssize_t t, r0, ch, blk, nblk, rb
+    cdef Py_ssize_t rb, nblk
     cdef double[:, ::1] pw
     cdef double[:, ::1] pb
-    cdef double *pwp
-    cdef double *pbp
-    cdef bint acc = want_gw or want_gb
     if w is not None:
         wp = &w[0]
     if M == 0:
         return (np.zeros(K) if want_gw else None), (np.zeros(K) if want_gb else None)
-    if not acc:
-        with nogil:
-            if nthreads <= 1 or M == 1:
-                if floating is float:
-                    _rows_backward_f32(&dy[0], &x[0], &gx[0], K, 0, M, wp, &mean[0], &rstd[0], rms, NULL, NULL)
-                else:
-                    _rows_backward_f64(&dy[0], &x[0], &gx[0], K, 0, M, wp, &mean[0], &rstd[0], rms, NULL, NULL)
-            else:
-                ch = _share(M, nthreads)
-                for t in prange(nthreads, num_threads=nthreads, schedule="static"):
-                    r0 = t * ch
-                    if r0 < M:
-                        if floating is float:
-                            _rows_backward_f32(&dy[0], &x[0], &gx[0], K, r0, min(r0 + ch, M), wp, &mean[0], &rstd[0], rms, NULL, NULL)
-                        else:
-                            _rows_backward_f64(&dy[0], &x[0], &gx[0], K, r0, min(r0 + ch, M), wp, &mean[0], &rstd[0], rms, NULL, NULL)
-        return None, None
     # Parameter gradients are column sums: fixed row blocks, partials added in order.
     rb = _row_block(M, 16)
     nblk = (M + rb - 1) // rb
     pw = np.zeros((nblk if want_gw else 1, K))
     pb = np.zeros((nblk if want_gb else 1, K))
     with nogil:
-        if nthreads <= 1 or nblk == 1:
-            for blk in range(nblk):
-                pwp = &pw[blk, 0] if want_gw else NULL
-                pbp = &pb[blk, 0] if want_gb else NULL
-                if floating is float:
-                    _rows_backward_f32(&dy[0], &x[0], &gx[0], K, blk * rb, min(blk * rb + rb, M), wp, &mean[0], &rstd[0], rms, pwp, pbp)
-                else:
-                    _rows_backward_f64(&dy[0], &x[0], &gx[0], K, blk * rb, min(blk * rb + rb, M), wp, &mean[0], &rstd[0], rms, pwp, pbp)
+        _rows_backward_run(&dy[0], &x[0], &gx[0], M, K, wp, &mean[0], &rstd[0], rms,
+                           &pw[0, 0] if want_gw else NULL, &pb[0, 0] if want_gb else NULL,
+                           rb, nthreads)
+    return ((_block_sum(pw, cnp.NPY_FLOAT64) if want_gw else None),
+            (_block_sum(pb, cnp.NPY_FLOAT64) if want_gb else None))
+
+
+# ---------------------------------------------------------------------------- fast path
+# Small layer/RMS norm calls are dominated by Python-level validation and temporaries.
+# The common call -- aligned, C-contiguous, native float32/float64 arrays of exactly
+# matching shapes and dtypes, normalized_shape an int (or 1-tuple) equal to the last
+# dimension, eps a finite float >= 0, no out= -- is checked here at C level and run on
+# the same runners as the general path (so results are bit-identical).  Anything else
+# returns None, and fastnorm.normalization takes the general path, which validates
+# everything and produces every error message.
+
+cdef inline bint _plain(object a, int typenum):
+    if type(a) is not cnp.ndarray:
+        return False
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    return (cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_IS_C_CONTIGUOUS(arr)
+            and cnp.PyArray_ISALIGNED(arr) and cnp.PyArray_ISNOTSWAPPED(arr))
+
+
+cdef inline bint _plain_shape(object a, int typenum, int ndim, cnp.npy_intp *dims):
+    """a is a plain array of typenum with exactly the shape dims[:ndim]."""
+    cdef int d
+    if not _plain(a, typenum) or cnp.PyArray_NDIM(<cnp.ndarray>a) != ndim:
+        return False
+    for d in range(ndim):
+        if cnp.PyArray_DIMS(<cnp.ndarray>a)[d] != dims[d]:
+            return False
+    return True
+
+
+cdef inline bint _plain_vector(object a, int typenum, cnp.npy_intp k):
+    """a is None or a plain (k,) array of typenum."""
+    return a is None or _plain_shape(a, typenum, 1, &k)
+
+
+cdef inline bint _last_dim_is(object normalized_shape, cnp.npy_intp k):
+    if type(normalized_shape) is tuple:
+        if len(<tuple>normalized_shape) != 1:
+            return False
+        normalized_shape = (<tuple>normalized_shape)[0]
+    # compared as Python ints: a huge value must not overflow a C integer
+    return type(normalized_shape) is int and normalized_shape == k
+
+
+cdef inline int _fast_typenum(object x):
+    """typenum of a plain non-empty float32/float64 array of >= 1 dimensions, else -1."""
+    if type(x) is not cnp.ndarray:
+        return -1
+    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    if not (typenum == cnp.NPY_FLOAT32 or typenum == cnp.NPY_FLOAT64) or not _plain(x, typenum):
+        return -1
+    if cnp.PyArray_NDIM(<cnp.ndarray>x) < 1 or cnp.PyArray_SIZE(<cnp.ndarray>x) == 0:
+        return -1
+    return typenum
+
+
+cdef int _threads(Py_ssize_t n, Py_ssize_t grain) except -1:
+    if n < grain:
+        return 1
+    from fastnorm._config import get_num_threads
+    return get_num_threads()
+
+
+cdef inline void *_data_or_null(object a):
+    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+def rows_forward_fast(object x, object normalized_shape, object weight, object bias, object eps,
+                      bint rms, Py_ssize_t grain):
+    """(y, mean, rstd) of layer norm (rms=False; mean is unused for RMS) over the last
+    axis for plain arrays (see above); eps None means the machine epsilon of x's dtype.
+    None when the general path is needed."""
+    cdef int typenum = _fast_typenum(x)
+    if typenum < 0:
+        return None
+    cdef cnp.ndarray xa = <cnp.ndarray>x
+    cdef int nd = cnp.PyArray_NDIM(xa)
+    cdef cnp.npy_intp *dims = cnp.PyArray_DIMS(xa)
+    cdef cnp.npy_intp K = dims[nd - 1]
+    cdef double eps_d
+    if not (_last_dim_is(normalized_shape, K) and _plain_vector(weight, typenum, K)
+            and _plain_vector(bias, typenum, K)):
+        return None
+    if eps is None and rms:
+        eps_d = FLT_EPSILON if typenum == cnp.NPY_FLOAT32 else DBL_EPSILON
+    elif type(eps) is float and isfinite(<double>eps) and <double>eps >= 0:
+        eps_d = <double>eps
+    else:
+        return None
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(xa), M = n // K
+    cdef int nthreads = _threads(n, grain)
+    cdef cnp.ndarray y = cnp.PyArray_EMPTY(nd, dims, typenum, 0)
+    cdef cnp.ndarray mean = cnp.PyArray_EMPTY(nd - 1, dims, typenum, 0)
+    cdef cnp.ndarray rstd = cnp.PyArray_EMPTY(nd - 1, dims, typenum, 0)
+    cdef const void *wp = _data_or_null(weight)
+    cdef const void *bp = _data_or_null(bias)
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            _rows_forward_run[float](<const float *>cnp.PyArray_DATA(xa), <float *>cnp.PyArray_DATA(y),
+                                     M, K, <const float *>wp, <const float *>bp, eps_d, rms,
+                                     <float *>cnp.PyArray_DATA(mean), <float *>cnp.PyArray_DATA(rstd),
+                                     nthreads)
         else:
-            for blk in prange(nblk, num_threads=nthreads, schedule="static"):
-                pwp = &pw[blk, 0] if want_gw else NULL
-                pbp = &pb[blk, 0] if want_gb else NULL
-                if floating is float:
-                    _rows_backward_f32(&dy[0], &x[0], &gx[0], K, blk * rb, min(blk * rb + rb, M), wp, &mean[0], &rstd[0], rms, pwp, pbp)
-                else:
-                    _rows_backward_f64(&dy[0], &x[0], &gx[0], K, blk * rb, min(blk * rb + rb, M), wp, &mean[0], &rstd[0], rms, pwp, pbp)
-    return (np.asarray(pw).sum(axis=0) if want_gw else None), (np.asarray(pb).sum(axis=0) if want_gb else None)
+            _rows_forward_run[double](<const double *>cnp.PyArray_DATA(xa), <double *>cnp.PyArray_DATA(y),
+                                      M, K, <const double *>wp, <const double *>bp, eps_d, rms,
+                                      <double *>cnp.PyArray_DATA(mean), <double *>cnp.PyArray_DATA(rstd),
+                                      nthreads)
+    return y, mean, rstd
+
+
+def rows_backward_fast(object grad_output, object x, object normalized_shape, object weight,
+                       object mean, object rstd, object bias, bint rms, Py_ssize_t grain):
+    """(grad_x, grad_weight, grad_bias) of rows_forward_fast for plain arrays: mean and
+    rstd of shape x.shape[:-1] (mean None for RMS), grad_weight only with weight and
+    grad_bias only with bias (which is only a marker), both in x's dtype.  None when the
+    general path is needed."""
+    cdef int typenum = _fast_typenum(x)
+    if typenum < 0:
+        return None
+    cdef cnp.ndarray xa = <cnp.ndarray>x
+    cdef int nd = cnp.PyArray_NDIM(xa)
+    cdef cnp.npy_intp *dims = cnp.PyArray_DIMS(xa)
+    cdef cnp.npy_intp K = dims[nd - 1]
+    if not (_plain_shape(grad_output, typenum, nd, dims) and _last_dim_is(normalized_shape, K)
+            and _plain_vector(weight, typenum, K) and _plain_vector(bias, typenum, K)
+            and _plain_shape(rstd, typenum, nd - 1, dims)
+            and (_plain_shape(mean, typenum, nd - 1, dims) if not rms else mean is None)):
+        return None
+    cdef bint want_gw = weight is not None, want_gb = bias is not None
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(xa), M = n // K
+    cdef Py_ssize_t rb = _row_block(M, 16), nblk = (M + rb - 1) // rb
+    cdef int nthreads = _threads(n, grain)
+    cdef cnp.ndarray gx = cnp.PyArray_EMPTY(nd, dims, typenum, 0)
+    cdef cnp.npy_intp pdims[2]
+    cdef double[:, ::1] pw
+    cdef double[:, ::1] pb
+    cdef double *pwp = NULL
+    cdef double *pbp = NULL
+    pdims[0], pdims[1] = nblk, K
+    if want_gw:
+        pw = cnp.PyArray_ZEROS(2, pdims, cnp.NPY_FLOAT64, 0)
+        pwp = &pw[0, 0]
+    if want_gb:
+        pb = cnp.PyArray_ZEROS(2, pdims, cnp.NPY_FLOAT64, 0)
+        pbp = &pb[0, 0]
+    cdef const void *wp = _data_or_null(weight)
+    cdef const void *mp = cnp.PyArray_DATA(<cnp.ndarray>(rstd if rms else mean))
+    cdef const void *rp = cnp.PyArray_DATA(<cnp.ndarray>rstd)
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            _rows_backward_run[float](<const float *>cnp.PyArray_DATA(<cnp.ndarray>grad_output),
+                                      <const float *>cnp.PyArray_DATA(xa), <float *>cnp.PyArray_DATA(gx),
+                                      M, K, <const float *>wp, <const float *>mp, <const float *>rp,
+                                      rms, pwp, pbp, rb, nthreads)
+        else:
+            _rows_backward_run[double](<const double *>cnp.PyArray_DATA(<cnp.ndarray>grad_output),
+                                       <const double *>cnp.PyArray_DATA(xa), <double *>cnp.PyArray_DATA(gx),
+                                       M, K, <const double *>wp, <const double *>mp, <const double *>rp,
+                                       rms, pwp, pbp, rb, nthreads)
+    return (gx, _block_sum(pw, typenum) if want_gw else None,
+            _block_sum(pb, typenum) if want_gb else None)

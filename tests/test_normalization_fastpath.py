@@ -1,0 +1,228 @@
+"""The C-level fast path of layer/RMS norm (fastnorm._ext.normalization.*_fast): taken
+for plain float32/float64 arrays, bit-identical to the general path (forced here with a
+non-contiguous copy of every array, or out=), declined (None) for anything unusual, and
+every error still raised -- with its message -- by the general path."""
+import numpy as np
+import pytest
+
+import fastnorm
+from fastnorm import _config
+
+pytestmark = pytest.mark.skipif(not _config.compiled_available(), reason="no compiled kernels")
+GRAIN = 1 << 15
+SHAPES = [(7,), (3, 5), (2, 3, 17), (40, 33), (64, 1024)]  # the last crosses the thread grain
+
+
+def ext():
+    return _config._modules["normalization"]
+
+
+def strided(a):
+    """A non-contiguous view with a's values (x's view alone forces the general path;
+    0-d and one-element arrays are always contiguous)."""
+    if a is None or a.ndim == 0:
+        return a
+    wide = np.empty(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+    view = wide[..., ::2]
+    view[...] = a
+    assert a.size <= 1 or not view.flags.c_contiguous
+    return view
+
+
+def assert_identical(fast, general):
+    assert len(fast) == len(general)
+    for f, g in zip(fast, general):
+        if g is None:
+            assert f is None
+            continue
+        assert type(f) is np.ndarray and f.dtype == g.dtype and f.shape == g.shape
+        np.testing.assert_array_equal(f, g)
+        assert f.tobytes() == g.tobytes()  # bit for bit, signed zeros and NaN payloads included
+
+
+def _params(rng, k, dtype, affine):
+    if not affine:
+        return None, None
+    return rng.standard_normal(k).astype(dtype), rng.standard_normal(k).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("affine", [False, True])
+def test_layer_norm_fast_equals_general(dtype, shape, affine, backend, num_threads, rng):
+    if backend[0] != "cython":
+        pytest.skip("the fast path exists only on the compiled backend")
+    k = shape[-1]
+    x = (3 + rng.standard_normal(shape)).astype(dtype)
+    w, b = _params(rng, k, dtype, affine)
+    for ns in (k, (k,)):
+        assert ext().rows_forward_fast(x, ns, w, b, 1e-5, False, GRAIN) is not None
+        fast = fastnorm.layer_norm(x, ns, w, b, eps=1e-5)
+        general = fastnorm.layer_norm(strided(x), ns, strided(w), strided(b), eps=1e-5)
+        assert_identical(fast, general)
+        out = np.empty_like(x)
+        y_out = fastnorm.layer_norm(x, ns, w, b, eps=1e-5, out=out)[0]
+        assert y_out is out and out.tobytes() == fast[0].tobytes()
+    _, mean, rstd = fast
+    g = rng.standard_normal(shape).astype(dtype)
+    for bias in (None, b):
+        assert ext().rows_backward_fast(g, x, k, w, mean, rstd, bias, False, GRAIN) is not None
+        fast = fastnorm.layer_norm_backward(g, x, k, w, mean, rstd, bias=bias)
+        general = fastnorm.layer_norm_backward(strided(g), strided(x), k, strided(w), strided(mean),
+                                               strided(rstd), bias=strided(bias))
+        assert_identical(fast, general)
+        if w is not None:
+            assert fast[1].dtype == w.dtype
+        if bias is not None:
+            assert fast[2].dtype == bias.dtype
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("eps", [None, 1e-6, 0.0])
+def test_rms_norm_fast_equals_general(dtype, shape, eps, backend, num_threads, rng):
+    if backend[0] != "cython":
+        pytest.skip("the fast path exists only on the compiled backend")
+    k = shape[-1]
+    x = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal(k).astype(dtype)
+    for weight in (None, w):
+        assert ext().rows_forward_fast(x, k, weight, None, eps, True, GRAIN) is not None
+        fast = fastnorm.rms_norm(x, k, weight, eps=eps)
+        general = fastnorm.rms_norm(strided(x), k, strided(weight), eps=eps)
+        assert_identical(fast, general)
+        g = rng.standard_normal(shape).astype(dtype)
+        assert ext().rows_backward_fast(g, x, k, weight, None, fast[1], None, True, GRAIN) is not None
+        fast_b = fastnorm.rms_norm_backward(g, x, k, weight, fast[1])
+        general_b = fastnorm.rms_norm_backward(strided(g), strided(x), k, strided(weight), strided(fast[1]))
+        assert_identical(fast_b, general_b)
+
+
+def test_fast_path_results_match_the_oracle(rng):
+    # Not only equal to the general path: right (the general path is checked against the
+    # oracle in test_normalization.py; this guards the fast path's own argument wiring).
+    x = rng.standard_normal((6, 10)).astype(np.float64)
+    w, b = rng.standard_normal(10), rng.standard_normal(10)
+    for got, want in zip(fastnorm.layer_norm(x, 10, w, b), fastnorm.reference.layer_norm(x, (10,), w, b)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    g = rng.standard_normal(x.shape)
+    _, mean, rstd = fastnorm.layer_norm(x, 10, w, b)
+    got = fastnorm.layer_norm_backward(g, x, 10, w, mean, rstd, bias=b)
+    want = fastnorm.reference.layer_norm_backward(g, x, (10,), w, mean, rstd, bias=b)
+    for a, e in zip(got, want):
+        np.testing.assert_allclose(a, e, rtol=1e-11, atol=1e-11)
+
+
+def _unusual_forward_calls(x, w, b):
+    """(label, args of rows_forward_fast) that must take the general path."""
+    swapped = x.astype(x.dtype.newbyteorder())
+    unaligned = np.frombuffer(b"\0" + x.tobytes(), x.dtype, offset=1).reshape(x.shape)
+    return [
+        ("list", (x.tolist(), 5, w, b, 1e-5)),
+        ("float16", (x.astype(np.float16), 5, w, b, 1e-5)),
+        ("int", (x.astype(np.int64), 5, w, b, 1e-5)),
+        ("non-contiguous", (x.T.copy().T, 5, w, b, 1e-5)),
+        ("byte-swapped", (swapped, 5, w, b, 1e-5)),
+        ("unaligned", (unaligned, 5, w, b, 1e-5)),
+        ("subclass", (x.view(np.matrix), 5, w, b, 1e-5)),
+        ("empty", (x[:0], 5, w, b, 1e-5)),
+        ("0-d", (np.float32(1.0) * np.ones((), x.dtype), 1, None, None, 1e-5)),
+        ("ns mismatch", (x, 4, w, b, 1e-5)),
+        ("ns 2 dims", (x, (3, 5), None, None, 1e-5)),
+        ("ns bool", (x[:, :1].copy(), True, None, None, 1e-5)),
+        ("ns float", (x, 5.0, w, b, 1e-5)),
+        ("ns huge", (x, 2 ** 80, w, b, 1e-5)),
+        ("weight list", (x, 5, w.tolist(), b, 1e-5)),
+        ("weight float64", (x, 5, w.astype(np.float64), b, 1e-5)),
+        ("weight 2-d", (x, 5, w[None], b, 1e-5)),
+        ("bias length", (x, 5, w, b[:4], 1e-5)),
+        ("bias strided", (x, 5, w, np.repeat(b, 2)[::2], 1e-5)),
+        ("eps int", (x, 5, w, b, 0)),
+        ("eps negative", (x, 5, w, b, -1e-5)),
+        ("eps nan", (x, 5, w, b, float("nan"))),
+        ("eps inf", (x, 5, w, b, float("inf"))),
+        ("eps numpy", (x, 5, w, b, np.float64(1e-5))),
+        ("eps None for layer norm", (x, 5, w, b, None)),
+    ]
+
+
+def test_fast_path_declines_unusual_calls(rng):
+    x = rng.standard_normal((3, 5)).astype(np.float32)
+    w, b = rng.standard_normal(5).astype(np.float32), rng.standard_normal(5).astype(np.float32)
+    assert ext().rows_forward_fast(x, 5, w, b, 1e-5, False, GRAIN) is not None
+    assert ext().rows_forward_fast(x, (5,), w, b, 1e-5, False, GRAIN) is not None
+    for label, (xx, ns, ww, bb, eps) in _unusual_forward_calls(x, w, b):
+        assert ext().rows_forward_fast(xx, ns, ww, bb, eps, False, GRAIN) is None, label
+    _, mean, rstd = fastnorm.layer_norm(x, 5, w, b)
+    assert ext().rows_backward_fast(x, x, 5, w, mean, rstd, b, False, GRAIN) is not None
+    declined = [
+        ("grad dtype", (x.astype(np.float64), x, 5, w, mean, rstd, b, False)),
+        ("grad shape", (x[:2], x, 5, w, mean, rstd, b, False)),
+        ("grad strided", (x.T.copy().T, x, 5, w, mean, rstd, b, False)),
+        ("mean shape", (x, x, 5, w, mean[None], rstd, b, False)),
+        ("mean float64", (x, x, 5, w, mean.astype(np.float64), rstd, b, False)),
+        ("mean missing", (x, x, 5, w, None, rstd, b, False)),
+        ("rstd list", (x, x, 5, w, mean, rstd.tolist(), b, False)),
+        ("rms with mean", (x, x, 5, w, mean, rstd, None, True)),
+        ("bias length", (x, x, 5, w, mean, rstd, b[:3], False)),
+        ("ns mismatch", (x, x, 4, w, mean, rstd, b, False)),
+    ]
+    for label, args in declined:
+        assert ext().rows_backward_fast(*args, GRAIN) is None, label
+
+
+def test_unusual_calls_still_work_through_the_general_path(rng):
+    x = rng.standard_normal((3, 5)).astype(np.float32)
+    w, b = rng.standard_normal(5).astype(np.float32), rng.standard_normal(5).astype(np.float32)
+    expected = fastnorm.layer_norm(x, 5, w, b)
+    for args, kwargs in [((np.asfortranarray(x), 5, w, b), {}), ((x, [5], w, b), {}), ((x, np.int64(5), w, b), {}),
+                         ((x, 5, w, b), {"eps": np.float64(1e-5)}),
+                         ((x.astype(x.dtype.newbyteorder()), 5, w, b), {})]:
+        got = fastnorm.layer_norm(*args, **kwargs)
+        for a, e in zip(got, expected):
+            np.testing.assert_array_equal(a, e)
+
+
+X = np.arange(12, dtype=np.float32).reshape(3, 4)
+W = np.ones(4, np.float32)
+S = np.ones(3, np.float32)
+ERRORS = [
+    (lambda: fastnorm.layer_norm(X, 4, eps=-1e-5), ValueError, "layer_norm: eps must be >= 0"),
+    (lambda: fastnorm.layer_norm(X, 4, eps=float("nan")), ValueError, "layer_norm: eps must be finite"),
+    (lambda: fastnorm.layer_norm(X, 4, eps=float("inf")), ValueError, "layer_norm: eps must be finite"),
+    (lambda: fastnorm.layer_norm(X, 4, eps="1"), TypeError, "layer_norm: eps must be a real number"),
+    (lambda: fastnorm.layer_norm(X, 4, eps=True), TypeError, "layer_norm: eps must be a real number"),
+    (lambda: fastnorm.layer_norm(X, 3), ValueError, "layer_norm: normalized_shape (3,)"),
+    (lambda: fastnorm.layer_norm(X, 2 ** 80), ValueError, "layer_norm: normalized_shape"),
+    (lambda: fastnorm.layer_norm(X[:, :1], True), TypeError, "layer_norm: normalized_shape must be an int"),
+    (lambda: fastnorm.layer_norm(X, 4.0), TypeError, "layer_norm: normalized_shape must be an int"),
+    (lambda: fastnorm.layer_norm(X, 4, np.ones(3, np.float32)), ValueError,
+     "layer_norm: weight must have shape (4,)"),
+    (lambda: fastnorm.layer_norm(X, 4, np.ones(4)), TypeError, "layer_norm: weight must have dtype float32"),
+    (lambda: fastnorm.layer_norm(X, 4, W, np.ones((1, 4), np.float32)), ValueError,
+     "layer_norm: bias must have shape (4,)"),
+    (lambda: fastnorm.layer_norm(X.astype(np.int32), 4), TypeError, "layer_norm: x"),
+    (lambda: fastnorm.layer_norm(X, 4, out=np.empty((3, 5), np.float32)), ValueError, "layer_norm: out"),
+    (lambda: fastnorm.layer_norm_backward(X[:2], X, 4, W, S, S), ValueError, "layer_norm_backward: grad_output"),
+    (lambda: fastnorm.layer_norm_backward(X.astype(np.float64), X, 4, W, S, S), (TypeError, ValueError),
+     "layer_norm_backward: grad_output"),
+    (lambda: fastnorm.layer_norm_backward(X, X, 4, W, S[:2], S), ValueError,
+     "layer_norm_backward: mean must have shape (3,)"),
+    (lambda: fastnorm.layer_norm_backward(X, X, 4, W, S, S[None]), ValueError,
+     "layer_norm_backward: rstd must have shape (3,)"),
+    (lambda: fastnorm.layer_norm_backward(X, X, 4, W, S, S, bias=np.ones(5, np.float32)), ValueError,
+     "layer_norm_backward: bias must have shape (4,)"),
+    (lambda: fastnorm.layer_norm_backward(X, X, 4, np.ones(4), S, S), TypeError,
+     "layer_norm_backward: weight must have dtype float32"),
+    (lambda: fastnorm.rms_norm(X, 4, eps=-1.0), ValueError, "rms_norm: eps must be >= 0"),
+    (lambda: fastnorm.rms_norm(X, 4, np.ones(5, np.float32)), ValueError, "rms_norm: weight must have shape"),
+    (lambda: fastnorm.rms_norm(X, (2, 4)), ValueError, "rms_norm: normalized_shape"),
+    (lambda: fastnorm.rms_norm_backward(X, X, 4, W, S[:1]), ValueError, "rms_norm_backward: rstd must have shape"),
+    (lambda: fastnorm.rms_norm_backward(X, X, 4, np.ones(4), S), TypeError, "rms_norm_backward: weight"),
+]
+
+
+@pytest.mark.parametrize("call, exc, message", ERRORS, ids=[e[2][:50] for e in ERRORS])
+def test_errors_come_from_the_general_path(call, exc, message, backend):
+    with pytest.raises(exc, match=message.replace("(", r"\(").replace(")", r"\)")):
+        call()
