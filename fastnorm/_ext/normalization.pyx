@@ -11,6 +11,7 @@ import numpy as np
 from libc.stdint cimport int64_t
 from libc.float cimport FLT_EPSILON, DBL_EPSILON
 from libc.math cimport isfinite
+from libc.string cimport memset
 cimport numpy as cnp
 from cython.parallel cimport prange
 from cython cimport floating
@@ -137,10 +138,13 @@ def stats(const floating[::1] x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C, Py_ss
     double.  OUT mean, m2: (P*C,).  A*B must be >= 1."""
     _check(x.shape[0] == P * A * C * B and mean.shape[0] == P * C == m2.shape[0] and A * B >= 1,
            "stats: inconsistent sizes")
-    cdef Py_ssize_t U = P * C, t, u0, ch, W, p, blk, nblk, rb, rows
-    cdef double[:, ::1] s1, s2
-    cdef double[::1] shift
+    cdef Py_ssize_t U = P * C, t, u0, ch, W, p, blk, nblk, rb, rows, c, j
     cdef const floating *xp
+    cdef cnp.ndarray keep
+    cdef double *shift_p
+    cdef double *s1p
+    cdef double *s2p
+    cdef double n, t1, t2, v
     if U == 0:
         return
     if B >= RUN_MIN or A == 1:
@@ -165,34 +169,58 @@ def stats(const floating[::1] x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C, Py_ss
     W = C * B
     rb = _row_block(A, 64)
     nblk = (A + rb - 1) // rb
-    xa = np.asarray(x).reshape(P, A, C, B)
-    mean_a, m2_a = np.asarray(mean).reshape(P, C), np.asarray(m2).reshape(P, C)
-    n = float(A * B)
+    keep = _scratch(W + 2 * nblk * W)
+    shift_p = <double *>cnp.PyArray_DATA(keep)
+    s1p = shift_p + W
+    s2p = s1p + nblk * W
+    n = <double>(A * B)
     for p in range(P):
-        shift_c = xa[p, 0, :, 0].astype(np.float64)
-        shift = np.ascontiguousarray(np.repeat(shift_c, B))
-        s1 = np.zeros((nblk, W))
-        s2 = np.zeros((nblk, W))
         xp = &x[p * A * W]
+        for c in range(C):
+            for j in range(B):
+                shift_p[c * B + j] = <double>xp[c * B]
+        memset(s1p, 0, 2 * nblk * W * sizeof(double))
         with nogil:
             if nthreads <= 1 or nblk == 1:
                 for blk in range(nblk):
                     rows = min(rb, A - blk * rb)
                     if floating is float:
-                        _stats_cols_f32(xp + blk * rb * W, rows, W, &shift[0], &s1[blk, 0], &s2[blk, 0])
+                        _stats_cols_f32(xp + blk * rb * W, rows, W, shift_p, s1p + blk * W, s2p + blk * W)
                     else:
-                        _stats_cols_f64(xp + blk * rb * W, rows, W, &shift[0], &s1[blk, 0], &s2[blk, 0])
+                        _stats_cols_f64(xp + blk * rb * W, rows, W, shift_p, s1p + blk * W, s2p + blk * W)
             else:
                 for blk in prange(nblk, num_threads=nthreads, schedule="static"):
                     rows = min(rb, A - blk * rb)
                     if floating is float:
-                        _stats_cols_f32(xp + blk * rb * W, rows, W, &shift[0], &s1[blk, 0], &s2[blk, 0])
+                        _stats_cols_f32(xp + blk * rb * W, rows, W, shift_p, s1p + blk * W, s2p + blk * W)
                     else:
-                        _stats_cols_f64(xp + blk * rb * W, rows, W, &shift[0], &s1[blk, 0], &s2[blk, 0])
-        t1 = np.asarray(s1).sum(axis=0).reshape(C, B).sum(axis=1)
-        t2 = np.asarray(s2).sum(axis=0).reshape(C, B).sum(axis=1)
-        mean_a[p] = shift_c + t1 / n
-        m2_a[p] = np.maximum(t2 - t1 * (t1 / n), 0.0)
+                        _stats_cols_f64(xp + blk * rb * W, rows, W, shift_p, s1p + blk * W, s2p + blk * W)
+        for c in range(C):
+            t1 = _channel_total(s1p, nblk, W, c * B, B)
+            t2 = _channel_total(s2p, nblk, W, c * B, B)
+            mean[p * C + c] = shift_p[c * B] + t1 / n
+            v = t2 - t1 * (t1 / n)
+            m2[p * C + c] = 0.0 if v < 0 else v  # NaN stays NaN
+
+
+cdef cnp.ndarray _scratch(Py_ssize_t count):
+    """A float64 scratch array of count elements (at least one)."""
+    cdef cnp.npy_intp dim = max(count, 1)
+    return cnp.PyArray_EMPTY(1, &dim, cnp.NPY_FLOAT64, 0)
+
+
+cdef inline double _channel_total(const double *partial, Py_ssize_t nblk, Py_ssize_t W,
+                                  Py_ssize_t w0, Py_ssize_t B) noexcept nogil:
+    """Sum of the (nblk, W) block partials over the blocks and the B columns w0..w0+B-1,
+    in a fixed order (blocks, then columns) whatever the thread count."""
+    cdef double total = 0.0, col
+    cdef Py_ssize_t blk, j
+    for j in range(B):
+        col = 0.0
+        for blk in range(nblk):
+            col += partial[blk * W + w0 + j]
+        total += col
+    return total
 
 
 def dual_sums(const floating[::1] dy, const floating[::1] x, Py_ssize_t P, Py_ssize_t A,
@@ -202,11 +230,13 @@ def dual_sums(const floating[::1] dy, const floating[::1] x, Py_ssize_t P, Py_ss
     OUT s1_out, s2_out: (P*C,)."""
     _check(x.shape[0] == P * A * C * B == dy.shape[0] and center.shape[0] == P * C
            and s1_out.shape[0] == P * C == s2_out.shape[0], "dual_sums: inconsistent sizes")
-    cdef Py_ssize_t U = P * C, t, u0, ch, W, p, blk, nblk, rb, rows
-    cdef double[:, ::1] s1, s2
-    cdef const double[::1] cen
+    cdef Py_ssize_t U = P * C, t, u0, ch, W, p, blk, nblk, rb, rows, c, j
     cdef const floating *xp
     cdef const floating *gp
+    cdef cnp.ndarray keep
+    cdef double *cen_p
+    cdef double *s1p
+    cdef double *s2p
     if U == 0 or A * B == 0:
         np.asarray(s1_out)[:] = 0
         np.asarray(s2_out)[:] = 0
@@ -233,12 +263,15 @@ def dual_sums(const floating[::1] dy, const floating[::1] x, Py_ssize_t P, Py_ss
     W = C * B
     rb = _row_block(A, 64)
     nblk = (A + rb - 1) // rb
-    center_a = np.asarray(center).reshape(P, C)
-    s1_a, s2_a = np.asarray(s1_out).reshape(P, C), np.asarray(s2_out).reshape(P, C)
+    keep = _scratch(W + 2 * nblk * W)
+    cen_p = <double *>cnp.PyArray_DATA(keep)
+    s1p = cen_p + W
+    s2p = s1p + nblk * W
     for p in range(P):
-        cen = np.ascontiguousarray(np.repeat(center_a[p], B))
-        s1 = np.zeros((nblk, W))
-        s2 = np.zeros((nblk, W))
+        for c in range(C):
+            for j in range(B):
+                cen_p[c * B + j] = center[p * C + c]
+        memset(s1p, 0, 2 * nblk * W * sizeof(double))
         xp = &x[p * A * W]
         gp = &dy[p * A * W]
         with nogil:
@@ -246,18 +279,19 @@ def dual_sums(const floating[::1] dy, const floating[::1] x, Py_ssize_t P, Py_ss
                 for blk in range(nblk):
                     rows = min(rb, A - blk * rb)
                     if floating is float:
-                        _dual_cols_f32(gp + blk * rb * W, xp + blk * rb * W, rows, W, &cen[0], &s1[blk, 0], &s2[blk, 0])
+                        _dual_cols_f32(gp + blk * rb * W, xp + blk * rb * W, rows, W, cen_p, s1p + blk * W, s2p + blk * W)
                     else:
-                        _dual_cols_f64(gp + blk * rb * W, xp + blk * rb * W, rows, W, &cen[0], &s1[blk, 0], &s2[blk, 0])
+                        _dual_cols_f64(gp + blk * rb * W, xp + blk * rb * W, rows, W, cen_p, s1p + blk * W, s2p + blk * W)
             else:
                 for blk in prange(nblk, num_threads=nthreads, schedule="static"):
                     rows = min(rb, A - blk * rb)
                     if floating is float:
-                        _dual_cols_f32(gp + blk * rb * W, xp + blk * rb * W, rows, W, &cen[0], &s1[blk, 0], &s2[blk, 0])
+                        _dual_cols_f32(gp + blk * rb * W, xp + blk * rb * W, rows, W, cen_p, s1p + blk * W, s2p + blk * W)
                     else:
-                        _dual_cols_f64(gp + blk * rb * W, xp + blk * rb * W, rows, W, &cen[0], &s1[blk, 0], &s2[blk, 0])
-        s1_a[p] = np.asarray(s1).sum(axis=0).reshape(C, B).sum(axis=1)
-        s2_a[p] = np.asarray(s2).sum(axis=0).reshape(C, B).sum(axis=1)
+                        _dual_cols_f64(gp + blk * rb * W, xp + blk * rb * W, rows, W, cen_p, s1p + blk * W, s2p + blk * W)
+        for c in range(C):
+            s1_out[p * C + c] = _channel_total(s1p, nblk, W, c * B, B)
+            s2_out[p * C + c] = _channel_total(s2p, nblk, W, c * B, B)
 
 
 def affine(const floating[::1] x, floating[::1] y, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C,
