@@ -351,6 +351,12 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
     ValueError.  Evaluation (training=False): the running statistics normalize and are
     returned as mean and 1/sqrt(running_var + eps).
     """
+    ext = _config.extension("normalization")
+    if ext is not None and out is None and num_batches_tracked is None:
+        result = ext.batch_norm_fast(x, weight, bias, running_mean, running_var, training, momentum,
+                                     eps, channels_last, _GRAIN)
+        if result is not None:
+            return result
     func = "batch_norm"
     x = _x(func, x, 2)
     channels_last = _flag(func, "channels_last", channels_last)

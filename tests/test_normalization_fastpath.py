@@ -226,3 +226,120 @@ ERRORS = [
 def test_errors_come_from_the_general_path(call, exc, message, backend):
     with pytest.raises(exc, match=message.replace("(", r"\(").replace(")", r"\)")):
         call()
+
+
+# ---------------------------------------------------------------------------- batch norm
+
+BN_SHAPES = [((6, 5), False), ((4, 3, 7), False), ((2, 3, 4, 5), False), ((2, 4, 5, 3), True),
+             ((64, 8, 9, 9), False)]  # the last crosses the thread grain
+
+
+def _strided_any(a):
+    """A non-contiguous view of a copy of a (x of any rank): forces the general path."""
+    wide = np.empty(a.shape + (2,), a.dtype)
+    view = wide[..., 0]
+    view[...] = a
+    return view
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, channels_last", BN_SHAPES, ids=str)
+@pytest.mark.parametrize("mode", ["train", "train+running", "eval"])
+@pytest.mark.parametrize("affine", [False, True])
+def test_batch_norm_fast_equals_general(dtype, shape, channels_last, mode, affine, backend, num_threads,
+                                        rng):
+    if backend[0] != "cython":
+        pytest.skip("the fast path exists only on the compiled backend")
+    c = shape[-1] if channels_last else shape[1]
+    x = (2 + 3 * rng.standard_normal(shape)).astype(dtype)
+    w, b = _params(rng, c, dtype, affine)
+    rm0, rv0 = rng.standard_normal(c).astype(dtype), rng.uniform(0.5, 2, c).astype(dtype)
+    training = mode != "eval"
+    running = mode != "train"
+    results = []
+    for path in ("fast", "general"):
+        rm, rv = (rm0.copy(), rv0.copy()) if running else (None, None)
+        xx = x if path == "fast" else _strided_any(x)
+        if path == "fast":
+            assert ext().batch_norm_fast(x, w, b, rm0.copy() if running else None,
+                                         rv0.copy() if running else None, training, 0.25, 1e-5,
+                                         channels_last, GRAIN) is not None
+        got = fastnorm.batch_norm(xx, w, b, rm, rv, training=training, momentum=0.25, eps=1e-5,
+                                  channels_last=channels_last)
+        results.append((got, rm, rv))
+    (fast, rm_f, rv_f), (general, rm_g, rv_g) = results
+    assert_identical(fast, general)
+    if running:
+        assert_identical((rm_f, rv_f), (rm_g, rv_g))
+        if training:
+            assert not np.array_equal(rm_f, rm0)
+
+
+def test_batch_norm_fast_path_declines_unusual_calls(rng):
+    x = rng.standard_normal((4, 3, 5)).astype(np.float32)
+    w, b = np.ones(3, np.float32), np.zeros(3, np.float32)
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+
+    def fast(xx=x, ww=w, bb=b, rmm=rm, rvv=rv, training=True, momentum=0.1, eps=1e-5, last=False):
+        return ext().batch_norm_fast(xx, ww, bb, rmm, rvv, training, momentum, eps, last, GRAIN)
+
+    assert fast() is not None
+    assert fast(rmm=None, rvv=None) is not None
+    assert fast(training=False) is not None
+    read_only = rm.copy()
+    read_only.flags.writeable = False
+    both = np.zeros(6, np.float32)
+    declined = {
+        "1-d x": dict(xx=x[0, 0]), "float16": dict(xx=x.astype(np.float16)),
+        "strided": dict(xx=_strided_any(x)), "list": dict(xx=x.tolist()), "empty": dict(xx=x[:0]),
+        "one value per channel": dict(xx=x[:1, :, :1].copy()),
+        "training int": dict(training=1), "channels_last int": dict(last=0),
+        "eps int": dict(eps=0), "eps negative": dict(eps=-1.0), "eps nan": dict(eps=float("nan")),
+        "momentum None": dict(momentum=None), "momentum int": dict(momentum=1),
+        "momentum inf": dict(momentum=float("inf")),
+        "weight float64": dict(ww=w.astype(np.float64)), "bias length": dict(bb=b[:2]),
+        "running_mean only": dict(rvv=None), "running_var only": dict(rmm=None),
+        "eval without running": dict(rmm=None, rvv=None, training=False),
+        "running read-only": dict(rmm=read_only), "running float64": dict(rvv=rv.astype(np.float64)),
+        "running overlap": dict(rmm=both[:3], rvv=both[1:4]),
+        "channels_last wrong C": dict(last=True),
+    }
+    for label, kwargs in declined.items():
+        assert fast(**kwargs) is None, label
+
+
+X4 = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+C3 = np.ones(3, np.float32)
+BN_ERRORS = [
+    (lambda: fastnorm.batch_norm(X4, eps=-1.0), ValueError, "batch_norm: eps must be >= 0"),
+    (lambda: fastnorm.batch_norm(X4, eps=float("nan")), ValueError, "batch_norm: eps must be finite"),
+    (lambda: fastnorm.batch_norm(X4, training=1), TypeError, "batch_norm: training must be a bool"),
+    (lambda: fastnorm.batch_norm(X4, channels_last=0), TypeError, "batch_norm: channels_last must be a bool"),
+    (lambda: fastnorm.batch_norm(X4, np.ones(4, np.float32)), ValueError, "batch_norm: weight must have shape (3,)"),
+    (lambda: fastnorm.batch_norm(X4, C3, np.ones(3)), TypeError, "batch_norm: bias must have dtype float32"),
+    (lambda: fastnorm.batch_norm(X4, running_mean=np.zeros(3, np.float32)), ValueError,
+     "batch_norm: running_mean and running_var must be given together"),
+    (lambda: fastnorm.batch_norm(X4, training=False), ValueError, "batch_norm: running_mean and running_var are required"),
+    (lambda: fastnorm.batch_norm(X4[:1, :, :1], C3), ValueError, "batch_norm: expected more than 1 value per channel"),
+    (lambda: fastnorm.batch_norm(X4, running_mean=np.zeros(3, np.float32), running_var=np.ones(3, np.float32),
+                                 momentum=float("inf")), ValueError, "batch_norm: momentum must be finite"),
+    (lambda: fastnorm.batch_norm(X4, running_mean=np.zeros(3), running_var=np.ones(3)), TypeError,
+     "batch_norm: running_mean must have dtype float32"),
+    (lambda: fastnorm.batch_norm(X4, running_mean=np.zeros(3, np.float32), running_var=np.ones(3, np.float32),
+                                 momentum=None), ValueError, "batch_norm: momentum=None"),
+    (lambda: fastnorm.batch_norm(X4.astype(np.int64)), TypeError, "batch_norm: x"),
+    (lambda: fastnorm.batch_norm(X4[0, 0]), ValueError, "batch_norm: x must have at least 2 dimensions"),
+]
+
+
+@pytest.mark.parametrize("call, exc, message", BN_ERRORS, ids=[e[2][:50] for e in BN_ERRORS])
+def test_batch_norm_errors_come_from_the_general_path(call, exc, message, backend):
+    with pytest.raises(exc, match=message.replace("(", r"\(").replace(")", r"\)")):
+        call()
+
+
+def test_batch_norm_read_only_running_statistics_still_raise(backend):
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    rm.flags.writeable = False
+    with pytest.raises(ValueError, match="batch_norm: running_mean must be writeable"):
+        fastnorm.batch_norm(X4, running_mean=rm, running_var=rv)

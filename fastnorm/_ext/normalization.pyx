@@ -10,7 +10,7 @@ partials added in block order afterwards.
 import numpy as np
 from libc.stdint cimport int64_t
 from libc.float cimport FLT_EPSILON, DBL_EPSILON
-from libc.math cimport isfinite
+from libc.math cimport isfinite, sqrt
 from libc.string cimport memset
 cimport numpy as cnp
 from cython.parallel cimport prange
@@ -640,3 +640,116 @@ def rows_backward_fast(object grad_output, object x, object normalized_shape, ob
                                        rms, pwp, pbp, rb, nthreads)
     return (gx, _block_sum(pw, typenum) if want_gw else None,
             _block_sum(pb, typenum) if want_gb else None)
+
+
+cdef inline bint _exact_bool(object v):
+    return type(v) is bool
+
+
+cdef inline cnp.ndarray _empty_vector(cnp.npy_intp n, int typenum):
+    return cnp.PyArray_EMPTY(1, &n, typenum, 0)
+
+
+def batch_norm_fast(object x, object weight, object bias, object running_mean, object running_var,
+                    object training, object momentum, object eps, object channels_last,
+                    Py_ssize_t grain):
+    """(y, mean, rstd) of batch norm for plain arrays (see above) with momentum a float
+    (not the cumulative average); the same kernels and the same float64 per-channel
+    arithmetic, operation for operation, as fastnorm.normalization.batch_norm, so the
+    results are bit-identical.  None when the general path is needed."""
+    cdef int typenum = _fast_typenum(x)
+    if typenum < 0 or cnp.PyArray_NDIM(<cnp.ndarray>x) < 2:
+        return None
+    if not (_exact_bool(training) and _exact_bool(channels_last)):
+        return None
+    if not (type(eps) is float and isfinite(<double>eps) and <double>eps >= 0):
+        return None
+    cdef cnp.ndarray xa = <cnp.ndarray>x
+    cdef int nd = cnp.PyArray_NDIM(xa)
+    cdef cnp.npy_intp *dims = cnp.PyArray_DIMS(xa)
+    cdef bint last = channels_last is True
+    cdef cnp.npy_intp C = dims[nd - 1] if last else dims[1]
+    cdef Py_ssize_t size = cnp.PyArray_SIZE(xa), n = size // C
+    cdef bint running = running_mean is not None
+    cdef double f = 0.0, eps_d = <double>eps
+    if not (_plain_vector(weight, typenum, C) and _plain_vector(bias, typenum, C)):
+        return None
+    if running:
+        if not (_plain_shape(running_mean, typenum, 1, &C) and _plain_shape(running_var, typenum, 1, &C)
+                and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>running_mean)
+                and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>running_var)
+                and not _overlap(<cnp.ndarray>running_mean, <cnp.ndarray>running_var)):
+            return None
+    elif running_var is not None or training is False:
+        return None
+    if training is True:
+        if n <= 1:
+            return None
+        if running:
+            if not (type(momentum) is float and isfinite(<double>momentum)):
+                return None
+            f = <double>momentum
+    # (P, A, C, B): reduce over A and B per channel
+    cdef Py_ssize_t A, B
+    if last or nd == 2:
+        A, B = n, 1
+    else:
+        A, B = dims[0], size // (dims[0] * C)
+    cdef int nthreads = _threads(size, grain)
+    cdef cnp.ndarray mean_d = _empty_vector(C, cnp.NPY_FLOAT64)
+    cdef cnp.ndarray m2 = _empty_vector(C, cnp.NPY_FLOAT64)
+    cdef double *mp = <double *>cnp.PyArray_DATA(mean_d)
+    cdef double *m2p = <double *>cnp.PyArray_DATA(m2)
+    cdef cnp.ndarray rstd = _empty_vector(C, typenum), mean_c = _empty_vector(C, typenum)
+    cdef cnp.ndarray mhi = _empty_vector(C, typenum), mlo = _empty_vector(C, typenum)
+    cdef cnp.ndarray scale = _empty_vector(C, typenum)
+    cdef cnp.ndarray shift = bias if bias is not None else cnp.PyArray_ZEROS(1, &C, typenum, 0)
+    if training is True:
+        stats(xa.reshape(-1), 1, A, C, B, mean_d, m2, nthreads)
+    if typenum == cnp.NPY_FLOAT32:
+        _bn_channels[float](C, n, training is True, running, f, eps_d, mp, m2p,
+                            <float *>_data_or_null(running_mean), <float *>_data_or_null(running_var),
+                            <const float *>_data_or_null(weight), <float *>cnp.PyArray_DATA(mean_c),
+                            <float *>cnp.PyArray_DATA(rstd), <float *>cnp.PyArray_DATA(mhi),
+                            <float *>cnp.PyArray_DATA(mlo), <float *>cnp.PyArray_DATA(scale))
+    else:
+        _bn_channels[double](C, n, training is True, running, f, eps_d, mp, m2p,
+                             <double *>_data_or_null(running_mean), <double *>_data_or_null(running_var),
+                             <const double *>_data_or_null(weight), <double *>cnp.PyArray_DATA(mean_c),
+                             <double *>cnp.PyArray_DATA(rstd), <double *>cnp.PyArray_DATA(mhi),
+                             <double *>cnp.PyArray_DATA(mlo), <double *>cnp.PyArray_DATA(scale))
+    cdef cnp.ndarray y = cnp.PyArray_EMPTY(nd, dims, typenum, 0)
+    affine(xa.reshape(-1), y.reshape(-1), 1, A, C, B, mhi, mlo, scale, shift, nthreads)
+    return y, mean_c, rstd
+
+
+cdef inline bint _overlap(cnp.ndarray a, cnp.ndarray b):
+    cdef char *pa = <char *>cnp.PyArray_DATA(a)
+    cdef char *pb = <char *>cnp.PyArray_DATA(b)
+    return pa < pb + cnp.PyArray_NBYTES(b) and pb < pa + cnp.PyArray_NBYTES(a)
+
+
+cdef void _bn_channels(Py_ssize_t C, Py_ssize_t n, bint training, bint running, double f,
+                       double eps, double *mean_d, const double *m2, floating *rm, floating *rv,
+                       const floating *w, floating *mean_out, floating *rstd_out, floating *mhi,
+                       floating *mlo, floating *scale) noexcept:
+    """Per-channel statistics of batch norm in float64, written exactly as the NumPy
+    expressions of fastnorm.normalization.batch_norm (same operations, same order), so
+    both paths round identically: running update, rstd, folded scale, split mean."""
+    cdef Py_ssize_t c
+    cdef double var, r
+    for c in range(C):
+        if training:
+            var = m2[c] / <double>n
+            if running:
+                rm[c] = <floating>((1.0 - f) * <double>rm[c] + f * mean_d[c])
+                rv[c] = <floating>((1.0 - f) * <double>rv[c] + f * (m2[c] / <double>(n - 1)))
+        else:
+            mean_d[c] = <double>rm[c]
+            var = <double>rv[c]
+        r = 1.0 / sqrt(var + eps)
+        rstd_out[c] = <floating>r
+        mean_out[c] = <floating>mean_d[c]
+        scale[c] = <floating>(r if w == NULL else r * <double>w[c])
+        mhi[c] = <floating>mean_d[c]
+        mlo[c] = <floating>(mean_d[c] - <double>mhi[c])
