@@ -414,6 +414,12 @@ def batch_norm_backward(grad_output, x, weight, mean, rstd, *, training=True, ch
     are constants (grad_x = grad_output * weight * rstd).  grad_weight is None without
     weight; grad_bias is None unless ``bias`` is given.
     """
+    ext = _config.extension("normalization")
+    if ext is not None:
+        result = ext.batch_norm_backward_fast(grad_output, x, weight, mean, rstd, training, channels_last,
+                                              bias, _GRAIN)
+        if result is not None:
+            return result
     func = "batch_norm_backward"
     x = _x(func, x, 2)
     g = _grad_output(func, grad_output, x)

@@ -343,3 +343,65 @@ def test_batch_norm_read_only_running_statistics_still_raise(backend):
     rm.flags.writeable = False
     with pytest.raises(ValueError, match="batch_norm: running_mean must be writeable"):
         fastnorm.batch_norm(X4, running_mean=rm, running_var=rv)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, channels_last", BN_SHAPES, ids=str)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("affine", [False, True])
+def test_batch_norm_backward_fast_equals_general(dtype, shape, channels_last, training, affine, backend,
+                                                 num_threads, rng):
+    if backend[0] != "cython":
+        pytest.skip("the fast path exists only on the compiled backend")
+    c = shape[-1] if channels_last else shape[1]
+    x = (2 + 3 * rng.standard_normal(shape)).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    w, b = _params(rng, c, dtype, affine)
+    _, mean, rstd = fastnorm.batch_norm(x, w, b, channels_last=channels_last)
+    assert ext().batch_norm_backward_fast(g, x, w, mean, rstd, training, channels_last, b, GRAIN) is not None
+    fast = fastnorm.batch_norm_backward(g, x, w, mean, rstd, training=training, channels_last=channels_last,
+                                        bias=b)
+    general = fastnorm.batch_norm_backward(_strided_any(g), _strided_any(x), w, mean, rstd, training=training,
+                                           channels_last=channels_last, bias=b)
+    assert_identical(fast, general)
+
+
+def test_batch_norm_backward_fast_path_declines_unusual_calls(rng):
+    x = rng.standard_normal((4, 3, 5)).astype(np.float32)
+    w, m = np.ones(3, np.float32), np.zeros(3, np.float32)
+
+    def fast(gg=x, xx=x, ww=w, mm=m, rr=m, training=True, last=False, bb=None):
+        return ext().batch_norm_backward_fast(gg, xx, ww, mm, rr, training, last, bb, GRAIN)
+
+    assert fast() is not None
+    declined = {
+        "1-d x": dict(xx=x[0, 0], gg=x[0, 0]), "float16": dict(xx=x.astype(np.float16)),
+        "grad float64": dict(gg=x.astype(np.float64)), "grad shape": dict(gg=x[:2]),
+        "grad strided": dict(gg=_strided_any(x)), "mean float64": dict(mm=m.astype(np.float64)),
+        "rstd length": dict(rr=m[:2]), "mean list": dict(mm=m.tolist()), "weight length": dict(ww=w[:2]),
+        "bias float64": dict(bb=np.zeros(3)), "training int": dict(training=1),
+        "channels_last wrong C": dict(last=True),
+    }
+    for label, kwargs in declined.items():
+        assert fast(**kwargs) is None, label
+
+
+BN_BACKWARD_ERRORS = [
+    (lambda: fastnorm.batch_norm_backward(X4[:1], X4, C3, C3, C3), ValueError, "batch_norm_backward: grad_output"),
+    (lambda: fastnorm.batch_norm_backward(X4, X4, C3, C3[:2], C3), ValueError,
+     "batch_norm_backward: mean must have shape (3,)"),
+    (lambda: fastnorm.batch_norm_backward(X4, X4, C3, C3, C3[None]), ValueError,
+     "batch_norm_backward: rstd must have shape (3,)"),
+    (lambda: fastnorm.batch_norm_backward(X4, X4, np.ones(3), C3, C3), TypeError,
+     "batch_norm_backward: weight must have dtype float32"),
+    (lambda: fastnorm.batch_norm_backward(X4, X4, C3, C3, C3, bias=np.ones(2, np.float32)), ValueError,
+     "batch_norm_backward: bias must have shape (3,)"),
+    (lambda: fastnorm.batch_norm_backward(X4, X4, C3, C3, C3, training="yes"), TypeError,
+     "batch_norm_backward: training must be a bool"),
+]
+
+
+@pytest.mark.parametrize("call, exc, message", BN_BACKWARD_ERRORS, ids=[e[2][:50] for e in BN_BACKWARD_ERRORS])
+def test_batch_norm_backward_errors_come_from_the_general_path(call, exc, message, backend):
+    with pytest.raises(exc, match=message.replace("(", r"\(").replace(")", r"\)")):
+        call()

@@ -10,7 +10,7 @@ partials added in block order afterwards.
 import numpy as np
 from libc.stdint cimport int64_t
 from libc.float cimport FLT_EPSILON, DBL_EPSILON
-from libc.math cimport isfinite, sqrt
+from libc.math cimport isfinite, sqrt, pow
 from libc.string cimport memset
 cimport numpy as cnp
 from cython.parallel cimport prange
@@ -753,3 +753,80 @@ cdef void _bn_channels(Py_ssize_t C, Py_ssize_t n, bint training, bint running, 
         scale[c] = <floating>(r if w == NULL else r * <double>w[c])
         mhi[c] = <floating>mean_d[c]
         mlo[c] = <floating>(mean_d[c] - <double>mhi[c])
+
+
+def batch_norm_backward_fast(object grad_output, object x, object weight, object mean, object rstd,
+                             object training, object channels_last, object bias, Py_ssize_t grain):
+    """(grad_x, grad_weight, grad_bias) of batch norm for plain arrays: the same kernels and
+    the same float64 per-channel arithmetic as fastnorm.normalization.batch_norm_backward,
+    so the results are bit-identical.  None when the general path is needed."""
+    cdef int typenum = _fast_typenum(x)
+    if typenum < 0 or cnp.PyArray_NDIM(<cnp.ndarray>x) < 2:
+        return None
+    if not (_exact_bool(training) and _exact_bool(channels_last)):
+        return None
+    cdef cnp.ndarray xa = <cnp.ndarray>x
+    cdef int nd = cnp.PyArray_NDIM(xa)
+    cdef cnp.npy_intp *dims = cnp.PyArray_DIMS(xa)
+    cdef bint last = channels_last is True
+    cdef cnp.npy_intp C = dims[nd - 1] if last else dims[1]
+    cdef Py_ssize_t size = cnp.PyArray_SIZE(xa), n = size // C
+    if not (_plain_shape(grad_output, typenum, nd, dims) and _plain_vector(weight, typenum, C)
+            and _plain_vector(bias, typenum, C) and _plain_shape(mean, typenum, 1, &C)
+            and _plain_shape(rstd, typenum, 1, &C)):
+        return None
+    cdef Py_ssize_t A, B
+    if last or nd == 2:
+        A, B = n, 1
+    else:
+        A, B = dims[0], size // (dims[0] * C)
+    cdef int nthreads = _threads(size, grain)
+    cdef cnp.ndarray ga = <cnp.ndarray>grad_output
+    cdef cnp.ndarray mean_d = cnp.PyArray_Cast(<cnp.ndarray>mean, cnp.NPY_FLOAT64)
+    cdef cnp.ndarray rstd_d = cnp.PyArray_Cast(<cnp.ndarray>rstd, cnp.NPY_FLOAT64)
+    cdef cnp.ndarray s1 = _empty_vector(C, cnp.NPY_FLOAT64), s2 = _empty_vector(C, cnp.NPY_FLOAT64)
+    dual_sums(ga.reshape(-1), xa.reshape(-1), 1, A, C, B, mean_d, s1, s2, nthreads)
+    cdef cnp.ndarray k1 = _empty_vector(C, typenum), k2 = _empty_vector(C, typenum)
+    cdef cnp.ndarray k3 = _empty_vector(C, typenum)
+    cdef cnp.ndarray gw = _empty_vector(C, typenum) if weight is not None else None
+    cdef cnp.ndarray gb = _empty_vector(C, typenum) if bias is not None else None
+    if typenum == cnp.NPY_FLOAT32:
+        _bn_backward_channels[float](C, n, training is True, <const float *>_data_or_null(weight),
+                                     <double *>cnp.PyArray_DATA(rstd_d), <double *>cnp.PyArray_DATA(s1),
+                                     <double *>cnp.PyArray_DATA(s2), <float *>cnp.PyArray_DATA(k1),
+                                     <float *>cnp.PyArray_DATA(k2), <float *>cnp.PyArray_DATA(k3),
+                                     <float *>_data_or_null(gw), <float *>_data_or_null(gb))
+    else:
+        _bn_backward_channels[double](C, n, training is True, <const double *>_data_or_null(weight),
+                                      <double *>cnp.PyArray_DATA(rstd_d), <double *>cnp.PyArray_DATA(s1),
+                                      <double *>cnp.PyArray_DATA(s2), <double *>cnp.PyArray_DATA(k1),
+                                      <double *>cnp.PyArray_DATA(k2), <double *>cnp.PyArray_DATA(k3),
+                                      <double *>_data_or_null(gw), <double *>_data_or_null(gb))
+    cdef cnp.ndarray gx = cnp.PyArray_EMPTY(nd, dims, typenum, 0)
+    affine_grad(ga.reshape(-1), xa.reshape(-1), gx.reshape(-1), 1, A, C, B, k1, mean, k2, k3, nthreads)
+    return gx, gw, gb
+
+
+cdef void _bn_backward_channels(Py_ssize_t C, Py_ssize_t n, bint training, const floating *w,
+                                const double *rstd_d, const double *s1, const double *s2,
+                                floating *k1, floating *k2, floating *k3, floating *gw,
+                                floating *gb) noexcept:
+    """Per-channel coefficients of batch norm backward in float64, written exactly as the
+    NumPy expressions of fastnorm.normalization.batch_norm_backward (same operations,
+    same order): gx = dy * k1 + (x - mean) * k2 + k3."""
+    cdef Py_ssize_t c
+    cdef double wc, r
+    for c in range(C):
+        wc = 1.0 if w == NULL else <double>w[c]
+        r = rstd_d[c]
+        k1[c] = <floating>(wc * r)
+        if training:
+            k2[c] = <floating>((-wc) * pow(r, 3.0) * s2[c] / <double>n)
+            k3[c] = <floating>((-wc) * r * s1[c] / <double>n)
+        else:
+            k2[c] = 0
+            k3[c] = 0
+        if gw != NULL:
+            gw[c] = <floating>(r * s2[c])
+        if gb != NULL:
+            gb[c] = <floating>s1[c]
