@@ -7,6 +7,7 @@ rounded once: ``y`` to the input's dtype, ``mean``/``rstd`` to the compute dtype
 parameter's dtype.  Arguments are assumed valid (the public module validates them);
 running statistics are updated in place as PyTorch does.
 """
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -16,6 +17,16 @@ __all__ = ["moments", "merge_moments", "PartialMoments", "batch_norm", "batch_no
            "rms_norm", "rms_norm_backward"]
 
 _F64 = np.float64
+
+
+def _silent_on_nonfinite(fn):
+    """Run fn with NumPy's floating-point warnings off: NaN/Inf in the data propagate into
+    the affected channel/row/group silently, as on the compiled backend."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with np.errstate(all="ignore"):
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 def _cdtype(dtype):
@@ -128,6 +139,7 @@ def _update_running(running, batch, factor):
     running[...] = ((1.0 - factor) * running.astype(_F64) + factor * batch).astype(running.dtype)
 
 
+@_silent_on_nonfinite
 def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *, training=True,
                momentum=0.1, eps=1e-5, num_batches_tracked=None, channels_last=False, out=None):
     """Batch norm over every axis but the channel axis (1, or the last with channels_last).
@@ -163,6 +175,7 @@ def _param_grads(g, xhat, axes, weight, bias):
     return gw, gb
 
 
+@_silent_on_nonfinite
 def batch_norm_backward(grad_output, x, weight, mean, rstd, *, training=True, channels_last=False,
                         bias=None):
     """(grad_x, grad_weight, grad_bias) of :func:`batch_norm`; in evaluation mode the
@@ -187,6 +200,7 @@ def _normalized_shape(normalized_shape):
     return (int(normalized_shape),) if np.ndim(normalized_shape) == 0 else tuple(int(s) for s in normalized_shape)
 
 
+@_silent_on_nonfinite
 def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, out=None):
     """Normalize over the trailing ``normalized_shape`` axes (biased variance); weight and
     bias have shape normalized_shape.  Returns ``(y, mean, rstd)``, mean/rstd of shape
@@ -201,6 +215,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, out=Non
     return _finish(y, x.dtype, out), np.squeeze(mean, axes).astype(cd), np.squeeze(rstd, axes).astype(cd)
 
 
+@_silent_on_nonfinite
 def layer_norm_backward(grad_output, x, normalized_shape, weight, mean, rstd, *, bias=None):
     """(grad_x, grad_weight, grad_bias) of :func:`layer_norm`."""
     x = np.asarray(x)
@@ -226,6 +241,7 @@ def _to_channels_first(a):
     return np.moveaxis(a, -1, 1)
 
 
+@_silent_on_nonfinite
 def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, channels_last=False, out=None):
     """Normalize each sample's channel groups (C/num_groups consecutive channels and all
     spatial positions; biased variance), then a per-channel affine.  Returns
@@ -248,6 +264,7 @@ def _expand_group_stats(stat, num_groups, channels):
     return np.repeat(_d(stat), channels // num_groups, axis=1)  # (N, C)
 
 
+@_silent_on_nonfinite
 def group_norm_backward(grad_output, x, num_groups, weight, mean, rstd, *, channels_last=False,
                         bias=None):
     """(grad_x, grad_weight, grad_bias) of :func:`group_norm`."""
@@ -270,6 +287,7 @@ def group_norm_backward(grad_output, x, num_groups, weight, mean, rstd, *, chann
     return gx.astype(x.dtype), gw, gb
 
 
+@_silent_on_nonfinite
 def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *,
                   use_input_stats=True, momentum=0.1, eps=1e-5, out=None):
     """Normalize each (sample, channel) over the spatial axes, as F.instance_norm.
@@ -301,6 +319,7 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
     return _finish(y, x.dtype, out), mean.astype(cd), rstd.astype(cd)
 
 
+@_silent_on_nonfinite
 def instance_norm_backward(grad_output, x, weight, mean, rstd, *, use_input_stats=True, bias=None):
     """(grad_x, grad_weight, grad_bias) of :func:`instance_norm` (statistics constant
     without use_input_stats)."""
@@ -317,6 +336,7 @@ def instance_norm_backward(grad_output, x, weight, mean, rstd, *, use_input_stat
     return (gx.astype(x.dtype), *_param_grads(g, xhat, (0,) + tuple(range(2, x.ndim)), weight, bias))
 
 
+@_silent_on_nonfinite
 def rms_norm(x, normalized_shape, weight=None, *, eps=None, out=None):
     """x / sqrt(mean(x**2 over the trailing normalized_shape axes) + eps) * weight;
     eps=None means the machine epsilon of the compute dtype.  Returns ``(y, rstd)``."""
@@ -331,6 +351,7 @@ def rms_norm(x, normalized_shape, weight=None, *, eps=None, out=None):
     return _finish(y, x.dtype, out), np.squeeze(rstd, axes).astype(cd)
 
 
+@_silent_on_nonfinite
 def rms_norm_backward(grad_output, x, normalized_shape, weight, rstd):
     """(grad_x, grad_weight) of :func:`rms_norm`; grad_weight is None without weight."""
     x = np.asarray(x)
@@ -344,3 +365,4 @@ def rms_norm_backward(grad_output, x, normalized_shape, weight, rstd):
     gw = None if weight is None else (g * xhat).sum(axis=tuple(range(x.ndim - k))).astype(
         np.asarray(weight).dtype)
     return gx.astype(x.dtype), gw
+
