@@ -14,7 +14,9 @@ FAMILIES = ("activations", "dropout", "normalization")
 _BACKENDS = ("cython", "numpy")
 # Thread counts reach the kernels as a C int (OpenMP's num_threads); far beyond any CPU.
 _MAX_THREADS = 1 << 16
-_ISAS = ("base", "avx2")
+#: Kernel variants, worst to best (the order of _runtime.ISA_NAMES and of fn_common.h).
+_ISAS = ("base", "avx2", "avx512")
+_ISA_HELP = "'base' (any x86-64), 'avx2' (AVX2+FMA) or 'avx512' (AVX-512 F/VL/BW/DQ)"
 
 _runtime = None
 _modules = {}
@@ -27,6 +29,7 @@ try:
         _modules[_name] = importlib.import_module("fastnorm._ext." + _name)
 except ImportError as exc:  # no compiler at install time, or FASTNORM_NO_EXTENSION=1
     _runtime, _modules, _import_error = None, {}, exc
+assert _runtime is None or _runtime.ISA_NAMES == _ISAS, "kernel variant numbering differs"
 
 
 def _env(name):
@@ -63,9 +66,17 @@ def _initial_backend():
 
 
 def _best_isa():
-    if _runtime is None or not (_runtime.avx2_variant_built() and _runtime.cpu_has_avx2_fma()):
-        return "base"
-    return "avx2"
+    return "base" if _runtime is None else _runtime.best_isa()
+
+
+def _runs(name):
+    """True when this CPU and build can run kernel variant `name`."""
+    return _ISAS.index(name) <= _ISAS.index(_best_isa())
+
+
+def _runnable_isas():
+    """The kernel variants this CPU and build run, best first."""
+    return [name for name in reversed(_ISAS) if _runs(name)]
 
 
 _backend = _initial_backend()
@@ -120,7 +131,7 @@ def use_backend(name):
 
 
 def isa():
-    """The kernel variant in use: ``'avx2'`` (AVX2+FMA) or ``'base'`` (any x86-64)."""
+    """The kernel variant in use: ``'avx512'``, ``'avx2'`` or ``'base'`` (any x86-64)."""
     return _isa
 
 
@@ -131,23 +142,24 @@ def set_isa(name=None):
         name = _best_isa()
     if name not in _ISAS:
         raise ValueError(f"set_isa: name must be one of {_ISAS} or None, got {name!r}")
-    if name == "avx2" and _best_isa() != "avx2":
-        raise ValueError("set_isa: this CPU (or this build) has no AVX2+FMA variant")
+    if not _runs(name):
+        raise ValueError(f"set_isa: this CPU (or this build) cannot run the {name!r} variant; "
+                         f"the best it runs is {_best_isa()!r}")
     for module in _modules.values():
-        module.set_isa(name)
+        module.set_isa(_ISAS.index(name))
     _isa = name
 
 
 def _initial_isa():
     wanted = _env("FASTNORM_ISA").lower() or None
     if wanted is not None and wanted not in _ISAS:
-        warnings.warn(f"fastnorm: FASTNORM_ISA={wanted!r} is not 'base' or 'avx2'; ignored",
+        warnings.warn(f"fastnorm: FASTNORM_ISA={wanted!r} is not {_ISA_HELP}; ignored",
                       RuntimeWarning, stacklevel=3)
         wanted = None
-    if wanted == "avx2" and _best_isa() != "avx2":
-        warnings.warn("fastnorm: FASTNORM_ISA=avx2 but the CPU or build has no AVX2+FMA; using 'base'",
-                      RuntimeWarning, stacklevel=3)
-        wanted = "base"
+    if wanted is not None and not _runs(wanted):
+        warnings.warn(f"fastnorm: FASTNORM_ISA={wanted} but the CPU or build cannot run it; "
+                      f"using {_best_isa()!r}", RuntimeWarning, stacklevel=3)
+        wanted = None
     set_isa(wanted)
 
 
@@ -205,8 +217,7 @@ def show_config(file=None):
         f"fastnorm {_version()}",
         f"  backend:        {_backend}" + ("" if _runtime is not None
                                            else f" (compiled kernels unavailable: {_import_error})"),
-        f"  kernel variant: {_isa}" + (" (CPU has AVX2+FMA)" if _runtime is not None
-                                        and _runtime.cpu_has_avx2_fma() else ""),
+        f"  kernel variant: {_isa} (best this CPU and build run: {_best_isa()})",
         f"  OpenMP:         " + (("built in (libgomp), omp_get_max_threads() = "
                                   f"{_runtime.omp_max_threads()}") if _runtime is not None
                                  and _runtime.openmp_enabled() else "not built in"),

@@ -368,7 +368,7 @@ def main(argv=None):
     parser.add_argument("--only", nargs="+", metavar="NAME", help="workloads whose name contains NAME")
     parser.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if installed")
-    parser.add_argument("--isa", choices=["base", "avx2"], help="force a kernel variant")
+    parser.add_argument("--isa", choices=["base", "avx2", "avx512"], help="force a kernel variant")
     args = parser.parse_args(argv)
     if args.isa:
         fastnorm.set_isa(args.isa)

@@ -38,15 +38,13 @@ def pytest_sessionstart(session):
 def _implementations():
     if NUMPY_ONLY:
         return [("numpy", None)]
-    impls = [("cython", "base")]
-    if _config._best_isa() == "avx2":
-        impls.insert(0, ("cython", "avx2"))
-    return impls + [("numpy", None)]
+    return [("cython", isa) for isa in _config._runnable_isas()] + [("numpy", None)]
 
 
 @pytest.fixture(params=_implementations(), ids=lambda p: p[1] or p[0])
 def backend(request):
-    """Runs the test once per kernel variant (avx2, base) and once on the NumPy backend."""
+    """Runs the test once per kernel variant this CPU runs (avx512, avx2, base) and once on
+    the NumPy backend."""
     name, isa = request.param
     previous = fastnorm.isa()
     with fastnorm.use_backend(name):

@@ -46,10 +46,7 @@ def my_slice(counts):
 
 
 def implementations():
-    impls = [("cython", "base"), ("numpy", None)]
-    if _config._best_isa() == "avx2":
-        impls.insert(0, ("cython", "avx2"))
-    return impls
+    return [("cython", isa) for isa in _config._runnable_isas()] + [("numpy", None)]
 
 
 class Checker:

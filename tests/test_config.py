@@ -122,17 +122,59 @@ def test_threadpoolctl_sees_and_limits_the_openmp_threads():
 
 @compiled
 def test_isa_variants_selectable():
-    assert fastnorm.isa() in ("base", "avx2")
+    from fastnorm import _config
+    runnable = _config._runnable_isas()
+    assert fastnorm.isa() == runnable[0], "the default is the best variant the CPU runs"
+    assert runnable[-1] == "base"
     previous = fastnorm.isa()
     try:
-        fastnorm.set_isa("base")
-        assert fastnorm.isa() == "base"
+        for name in runnable:
+            fastnorm.set_isa(name)
+            assert fastnorm.isa() == name
     finally:
         fastnorm.set_isa(previous)
     with pytest.raises(ValueError, match="set_isa: name must be one of"):
-        fastnorm.set_isa("avx512")
+        fastnorm.set_isa("sse4")
+    for name in set(_config._ISAS) - set(runnable):
+        with pytest.raises(ValueError, match=f"cannot run the '{name}' variant"):
+            fastnorm.set_isa(name)
     out, _ = run_python("import fastnorm; print(fastnorm.isa())", FASTNORM_ISA="base")
     assert out.strip() == "base"
+
+
+@compiled
+def test_isa_variants_compute_the_same_function():
+    """Every variant evaluates the same formulas.  The elementwise kernels of AVX2 and
+    AVX-512 contract the same products into FMAs, so they agree bit for bit; reductions
+    may add in another order, and base (no FMA) rounds differently."""
+    from fastnorm import _config
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((37, 129)) * 4).astype(np.float32)
+    calls = {
+        "gelu": lambda: fastnorm.gelu(x),
+        "softplus": lambda: fastnorm.softplus(x),
+        "tanh": lambda: fastnorm.tanh(x),
+        "layer_norm": lambda: fastnorm.layer_norm(x, 129)[0],
+        "batch_norm": lambda: fastnorm.batch_norm(x.reshape(37, 129, 1))[0],
+    }
+    previous = fastnorm.isa()
+    try:
+        results = {}
+        for name in _config._runnable_isas():
+            fastnorm.set_isa(name)
+            results[name] = {k: f() for k, f in calls.items()}
+    finally:
+        fastnorm.set_isa(previous)
+    for k in calls:
+        if "avx2" in results and "avx512" in results and not k.endswith("_norm"):
+            np.testing.assert_array_equal(results["avx512"][k], results["avx2"][k], err_msg=k)
+        np.testing.assert_allclose(results[_config._runnable_isas()[0]][k], results["base"][k],
+                                   rtol=2e-6, atol=2e-6, err_msg=k)
+
+
+def test_unknown_or_unrunnable_isa_in_environment_warns():
+    out, err = run_python("import fastnorm; print(fastnorm.isa())", FASTNORM_ISA="sse9")
+    assert "FASTNORM_ISA='sse9' is not" in err
 
 
 @compiled

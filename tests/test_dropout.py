@@ -27,9 +27,7 @@ def variants():
     """(backend, isa) pairs available here, for tests that cannot take the fixture."""
     out = []
     if _config.compiled_available() and not NUMPY_ONLY:
-        if _config._best_isa() == "avx2":
-            out.append(("cython", "avx2"))
-        out.append(("cython", "base"))
+        out += [("cython", isa) for isa in _config._runnable_isas()]
     out.append(("numpy", None))
     return out
 

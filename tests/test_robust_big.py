@@ -70,8 +70,8 @@ def _windows(n):
 def settings(request):
     isa, threads = request.param
     from fastnorm import _config
-    if isa == "avx2" and _config._best_isa() != "avx2":
-        pytest.skip("no AVX2 variant")
+    if not _config._runs(isa):
+        pytest.skip(f"this CPU does not run the {isa} variant")
     previous = fastnorm.isa()
     fastnorm.set_isa(isa)
     fastnorm.set_num_threads(threads)
@@ -87,7 +87,7 @@ def _sigmoid_windows(n):
     return {w: x[w[0]:w[1]].copy() for w in _windows(n)}
 
 
-@pytest.mark.parametrize("settings", [("avx2", 1), ("base", 2)], indirect=True, ids=str)
+@pytest.mark.parametrize("settings", [("avx512", 1), ("avx2", 1), ("base", 2)], indirect=True, ids=str)
 def test_activation_over_more_than_2_31_elements(settings):
     n = BIG + (1 << 20) + 3
     for (s, e), got in _sigmoid_windows(n).items():
@@ -106,7 +106,7 @@ def _layer_norm_rows(rows, k):
     return {r: (x[r].copy(), mean[r], rstd[r]) for r in _LN_ROWS}
 
 
-@pytest.mark.parametrize("settings", [("avx2", 1)], indirect=True, ids=str)
+@pytest.mark.parametrize("settings", [("avx512", 1)], indirect=True, ids=str)
 def test_layer_norm_rows_beyond_2_31_elements(settings):
     rows, k = (1 << 21) + 3, 1024
     for r, (got, mean, rstd) in _layer_norm_rows(rows, k).items():

@@ -1,11 +1,16 @@
-"""Process-wide facts the kernels need: OpenMP thread counts and the CPU's ISA.
+"""Process-wide facts the kernels need: OpenMP thread counts and the CPU's ISA variant.
 
 Built without OpenMP, every query answers as a single-threaded runtime would.
 """
 
 cdef extern from "fn_common.h" nogil:
-    int fn_cpu_has_avx2_fma()
-    int FN_HAVE_AVX2_VARIANT
+    int fn_cpu_isa()
+    int FN_HAVE_X86_VARIANTS
+    int FN_ISA_COUNT
+
+#: Kernel variants by their C number (FN_ISA_BASE, FN_ISA_AVX2, FN_ISA_AVX512).
+ISA_NAMES = ("base", "avx2", "avx512")
+assert len(ISA_NAMES) == FN_ISA_COUNT
 
 cdef extern from *:
     """
@@ -40,9 +45,6 @@ def omp_set_num_threads(int n):
     fn_omp_set_num_threads(n)
 
 
-def cpu_has_avx2_fma():
-    return bool(fn_cpu_has_avx2_fma())
-
-
-def avx2_variant_built():
-    return bool(FN_HAVE_AVX2_VARIANT)
+def best_isa():
+    """The best kernel variant this CPU runs and this build has compiled."""
+    return ISA_NAMES[fn_cpu_isa()] if FN_HAVE_X86_VARIANTS else "base"

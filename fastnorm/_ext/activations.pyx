@@ -28,24 +28,15 @@ cdef extern from "fn_activations.h" nogil:
         FN_ACT_HARDSIGMOID
         FN_ACT_HARDSWISH
         FN_ACT_SOFTSIGN
-    void fn_act_forward_f32_base(int, const float *, float *, int64_t, double, double)
-    void fn_act_forward_f64_base(int, const double *, double *, int64_t, double, double)
-    void fn_act_backward_f32_base(int, const float *, const float *, float *, int64_t, double, double)
-    void fn_act_backward_f64_base(int, const double *, const double *, double *, int64_t, double, double)
-    void fn_act_forward_f32_avx2(int, const float *, float *, int64_t, double, double)
-    void fn_act_forward_f64_avx2(int, const double *, double *, int64_t, double, double)
-    void fn_act_backward_f32_avx2(int, const float *, const float *, float *, int64_t, double, double)
-    void fn_act_backward_f64_avx2(int, const double *, const double *, double *, int64_t, double, double)
+    ctypedef struct fn_act_kernels:
+        void (*forward_f32)(int, const float *, float *, int64_t, double, double) noexcept nogil
+        void (*forward_f64)(int, const double *, double *, int64_t, double, double) noexcept nogil
+        void (*backward_f32)(int, const float *, const float *, float *, int64_t, double, double) noexcept nogil
+        void (*backward_f64)(int, const double *, const double *, double *, int64_t, double, double) noexcept nogil
+    const fn_act_kernels *fn_act_kernels_by_isa[]
+    int FN_ISA_COUNT
 
-ctypedef void (*fwd_f32_t)(int, const float *, float *, int64_t, double, double) noexcept nogil
-ctypedef void (*fwd_f64_t)(int, const double *, double *, int64_t, double, double) noexcept nogil
-ctypedef void (*bwd_f32_t)(int, const float *, const float *, float *, int64_t, double, double) noexcept nogil
-ctypedef void (*bwd_f64_t)(int, const double *, const double *, double *, int64_t, double, double) noexcept nogil
-
-cdef fwd_f32_t _fwd_f32 = fn_act_forward_f32_base
-cdef fwd_f64_t _fwd_f64 = fn_act_forward_f64_base
-cdef bwd_f32_t _bwd_f32 = fn_act_backward_f32_base
-cdef bwd_f64_t _bwd_f64 = fn_act_backward_f64_base
+cdef const fn_act_kernels *_kernels = fn_act_kernels_by_isa[0]
 
 OPS = {
     "relu": FN_ACT_RELU, "relu6": FN_ACT_RELU6, "leaky_relu": FN_ACT_LEAKY_RELU,
@@ -57,17 +48,12 @@ OPS = {
 }
 
 
-def set_isa(str isa):
-    """Route every call to the 'base' or the 'avx2' variant of the kernels."""
-    global _fwd_f32, _fwd_f64, _bwd_f32, _bwd_f64
-    if isa == "avx2":
-        _fwd_f32, _fwd_f64 = fn_act_forward_f32_avx2, fn_act_forward_f64_avx2
-        _bwd_f32, _bwd_f64 = fn_act_backward_f32_avx2, fn_act_backward_f64_avx2
-    elif isa == "base":
-        _fwd_f32, _fwd_f64 = fn_act_forward_f32_base, fn_act_forward_f64_base
-        _bwd_f32, _bwd_f64 = fn_act_backward_f32_base, fn_act_backward_f64_base
-    else:
-        raise ValueError(f"set_isa: isa must be 'base' or 'avx2', got {isa!r}")
+def set_isa(int level):
+    """Route every call to kernel variant `level` (an index of _runtime.ISA_NAMES)."""
+    global _kernels
+    if not 0 <= level < FN_ISA_COUNT:
+        raise ValueError(f"set_isa: level must be in [0, {FN_ISA_COUNT}), got {level}")
+    _kernels = fn_act_kernels_by_isa[level]
 
 
 cdef inline Py_ssize_t _chunk(Py_ssize_t n, int nthreads) noexcept nogil:
@@ -80,18 +66,18 @@ cdef void _forward(int op, const floating *x, floating *y, Py_ssize_t n,
     cdef Py_ssize_t c, start, chunk
     if nthreads <= 1:
         if floating is float:
-            _fwd_f32(op, x, y, n, a, b)
+            _kernels.forward_f32(op, x, y, n, a, b)
         else:
-            _fwd_f64(op, x, y, n, a, b)
+            _kernels.forward_f64(op, x, y, n, a, b)
         return
     chunk = _chunk(n, nthreads)
     for c in prange(nthreads, num_threads=nthreads, schedule="static"):
         start = c * chunk
         if start < n:
             if floating is float:
-                _fwd_f32(op, x + start, y + start, min(chunk, n - start), a, b)
+                _kernels.forward_f32(op, x + start, y + start, min(chunk, n - start), a, b)
             else:
-                _fwd_f64(op, x + start, y + start, min(chunk, n - start), a, b)
+                _kernels.forward_f64(op, x + start, y + start, min(chunk, n - start), a, b)
 
 
 cdef void _backward(int op, const floating *g, const floating *s, floating *gx, Py_ssize_t n,
@@ -99,18 +85,18 @@ cdef void _backward(int op, const floating *g, const floating *s, floating *gx, 
     cdef Py_ssize_t c, start, chunk
     if nthreads <= 1:
         if floating is float:
-            _bwd_f32(op, g, s, gx, n, a, b)
+            _kernels.backward_f32(op, g, s, gx, n, a, b)
         else:
-            _bwd_f64(op, g, s, gx, n, a, b)
+            _kernels.backward_f64(op, g, s, gx, n, a, b)
         return
     chunk = _chunk(n, nthreads)
     for c in prange(nthreads, num_threads=nthreads, schedule="static"):
         start = c * chunk
         if start < n:
             if floating is float:
-                _bwd_f32(op, g + start, s + start, gx + start, min(chunk, n - start), a, b)
+                _kernels.backward_f32(op, g + start, s + start, gx + start, min(chunk, n - start), a, b)
             else:
-                _bwd_f64(op, g + start, s + start, gx + start, min(chunk, n - start), a, b)
+                _kernels.backward_f64(op, g + start, s + start, gx + start, min(chunk, n - start), a, b)
 
 
 def forward(int op, const floating[::1] x, floating[::1] y, double a, double b, int nthreads):

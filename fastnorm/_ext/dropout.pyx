@@ -8,43 +8,25 @@ from cython.parallel cimport prange
 from cython cimport floating
 
 cdef extern from "fn_dropout.h" nogil:
-    void fn_dropout_forward_f32_base(const float *, float *, uint8_t *, int64_t, int64_t,
-                                     uint64_t, uint64_t, uint64_t, int32_t, double)
-    void fn_dropout_forward_f64_base(const double *, double *, uint8_t *, int64_t, int64_t,
-                                     uint64_t, uint64_t, uint64_t, int32_t, double)
-    void fn_dropout_forward_f32_avx2(const float *, float *, uint8_t *, int64_t, int64_t,
-                                     uint64_t, uint64_t, uint64_t, int32_t, double)
-    void fn_dropout_forward_f64_avx2(const double *, double *, uint8_t *, int64_t, int64_t,
-                                     uint64_t, uint64_t, uint64_t, int32_t, double)
-    void fn_dropout_backward_f32_base(const float *, const uint8_t *, float *, int64_t, double)
-    void fn_dropout_backward_f64_base(const double *, const uint8_t *, double *, int64_t, double)
-    void fn_dropout_backward_f32_avx2(const float *, const uint8_t *, float *, int64_t, double)
-    void fn_dropout_backward_f64_avx2(const double *, const uint8_t *, double *, int64_t, double)
+    ctypedef struct fn_dropout_kernels:
+        void (*forward_f32)(const float *, float *, uint8_t *, int64_t, int64_t,
+                            uint64_t, uint64_t, uint64_t, int32_t, double) noexcept nogil
+        void (*forward_f64)(const double *, double *, uint8_t *, int64_t, int64_t,
+                            uint64_t, uint64_t, uint64_t, int32_t, double) noexcept nogil
+        void (*backward_f32)(const float *, const uint8_t *, float *, int64_t, double) noexcept nogil
+        void (*backward_f64)(const double *, const uint8_t *, double *, int64_t, double) noexcept nogil
+    const fn_dropout_kernels *fn_dropout_kernels_by_isa[]
+    int FN_ISA_COUNT
 
-ctypedef void (*fwd_f32_t)(const float *, float *, uint8_t *, int64_t, int64_t,
-                           uint64_t, uint64_t, uint64_t, int32_t, double) noexcept nogil
-ctypedef void (*fwd_f64_t)(const double *, double *, uint8_t *, int64_t, int64_t,
-                           uint64_t, uint64_t, uint64_t, int32_t, double) noexcept nogil
-ctypedef void (*bwd_f32_t)(const float *, const uint8_t *, float *, int64_t, double) noexcept nogil
-ctypedef void (*bwd_f64_t)(const double *, const uint8_t *, double *, int64_t, double) noexcept nogil
-
-cdef fwd_f32_t _fwd_f32 = fn_dropout_forward_f32_base
-cdef fwd_f64_t _fwd_f64 = fn_dropout_forward_f64_base
-cdef bwd_f32_t _bwd_f32 = fn_dropout_backward_f32_base
-cdef bwd_f64_t _bwd_f64 = fn_dropout_backward_f64_base
+cdef const fn_dropout_kernels *_kernels = fn_dropout_kernels_by_isa[0]
 
 
-def set_isa(str isa):
-    """Route every call to the 'base' or the 'avx2' variant of the kernels."""
-    global _fwd_f32, _fwd_f64, _bwd_f32, _bwd_f64
-    if isa == "avx2":
-        _fwd_f32, _fwd_f64 = fn_dropout_forward_f32_avx2, fn_dropout_forward_f64_avx2
-        _bwd_f32, _bwd_f64 = fn_dropout_backward_f32_avx2, fn_dropout_backward_f64_avx2
-    elif isa == "base":
-        _fwd_f32, _fwd_f64 = fn_dropout_forward_f32_base, fn_dropout_forward_f64_base
-        _bwd_f32, _bwd_f64 = fn_dropout_backward_f32_base, fn_dropout_backward_f64_base
-    else:
-        raise ValueError(f"set_isa: isa must be 'base' or 'avx2', got {isa!r}")
+def set_isa(int level):
+    """Route every call to kernel variant `level` (an index of _runtime.ISA_NAMES)."""
+    global _kernels
+    if not 0 <= level < FN_ISA_COUNT:
+        raise ValueError(f"set_isa: level must be in [0, {FN_ISA_COUNT}), got {level}")
+    _kernels = fn_dropout_kernels_by_isa[level]
 
 
 cdef inline Py_ssize_t _chunk(Py_ssize_t n, int nthreads) noexcept nogil:
@@ -57,19 +39,19 @@ cdef inline void _forward_part(const floating *x, floating *y, uint8_t *mask, Py
                                Py_ssize_t start, uint64_t key_lo, uint64_t key_hi,
                                uint64_t offset, int32_t threshold, double scale) noexcept nogil:
     if floating is float:
-        _fwd_f32(x + start, y + start, mask + start // 8, n, start, key_lo, key_hi, offset,
+        _kernels.forward_f32(x + start, y + start, mask + start // 8, n, start, key_lo, key_hi, offset,
                  threshold, scale)
     else:
-        _fwd_f64(x + start, y + start, mask + start // 8, n, start, key_lo, key_hi, offset,
+        _kernels.forward_f64(x + start, y + start, mask + start // 8, n, start, key_lo, key_hi, offset,
                  threshold, scale)
 
 
 cdef inline void _backward_part(const floating *g, const uint8_t *mask, floating *gx,
                                 Py_ssize_t n, Py_ssize_t start, double scale) noexcept nogil:
     if floating is float:
-        _bwd_f32(g + start, mask + start // 8, gx + start, n, scale)
+        _kernels.backward_f32(g + start, mask + start // 8, gx + start, n, scale)
     else:
-        _bwd_f64(g + start, mask + start // 8, gx + start, n, scale)
+        _kernels.backward_f64(g + start, mask + start // 8, gx + start, n, scale)
 
 
 def forward(const floating[::1] x, floating[::1] y, uint8_t[::1] mask, uint64_t key_lo,

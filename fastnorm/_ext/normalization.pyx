@@ -19,103 +19,38 @@ from cython cimport floating
 cnp.import_array()
 
 cdef extern from "fn_normalization.h" nogil:
-    void fn_norm_stats_runs_f32_base(const float *, int64_t, int64_t, int64_t, int64_t, int64_t, double *, double *)
-    void fn_norm_stats_runs_f64_base(const double *, int64_t, int64_t, int64_t, int64_t, int64_t, double *, double *)
-    void fn_norm_stats_runs_f32_avx2(const float *, int64_t, int64_t, int64_t, int64_t, int64_t, double *, double *)
-    void fn_norm_stats_runs_f64_avx2(const double *, int64_t, int64_t, int64_t, int64_t, int64_t, double *, double *)
-    void fn_norm_stats_cols_f32_base(const float *, int64_t, int64_t, const double *, double *, double *)
-    void fn_norm_stats_cols_f64_base(const double *, int64_t, int64_t, const double *, double *, double *)
-    void fn_norm_stats_cols_f32_avx2(const float *, int64_t, int64_t, const double *, double *, double *)
-    void fn_norm_stats_cols_f64_avx2(const double *, int64_t, int64_t, const double *, double *, double *)
-    void fn_norm_dual_runs_f32_base(const float *, const float *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, double *, double *)
-    void fn_norm_dual_runs_f64_base(const double *, const double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, double *, double *)
-    void fn_norm_dual_runs_f32_avx2(const float *, const float *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, double *, double *)
-    void fn_norm_dual_runs_f64_avx2(const double *, const double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, double *, double *)
-    void fn_norm_dual_cols_f32_base(const float *, const float *, int64_t, int64_t, const double *, double *, double *)
-    void fn_norm_dual_cols_f64_base(const double *, const double *, int64_t, int64_t, const double *, double *, double *)
-    void fn_norm_dual_cols_f32_avx2(const float *, const float *, int64_t, int64_t, const double *, double *, double *)
-    void fn_norm_dual_cols_f64_avx2(const double *, const double *, int64_t, int64_t, const double *, double *, double *)
-    void fn_norm_affine_f32_base(const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, const float *, const float *)
-    void fn_norm_affine_f64_base(const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *)
-    void fn_norm_affine_f32_avx2(const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, const float *, const float *)
-    void fn_norm_affine_f64_avx2(const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *)
-    void fn_norm_affine_grad_f32_base(const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, const float *, const float *)
-    void fn_norm_affine_grad_f64_base(const double *, const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *)
-    void fn_norm_affine_grad_f32_avx2(const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, const float *, const float *)
-    void fn_norm_affine_grad_f64_avx2(const double *, const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *)
-    void fn_norm_rows_forward_f32_base(const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, double, int, float *, float *)
-    void fn_norm_rows_forward_f64_base(const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, double, int, double *, double *)
-    void fn_norm_rows_forward_f32_avx2(const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, double, int, float *, float *)
-    void fn_norm_rows_forward_f64_avx2(const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, double, int, double *, double *)
-    void fn_norm_rows_backward_f32_base(const float *, const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, const float *, int, double *, double *)
-    void fn_norm_rows_backward_f64_base(const double *, const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, const double *, int, double *, double *)
-    void fn_norm_rows_backward_f32_avx2(const float *, const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, const float *, int, double *, double *)
-    void fn_norm_rows_backward_f64_avx2(const double *, const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, const double *, int, double *, double *)
+    ctypedef struct fn_norm_kernels:
+        void (*stats_runs_f32)(const float *, int64_t, int64_t, int64_t, int64_t, int64_t, double *, double *) noexcept nogil
+        void (*stats_cols_f32)(const float *, int64_t, int64_t, const double *, double *, double *) noexcept nogil
+        void (*dual_runs_f32)(const float *, const float *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, double *, double *) noexcept nogil
+        void (*dual_cols_f32)(const float *, const float *, int64_t, int64_t, const double *, double *, double *) noexcept nogil
+        void (*affine_f32)(const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, const float *, const float *) noexcept nogil
+        void (*affine_grad_f32)(const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, const float *, const float *) noexcept nogil
+        void (*rows_forward_f32)(const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, double, int, float *, float *) noexcept nogil
+        void (*rows_backward_f32)(const float *, const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, const float *, int, double *, double *) noexcept nogil
+        void (*stats_runs_f64)(const double *, int64_t, int64_t, int64_t, int64_t, int64_t, double *, double *) noexcept nogil
+        void (*stats_cols_f64)(const double *, int64_t, int64_t, const double *, double *, double *) noexcept nogil
+        void (*dual_runs_f64)(const double *, const double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, double *, double *) noexcept nogil
+        void (*dual_cols_f64)(const double *, const double *, int64_t, int64_t, const double *, double *, double *) noexcept nogil
+        void (*affine_f64)(const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *) noexcept nogil
+        void (*affine_grad_f64)(const double *, const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *) noexcept nogil
+        void (*rows_forward_f64)(const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, double, int, double *, double *) noexcept nogil
+        void (*rows_backward_f64)(const double *, const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, const double *, int, double *, double *) noexcept nogil
+    const fn_norm_kernels *fn_norm_kernels_by_isa[]
+    int FN_ISA_COUNT
 
-ctypedef void (*stats_runs_f32_t)(const float *, int64_t, int64_t, int64_t, int64_t, int64_t, double *, double *) noexcept nogil
-ctypedef void (*stats_runs_f64_t)(const double *, int64_t, int64_t, int64_t, int64_t, int64_t, double *, double *) noexcept nogil
-ctypedef void (*stats_cols_f32_t)(const float *, int64_t, int64_t, const double *, double *, double *) noexcept nogil
-ctypedef void (*stats_cols_f64_t)(const double *, int64_t, int64_t, const double *, double *, double *) noexcept nogil
-ctypedef void (*dual_runs_f32_t)(const float *, const float *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, double *, double *) noexcept nogil
-ctypedef void (*dual_runs_f64_t)(const double *, const double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, double *, double *) noexcept nogil
-ctypedef void (*dual_cols_f32_t)(const float *, const float *, int64_t, int64_t, const double *, double *, double *) noexcept nogil
-ctypedef void (*dual_cols_f64_t)(const double *, const double *, int64_t, int64_t, const double *, double *, double *) noexcept nogil
-ctypedef void (*affine_f32_t)(const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, const float *, const float *) noexcept nogil
-ctypedef void (*affine_f64_t)(const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *) noexcept nogil
-ctypedef void (*affine_grad_f32_t)(const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, const float *, const float *) noexcept nogil
-ctypedef void (*affine_grad_f64_t)(const double *, const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *) noexcept nogil
-ctypedef void (*rows_forward_f32_t)(const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, double, int, float *, float *) noexcept nogil
-ctypedef void (*rows_forward_f64_t)(const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, double, int, double *, double *) noexcept nogil
-ctypedef void (*rows_backward_f32_t)(const float *, const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, const float *, int, double *, double *) noexcept nogil
-ctypedef void (*rows_backward_f64_t)(const double *, const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, const double *, int, double *, double *) noexcept nogil
-
-cdef stats_runs_f32_t _stats_runs_f32 = fn_norm_stats_runs_f32_base
-cdef stats_runs_f64_t _stats_runs_f64 = fn_norm_stats_runs_f64_base
-cdef stats_cols_f32_t _stats_cols_f32 = fn_norm_stats_cols_f32_base
-cdef stats_cols_f64_t _stats_cols_f64 = fn_norm_stats_cols_f64_base
-cdef dual_runs_f32_t _dual_runs_f32 = fn_norm_dual_runs_f32_base
-cdef dual_runs_f64_t _dual_runs_f64 = fn_norm_dual_runs_f64_base
-cdef dual_cols_f32_t _dual_cols_f32 = fn_norm_dual_cols_f32_base
-cdef dual_cols_f64_t _dual_cols_f64 = fn_norm_dual_cols_f64_base
-cdef affine_f32_t _affine_f32 = fn_norm_affine_f32_base
-cdef affine_f64_t _affine_f64 = fn_norm_affine_f64_base
-cdef affine_grad_f32_t _affine_grad_f32 = fn_norm_affine_grad_f32_base
-cdef affine_grad_f64_t _affine_grad_f64 = fn_norm_affine_grad_f64_base
-cdef rows_forward_f32_t _rows_forward_f32 = fn_norm_rows_forward_f32_base
-cdef rows_forward_f64_t _rows_forward_f64 = fn_norm_rows_forward_f64_base
-cdef rows_backward_f32_t _rows_backward_f32 = fn_norm_rows_backward_f32_base
-cdef rows_backward_f64_t _rows_backward_f64 = fn_norm_rows_backward_f64_base
+cdef const fn_norm_kernels *_kernels = fn_norm_kernels_by_isa[0]
 
 #: Runs shorter than this are reduced column-wise (vectorized across channels) instead.
 RUN_MIN = 16
 
 
-def set_isa(str isa):
-    """Route every call to the 'base' or the 'avx2' variant of the kernels."""
-    global _stats_runs_f32, _stats_runs_f64, _stats_cols_f32, _stats_cols_f64
-    global _dual_runs_f32, _dual_runs_f64, _dual_cols_f32, _dual_cols_f64
-    global _affine_f32, _affine_f64, _affine_grad_f32, _affine_grad_f64
-    global _rows_forward_f32, _rows_forward_f64, _rows_backward_f32, _rows_backward_f64
-    if isa == "avx2":
-        _stats_runs_f32, _stats_runs_f64 = fn_norm_stats_runs_f32_avx2, fn_norm_stats_runs_f64_avx2
-        _stats_cols_f32, _stats_cols_f64 = fn_norm_stats_cols_f32_avx2, fn_norm_stats_cols_f64_avx2
-        _dual_runs_f32, _dual_runs_f64 = fn_norm_dual_runs_f32_avx2, fn_norm_dual_runs_f64_avx2
-        _dual_cols_f32, _dual_cols_f64 = fn_norm_dual_cols_f32_avx2, fn_norm_dual_cols_f64_avx2
-        _affine_f32, _affine_f64 = fn_norm_affine_f32_avx2, fn_norm_affine_f64_avx2
-        _affine_grad_f32, _affine_grad_f64 = fn_norm_affine_grad_f32_avx2, fn_norm_affine_grad_f64_avx2
-        _rows_forward_f32, _rows_forward_f64 = fn_norm_rows_forward_f32_avx2, fn_norm_rows_forward_f64_avx2
-        _rows_backward_f32, _rows_backward_f64 = fn_norm_rows_backward_f32_avx2, fn_norm_rows_backward_f64_avx2
-    elif isa == "base":
-        _stats_runs_f32, _stats_runs_f64 = fn_norm_stats_runs_f32_base, fn_norm_stats_runs_f64_base
-        _stats_cols_f32, _stats_cols_f64 = fn_norm_stats_cols_f32_base, fn_norm_stats_cols_f64_base
-        _dual_runs_f32, _dual_runs_f64 = fn_norm_dual_runs_f32_base, fn_norm_dual_runs_f64_base
-        _dual_cols_f32, _dual_cols_f64 = fn_norm_dual_cols_f32_base, fn_norm_dual_cols_f64_base
-        _affine_f32, _affine_f64 = fn_norm_affine_f32_base, fn_norm_affine_f64_base
-        _affine_grad_f32, _affine_grad_f64 = fn_norm_affine_grad_f32_base, fn_norm_affine_grad_f64_base
-        _rows_forward_f32, _rows_forward_f64 = fn_norm_rows_forward_f32_base, fn_norm_rows_forward_f64_base
-        _rows_backward_f32, _rows_backward_f64 = fn_norm_rows_backward_f32_base, fn_norm_rows_backward_f64_base
-    else:
-        raise ValueError(f"set_isa: isa must be 'base' or 'avx2', got {isa!r}")
+def set_isa(int level):
+    """Route every call to kernel variant `level` (an index of _runtime.ISA_NAMES)."""
+    global _kernels
+    if not 0 <= level < FN_ISA_COUNT:
+        raise ValueError(f"set_isa: level must be in [0, {FN_ISA_COUNT}), got {level}")
+    _kernels = fn_norm_kernels_by_isa[level]
 
 
 cdef inline Py_ssize_t _share(Py_ssize_t n, int parts) noexcept nogil:
@@ -151,18 +86,18 @@ def stats(const floating[::1] x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C, Py_ss
         with nogil:
             if nthreads <= 1 or U == 1:
                 if floating is float:
-                    _stats_runs_f32(&x[0], A, C, B, 0, U, &mean[0], &m2[0])
+                    _kernels.stats_runs_f32(&x[0], A, C, B, 0, U, &mean[0], &m2[0])
                 else:
-                    _stats_runs_f64(&x[0], A, C, B, 0, U, &mean[0], &m2[0])
+                    _kernels.stats_runs_f64(&x[0], A, C, B, 0, U, &mean[0], &m2[0])
             else:
                 ch = _share(U, nthreads)
                 for t in prange(nthreads, num_threads=nthreads, schedule="static"):
                     u0 = t * ch
                     if u0 < U:
                         if floating is float:
-                            _stats_runs_f32(&x[0], A, C, B, u0, min(u0 + ch, U), &mean[0], &m2[0])
+                            _kernels.stats_runs_f32(&x[0], A, C, B, u0, min(u0 + ch, U), &mean[0], &m2[0])
                         else:
-                            _stats_runs_f64(&x[0], A, C, B, u0, min(u0 + ch, U), &mean[0], &m2[0])
+                            _kernels.stats_runs_f64(&x[0], A, C, B, u0, min(u0 + ch, U), &mean[0], &m2[0])
         return
     # Short runs: column sums over fixed row blocks, every column of a channel shifted
     # by the channel's first element so the columns' sums can simply be added.
@@ -185,16 +120,16 @@ def stats(const floating[::1] x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C, Py_ss
                 for blk in range(nblk):
                     rows = min(rb, A - blk * rb)
                     if floating is float:
-                        _stats_cols_f32(xp + blk * rb * W, rows, W, shift_p, s1p + blk * W, s2p + blk * W)
+                        _kernels.stats_cols_f32(xp + blk * rb * W, rows, W, shift_p, s1p + blk * W, s2p + blk * W)
                     else:
-                        _stats_cols_f64(xp + blk * rb * W, rows, W, shift_p, s1p + blk * W, s2p + blk * W)
+                        _kernels.stats_cols_f64(xp + blk * rb * W, rows, W, shift_p, s1p + blk * W, s2p + blk * W)
             else:
                 for blk in prange(nblk, num_threads=nthreads, schedule="static"):
                     rows = min(rb, A - blk * rb)
                     if floating is float:
-                        _stats_cols_f32(xp + blk * rb * W, rows, W, shift_p, s1p + blk * W, s2p + blk * W)
+                        _kernels.stats_cols_f32(xp + blk * rb * W, rows, W, shift_p, s1p + blk * W, s2p + blk * W)
                     else:
-                        _stats_cols_f64(xp + blk * rb * W, rows, W, shift_p, s1p + blk * W, s2p + blk * W)
+                        _kernels.stats_cols_f64(xp + blk * rb * W, rows, W, shift_p, s1p + blk * W, s2p + blk * W)
         for c in range(C):
             t1 = _channel_total(s1p, nblk, W, c * B, B)
             t2 = _channel_total(s2p, nblk, W, c * B, B)
@@ -245,19 +180,19 @@ def dual_sums(const floating[::1] dy, const floating[::1] x, Py_ssize_t P, Py_ss
         with nogil:
             if nthreads <= 1 or U == 1:
                 if floating is float:
-                    _dual_runs_f32(&dy[0], &x[0], A, C, B, 0, U, &center[0], &s1_out[0], &s2_out[0])
+                    _kernels.dual_runs_f32(&dy[0], &x[0], A, C, B, 0, U, &center[0], &s1_out[0], &s2_out[0])
                 else:
-                    _dual_runs_f64(&dy[0], &x[0], A, C, B, 0, U, &center[0], &s1_out[0], &s2_out[0])
+                    _kernels.dual_runs_f64(&dy[0], &x[0], A, C, B, 0, U, &center[0], &s1_out[0], &s2_out[0])
             else:
                 ch = _share(U, nthreads)
                 for t in prange(nthreads, num_threads=nthreads, schedule="static"):
                     u0 = t * ch
                     if u0 < U:
                         if floating is float:
-                            _dual_runs_f32(&dy[0], &x[0], A, C, B, u0, min(u0 + ch, U), &center[0],
+                            _kernels.dual_runs_f32(&dy[0], &x[0], A, C, B, u0, min(u0 + ch, U), &center[0],
                                            &s1_out[0], &s2_out[0])
                         else:
-                            _dual_runs_f64(&dy[0], &x[0], A, C, B, u0, min(u0 + ch, U), &center[0],
+                            _kernels.dual_runs_f64(&dy[0], &x[0], A, C, B, u0, min(u0 + ch, U), &center[0],
                                            &s1_out[0], &s2_out[0])
         return
     W = C * B
@@ -279,16 +214,16 @@ def dual_sums(const floating[::1] dy, const floating[::1] x, Py_ssize_t P, Py_ss
                 for blk in range(nblk):
                     rows = min(rb, A - blk * rb)
                     if floating is float:
-                        _dual_cols_f32(gp + blk * rb * W, xp + blk * rb * W, rows, W, cen_p, s1p + blk * W, s2p + blk * W)
+                        _kernels.dual_cols_f32(gp + blk * rb * W, xp + blk * rb * W, rows, W, cen_p, s1p + blk * W, s2p + blk * W)
                     else:
-                        _dual_cols_f64(gp + blk * rb * W, xp + blk * rb * W, rows, W, cen_p, s1p + blk * W, s2p + blk * W)
+                        _kernels.dual_cols_f64(gp + blk * rb * W, xp + blk * rb * W, rows, W, cen_p, s1p + blk * W, s2p + blk * W)
             else:
                 for blk in prange(nblk, num_threads=nthreads, schedule="static"):
                     rows = min(rb, A - blk * rb)
                     if floating is float:
-                        _dual_cols_f32(gp + blk * rb * W, xp + blk * rb * W, rows, W, cen_p, s1p + blk * W, s2p + blk * W)
+                        _kernels.dual_cols_f32(gp + blk * rb * W, xp + blk * rb * W, rows, W, cen_p, s1p + blk * W, s2p + blk * W)
                     else:
-                        _dual_cols_f64(gp + blk * rb * W, xp + blk * rb * W, rows, W, cen_p, s1p + blk * W, s2p + blk * W)
+                        _kernels.dual_cols_f64(gp + blk * rb * W, xp + blk * rb * W, rows, W, cen_p, s1p + blk * W, s2p + blk * W)
         for c in range(C):
             s1_out[p * C + c] = _channel_total(s1p, nblk, W, c * B, B)
             s2_out[p * C + c] = _channel_total(s2p, nblk, W, c * B, B)
@@ -307,9 +242,9 @@ def affine(const floating[::1] x, floating[::1] y, Py_ssize_t P, Py_ssize_t A, P
     with nogil:
         if nthreads <= 1:
             if floating is float:
-                _affine_f32(&x[0], &y[0], A, C, B, 0, R, &mhi[0], &mlo[0], &scale[0], &shift[0])
+                _kernels.affine_f32(&x[0], &y[0], A, C, B, 0, R, &mhi[0], &mlo[0], &scale[0], &shift[0])
             else:
-                _affine_f64(&x[0], &y[0], A, C, B, 0, R, &mhi[0], &mlo[0], &scale[0], &shift[0])
+                _kernels.affine_f64(&x[0], &y[0], A, C, B, 0, R, &mhi[0], &mlo[0], &scale[0], &shift[0])
         else:
             ch = _share(R, nthreads)
             if B == 1:
@@ -318,9 +253,9 @@ def affine(const floating[::1] x, floating[::1] y, Py_ssize_t P, Py_ssize_t A, P
                 u0 = t * ch
                 if u0 < R:
                     if floating is float:
-                        _affine_f32(&x[0], &y[0], A, C, B, u0, min(u0 + ch, R), &mhi[0], &mlo[0], &scale[0], &shift[0])
+                        _kernels.affine_f32(&x[0], &y[0], A, C, B, u0, min(u0 + ch, R), &mhi[0], &mlo[0], &scale[0], &shift[0])
                     else:
-                        _affine_f64(&x[0], &y[0], A, C, B, u0, min(u0 + ch, R), &mhi[0], &mlo[0], &scale[0], &shift[0])
+                        _kernels.affine_f64(&x[0], &y[0], A, C, B, u0, min(u0 + ch, R), &mhi[0], &mlo[0], &scale[0], &shift[0])
 
 
 def affine_grad(const floating[::1] dy, const floating[::1] x, floating[::1] gx, Py_ssize_t P,
@@ -336,9 +271,9 @@ def affine_grad(const floating[::1] dy, const floating[::1] x, floating[::1] gx,
     with nogil:
         if nthreads <= 1:
             if floating is float:
-                _affine_grad_f32(&dy[0], &x[0], &gx[0], A, C, B, 0, R, &k1[0], &mhi[0], &k2[0], &k3[0])
+                _kernels.affine_grad_f32(&dy[0], &x[0], &gx[0], A, C, B, 0, R, &k1[0], &mhi[0], &k2[0], &k3[0])
             else:
-                _affine_grad_f64(&dy[0], &x[0], &gx[0], A, C, B, 0, R, &k1[0], &mhi[0], &k2[0], &k3[0])
+                _kernels.affine_grad_f64(&dy[0], &x[0], &gx[0], A, C, B, 0, R, &k1[0], &mhi[0], &k2[0], &k3[0])
         else:
             ch = _share(R, nthreads)
             if B == 1:
@@ -347,9 +282,9 @@ def affine_grad(const floating[::1] dy, const floating[::1] x, floating[::1] gx,
                 u0 = t * ch
                 if u0 < R:
                     if floating is float:
-                        _affine_grad_f32(&dy[0], &x[0], &gx[0], A, C, B, u0, min(u0 + ch, R), &k1[0], &mhi[0], &k2[0], &k3[0])
+                        _kernels.affine_grad_f32(&dy[0], &x[0], &gx[0], A, C, B, u0, min(u0 + ch, R), &k1[0], &mhi[0], &k2[0], &k3[0])
                     else:
-                        _affine_grad_f64(&dy[0], &x[0], &gx[0], A, C, B, u0, min(u0 + ch, R), &k1[0], &mhi[0], &k2[0], &k3[0])
+                        _kernels.affine_grad_f64(&dy[0], &x[0], &gx[0], A, C, B, u0, min(u0 + ch, R), &k1[0], &mhi[0], &k2[0], &k3[0])
 
 
 cdef void _rows_forward_run(const floating *x, floating *y, Py_ssize_t M, Py_ssize_t K,
@@ -358,18 +293,18 @@ cdef void _rows_forward_run(const floating *x, floating *y, Py_ssize_t M, Py_ssi
     cdef Py_ssize_t t, r0, ch
     if nthreads <= 1 or M == 1:
         if floating is float:
-            _rows_forward_f32(x, y, K, 0, M, wp, bp, eps, rms, mean, rstd)
+            _kernels.rows_forward_f32(x, y, K, 0, M, wp, bp, eps, rms, mean, rstd)
         else:
-            _rows_forward_f64(x, y, K, 0, M, wp, bp, eps, rms, mean, rstd)
+            _kernels.rows_forward_f64(x, y, K, 0, M, wp, bp, eps, rms, mean, rstd)
         return
     ch = _share(M, nthreads)
     for t in prange(nthreads, num_threads=nthreads, schedule="static"):
         r0 = t * ch
         if r0 < M:
             if floating is float:
-                _rows_forward_f32(x, y, K, r0, min(r0 + ch, M), wp, bp, eps, rms, mean, rstd)
+                _kernels.rows_forward_f32(x, y, K, r0, min(r0 + ch, M), wp, bp, eps, rms, mean, rstd)
             else:
-                _rows_forward_f64(x, y, K, r0, min(r0 + ch, M), wp, bp, eps, rms, mean, rstd)
+                _kernels.rows_forward_f64(x, y, K, r0, min(r0 + ch, M), wp, bp, eps, rms, mean, rstd)
 
 
 cdef void _rows_backward_run(const floating *dy, const floating *x, floating *gx, Py_ssize_t M,
@@ -385,18 +320,18 @@ cdef void _rows_backward_run(const floating *dy, const floating *x, floating *gx
     if pw == NULL and pb == NULL:
         if nthreads <= 1 or M == 1:
             if floating is float:
-                _rows_backward_f32(dy, x, gx, K, 0, M, wp, mean, rstd, rms, NULL, NULL)
+                _kernels.rows_backward_f32(dy, x, gx, K, 0, M, wp, mean, rstd, rms, NULL, NULL)
             else:
-                _rows_backward_f64(dy, x, gx, K, 0, M, wp, mean, rstd, rms, NULL, NULL)
+                _kernels.rows_backward_f64(dy, x, gx, K, 0, M, wp, mean, rstd, rms, NULL, NULL)
             return
         ch = _share(M, nthreads)
         for t in prange(nthreads, num_threads=nthreads, schedule="static"):
             r0 = t * ch
             if r0 < M:
                 if floating is float:
-                    _rows_backward_f32(dy, x, gx, K, r0, min(r0 + ch, M), wp, mean, rstd, rms, NULL, NULL)
+                    _kernels.rows_backward_f32(dy, x, gx, K, r0, min(r0 + ch, M), wp, mean, rstd, rms, NULL, NULL)
                 else:
-                    _rows_backward_f64(dy, x, gx, K, r0, min(r0 + ch, M), wp, mean, rstd, rms, NULL, NULL)
+                    _kernels.rows_backward_f64(dy, x, gx, K, r0, min(r0 + ch, M), wp, mean, rstd, rms, NULL, NULL)
         return
     nblk = (M + rb - 1) // rb
     if nthreads <= 1 or nblk == 1:
@@ -404,17 +339,17 @@ cdef void _rows_backward_run(const floating *dy, const floating *x, floating *gx
             pwp = pw + blk * K if pw != NULL else NULL
             pbp = pb + blk * K if pb != NULL else NULL
             if floating is float:
-                _rows_backward_f32(dy, x, gx, K, blk * rb, min(blk * rb + rb, M), wp, mean, rstd, rms, pwp, pbp)
+                _kernels.rows_backward_f32(dy, x, gx, K, blk * rb, min(blk * rb + rb, M), wp, mean, rstd, rms, pwp, pbp)
             else:
-                _rows_backward_f64(dy, x, gx, K, blk * rb, min(blk * rb + rb, M), wp, mean, rstd, rms, pwp, pbp)
+                _kernels.rows_backward_f64(dy, x, gx, K, blk * rb, min(blk * rb + rb, M), wp, mean, rstd, rms, pwp, pbp)
     else:
         for blk in prange(nblk, num_threads=nthreads, schedule="static"):
             pwp = pw + blk * K if pw != NULL else NULL
             pbp = pb + blk * K if pb != NULL else NULL
             if floating is float:
-                _rows_backward_f32(dy, x, gx, K, blk * rb, min(blk * rb + rb, M), wp, mean, rstd, rms, pwp, pbp)
+                _kernels.rows_backward_f32(dy, x, gx, K, blk * rb, min(blk * rb + rb, M), wp, mean, rstd, rms, pwp, pbp)
             else:
-                _rows_backward_f64(dy, x, gx, K, blk * rb, min(blk * rb + rb, M), wp, mean, rstd, rms, pwp, pbp)
+                _kernels.rows_backward_f64(dy, x, gx, K, blk * rb, min(blk * rb + rb, M), wp, mean, rstd, rms, pwp, pbp)
 
 
 cdef object _block_sum(double[:, ::1] partial, int typenum):

@@ -1,4 +1,5 @@
-/* Elementwise activation kernels: op codes and the entry points of both ISA variants.
+/* Elementwise activation kernels: op codes, the entry points of every ISA variant and
+ * their tables.
  *
  * forward:  y[i] = f(x[i])                      (x and y may be the same buffer)
  * backward: gx[i] = g[i] * f'(s[i])             s = saved forward input, or the
@@ -37,5 +38,24 @@ enum fn_act_op {
 
 FN_DECLARE_ACT(base)
 FN_DECLARE_ACT(avx2)
+FN_DECLARE_ACT(avx512)
+
+typedef struct fn_act_kernels {
+    void (*forward_f32)(int, const float *, float *, int64_t, double, double);
+    void (*forward_f64)(int, const double *, double *, int64_t, double, double);
+    void (*backward_f32)(int, const float *, const float *, float *, int64_t, double, double);
+    void (*backward_f64)(int, const double *, const double *, double *, int64_t, double, double);
+} fn_act_kernels;
+
+/* Indexed by FN_ISA_BASE / FN_ISA_AVX2 / FN_ISA_AVX512 (defined in activations_base.c). */
+extern const fn_act_kernels *const fn_act_kernels_by_isa[FN_ISA_COUNT];
+
+/* The table of variant `isa`, pointing at the functions of variant `impl`. */
+#define FN_DEFINE_ACT_KERNELS(isa, impl) FN_DEFINE_ACT_KERNELS_(isa, impl)
+#define FN_DEFINE_ACT_KERNELS_(isa, impl) \
+    const fn_act_kernels fn_act_kernels_##isa = { \
+        fn_act_forward_f32_##impl, fn_act_forward_f64_##impl, \
+        fn_act_backward_f32_##impl, fn_act_backward_f64_##impl };
+extern const fn_act_kernels fn_act_kernels_base, fn_act_kernels_avx2, fn_act_kernels_avx512;
 
 #endif /* FN_ACTIVATIONS_H */

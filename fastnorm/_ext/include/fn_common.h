@@ -1,11 +1,11 @@
 /* Shared definitions for fastnorm's C kernels.
  *
  * Every kernel family is one template header (fn_<family>_impl.h) compiled into
- * two translation units: src/<family>_base.c (baseline x86-64, i.e. SSE2) and
- * src/<family>_avx2.c (after `#pragma GCC target("avx2,fma")`).  The template
- * names its functions with FN_NAME(stem, suffix), which appends the ISA name, so
- * both variants live in one extension module and the Cython glue picks one table
- * at import time (FASTNORM_ISA=base|avx2 forces one).
+ * three translation units, src/<family>_{base,avx2,avx512}.c (baseline x86-64 i.e.
+ * SSE2; AVX2+FMA; AVX-512), each through fn_instantiate.h.  The template names its
+ * functions with FN_NAME(stem, suffix), which appends the ISA name, so all variants
+ * live in one extension module; each unit also defines the family's table of kernel
+ * pointers, and the Cython glue picks a table at import time (FASTNORM_ISA forces one).
  */
 #ifndef FN_COMMON_H
 #define FN_COMMON_H
@@ -18,21 +18,36 @@
 /* FN_NAME(fn_act_forward, f32) -> fn_act_forward_f32_<isa> */
 #define FN_NAME(stem, suffix) FN_CAT3(stem, suffix, FN_ISA)
 
-/* An AVX2+FMA variant is built only where GCC/Clang can target x86-64 ISA
- * extensions per function; elsewhere the "avx2" names alias the baseline code. */
+/* Kernel variants, in order of preference (macros: fn_instantiate.h tests them in #if).
+ * The Python side names them "base", "avx2", "avx512" (_runtime.ISA_NAMES). */
+#define FN_ISA_BASE 0
+#define FN_ISA_AVX2 1
+#define FN_ISA_AVX512 2
+#define FN_ISA_COUNT 3
+
+/* The AVX2 and AVX-512 variants are compiled only where GCC/Clang can target x86-64
+ * ISA extensions per function; elsewhere their kernel tables point at the baseline
+ * code (fn_instantiate.h). */
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
-#define FN_HAVE_AVX2_VARIANT 1
+#define FN_HAVE_X86_VARIANTS 1
 #else
-#define FN_HAVE_AVX2_VARIANT 0
+#define FN_HAVE_X86_VARIANTS 0
 #endif
 
-static inline int fn_cpu_has_avx2_fma(void)
+/* The best variant this CPU runs.  AVX2 needs FMA; AVX-512 needs F, VL, BW and DQ
+ * (libgcc also checks that the OS saves the vector state, XGETBV). */
+static inline int fn_cpu_isa(void)
 {
-#if FN_HAVE_AVX2_VARIANT
+#if FN_HAVE_X86_VARIANTS
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
+        return FN_ISA_BASE;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+        && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+        return FN_ISA_AVX512;
+    return FN_ISA_AVX2;
 #else
-    return 0;
+    return FN_ISA_BASE;
 #endif
 }
 

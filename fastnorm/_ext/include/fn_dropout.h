@@ -1,4 +1,4 @@
-/* Dropout kernels: entry points of both ISA variants.
+/* Dropout kernels: the entry points of every ISA variant and their tables.
  *
  * The keep decision of element i (C-order flat index over the whole array) comes
  * from NumPy's Philox4x64-10 stream with key (key_lo, key_hi) started at counter
@@ -31,5 +31,27 @@
 
 FN_DECLARE_DROPOUT(base)
 FN_DECLARE_DROPOUT(avx2)
+FN_DECLARE_DROPOUT(avx512)
+
+typedef struct fn_dropout_kernels {
+    void (*forward_f32)(const float *, float *, uint8_t *, int64_t, int64_t, uint64_t, uint64_t,
+                        uint64_t, int32_t, double);
+    void (*forward_f64)(const double *, double *, uint8_t *, int64_t, int64_t, uint64_t, uint64_t,
+                        uint64_t, int32_t, double);
+    void (*backward_f32)(const float *, const uint8_t *, float *, int64_t, double);
+    void (*backward_f64)(const double *, const uint8_t *, double *, int64_t, double);
+} fn_dropout_kernels;
+
+/* Indexed by FN_ISA_BASE / FN_ISA_AVX2 / FN_ISA_AVX512 (defined in dropout_base.c). */
+extern const fn_dropout_kernels *const fn_dropout_kernels_by_isa[FN_ISA_COUNT];
+
+/* The table of variant `isa`, pointing at the functions of variant `impl`. */
+#define FN_DEFINE_DROPOUT_KERNELS(isa, impl) FN_DEFINE_DROPOUT_KERNELS_(isa, impl)
+#define FN_DEFINE_DROPOUT_KERNELS_(isa, impl) \
+    const fn_dropout_kernels fn_dropout_kernels_##isa = { \
+        fn_dropout_forward_f32_##impl, fn_dropout_forward_f64_##impl, \
+        fn_dropout_backward_f32_##impl, fn_dropout_backward_f64_##impl };
+extern const fn_dropout_kernels fn_dropout_kernels_base, fn_dropout_kernels_avx2,
+    fn_dropout_kernels_avx512;
 
 #endif /* FN_DROPOUT_H */

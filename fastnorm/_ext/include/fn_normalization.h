@@ -1,5 +1,5 @@
-/* Normalization kernels (batch / layer / group / instance / RMS norm): entry points of both
- * ISA variants.  Semantics and the numerics are described in fn_normalization_impl.h.
+/* Normalization kernels (batch / layer / group / instance / RMS norm): entry points of every
+ * ISA variant and their tables.  Semantics and the numerics are described in fn_normalization_impl.h.
  *
  * Geometry.  Every per-channel kernel sees x as a C-contiguous (P, A, C, B) array and works
  * on "units" (p, c): the A runs of B contiguous elements at x + ((p*A + a)*C + c)*B.
@@ -36,5 +36,41 @@
 
 FN_DECLARE_NORM(base)
 FN_DECLARE_NORM(avx2)
+FN_DECLARE_NORM(avx512)
+
+#define FN_NORM_KERNEL_FIELDS(T, suf) \
+    void (*stats_runs_##suf)(const T *, int64_t, int64_t, int64_t, int64_t, int64_t, double *, double *); \
+    void (*stats_cols_##suf)(const T *, int64_t, int64_t, const double *, double *, double *); \
+    void (*dual_runs_##suf)(const T *, const T *, int64_t, int64_t, int64_t, int64_t, int64_t, \
+                            const double *, double *, double *); \
+    void (*dual_cols_##suf)(const T *, const T *, int64_t, int64_t, const double *, double *, double *); \
+    void (*affine_##suf)(const T *, T *, int64_t, int64_t, int64_t, int64_t, int64_t, \
+                         const T *, const T *, const T *, const T *); \
+    void (*affine_grad_##suf)(const T *, const T *, T *, int64_t, int64_t, int64_t, int64_t, int64_t, \
+                              const T *, const T *, const T *, const T *); \
+    void (*rows_forward_##suf)(const T *, T *, int64_t, int64_t, int64_t, const T *, const T *, \
+                               double, int, T *, T *); \
+    void (*rows_backward_##suf)(const T *, const T *, T *, int64_t, int64_t, int64_t, const T *, \
+                                const T *, const T *, int, double *, double *);
+
+typedef struct fn_norm_kernels {
+    FN_NORM_KERNEL_FIELDS(float, f32)
+    FN_NORM_KERNEL_FIELDS(double, f64)
+} fn_norm_kernels;
+
+/* Indexed by FN_ISA_BASE / FN_ISA_AVX2 / FN_ISA_AVX512 (defined in normalization_base.c). */
+extern const fn_norm_kernels *const fn_norm_kernels_by_isa[FN_ISA_COUNT];
+
+/* The table of variant `isa`, pointing at the functions of variant `impl`. */
+#define FN_NORM_KERNEL_INIT(suf, impl) \
+    fn_norm_stats_runs_##suf##_##impl, fn_norm_stats_cols_##suf##_##impl, \
+    fn_norm_dual_runs_##suf##_##impl, fn_norm_dual_cols_##suf##_##impl, \
+    fn_norm_affine_##suf##_##impl, fn_norm_affine_grad_##suf##_##impl, \
+    fn_norm_rows_forward_##suf##_##impl, fn_norm_rows_backward_##suf##_##impl
+#define FN_DEFINE_NORM_KERNELS(isa, impl) FN_DEFINE_NORM_KERNELS_(isa, impl)
+#define FN_DEFINE_NORM_KERNELS_(isa, impl) \
+    const fn_norm_kernels fn_norm_kernels_##isa = { \
+        FN_NORM_KERNEL_INIT(f32, impl), FN_NORM_KERNEL_INIT(f64, impl) };
+extern const fn_norm_kernels fn_norm_kernels_base, fn_norm_kernels_avx2, fn_norm_kernels_avx512;
 
 #endif /* FN_NORMALIZATION_H */

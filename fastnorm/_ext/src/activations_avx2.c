@@ -1,21 +1,8 @@
-/* AVX2+FMA variant of the activation kernels (selected at import when the CPU has both). */
-#include "fn_common.h"
-#if FN_HAVE_AVX2_VARIANT
-#pragma GCC target("avx2,fma")
+/* AVX2+FMA variant of the activations kernels and its kernel table. */
 #define FN_ISA avx2
-#define FN_REAL 32
-#include "fn_activations_impl.h"
-#undef FN_REAL
-#define FN_REAL 64
-#include "fn_activations_impl.h"
-#else
+#define FN_ISA_LEVEL 1
+#define FN_FAMILY_IMPL "fn_activations_impl.h"
+#include "fn_instantiate.h"
 #include "fn_activations.h"
-void fn_act_forward_f32_avx2(int op, const float *x, float *y, int64_t n, double a, double b)
-{ fn_act_forward_f32_base(op, x, y, n, a, b); }
-void fn_act_forward_f64_avx2(int op, const double *x, double *y, int64_t n, double a, double b)
-{ fn_act_forward_f64_base(op, x, y, n, a, b); }
-void fn_act_backward_f32_avx2(int op, const float *g, const float *s, float *gx, int64_t n, double a, double b)
-{ fn_act_backward_f32_base(op, g, s, gx, n, a, b); }
-void fn_act_backward_f64_avx2(int op, const double *g, const double *s, double *gx, int64_t n, double a, double b)
-{ fn_act_backward_f64_base(op, g, s, gx, n, a, b); }
-#endif
+
+FN_DEFINE_ACT_KERNELS(FN_ISA, FN_IMPL)

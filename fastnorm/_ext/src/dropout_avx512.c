@@ -1,0 +1,8 @@
+/* AVX-512 (F, VL, BW, DQ) variant of the dropout kernels and its kernel table. */
+#define FN_ISA avx512
+#define FN_ISA_LEVEL 2
+#define FN_FAMILY_IMPL "fn_dropout_impl.h"
+#include "fn_instantiate.h"
+#include "fn_dropout.h"
+
+FN_DEFINE_DROPOUT_KERNELS(FN_ISA, FN_IMPL)
