@@ -5,6 +5,7 @@ caller may pass (lists, float16, Fortran order, strided or negative-stride views
 ``out=`` that aliases an input) is resolved here, and every rejection names the
 function, the argument, what was expected and what was given.
 """
+import math
 import numbers
 
 import numpy as np
@@ -53,10 +54,12 @@ def check_out(func, out, shape, dtype):
 
 def check_real(func, name, value, *, positive=False, nonzero=False, nonnegative=False):
     """``value`` as a finite Python float, with optional sign constraints."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+    # Exact float/int first: the ABC check and np.isfinite cost more than a small kernel.
+    if type(value) is not float and type(value) is not int and (
+            isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real)):
         raise TypeError(f"{func}: {name} must be a real number, got {type(value).__name__}")
     v = float(value)
-    if not np.isfinite(v):
+    if not math.isfinite(v):
         raise ValueError(f"{func}: {name} must be finite, got {v}")
     if positive and not v > 0:
         raise ValueError(f"{func}: {name} must be > 0, got {v}")

@@ -16,6 +16,7 @@ import platform
 import statistics
 import sys
 import time
+import tracemalloc
 
 import numpy as np
 
@@ -279,6 +280,21 @@ def measure(workload, repeats, budget_s):
     return {name: statistics.median(v) * 1e-9 for name, v in samples.items()}
 
 
+def peak_allocation(fn):
+    """Peak bytes allocated during one call of fn (tracemalloc sees NumPy's array data),
+    the returned arrays included."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        result = fn()
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    del result
+    return peak
+
+
 def _ratio(a, b):
     return a / b if a and b else None
 
@@ -292,6 +308,9 @@ def run(quick=False, threads=(1, 2), names=None, repeats=None, budget_s=None, us
                  + norm_workloads(QUICK_NORM_SHAPES if quick else NORM_SHAPES, torch))
     if names:
         workloads = [w for w in workloads if any(n in w.name.split()[0] for n in names)]
+    # Memory does not depend on the thread count: measured once, before the timings.
+    peaks = {w.name: {k: peak_allocation(w.impls[k]) for k in ("fastnorm", "numpy") if k in w.impls}
+             for w in workloads}
     results = []
     for n in threads:
         fastnorm.set_num_threads(n)
@@ -300,7 +319,8 @@ def run(quick=False, threads=(1, 2), names=None, repeats=None, budget_s=None, us
         try:
             for w in workloads:
                 t = measure(w, repeats, budget_s)
-                results.append({"workload": w.name, "threads": n, "seconds": t})
+                results.append({"workload": w.name, "threads": n, "seconds": t,
+                                "peak_bytes": peaks[w.name], "input_bytes": w.floor_bytes})
         finally:
             fastnorm.set_num_threads(None)
     return {"machine": machine_info(torch), "results": results}
@@ -330,17 +350,25 @@ def _fmt_ratio(r):
 
 def table(report):
     rows = ["| workload | threads | fastnorm | NumPy/fastnorm | torch/fastnorm | torch-out/fastnorm "
-            "| fastnorm/floor |", "|---|---|---|---|---|---|---|"]
+            "| fastnorm/floor | allocated: fastnorm / NumPy |", "|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         t = r["seconds"]
         fn_t = t["fastnorm"]
         best_fn = min(fn_t, t.get("fastnorm-out", fn_t))
-        rows.append("| {} | {} | {} | {} | {} | {} | {} |".format(
+        rows.append("| {} | {} | {} | {} | {} | {} | {} | {} |".format(
             r["workload"], r["threads"], _fmt_time(fn_t), _fmt_ratio(_ratio(t.get("numpy"), fn_t)),
             _fmt_ratio(_ratio(t.get("torch"), fn_t)),
             _fmt_ratio(_ratio(t.get("torch-out"), t.get("fastnorm-out"))),
-            _fmt_ratio(_ratio(best_fn, t.get("copy-floor")))))
+            _fmt_ratio(_ratio(best_fn, t.get("copy-floor"))), _fmt_alloc(r)))
     return "\n".join(rows)
+
+
+def _fmt_alloc(row):
+    """Peak allocation of one call, in multiples of the input array's bytes."""
+    peaks, size = row.get("peak_bytes") or {}, row.get("input_bytes")
+    if not size or "fastnorm" not in peaks:
+        return "-"
+    return " / ".join(f"{peaks[k] / size:.2f}x" for k in ("fastnorm", "numpy") if k in peaks)
 
 
 def summary(report):

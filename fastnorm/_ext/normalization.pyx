@@ -483,7 +483,7 @@ cdef inline void *_data_or_null(object a):
 
 def rows_forward_fast(object x, object normalized_shape, object weight, object bias, object eps,
                       bint rms, Py_ssize_t grain):
-    """(y, mean, rstd) of layer norm (rms=False; mean is unused for RMS) over the last
+    """(y, mean, rstd) of layer norm (rms=False; mean is None for RMS) over the last
     axis for plain arrays (see above); eps None means the machine epsilon of x's dtype.
     None when the general path is needed."""
     cdef int typenum = _fast_typenum(x)
@@ -506,21 +506,21 @@ def rows_forward_fast(object x, object normalized_shape, object weight, object b
     cdef Py_ssize_t n = cnp.PyArray_SIZE(xa), M = n // K
     cdef int nthreads = _threads(n, grain)
     cdef cnp.ndarray y = cnp.PyArray_EMPTY(nd, dims, typenum, 0)
-    cdef cnp.ndarray mean = cnp.PyArray_EMPTY(nd - 1, dims, typenum, 0)
+    # RMS norm has no mean: the kernel does not write it, so none is allocated.
+    mean = None if rms else cnp.PyArray_EMPTY(nd - 1, dims, typenum, 0)
     cdef cnp.ndarray rstd = cnp.PyArray_EMPTY(nd - 1, dims, typenum, 0)
+    cdef void *meanp = NULL if rms else cnp.PyArray_DATA(<cnp.ndarray>mean)
     cdef const void *wp = _data_or_null(weight)
     cdef const void *bp = _data_or_null(bias)
     with nogil:
         if typenum == cnp.NPY_FLOAT32:
             _rows_forward_run[float](<const float *>cnp.PyArray_DATA(xa), <float *>cnp.PyArray_DATA(y),
                                      M, K, <const float *>wp, <const float *>bp, eps_d, rms,
-                                     <float *>cnp.PyArray_DATA(mean), <float *>cnp.PyArray_DATA(rstd),
-                                     nthreads)
+                                     <float *>meanp, <float *>cnp.PyArray_DATA(rstd), nthreads)
         else:
             _rows_forward_run[double](<const double *>cnp.PyArray_DATA(xa), <double *>cnp.PyArray_DATA(y),
                                       M, K, <const double *>wp, <const double *>bp, eps_d, rms,
-                                      <double *>cnp.PyArray_DATA(mean), <double *>cnp.PyArray_DATA(rstd),
-                                      nthreads)
+                                      <double *>meanp, <double *>cnp.PyArray_DATA(rstd), nthreads)
     return y, mean, rstd
 
 
