@@ -110,8 +110,12 @@ static void FN_NAME(act_forward_span, FN_SUF)(int op, const T *x, T *y, int64_t 
     case FN_ACT_SILU:        MAP(v * SIGMOID(v)); break;
     case FN_ACT_SOFTPLUS:
         /* PyTorch: x where beta*x > threshold, else log1p(exp(beta*x))/beta, written
-         * as max(z,0) + log1p(exp(-|z|)) so that exp never overflows. */
-        MAP(pa * v > pb ? v : ((pa * v > 0 ? pa * v : (T)0) + FN_LOG1P(FN_EXP(-FN_FABS(pa * v)))) / pa);
+         * as max(z,0) + log1p(exp(-|z|)) so that exp never overflows.  beta = 1 (the
+         * default) drops the multiply and the division, which are exact there anyway. */
+        if (pa == 1)
+            MAP(v > pb ? v : (v > 0 ? v : (T)0) + FN_LOG1P_UNIT(FN_EXP(-FN_FABS(v))));
+        else
+            MAP(pa * v > pb ? v : ((pa * v > 0 ? pa * v : (T)0) + FN_LOG1P_UNIT(FN_EXP(-FN_FABS(pa * v)))) / pa);
         break;
     case FN_ACT_MISH: {
         _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {

@@ -6,6 +6,7 @@
 #undef FN_EXP
 #undef FN_EXPM1
 #undef FN_LOG1P
+#undef FN_LOG1P_UNIT
 #undef FN_TANH
 #undef FN_ERFC
 #undef FN_SQRT
@@ -16,6 +17,7 @@
 #define FN_EXP fn_expf
 #define FN_EXPM1 fn_expm1f
 #define FN_LOG1P fn_log1pf
+#define FN_LOG1P_UNIT fn_log1p_unitf     /* log1p on [0, 1] */
 #define FN_TANH fn_tanhf
 #define FN_ERFC fn_erfcf
 #define FN_SQRT sqrtf
@@ -26,6 +28,7 @@
 #define FN_EXP fn_exp
 #define FN_EXPM1 fn_expm1
 #define FN_LOG1P fn_log1p
+#define FN_LOG1P_UNIT fn_log1p
 #define FN_TANH fn_tanh
 #define FN_ERFC fn_erfc
 #define FN_SQRT sqrt
