@@ -607,6 +607,16 @@ def _group_stats(ext, xc, n, c, hw, groups, channels_last, nthreads):
     return mean, m2
 
 
+def _group_forward(ext, xc, out_buf, n, groups, cg, hw, weight, bias, eps, nthreads):
+    """NCHW group norm (instance norm: cg = 1) in one pass per group; (mean, M2) per
+    (sample, group) as float64 (N, G)."""
+    cd = xc.dtype
+    mean, m2 = np.empty(n * groups), np.empty(n * groups)
+    ext.group_forward(xc.reshape(-1), out_buf.reshape(-1), groups, cg, hw, _vector(weight, cd),
+                      _vector(bias, cd), eps, mean, m2, nthreads)
+    return mean.reshape(n, groups), m2.reshape(n, groups)
+
+
 def _group_apply(ext, xc, out_buf, n, c, hw, groups, channels_last, mean, rstd, weight, bias, nthreads):
     cd = xc.dtype
     cg = c // groups
@@ -677,10 +687,15 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, channels_last
     n, c, hw = _group_geometry(x, channels_last)
     xc = _contiguous(x)
     nthreads = _threads(x)
-    mean, m2 = _group_stats(ext, xc, n, c, hw, groups, channels_last, nthreads)
-    rstd = _rstd(m2 / (c // groups * hw), eps)
-    buf = _output_buffer(x, xc, out)
-    _group_apply(ext, xc, buf, n, c, hw, groups, channels_last, mean, rstd, weight, bias, nthreads)
+    if channels_last:
+        mean, m2 = _group_stats(ext, xc, n, c, hw, groups, channels_last, nthreads)
+        rstd = _rstd(m2 / (c // groups * hw), eps)
+        buf = _output_buffer(x, xc, out)
+        _group_apply(ext, xc, buf, n, c, hw, groups, channels_last, mean, rstd, weight, bias, nthreads)
+    else:
+        buf = _output_buffer(x, xc, out, weight, bias)
+        mean, m2 = _group_forward(ext, xc, buf, n, groups, c // groups, hw, weight, bias, eps, nthreads)
+        rstd = _rstd(m2 / (c // groups * hw), eps)
     return _deliver(buf, x.dtype, out), mean.astype(cd), rstd.astype(cd)
 
 
@@ -745,17 +760,17 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
     xc = _contiguous(x)
     nthreads = _threads(x)
     if use_input_stats:
-        mean, m2 = _group_stats(ext, xc, n, c, hw, c, False, nthreads)
-        var = m2 / hw
+        buf = _output_buffer(x, xc, out, weight, bias)
+        mean, m2 = _group_forward(ext, xc, buf, n, c, 1, hw, weight, bias, eps, nthreads)
+        rstd = _rstd(m2 / hw, eps)
         if rm is not None:
             _update_running(rm, mean.mean(axis=0), momentum)
             _update_running(rv, (m2 / (hw - 1)).mean(axis=0), momentum)
     else:
         mean = np.broadcast_to(rm.astype(_F64), (n, c))
-        var = np.broadcast_to(rv.astype(_F64), (n, c))
-    rstd = _rstd(var, eps)
-    buf = _output_buffer(x, xc, out)
-    _group_apply(ext, xc, buf, n, c, hw, c, False, mean, rstd, weight, bias, nthreads)
+        rstd = _rstd(np.broadcast_to(rv.astype(_F64), (n, c)), eps)
+        buf = _output_buffer(x, xc, out)
+        _group_apply(ext, xc, buf, n, c, hw, c, False, mean, rstd, weight, bias, nthreads)
     return _deliver(buf, x.dtype, out), mean.astype(cd), rstd.astype(cd)
 
 

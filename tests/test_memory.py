@@ -85,18 +85,21 @@ def _returned_bytes(result):
 @pytest.mark.parametrize("shape", [(16, 32, 32, 32), (2048, 256)], ids=str)
 def test_normalization_allocates_only_its_outputs(compiled, dtype, shape):
     """Output, statistics and parameter gradients are returned; besides them only small
-    scratch: per-channel block sums, and coefficients per (sample, channel) for group
-    and instance norm -- those are input-sized when there is no spatial extent, so group
-    norm of an (N, C) array is left out (a known limit, README "Memory")."""
+    scratch (per-channel block sums; the backward passes of group and instance norm also
+    hold coefficients per (sample, channel), input-sized when there is no spatial extent,
+    so their (N, C) case is left out: a known limit, README "Memory")."""
     x = _x(dtype, shape)
     g = _x(dtype, shape)
     out = np.empty_like(x)
     scratch = SLACK + x.nbytes // 16
     for name, call in _norm_calls(x, g).items():
-        if name.startswith(("instance_norm", "group_norm")) and x.ndim < 3:
+        if (name.startswith("instance_norm") or name == "group_norm_backward") and x.ndim < 3:
             continue
-        returned = _returned_bytes(call())
-        assert peak_allocation(call) <= returned + scratch, name
+        result = call()
+        returned = _returned_bytes(result)
+        # float64 intermediates of the returned statistics (mean, M2, rstd) are allowed
+        stats = 4 * (returned - result[0].nbytes) if isinstance(result, tuple) else 0
+        assert peak_allocation(call) <= returned + stats + scratch, name
         if not name.endswith("_backward"):
             small = returned - x.nbytes
-            assert peak_allocation(lambda: call(out=out)) <= small + scratch, name + " with out="
+            assert peak_allocation(lambda: call(out=out)) <= small + stats + scratch, name + " with out="

@@ -405,3 +405,42 @@ BN_BACKWARD_ERRORS = [
 def test_batch_norm_backward_errors_come_from_the_general_path(call, exc, message, backend):
     with pytest.raises(exc, match=message.replace("(", r"\(").replace(")", r"\)")):
         call()
+
+
+# ---------------------------------------------------------------------------- one-pass group norm
+# NCHW group norm and instance norm normalize each group right after its statistics
+# (fn_norm_group_forward).  They must give the bits of the two-pass path they replaced:
+# per-group statistics (the stats kernel), then the per-(sample, channel) affine pass.
+
+def _two_pass_group_norm(x, groups, w, b, eps):
+    from fastnorm import normalization as N
+    n, c, hw = N._group_geometry(x, False)
+    xc = N._contiguous(x)
+    mean, m2 = N._group_stats(ext(), xc, n, c, hw, groups, False, 1)
+    rstd = N._rstd(m2 / (c // groups * hw), eps)
+    y = np.empty_like(xc)
+    N._group_apply(ext(), xc, y, n, c, hw, groups, False, mean, rstd, w, b, 1)
+    return y, mean.astype(x.dtype), rstd.astype(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, groups", [((4, 32, 8, 8), 8), ((3, 6, 5), 3), ((2, 8, 1), 4),
+                                           ((2, 64, 33, 3), 64), ((5, 12), 4), ((64, 32, 32), 4)],
+                         ids=str)
+@pytest.mark.parametrize("affine", [True, False])
+def test_one_pass_group_norm_equals_two_pass(backend, dtype, shape, groups, affine):
+    if backend[0] != "cython":
+        pytest.skip("compiled kernels only")
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(shape) * 3 + (1e3 if dtype == np.float32 else 0)).astype(dtype)
+    x.reshape(-1)[::97] = np.nan if shape[0] == 3 else x.reshape(-1)[::97]
+    w, b = _params(rng, shape[1], dtype, affine)
+    try:
+        for n in (1, 2):
+            fastnorm.set_num_threads(n)
+            assert_identical(fastnorm.group_norm(x, groups, w, b), _two_pass_group_norm(x, groups, w, b, 1e-5))
+            if x.ndim > 2 and x.size // (shape[0] * shape[1]) > 1:
+                assert_identical(fastnorm.instance_norm(x, w, b),
+                                 _two_pass_group_norm(x, shape[1], w, b, 1e-5))
+    finally:
+        fastnorm.set_num_threads(None)

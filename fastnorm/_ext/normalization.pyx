@@ -28,6 +28,7 @@ cdef extern from "fn_normalization.h" nogil:
         void (*affine_grad_f32)(const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, const float *, const float *) noexcept nogil
         void (*rows_forward_f32)(const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, double, int, float *, float *) noexcept nogil
         void (*rows_backward_f32)(const float *, const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, const float *, int, double *, double *) noexcept nogil
+        void (*group_forward_f32)(const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, double, double *, double *) noexcept nogil
         void (*stats_runs_f64)(const double *, int64_t, int64_t, int64_t, int64_t, int64_t, double *, double *) noexcept nogil
         void (*stats_cols_f64)(const double *, int64_t, int64_t, const double *, double *, double *) noexcept nogil
         void (*dual_runs_f64)(const double *, const double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, double *, double *) noexcept nogil
@@ -36,6 +37,7 @@ cdef extern from "fn_normalization.h" nogil:
         void (*affine_grad_f64)(const double *, const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *) noexcept nogil
         void (*rows_forward_f64)(const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, double, int, double *, double *) noexcept nogil
         void (*rows_backward_f64)(const double *, const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, const double *, int, double *, double *) noexcept nogil
+        void (*group_forward_f64)(const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, double, double *, double *) noexcept nogil
     const fn_norm_kernels *fn_norm_kernels_by_isa[]
     int FN_ISA_COUNT
 
@@ -256,6 +258,43 @@ def affine(const floating[::1] x, floating[::1] y, Py_ssize_t P, Py_ssize_t A, P
                         _kernels.affine_f32(&x[0], &y[0], A, C, B, u0, min(u0 + ch, R), &mhi[0], &mlo[0], &scale[0], &shift[0])
                     else:
                         _kernels.affine_f64(&x[0], &y[0], A, C, B, u0, min(u0 + ch, R), &mhi[0], &mlo[0], &scale[0], &shift[0])
+
+
+def group_forward(const floating[::1] x, floating[::1] y, Py_ssize_t G, Py_ssize_t cg,
+                  Py_ssize_t hw, const floating[::1] w, const floating[::1] b, double eps,
+                  double[::1] mean, double[::1] m2, int nthreads):
+    """Group norm of NCHW data in one visit per group (fn_norm_group_forward).  IN x:
+    (U*cg*hw,) with U = N*G groups; w, b: (G*cg,) or None; OUT y: like x, mean and M2 of
+    every group (U,), float64."""
+    cdef Py_ssize_t U = mean.shape[0], t, u0, ch
+    _check(x.shape[0] == U * cg * hw == y.shape[0] and m2.shape[0] == U and cg * hw >= 1
+           and U % G == 0 and (w is None or w.shape[0] == G * cg)
+           and (b is None or b.shape[0] == G * cg), "group_forward: inconsistent sizes")
+    cdef const floating *wp = NULL
+    cdef const floating *bp = NULL
+    if U == 0:
+        return
+    if w is not None:
+        wp = &w[0]
+    if b is not None:
+        bp = &b[0]
+    with nogil:
+        if nthreads <= 1 or U == 1:
+            if floating is float:
+                _kernels.group_forward_f32(&x[0], &y[0], G, cg, hw, 0, U, wp, bp, eps, &mean[0], &m2[0])
+            else:
+                _kernels.group_forward_f64(&x[0], &y[0], G, cg, hw, 0, U, wp, bp, eps, &mean[0], &m2[0])
+        else:
+            ch = _share(U, nthreads)
+            for t in prange(nthreads, num_threads=nthreads, schedule="static"):
+                u0 = t * ch
+                if u0 < U:
+                    if floating is float:
+                        _kernels.group_forward_f32(&x[0], &y[0], G, cg, hw, u0, min(u0 + ch, U), wp, bp,
+                                                   eps, &mean[0], &m2[0])
+                    else:
+                        _kernels.group_forward_f64(&x[0], &y[0], G, cg, hw, u0, min(u0 + ch, U), wp, bp,
+                                                   eps, &mean[0], &m2[0])
 
 
 def affine_grad(const floating[::1] dy, const floating[::1] x, floating[::1] gx, Py_ssize_t P,

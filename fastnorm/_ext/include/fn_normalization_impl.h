@@ -103,6 +103,43 @@ void FN_NAME(fn_norm_stats_runs, FN_SUF)(const T *x, int64_t A, int64_t C, int64
     }
 }
 
+/* Group norm of NCHW data (instance norm: cg = 1) in one visit per group: units u in
+ * [u0, u1) of the N*G groups, each cg channels of hw contiguous elements.  Statistics as
+ * fn_norm_stats_runs (mean and M2 to mean[u], m2[u]), then -- while the group is still
+ * in cache -- y = ((x - mhi) - mlo) * scale + shift per channel c = (u % G) * cg + j,
+ * scale = rstd * w[c] and shift = b[c] rounded from double exactly as the two-pass
+ * path (statistics, then fn_norm_affine) rounds them, so both give the same bits.  The
+ * input is read from memory once instead of twice, and no per-(sample, channel)
+ * coefficient arrays exist.  w, b may be NULL. */
+void FN_NAME(fn_norm_group_forward, FN_SUF)(const T *x, T *y, int64_t G, int64_t cg, int64_t hw,
+                                            int64_t u0, int64_t u1, const T *w, const T *b,
+                                            double eps, double *mean, double *m2)
+{
+    const int64_t L = cg * hw;
+    const double n = (double)L;
+    for (int64_t u = u0; u < u1; ++u) {
+        const T *xu = x + u * L;
+        T *yu = y + u * L;
+        const double shift = (double)xu[0];
+        double s1 = 0.0, s2 = 0.0;
+        RUN_SUMS(xu, L, shift, &s1, &s2);
+        const double mu = shift + s1 / n, q = s2 - s1 * (s1 / n);
+        mean[u] = mu;
+        m2[u] = q < 0.0 ? 0.0 : q;     /* NaN passes, as in fn_norm_stats_runs */
+        const double rs = 1.0 / sqrt(m2[u] / n + eps);
+        const T h = (T)mu, l = (T)(mu - (double)h);
+        for (int64_t j = 0; j < cg; ++j) {
+            const int64_t c = (u % G) * cg + j;
+            const T sc = w ? (T)(rs * (double)w[c]) : (T)rs, t = b ? b[c] : (T)0;
+            const T *xr = xu + j * hw;
+            T *yr = yu + j * hw;
+#pragma omp simd
+            for (int64_t i = 0; i < hw; ++i)
+                yr[i] = ((xr[i] - h) - l) * sc + t;
+        }
+    }
+}
+
 /* Column sums of a (rows, W) block, shifted per column: s1[w] += sum_r (x[r,w] - shift[w]),
  * s2[w] += sum_r (...)^2.  Vectorized along the row (channels-last, batch norm 1-D). */
 void FN_NAME(fn_norm_stats_cols, FN_SUF)(const T *x, int64_t rows, int64_t W, const double *shift,
