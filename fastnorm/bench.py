@@ -129,7 +129,8 @@ def dropout_workloads(shapes, torch):
                "fastnorm": lambda x=x: fastnorm.dropout(x, 0.5, seed=7),
                "fastnorm-out": lambda x=x, o=out: fastnorm.dropout(x, 0.5, seed=7, out=o)}
         bwd = {"numpy": lambda g=g, k=keep: g * k / np.float32(0.5),
-               "fastnorm": lambda g=g, m=mask: fastnorm.dropout_backward(g, m)}
+               "fastnorm": lambda g=g, m=mask: fastnorm.dropout_backward(g, m),
+               "fastnorm-out": lambda g=g, m=mask, o=out: fastnorm.dropout_backward(g, m, out=o)}
         if torch is not None:
             tx, tg = torch.from_numpy(x), torch.from_numpy(g)
             tmask = torch.from_numpy(keep)
@@ -169,15 +170,18 @@ def norm_workloads(shapes, torch):
         c = shape[1]
         x, g, w, b = arrays(shape, c, dtype)
         rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+        out = np.empty_like(x)
         _, mean, rstd = fastnorm.batch_norm(x, w, b)
         name = "batch_norm" + ("2d" if len(shape) == 4 else "1d")
         fwd = {"numpy": lambda: ref.batch_norm(x, w, b, rm.copy(), rv.copy()),
-               "fastnorm": lambda x=x, w=w, b=b, rm=rm, rv=rv: fastnorm.batch_norm(x, w, b, rm, rv)}
+               "fastnorm": lambda x=x, w=w, b=b, rm=rm, rv=rv: fastnorm.batch_norm(x, w, b, rm, rv),
+               "fastnorm-out": lambda: fastnorm.batch_norm(x, w, b, rm, rv, out=out)}
         bwd = {"numpy": lambda: ref.batch_norm_backward(g, x, w, mean, rstd, bias=b),
                "fastnorm": lambda x=x, g=g, w=w, b=b, m=mean, r=rstd:
                    fastnorm.batch_norm_backward(g, x, w, m, r, bias=b)}
         ev = {"numpy": lambda: ref.batch_norm(x, w, b, rm, rv, training=False),
-              "fastnorm": lambda x=x, w=w, b=b, rm=rm, rv=rv: fastnorm.batch_norm(x, w, b, rm, rv, training=False)}
+              "fastnorm": lambda x=x, w=w, b=b, rm=rm, rv=rv: fastnorm.batch_norm(x, w, b, rm, rv, training=False),
+              "fastnorm-out": lambda: fastnorm.batch_norm(x, w, b, rm, rv, training=False, out=out)}
         if torch is not None:
             tx, tg, tw, tb, trm, trv = map(T, (x, g, w, b, rm.copy(), rv.copy()))
             saved = aten.native_batch_norm(tx, tw, tb, trm, trv, True, 0.1, 1e-5)
@@ -195,9 +199,11 @@ def norm_workloads(shapes, torch):
         shape = shapes[key]
         d = shape[-1]
         x, g, w, b = arrays(shape, d, dtype)
+        out = np.empty_like(x)
         _, mean, rstd = fastnorm.layer_norm(x, d, w, b)
         fwd = {"numpy": lambda: ref.layer_norm(x, d, w, b),
-               "fastnorm": lambda x=x, d=d, w=w, b=b: fastnorm.layer_norm(x, d, w, b)}
+               "fastnorm": lambda x=x, d=d, w=w, b=b: fastnorm.layer_norm(x, d, w, b),
+               "fastnorm-out": lambda: fastnorm.layer_norm(x, d, w, b, out=out)}
         bwd = {"numpy": lambda: ref.layer_norm_backward(g, x, d, w, mean, rstd, bias=b),
                "fastnorm": lambda x=x, g=g, d=d, w=w, b=b, m=mean, r=rstd:
                    fastnorm.layer_norm_backward(g, x, d, w, m, r, bias=b)}
@@ -219,8 +225,10 @@ def norm_workloads(shapes, torch):
     hw = int(np.prod(shape[2:]))
     x, g, w, b = arrays(shape, c, np.float32)
     _, mean, rstd = fastnorm.group_norm(x, 32, w, b)
+    out = np.empty_like(x)
     fwd = {"numpy": lambda: ref.group_norm(x, 32, w, b),
-           "fastnorm": lambda: fastnorm.group_norm(x, 32, w, b)}
+           "fastnorm": lambda: fastnorm.group_norm(x, 32, w, b),
+           "fastnorm-out": lambda: fastnorm.group_norm(x, 32, w, b, out=out)}
     bwd = {"numpy": lambda: ref.group_norm_backward(g, x, 32, w, mean, rstd, bias=b),
            "fastnorm": lambda: fastnorm.group_norm_backward(g, x, 32, w, mean, rstd, bias=b)}
     if torch is not None:
