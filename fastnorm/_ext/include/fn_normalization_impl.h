@@ -145,7 +145,34 @@ void FN_NAME(fn_norm_group_forward, FN_SUF)(const T *x, T *y, int64_t G, int64_t
 void FN_NAME(fn_norm_stats_cols, FN_SUF)(const T *x, int64_t rows, int64_t W, const double *shift,
                                          double *s1, double *s2)
 {
-    for (int64_t r = 0; r < rows; ++r) {
+    int64_t r = 0;
+    /* Four rows per visit of the column sums: a quarter of their loads and stores, which
+     * bound this loop ((4096, 1024) float32 statistics 0.8 -> 0.5 ms, one thread).  The
+     * rows are still added one after the other, each a + b or a * b + c: the operations,
+     * order and FMA contraction of the one-row loop, so the same bits, and the same in the
+     * vector body and in any scalar remainder gcc emits (where a column lands depends on
+     * the arrays' alignment, and results must not). */
+    for (; r + 4 <= rows; r += 4) {
+        const T *x0 = x + r * W, *x1 = x0 + W, *x2 = x1 + W, *x3 = x2 + W;
+#pragma omp simd
+        for (int64_t w = 0; w < W; ++w) {
+            const double c = shift[w];
+            const double d0 = (double)x0[w] - c, d1 = (double)x1[w] - c;
+            const double d2 = (double)x2[w] - c, d3 = (double)x3[w] - c;
+            double a = s1[w], b = s2[w];
+            a += d0;
+            b += d0 * d0;
+            a += d1;
+            b += d1 * d1;
+            a += d2;
+            b += d2 * d2;
+            a += d3;
+            b += d3 * d3;
+            s1[w] = a;
+            s2[w] = b;
+        }
+    }
+    for (; r < rows; ++r) {
         const T *row = x + r * W;
 #pragma omp simd
         for (int64_t w = 0; w < W; ++w) {
@@ -175,7 +202,28 @@ void FN_NAME(fn_norm_dual_runs, FN_SUF)(const T *dy, const T *x, int64_t A, int6
 void FN_NAME(fn_norm_dual_cols, FN_SUF)(const T *dy, const T *x, int64_t rows, int64_t W,
                                         const double *center, double *s1, double *s2)
 {
-    for (int64_t r = 0; r < rows; ++r) {
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) {  /* four rows per visit, as fn_norm_stats_cols */
+        const T *x0 = x + r * W, *x1 = x0 + W, *x2 = x1 + W, *x3 = x2 + W;
+        const T *g0 = dy + r * W, *g1 = g0 + W, *g2 = g1 + W, *g3 = g2 + W;
+#pragma omp simd
+        for (int64_t w = 0; w < W; ++w) {
+            const double c = center[w];
+            const double h0 = (double)g0[w], h1 = (double)g1[w], h2 = (double)g2[w], h3 = (double)g3[w];
+            double a = s1[w], b = s2[w];
+            a += h0;
+            b += h0 * ((double)x0[w] - c);
+            a += h1;
+            b += h1 * ((double)x1[w] - c);
+            a += h2;
+            b += h2 * ((double)x2[w] - c);
+            a += h3;
+            b += h3 * ((double)x3[w] - c);
+            s1[w] = a;
+            s2[w] = b;
+        }
+    }
+    for (; r < rows; ++r) {
         const T *xr = x + r * W, *gr = dy + r * W;
 #pragma omp simd
         for (int64_t w = 0; w < W; ++w) {
