@@ -638,9 +638,19 @@ def _group_backward(ext, g, x, groups, channels_last, weight, bias, mean, rstd, 
     xc, gc = _contiguous(x), _contiguous(g)
     nthreads = _threads(x)
     geometry = _apply_geometry(n, c, hw, channels_last)
-    mean_nc = np.repeat(mean.astype(_F64), cg, axis=1)
     rstd_g = rstd.astype(_F64)
     rstd_nc = np.repeat(rstd_g, cg, axis=1)
+    if training and not channels_last:  # one visit per group (fn_norm_group_backward)
+        gx = np.empty(x.shape, cd)
+        s1, s2 = np.empty(n * c), np.empty(n * c)
+        ext.group_backward(gc.reshape(-1), xc.reshape(-1), gx.reshape(-1), groups, cg, hw,
+                           _vector(weight, cd), mean.astype(_F64).reshape(-1), _vector(mean, cd),
+                           np.ascontiguousarray(rstd_g).reshape(-1), s1, s2, nthreads)
+        s1, s2 = s1.reshape(n, c), s2.reshape(n, c)
+        gw = None if weight is None else (rstd_nc * s2).sum(axis=0).astype(weight.dtype)
+        gb = None if bias is None else s1.sum(axis=0).astype(bias.dtype)
+        return gx.astype(x.dtype, copy=False), gw, gb
+    mean_nc = np.repeat(mean.astype(_F64), cg, axis=1)
     s1, s2 = np.empty(n * c), np.empty(n * c)
     ext.dual_sums(gc.reshape(-1), xc.reshape(-1), *geometry, mean_nc.reshape(-1), s1, s2, nthreads)
     s1, s2 = s1.reshape(n, c), s2.reshape(n, c)

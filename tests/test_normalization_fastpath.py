@@ -444,3 +444,30 @@ def test_one_pass_group_norm_equals_two_pass(backend, dtype, shape, groups, affi
                                  _two_pass_group_norm(x, shape[1], w, b, 1e-5))
     finally:
         fastnorm.set_num_threads(None)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, groups", [((4, 32, 8, 8), 8), ((3, 6, 5), 3), ((5, 12, 1), 4),
+                                           ((2, 16, 33, 3), 16)], ids=str)
+@pytest.mark.parametrize("affine", [True, False])
+def test_one_pass_group_norm_backward_agrees_with_channels_last(backend, dtype, shape, groups, affine):
+    """NCHW group norm backward runs one visit per group (fn_norm_group_backward); the
+    channels-last layout still takes the two-pass path.  Same math, so the same gradients
+    up to the order of the channel sums."""
+    if backend[0] != "cython":
+        pytest.skip("compiled kernels only")
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    w, b = _params(rng, shape[1], dtype, affine)
+    _, mean, rstd = fastnorm.group_norm(x, groups, w, b)
+    last = lambda a: np.ascontiguousarray(np.moveaxis(a, 1, -1))
+    first = lambda a: np.moveaxis(a, -1, 1)
+    nchw = fastnorm.group_norm_backward(g, x, groups, w, mean, rstd, bias=b)
+    nhwc = fastnorm.group_norm_backward(last(g), last(x), groups, w, mean, rstd, bias=b, channels_last=True)
+    tol = dict(rtol=2e-5, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(nchw[0], first(nhwc[0]), **tol)
+    for a, c in zip(nchw[1:], nhwc[1:]):
+        assert (a is None) == (c is None)
+        if a is not None:
+            np.testing.assert_allclose(a, c, **tol)

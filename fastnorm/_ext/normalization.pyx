@@ -29,6 +29,7 @@ cdef extern from "fn_normalization.h" nogil:
         void (*rows_forward_f32)(const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, double, int, float *, float *) noexcept nogil
         void (*rows_backward_f32)(const float *, const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, const float *, int, double *, double *) noexcept nogil
         void (*group_forward_f32)(const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, double, double *, double *) noexcept nogil
+        void (*group_backward_f32)(const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const double *, const float *, const double *, double *, double *) noexcept nogil
         void (*stats_runs_f64)(const double *, int64_t, int64_t, int64_t, int64_t, int64_t, double *, double *) noexcept nogil
         void (*stats_cols_f64)(const double *, int64_t, int64_t, const double *, double *, double *) noexcept nogil
         void (*dual_runs_f64)(const double *, const double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, double *, double *) noexcept nogil
@@ -38,6 +39,7 @@ cdef extern from "fn_normalization.h" nogil:
         void (*rows_forward_f64)(const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, double, int, double *, double *) noexcept nogil
         void (*rows_backward_f64)(const double *, const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, const double *, int, double *, double *) noexcept nogil
         void (*group_forward_f64)(const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, double, double *, double *) noexcept nogil
+        void (*group_backward_f64)(const double *, const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *, double *, double *) noexcept nogil
     const fn_norm_kernels *fn_norm_kernels_by_isa[]
     int FN_ISA_COUNT
 
@@ -295,6 +297,44 @@ def group_forward(const floating[::1] x, floating[::1] y, Py_ssize_t G, Py_ssize
                     else:
                         _kernels.group_forward_f64(&x[0], &y[0], G, cg, hw, u0, min(u0 + ch, U), wp, bp,
                                                    eps, &mean[0], &m2[0])
+
+
+def group_backward(const floating[::1] dy, const floating[::1] x, floating[::1] gx, Py_ssize_t G,
+                   Py_ssize_t cg, Py_ssize_t hw, const floating[::1] w, const double[::1] center,
+                   const floating[::1] mhi, const double[::1] rstd, double[::1] s1, double[::1] s2,
+                   int nthreads):
+    """Group norm backward of NCHW data, training statistics, one visit per group
+    (fn_norm_group_backward).  IN dy, x: (U*cg*hw,), U = N*G groups; w: (G*cg,) or None;
+    center, mhi (the mean as double and in x's type), rstd: (U,).  OUT gx: like x; s1, s2:
+    (U*cg,) per (sample, channel) sums of dy and dy * (x - mean)."""
+    cdef Py_ssize_t U = center.shape[0], t, u0, ch
+    _check(x.shape[0] == U * cg * hw == dy.shape[0] == gx.shape[0] and cg * hw >= 1 and U % G == 0
+           and mhi.shape[0] == U == rstd.shape[0] and s1.shape[0] == U * cg == s2.shape[0]
+           and (w is None or w.shape[0] == G * cg), "group_backward: inconsistent sizes")
+    cdef const floating *wp = NULL
+    if U == 0:
+        return
+    if w is not None:
+        wp = &w[0]
+    with nogil:
+        if nthreads <= 1 or U == 1:
+            if floating is float:
+                _kernels.group_backward_f32(&dy[0], &x[0], &gx[0], G, cg, hw, 0, U, wp, &center[0],
+                                            &mhi[0], &rstd[0], &s1[0], &s2[0])
+            else:
+                _kernels.group_backward_f64(&dy[0], &x[0], &gx[0], G, cg, hw, 0, U, wp, &center[0],
+                                            &mhi[0], &rstd[0], &s1[0], &s2[0])
+        else:
+            ch = _share(U, nthreads)
+            for t in prange(nthreads, num_threads=nthreads, schedule="static"):
+                u0 = t * ch
+                if u0 < U:
+                    if floating is float:
+                        _kernels.group_backward_f32(&dy[0], &x[0], &gx[0], G, cg, hw, u0, min(u0 + ch, U), wp,
+                                                    &center[0], &mhi[0], &rstd[0], &s1[0], &s2[0])
+                    else:
+                        _kernels.group_backward_f64(&dy[0], &x[0], &gx[0], G, cg, hw, u0, min(u0 + ch, U), wp,
+                                                    &center[0], &mhi[0], &rstd[0], &s1[0], &s2[0])
 
 
 def affine_grad(const floating[::1] dy, const floating[::1] x, floating[::1] gx, Py_ssize_t P,

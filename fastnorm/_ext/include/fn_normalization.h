@@ -30,7 +30,10 @@
     void fn_norm_rows_backward_##suf##_##isa(const T *dy, const T *x, T *gx, int64_t K, int64_t r0, \
         int64_t r1, const T *w, const T *mean, const T *rstd, int rms, double *gw, double *gb); \
     void fn_norm_group_forward_##suf##_##isa(const T *x, T *y, int64_t G, int64_t cg, int64_t hw, \
-        int64_t u0, int64_t u1, const T *w, const T *b, double eps, double *mean, double *m2);
+        int64_t u0, int64_t u1, const T *w, const T *b, double eps, double *mean, double *m2); \
+    void fn_norm_group_backward_##suf##_##isa(const T *dy, const T *x, T *gx, int64_t G, int64_t cg, \
+        int64_t hw, int64_t u0, int64_t u1, const T *w, const double *center, const T *mhi, \
+        const double *rstd, double *s1, double *s2);
 
 #define FN_DECLARE_NORM(isa) \
     FN_DECLARE_NORM_T(float, f32, isa) \
@@ -55,7 +58,10 @@ FN_DECLARE_NORM(avx512)
     void (*rows_backward_##suf)(const T *, const T *, T *, int64_t, int64_t, int64_t, const T *, \
                                 const T *, const T *, int, double *, double *); \
     void (*group_forward_##suf)(const T *, T *, int64_t, int64_t, int64_t, int64_t, int64_t, \
-                                const T *, const T *, double, double *, double *);
+                                const T *, const T *, double, double *, double *); \
+    void (*group_backward_##suf)(const T *, const T *, T *, int64_t, int64_t, int64_t, int64_t, \
+                                 int64_t, const T *, const double *, const T *, const double *, \
+                                 double *, double *);
 
 typedef struct fn_norm_kernels {
     FN_NORM_KERNEL_FIELDS(float, f32)
@@ -71,7 +77,7 @@ extern const fn_norm_kernels *const fn_norm_kernels_by_isa[FN_ISA_COUNT];
     fn_norm_dual_runs_##suf##_##impl, fn_norm_dual_cols_##suf##_##impl, \
     fn_norm_affine_##suf##_##impl, fn_norm_affine_grad_##suf##_##impl, \
     fn_norm_rows_forward_##suf##_##impl, fn_norm_rows_backward_##suf##_##impl, \
-    fn_norm_group_forward_##suf##_##impl
+    fn_norm_group_forward_##suf##_##impl, fn_norm_group_backward_##suf##_##impl
 #define FN_DEFINE_NORM_KERNELS(isa, impl) FN_DEFINE_NORM_KERNELS_(isa, impl)
 #define FN_DEFINE_NORM_KERNELS_(isa, impl) \
     const fn_norm_kernels fn_norm_kernels_##isa = { \

@@ -140,6 +140,47 @@ void FN_NAME(fn_norm_group_forward, FN_SUF)(const T *x, T *y, int64_t G, int64_t
     }
 }
 
+/* Group norm backward of NCHW data (instance norm: cg = 1), training statistics, in one
+ * visit per group u in [u0, u1): per channel c = (u % G) * cg + j the sums
+ * s1[u*cg + j] = sum(dy) and s2[u*cg + j] = sum(dy * (x - center[u])) (as fn_norm_dual_runs),
+ * then, while the group is in cache, gx = dy * k1 + (x - mhi[u]) * k2 + k3 with
+ * k1 = rstd * w[c], k2 = -rstd^3 sum_c(w s2) / m, k3 = -rstd sum_c(w s1) / m, m = cg * hw
+ * (the two-pass path's coefficients; the channel sums of a group are added in channel
+ * order).  w may be NULL. */
+void FN_NAME(fn_norm_group_backward, FN_SUF)(const T *dy, const T *x, T *gx, int64_t G, int64_t cg,
+                                             int64_t hw, int64_t u0, int64_t u1, const T *w,
+                                             const double *center, const T *mhi, const double *rstd,
+                                             double *s1, double *s2)
+{
+    const int64_t L = cg * hw;
+    const double m = (double)L;
+    for (int64_t u = u0; u < u1; ++u) {
+        const T *xu = x + u * L, *gu = dy + u * L;
+        T *ou = gx + u * L;
+        const int64_t c0 = (u % G) * cg;
+        const double rs = rstd[u];
+        double g1 = 0.0, g2 = 0.0;
+        for (int64_t j = 0; j < cg; ++j) {
+            double a = 0.0, b = 0.0;
+            RUN_DUAL(gu + j * hw, xu + j * hw, hw, center[u], &a, &b);
+            s1[u * cg + j] = a;
+            s2[u * cg + j] = b;
+            const double wc = w ? (double)w[c0 + j] : 1.0;
+            g1 += wc * a;
+            g2 += wc * b;
+        }
+        const T k2 = (T)(-(rs * rs * rs) * g2 / m), k3 = (T)(-rs * g1 / m), h = mhi[u];
+        for (int64_t j = 0; j < cg; ++j) {
+            const T k1 = (T)(rs * (w ? (double)w[c0 + j] : 1.0));
+            const T *xr = xu + j * hw, *gr = gu + j * hw;
+            T *out = ou + j * hw;
+#pragma omp simd
+            for (int64_t i = 0; i < hw; ++i)
+                out[i] = gr[i] * k1 + (xr[i] - h) * k2 + k3;
+        }
+    }
+}
+
 /* Column sums of a (rows, W) block, shifted per column: s1[w] += sum_r (x[r,w] - shift[w]),
  * s2[w] += sum_r (...)^2.  Vectorized along the row (channels-last, batch norm 1-D). */
 void FN_NAME(fn_norm_stats_cols, FN_SUF)(const T *x, int64_t rows, int64_t W, const double *shift,
