@@ -86,8 +86,8 @@ def _returned_bytes(result):
 def test_normalization_allocates_only_its_outputs(compiled, dtype, shape):
     """Output, statistics and parameter gradients are returned; besides them only small
     scratch (per-channel block sums; the backward passes of group and instance norm also
-    hold coefficients per (sample, channel), input-sized when there is no spatial extent,
-    so their (N, C) case is left out: a known limit, README "Memory")."""
+    keep float64 sums per (sample, channel), larger than the input when there is no
+    spatial extent, so their (N, C) case is left out: a known limit, README "Memory")."""
     x = _x(dtype, shape)
     g = _x(dtype, shape)
     out = np.empty_like(x)
