@@ -83,6 +83,39 @@ static inline void FN_NAME(run_dual, FN_SUF)(const T *dy, const T *x, int64_t n,
 #define RUN_SUMS FN_NAME(run_sums, FN_SUF)
 #define RUN_DUAL FN_NAME(run_dual, FN_SUF)
 
+/* Mean and M2 from shifted sums of n elements.  Clamps rounding below zero but lets a NaN
+ * through: "q > 0 ? q : 0" turned a NaN channel into variance 0 (finite rstd, a silently
+ * wrong running_var). */
+static inline void FN_NAME(finish_moments, FN_SUF)(double shift, double s1, double s2, double n,
+                                                   double *mean, double *m2)
+{
+    *mean = shift + s1 / n;
+    const double q = s2 - s1 * (s1 / n);
+    *m2 = q < 0.0 ? 0.0 : q;
+}
+
+/* One contiguous run with scalar parameters: y = ((x - h) - l) * s + t (forward) and
+ * gx = dy * a1 + (x - h) * a2 + a3 (backward); shared by the two-pass kernels and the
+ * one-pass group kernels, which must give the same bits. */
+static inline void FN_NAME(affine_run, FN_SUF)(const T *x, T *y, int64_t n, T h, T l, T s, T t)
+{
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i)
+        y[i] = ((x[i] - h) - l) * s + t;
+}
+
+static inline void FN_NAME(affine_grad_run, FN_SUF)(const T *dy, const T *x, T *gx, int64_t n,
+                                                    T a1, T h, T a2, T a3)
+{
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i)
+        gx[i] = dy[i] * a1 + (x[i] - h) * a2 + a3;
+}
+
+#define FINISH_MOMENTS FN_NAME(finish_moments, FN_SUF)
+#define AFFINE_RUN FN_NAME(affine_run, FN_SUF)
+#define AFFINE_GRAD_RUN FN_NAME(affine_grad_run, FN_SUF)
+
 /* Mean and M2 = sum((x - mean)^2) of units [u0, u1) (each: A runs of B). */
 void FN_NAME(fn_norm_stats_runs, FN_SUF)(const T *x, int64_t A, int64_t C, int64_t B,
                                          int64_t u0, int64_t u1, double *mean, double *m2)
@@ -95,11 +128,7 @@ void FN_NAME(fn_norm_stats_runs, FN_SUF)(const T *x, int64_t A, int64_t C, int64
         double s1 = 0.0, s2 = 0.0;
         for (int64_t a = 0; a < A; ++a)
             RUN_SUMS(base + a * C * B, B, shift, &s1, &s2);
-        mean[u] = shift + s1 / n;
-        const double q = s2 - s1 * (s1 / n);
-        /* Clamp rounding below zero, but let a NaN through: "q > 0 ? q : 0" turned a
-         * NaN channel into variance 0 (finite rstd, a silently wrong running_var). */
-        m2[u] = q < 0.0 ? 0.0 : q;
+        FINISH_MOMENTS(shift, s1, s2, n, &mean[u], &m2[u]);
     }
 }
 
@@ -123,19 +152,16 @@ void FN_NAME(fn_norm_group_forward, FN_SUF)(const T *x, T *y, int64_t G, int64_t
         const double shift = (double)xu[0];
         double s1 = 0.0, s2 = 0.0;
         RUN_SUMS(xu, L, shift, &s1, &s2);
-        const double mu = shift + s1 / n, q = s2 - s1 * (s1 / n);
+        double mu, q;
+        FINISH_MOMENTS(shift, s1, s2, n, &mu, &q);
         mean[u] = mu;
-        m2[u] = q < 0.0 ? 0.0 : q;     /* NaN passes, as in fn_norm_stats_runs */
-        const double rs = 1.0 / sqrt(m2[u] / n + eps);
+        m2[u] = q;
+        const double rs = 1.0 / sqrt(q / n + eps);
         const T h = (T)mu, l = (T)(mu - (double)h);
         for (int64_t j = 0; j < cg; ++j) {
             const int64_t c = (u % G) * cg + j;
             const T sc = w ? (T)(rs * (double)w[c]) : (T)rs, t = b ? b[c] : (T)0;
-            const T *xr = xu + j * hw;
-            T *yr = yu + j * hw;
-#pragma omp simd
-            for (int64_t i = 0; i < hw; ++i)
-                yr[i] = ((xr[i] - h) - l) * sc + t;
+            AFFINE_RUN(xu + j * hw, yu + j * hw, hw, h, l, sc, t);
         }
     }
 }
@@ -172,11 +198,7 @@ void FN_NAME(fn_norm_group_backward, FN_SUF)(const T *dy, const T *x, T *gx, int
         const T k2 = (T)(-(rs * rs * rs) * g2 / m), k3 = (T)(-rs * g1 / m), h = mhi[u];
         for (int64_t j = 0; j < cg; ++j) {
             const T k1 = (T)(rs * (w ? (double)w[c0 + j] : 1.0));
-            const T *xr = xu + j * hw, *gr = gu + j * hw;
-            T *out = ou + j * hw;
-#pragma omp simd
-            for (int64_t i = 0; i < hw; ++i)
-                out[i] = gr[i] * k1 + (xr[i] - h) * k2 + k3;
+            AFFINE_GRAD_RUN(gu + j * hw, xu + j * hw, ou + j * hw, hw, k1, h, k2, k3);
         }
     }
 }
@@ -299,12 +321,7 @@ void FN_NAME(fn_norm_affine, FN_SUF)(const T *x, T *y, int64_t A, int64_t C, int
     }
     for (int64_t u = u0; u < u1; ++u) {
         const int64_t k = (u / (A * C)) * C + u % C;
-        const T h = mhi[k], l = mlo[k], s = scale[k], t = shift[k];
-        const T *xr = x + u * B;
-        T *yr = y + u * B;
-#pragma omp simd
-        for (int64_t i = 0; i < B; ++i)
-            yr[i] = ((xr[i] - h) - l) * s + t;
+        AFFINE_RUN(x + u * B, y + u * B, B, mhi[k], mlo[k], scale[k], shift[k]);
     }
 }
 
@@ -331,12 +348,7 @@ void FN_NAME(fn_norm_affine_grad, FN_SUF)(const T *dy, const T *x, T *gx, int64_
     }
     for (int64_t u = u0; u < u1; ++u) {
         const int64_t k = (u / (A * C)) * C + u % C;
-        const T a1 = k1[k], h = mhi[k], a2 = k2[k], a3 = k3[k];
-        const T *xr = x + u * B, *gr = dy + u * B;
-        T *out = gx + u * B;
-#pragma omp simd
-        for (int64_t i = 0; i < B; ++i)
-            out[i] = gr[i] * a1 + (xr[i] - h) * a2 + a3;
+        AFFINE_GRAD_RUN(dy + u * B, x + u * B, gx + u * B, B, k1[k], mhi[k], k2[k], k3[k]);
     }
 }
 
@@ -458,4 +470,7 @@ void FN_NAME(fn_norm_rows_backward, FN_SUF)(const T *dy, const T *x, T *gx, int6
 
 #undef RUN_SUMS
 #undef RUN_DUAL
+#undef FINISH_MOMENTS
+#undef AFFINE_RUN
+#undef AFFINE_GRAD_RUN
 #undef T
