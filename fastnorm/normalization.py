@@ -352,9 +352,9 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
     returned as mean and 1/sqrt(running_var + eps).
     """
     ext = _config.extension("normalization")
-    if ext is not None and out is None and num_batches_tracked is None:
+    if ext is not None and num_batches_tracked is None:
         result = ext.batch_norm_fast(x, weight, bias, running_mean, running_var, training, momentum,
-                                     eps, channels_last, _GRAIN)
+                                     eps, channels_last, out, _GRAIN)
         if result is not None:
             return result
     func = "batch_norm"
@@ -496,8 +496,8 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, out=Non
     ``x.shape[:-len(normalized_shape)]``.
     """
     ext = _config.extension("normalization")
-    if ext is not None and out is None:
-        result = ext.rows_forward_fast(x, normalized_shape, weight, bias, eps, False, _GRAIN)
+    if ext is not None:
+        result = ext.rows_forward_fast(x, normalized_shape, weight, bias, eps, False, out, _GRAIN)
         if result is not None:
             return result
     func = "layer_norm"
@@ -541,8 +541,8 @@ def rms_norm(x, normalized_shape, weight=None, *, eps=None, out=None):
     ``normalized_shape`` axes; eps=None means the machine epsilon of the compute dtype
     (float32's for float16/float32 input), as torch.  Returns ``(y, rstd)``."""
     ext = _config.extension("normalization")
-    if ext is not None and out is None:
-        result = ext.rows_forward_fast(x, normalized_shape, weight, None, eps, True, _GRAIN)
+    if ext is not None:
+        result = ext.rows_forward_fast(x, normalized_shape, weight, None, eps, True, out, _GRAIN)
         if result is not None:
             return result[0], result[2]
     func = "rms_norm"

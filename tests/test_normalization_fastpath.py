@@ -56,7 +56,7 @@ def test_layer_norm_fast_equals_general(dtype, shape, affine, backend, num_threa
     x = (3 + rng.standard_normal(shape)).astype(dtype)
     w, b = _params(rng, k, dtype, affine)
     for ns in (k, (k,)):
-        assert ext().rows_forward_fast(x, ns, w, b, 1e-5, False, GRAIN) is not None
+        assert ext().rows_forward_fast(x, ns, w, b, 1e-5, False, None, GRAIN) is not None
         fast = fastnorm.layer_norm(x, ns, w, b, eps=1e-5)
         general = fastnorm.layer_norm(strided(x), ns, strided(w), strided(b), eps=1e-5)
         assert_identical(fast, general)
@@ -87,7 +87,7 @@ def test_rms_norm_fast_equals_general(dtype, shape, eps, backend, num_threads, r
     x = rng.standard_normal(shape).astype(dtype)
     w = rng.standard_normal(k).astype(dtype)
     for weight in (None, w):
-        assert ext().rows_forward_fast(x, k, weight, None, eps, True, GRAIN) is not None
+        assert ext().rows_forward_fast(x, k, weight, None, eps, True, None, GRAIN) is not None
         fast = fastnorm.rms_norm(x, k, weight, eps=eps)
         general = fastnorm.rms_norm(strided(x), k, strided(weight), eps=eps)
         assert_identical(fast, general)
@@ -149,10 +149,10 @@ def _unusual_forward_calls(x, w, b):
 def test_fast_path_declines_unusual_calls(rng):
     x = rng.standard_normal((3, 5)).astype(np.float32)
     w, b = rng.standard_normal(5).astype(np.float32), rng.standard_normal(5).astype(np.float32)
-    assert ext().rows_forward_fast(x, 5, w, b, 1e-5, False, GRAIN) is not None
-    assert ext().rows_forward_fast(x, (5,), w, b, 1e-5, False, GRAIN) is not None
+    assert ext().rows_forward_fast(x, 5, w, b, 1e-5, False, None, GRAIN) is not None
+    assert ext().rows_forward_fast(x, (5,), w, b, 1e-5, False, None, GRAIN) is not None
     for label, (xx, ns, ww, bb, eps) in _unusual_forward_calls(x, w, b):
-        assert ext().rows_forward_fast(xx, ns, ww, bb, eps, False, GRAIN) is None, label
+        assert ext().rows_forward_fast(xx, ns, ww, bb, eps, False, None, GRAIN) is None, label
     _, mean, rstd = fastnorm.layer_norm(x, 5, w, b)
     assert ext().rows_backward_fast(x, x, 5, w, mean, rstd, b, False, GRAIN) is not None
     declined = [
@@ -263,7 +263,7 @@ def test_batch_norm_fast_equals_general(dtype, shape, channels_last, mode, affin
         if path == "fast":
             assert ext().batch_norm_fast(x, w, b, rm0.copy() if running else None,
                                          rv0.copy() if running else None, training, 0.25, 1e-5,
-                                         channels_last, GRAIN) is not None
+                                         channels_last, None, GRAIN) is not None
         got = fastnorm.batch_norm(xx, w, b, rm, rv, training=training, momentum=0.25, eps=1e-5,
                                   channels_last=channels_last)
         results.append((got, rm, rv))
@@ -280,8 +280,9 @@ def test_batch_norm_fast_path_declines_unusual_calls(rng):
     w, b = np.ones(3, np.float32), np.zeros(3, np.float32)
     rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
 
-    def fast(xx=x, ww=w, bb=b, rmm=rm, rvv=rv, training=True, momentum=0.1, eps=1e-5, last=False):
-        return ext().batch_norm_fast(xx, ww, bb, rmm, rvv, training, momentum, eps, last, GRAIN)
+    def fast(xx=x, ww=w, bb=b, rmm=rm, rvv=rv, training=True, momentum=0.1, eps=1e-5, last=False,
+             out=None):
+        return ext().batch_norm_fast(xx, ww, bb, rmm, rvv, training, momentum, eps, last, out, GRAIN)
 
     assert fast() is not None
     assert fast(rmm=None, rvv=None) is not None
@@ -472,3 +473,81 @@ def test_one_pass_group_norm_backward_agrees_with_channels_last(backend, dtype, 
         assert (a is None) == (c is None)
         if a is not None:
             np.testing.assert_allclose(a, c, **tol)
+
+
+
+def _out_cases(x, weight):
+    """(label, x's copy, out, weight, usable by the fast path) for a forward of x that
+    reads weight while it writes y."""
+    k = weight.size
+    flat = np.empty(x.size + 1, x.dtype)
+    shifted_x = flat[:-1].reshape(x.shape)
+    shifted_x[...] = x
+    in_place = x.copy()
+    read_only = np.empty_like(x)
+    read_only.flags.writeable = False
+    holder = np.empty(x.size + k - 1, x.dtype)  # the weight's last element is out's first
+    shared_weight = holder[:k]
+    shared_weight[...] = weight
+    other = np.float64 if x.dtype == np.float32 else np.float32
+    return [
+        ("fresh", x.copy(), np.empty_like(x), weight, True),
+        ("in place", in_place, in_place, weight, True),
+        ("other dtype", x.copy(), np.empty(x.shape, other), weight, False),
+        ("other shape", x.copy(), np.empty((x.size,), x.dtype), weight, False),
+        ("read-only", x.copy(), read_only, weight, False),
+        ("strided", x.copy(), _strided_any(np.empty_like(x)), weight, False),
+        ("partial overlap with x", shifted_x, flat[1:].reshape(x.shape), weight, False),
+        ("overlaps the weight", x.copy(), holder[k - 1:].reshape(x.shape), shared_weight, False),
+    ]
+
+
+def _check_fast_out(label, usable, fast, out, expected):
+    """The fast path wrote out itself (bit for bit the result without out=) or declined."""
+    assert (fast is not None) == usable, label
+    if usable:
+        assert fast[0] is out, label
+        assert_identical(fast, expected)
+
+
+def _check_public_out(label, public, out, expected):
+    """The public call returns the result without out= bit for bit, in out, or raises
+    as the general path does."""
+    try:
+        got = public()
+    except (TypeError, ValueError) as e:
+        assert label in ("other dtype", "other shape", "read-only"), (label, e)
+        return
+    assert got[0] is out, label
+    assert_identical(got, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forward_fast_paths_write_out_directly_or_decline(dtype, rng):
+    x0 = (1 + rng.standard_normal((6, 7, 5))).astype(dtype)
+    w, b = rng.standard_normal(5).astype(dtype), rng.standard_normal(5).astype(dtype)
+    expected = fastnorm.layer_norm(x0, 5, w, b)
+    for label, x, out, ww, usable in _out_cases(x0, w):
+        _check_fast_out(label, usable, ext().rows_forward_fast(x, 5, ww, b, 1e-5, False, out, GRAIN),
+                        out, expected)
+        x[...] = x0
+        _check_public_out(label, lambda: fastnorm.layer_norm(x, 5, ww, b, out=out), out, expected)
+
+    c = x0.shape[1]  # batch norm over axis 1; the running statistics are read and written
+    w, b = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    rm0, rv0 = np.zeros(c, dtype), np.ones(c, dtype)
+    expected = fastnorm.batch_norm(x0, w, b, rm0.copy(), rv0.copy(), training=True)
+    cases = _out_cases(x0, w)
+    cases.append(("overlaps running_var", x0.copy(), np.empty_like(x0), w, False))
+    for label, x, out, ww, usable in cases:
+        rm, rv = rm0.copy(), (out.reshape(-1)[:c] if label == "overlaps running_var" else rv0.copy())
+        rv[...] = rv0
+        _check_fast_out(label, usable, ext().batch_norm_fast(x, ww, b, rm, rv, True, 0.1, 1e-5, False, out,
+                                                             GRAIN), out, expected)
+        x[...], rm[...], rv[...] = x0, rm0, rv0
+        if label == "overlaps running_var":
+            with pytest.raises(ValueError, match="batch_norm: out must not share memory with running_var"):
+                fastnorm.batch_norm(x, ww, b, rm, rv, training=True, out=out)
+            continue
+        _check_public_out(label, lambda: fastnorm.batch_norm(x, ww, b, rm, rv, training=True, out=out),
+                          out, expected)

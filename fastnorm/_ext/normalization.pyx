@@ -556,15 +556,40 @@ cdef int _threads(Py_ssize_t n, Py_ssize_t grain) except -1:
     return get_num_threads()
 
 
+cdef inline bint _reads_apart(cnp.ndarray out, object a):
+    """a (None or an array the kernel reads while it writes out) shares no byte with out."""
+    return a is None or not _overlap(out, <cnp.ndarray>a)
+
+
+cdef object _fast_output(cnp.ndarray x, object out, object p, object q, object r, object s):
+    """Where a fast path writes y: a new array when out is None; out itself when the
+    kernels can write it directly (plain, x's dtype and shape, writeable, x itself or
+    disjoint from it, disjoint from the vectors p, q, r, s it reads meanwhile); else
+    None, and the general path validates and copies."""
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    if out is None:
+        return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), typenum, 0)
+    if not _plain_shape(out, typenum, cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x)):
+        return None
+    cdef cnp.ndarray o = <cnp.ndarray>out
+    if not cnp.PyArray_ISWRITEABLE(o):
+        return None
+    if cnp.PyArray_DATA(o) != cnp.PyArray_DATA(x) and _overlap(o, x):
+        return None
+    if not (_reads_apart(o, p) and _reads_apart(o, q) and _reads_apart(o, r) and _reads_apart(o, s)):
+        return None
+    return o
+
+
 cdef inline void *_data_or_null(object a):
     return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
 def rows_forward_fast(object x, object normalized_shape, object weight, object bias, object eps,
-                      bint rms, Py_ssize_t grain):
+                      bint rms, object out, Py_ssize_t grain):
     """(y, mean, rstd) of layer norm (rms=False; mean is None for RMS) over the last
-    axis for plain arrays (see above); eps None means the machine epsilon of x's dtype.
-    None when the general path is needed."""
+    axis for plain arrays (see above); eps None means the machine epsilon of x's dtype;
+    y is out when given.  None when the general path is needed."""
     cdef int typenum = _fast_typenum(x)
     if typenum < 0:
         return None
@@ -583,8 +608,11 @@ def rows_forward_fast(object x, object normalized_shape, object weight, object b
     else:
         return None
     cdef Py_ssize_t n = cnp.PyArray_SIZE(xa), M = n // K
+    y_obj = _fast_output(xa, out, weight, bias, None, None)
+    if y_obj is None:
+        return None
+    cdef cnp.ndarray y = <cnp.ndarray>y_obj
     cdef int nthreads = _threads(n, grain)
-    cdef cnp.ndarray y = cnp.PyArray_EMPTY(nd, dims, typenum, 0)
     # RMS norm has no mean: the kernel does not write it, so none is allocated.
     mean = None if rms else cnp.PyArray_EMPTY(nd - 1, dims, typenum, 0)
     cdef cnp.ndarray rstd = cnp.PyArray_EMPTY(nd - 1, dims, typenum, 0)
@@ -666,7 +694,7 @@ cdef inline cnp.ndarray _empty_vector(cnp.npy_intp n, int typenum):
 
 def batch_norm_fast(object x, object weight, object bias, object running_mean, object running_var,
                     object training, object momentum, object eps, object channels_last,
-                    Py_ssize_t grain):
+                    object out, Py_ssize_t grain):
     """(y, mean, rstd) of batch norm for plain arrays (see above) with momentum a float
     (not the cumulative average); the same kernels and the same float64 per-channel
     arithmetic, operation for operation, as fastnorm.normalization.batch_norm, so the
@@ -709,6 +737,10 @@ def batch_norm_fast(object x, object weight, object bias, object running_mean, o
         A, B = n, 1
     else:
         A, B = dims[0], size // (dims[0] * C)
+    y_obj = _fast_output(xa, out, weight, bias, running_mean, running_var)
+    if y_obj is None:
+        return None
+    cdef cnp.ndarray y = <cnp.ndarray>y_obj
     cdef int nthreads = _threads(size, grain)
     cdef cnp.ndarray mean_d = _empty_vector(C, cnp.NPY_FLOAT64)
     cdef cnp.ndarray m2 = _empty_vector(C, cnp.NPY_FLOAT64)
@@ -732,7 +764,6 @@ def batch_norm_fast(object x, object weight, object bias, object running_mean, o
                              <const double *>_data_or_null(weight), <double *>cnp.PyArray_DATA(mean_c),
                              <double *>cnp.PyArray_DATA(rstd), <double *>cnp.PyArray_DATA(mhi),
                              <double *>cnp.PyArray_DATA(mlo), <double *>cnp.PyArray_DATA(scale))
-    cdef cnp.ndarray y = cnp.PyArray_EMPTY(nd, dims, typenum, 0)
     affine(xa.reshape(-1), y.reshape(-1), 1, A, C, B, mhi, mlo, scale, shift, nthreads)
     return y, mean_c, rstd
 
