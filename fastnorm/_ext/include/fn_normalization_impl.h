@@ -93,6 +93,15 @@ static inline void FN_NAME(affine_grad_run, FN_SUF)(const T *dy, const T *x, T *
         gx[i] = dy[i] * a1 + (x[i] - h) * a2 + a3;
 }
 
+/* The channels-last loops below read five or six streams (x, dy, the per-channel
+ * vectors) that NumPy places 16 bytes past a page or anywhere: 64-byte vectors there
+ * straddle cache lines on every load, and the AVX-512 variant ran (4096, 1024) float32
+ * batch norm's affine pass in 0.93 ms and its gradient pass in 1.05 ms, against 0.63 and
+ * 0.71 ms with 32-byte vectors (1 thread; aligning the output with a scalar lead-in and
+ * copying the vectors to the same alignment reached only 0.73 ms).  So they ask for
+ * 32 bytes per vector on every ISA. */
+#define CHANNEL_VECTOR_LANES (32 / (int)sizeof(T))
+
 #define FINISH_MOMENTS FN_NAME(finish_moments, FN_SUF)
 #define AFFINE_RUN FN_NAME(affine_run, FN_SUF)
 #define AFFINE_GRAD_RUN FN_NAME(affine_grad_run, FN_SUF)
@@ -305,7 +314,7 @@ void FN_NAME(fn_norm_affine, FN_SUF)(const T *x, T *y, int64_t A, int64_t C, int
             const T *xr = x + r * C;
             T *yr = y + r * C;
             const T *h = mhi + q, *l = mlo + q, *s = scale + q, *t = shift + q;
-#pragma omp simd
+#pragma omp simd simdlen(CHANNEL_VECTOR_LANES)
             for (int64_t c = c0; c < c1; ++c)
                 yr[c] = ((xr[c] - h[c]) - l[c]) * s[c] + t[c];
             u = r * C + c1;
@@ -332,7 +341,7 @@ void FN_NAME(fn_norm_affine_grad, FN_SUF)(const T *dy, const T *x, T *gx, int64_
             const T *xr = x + r * C, *gr = dy + r * C;
             T *out = gx + r * C;
             const T *a1 = k1 + q, *h = mhi + q, *a2 = k2 + q, *a3 = k3 + q;
-#pragma omp simd
+#pragma omp simd simdlen(CHANNEL_VECTOR_LANES)
             for (int64_t c = c0; c < c1; ++c)
                 out[c] = gr[c] * a1[c] + (xr[c] - h[c]) * a2[c] + a3[c];
             u = r * C + c1;
@@ -464,6 +473,7 @@ void FN_NAME(fn_norm_rows_backward, FN_SUF)(const T *dy, const T *x, T *gx, int6
 #undef RUN_SUMS
 #undef RUN_DUAL
 #undef FINISH_MOMENTS
+#undef CHANNEL_VECTOR_LANES
 #undef AFFINE_RUN
 #undef AFFINE_GRAD_RUN
 #undef T
