@@ -203,18 +203,25 @@ static inline float fn_log1p_unitf(float u)
     return t + t * (z * P);
 }
 
-/* tanh: odd polynomial below 0.55, 1 - 2/(e^{2a}+1) above (no cancellation
- * there: the subtracted term is below 1/2).  T(z) = (tanh(x)/x - 1)/z fitted
- * on z = x^2 in [0, 0.55^2], weight relative error of tanh; fit error 2^-29.8.
- * Sign restored by OR-ing the sign bit, which also gives tanh(-0) = -0. */
+/* tanh(a) = q/(q+2), q = expm1(2a), a = |x| (expm1 keeps q's relative accuracy near 0, so
+ * no separate small-argument polynomial is needed).  Below a = 0.55 (tanh < 1/2) it is
+ * written h - h d, h = q/2, d = q/(q+2): the division's and q + 2's rounding then enter
+ * damped by d, and the result is within 1.86 ulp of tanh over every float (FMA builds;
+ * 2.05 ulp without FMA, checked on every 7th float), against 2.57 for q/(q+2) alone; the
+ * former odd polynomial + 1 - 2/(e^{2a}+1) was 1.49 ulp at 1.35x the time.  tanh(a) rounds to 1 from a = 9.01, so a is clamped to 10, which keeps 2^k in
+ * range and needs no overflow handling; NaN passes the clamp.  Sign restored by OR-ing
+ * the sign bit, which also gives tanh(-0) = -0. */
 static inline float fn_tanhf(float x)
 {
     const float a = fn__absf(x);
-    const float z = a * a;
-    const float ys = a + a * (z * (-0x1.55554cp-2f + z * (0x1.110d6ap-3f + z * (-0x1.b93204p-5f
-                        + z * (0x1.598324p-6f + z * -0x1.9c9aep-8f)))));
-    const float yl = 1.0f - 2.0f / (fn_expf(2.0f * a) + 1.0f);
-    const float y = a < 0.55f ? ys : yl;
+    const float ac = a > 10.0f ? 10.0f : a;
+    int32_t k;
+    const float r = fn__reducef(2.0f * ac, &k);
+    const float e = r + r * r * fn__expm1_polyf(r);
+    const float q = (e + (1.0f - fn__pow2f(-k))) * fn__pow2f(k);
+    const float d = q / (q + 2.0f);
+    const float h = 0.5f * q;
+    const float y = a < 0.55f ? h - h * d : d;
     return fn__from_bits_f(fn__bits_f(y) | (fn__bits_f(x) & 0x80000000u));
 }
 
@@ -358,7 +365,11 @@ static inline double fn_log1p(double x)
     return y;
 }
 
-/* As fn_tanhf; T degree 9, fit error 2^-55.0. */
+/* tanh: odd polynomial below 0.55, 1 - 2/(e^{2a}+1) above (no cancellation there: the
+ * subtracted term is below 1/2).  T(z) = (tanh(x)/x - 1)/z fitted on z = x^2 in
+ * [0, 0.55^2], weight relative error of tanh, degree 9, fit error 2^-55.0 (the float
+ * version's former form; it now uses expm1).  Sign restored by OR-ing the sign bit:
+ * tanh(-0) = -0. */
 static inline double fn_tanh(double x)
 {
     const double a = fn__abs(x);
