@@ -49,6 +49,7 @@ typedef long double (*ll_t)(long double);
 #define WRAPF(name) static __attribute__((noinline)) float w_##name(float x) { return name(x); }
 #define WRAPD(name) static __attribute__((noinline)) double w_##name(double x) { return name(x); }
 WRAPF(fn_expf) WRAPF(fn_expm1f) WRAPF(fn_log1pf) WRAPF(fn_tanhf) WRAPF(fn_erfcf)
+WRAPF(fn_expm1_negf)
 WRAPD(fn_exp) WRAPD(fn_expm1) WRAPD(fn_log1p) WRAPD(fn_tanh) WRAPD(fn_erfc)
 
 static int same_nan_or_value_f(float a, float b)
@@ -130,6 +131,28 @@ static void check_float(const char *name, ff_t f, dd_t ref, uint64_t step)
     printf("%-10s max %6.3f ulp at x = %-16a (%.9g): got %a, ref %a; >1ulp: %llu, >2ulp: %llu of %llu\n",
            name, maxerr, worst, worst, y, ref(worst), (unsigned long long)n1, (unsigned long long)n2,
            (unsigned long long)n);
+    fflush(stdout);
+}
+
+/* fn_expm1_negf must equal fn_expm1f bit for bit on its domain: +0 and every float with
+ * the sign bit set (-0, negatives, -inf, negative-signed NaNs; NaN only as NaN). */
+static void check_expm1_neg(void)
+{
+    uint64_t differ = 0;
+    float first = 0;
+    for (uint64_t u = 0x80000000ull; u <= 0x100000000ull; ++u) {
+        const uint32_t bits = u == 0x100000000ull ? 0u : (uint32_t)u;
+        float x;
+        memcpy(&x, &bits, sizeof x);
+        const float a = w_fn_expm1_negf(x), b = w_fn_expm1f(x);
+        if (!(isnan(a) && isnan(b)) && memcmp(&a, &b, sizeof a)) {
+            if (!differ++) first = x;
+        }
+    }
+    printf("%-10s equals expm1f bit for bit on x <= 0: %s", "expm1_negf", differ ? "NO" : "yes");
+    if (differ)
+        printf(" (%llu differ, first at %a)", (unsigned long long)differ, first);
+    printf("\n");
     fflush(stdout);
 }
 
@@ -321,6 +344,7 @@ int main(int argc, char **argv)
     check_float("log1pf", w_fn_log1pf, log1p, step);
     check_float("tanhf", w_fn_tanhf, tanh, step);
     check_float("erfcf", w_fn_erfcf, erfc, step);
+    check_expm1_neg();
 
     printf("double, %.3g random inputs per function + thresholds/branch points:\n", (double)nsamp);
     const double ln2 = 0x1.62e42fefa39efp-1;

@@ -63,8 +63,8 @@ static void FN_NAME(act_forward_span, FN_SUF)(int op, const T *x, T *y, int64_t 
     case FN_ACT_RELU:        MAP(v < 0 ? (T)0 : v); break;
     case FN_ACT_RELU6:       MAP(v < 0 ? (T)0 : (v > 6 ? (T)6 : v)); break;
     case FN_ACT_LEAKY_RELU:  MAP(v > 0 ? v : v * pa); break;
-    case FN_ACT_ELU:         MAP(v > 0 ? v : pa * FN_EXPM1(v)); break;
-    case FN_ACT_SELU:        MAP(SELU_SCALE * (v > 0 ? v : SELU_ALPHA * FN_EXPM1(v))); break;
+    case FN_ACT_ELU:         MAP(v > 0 ? v : pa * FN_EXPM1_NEG(v)); break;
+    case FN_ACT_SELU:        MAP(SELU_SCALE * (v > 0 ? v : SELU_ALPHA * FN_EXPM1_NEG(v))); break;
     case FN_ACT_CELU: {
         const T inv_alpha = (T)1 / pa;
         MAP(v > 0 ? v : pa * FN_EXPM1(v * inv_alpha));

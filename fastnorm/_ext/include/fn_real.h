@@ -5,6 +5,7 @@
 #undef FN_SUF
 #undef FN_EXP
 #undef FN_EXPM1
+#undef FN_EXPM1_NEG
 #undef FN_LOG1P
 #undef FN_LOG1P_UNIT
 #undef FN_TANH
@@ -16,6 +17,7 @@
 #define FN_SUF f32
 #define FN_EXP fn_expf
 #define FN_EXPM1 fn_expm1f
+#define FN_EXPM1_NEG fn_expm1_negf      /* expm1 on x <= 0 */
 #define FN_LOG1P fn_log1pf
 #define FN_LOG1P_UNIT fn_log1p_unitf     /* log1p on [0, 1] */
 #define FN_TANH fn_tanhf
@@ -27,6 +29,7 @@
 #define FN_SUF f64
 #define FN_EXP fn_exp
 #define FN_EXPM1 fn_expm1
+#define FN_EXPM1_NEG fn_expm1
 #define FN_LOG1P fn_log1p
 #define FN_LOG1P_UNIT fn_log1p
 #define FN_TANH fn_tanh
