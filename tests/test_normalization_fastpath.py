@@ -91,6 +91,10 @@ def test_rms_norm_fast_equals_general(dtype, shape, eps, backend, num_threads, r
         fast = fastnorm.rms_norm(x, k, weight, eps=eps)
         general = fastnorm.rms_norm(strided(x), k, strided(weight), eps=eps)
         assert_identical(fast, general)
+        out = np.empty_like(x)
+        assert ext().rows_forward_fast(x, k, weight, None, eps, True, out, GRAIN)[0] is out
+        y_out = fastnorm.rms_norm(x, k, weight, eps=eps, out=out)[0]
+        assert y_out is out and out.tobytes() == fast[0].tobytes()
         g = rng.standard_normal(shape).astype(dtype)
         assert ext().rows_backward_fast(g, x, k, weight, None, fast[1], None, True, GRAIN) is not None
         fast_b = fastnorm.rms_norm_backward(g, x, k, weight, fast[1])
