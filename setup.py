@@ -86,7 +86,8 @@ def extensions():
             sources=sources,
             include_dirs=[os.path.join(EXT_DIR, "include"), numpy.get_include()],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-            depends=sorted(glob.glob(os.path.join(EXT_DIR, "include", "*.h"))),
+            depends=sorted(glob.glob(os.path.join(EXT_DIR, "include", "*.h"))
+                           + glob.glob(os.path.join(EXT_DIR, "*.pxd"))),
             extra_compile_args=cargs,
             extra_link_args=largs,
         ))

@@ -3,10 +3,11 @@
 Arguments arrive validated and contiguous from fastnorm.activations; this module
 only picks the ISA variant, splits the work over OpenMP threads and releases the GIL.
 """
-from libc.stdint cimport int64_t, intptr_t
+from libc.stdint cimport int64_t
 from cython.parallel cimport prange
 from cython cimport floating
 cimport numpy as cnp
+from fastnorm._ext._shared cimport isa_level, threads_for, plain, same_or_apart
 
 cnp.import_array()
 
@@ -51,9 +52,7 @@ OPS = {
 def set_isa(int level):
     """Route every call to kernel variant `level` (an index of _runtime.ISA_NAMES)."""
     global _kernels
-    if not 0 <= level < FN_ISA_COUNT:
-        raise ValueError(f"set_isa: level must be in [0, {FN_ISA_COUNT}), got {level}")
-    _kernels = fn_act_kernels_by_isa[level]
+    _kernels = fn_act_kernels_by_isa[isa_level(level, FN_ISA_COUNT)]
 
 
 cdef inline Py_ssize_t _chunk(Py_ssize_t n, int nthreads) noexcept nogil:
@@ -131,14 +130,6 @@ def backward(int op, const floating[::1] g, const floating[::1] s, floating[::1]
 # else returns None and takes the general path in fastnorm.activations, which also
 # produces every error message.
 
-cdef inline bint _plain(object a, int typenum):
-    if type(a) is not cnp.ndarray:
-        return False
-    cdef cnp.ndarray arr = <cnp.ndarray>a
-    return (cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_IS_C_CONTIGUOUS(arr)
-            and cnp.PyArray_ISALIGNED(arr) and cnp.PyArray_ISNOTSWAPPED(arr))
-
-
 cdef inline bint _same_shape(cnp.ndarray a, cnp.ndarray b):
     cdef int d
     if cnp.PyArray_NDIM(a) != cnp.PyArray_NDIM(b):
@@ -149,30 +140,17 @@ cdef inline bint _same_shape(cnp.ndarray a, cnp.ndarray b):
     return True
 
 
-cdef inline bint _disjoint_or_same(cnp.ndarray a, cnp.ndarray b):
-    cdef intptr_t pa = <intptr_t>cnp.PyArray_DATA(a), pb = <intptr_t>cnp.PyArray_DATA(b)
-    cdef intptr_t na = cnp.PyArray_NBYTES(a), nb = cnp.PyArray_NBYTES(b)
-    return pa == pb or pa + na <= pb or pb + nb <= pa
-
-
 cdef object _output(cnp.ndarray x, object out):
     """out if it is a usable destination for x, a new array when out is None, else None."""
     cdef cnp.ndarray o
     if out is None:
         return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0)
-    if not _plain(out, cnp.PyArray_TYPE(x)):
+    if not plain(out, cnp.PyArray_TYPE(x)):
         return None
     o = <cnp.ndarray>out
-    if not (cnp.PyArray_ISWRITEABLE(o) and _same_shape(x, o) and _disjoint_or_same(x, o)):
+    if not (cnp.PyArray_ISWRITEABLE(o) and _same_shape(x, o) and same_or_apart(x, o)):
         return None
     return o
-
-
-cdef int _threads(Py_ssize_t n, Py_ssize_t grain) except -1:
-    if n < grain:
-        return 1
-    from fastnorm._config import get_num_threads
-    return get_num_threads()
 
 
 def forward_fast(int op, object x, object out, double a, double b, Py_ssize_t grain):
@@ -181,7 +159,7 @@ def forward_fast(int op, object x, object out, double a, double b, Py_ssize_t gr
     if type(x) is not cnp.ndarray or not 0 <= op <= FN_ACT_SOFTSIGN:
         return None
     typenum = cnp.PyArray_TYPE(<cnp.ndarray>x)
-    if not (typenum == cnp.NPY_FLOAT32 or typenum == cnp.NPY_FLOAT64) or not _plain(x, typenum):
+    if not (typenum == cnp.NPY_FLOAT32 or typenum == cnp.NPY_FLOAT64) or not plain(x, typenum):
         return None
     cdef cnp.ndarray xa = <cnp.ndarray>x
     y = _output(xa, out)
@@ -189,7 +167,7 @@ def forward_fast(int op, object x, object out, double a, double b, Py_ssize_t gr
         return None
     cdef cnp.ndarray ya = <cnp.ndarray>y
     cdef Py_ssize_t n = cnp.PyArray_SIZE(xa)
-    cdef int nthreads = _threads(n, grain)
+    cdef int nthreads = threads_for(n, grain)
     if n == 0:
         return y
     with nogil:
@@ -209,17 +187,17 @@ def backward_fast(int op, object g, object s, object out, double a, double b, Py
         return None
     typenum = cnp.PyArray_TYPE(<cnp.ndarray>g)
     if not (typenum == cnp.NPY_FLOAT32 or typenum == cnp.NPY_FLOAT64) \
-            or not _plain(g, typenum) or not _plain(s, typenum):
+            or not plain(g, typenum) or not plain(s, typenum):
         return None
     cdef cnp.ndarray ga = <cnp.ndarray>g, sa = <cnp.ndarray>s
     if not _same_shape(ga, sa):
         return None
     gx = _output(ga, out)
-    if gx is None or not _disjoint_or_same(sa, <cnp.ndarray>gx):
+    if gx is None or not same_or_apart(sa, <cnp.ndarray>gx):
         return None
     cdef cnp.ndarray gxa = <cnp.ndarray>gx
     cdef Py_ssize_t n = cnp.PyArray_SIZE(ga)
-    cdef int nthreads = _threads(n, grain)
+    cdef int nthreads = threads_for(n, grain)
     if n == 0:
         return gx
     with nogil:

@@ -6,6 +6,7 @@ picks the ISA variant, splits the work over OpenMP threads and releases the GIL.
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from cython.parallel cimport prange
 from cython cimport floating
+from fastnorm._ext._shared cimport isa_level
 
 cdef extern from "fn_dropout.h" nogil:
     ctypedef struct fn_dropout_kernels:
@@ -24,9 +25,7 @@ cdef const fn_dropout_kernels *_kernels = fn_dropout_kernels_by_isa[0]
 def set_isa(int level):
     """Route every call to kernel variant `level` (an index of _runtime.ISA_NAMES)."""
     global _kernels
-    if not 0 <= level < FN_ISA_COUNT:
-        raise ValueError(f"set_isa: level must be in [0, {FN_ISA_COUNT}), got {level}")
-    _kernels = fn_dropout_kernels_by_isa[level]
+    _kernels = fn_dropout_kernels_by_isa[isa_level(level, FN_ISA_COUNT)]
 
 
 cdef inline Py_ssize_t _chunk(Py_ssize_t n, int nthreads) noexcept nogil:

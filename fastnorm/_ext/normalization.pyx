@@ -13,6 +13,7 @@ from libc.float cimport FLT_EPSILON, DBL_EPSILON
 from libc.math cimport isfinite, sqrt, pow
 from libc.string cimport memset
 cimport numpy as cnp
+from fastnorm._ext._shared cimport isa_level, threads_for, plain, overlap, same_or_apart
 from cython.parallel cimport prange
 from cython cimport floating
 
@@ -52,9 +53,7 @@ RUN_MIN = 16
 def set_isa(int level):
     """Route every call to kernel variant `level` (an index of _runtime.ISA_NAMES)."""
     global _kernels
-    if not 0 <= level < FN_ISA_COUNT:
-        raise ValueError(f"set_isa: level must be in [0, {FN_ISA_COUNT}), got {level}")
-    _kernels = fn_norm_kernels_by_isa[level]
+    _kernels = fn_norm_kernels_by_isa[isa_level(level, FN_ISA_COUNT)]
 
 
 cdef inline Py_ssize_t _share(Py_ssize_t n, int parts) noexcept nogil:
@@ -504,18 +503,10 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] g
 # returns None, and fastnorm.normalization takes the general path, which validates
 # everything and produces every error message.
 
-cdef inline bint _plain(object a, int typenum):
-    if type(a) is not cnp.ndarray:
-        return False
-    cdef cnp.ndarray arr = <cnp.ndarray>a
-    return (cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_IS_C_CONTIGUOUS(arr)
-            and cnp.PyArray_ISALIGNED(arr) and cnp.PyArray_ISNOTSWAPPED(arr))
-
-
 cdef inline bint _plain_shape(object a, int typenum, int ndim, cnp.npy_intp *dims):
     """a is a plain array of typenum with exactly the shape dims[:ndim]."""
     cdef int d
-    if not _plain(a, typenum) or cnp.PyArray_NDIM(<cnp.ndarray>a) != ndim:
+    if not plain(a, typenum) or cnp.PyArray_NDIM(<cnp.ndarray>a) != ndim:
         return False
     for d in range(ndim):
         if cnp.PyArray_DIMS(<cnp.ndarray>a)[d] != dims[d]:
@@ -542,23 +533,16 @@ cdef inline int _fast_typenum(object x):
     if type(x) is not cnp.ndarray:
         return -1
     cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>x)
-    if not (typenum == cnp.NPY_FLOAT32 or typenum == cnp.NPY_FLOAT64) or not _plain(x, typenum):
+    if not (typenum == cnp.NPY_FLOAT32 or typenum == cnp.NPY_FLOAT64) or not plain(x, typenum):
         return -1
     if cnp.PyArray_NDIM(<cnp.ndarray>x) < 1 or cnp.PyArray_SIZE(<cnp.ndarray>x) == 0:
         return -1
     return typenum
 
 
-cdef int _threads(Py_ssize_t n, Py_ssize_t grain) except -1:
-    if n < grain:
-        return 1
-    from fastnorm._config import get_num_threads
-    return get_num_threads()
-
-
 cdef inline bint _reads_apart(cnp.ndarray out, object a):
     """a (None or an array the kernel reads while it writes out) shares no byte with out."""
-    return a is None or not _overlap(out, <cnp.ndarray>a)
+    return a is None or not overlap(out, <cnp.ndarray>a)
 
 
 cdef object _fast_output(cnp.ndarray x, object out, object p, object q, object r, object s):
@@ -574,7 +558,7 @@ cdef object _fast_output(cnp.ndarray x, object out, object p, object q, object r
     cdef cnp.ndarray o = <cnp.ndarray>out
     if not cnp.PyArray_ISWRITEABLE(o):
         return None
-    if cnp.PyArray_DATA(o) != cnp.PyArray_DATA(x) and _overlap(o, x):
+    if not same_or_apart(o, x):
         return None
     if not (_reads_apart(o, p) and _reads_apart(o, q) and _reads_apart(o, r) and _reads_apart(o, s)):
         return None
@@ -612,7 +596,7 @@ def rows_forward_fast(object x, object normalized_shape, object weight, object b
     if y_obj is None:
         return None
     cdef cnp.ndarray y = <cnp.ndarray>y_obj
-    cdef int nthreads = _threads(n, grain)
+    cdef int nthreads = threads_for(n, grain)
     # RMS norm has no mean: the kernel does not write it, so none is allocated.
     mean = None if rms else cnp.PyArray_EMPTY(nd - 1, dims, typenum, 0)
     cdef cnp.ndarray rstd = cnp.PyArray_EMPTY(nd - 1, dims, typenum, 0)
@@ -652,7 +636,7 @@ def rows_backward_fast(object grad_output, object x, object normalized_shape, ob
     cdef bint want_gw = weight is not None, want_gb = bias is not None
     cdef Py_ssize_t n = cnp.PyArray_SIZE(xa), M = n // K
     cdef Py_ssize_t rb = _row_block(M, 16), nblk = (M + rb - 1) // rb
-    cdef int nthreads = _threads(n, grain)
+    cdef int nthreads = threads_for(n, grain)
     cdef cnp.ndarray gx = cnp.PyArray_EMPTY(nd, dims, typenum, 0)
     cdef cnp.npy_intp pdims[2]
     cdef double[:, ::1] pw
@@ -720,7 +704,7 @@ def batch_norm_fast(object x, object weight, object bias, object running_mean, o
         if not (_plain_shape(running_mean, typenum, 1, &C) and _plain_shape(running_var, typenum, 1, &C)
                 and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>running_mean)
                 and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>running_var)
-                and not _overlap(<cnp.ndarray>running_mean, <cnp.ndarray>running_var)):
+                and not overlap(<cnp.ndarray>running_mean, <cnp.ndarray>running_var)):
             return None
     elif running_var is not None or training is False:
         return None
@@ -741,7 +725,7 @@ def batch_norm_fast(object x, object weight, object bias, object running_mean, o
     if y_obj is None:
         return None
     cdef cnp.ndarray y = <cnp.ndarray>y_obj
-    cdef int nthreads = _threads(size, grain)
+    cdef int nthreads = threads_for(size, grain)
     cdef cnp.ndarray mean_d = _empty_vector(C, cnp.NPY_FLOAT64)
     cdef cnp.ndarray m2 = _empty_vector(C, cnp.NPY_FLOAT64)
     cdef double *mp = <double *>cnp.PyArray_DATA(mean_d)
@@ -766,12 +750,6 @@ def batch_norm_fast(object x, object weight, object bias, object running_mean, o
                              <double *>cnp.PyArray_DATA(mlo), <double *>cnp.PyArray_DATA(scale))
     affine(xa.reshape(-1), y.reshape(-1), 1, A, C, B, mhi, mlo, scale, shift, nthreads)
     return y, mean_c, rstd
-
-
-cdef inline bint _overlap(cnp.ndarray a, cnp.ndarray b):
-    cdef char *pa = <char *>cnp.PyArray_DATA(a)
-    cdef char *pb = <char *>cnp.PyArray_DATA(b)
-    return pa < pb + cnp.PyArray_NBYTES(b) and pb < pa + cnp.PyArray_NBYTES(a)
 
 
 cdef void _bn_channels(Py_ssize_t C, Py_ssize_t n, bint training, bint running, double f,
@@ -825,7 +803,7 @@ def batch_norm_backward_fast(object grad_output, object x, object weight, object
         A, B = n, 1
     else:
         A, B = dims[0], size // (dims[0] * C)
-    cdef int nthreads = _threads(size, grain)
+    cdef int nthreads = threads_for(size, grain)
     cdef cnp.ndarray ga = <cnp.ndarray>grad_output
     cdef cnp.ndarray mean_d = cnp.PyArray_Cast(<cnp.ndarray>mean, cnp.NPY_FLOAT64)
     cdef cnp.ndarray rstd_d = cnp.PyArray_Cast(<cnp.ndarray>rstd, cnp.NPY_FLOAT64)

@@ -1,0 +1,41 @@
+"""What every kernel module's glue needs, inlined into each module that cimports it:
+the check of a kernel-variant index, the thread count of a call, and the tests that let
+a C-level fast path take an array as it is."""
+cimport numpy as cnp
+from libc.stdint cimport intptr_t
+
+
+cdef inline int isa_level(int level, int count) except -1:
+    """level, if it indexes one of the count kernel tables; else ValueError."""
+    if not 0 <= level < count:
+        raise ValueError(f"set_isa: level must be in [0, {count}), got {level}")
+    return level
+
+
+cdef inline int threads_for(Py_ssize_t n, Py_ssize_t grain) except -1:
+    """1 below the threading grain (n elements), else fastnorm's thread setting."""
+    if n < grain:
+        return 1
+    from fastnorm._config import get_num_threads
+    return get_num_threads()
+
+
+cdef inline bint plain(object a, int typenum):
+    """a is exactly an ndarray of typenum, C-contiguous, aligned and in native byte order."""
+    if type(a) is not cnp.ndarray:
+        return False
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    return (cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_IS_C_CONTIGUOUS(arr)
+            and cnp.PyArray_ISALIGNED(arr) and cnp.PyArray_ISNOTSWAPPED(arr))
+
+
+cdef inline bint overlap(cnp.ndarray a, cnp.ndarray b):
+    """Some byte of a is also a byte of b."""
+    cdef intptr_t pa = <intptr_t>cnp.PyArray_DATA(a), pb = <intptr_t>cnp.PyArray_DATA(b)
+    return pa < pb + cnp.PyArray_NBYTES(b) and pb < pa + cnp.PyArray_NBYTES(a)
+
+
+cdef inline bint same_or_apart(cnp.ndarray a, cnp.ndarray b):
+    """a and b start at the same byte (an in-place call) or share none: what an
+    elementwise kernel may read from one while it writes the other."""
+    return cnp.PyArray_DATA(a) == cnp.PyArray_DATA(b) or not overlap(a, b)
