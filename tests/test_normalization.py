@@ -660,3 +660,33 @@ def test_parity_with_torch(kind, dtype, backend, rng):
         pairs += [("running_mean", got["rm"], rmt), ("running_var", got["rv"], rvt)]
     for name, a, t in pairs:
         assert_close(a, t.detach().numpy(), dtype, f"{kind} {name}")
+
+
+@pytest.mark.skipif(not fastnorm._config.compiled_available(), reason="compiled kernels only")
+@pytest.mark.parametrize("P, A, C, B", [(3, 5, 4, 17), (2, 1, 7, 33), (4, 3, 1, 16), (1, 6, 5, 40)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_per_unit_sums_kernels_with_several_samples(P, A, C, B, dtype, rng):
+    # The per-unit kernels take their units as spans of channels of one sample p, visited
+    # in address order; the Python layer only calls them with P = 1, so P > 1 and thread
+    # shares that cut a span mid-sample are checked here, directly, against float64
+    # NumPy, and bit for bit across thread counts.
+    ext = fastnorm._config._modules["normalization"]
+    x = (5 + rng.standard_normal((P, A, C, B))).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    units = x.transpose(0, 2, 1, 3).reshape(P * C, A * B).astype(np.float64)
+    center = units.mean(axis=1) + 0.25
+    results = []
+    for nthreads in (1, 2, 3):
+        mean, m2 = np.empty(P * C), np.empty(P * C)
+        s1, s2 = np.empty(P * C), np.empty(P * C)
+        ext.stats(x.reshape(-1), P, A, C, B, mean, m2, nthreads)
+        ext.dual_sums(dy.reshape(-1), x.reshape(-1), P, A, C, B, center, s1, s2, nthreads)
+        results.append((mean, m2, s1, s2))
+    g = dy.transpose(0, 2, 1, 3).reshape(P * C, A * B).astype(np.float64)
+    want = (units.mean(axis=1), ((units - units.mean(axis=1, keepdims=True)) ** 2).sum(axis=1),
+            g.sum(axis=1), (g * (units - center[:, None])).sum(axis=1))
+    for got, expected in zip(results[0], want):
+        np.testing.assert_allclose(got, expected, rtol=1e-11, atol=1e-9)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert a.tobytes() == b.tobytes()
