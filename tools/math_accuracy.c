@@ -49,7 +49,7 @@ typedef long double (*ll_t)(long double);
 #define WRAPF(name) static __attribute__((noinline)) float w_##name(float x) { return name(x); }
 #define WRAPD(name) static __attribute__((noinline)) double w_##name(double x) { return name(x); }
 WRAPF(fn_expf) WRAPF(fn_expm1f) WRAPF(fn_log1pf) WRAPF(fn_tanhf) WRAPF(fn_erfcf)
-WRAPF(fn_expm1_negf)
+WRAPF(fn_exp_negf) WRAPF(fn_expm1_negf)
 WRAPD(fn_exp) WRAPD(fn_expm1) WRAPD(fn_log1p) WRAPD(fn_tanh) WRAPD(fn_erfc)
 
 static int same_nan_or_value_f(float a, float b)
@@ -134,9 +134,10 @@ static void check_float(const char *name, ff_t f, dd_t ref, uint64_t step)
     fflush(stdout);
 }
 
-/* fn_expm1_negf must equal fn_expm1f bit for bit on its domain: +0 and every float with
- * the sign bit set (-0, negatives, -inf, negative-signed NaNs; NaN only as NaN). */
-static void check_expm1_neg(void)
+/* The x <= 0 variants (fn_exp_negf, fn_expm1_negf) must equal the full functions bit for
+ * bit on their domain: +0 and every float with the sign bit set (-0, negatives, -inf,
+ * negative-signed NaNs; NaN only as NaN). */
+static void check_negative_variant(const char *name, ff_t variant, ff_t full, const char *full_name)
 {
     uint64_t differ = 0;
     float first = 0;
@@ -144,12 +145,12 @@ static void check_expm1_neg(void)
         const uint32_t bits = u == 0x100000000ull ? 0u : (uint32_t)u;
         float x;
         memcpy(&x, &bits, sizeof x);
-        const float a = w_fn_expm1_negf(x), b = w_fn_expm1f(x);
+        const float a = variant(x), b = full(x);
         if (!(isnan(a) && isnan(b)) && memcmp(&a, &b, sizeof a)) {
             if (!differ++) first = x;
         }
     }
-    printf("%-10s equals expm1f bit for bit on x <= 0: %s", "expm1_negf", differ ? "NO" : "yes");
+    printf("%-10s equals %s bit for bit on x <= 0: %s", name, full_name, differ ? "NO" : "yes");
     if (differ)
         printf(" (%llu differ, first at %a)", (unsigned long long)differ, first);
     printf("\n");
@@ -344,7 +345,8 @@ int main(int argc, char **argv)
     check_float("log1pf", w_fn_log1pf, log1p, step);
     check_float("tanhf", w_fn_tanhf, tanh, step);
     check_float("erfcf", w_fn_erfcf, erfc, step);
-    check_expm1_neg();
+    check_negative_variant("exp_negf", w_fn_exp_negf, w_fn_expf, "expf");
+    check_negative_variant("expm1_negf", w_fn_expm1_negf, w_fn_expm1f, "expm1f");
 
     printf("double, %.3g random inputs per function + thresholds/branch points:\n", (double)nsamp);
     const double ln2 = 0x1.62e42fefa39efp-1;

@@ -34,7 +34,7 @@
 
 static inline T FN_NAME(sigmoid, FN_SUF)(T z)
 {
-    const T e = FN_EXP(-FN_FABS(z));
+    const T e = FN_EXP_NEG(-FN_FABS(z));
     const T r = (T)1 / ((T)1 + e);
     return z >= 0 ? r : e * r;
 }
@@ -42,7 +42,7 @@ static inline T FN_NAME(sigmoid, FN_SUF)(T z)
 /* sigmoid(z) * (1 - sigmoid(z)) = e / (1+e)^2, symmetric in z: no cancellation. */
 static inline T FN_NAME(sigmoid_slope, FN_SUF)(T z)
 {
-    const T e = FN_EXP(-FN_FABS(z));
+    const T e = FN_EXP_NEG(-FN_FABS(z));
     const T r = (T)1 / ((T)1 + e);
     return e * r * r;
 }
@@ -119,9 +119,9 @@ static void FN_NAME(act_forward_span, FN_SUF)(int op, const T *x, T *y, int64_t 
          * as max(z,0) + log1p(exp(-|z|)) so that exp never overflows.  beta = 1 (the
          * default) drops the multiply and the division, which are exact there anyway. */
         if (pa == 1)
-            MAP(v > pb ? v : (v > 0 ? v : (T)0) + FN_LOG1P_UNIT(FN_EXP(-FN_FABS(v))));
+            MAP(v > pb ? v : (v > 0 ? v : (T)0) + FN_LOG1P_UNIT(FN_EXP_NEG(-FN_FABS(v))));
         else
-            MAP(pa * v > pb ? v : ((pa * v > 0 ? pa * v : (T)0) + FN_LOG1P_UNIT(FN_EXP(-FN_FABS(pa * v)))) / pa);
+            MAP(pa * v > pb ? v : ((pa * v > 0 ? pa * v : (T)0) + FN_LOG1P_UNIT(FN_EXP_NEG(-FN_FABS(pa * v)))) / pa);
         break;
     case FN_ACT_MISH: {
         _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {
@@ -148,8 +148,8 @@ static void FN_NAME(act_backward_span, FN_SUF)(int op, const T *g, const T *s, T
     case FN_ACT_RELU:        MAP_GRAD(v <= 0 ? (T)0 : d); break;
     case FN_ACT_RELU6:       MAP_GRAD((v <= 0 || v >= 6) ? (T)0 : d); break;
     case FN_ACT_LEAKY_RELU:  MAP_GRAD(v > 0 ? d : d * pa); break;
-    case FN_ACT_ELU:         MAP_GRAD(v > 0 ? d : d * pa * FN_EXP(v)); break;
-    case FN_ACT_SELU:        MAP_GRAD(v > 0 ? d * SELU_SCALE : d * (SELU_SCALE * SELU_ALPHA) * FN_EXP(v)); break;
+    case FN_ACT_ELU:         MAP_GRAD(v > 0 ? d : d * pa * FN_EXP_NEG(v)); break;
+    case FN_ACT_SELU:        MAP_GRAD(v > 0 ? d * SELU_SCALE : d * (SELU_SCALE * SELU_ALPHA) * FN_EXP_NEG(v)); break;
     case FN_ACT_CELU: {
         const T inv_alpha = (T)1 / pa;
         MAP_GRAD(v > 0 ? d : d * FN_EXP(v * inv_alpha));
@@ -161,7 +161,7 @@ static void FN_NAME(act_backward_span, FN_SUF)(int op, const T *g, const T *s, T
 #define GELU_CLAMP(v) ((v) > (T)1e6 ? (T)1e6 : ((v) < (T)-1e6 ? (T)-1e6 : (v)))
     case FN_ACT_GELU:
         MAP_GRAD(d * ((T)0.5 * FN_ERFC(-v * INV_SQRT2)
-                      + GELU_CLAMP(v) * INV_SQRT_2PI * FN_EXP((T)-0.5 * GELU_CLAMP(v) * GELU_CLAMP(v))));
+                      + GELU_CLAMP(v) * INV_SQRT_2PI * FN_EXP_NEG((T)-0.5 * GELU_CLAMP(v) * GELU_CLAMP(v))));
         break;
     case FN_ACT_GELU_TANH: {
         _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {

@@ -2,7 +2,7 @@
  *
  *   float  fn_expf(float),  fn_expm1f(float),  fn_log1pf(float),  fn_tanhf(float),  fn_erfcf(float)
  *   float  fn_log1p_unitf(float): log1p on [0, 1] only
- *   float  fn_expm1_negf(float): expm1 for x <= 0 only
+ *   float  fn_exp_negf(float), fn_expm1_negf(float): exp, expm1 for x <= 0 only
  *   double fn_exp(double),  fn_expm1(double),  fn_log1p(double),  fn_tanh(double),  fn_erfc(double)
  *
  * Every function is straight-line code (selects, no branches, no tables), so gcc
@@ -43,7 +43,8 @@
  *     erfc       2.900       2.552    |    2.931       3.096
  *   Share of inputs above 2 ulp: erfcf 3.7e-6 (base) / 9.6e-7 (fma), erfc 6.7e-5 /
  *   5.8e-5, expm1 (double, base) 2 of 1e8, tanhf (base) 16 of 4.3e9.  All other
- *   functions stay within 2 ulp.  fn_expm1_negf equals fn_expm1f bit for bit on x <= 0.
+ *   functions stay within 2 ulp.  fn_exp_negf and fn_expm1_negf equal fn_expf and fn_expm1f
+ *   bit for bit on x <= 0.
  *   All special-value checks pass (NaN, +-inf, +-0, thresholds).
  *
  * All polynomial coefficients were derived for this file.  Each is a
@@ -138,6 +139,18 @@ static inline float fn_expf(float x)
     y = x > 100.0f ? FN__INFF : y;
     y = x < -110.0f ? 0.0f : y;
     return y;
+}
+
+/* exp for x <= 0 (and NaN): fn_expf's result bit for bit (tools/math_accuracy.c checks
+ * every such float), for the exp(-|z|) of sigmoid, softplus and the negative branches of
+ * gradients.  The argument is clamped at -104, where exp already rounds to 0 (e^-103.97 is
+ * half the smallest subnormal), which replaces fn_expf's two range selects by one. */
+static inline float fn_exp_negf(float x)
+{
+    const float xc = x < -104.0f ? -104.0f : x;
+    int32_t k;
+    const float r = fn__reducef(xc, &k);
+    return fn__scalef(1.0f + (r + r * r * fn__expm1_polyf(r)), k);
 }
 
 /* expm1(x) = 2^k (expm1(r) + (1 - 2^-k)).  For k = 0 this is expm1(r) itself

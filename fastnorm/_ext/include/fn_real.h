@@ -4,6 +4,7 @@
 #undef FN_T
 #undef FN_SUF
 #undef FN_EXP
+#undef FN_EXP_NEG
 #undef FN_EXPM1
 #undef FN_EXPM1_NEG
 #undef FN_LOG1P
@@ -16,6 +17,7 @@
 #define FN_T float
 #define FN_SUF f32
 #define FN_EXP fn_expf
+#define FN_EXP_NEG fn_exp_negf          /* exp on x <= 0 */
 #define FN_EXPM1 fn_expm1f
 #define FN_EXPM1_NEG fn_expm1_negf      /* expm1 on x <= 0 */
 #define FN_LOG1P fn_log1pf
@@ -28,6 +30,7 @@
 #define FN_T double
 #define FN_SUF f64
 #define FN_EXP fn_exp
+#define FN_EXP_NEG fn_exp
 #define FN_EXPM1 fn_expm1
 #define FN_EXPM1_NEG fn_expm1
 #define FN_LOG1P fn_log1p
