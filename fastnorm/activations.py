@@ -27,8 +27,35 @@ def _grain(op, cheap):
     return _GRAIN_CHEAP if op in cheap else _GRAIN_MATH
 
 
+# The real parameters of the parameterized ops, in the kernels' (a, b) order: the public
+# name and whether it must be non-zero (a divisor).  The C fast path takes plain floats
+# and checks their values itself (finite, non-zero divisors); anything else is validated
+# here by check_real, with the function's name in the message.
+_PARAMS = {
+    "leaky_relu": (("negative_slope", False),),
+    "elu": (("alpha", False),),
+    "celu": (("alpha", True),),
+    "softplus": (("beta", True), ("threshold", False)),
+}
+
+
+def _checked_params(func, op, a, b, ref_params):
+    """(a, b, ref_params) with op's parameters validated as Python floats and named for
+    the NumPy reference."""
+    spec = _PARAMS.get(op, ())
+    values = [check_real(func, name, v, nonzero=nonzero) for (name, nonzero), v in zip(spec, (a, b))]
+    ref_params.update((name, v) for (name, _), v in zip(spec, values))
+    values += [0.0] * (2 - len(values))
+    return values[0], values[1], ref_params
+
+
 def _forward(func, op, x, out, a=0.0, b=0.0, **ref_params):
     ext = _config.extension("activations")
+    if ext is not None and type(a) is float and type(b) is float:
+        y = ext.forward_fast(ext.OPS[op], x, out, a, b, _grain(op, _CHEAP))
+        if y is not None:
+            return y
+    a, b, ref_params = _checked_params(func, op, a, b, ref_params)
     if ext is not None:
         y = ext.forward_fast(ext.OPS[op], x, out, a, b, _grain(op, _CHEAP))
         if y is not None:
@@ -49,6 +76,11 @@ def _forward(func, op, x, out, a=0.0, b=0.0, **ref_params):
 
 def _backward(func, op, grad_output, saved, saved_name, out, a=0.0, b=0.0, **ref_params):
     ext = _config.extension("activations")
+    if ext is not None and type(a) is float and type(b) is float:
+        gx = ext.backward_fast(ext.OPS[op], grad_output, saved, out, a, b, _grain(op, _CHEAP_BACKWARD))
+        if gx is not None:
+            return gx
+    a, b, ref_params = _checked_params(func, op, a, b, ref_params)
     if ext is not None:
         gx = ext.backward_fast(ext.OPS[op], grad_output, saved, out, a, b, _grain(op, _CHEAP_BACKWARD))
         if gx is not None:
@@ -91,25 +123,20 @@ def relu6_backward(grad_output, x, *, out=None):
 
 def leaky_relu(x, negative_slope=0.01, *, out=None):
     """x where x > 0, else negative_slope * x."""
-    s = check_real("leaky_relu", "negative_slope", negative_slope)
-    return _forward("leaky_relu", "leaky_relu", x, out, s, negative_slope=s)
+    return _forward("leaky_relu", "leaky_relu", x, out, negative_slope)
 
 
 def leaky_relu_backward(grad_output, x, negative_slope=0.01, *, out=None):
-    s = check_real("leaky_relu_backward", "negative_slope", negative_slope)
-    return _backward("leaky_relu_backward", "leaky_relu", grad_output, x, "x", out, s,
-                     negative_slope=s)
+    return _backward("leaky_relu_backward", "leaky_relu", grad_output, x, "x", out, negative_slope)
 
 
 def elu(x, alpha=1.0, *, out=None):
     """x where x > 0, else alpha * (exp(x) - 1)."""
-    a = check_real("elu", "alpha", alpha)
-    return _forward("elu", "elu", x, out, a, alpha=a)
+    return _forward("elu", "elu", x, out, alpha)
 
 
 def elu_backward(grad_output, x, alpha=1.0, *, out=None):
-    a = check_real("elu_backward", "alpha", alpha)
-    return _backward("elu_backward", "elu", grad_output, x, "x", out, a, alpha=a)
+    return _backward("elu_backward", "elu", grad_output, x, "x", out, alpha)
 
 
 def selu(x, *, out=None):
@@ -123,13 +150,11 @@ def selu_backward(grad_output, x, *, out=None):
 
 def celu(x, alpha=1.0, *, out=None):
     """max(0, x) + min(0, alpha * (exp(x / alpha) - 1)); alpha must be non-zero."""
-    a = check_real("celu", "alpha", alpha, nonzero=True)
-    return _forward("celu", "celu", x, out, a, alpha=a)
+    return _forward("celu", "celu", x, out, alpha)
 
 
 def celu_backward(grad_output, x, alpha=1.0, *, out=None):
-    a = check_real("celu_backward", "alpha", alpha, nonzero=True)
-    return _backward("celu_backward", "celu", grad_output, x, "x", out, a, alpha=a)
+    return _backward("celu_backward", "celu", grad_output, x, "x", out, alpha)
 
 
 def _gelu_op(func, approximate):
@@ -161,16 +186,11 @@ def silu_backward(grad_output, x, *, out=None):
 
 def softplus(x, beta=1.0, threshold=20.0, *, out=None):
     """log(1 + exp(beta * x)) / beta, and x itself where beta * x > threshold."""
-    b = check_real("softplus", "beta", beta, nonzero=True)
-    t = check_real("softplus", "threshold", threshold)
-    return _forward("softplus", "softplus", x, out, b, t, beta=b, threshold=t)
+    return _forward("softplus", "softplus", x, out, beta, threshold)
 
 
 def softplus_backward(grad_output, x, beta=1.0, threshold=20.0, *, out=None):
-    b = check_real("softplus_backward", "beta", beta, nonzero=True)
-    t = check_real("softplus_backward", "threshold", threshold)
-    return _backward("softplus_backward", "softplus", grad_output, x, "x", out, b, t,
-                     beta=b, threshold=t)
+    return _backward("softplus_backward", "softplus", grad_output, x, "x", out, beta, threshold)
 
 
 def mish(x, *, out=None):

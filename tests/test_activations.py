@@ -426,3 +426,33 @@ def test_result_does_not_depend_on_position(dtype, backend, rng):
             np.testing.assert_array_equal(b(g[k:], s[k:], **params), gx[k:], err_msg=f"{name}{params}")
         singles = np.array([f(x[i:i + 1], **params)[0] for i in range(0, 301, 10)])
         np.testing.assert_array_equal(singles, y[::10], err_msg=f"{name}{params} alone")
+
+
+@pytest.mark.skipif(not fastnorm._config.compiled_available(), reason="compiled kernels only")
+def test_fast_path_takes_plain_float_parameters_only_when_valid():
+    # Plain float parameters skip the Python checks and go straight to the C fast path,
+    # which must accept exactly the values the public functions accept (check_real:
+    # finite, non-zero divisors) and decline the rest, so that the general path raises.
+    ext = fastnorm._config._modules["activations"]
+    x = np.linspace(-3, 3, 64, dtype=np.float32)
+    inf, nan = float("inf"), float("nan")
+    cases = {  # op: (valid (a, b), [(invalid a, b, the parameter named in the error)])
+        "leaky_relu": ((0.01, 0.0), [(inf, 0.0, "negative_slope"), (nan, 0.0, "negative_slope")]),
+        "elu": ((-2.0, 0.0), [(-inf, 0.0, "alpha"), (nan, 0.0, "alpha")]),
+        "celu": ((0.5, 0.0), [(0.0, 0.0, "alpha"), (inf, 0.0, "alpha"), (nan, 0.0, "alpha")]),
+        "softplus": ((2.0, 20.0), [(0.0, 20.0, "beta"), (nan, 20.0, "beta"), (-inf, 20.0, "beta"),
+                                   (1.0, inf, "threshold"), (1.0, nan, "threshold")]),
+    }
+    for op, (valid, invalid) in cases.items():
+        code = ext.OPS[op]
+        names = [name for name, _ in fastnorm.activations._PARAMS[op]]
+        assert ext.forward_fast(code, x, None, *valid, 1) is not None, op
+        assert ext.backward_fast(code, x, x, None, *valid, 1) is not None, op
+        for a, b, bad in invalid:
+            assert ext.forward_fast(code, x, None, a, b, 1) is None, (op, a, b)
+            assert ext.backward_fast(code, x, x, None, a, b, 1) is None, (op, a, b)
+            kwargs = dict(zip(names, (a, b)))
+            with pytest.raises(ValueError, match=f"^{op}: {bad} must"):
+                getattr(fastnorm, op)(x, **kwargs)
+            with pytest.raises(ValueError, match=f"^{op}_backward: {bad} must"):
+                getattr(fastnorm, f"{op}_backward")(x, x, **kwargs)

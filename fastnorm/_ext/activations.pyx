@@ -4,6 +4,7 @@ Arguments arrive validated and contiguous from fastnorm.activations; this module
 only picks the ISA variant, splits the work over OpenMP threads and releases the GIL.
 """
 from libc.stdint cimport int64_t
+from libc.math cimport isfinite
 from cython.parallel cimport prange
 from cython cimport floating
 cimport numpy as cnp
@@ -153,10 +154,23 @@ cdef object _output(cnp.ndarray x, object out):
     return o
 
 
+cdef inline bint _params_ok(int op, double a, double b) noexcept:
+    """a and b are values op's public function accepts (fastnorm.activations._PARAMS):
+    finite, and non-zero where the kernel divides by them.  Else the general path
+    validates them and raises."""
+    if op == FN_ACT_LEAKY_RELU or op == FN_ACT_ELU:
+        return isfinite(a)
+    if op == FN_ACT_CELU:
+        return isfinite(a) and a != 0
+    if op == FN_ACT_SOFTPLUS:
+        return isfinite(a) and a != 0 and isfinite(b)
+    return True
+
+
 def forward_fast(int op, object x, object out, double a, double b, Py_ssize_t grain):
     """y = f_op(x) for plain arrays (see above); None when the general path is needed."""
     cdef int typenum
-    if type(x) is not cnp.ndarray or not 0 <= op <= FN_ACT_SOFTSIGN:
+    if type(x) is not cnp.ndarray or not 0 <= op <= FN_ACT_SOFTSIGN or not _params_ok(op, a, b):
         return None
     typenum = cnp.PyArray_TYPE(<cnp.ndarray>x)
     if not (typenum == cnp.NPY_FLOAT32 or typenum == cnp.NPY_FLOAT64) or not plain(x, typenum):
@@ -183,7 +197,7 @@ def forward_fast(int op, object x, object out, double a, double b, Py_ssize_t gr
 def backward_fast(int op, object g, object s, object out, double a, double b, Py_ssize_t grain):
     """gx = g * f_op'(s) for plain arrays of one shape; None when the general path is needed."""
     cdef int typenum
-    if type(g) is not cnp.ndarray or not 0 <= op <= FN_ACT_SOFTSIGN:
+    if type(g) is not cnp.ndarray or not 0 <= op <= FN_ACT_SOFTSIGN or not _params_ok(op, a, b):
         return None
     typenum = cnp.PyArray_TYPE(<cnp.ndarray>g)
     if not (typenum == cnp.NPY_FLOAT32 or typenum == cnp.NPY_FLOAT64) \
