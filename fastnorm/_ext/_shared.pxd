@@ -1,6 +1,6 @@
 """What every kernel module's glue needs, inlined into each module that cimports it:
 the check of a kernel-variant index, the thread count of a call, and the tests that let
-a C-level fast path take an array as it is."""
+a C-level fast path take an array as it is and write into a caller's out=."""
 cimport numpy as cnp
 from libc.stdint cimport intptr_t
 
@@ -39,3 +39,28 @@ cdef inline bint same_or_apart(cnp.ndarray a, cnp.ndarray b):
     """a and b start at the same byte (an in-place call) or share none: what an
     elementwise kernel may read from one while it writes the other."""
     return cnp.PyArray_DATA(a) == cnp.PyArray_DATA(b) or not overlap(a, b)
+
+
+cdef inline bint same_shape(cnp.ndarray a, cnp.ndarray b):
+    cdef int d
+    if cnp.PyArray_NDIM(a) != cnp.PyArray_NDIM(b):
+        return False
+    for d in range(cnp.PyArray_NDIM(a)):
+        if cnp.PyArray_DIMS(a)[d] != cnp.PyArray_DIMS(b)[d]:
+            return False
+    return True
+
+
+cdef inline object output_for(cnp.ndarray x, object out):
+    """Where a fast path writes its result of x's shape and type: a new array when out is
+    None, out itself when the kernel can write it directly (plain, x's type and shape,
+    writeable, x itself or disjoint from it), else None (the general path validates
+    and copies)."""
+    if out is None:
+        return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0)
+    if not plain(out, cnp.PyArray_TYPE(x)):
+        return None
+    cdef cnp.ndarray o = <cnp.ndarray>out
+    if not (cnp.PyArray_ISWRITEABLE(o) and same_shape(x, o) and same_or_apart(x, o)):
+        return None
+    return o

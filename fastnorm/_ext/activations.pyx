@@ -8,7 +8,7 @@ from libc.math cimport isfinite
 from cython.parallel cimport prange
 from cython cimport floating
 cimport numpy as cnp
-from fastnorm._ext._shared cimport isa_level, threads_for, plain, same_or_apart
+from fastnorm._ext._shared cimport isa_level, threads_for, plain, same_or_apart, same_shape, output_for
 
 cnp.import_array()
 
@@ -131,29 +131,6 @@ def backward(int op, const floating[::1] g, const floating[::1] s, floating[::1]
 # else returns None and takes the general path in fastnorm.activations, which also
 # produces every error message.
 
-cdef inline bint _same_shape(cnp.ndarray a, cnp.ndarray b):
-    cdef int d
-    if cnp.PyArray_NDIM(a) != cnp.PyArray_NDIM(b):
-        return False
-    for d in range(cnp.PyArray_NDIM(a)):
-        if cnp.PyArray_DIMS(a)[d] != cnp.PyArray_DIMS(b)[d]:
-            return False
-    return True
-
-
-cdef object _output(cnp.ndarray x, object out):
-    """out if it is a usable destination for x, a new array when out is None, else None."""
-    cdef cnp.ndarray o
-    if out is None:
-        return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0)
-    if not plain(out, cnp.PyArray_TYPE(x)):
-        return None
-    o = <cnp.ndarray>out
-    if not (cnp.PyArray_ISWRITEABLE(o) and _same_shape(x, o) and same_or_apart(x, o)):
-        return None
-    return o
-
-
 cdef inline bint _params_ok(int op, double a, double b) noexcept:
     """a and b are values op's public function accepts (fastnorm.activations._PARAMS):
     finite, and non-zero where the kernel divides by them.  Else the general path
@@ -176,7 +153,7 @@ def forward_fast(int op, object x, object out, double a, double b, Py_ssize_t gr
     if not (typenum == cnp.NPY_FLOAT32 or typenum == cnp.NPY_FLOAT64) or not plain(x, typenum):
         return None
     cdef cnp.ndarray xa = <cnp.ndarray>x
-    y = _output(xa, out)
+    y = output_for(xa, out)
     if y is None:
         return None
     cdef cnp.ndarray ya = <cnp.ndarray>y
@@ -204,9 +181,9 @@ def backward_fast(int op, object g, object s, object out, double a, double b, Py
             or not plain(g, typenum) or not plain(s, typenum):
         return None
     cdef cnp.ndarray ga = <cnp.ndarray>g, sa = <cnp.ndarray>s
-    if not _same_shape(ga, sa):
+    if not same_shape(ga, sa):
         return None
-    gx = _output(ga, out)
+    gx = output_for(ga, out)
     if gx is None or not same_or_apart(sa, <cnp.ndarray>gx):
         return None
     cdef cnp.ndarray gxa = <cnp.ndarray>gx

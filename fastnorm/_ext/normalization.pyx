@@ -13,7 +13,7 @@ from libc.float cimport FLT_EPSILON, DBL_EPSILON
 from libc.math cimport isfinite, sqrt, pow
 from libc.string cimport memset
 cimport numpy as cnp
-from fastnorm._ext._shared cimport isa_level, threads_for, plain, overlap, same_or_apart
+from fastnorm._ext._shared cimport isa_level, threads_for, plain, overlap, output_for
 from cython.parallel cimport prange
 from cython cimport floating
 
@@ -546,20 +546,13 @@ cdef inline bint _reads_apart(cnp.ndarray out, object a):
 
 
 cdef object _fast_output(cnp.ndarray x, object out, object p, object q, object r, object s):
-    """Where a fast path writes y: a new array when out is None; out itself when the
-    kernels can write it directly (plain, x's dtype and shape, writeable, x itself or
-    disjoint from it, disjoint from the vectors p, q, r, s it reads meanwhile); else
-    None, and the general path validates and copies."""
-    cdef int typenum = cnp.PyArray_TYPE(x)
-    if out is None:
-        return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), typenum, 0)
-    if not _plain_shape(out, typenum, cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x)):
-        return None
-    cdef cnp.ndarray o = <cnp.ndarray>out
-    if not cnp.PyArray_ISWRITEABLE(o):
-        return None
-    if not same_or_apart(o, x):
-        return None
+    """Where a fast path writes y: output_for(x, out) (_shared.pxd), except that out must
+    also share no byte with the vectors p, q, r, s the kernels read while they write it;
+    else None, and the general path validates and copies."""
+    y = output_for(x, out)
+    if y is None or out is None:
+        return y
+    cdef cnp.ndarray o = <cnp.ndarray>y
     if not (_reads_apart(o, p) and _reads_apart(o, q) and _reads_apart(o, r) and _reads_apart(o, s)):
         return None
     return o
