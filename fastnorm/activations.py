@@ -39,30 +39,38 @@ _PARAMS = {
 }
 
 
-def _checked_params(func, op, a, b, ref_params):
-    """(a, b, ref_params) with op's parameters validated as Python floats and named for
-    the NumPy reference."""
-    spec = _PARAMS.get(op, ())
-    values = [check_real(func, name, v, nonzero=nonzero) for (name, nonzero), v in zip(spec, (a, b))]
-    ref_params.update((name, v) for (name, _), v in zip(spec, values))
-    values += [0.0] * (2 - len(values))
-    return values[0], values[1], ref_params
+def _checked_params(func, op, a, b):
+    """op's parameters a, b validated as Python floats (left as they are where op has none)."""
+    spec = _PARAMS.get(op)
+    if spec is None:
+        return a, b
+    a = check_real(func, spec[0][0], a, nonzero=spec[0][1])
+    if len(spec) > 1:
+        b = check_real(func, spec[1][0], b, nonzero=spec[1][1])
+    return a, b
+
+
+def _reference_params(op, a, b, ref_params):
+    """The keyword arguments of op's NumPy reference: its parameters by name, and the rest."""
+    return {**{name: v for (name, _), v in zip(_PARAMS.get(op, ()), (a, b))}, **ref_params}
 
 
 def _forward(func, op, x, out, a=0.0, b=0.0, **ref_params):
     ext = _config.extension("activations")
-    if ext is not None and type(a) is float and type(b) is float:
-        y = ext.forward_fast(ext.OPS[op], x, out, a, b, _grain(op, _CHEAP))
-        if y is not None:
-            return y
-    a, b, ref_params = _checked_params(func, op, a, b, ref_params)
+    # Plain floats reach the fast path unchecked (it checks their values); others first.
+    unchecked = type(a) is float and type(b) is float
+    if not unchecked:
+        a, b = _checked_params(func, op, a, b)
     if ext is not None:
         y = ext.forward_fast(ext.OPS[op], x, out, a, b, _grain(op, _CHEAP))
         if y is not None:
             return y
+    if unchecked:
+        a, b = _checked_params(func, op, a, b)
     x = as_float_array(func, "x", x)
     if ext is None:
         ref = getattr(reference, func)
+        ref_params = _reference_params(op, a, b, ref_params)
 
         def kernel(flat, y):
             ref(flat[0], **ref_params, out=y)
@@ -76,20 +84,21 @@ def _forward(func, op, x, out, a=0.0, b=0.0, **ref_params):
 
 def _backward(func, op, grad_output, saved, saved_name, out, a=0.0, b=0.0, **ref_params):
     ext = _config.extension("activations")
-    if ext is not None and type(a) is float and type(b) is float:
-        gx = ext.backward_fast(ext.OPS[op], grad_output, saved, out, a, b, _grain(op, _CHEAP_BACKWARD))
-        if gx is not None:
-            return gx
-    a, b, ref_params = _checked_params(func, op, a, b, ref_params)
+    unchecked = type(a) is float and type(b) is float
+    if not unchecked:
+        a, b = _checked_params(func, op, a, b)
     if ext is not None:
         gx = ext.backward_fast(ext.OPS[op], grad_output, saved, out, a, b, _grain(op, _CHEAP_BACKWARD))
         if gx is not None:
             return gx
+    if unchecked:
+        a, b = _checked_params(func, op, a, b)
     g = as_float_array(func, "grad_output", grad_output)
     s = as_float_array(func, saved_name, saved)
     same_array_spec(func, saved_name, s, "grad_output", g)
     if ext is None:
         ref = getattr(reference, func)
+        ref_params = _reference_params(op, a, b, ref_params)
 
         def kernel(flat, gx):
             ref(flat[0], flat[1], **ref_params, out=gx)
