@@ -127,12 +127,17 @@ static inline float fn__scalef(float p, int32_t k)
     return p * fn__pow2f(k1) * fn__pow2f(k - k1);
 }
 
-static inline float fn_expf(float x)
+/* e^x without the handling of arguments beyond the range of float results. */
+static inline float fn__exp_in_range(float x)
 {
     int32_t k;
     const float r = fn__reducef(x, &k);
-    const float p = 1.0f + (r + r * r * fn__expm1_polyf(r));
-    float y = fn__scalef(p, k);
+    return fn__scalef(1.0f + (r + r * r * fn__expm1_polyf(r)), k);
+}
+
+static inline float fn_expf(float x)
+{
+    float y = fn__exp_in_range(x);
     /* Between 88.72 and 100 (and -103.97 and -110) the scaling above already
      * overflows/underflows with correct rounding; beyond, k is meaningless.
      * These are selects on the result, not a clamp of x. */
@@ -147,10 +152,7 @@ static inline float fn_expf(float x)
  * half the smallest subnormal), which replaces fn_expf's two range selects by one. */
 static inline float fn_exp_negf(float x)
 {
-    const float xc = x < -104.0f ? -104.0f : x;
-    int32_t k;
-    const float r = fn__reducef(xc, &k);
-    return fn__scalef(1.0f + (r + r * r * fn__expm1_polyf(r)), k);
+    return fn__exp_in_range(x < -104.0f ? -104.0f : x);
 }
 
 /* expm1(x) = 2^k (expm1(r) + (1 - 2^-k)).  For k = 0 this is expm1(r) itself
