@@ -27,6 +27,8 @@
 #define SELU_SCALE ((T)1.0507009873554804934193349852946)
 #define GELU_K ((T)0.7978845608028654)         /* sqrt(2/pi) */
 #define GELU_C ((T)0.044715)
+#define GELU_A (2 * 0.7978845608028654)             /* double: split into float head and tail */
+#define GELU_B (2 * 0.7978845608028654 * 0.044715)
 #define INV_SQRT2 ((T)0.70710678118654752440)
 #define INV_SQRT_2PI ((T)0.39894228040143267794)
 #define GELU_C1 ((T)0x1.6ap-1)                /* 1/sqrt2 = C1 + C2, C1 of 8 bits */
@@ -82,7 +84,7 @@ static void FN_NAME(act_forward_span, FN_SUF)(int op, const T *x, T *y, int64_t 
         _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {
             const T v = x[i];
             const T a = -v * INV_SQRT2;
-            const T vh = fn__from_bits_f(fn__bits_f(v) & 0xfffff000u), vl = v - vh;
+            const T vh = fn__head12f(v), vl = v - vh;
             const T a_lo = ((-vh * GELU_C1 - a) - vl * GELU_C1) - v * GELU_C2;
             /* Beyond a = 16 erfc(a) underflows anyway; there a_lo may be huge or NaN. */
             const T correction = (a > 1 && a < 16) ? 1 - (2 * a + 1 / a) * a_lo : (T)1;
@@ -96,17 +98,30 @@ static void FN_NAME(act_forward_span, FN_SUF)(int op, const T *x, T *y, int64_t 
     /* 0.5 x (1 + tanh(u)) = x sigmoid(2u): same function, no cancellation for x << 0. */
     case FN_ACT_GELU_TANH: {
 #if FN_REAL == 32
-        /* As for erf-GELU: exp(-|z|) amplifies z's rounding by |z|; z is formed in
-         * double and the low part applied as sigmoid(z_hi + z_lo) = s (1 + (1 - s) z_lo). */
+        /* As for erf-GELU: exp(-|z|) amplifies the rounding of z by |z| (200 ulp near
+         * x = -10 with z rounded to float).  z = A v + B v^3 (A = 2 GELU_K, B = A GELU_C)
+         * is formed as a pair z + z_lo from exact products (fn__two_prodf) and the
+         * constants' float heads and tails, and enters the exponential as that pair:
+         * within 3.71 ulp over every float (FMA and SSE2 builds), against 4.18 ulp and
+         * 1.6x the time for z formed in double. */
+        const T A_hi = (T)GELU_A, A_lo = (T)(GELU_A - (double)(T)GELU_A);
+        const T B_hi = (T)GELU_B, B_lo = (T)(GELU_B - (double)(T)GELU_B);
         _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {
             const T v = x[i];
-            const double vw = (double)v;
-            const double z_wide = 2 * 0.7978845608028654 * (vw + 0.044715 * vw * vw * vw);
-            const T z = (T)z_wide;
-            /* Where |z| > 128 the sigmoid is 0 or 1 regardless (and z may be infinite). */
-            const T z_lo = FN_FABS(z) < 128 ? (T)(z_wide - (double)z) : (T)0;
-            const T s = SIGMOID(z);
-            y[i] = v * (s + s * (1 - s) * z_lo);
+            T v2_err, v3_err, av_err, bv3_err;
+            const T v2 = fn__two_prodf(v, v, &v2_err);
+            const T v3 = fn__two_prodf(v2, v, &v3_err);
+            const T av = fn__two_prodf(A_hi, v, &av_err);
+            const T bv3 = fn__two_prodf(B_hi, v3, &bv3_err);
+            const T z = av + bv3, bv3_part = z - av;    /* TwoSum: exact error of av + bv3 */
+            const T sum_err = (av - (z - bv3_part)) + (bv3 - bv3_part);
+            const T z_lo = sum_err + ((av_err + A_lo * v)
+                                      + (bv3_err + B_hi * (v3_err + v2_err * v) + B_lo * v3));
+            /* Where |z| >= 128 the sigmoid is 0 or 1 regardless (and z_lo may be NaN). */
+            const T lo = FN_FABS(z) < 128 ? z_lo : (T)0;
+            const T e = fn_exp_neg2f(-FN_FABS(z), z >= 0 ? -lo : lo);
+            const T r = (T)1 / ((T)1 + e);
+            y[i] = v * (z >= 0 ? r : e * r);
         }
 #else
         MAP(v * SIGMOID((T)2 * GELU_K * (v + GELU_C * v * v * v)));
@@ -238,6 +253,8 @@ void FN_NAME(fn_act_backward, FN_SUF)(int op, const T *g, const T *s, T *gx, int
 #undef GELU_CLAMP
 #undef GELU_K
 #undef GELU_C
+#undef GELU_A
+#undef GELU_B
 #undef INV_SQRT2
 #undef INV_SQRT_2PI
 #undef GELU_C1

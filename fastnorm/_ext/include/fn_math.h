@@ -70,6 +70,10 @@ static inline double fn__from_bits_d(uint64_t u) { double x; memcpy(&x, &u, size
 static inline float fn__absf(float x) { return fn__from_bits_f(fn__bits_f(x) & 0x7fffffffu); }
 static inline double fn__abs(double x) { return fn__from_bits_d(fn__bits_d(x) & 0x7fffffffffffffffull); }
 
+/* x with the low 12 of its 24 significand bits cleared: the product of two such heads,
+ * or of a head and the 12-bit remainder x - head, is exact in float. */
+static inline float fn__head12f(float x) { return fn__from_bits_f(fn__bits_f(x) & 0xfffff000u); }
+
 /* 2^k for k in [-126, 127] built in the exponent field. */
 static inline float fn__pow2f(int32_t k) { return fn__from_bits_f((uint32_t)(k + 127) << 23); }
 /* 2^k for k in [-1022, 1023]. */
@@ -127,12 +131,18 @@ static inline float fn__scalef(float p, int32_t k)
     return p * fn__pow2f(k1) * fn__pow2f(k - k1);
 }
 
+/* e^(k ln2 + r) from the reduced argument. */
+static inline float fn__exp_reducedf(float r, int32_t k)
+{
+    return fn__scalef(1.0f + (r + r * r * fn__expm1_polyf(r)), k);
+}
+
 /* e^x without the handling of arguments beyond the range of float results. */
 static inline float fn__exp_in_range(float x)
 {
     int32_t k;
     const float r = fn__reducef(x, &k);
-    return fn__scalef(1.0f + (r + r * r * fn__expm1_polyf(r)), k);
+    return fn__exp_reducedf(r, k);
 }
 
 static inline float fn_expf(float x)
@@ -153,6 +163,31 @@ static inline float fn_expf(float x)
 static inline float fn_exp_negf(float x)
 {
     return fn__exp_in_range(x < -104.0f ? -104.0f : x);
+}
+
+/* e^(x + lo) for x <= 0 and |lo| <= 2^-20 |x| (an argument carried as a compensated pair,
+ * GELU's tanh form): the pair is reduced as one number, so lo's digits are not lost to
+ * the rounding of x + lo.  Clamped at -104 like fn_exp_negf. */
+static inline float fn_exp_neg2f(float x, float lo)
+{
+    int32_t k;
+    const float r = fn__reduce2f(x < -104.0f ? -104.0f : x, lo, &k);
+    return fn__exp_reducedf(r, k);
+}
+
+/* a b = p + *err exactly (barring overflow and underflow): one fmaf where the target has
+ * FMA, else Dekker's product of the 12-bit halves (each partial product exact in float). */
+static inline float fn__two_prodf(float a, float b, float *err)
+{
+    const float p = a * b;
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+    *err = fmaf(a, b, -p);
+#else
+    const float ah = fn__head12f(a), al = a - ah;
+    const float bh = fn__head12f(b), bl = b - bh;
+    *err = (((ah * bh - p) + ah * bl) + al * bh) + al * bl;
+#endif
+    return p;
 }
 
 /* expm1(x) = 2^k (expm1(r) + (1 - 2^-k)).  For k = 0 this is expm1(r) itself
@@ -279,7 +314,7 @@ static inline float fn_tanhf(float x)
 static inline float fn_erfcf(float x)
 {
     const float a = fn__absf(x);
-    const float ah = fn__from_bits_f(fn__bits_f(a) & 0xfffff000u);
+    const float ah = fn__head12f(a);
     const float al = a - ah;
     const float hi = ah * ah, lo = al * (a + ah);
     int32_t k;
