@@ -479,3 +479,13 @@ def test_fast_path_takes_plain_float_parameters_only_when_valid():
                 getattr(fastnorm, op)(x, **kwargs)
             with pytest.raises(ValueError, match=f"^{op}_backward: {bad} must"):
                 getattr(fastnorm, f"{op}_backward")(x, x, **kwargs)
+
+
+def test_op_table_matches_the_kernels():
+    """The Python layer's op list (its threading grains) names exactly the kernels' ops."""
+    ext = fastnorm._config.extension("activations")
+    if ext is None:
+        pytest.skip("the NumPy backend has no kernel op table")
+    from fastnorm import activations
+    assert set(activations._OPS) == set(ext.OPS)
+    assert set(activations._FORWARD_GRAIN) == set(activations._BACKWARD_GRAIN) == set(ext.OPS)
