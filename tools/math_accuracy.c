@@ -48,7 +48,12 @@ typedef long double (*ll_t)(long double);
 /* noinline wrappers: each fn_* compiled once, as a plain function. */
 #define WRAPF(name) static __attribute__((noinline)) float w_##name(float x) { return name(x); }
 #define WRAPD(name) static __attribute__((noinline)) double w_##name(double x) { return name(x); }
-WRAPF(fn_expf) WRAPF(fn_expm1f) WRAPF(fn_log1pf) WRAPF(fn_tanhf) WRAPF(fn_erfcf)
+WRAPF(fn_expf) WRAPF(fn_expm1f) WRAPF(fn_log1pf) WRAPF(fn_tanhf)
+/* fn_normal_tailf's two outputs, Phi(-|x|) and e^{-x^2/2}, and their double references */
+static __attribute__((noinline)) float w_fn_normal_tailf(float x) { float g; return fn_normal_tailf(x, &g); }
+static __attribute__((noinline)) float w_fn_normal_gaussf(float x) { float g; fn_normal_tailf(x, &g); return g; }
+static double normal_tail(double x) { return 0.5 * erfc(fabs(x) * 0.70710678118654752440); }
+static double gauss(double x) { return exp(-0.5 * x * x); }
 WRAPF(fn_exp_negf) WRAPF(fn_expm1_negf)
 WRAPD(fn_exp) WRAPD(fn_expm1) WRAPD(fn_log1p) WRAPD(fn_tanh) WRAPD(fn_erfc)
 
@@ -294,10 +299,13 @@ static void specials(void)
     sf("tanhf", w_fn_tanhf, 0x1p-149f, 0x1p-149f); sf("tanhf", w_fn_tanhf, -0x1p-149f, -0x1p-149f);
     sf("tanhf", w_fn_tanhf, 10.0f, 1.0f); sf("tanhf", w_fn_tanhf, -10.0f, -1.0f);
     sf("tanhf", w_fn_tanhf, FLT_MAX, 1.0f); sf("tanhf", w_fn_tanhf, -FLT_MAX, -1.0f);
-    sf("erfcf", w_fn_erfcf, fn, fn);    sf("erfcf", w_fn_erfcf, fi, 0.0f);    sf("erfcf", w_fn_erfcf, -fi, 2.0f);
-    sf("erfcf", w_fn_erfcf, 0.0f, 1.0f); sf("erfcf", w_fn_erfcf, -0.0f, 1.0f);
-    sf("erfcf", w_fn_erfcf, -5.0f, 2.0f); sf("erfcf", w_fn_erfcf, FLT_MAX, 0.0f); sf("erfcf", w_fn_erfcf, -FLT_MAX, 2.0f);
-    sf("erfcf", w_fn_erfcf, 10.0f, (float)erfc(10.0)); sf("erfcf", w_fn_erfcf, 11.0f, 0.0f);
+    sf("normal_tailf", w_fn_normal_tailf, fn, fn); sf("normal_tailf", w_fn_normal_tailf, fi, 0.0f);
+    sf("normal_tailf", w_fn_normal_tailf, -fi, 0.0f); sf("normal_tailf", w_fn_normal_tailf, 0.0f, 0.5f);
+    sf("normal_tailf", w_fn_normal_tailf, -0.0f, 0.5f); sf("normal_tailf", w_fn_normal_tailf, FLT_MAX, 0.0f);
+    sf("normal_tailf", w_fn_normal_tailf, -FLT_MAX, 0.0f); sf("normal_tailf", w_fn_normal_tailf, -15.0f, 0.0f);
+    sf("normal_tailf", w_fn_normal_tailf, -14.0f, (float)normal_tail(-14.0));
+    sf("normal_gaussf", w_fn_normal_gaussf, fn, fn); sf("normal_gaussf", w_fn_normal_gaussf, fi, 0.0f);
+    sf("normal_gaussf", w_fn_normal_gaussf, -fi, 0.0f); sf("normal_gaussf", w_fn_normal_gaussf, 0.0f, 1.0f);
     /* double */
     sd("exp", w_fn_exp, dn, dn);        sd("exp", w_fn_exp, di, di);          sd("exp", w_fn_exp, -di, 0.0);
     sd("exp", w_fn_exp, 0.0, 1.0);      sd("exp", w_fn_exp, -0.0, 1.0);
@@ -344,7 +352,8 @@ int main(int argc, char **argv)
     check_float("expm1f", w_fn_expm1f, expm1, step);
     check_float("log1pf", w_fn_log1pf, log1p, step);
     check_float("tanhf", w_fn_tanhf, tanh, step);
-    check_float("erfcf", w_fn_erfcf, erfc, step);
+    check_float("normal_tailf", w_fn_normal_tailf, normal_tail, step);
+    check_float("normal_gaussf", w_fn_normal_gaussf, gauss, step);
     check_negative_variant("exp_negf", w_fn_exp_negf, w_fn_expf, "expf");
     check_negative_variant("expm1_negf", w_fn_expm1_negf, w_fn_expm1f, "expm1f");
 

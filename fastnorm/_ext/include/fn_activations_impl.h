@@ -31,8 +31,6 @@
 #define GELU_B (2 * 0.7978845608028654 * 0.044715)
 #define INV_SQRT2 ((T)0.70710678118654752440)
 #define INV_SQRT_2PI ((T)0.39894228040143267794)
-#define GELU_C1 ((T)0x1.6ap-1)                /* 1/sqrt2 = C1 + C2, C1 of 8 bits */
-#define GELU_C2 ((T)0x1.3cccfep-14)
 
 static inline T FN_NAME(sigmoid, FN_SUF)(T z)
 {
@@ -54,6 +52,9 @@ static inline T FN_NAME(sigmoid_slope, FN_SUF)(T z)
  * so clamping u's argument there only prevents n from overflowing. */
 static inline T FN_NAME(mish_u, FN_SUF)(T z) { return FN_EXP(z > (T)20 ? (T)20 : z); }
 
+/* |x| clamped to 1e6, where GELU's x-proportional terms are settled, so that Inf * 0 (an
+ * underflowed factor) cannot give NaN; the comparisons keep NaN as NaN. */
+#define GELU_CLAMP(v) ((v) > (T)1e6 ? (T)1e6 : ((v) < (T)-1e6 ? (T)-1e6 : (v)))
 #define SIGMOID FN_NAME(sigmoid, FN_SUF)
 #define SIGMOID_SLOPE FN_NAME(sigmoid_slope, FN_SUF)
 #define MISH_U FN_NAME(mish_u, FN_SUF)
@@ -72,23 +73,16 @@ static void FN_NAME(act_forward_span, FN_SUF)(int op, const T *x, T *y, int64_t 
         MAP(v > 0 ? v : pa * FN_EXPM1(v * inv_alpha));
         break;
     }
-    /* 0.5 x erfc(-x/sqrt2), not 0.5 x (1 + erf(x/sqrt2)): the latter cancels for x << 0. */
+    /* x Phi(x) = 0.5 x erfc(-x/sqrt2), not 0.5 x (1 + erf(x/sqrt2)): the latter cancels for
+     * x << 0.  float: Phi from x itself (fn_normal_tailf: no rounded x/sqrt2 whose error
+     * erfc would amplify by ~x^2), and x (1 - T) as x - x T. */
     case FN_ACT_GELU: {
 #if FN_REAL == 32
-        /* erfc(a) amplifies the rounding of its argument by ~2a^2 (100+ ulp at x = -11).
-         * For float32 the argument is carried as a + a_lo, and
-         * erfc(a + a_lo) = erfc(a) (1 - (2a + 1/a) a_lo) to first order for a > 1.
-         * a_lo comes without double arithmetic (which cost a third of the kernel): with
-         * v = vh + vl (12-bit head) and 1/sqrt2 = C1 + C2 (C1 of 8 bits), vh C1 and vl C1
-         * are exact, vh C1 - a is exact (Sterbenz), and what is left is below 2^-36 a. */
         _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {
             const T v = x[i];
-            const T a = -v * INV_SQRT2;
-            const T vh = fn__head12f(v), vl = v - vh;
-            const T a_lo = ((-vh * GELU_C1 - a) - vl * GELU_C1) - v * GELU_C2;
-            /* Beyond a = 16 erfc(a) underflows anyway; there a_lo may be huge or NaN. */
-            const T correction = (a > 1 && a < 16) ? 1 - (2 * a + 1 / a) * a_lo : (T)1;
-            y[i] = (T)0.5 * v * FN_ERFC(a) * correction;
+            T gauss;
+            const T tail = fn_normal_tailf(v, &gauss);
+            y[i] = v < 0 ? v * tail : v - GELU_CLAMP(v) * tail;   /* clamped: inf - inf * 0 */
         }
 #else
         MAP((T)0.5 * v * FN_ERFC(-v * INV_SQRT2));
@@ -170,13 +164,23 @@ static void FN_NAME(act_backward_span, FN_SUF)(int op, const T *g, const T *s, T
         MAP_GRAD(v > 0 ? d : d * FN_EXP(v * inv_alpha));
         break;
     }
-    /* The GELU derivatives are exactly 1 or 0 (in either precision) beyond |x| = 1e6;
-     * clamping there keeps Inf * 0 out of them (x = +-Inf, and x^3 overflowing in the
-     * tanh form at |x| > 1.8e19 in float32, gave NaN; the comparisons keep NaN as NaN). */
-#define GELU_CLAMP(v) ((v) > (T)1e6 ? (T)1e6 : ((v) < (T)-1e6 ? (T)-1e6 : (v)))
+    /* The GELU derivatives are exactly 1 or 0 (in either precision) beyond |x| = 1e6:
+     * GELU_CLAMP keeps Inf * 0 out of them (x = +-Inf, and x^3 overflowing in the tanh
+     * form at |x| > 1.8e19 in float32, gave NaN). */
     case FN_ACT_GELU:
+#if FN_REAL == 32
+        /* Phi(x) + x phi(x): fn_normal_tailf's e^{-x^2/2} is phi's, from the exact x^2. */
+        _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {
+            const T v = s[i];
+            T gauss;
+            const T tail = fn_normal_tailf(v, &gauss);
+            const T cdf = v < 0 ? tail : 1 - tail;
+            gx[i] = g[i] * (cdf + GELU_CLAMP(v) * INV_SQRT_2PI * gauss);
+        }
+#else
         MAP_GRAD(d * ((T)0.5 * FN_ERFC(-v * INV_SQRT2)
                       + GELU_CLAMP(v) * INV_SQRT_2PI * FN_EXP_NEG((T)-0.5 * GELU_CLAMP(v) * GELU_CLAMP(v))));
+#endif
         break;
     case FN_ACT_GELU_TANH: {
         _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {
@@ -257,8 +261,6 @@ void FN_NAME(fn_act_backward, FN_SUF)(int op, const T *g, const T *s, T *gx, int
 #undef GELU_B
 #undef INV_SQRT2
 #undef INV_SQRT_2PI
-#undef GELU_C1
-#undef GELU_C2
 #undef SIGMOID
 #undef SIGMOID_SLOPE
 #undef MISH_U

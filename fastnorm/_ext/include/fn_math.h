@@ -1,8 +1,10 @@
 /* fn_math.h -- branch-free elementary functions for vectorized kernels.
  *
- *   float  fn_expf(float),  fn_expm1f(float),  fn_log1pf(float),  fn_tanhf(float),  fn_erfcf(float)
+ *   float  fn_expf(float),  fn_expm1f(float),  fn_log1pf(float),  fn_tanhf(float)
+ *   float  fn_normal_tailf(float, float *): Phi(-|x|) = erfc(|x|/sqrt2)/2, and e^{-x^2/2}
  *   float  fn_log1p_unitf(float): log1p on [0, 1] only
  *   float  fn_exp_negf(float), fn_expm1_negf(float): exp, expm1 for x <= 0 only
+ *   float  fn_exp_neg2f(float, float): exp of a compensated pair x + lo, x <= 0
  *   double fn_exp(double),  fn_expm1(double),  fn_log1p(double),  fn_tanh(double),  fn_erfc(double)
  *
  * Every function is straight-line code (selects, no branches, no tables), so gcc
@@ -23,9 +25,11 @@
  *            log1p(+-0) = +-0.
  *   tanh     is odd (tanh(-0) = -0) and tanh(x) = x for tiny x.  It
  *            saturates to exactly +-1 for large |x|.
- *   erfc     keeps relative accuracy for large x down to its underflow at
- *            10.05 / 27.23, with subnormal results rounded once.  It
- *            reaches exactly 2 from x = -3.83 / -5.86, and erfc(+-inf) = 0 / 2.
+ *   normal_tail (float) keeps relative accuracy down to its underflow at |x| = 14.5,
+ *            and is 0 at +-inf.
+ *   erfc     (double) keeps relative accuracy for large x down to its underflow
+ *            at 27.23, with subnormal results rounded once.  It reaches exactly 2
+ *            from x = -5.86, and erfc(+-inf) = 0 / 2.
  *   NaN in gives NaN out, for every function.
  *
  * Measured accuracy (tools/math_accuracy.c): max error in ulp of the result
@@ -293,55 +297,49 @@ static inline float fn_tanhf(float x)
     return fn__from_bits_f(fn__bits_f(y) | (fn__bits_f(x) & 0x80000000u));
 }
 
-/* erfc, three regions, all computed and selected (a = |x|):
- *  a < 0.4:     1 - x E(x^2), E(z) = erf(x)/x (degree 4, fitted on z in
- *               [0, 0.16] to the error of x E relative to erfc(x), 2^-28.2);
- *               erf(0.4) < 1/2, so the subtraction loses nothing.
- *  0.4 <= a < 2:  e^{-a^2} erfcx(a), erfcx = polynomial in a - 1.25
- *               (degree 10, relative fit error 2^-27.3).
- *  a >= 2:      e^{-a^2} G(1/a^2) / a, G(u) = a erfcx(a) = 1/sqrt(pi) (1 - u/2 + ...)
- *               (degree 8 on u in [1/10.1^2, 1/4], relative fit error 2^-27.1);
- *               G is dominated by its constant term, so it evaluates with
- *               almost no rounding error.
- * A single rational-variable polynomial over [0, 10] was tried first: its
- * division, argument rounding and alternating Horner sums cost 4-6 ulp.
- * a^2 is carried as hi + lo (hi exact from a 12-bit head of a), so e^{-a^2}
- * keeps full relative accuracy up to the underflow threshold (a = 10.05);
- * e^{-a^2} enters as R + R expm1(r), so its rounding is relative to the small
- * expm1(r), and the 2^k scaling comes last (subnormal results rounded once).
- * All coefficients: Lawson near-minimax fits in mpmath, rounded to float one
- * at a time with the rest refitted.  erfc(-a) = 2 - erfc(a). */
-static inline float fn_erfcf(float x)
+/* The tail of the standard normal distribution, T = Phi(-|x|) = erfc(|x|/sqrt2)/2 <= 1/2
+ * (float GELU), and through *gauss e^{-x^2/2} (GELU's derivative adds x e^{-x^2/2}/sqrt(2 pi)).
+ * Phi(x) = x < 0 ? T : 1 - T; the caller composes it (GELU forms x (1 - T) as x - x T, one
+ * rounding fewer).  With a = |x|, both regions computed and selected:
+ *  a < 2.75:   T = e^{-a^2/2} R(a - 1.25), R(a - 1.25) ~ erfcx(a/sqrt2)/2 (degree 12,
+ *              relative fit error 2^-28.4).  a - 1.25 rounds only for a < 0.625; its
+ *              rounding error (exact, Fast2Sum) enters to first order, R (1 + (log R)' err),
+ *              with (log R)' ~ 0.35 a - sqrt(2/pi) there.
+ *  a >= 2.75:  T = e^{-a^2/2} H(1/a^2)/a, H ~ a erfcx(a/sqrt2)/2 = (1 - u + 3u^2 - ...)/sqrt(2 pi)
+ *              (degree 8 on u in [1/14.6^2, 1/2.75^2], 2^-27.1); one final division, as in erfc.
+ * Its argument is x itself: erfc(-x/sqrt2) would amplify the rounding of x/sqrt2 by ~x^2
+ * (GELU had to carry it as a compensated pair), while here a^2 is formed exactly
+ * (fn__two_prodf) and e^{-a^2/2} keeps full relative accuracy down to its underflow.
+ * T = 0 beyond a = 14.6 (it underflows from a = 14.5 on); NaN propagates.  Coefficients:
+ * Lawson near-minimax fits (weight: relative error), rounded to float one at a time from
+ * the constant term with the rest refitted (scipy's erfcx in double as the reference). */
+static inline float fn_normal_tailf(float x, float *gauss)
 {
     const float a = fn__absf(x);
-    const float ah = fn__head12f(a);
-    const float al = a - ah;
-    const float hi = ah * ah, lo = al * (a + ah);
+    float sq_err;
+    const float sq = fn__two_prodf(a, a, &sq_err);
     int32_t k;
-    const float r = fn__reduce2f(-hi, -lo, &k);
+    const float r = fn__reduce2f(-0.5f * sq, -0.5f * sq_err, &k);
     const float em1 = r + r * r * fn__expm1_polyf(r);
 
     const float d = a - 1.25f;
-    const float RA = 0x1.78a692p-2f + d * (-0x1.abaadp-3f + d * (0x1.b56f5ep-4f + d * (-0x1.9b620ep-5f
-                     + d * (0x1.689c1p-6f + d * (-0x1.29c5e6p-7f + d * (0x1.d2db62p-9f + d * (-0x1.561f4ap-10f
-                     + d * (0x1.dac4cp-12f + d * (-0x1.99b6fap-13f + d * 0x1.3a22fcp-14f)))))))));
+    const float d_err = a - (d + 1.25f);
+    const float R = 0x1.d898dep-3f + d * (-0x1.c49322p-4f + d * (0x1.7b79dcp-5f + d * (-0x1.1f3406p-6f
+                    + d * (0x1.8feffcp-8f + d * (-0x1.038a0ep-9f + d * (0x1.3d33a4p-11f + d * (-0x1.6f73dap-13f
+                    + d * (0x1.9056dap-15f + d * (-0x1.9e9bfcp-17f + d * (0x1.d2f6fap-19f + d * (-0x1.0f6ddap-20f
+                    + d * 0x1.625b68p-23f)))))))))));
     const float ia = 1.0f / a;
     const float u = ia * ia;
-    const float G = 0x1.20dd74p-1f + u * (-0x1.20dbaap-2f + u * (0x1.b0bfe2p-2f + u * (-0x1.09952ep+0f
-                    + u * (0x1.a0534ap+1f + u * (-0x1.47c652p+3f + u * (0x1.9b9c78p+4f + u * (-0x1.4bc25ep+5f
-                    + u * 0x1.eb9732p+4f)))))));
-    /* one final division (by a, or by 1 in region A) instead of a product
-     * with the rounded 1/a: one rounding fewer */
-    const float N = a < 2.0f ? RA : G;
-    const float D = a < 2.0f ? 1.0f : a;
-    float y = fn__scalef((N + N * em1) / D, k);
-    y = a > 10.1f ? 0.0f : y;
-    y = x < 0.0f ? 2.0f - y : y;
-
-    const float z = x * x;
-    const float y0 = 1.0f - x * (0x1.20dd74p+0f + z * (-0x1.81260ep-2f + z * (0x1.cdc51cp-4f
-                        + z * (-0x1.aa703p-6f + z * 0x1.6847cep-9f))));
-    return a < 0.4f ? y0 : y;
+    const float H = 0x1.98845p-2f + u * (-0x1.987f94p-2f + u * (0x1.31c3b8p+0f + u * (-0x1.748c5ep+2f
+                    + u * (0x1.1bcee4p+5f + u * (-0x1.a5b89ap+7f + u * (0x1.e82c36p+9f + u * (-0x1.65b09cp+11f
+                    + u * 0x1.de3b94p+11f)))))));
+    const float Rc = R + R * ((0x1.66p-2f * a - 0x1.988454p-1f) * d_err);
+    const float N = a < 2.75f ? Rc : H;
+    const float D = a < 2.75f ? 1.0f : a;
+    const float t = fn__scalef((N + N * em1) / D, k);
+    const float e = fn__scalef(1.0f + em1, k);
+    *gauss = a > 14.6f ? 0.0f : e;
+    return a > 14.6f ? 0.0f : t;
 }
 
 /* ==================================================================== double */
@@ -451,12 +449,19 @@ static inline double fn_tanh(double x)
     return fn__from_bits_d(fn__bits_d(y) | (fn__bits_d(x) & 0x8000000000000000ull));
 }
 
-/* As fn_erfcf, except region B (2 <= a <= 27.3; erfc underflows at 27.23):
- * erfcx(a) = P(w - wc)/(a + 1), w = (a-1)/(a+1) (a G(1/a^2) would need too
- * high a degree in double); P(v) is nearly flat (0.56..0.72), so its Horner
- * sum and the rounding of w cost little.  Degrees: E 8 (2^-60.5), region A
- * 20 (2^-55.3), region B 18 (2^-55.7), coefficients rounded to nearest double.
- * a^2 split with a 26-bit head. */
+/* erfc, three regions, all computed and selected (a = |x|):
+ *  a < 0.4:       1 - x E(x^2), E(z) = erf(x)/x (degree 8, 2^-60.5); erf(0.4) < 1/2, so
+ *                 the subtraction loses nothing.
+ *  0.4 <= a < 2:  e^{-a^2} erfcx(a), erfcx = polynomial in a - 1.25 (degree 20, 2^-55.3).
+ *  2 <= a <= 27.3 (erfc underflows at 27.23): erfcx(a) = P(w - wc)/(a + 1),
+ *                 w = (a-1)/(a+1) (a polynomial in 1/a^2 would need too high a degree in
+ *                 double); P is nearly flat (0.56..0.72), so its Horner sum and the
+ *                 rounding of w cost little (degree 18, 2^-55.7).
+ * a^2 is carried as hi + lo (hi exact from a 26-bit head of a), so e^{-a^2} keeps full
+ * relative accuracy up to the underflow; e^{-a^2} enters as R + R expm1(r), so its rounding
+ * is relative to the small expm1(r), and the 2^k scaling comes last (subnormal results
+ * rounded once).  One final division (by a + 1, or by 1).  Coefficients rounded to
+ * nearest double.  erfc(-a) = 2 - erfc(a). */
 static inline double fn_erfc(double x)
 {
     const double a = fn__abs(x);

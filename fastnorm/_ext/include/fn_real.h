@@ -23,7 +23,7 @@
 #define FN_LOG1P fn_log1pf
 #define FN_LOG1P_UNIT fn_log1p_unitf     /* log1p on [0, 1] */
 #define FN_TANH fn_tanhf
-#define FN_ERFC fn_erfcf
+/* no FN_ERFC: float GELU uses fn_normal_tailf */
 #define FN_SQRT sqrtf
 #define FN_FABS fabsf
 #elif FN_REAL == 64
