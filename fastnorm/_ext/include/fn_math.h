@@ -136,10 +136,11 @@ static inline float fn__scalef(float p, int32_t k)
     return p * fn__pow2f(k1) * fn__pow2f(k - k1);
 }
 
-/* e^(k ln2 + r) from the reduced argument. */
+/* expm1(r) and e^(k ln2 + r) from the reduced argument. */
+static inline float fn__expm1_reducedf(float r) { return r + r * r * fn__expm1_polyf(r); }
 static inline float fn__exp_reducedf(float r, int32_t k)
 {
-    return fn__scalef(1.0f + (r + r * r * fn__expm1_polyf(r)), k);
+    return fn__scalef(1.0f + fn__expm1_reducedf(r), k);
 }
 
 /* e^x without the handling of arguments beyond the range of float results. */
@@ -204,7 +205,7 @@ static inline float fn_expm1f(float x)
 {
     int32_t k;
     const float r = fn__reducef(x, &k);
-    const float e = r + r * r * fn__expm1_polyf(r);
+    const float e = fn__expm1_reducedf(r);
     const int32_t kc = k > 32 ? 32 : k;
     const float c = 1.0f - fn__pow2f(-kc);
     float y = fn__scalef(e + c, k);
@@ -225,7 +226,7 @@ static inline float fn_expm1_negf(float x)
     xc = xc > 0.0f ? 0.0f : xc;
     int32_t k;
     const float r = fn__reducef(xc, &k);
-    const float e = r + r * r * fn__expm1_polyf(r);
+    const float e = fn__expm1_reducedf(r);
     const float y = (e + (1.0f - fn__pow2f(-k))) * fn__pow2f(k);
     return x == 0.0f ? x : y;       /* keeps -0 */
 }
@@ -290,7 +291,7 @@ static inline float fn_tanhf(float x)
     const float ac = a > 10.0f ? 10.0f : a;
     int32_t k;
     const float r = fn__reducef(2.0f * ac, &k);
-    const float e = r + r * r * fn__expm1_polyf(r);
+    const float e = fn__expm1_reducedf(r);
     const float q = (e + (1.0f - fn__pow2f(-k))) * fn__pow2f(k);
     const float d = q / (q + 2.0f);
     const float h = 0.5f * q;
@@ -321,7 +322,7 @@ static inline float fn_normal_tailf(float x, float *gauss)
     const float sq = fn__two_prodf(a, a, &sq_err);
     int32_t k;
     const float r = fn__reduce2f(-0.5f * sq, -0.5f * sq_err, &k);
-    const float em1 = r + r * r * fn__expm1_polyf(r);
+    const float em1 = fn__expm1_reducedf(r);
 
     const float d = a - 1.25f;
     const float d_err = a - (d + 1.25f);
@@ -338,7 +339,7 @@ static inline float fn_normal_tailf(float x, float *gauss)
     const float N = a < 2.75f ? Rc : H;
     const float D = a < 2.75f ? 1.0f : a;
     const float t = fn__scalef((N + N * em1) / D, k);
-    const float e = fn__scalef(1.0f + em1, k);
+    const float e = fn__exp_reducedf(r, k);
     *gauss = a > 14.6f ? 0.0f : e;
     return a > 14.6f ? 0.0f : t;
 }
@@ -380,11 +381,14 @@ static inline double fn__scale(double p, int64_t k)
     return p * fn__pow2(k1) * fn__pow2(k - k1);
 }
 
+/* expm1(r) from the reduced argument, as fn__expm1_reducedf. */
+static inline double fn__expm1_reduced(double r) { return r + r * r * fn__expm1_poly(r); }
+
 static inline double fn_exp(double x)
 {
     int64_t k;
     const double r = fn__reduce(x, &k);
-    const double p = 1.0 + (r + r * r * fn__expm1_poly(r));
+    const double p = 1.0 + fn__expm1_reduced(r);
     double y = fn__scale(p, k);
     y = x > 720.0 ? FN__INF : y;
     y = x < -760.0 ? 0.0 : y;
@@ -395,7 +399,7 @@ static inline double fn_expm1(double x)
 {
     int64_t k;
     const double r = fn__reduce(x, &k);
-    const double e = r + r * r * fn__expm1_poly(r);
+    const double e = fn__expm1_reduced(r);
     /* SSE2 has no 64-bit integer compare, so the clamp of k is a select on x:
      * above x = 40 (k >= 57) 1 - 2^-k rounds to 1 anyway. */
     const double c = x > 40.0 ? 1.0 : 1.0 - fn__pow2(-k);
@@ -471,7 +475,7 @@ static inline double fn_erfc(double x)
     const double hi = ah * ah, lo = al * (a + ah);
     int64_t k;
     const double r = fn__reduce2(-hi, -lo, &k);
-    const double em1 = r + r * r * fn__expm1_poly(r);
+    const double em1 = fn__expm1_reduced(r);
 
     const double d = a - 1.25;
     const double RA = 0x1.78a692138767ap-2 + d * (-0x1.abaacdbfa8b06p-3 + d * (0x1.b56f45eef7e4ap-4 + d * (-0x1.9b635ac624b51p-5
