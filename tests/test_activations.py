@@ -490,3 +490,56 @@ def test_op_table_matches_the_kernels():
     from fastnorm import activations
     assert set(activations._OPS) == set(ext.OPS)
     assert set(activations._FORWARD_GRAIN) == set(activations._BACKWARD_GRAIN) == set(ext.OPS)
+
+
+@pytest.mark.skipif(not fastnorm._config.compiled_available(), reason="compiled kernels only")
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_streamed_results_are_the_same_bits(dtype, rng):
+    # Large calls into a caller's out= store with non-temporal stores from the output's
+    # first 64-byte boundary to its last whole chunk (fn_stream.h); the threshold set to 0
+    # streams every call.  Results must not change: every op, forward and backward, every
+    # ISA variant, outputs at every offset from a 64-byte boundary, 1 and 2 threads.
+    config = fastnorm._config
+    n = 140_001  # above every op's threading grain, odd: lead, chunks and a tail
+    x = spread_values(rng, n + 16, dtype)
+    g = rng.standard_normal(n + 16).astype(dtype)
+    out = np.empty(n + 32, dtype)
+    previous_isa = fastnorm.isa()
+    try:
+        for isa in config._runnable_isas():
+            fastnorm.set_isa(isa)
+            for name, params in PARAM_CASES:
+                fwd = getattr(fastnorm, name)
+                bwd = getattr(fastnorm, name + "_backward")
+                for shift in (0, 3, 8):
+                    xs, gs = x[shift:shift + n], g[shift:shift + n]
+                    o = out[shift:shift + n]
+                    results = []
+                    for threshold, threads in ((None, 1), (0, 1), (0, 2)):
+                        config.set_stream_min_bytes(threshold)
+                        fastnorm.set_num_threads(threads)
+                        fwd(xs, out=o, **params)
+                        y = o.copy()
+                        saved = y if CASES[name][1] == "y" else xs
+                        bwd(gs, saved, out=o, **params)
+                        results.append((y.tobytes(), o.tobytes()))
+                    assert results[0] == results[1] == results[2], (isa, name, params, shift)
+    finally:
+        config.set_stream_min_bytes(None)
+        fastnorm.set_num_threads(None)
+        fastnorm.set_isa(previous_isa)
+
+
+def test_stream_threshold_setting():
+    config = fastnorm._config
+    assert config.stream_min_bytes() == config.STREAM_MIN_BYTES
+    try:
+        config.set_stream_min_bytes(1 << 20)
+        assert config.stream_min_bytes() == 1 << 20
+        with pytest.raises(ValueError, match="set_stream_min_bytes: n must be >= 0, got -1"):
+            config.set_stream_min_bytes(-1)
+        with pytest.raises(TypeError, match="set_stream_min_bytes: n must be an int or None, got float"):
+            config.set_stream_min_bytes(1.5)
+    finally:
+        config.set_stream_min_bytes(None)
+    assert config.stream_min_bytes() == config.STREAM_MIN_BYTES

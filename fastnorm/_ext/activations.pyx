@@ -31,14 +31,15 @@ cdef extern from "fn_activations.h" nogil:
         FN_ACT_HARDSWISH
         FN_ACT_SOFTSIGN
     ctypedef struct fn_act_kernels:
-        void (*forward_f32)(int, const float *, float *, int64_t, double, double) noexcept nogil
-        void (*forward_f64)(int, const double *, double *, int64_t, double, double) noexcept nogil
-        void (*backward_f32)(int, const float *, const float *, float *, int64_t, double, double) noexcept nogil
-        void (*backward_f64)(int, const double *, const double *, double *, int64_t, double, double) noexcept nogil
+        void (*forward_f32)(int, const float *, float *, int64_t, double, double, int) noexcept nogil
+        void (*forward_f64)(int, const double *, double *, int64_t, double, double, int) noexcept nogil
+        void (*backward_f32)(int, const float *, const float *, float *, int64_t, double, double, int) noexcept nogil
+        void (*backward_f64)(int, const double *, const double *, double *, int64_t, double, double, int) noexcept nogil
     const fn_act_kernels *fn_act_kernels_by_isa[]
     int FN_ISA_COUNT
 
 cdef const fn_act_kernels *_kernels = fn_act_kernels_by_isa[0]
+cdef Py_ssize_t _stream_min_bytes = 0x7fffffffffffffff  # set by fastnorm._config at import
 
 OPS = {
     "relu": FN_ACT_RELU, "relu6": FN_ACT_RELU6, "leaky_relu": FN_ACT_LEAKY_RELU,
@@ -56,47 +57,62 @@ def set_isa(int level):
     _kernels = fn_act_kernels_by_isa[isa_level(level, FN_ISA_COUNT)]
 
 
+def set_stream_min_bytes(Py_ssize_t n):
+    """Calls that read and write at least n bytes in all store their result with
+    non-temporal stores (fn_stream.h)."""
+    global _stream_min_bytes
+    _stream_min_bytes = n
+
+
 cdef inline Py_ssize_t _chunk(Py_ssize_t n, int nthreads) noexcept nogil:
     # Chunks start on 64-byte boundaries (16 floats) so threads never share a cache line.
     return (((n + nthreads - 1) // nthreads) + 15) & ~(<Py_ssize_t>15)
 
 
+cdef inline int _stream(Py_ssize_t n, int arrays, int itemsize, bint into_callers) noexcept nogil:
+    """Stream the result (non-temporal stores) of a call moving `arrays` arrays of n items
+    into a caller's buffer.  Not into a fresh output: its pages were just zeroed by the
+    kernel and sit in the cache, where plain stores are cheaper (relu 4096x4096 float32,
+    1 thread: 5.8 ms plain, 6.0 ms streamed, against 3.3 -> 2.9 ms into out=)."""
+    return into_callers and n * arrays * itemsize >= _stream_min_bytes
+
+
 cdef void _forward(int op, const floating *x, floating *y, Py_ssize_t n,
-                   double a, double b, int nthreads) noexcept nogil:
+                   double a, double b, int nthreads, int stream) noexcept nogil:
     cdef Py_ssize_t c, start, chunk
     if nthreads <= 1:
         if floating is float:
-            _kernels.forward_f32(op, x, y, n, a, b)
+            _kernels.forward_f32(op, x, y, n, a, b, stream)
         else:
-            _kernels.forward_f64(op, x, y, n, a, b)
+            _kernels.forward_f64(op, x, y, n, a, b, stream)
         return
     chunk = _chunk(n, nthreads)
     for c in prange(nthreads, num_threads=nthreads, schedule="static"):
         start = c * chunk
         if start < n:
             if floating is float:
-                _kernels.forward_f32(op, x + start, y + start, min(chunk, n - start), a, b)
+                _kernels.forward_f32(op, x + start, y + start, min(chunk, n - start), a, b, stream)
             else:
-                _kernels.forward_f64(op, x + start, y + start, min(chunk, n - start), a, b)
+                _kernels.forward_f64(op, x + start, y + start, min(chunk, n - start), a, b, stream)
 
 
 cdef void _backward(int op, const floating *g, const floating *s, floating *gx, Py_ssize_t n,
-                    double a, double b, int nthreads) noexcept nogil:
+                    double a, double b, int nthreads, int stream) noexcept nogil:
     cdef Py_ssize_t c, start, chunk
     if nthreads <= 1:
         if floating is float:
-            _kernels.backward_f32(op, g, s, gx, n, a, b)
+            _kernels.backward_f32(op, g, s, gx, n, a, b, stream)
         else:
-            _kernels.backward_f64(op, g, s, gx, n, a, b)
+            _kernels.backward_f64(op, g, s, gx, n, a, b, stream)
         return
     chunk = _chunk(n, nthreads)
     for c in prange(nthreads, num_threads=nthreads, schedule="static"):
         start = c * chunk
         if start < n:
             if floating is float:
-                _kernels.backward_f32(op, g + start, s + start, gx + start, min(chunk, n - start), a, b)
+                _kernels.backward_f32(op, g + start, s + start, gx + start, min(chunk, n - start), a, b, stream)
             else:
-                _kernels.backward_f64(op, g + start, s + start, gx + start, min(chunk, n - start), a, b)
+                _kernels.backward_f64(op, g + start, s + start, gx + start, min(chunk, n - start), a, b, stream)
 
 
 def forward(int op, const floating[::1] x, floating[::1] y, double a, double b, int nthreads):
@@ -108,7 +124,7 @@ def forward(int op, const floating[::1] x, floating[::1] y, double a, double b, 
     if x.shape[0] == 0:
         return
     with nogil:
-        _forward(op, &x[0], &y[0], x.shape[0], a, b, nthreads)
+        _forward(op, &x[0], &y[0], x.shape[0], a, b, nthreads, 0)
 
 
 def backward(int op, const floating[::1] g, const floating[::1] s, floating[::1] gx,
@@ -121,7 +137,7 @@ def backward(int op, const floating[::1] g, const floating[::1] s, floating[::1]
     if g.shape[0] == 0:
         return
     with nogil:
-        _backward(op, &g[0], &s[0], &gx[0], g.shape[0], a, b, nthreads)
+        _backward(op, &g[0], &s[0], &gx[0], g.shape[0], a, b, nthreads, 0)
 
 
 # ---------------------------------------------------------------------------- fast path
@@ -159,15 +175,16 @@ def forward_fast(int op, object x, object out, double a, double b, Py_ssize_t gr
     cdef cnp.ndarray ya = <cnp.ndarray>y
     cdef Py_ssize_t n = cnp.PyArray_SIZE(xa)
     cdef int nthreads = threads_for(n, grain)
+    cdef int stream = _stream(n, 2, cnp.PyArray_ITEMSIZE(xa), out is not None)
     if n == 0:
         return y
     with nogil:
         if typenum == cnp.NPY_FLOAT32:
             _forward[float](op, <const float *>cnp.PyArray_DATA(xa), <float *>cnp.PyArray_DATA(ya),
-                            n, a, b, nthreads)
+                            n, a, b, nthreads, stream)
         else:
             _forward[double](op, <const double *>cnp.PyArray_DATA(xa), <double *>cnp.PyArray_DATA(ya),
-                             n, a, b, nthreads)
+                             n, a, b, nthreads, stream)
     return y
 
 
@@ -189,14 +206,15 @@ def backward_fast(int op, object g, object s, object out, double a, double b, Py
     cdef cnp.ndarray gxa = <cnp.ndarray>gx
     cdef Py_ssize_t n = cnp.PyArray_SIZE(ga)
     cdef int nthreads = threads_for(n, grain)
+    cdef int stream = _stream(n, 3, cnp.PyArray_ITEMSIZE(ga), out is not None)
     if n == 0:
         return gx
     with nogil:
         if typenum == cnp.NPY_FLOAT32:
             _backward[float](op, <const float *>cnp.PyArray_DATA(ga), <const float *>cnp.PyArray_DATA(sa),
-                             <float *>cnp.PyArray_DATA(gxa), n, a, b, nthreads)
+                             <float *>cnp.PyArray_DATA(gxa), n, a, b, nthreads, stream)
         else:
             _backward[double](op, <const double *>cnp.PyArray_DATA(ga),
                               <const double *>cnp.PyArray_DATA(sa),
-                              <double *>cnp.PyArray_DATA(gxa), n, a, b, nthreads)
+                              <double *>cnp.PyArray_DATA(gxa), n, a, b, nthreads, stream)
     return gx

@@ -5,6 +5,7 @@
  * backward: gx[i] = g[i] * f'(s[i])             s = saved forward input, or the
  *                                               forward output for sigmoid/tanh
  * a, b are the op's parameters (see fn_activations_impl.h); unused ones are ignored.
+ * stream != 0 writes the result with non-temporal stores (fn_stream.h; same values).
  */
 #ifndef FN_ACTIVATIONS_H
 #define FN_ACTIVATIONS_H
@@ -31,20 +32,20 @@ enum fn_act_op {
 };
 
 #define FN_DECLARE_ACT(isa) \
-    void fn_act_forward_f32_##isa(int op, const float *x, float *y, int64_t n, double a, double b); \
-    void fn_act_forward_f64_##isa(int op, const double *x, double *y, int64_t n, double a, double b); \
-    void fn_act_backward_f32_##isa(int op, const float *g, const float *s, float *gx, int64_t n, double a, double b); \
-    void fn_act_backward_f64_##isa(int op, const double *g, const double *s, double *gx, int64_t n, double a, double b);
+    void fn_act_forward_f32_##isa(int op, const float *x, float *y, int64_t n, double a, double b, int stream); \
+    void fn_act_forward_f64_##isa(int op, const double *x, double *y, int64_t n, double a, double b, int stream); \
+    void fn_act_backward_f32_##isa(int op, const float *g, const float *s, float *gx, int64_t n, double a, double b, int stream); \
+    void fn_act_backward_f64_##isa(int op, const double *g, const double *s, double *gx, int64_t n, double a, double b, int stream);
 
 FN_DECLARE_ACT(base)
 FN_DECLARE_ACT(avx2)
 FN_DECLARE_ACT(avx512)
 
 typedef struct fn_act_kernels {
-    void (*forward_f32)(int, const float *, float *, int64_t, double, double);
-    void (*forward_f64)(int, const double *, double *, int64_t, double, double);
-    void (*backward_f32)(int, const float *, const float *, float *, int64_t, double, double);
-    void (*backward_f64)(int, const double *, const double *, double *, int64_t, double, double);
+    void (*forward_f32)(int, const float *, float *, int64_t, double, double, int);
+    void (*forward_f64)(int, const double *, double *, int64_t, double, double, int);
+    void (*backward_f32)(int, const float *, const float *, float *, int64_t, double, double, int);
+    void (*backward_f64)(int, const double *, const double *, double *, int64_t, double, double, int);
 } fn_act_kernels;
 
 /* Indexed by FN_ISA_BASE / FN_ISA_AVX2 / FN_ISA_AVX512 (defined in activations_base.c). */

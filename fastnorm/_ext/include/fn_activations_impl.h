@@ -14,13 +14,43 @@
 #include <string.h>
 #include "fn_activations.h"
 #include "fn_math.h"
+#include "fn_stream.h"
 #include "fn_real.h"
 
 #define T FN_T
+#define STREAM_CHUNK (FN_STREAM_BYTES / (int64_t)sizeof(T))
+/* The loops of the simple maps.  With stream set (n is then a whole number of chunks and
+ * y 64-byte aligned) each chunk goes through a stack buffer to non-temporal stores
+ * (fn_stream.h); the chunk loop sits inside each case so that gcc can keep the chunk in
+ * registers.  The loops written out below (GELU, mish) always store plainly: they are
+ * compute-bound, where streaming saves nothing. */
 #define MAP(EXPR) \
-    do { _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) { const T v = x[i]; y[i] = (EXPR); } } while (0)
+    do { \
+        if (stream) { \
+            for (int64_t i0 = 0; i0 < n; i0 += STREAM_CHUNK) { \
+                _Alignas(FN_STREAM_ALIGN) T buf[STREAM_CHUNK]; \
+                _Pragma("omp simd") for (int64_t i = 0; i < STREAM_CHUNK; ++i) { \
+                    const T v = x[i0 + i]; buf[i] = (EXPR); } \
+                FN_STREAM_COPY(y + i0, buf, STREAM_CHUNK); \
+            } \
+        } else { \
+            _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) { const T v = x[i]; y[i] = (EXPR); } \
+        } \
+    } while (0)
 #define MAP_GRAD(EXPR) \
-    do { _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) { const T v = s[i]; const T d = g[i]; gx[i] = (EXPR); } } while (0)
+    do { \
+        if (stream) { \
+            for (int64_t i0 = 0; i0 < n; i0 += STREAM_CHUNK) { \
+                _Alignas(FN_STREAM_ALIGN) T buf[STREAM_CHUNK]; \
+                _Pragma("omp simd") for (int64_t i = 0; i < STREAM_CHUNK; ++i) { \
+                    const T v = s[i0 + i]; const T d = g[i0 + i]; buf[i] = (EXPR); } \
+                FN_STREAM_COPY(gx + i0, buf, STREAM_CHUNK); \
+            } \
+        } else { \
+            _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) { \
+                const T v = s[i]; const T d = g[i]; gx[i] = (EXPR); } \
+        } \
+    } while (0)
 
 /* PyTorch's constants (torch.nn.SELU, GELU tanh form). */
 #define SELU_ALPHA ((T)1.6732632423543772848170429916717)
@@ -59,7 +89,8 @@ static inline T FN_NAME(mish_u, FN_SUF)(T z) { return FN_EXP(z > (T)20 ? (T)20 :
 #define SIGMOID_SLOPE FN_NAME(sigmoid_slope, FN_SUF)
 #define MISH_U FN_NAME(mish_u, FN_SUF)
 
-static void FN_NAME(act_forward_span, FN_SUF)(int op, const T *x, T *y, int64_t n, double a, double b)
+static void FN_NAME(act_forward_span, FN_SUF)(int op, const T *x, T *y, int64_t n, double a, double b,
+                                             int stream)
 {
     const T pa = (T)a, pb = (T)b;
     switch (op) {
@@ -149,7 +180,8 @@ static void FN_NAME(act_forward_span, FN_SUF)(int op, const T *x, T *y, int64_t 
     }
 }
 
-static void FN_NAME(act_backward_span, FN_SUF)(int op, const T *g, const T *s, T *gx, int64_t n, double a, double b)
+static void FN_NAME(act_backward_span, FN_SUF)(int op, const T *g, const T *s, T *gx, int64_t n,
+                                              double a, double b, int stream)
 {
     const T pa = (T)a, pb = (T)b;
     switch (op) {
@@ -223,32 +255,67 @@ static void FN_NAME(act_backward_span, FN_SUF)(int op, const T *g, const T *s, T
  * the last n % FN_ACT_PAD elements are run through a zero-padded stack buffer. */
 #define FN_ACT_PAD 16
 
-void FN_NAME(fn_act_forward, FN_SUF)(int op, const T *x, T *y, int64_t n, double a, double b)
+static void FN_NAME(act_forward_plain, FN_SUF)(int op, const T *x, T *y, int64_t n, double a, double b)
 {
     const int64_t body = n - n % FN_ACT_PAD;
-    FN_NAME(act_forward_span, FN_SUF)(op, x, y, body, a, b);
+    FN_NAME(act_forward_span, FN_SUF)(op, x, y, body, a, b, 0);
     if (body < n) {
         T xt[FN_ACT_PAD] = {0}, yt[FN_ACT_PAD];
         memcpy(xt, x + body, (size_t)(n - body) * sizeof(T));
-        FN_NAME(act_forward_span, FN_SUF)(op, xt, yt, FN_ACT_PAD, a, b);
+        FN_NAME(act_forward_span, FN_SUF)(op, xt, yt, FN_ACT_PAD, a, b, 0);
         memcpy(y + body, yt, (size_t)(n - body) * sizeof(T));
     }
 }
 
-void FN_NAME(fn_act_backward, FN_SUF)(int op, const T *g, const T *s, T *gx, int64_t n, double a, double b)
+static void FN_NAME(act_backward_plain, FN_SUF)(int op, const T *g, const T *s, T *gx, int64_t n,
+                                                double a, double b)
 {
     const int64_t body = n - n % FN_ACT_PAD;
-    FN_NAME(act_backward_span, FN_SUF)(op, g, s, gx, body, a, b);
+    FN_NAME(act_backward_span, FN_SUF)(op, g, s, gx, body, a, b, 0);
     if (body < n) {
         T gt[FN_ACT_PAD] = {0}, st[FN_ACT_PAD] = {0}, gxt[FN_ACT_PAD];
         memcpy(gt, g + body, (size_t)(n - body) * sizeof(T));
         memcpy(st, s + body, (size_t)(n - body) * sizeof(T));
-        FN_NAME(act_backward_span, FN_SUF)(op, gt, st, gxt, FN_ACT_PAD, a, b);
+        FN_NAME(act_backward_span, FN_SUF)(op, gt, st, gxt, FN_ACT_PAD, a, b, 0);
         memcpy(gx + body, gxt, (size_t)(n - body) * sizeof(T));
     }
 }
 
+/* stream: write the result with non-temporal stores (fn_stream.h) from the output's first
+ * 64-byte boundary to its last whole chunk; the same vector code computes every element
+ * either way, so the results are the same bits. */
+void FN_NAME(fn_act_forward, FN_SUF)(int op, const T *x, T *y, int64_t n, double a, double b, int stream)
+{
+    const int64_t lead = stream ? fn_stream_lead(y, sizeof(T)) : -1;
+    const int64_t chunks = lead < 0 || n < lead ? 0 : (n - lead) / STREAM_CHUNK * STREAM_CHUNK;
+    if (chunks == 0) {
+        FN_NAME(act_forward_plain, FN_SUF)(op, x, y, n, a, b);
+        return;
+    }
+    FN_NAME(act_forward_plain, FN_SUF)(op, x, y, lead, a, b);
+    FN_NAME(act_forward_span, FN_SUF)(op, x + lead, y + lead, chunks, a, b, 1);
+    fn_stream_fence();
+    FN_NAME(act_forward_plain, FN_SUF)(op, x + lead + chunks, y + lead + chunks, n - lead - chunks, a, b);
+}
+
+void FN_NAME(fn_act_backward, FN_SUF)(int op, const T *g, const T *s, T *gx, int64_t n, double a, double b,
+                                      int stream)
+{
+    const int64_t lead = stream ? fn_stream_lead(gx, sizeof(T)) : -1;
+    const int64_t chunks = lead < 0 || n < lead ? 0 : (n - lead) / STREAM_CHUNK * STREAM_CHUNK;
+    if (chunks == 0) {
+        FN_NAME(act_backward_plain, FN_SUF)(op, g, s, gx, n, a, b);
+        return;
+    }
+    FN_NAME(act_backward_plain, FN_SUF)(op, g, s, gx, lead, a, b);
+    FN_NAME(act_backward_span, FN_SUF)(op, g + lead, s + lead, gx + lead, chunks, a, b, 1);
+    fn_stream_fence();
+    FN_NAME(act_backward_plain, FN_SUF)(op, g + lead + chunks, s + lead + chunks, gx + lead + chunks,
+                                        n - lead - chunks, a, b);
+}
+
 #undef FN_ACT_PAD
+#undef STREAM_CHUNK
 #undef T
 #undef MAP
 #undef MAP_GRAD

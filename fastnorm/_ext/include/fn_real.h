@@ -13,6 +13,7 @@
 #undef FN_ERFC
 #undef FN_SQRT
 #undef FN_FABS
+#undef FN_STREAM_COPY
 #if FN_REAL == 32
 #define FN_T float
 #define FN_SUF f32
@@ -26,6 +27,7 @@
 /* no FN_ERFC: float GELU uses fn_normal_tailf */
 #define FN_SQRT sqrtf
 #define FN_FABS fabsf
+#define FN_STREAM_COPY fn_stream_copy_f32   /* fn_stream.h */
 #elif FN_REAL == 64
 #define FN_T double
 #define FN_SUF f64
@@ -39,6 +41,7 @@
 #define FN_ERFC fn_erfc
 #define FN_SQRT sqrt
 #define FN_FABS fabs
+#define FN_STREAM_COPY fn_stream_copy_f64
 #else
 #error "FN_REAL must be 32 or 64"
 #endif
