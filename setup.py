@@ -85,7 +85,9 @@ def extensions():
             "fastnorm._ext." + family,
             sources=sources,
             include_dirs=[os.path.join(EXT_DIR, "include"), numpy.get_include()],
-            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+            # NumPy >= 1.22 API: the memory-handler functions (_pool.pyx); fastnorm needs 1.26.
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+                           ("NPY_TARGET_VERSION", "NPY_1_22_API_VERSION")],
             depends=sorted(glob.glob(os.path.join(EXT_DIR, "include", "*.h"))
                            + glob.glob(os.path.join(EXT_DIR, "*.pxd"))),
             extra_compile_args=cargs,

@@ -10,6 +10,8 @@ import numbers
 
 import numpy as np
 
+from . import _config
+
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 _F16 = np.dtype(np.float16)
 _F32 = np.dtype(np.float32)
@@ -120,7 +122,7 @@ def elementwise(func, inputs, out, kernel, *, c_order=False):
         inputs = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in inputs]
     flat = [a.reshape(-1, order=order) for a in inputs]
     if out is None:
-        result = np.empty(ref.shape, dtype=dtype, order=order)
+        result = _config.empty(ref.shape, dtype, order)
         kernel(flat, result.reshape(-1, order=order))
         return result
     direct = (out.flags.c_contiguous if order == "C" else out.flags.f_contiguous)
@@ -132,7 +134,7 @@ def elementwise(func, inputs, out, kernel, *, c_order=False):
     if direct:
         kernel(flat, out.reshape(-1, order=order))
         return out
-    result = np.empty(ref.shape, dtype=dtype, order=order)
+    result = _config.empty(ref.shape, dtype, order)
     kernel(flat, result.reshape(-1, order=order))
     np.copyto(out, result)
     return out

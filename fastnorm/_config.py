@@ -8,6 +8,8 @@ import contextlib
 import os
 import warnings
 
+import numpy as np
+
 #: Compiled kernel families, one extension module each (fastnorm/_ext/<name>.pyx).
 FAMILIES = ("activations", "dropout", "normalization")
 
@@ -19,16 +21,17 @@ _ISAS = ("base", "avx2", "avx512")
 _ISA_HELP = "'base' (any x86-64), 'avx2' (AVX2+FMA) or 'avx512' (AVX-512 F/VL/BW/DQ)"
 
 _runtime = None
+_pool = None
 _modules = {}
 _import_error = None
 try:
-    from ._ext import _runtime
+    from ._ext import _runtime, _pool
     import importlib
 
     for _name in FAMILIES:
         _modules[_name] = importlib.import_module("fastnorm._ext." + _name)
 except ImportError as exc:  # no compiler at install time, or FASTNORM_NO_EXTENSION=1
-    _runtime, _modules, _import_error = None, {}, exc
+    _runtime, _pool, _modules, _import_error = None, None, {}, exc
 assert _runtime is None or _runtime.ISA_NAMES == _ISAS, "kernel variant numbering differs"
 
 
@@ -173,6 +176,17 @@ _initial_isa()
 STREAM_MIN_BYTES = 40 << 20
 
 
+def _byte_count(func, n, default):
+    """n (an int >= 0, capped to a C Py_ssize_t), or default for None."""
+    if n is None:
+        return default
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"{func}: n must be an int or None, got {type(n).__name__}")
+    if n < 0:
+        raise ValueError(f"{func}: n must be >= 0, got {n}")
+    return min(n, (1 << 63) - 1)
+
+
 def stream_min_bytes():
     """Bytes (read + written by one call) from which kernels write their result with
     non-temporal stores, past the caches.  ``FASTNORM_STREAM_MIN_BYTES`` sets it at import."""
@@ -183,36 +197,64 @@ def set_stream_min_bytes(n=None):
     """Set :func:`stream_min_bytes`; ``None`` restores the default.  Results are the same
     bits either way; only the speed differs."""
     global _stream_min_bytes
-    if n is None:
-        n = STREAM_MIN_BYTES
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"set_stream_min_bytes: n must be an int or None, got {type(n).__name__}")
-    if n < 0:
-        raise ValueError(f"set_stream_min_bytes: n must be >= 0, got {n}")
-    n = min(n, (1 << 63) - 1)
+    n = _byte_count("set_stream_min_bytes", n, STREAM_MIN_BYTES)
     for module in _modules.values():
         if hasattr(module, "set_stream_min_bytes"):
             module.set_stream_min_bytes(n)
     _stream_min_bytes = n
 
 
-def _initial_stream_min_bytes():
-    text = _env("FASTNORM_STREAM_MIN_BYTES")
-    n = None
-    if text:
-        try:
-            n = int(text)
-        except ValueError:
-            n = -1
-        if n < 0:
-            warnings.warn(f"fastnorm: ignoring FASTNORM_STREAM_MIN_BYTES={text!r} (expected an "
-                          "integer >= 0)", RuntimeWarning, stacklevel=3)
-            n = None
-    set_stream_min_bytes(n)
+def _env_int(name):
+    """The integer >= 0 in environment variable name, or None (unset, or not one: warns)."""
+    text = _env(name)
+    if not text:
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        warnings.warn(f"fastnorm: ignoring {name}={text!r} (expected an integer >= 0)",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    return n
 
 
 _stream_min_bytes = STREAM_MIN_BYTES
-_initial_stream_min_bytes()
+set_stream_min_bytes(_env_int("FASTNORM_STREAM_MIN_BYTES"))
+
+#: Default of :func:`pool_bytes`.
+POOL_BYTES = 512 << 20
+
+
+def pool_bytes():
+    """Bytes of freed large buffers fastnorm keeps for its next results (0: none).
+
+    Results of 32 MiB and more are allocated through this cache (fastnorm/_ext/_pool.pyx):
+    glibc returns such blocks to the kernel when they are freed, and a fresh block is
+    page-faulted and zeroed as it is first written, which cost as much as relu itself on
+    64 MiB.  The arrays are ordinary NumPy arrays.  ``FASTNORM_POOL_BYTES`` sets it at import."""
+    return _pool_bytes
+
+
+def set_pool_bytes(n=None):
+    """Set :func:`pool_bytes` (``None``: the default); 0 releases every cached buffer."""
+    global _pool_bytes
+    n = _byte_count("set_pool_bytes", n, POOL_BYTES)
+    if _pool is not None:
+        _pool.set_limit(n)
+    _pool_bytes = n
+
+
+def empty(shape, dtype, order="C"):
+    """``np.empty(shape, dtype, order)``; large arrays come from fastnorm's buffer cache."""
+    if _pool is None:
+        return np.empty(shape, dtype, order)
+    return _pool.empty(shape, dtype, order)
+
+
+_pool_bytes = POOL_BYTES
+set_pool_bytes(_env_int("FASTNORM_POOL_BYTES"))
 
 
 def get_num_threads():
@@ -274,6 +316,8 @@ def show_config(file=None):
         + (f" (set_num_threads)" if _requested_threads is not None
            else " (FASTNORM_NUM_THREADS)" if _env_threads is not None else ""),
         f"  streaming:      results of calls moving >= {_stream_min_bytes} bytes",
+        f"  buffer cache:   up to {_pool_bytes} bytes of freed results >= 32 MiB"
+        + ("" if _pool is None or _pool.AVAILABLE else " (not in this build)"),
         f"  NumPy:          {np.__version__}",
         f"  Python:         {platform.python_version()} on {platform.machine()} {platform.system()}",
     ]

@@ -194,3 +194,14 @@ def test_forked_child_can_still_compute():
         print(os.WEXITSTATUS(status))
     """)
     assert out.strip() == "0"
+
+
+@pytest.mark.parametrize("name, getter", [("FASTNORM_POOL_BYTES", "pool_bytes"),
+                                          ("FASTNORM_STREAM_MIN_BYTES", "stream_min_bytes")])
+def test_byte_settings_from_the_environment(name, getter):
+    code = f"import fastnorm._config as c; print(c.{getter}())"
+    out, _ = run_python(code, **{name: "12345"})
+    assert out.split() == ["12345"]
+    out, err = run_python(code, **{name: "lots"})
+    assert f"ignoring {name}='lots' (expected an integer >= 0)" in err
+    assert int(out) == getattr(fastnorm._config, getter.upper())

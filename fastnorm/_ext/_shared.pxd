@@ -3,6 +3,7 @@ the check of a kernel-variant index, the thread count of a call, and the tests t
 a C-level fast path take an array as it is and write into a caller's out=."""
 cimport numpy as cnp
 from libc.stdint cimport intptr_t
+from fastnorm._ext._pool cimport pooled_empty
 
 
 cdef inline int isa_level(int level, int count) except -1:
@@ -53,11 +54,11 @@ cdef inline bint same_shape(cnp.ndarray a, cnp.ndarray b):
 
 cdef inline object output_for(cnp.ndarray x, object out):
     """Where a fast path writes its result of x's shape and type: a new array when out is
-    None, out itself when the kernel can write it directly (plain, x's type and shape,
+    None (from fastnorm's cache of large buffers, _pool.pyx, when x is large), out itself when the kernel can write it directly (plain, x's type and shape,
     writeable, x itself or disjoint from it), else None (the general path validates
     and copies)."""
     if out is None:
-        return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0)
+        return pooled_empty(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x))
     if not plain(out, cnp.PyArray_TYPE(x)):
         return None
     cdef cnp.ndarray o = <cnp.ndarray>out

@@ -9,6 +9,7 @@ from cython.parallel cimport prange
 from cython cimport floating
 cimport numpy as cnp
 from fastnorm._ext._shared cimport isa_level, threads_for, plain, same_or_apart, same_shape, output_for
+from fastnorm._ext._pool cimport pooled
 
 cnp.import_array()
 
@@ -69,12 +70,13 @@ cdef inline Py_ssize_t _chunk(Py_ssize_t n, int nthreads) noexcept nogil:
     return (((n + nthreads - 1) // nthreads) + 15) & ~(<Py_ssize_t>15)
 
 
-cdef inline int _stream(Py_ssize_t n, int arrays, int itemsize, bint into_callers) noexcept nogil:
-    """Stream the result (non-temporal stores) of a call moving `arrays` arrays of n items
-    into a caller's buffer.  Not into a fresh output: its pages were just zeroed by the
-    kernel and sit in the cache, where plain stores are cheaper (relu 4096x4096 float32,
-    1 thread: 5.8 ms plain, 6.0 ms streamed, against 3.3 -> 2.9 ms into out=)."""
-    return into_callers and n * arrays * itemsize >= _stream_min_bytes
+cdef inline int _stream(Py_ssize_t n, int arrays, int itemsize, bint callers_out) noexcept:
+    """Stream the result (non-temporal stores) of a call moving `arrays` arrays of n items,
+    into a caller's buffer or a reused one from the cache (_pool.pyx).  Not into memory
+    fresh from the kernel: its pages were just zeroed and sit in the cache, where plain
+    stores are cheaper (relu 4096x4096 float32, 1 thread: 5.8 ms plain, 6.0 ms streamed,
+    against 3.3 -> 2.9 ms into out=)."""
+    return (callers_out or pooled(n * itemsize)) and n * arrays * itemsize >= _stream_min_bytes
 
 
 cdef void _forward(int op, const floating *x, floating *y, Py_ssize_t n,

@@ -14,6 +14,7 @@ from libc.math cimport isfinite, sqrt, pow
 from libc.string cimport memset
 cimport numpy as cnp
 from fastnorm._ext._shared cimport isa_level, threads_for, plain, overlap, output_for
+from fastnorm._ext._pool cimport pooled_empty
 from cython.parallel cimport prange
 from cython cimport floating
 
@@ -630,7 +631,7 @@ def rows_backward_fast(object grad_output, object x, object normalized_shape, ob
     cdef Py_ssize_t n = cnp.PyArray_SIZE(xa), M = n // K
     cdef Py_ssize_t rb = _row_block(M, 16), nblk = (M + rb - 1) // rb
     cdef int nthreads = threads_for(n, grain)
-    cdef cnp.ndarray gx = cnp.PyArray_EMPTY(nd, dims, typenum, 0)
+    cdef cnp.ndarray gx = pooled_empty(nd, dims, typenum)
     cdef cnp.npy_intp pdims[2]
     cdef double[:, ::1] pw
     cdef double[:, ::1] pb
@@ -818,7 +819,7 @@ def batch_norm_backward_fast(object grad_output, object x, object weight, object
                                       <double *>cnp.PyArray_DATA(s2), <double *>cnp.PyArray_DATA(k1),
                                       <double *>cnp.PyArray_DATA(k2), <double *>cnp.PyArray_DATA(k3),
                                       <double *>_data_or_null(gw), <double *>_data_or_null(gb))
-    cdef cnp.ndarray gx = cnp.PyArray_EMPTY(nd, dims, typenum, 0)
+    cdef cnp.ndarray gx = pooled_empty(nd, dims, typenum)
     affine_grad(ga.reshape(-1), xa.reshape(-1), gx.reshape(-1), 1, A, C, B, k1, mean, k2, k3, nthreads)
     return gx, gw, gb
 

@@ -1,0 +1,91 @@
+"""Large outputs from a cache of freed buffers (fn_pool.h), through NumPy's memory-handler
+API: the arrays are ordinary NumPy arrays; only where their memory comes from differs.
+
+fastnorm allocates its results of at least min_bytes() through the cache; it holds at most
+limit() bytes of freed buffers (``FASTNORM_POOL_BYTES``; 0 turns the cache off).
+"""
+cimport numpy as cnp
+from libc.stdint cimport uint64_t
+
+cnp.import_array()
+
+cdef extern from *:
+    """
+    #include "fn_pool.h"
+    static PyDataMem_Handler fn_pool_handler = {
+        "fastnorm_pool", 1,
+        {NULL, fn_pool_malloc, fn_pool_calloc, fn_pool_realloc, fn_pool_free}
+    };
+    static PyObject *fn_pool_new_capsule(void)
+    {
+        return PyCapsule_New(&fn_pool_handler, "mem_handler", NULL);
+    }
+    """
+    int FN_POOL_AVAILABLE
+    object fn_pool_new_capsule()
+    void fn_pool_set_limit(size_t limit) nogil
+    void fn_pool_stats(size_t *cached, size_t *limit, uint64_t *hits, uint64_t *misses) nogil
+
+cdef extern from "numpy/arrayobject.h":
+    object PyDataMem_SetHandler(object handler)
+
+cdef object _handler = fn_pool_new_capsule()
+# Below glibc's largest mmap threshold (32 MiB) freed memory is reused by malloc itself.
+cdef Py_ssize_t _min_bytes = 32 << 20
+cdef size_t _limit = 0
+
+#: Whether this build caches (not on Windows).
+AVAILABLE = bool(FN_POOL_AVAILABLE)
+
+
+cdef bint pooled(Py_ssize_t nbytes) noexcept:
+    """An output of nbytes comes from the cache (and so is not fresh from the kernel)."""
+    return _limit > 0 and nbytes >= _min_bytes
+
+
+cdef object pooled_empty(int nd, cnp.npy_intp *dims, int typenum):
+    """PyArray_EMPTY(nd, dims, typenum, 0), from the cache when the size qualifies."""
+    cdef cnp.npy_intp nbytes = cnp.PyArray_MultiplyList(dims, nd) * cnp.PyDataType_ELSIZE(cnp.PyArray_DescrFromType(typenum))
+    if not pooled(nbytes):
+        return cnp.PyArray_EMPTY(nd, dims, typenum, 0)
+    previous = PyDataMem_SetHandler(_handler)
+    try:
+        return cnp.PyArray_EMPTY(nd, dims, typenum, 0)
+    finally:
+        PyDataMem_SetHandler(previous)
+
+
+def empty(shape, dtype, order="C"):
+    """np.empty(shape, dtype, order), from the cache when the size qualifies."""
+    import numpy as np
+    dtype = np.dtype(dtype)
+    n = dtype.itemsize
+    for d in shape:
+        n *= d
+    if not pooled(n):
+        return np.empty(shape, dtype, order)
+    previous = PyDataMem_SetHandler(_handler)
+    try:
+        return np.empty(shape, dtype, order)
+    finally:
+        PyDataMem_SetHandler(previous)
+
+
+def set_limit(Py_ssize_t nbytes):
+    """Hold at most nbytes of freed buffers (0: none, and release what is held)."""
+    global _limit
+    _limit = max(nbytes, 0) if FN_POOL_AVAILABLE else 0
+    fn_pool_set_limit(_limit)
+
+
+def set_min_bytes(Py_ssize_t nbytes):
+    global _min_bytes
+    _min_bytes = nbytes
+
+
+def stats():
+    """{'cached': bytes held, 'limit': ..., 'min_bytes': ..., 'hits': ..., 'misses': ...}"""
+    cdef size_t cached, limit
+    cdef uint64_t hits, misses
+    fn_pool_stats(&cached, &limit, &hits, &misses)
+    return {"cached": cached, "limit": limit, "min_bytes": _min_bytes, "hits": hits, "misses": misses}

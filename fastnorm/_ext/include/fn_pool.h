@@ -1,0 +1,212 @@
+/* A cache of large freed array buffers, as a NumPy memory handler (NEP 49).
+ *
+ * Why: glibc serves allocations above 32 MiB with a fresh mmap and returns them to the
+ * kernel on free, so every large result NumPy allocates is page-faulted and zeroed by the
+ * kernel as it is first written: for relu of 4096 x 4096 float32 (64 MiB) that costs
+ * about as much as the kernel (1 thread: 5.8 ms per call with a fresh output, 2.9 ms into
+ * a reused one).  A training loop allocates the same sizes step after step; this cache
+ * hands the freed buffers back out.
+ *
+ * fastnorm installs the handler only around the allocation of its own large outputs
+ * (fastnorm/_ext/_pool.pyx); the arrays are ordinary NumPy arrays that own their data
+ * and remember the handler, so NumPy calls fn_pool_free when they die, and tracemalloc
+ * sees them as it sees any array.  Blocks of at least FN_POOL_GRANULE bytes are rounded
+ * up to whole granules (so that near sizes share blocks) and kept, most recently freed
+ * first, while the cached total stays within the limit (fn_pool_set_limit; 0 disables
+ * caching); a larger total frees the oldest.  Smaller requests go straight to libc.
+ * Every block is released with free(), so a block may leave the cache at any time.
+ */
+#ifndef FN_POOL_H
+#define FN_POOL_H
+#include <stdlib.h>
+#include <string.h>
+#include <stdint.h>
+
+#define FN_POOL_GRANULE ((size_t)2 << 20)    /* 2 MiB: one huge page */
+#define FN_POOL_SLOTS 64
+
+#if defined(_WIN32)
+/* No cache (no pthreads here): the handler passes everything to libc. */
+#define FN_POOL_AVAILABLE 0
+static void *fn_pool_malloc(void *ctx, size_t bytes) { (void)ctx; return malloc(bytes ? bytes : 1); }
+static void *fn_pool_calloc(void *ctx, size_t nelem, size_t elsize)
+{
+    (void)ctx;
+    return calloc(nelem ? nelem : 1, elsize ? elsize : 1);
+}
+static void *fn_pool_realloc(void *ctx, void *ptr, size_t bytes) { (void)ctx; return realloc(ptr, bytes ? bytes : 1); }
+static void fn_pool_free(void *ctx, void *ptr, size_t bytes) { (void)ctx; (void)bytes; free(ptr); }
+static void fn_pool_set_limit(size_t limit) { (void)limit; }
+static void fn_pool_stats(size_t *cached, size_t *limit, uint64_t *hits, uint64_t *misses)
+{
+    *cached = *limit = 0;
+    *hits = *misses = 0;
+}
+#else
+#define FN_POOL_AVAILABLE 1
+#include <pthread.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+typedef struct fn_pool_slot { void *ptr; size_t bytes; uint64_t stamp; } fn_pool_slot;
+
+static struct {
+    pthread_mutex_t lock;
+    fn_pool_slot slot[FN_POOL_SLOTS];
+    size_t cached, limit;
+    uint64_t clock;
+    uint64_t hits, misses;
+} fn_pool = { PTHREAD_MUTEX_INITIALIZER, {{0}}, 0, 0, 0, 0, 0 };
+
+/* The capacity of a block serving `bytes`: whole granules from one granule on. */
+static inline size_t fn_pool_capacity(size_t bytes)
+{
+    return bytes < FN_POOL_GRANULE ? bytes
+                                   : (bytes + FN_POOL_GRANULE - 1) / FN_POOL_GRANULE * FN_POOL_GRANULE;
+}
+
+/* A cached block of capacity cap, or NULL. */
+static void *fn_pool_take(size_t cap)
+{
+    void *p = NULL;
+    pthread_mutex_lock(&fn_pool.lock);
+    int best = -1;
+    for (int i = 0; i < FN_POOL_SLOTS; ++i)
+        if (fn_pool.slot[i].ptr && fn_pool.slot[i].bytes == cap
+            && (best < 0 || fn_pool.slot[i].stamp > fn_pool.slot[best].stamp))
+            best = i;
+    if (best >= 0) {
+        p = fn_pool.slot[best].ptr;
+        fn_pool.slot[best].ptr = NULL;
+        fn_pool.cached -= cap;
+        ++fn_pool.hits;
+    } else {
+        ++fn_pool.misses;
+    }
+    pthread_mutex_unlock(&fn_pool.lock);
+    return p;
+}
+
+/* Frees cached blocks, oldest first, until at most `keep` bytes stay cached.  Returns
+ * them through `out` (at most FN_POOL_SLOTS) so that free() runs outside the lock. */
+static int fn_pool_evict_locked(size_t keep, void **out)
+{
+    int n = 0;
+    while (fn_pool.cached > keep) {
+        int old = -1;
+        for (int i = 0; i < FN_POOL_SLOTS; ++i)
+            if (fn_pool.slot[i].ptr && (old < 0 || fn_pool.slot[i].stamp < fn_pool.slot[old].stamp))
+                old = i;
+        if (old < 0)
+            break;
+        out[n++] = fn_pool.slot[old].ptr;
+        fn_pool.cached -= fn_pool.slot[old].bytes;
+        fn_pool.slot[old].ptr = NULL;
+    }
+    return n;
+}
+
+static void *fn_pool_malloc(void *ctx, size_t bytes)
+{
+    (void)ctx;
+    const size_t cap = fn_pool_capacity(bytes);
+    if (cap < FN_POOL_GRANULE)
+        return malloc(bytes ? bytes : 1);
+    void *p = fn_pool_take(cap);
+    if (p)
+        return p;
+    if (posix_memalign(&p, FN_POOL_GRANULE, cap) != 0)
+        return NULL;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    madvise(p, cap, MADV_HUGEPAGE);  /* as NumPy does for its large arrays */
+#endif
+    return p;
+}
+
+static void *fn_pool_calloc(void *ctx, size_t nelem, size_t elsize)
+{
+    if (elsize && nelem > SIZE_MAX / elsize)
+        return NULL;
+    const size_t bytes = nelem * elsize, cap = fn_pool_capacity(bytes);
+    if (cap < FN_POOL_GRANULE)
+        return calloc(nelem ? nelem : 1, elsize ? elsize : 1);
+    void *p = fn_pool_take(cap);
+    if (p) {
+        memset(p, 0, bytes);
+        return p;
+    }
+    (void)ctx;
+    return calloc(1, cap);  /* fresh pages arrive zeroed */
+}
+
+static void *fn_pool_realloc(void *ctx, void *ptr, size_t bytes)
+{
+    (void)ctx;
+    return realloc(ptr, fn_pool_capacity(bytes ? bytes : 1));
+}
+
+static void fn_pool_free(void *ctx, void *ptr, size_t bytes)
+{
+    (void)ctx;
+    const size_t cap = fn_pool_capacity(bytes);
+    if (ptr == NULL)
+        return;
+    if (cap < FN_POOL_GRANULE) {
+        free(ptr);
+        return;
+    }
+    void *evicted[FN_POOL_SLOTS + 1];
+    int n = 0;
+    pthread_mutex_lock(&fn_pool.lock);
+    int slot = -1;
+    for (int i = 0; i < FN_POOL_SLOTS && slot < 0; ++i)
+        if (!fn_pool.slot[i].ptr)
+            slot = i;
+    if (cap > fn_pool.limit) {
+        evicted[n++] = ptr;  /* larger than the whole cache may hold */
+    } else {
+        n = fn_pool_evict_locked(fn_pool.limit - cap, evicted);
+        if (slot < 0) {  /* every slot busy: the oldest block went above, reuse its slot */
+            for (int i = 0; i < FN_POOL_SLOTS && slot < 0; ++i)
+                if (!fn_pool.slot[i].ptr)
+                    slot = i;
+        }
+        if (slot < 0) {
+            evicted[n++] = ptr;
+        } else {
+            fn_pool.slot[slot].ptr = ptr;
+            fn_pool.slot[slot].bytes = cap;
+            fn_pool.slot[slot].stamp = ++fn_pool.clock;
+            fn_pool.cached += cap;
+        }
+    }
+    pthread_mutex_unlock(&fn_pool.lock);
+    for (int i = 0; i < n; ++i)
+        free(evicted[i]);
+}
+
+/* Sets the cached-bytes limit (0: cache nothing) and frees what exceeds it. */
+static void fn_pool_set_limit(size_t limit)
+{
+    void *evicted[FN_POOL_SLOTS];
+    pthread_mutex_lock(&fn_pool.lock);
+    fn_pool.limit = limit;
+    const int n = fn_pool_evict_locked(limit, evicted);
+    pthread_mutex_unlock(&fn_pool.lock);
+    for (int i = 0; i < n; ++i)
+        free(evicted[i]);
+}
+
+static void fn_pool_stats(size_t *cached, size_t *limit, uint64_t *hits, uint64_t *misses)
+{
+    pthread_mutex_lock(&fn_pool.lock);
+    *cached = fn_pool.cached;
+    *limit = fn_pool.limit;
+    *hits = fn_pool.hits;
+    *misses = fn_pool.misses;
+    pthread_mutex_unlock(&fn_pool.lock);
+}
+#endif /* _WIN32 */
+
+#endif /* FN_POOL_H */

@@ -1,0 +1,147 @@
+"""The cache of large result buffers (fastnorm/_ext/_pool.pyx, fn_pool.h): results come out
+right and the same bits with it on or off, the arrays are ordinary NumPy arrays (own their
+data, resize, pickle, tracemalloc sees them), freed buffers are reused, and the cache
+keeps to its limit.  The size from which results use the cache is lowered here so that
+small arrays exercise it."""
+import pickle
+import threading
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import fastnorm
+from fastnorm import _config
+
+pytestmark = pytest.mark.skipif(not _config.compiled_available() or not _config._pool.AVAILABLE,
+                                reason="the buffer cache exists in compiled builds (not on Windows)")
+
+MIB = 1 << 20
+
+
+@pytest.fixture
+def small_pool():
+    """Results of 1 MiB and more go through a 16 MiB cache, emptied before and after."""
+    pool = _config._pool
+    _config.set_pool_bytes(0)
+    _config.set_pool_bytes(16 * MIB)
+    pool.set_min_bytes(MIB)
+    try:
+        yield pool
+    finally:
+        pool.set_min_bytes(32 * MIB)
+        _config.set_pool_bytes(None)
+
+
+def test_freed_results_are_reused(small_pool):
+    x = np.random.default_rng(0).standard_normal((512, 1024)).astype(np.float32)  # 2 MiB
+    before = small_pool.stats()
+    y = fastnorm.relu(x)
+    address = y.ctypes.data
+    del y
+    assert small_pool.stats()["cached"] == 2 * MIB
+    y = fastnorm.relu(x)
+    stats = small_pool.stats()
+    assert y.ctypes.data == address
+    assert stats["hits"] == before["hits"] + 1 and stats["cached"] == 0
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    assert y.flags.owndata and y.flags.writeable and y.ctypes.data % 64 == 0
+
+
+def test_results_are_the_same_bits_with_and_without_the_cache(small_pool, rng):
+    x = (rng.standard_normal((256, 4099)) * 3).astype(np.float32)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    w, b = rng.standard_normal(4099).astype(np.float32), rng.standard_normal(4099).astype(np.float32)
+
+    def run():
+        y, mean, rstd = fastnorm.layer_norm(x, 4099, w, b)
+        gx, gw, gb = fastnorm.layer_norm_backward(g, x, 4099, w, mean, rstd, bias=b)
+        return [fastnorm.gelu(x), fastnorm.silu_backward(g, x), fastnorm.dropout(x, 0.3, seed=5)[0],
+                fastnorm.relu(x[:, ::2]), y, gx, gw, gb]
+
+    with_cache = run()
+    small_pool.set_min_bytes(1 << 62)
+    without = run()
+    for a, b_ in zip(with_cache, without):
+        assert a.tobytes() == b_.tobytes()
+
+
+def test_cached_arrays_behave_as_numpy_arrays(small_pool):
+    y = fastnorm.sigmoid(np.zeros((1024, 1024), np.float64))  # 8 MiB
+    assert y.flags.owndata and y.base is None
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(y)), y)
+    y.resize((2048, 1024), refcheck=False)  # realloc through the handler
+    assert y.shape == (2048, 1024) and np.all(y[:1024] == 0.5)
+    y.resize((10,), refcheck=False)
+    assert np.all(y == 0.5)
+    del y
+
+
+def test_tracemalloc_sees_cached_arrays(small_pool):
+    x = np.ones((512, 1024), np.float32)
+    y = fastnorm.relu(x)
+    del y  # now cached: the next result reuses it
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        y = fastnorm.relu(x)
+        assert tracemalloc.get_traced_memory()[0] - base >= x.nbytes
+        del y
+        assert tracemalloc.get_traced_memory()[0] - base < 64 * 1024
+    finally:
+        tracemalloc.stop()
+
+
+def test_the_cache_keeps_to_its_limit(small_pool):
+    arrays = [fastnorm.relu(np.ones((1024, 1024), np.float32)) for _ in range(6)]  # 4 MiB each
+    del arrays
+    assert small_pool.stats()["cached"] == 16 * MIB  # four of six kept
+    big = fastnorm.relu(np.ones((5 * 1024, 1024), np.float32))  # 20 MiB: above the limit
+    del big
+    assert small_pool.stats()["cached"] == 16 * MIB
+    _config.set_pool_bytes(6 * MIB)
+    assert small_pool.stats()["cached"] == 4 * MIB
+    _config.set_pool_bytes(0)
+    assert small_pool.stats()["cached"] == 0
+    y = fastnorm.relu(np.ones((1024, 1024), np.float32))
+    del y
+    assert small_pool.stats()["cached"] == 0
+
+
+def test_sizes_share_blocks_by_whole_granules(small_pool):
+    y = fastnorm.relu(np.ones(1024 * 1024 + 7, np.float32))  # 4 MiB + 28 bytes: 3 granules
+    address = y.ctypes.data
+    del y
+    assert small_pool.stats()["cached"] == 6 * MIB
+    y = fastnorm.relu(np.ones(1024 * 1024 + 100_000, np.float32))
+    assert y.ctypes.data == address
+    del y
+
+
+def test_frees_from_many_threads(small_pool):
+    arrays = [fastnorm.relu(np.ones((512, 1024), np.float32)) for _ in range(32)]
+    done = []
+
+    def drop(chunk):
+        for _ in range(len(chunk)):
+            chunk.pop()
+        done.append(True)
+
+    threads = [threading.Thread(target=drop, args=(arrays[i::4],)) for i in range(4)]
+    del arrays
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(done) == 4 and small_pool.stats()["cached"] <= 16 * MIB
+    y = fastnorm.relu(np.full((512, 1024), -1.0, np.float32))
+    assert not y.any()
+
+
+def test_pool_setting_validation():
+    with pytest.raises(ValueError, match="set_pool_bytes: n must be >= 0, got -5"):
+        _config.set_pool_bytes(-5)
+    with pytest.raises(TypeError, match="set_pool_bytes: n must be an int or None, got str"):
+        _config.set_pool_bytes("1")
+    _config.set_pool_bytes(None)
+    assert _config.pool_bytes() == _config.POOL_BYTES
