@@ -198,9 +198,8 @@ def set_stream_min_bytes(n=None):
     bits either way; only the speed differs."""
     global _stream_min_bytes
     n = _byte_count("set_stream_min_bytes", n, STREAM_MIN_BYTES)
-    for module in _modules.values():
-        if hasattr(module, "set_stream_min_bytes"):
-            module.set_stream_min_bytes(n)
+    if _pool is not None:
+        _pool.set_stream_min_bytes(n)
     _stream_min_bytes = n
 
 

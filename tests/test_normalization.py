@@ -690,3 +690,55 @@ def test_per_unit_sums_kernels_with_several_samples(P, A, C, B, dtype, rng):
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.skipif(not fastnorm._config.compiled_available(), reason="compiled kernels only")
+def test_streamed_results_are_the_same_bits(rng):
+    # The normalize passes write with non-temporal stores above a traffic threshold
+    # (fn_stream.h); threshold 0 streams every call.  Same bits: batch norm (train, eval,
+    # backward), layer and RMS norm with and without parameters, group and instance norm
+    # forward and backward, every ISA variant, outputs at several offsets, 1 and 2 threads.
+    config = fastnorm._config
+    previous_isa = fastnorm.isa()
+
+    def run(dtype, shift):
+        x = (3 + rng_fixed.standard_normal(2 * 6 * 997 + 8)).astype(dtype)[shift:shift + 2 * 6 * 997]
+        x = x.reshape(2, 6, 997)
+        g = np.asarray(rng_fixed.standard_normal(x.shape), dtype)
+        w, b = np.linspace(0.5, 2, 6).astype(dtype), np.linspace(-1, 1, 6).astype(dtype)
+        wk, bk = np.linspace(0.5, 2, 997).astype(dtype), np.linspace(-1, 1, 997).astype(dtype)
+        out = np.empty(x.size + 8, dtype)[shift:shift + x.size].reshape(x.shape)
+        got = []
+        y, mean, rstd = fastnorm.batch_norm(x, w, b, out=out)
+        got += [out.copy(), mean, rstd]
+        got += list(fastnorm.batch_norm_backward(g, x, w, mean, rstd, bias=b))
+        fastnorm.batch_norm(x, w, b, np.zeros(6, dtype), np.ones(6, dtype), training=False, out=out)
+        got.append(out.copy())
+        for wp, bp in ((wk, bk), (wk, None), (None, bk), (None, None)):
+            y, mean, rstd = fastnorm.layer_norm(x, 997, wp, bp, out=out)
+            got += [out.copy(), mean, rstd]
+        y, rstd = fastnorm.rms_norm(x, 997, wk, out=out)
+        got += [out.copy(), rstd]
+        y, mean, rstd = fastnorm.group_norm(x, 3, w, b, out=out)
+        got += [out.copy(), mean, rstd]
+        got += [a for a in fastnorm.group_norm_backward(g, x, 3, w, mean, rstd, bias=b) if a is not None]
+        got.append(fastnorm.instance_norm(x, out=out)[0].copy())
+        return [a.tobytes() for a in got]
+
+    try:
+        for isa in config._runnable_isas():
+            fastnorm.set_isa(isa)
+            for dtype in (np.float32, np.float64):
+                for shift in (0, 1, 5):
+                    results = []
+                    for threshold, threads in ((None, 1), (0, 1), (0, 2)):
+                        rng_fixed = np.random.default_rng(3)
+                        config.set_stream_min_bytes(threshold)
+                        fastnorm.set_num_threads(threads)
+                        results.append(run(dtype, shift))
+                    assert results[0] == results[1], (isa, dtype, shift)
+                    assert results[0] == results[2], (isa, dtype, shift)
+    finally:
+        config.set_stream_min_bytes(None)
+        fastnorm.set_num_threads(None)
+        fastnorm.set_isa(previous_isa)

@@ -14,7 +14,7 @@ from libc.math cimport isfinite, sqrt, pow
 from libc.string cimport memset
 cimport numpy as cnp
 from fastnorm._ext._shared cimport isa_level, threads_for, plain, overlap, output_for
-from fastnorm._ext._pool cimport pooled_empty
+from fastnorm._ext._pool cimport pooled_empty, streams
 from cython.parallel cimport prange
 from cython cimport floating
 
@@ -26,22 +26,22 @@ cdef extern from "fn_normalization.h" nogil:
         void (*stats_cols_f32)(const float *, int64_t, int64_t, const double *, double *, double *) noexcept nogil
         void (*dual_runs_f32)(const float *, const float *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, double *, double *) noexcept nogil
         void (*dual_cols_f32)(const float *, const float *, int64_t, int64_t, const double *, double *, double *) noexcept nogil
-        void (*affine_f32)(const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, const float *, const float *) noexcept nogil
-        void (*affine_grad_f32)(const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, const float *, const float *) noexcept nogil
-        void (*rows_forward_f32)(const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, double, int, float *, float *) noexcept nogil
+        void (*affine_f32)(const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, const float *, const float *, int) noexcept nogil
+        void (*affine_grad_f32)(const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, const float *, const float *, int) noexcept nogil
+        void (*rows_forward_f32)(const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, double, int, float *, float *, int) noexcept nogil
         void (*rows_backward_f32)(const float *, const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, const float *, int, double *, double *) noexcept nogil
-        void (*group_forward_f32)(const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, double, double *, double *) noexcept nogil
-        void (*group_backward_f32)(const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const double *, const float *, const double *, double *, double *) noexcept nogil
+        void (*group_forward_f32)(const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, double, double *, double *, int) noexcept nogil
+        void (*group_backward_f32)(const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const double *, const float *, const double *, double *, double *, int) noexcept nogil
         void (*stats_runs_f64)(const double *, int64_t, int64_t, int64_t, int64_t, int64_t, double *, double *) noexcept nogil
         void (*stats_cols_f64)(const double *, int64_t, int64_t, const double *, double *, double *) noexcept nogil
         void (*dual_runs_f64)(const double *, const double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, double *, double *) noexcept nogil
         void (*dual_cols_f64)(const double *, const double *, int64_t, int64_t, const double *, double *, double *) noexcept nogil
-        void (*affine_f64)(const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *) noexcept nogil
-        void (*affine_grad_f64)(const double *, const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *) noexcept nogil
-        void (*rows_forward_f64)(const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, double, int, double *, double *) noexcept nogil
+        void (*affine_f64)(const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *, int) noexcept nogil
+        void (*affine_grad_f64)(const double *, const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *, int) noexcept nogil
+        void (*rows_forward_f64)(const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, double, int, double *, double *, int) noexcept nogil
         void (*rows_backward_f64)(const double *, const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, const double *, int, double *, double *) noexcept nogil
-        void (*group_forward_f64)(const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, double, double *, double *) noexcept nogil
-        void (*group_backward_f64)(const double *, const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *, double *, double *) noexcept nogil
+        void (*group_forward_f64)(const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, double, double *, double *, int) noexcept nogil
+        void (*group_backward_f64)(const double *, const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *, double *, double *, int) noexcept nogil
     const fn_norm_kernels *fn_norm_kernels_by_isa[]
     int FN_ISA_COUNT
 
@@ -241,14 +241,16 @@ def affine(const floating[::1] x, floating[::1] y, Py_ssize_t P, Py_ssize_t A, P
     _check(x.shape[0] == P * A * C * B == y.shape[0] and mhi.shape[0] == P * C == mlo.shape[0]
            and scale.shape[0] == P * C == shift.shape[0], "affine: inconsistent sizes")
     cdef Py_ssize_t R = P * A * C, t, u0, ch
+    cdef Py_ssize_t nbytes = x.shape[0] * sizeof(floating)
+    cdef int stream = streams(nbytes, 2 * nbytes, False)
     if x.shape[0] == 0:
         return
     with nogil:
         if nthreads <= 1:
             if floating is float:
-                _kernels.affine_f32(&x[0], &y[0], A, C, B, 0, R, &mhi[0], &mlo[0], &scale[0], &shift[0])
+                _kernels.affine_f32(&x[0], &y[0], A, C, B, 0, R, &mhi[0], &mlo[0], &scale[0], &shift[0], stream)
             else:
-                _kernels.affine_f64(&x[0], &y[0], A, C, B, 0, R, &mhi[0], &mlo[0], &scale[0], &shift[0])
+                _kernels.affine_f64(&x[0], &y[0], A, C, B, 0, R, &mhi[0], &mlo[0], &scale[0], &shift[0], stream)
         else:
             ch = _share(R, nthreads)
             if B == 1:
@@ -257,9 +259,9 @@ def affine(const floating[::1] x, floating[::1] y, Py_ssize_t P, Py_ssize_t A, P
                 u0 = t * ch
                 if u0 < R:
                     if floating is float:
-                        _kernels.affine_f32(&x[0], &y[0], A, C, B, u0, min(u0 + ch, R), &mhi[0], &mlo[0], &scale[0], &shift[0])
+                        _kernels.affine_f32(&x[0], &y[0], A, C, B, u0, min(u0 + ch, R), &mhi[0], &mlo[0], &scale[0], &shift[0], stream)
                     else:
-                        _kernels.affine_f64(&x[0], &y[0], A, C, B, u0, min(u0 + ch, R), &mhi[0], &mlo[0], &scale[0], &shift[0])
+                        _kernels.affine_f64(&x[0], &y[0], A, C, B, u0, min(u0 + ch, R), &mhi[0], &mlo[0], &scale[0], &shift[0], stream)
 
 
 def group_forward(const floating[::1] x, floating[::1] y, Py_ssize_t G, Py_ssize_t cg,
@@ -272,6 +274,8 @@ def group_forward(const floating[::1] x, floating[::1] y, Py_ssize_t G, Py_ssize
     _check(x.shape[0] == U * cg * hw == y.shape[0] and m2.shape[0] == U and cg * hw >= 1
            and U % G == 0 and (w is None or w.shape[0] == G * cg)
            and (b is None or b.shape[0] == G * cg), "group_forward: inconsistent sizes")
+    cdef Py_ssize_t nbytes = x.shape[0] * sizeof(floating)
+    cdef int stream = streams(nbytes, 2 * nbytes, False)
     cdef const floating *wp = NULL
     cdef const floating *bp = NULL
     if U == 0:
@@ -283,9 +287,9 @@ def group_forward(const floating[::1] x, floating[::1] y, Py_ssize_t G, Py_ssize
     with nogil:
         if nthreads <= 1 or U == 1:
             if floating is float:
-                _kernels.group_forward_f32(&x[0], &y[0], G, cg, hw, 0, U, wp, bp, eps, &mean[0], &m2[0])
+                _kernels.group_forward_f32(&x[0], &y[0], G, cg, hw, 0, U, wp, bp, eps, &mean[0], &m2[0], stream)
             else:
-                _kernels.group_forward_f64(&x[0], &y[0], G, cg, hw, 0, U, wp, bp, eps, &mean[0], &m2[0])
+                _kernels.group_forward_f64(&x[0], &y[0], G, cg, hw, 0, U, wp, bp, eps, &mean[0], &m2[0], stream)
         else:
             ch = _share(U, nthreads)
             for t in prange(nthreads, num_threads=nthreads, schedule="static"):
@@ -293,10 +297,10 @@ def group_forward(const floating[::1] x, floating[::1] y, Py_ssize_t G, Py_ssize
                 if u0 < U:
                     if floating is float:
                         _kernels.group_forward_f32(&x[0], &y[0], G, cg, hw, u0, min(u0 + ch, U), wp, bp,
-                                                   eps, &mean[0], &m2[0])
+                                                   eps, &mean[0], &m2[0], stream)
                     else:
                         _kernels.group_forward_f64(&x[0], &y[0], G, cg, hw, u0, min(u0 + ch, U), wp, bp,
-                                                   eps, &mean[0], &m2[0])
+                                                   eps, &mean[0], &m2[0], stream)
 
 
 def group_backward(const floating[::1] dy, const floating[::1] x, floating[::1] gx, Py_ssize_t G,
@@ -311,6 +315,8 @@ def group_backward(const floating[::1] dy, const floating[::1] x, floating[::1] 
     _check(x.shape[0] == U * cg * hw == dy.shape[0] == gx.shape[0] and cg * hw >= 1 and U % G == 0
            and mhi.shape[0] == U == rstd.shape[0] and s1.shape[0] == U * cg == s2.shape[0]
            and (w is None or w.shape[0] == G * cg), "group_backward: inconsistent sizes")
+    cdef Py_ssize_t nbytes = x.shape[0] * sizeof(floating)
+    cdef int stream = streams(nbytes, 3 * nbytes, False)
     cdef const floating *wp = NULL
     if U == 0:
         return
@@ -320,10 +326,10 @@ def group_backward(const floating[::1] dy, const floating[::1] x, floating[::1] 
         if nthreads <= 1 or U == 1:
             if floating is float:
                 _kernels.group_backward_f32(&dy[0], &x[0], &gx[0], G, cg, hw, 0, U, wp, &center[0],
-                                            &mhi[0], &rstd[0], &s1[0], &s2[0])
+                                            &mhi[0], &rstd[0], &s1[0], &s2[0], stream)
             else:
                 _kernels.group_backward_f64(&dy[0], &x[0], &gx[0], G, cg, hw, 0, U, wp, &center[0],
-                                            &mhi[0], &rstd[0], &s1[0], &s2[0])
+                                            &mhi[0], &rstd[0], &s1[0], &s2[0], stream)
         else:
             ch = _share(U, nthreads)
             for t in prange(nthreads, num_threads=nthreads, schedule="static"):
@@ -331,10 +337,10 @@ def group_backward(const floating[::1] dy, const floating[::1] x, floating[::1] 
                 if u0 < U:
                     if floating is float:
                         _kernels.group_backward_f32(&dy[0], &x[0], &gx[0], G, cg, hw, u0, min(u0 + ch, U), wp,
-                                                    &center[0], &mhi[0], &rstd[0], &s1[0], &s2[0])
+                                                    &center[0], &mhi[0], &rstd[0], &s1[0], &s2[0], stream)
                     else:
                         _kernels.group_backward_f64(&dy[0], &x[0], &gx[0], G, cg, hw, u0, min(u0 + ch, U), wp,
-                                                    &center[0], &mhi[0], &rstd[0], &s1[0], &s2[0])
+                                                    &center[0], &mhi[0], &rstd[0], &s1[0], &s2[0], stream)
 
 
 def affine_grad(const floating[::1] dy, const floating[::1] x, floating[::1] gx, Py_ssize_t P,
@@ -345,14 +351,16 @@ def affine_grad(const floating[::1] dy, const floating[::1] x, floating[::1] gx,
     _check(x.shape[0] == P * A * C * B == dy.shape[0] == gx.shape[0] and k1.shape[0] == P * C
            and mhi.shape[0] == P * C == k2.shape[0] == k3.shape[0], "affine_grad: inconsistent sizes")
     cdef Py_ssize_t R = P * A * C, t, u0, ch
+    cdef Py_ssize_t nbytes = x.shape[0] * sizeof(floating)
+    cdef int stream = streams(nbytes, 3 * nbytes, False)
     if x.shape[0] == 0:
         return
     with nogil:
         if nthreads <= 1:
             if floating is float:
-                _kernels.affine_grad_f32(&dy[0], &x[0], &gx[0], A, C, B, 0, R, &k1[0], &mhi[0], &k2[0], &k3[0])
+                _kernels.affine_grad_f32(&dy[0], &x[0], &gx[0], A, C, B, 0, R, &k1[0], &mhi[0], &k2[0], &k3[0], stream)
             else:
-                _kernels.affine_grad_f64(&dy[0], &x[0], &gx[0], A, C, B, 0, R, &k1[0], &mhi[0], &k2[0], &k3[0])
+                _kernels.affine_grad_f64(&dy[0], &x[0], &gx[0], A, C, B, 0, R, &k1[0], &mhi[0], &k2[0], &k3[0], stream)
         else:
             ch = _share(R, nthreads)
             if B == 1:
@@ -361,29 +369,29 @@ def affine_grad(const floating[::1] dy, const floating[::1] x, floating[::1] gx,
                 u0 = t * ch
                 if u0 < R:
                     if floating is float:
-                        _kernels.affine_grad_f32(&dy[0], &x[0], &gx[0], A, C, B, u0, min(u0 + ch, R), &k1[0], &mhi[0], &k2[0], &k3[0])
+                        _kernels.affine_grad_f32(&dy[0], &x[0], &gx[0], A, C, B, u0, min(u0 + ch, R), &k1[0], &mhi[0], &k2[0], &k3[0], stream)
                     else:
-                        _kernels.affine_grad_f64(&dy[0], &x[0], &gx[0], A, C, B, u0, min(u0 + ch, R), &k1[0], &mhi[0], &k2[0], &k3[0])
+                        _kernels.affine_grad_f64(&dy[0], &x[0], &gx[0], A, C, B, u0, min(u0 + ch, R), &k1[0], &mhi[0], &k2[0], &k3[0], stream)
 
 
 cdef void _rows_forward_run(const floating *x, floating *y, Py_ssize_t M, Py_ssize_t K,
                             const floating *wp, const floating *bp, double eps, bint rms,
-                            floating *mean, floating *rstd, int nthreads) noexcept nogil:
+                            floating *mean, floating *rstd, int nthreads, int stream) noexcept nogil:
     cdef Py_ssize_t t, r0, ch
     if nthreads <= 1 or M == 1:
         if floating is float:
-            _kernels.rows_forward_f32(x, y, K, 0, M, wp, bp, eps, rms, mean, rstd)
+            _kernels.rows_forward_f32(x, y, K, 0, M, wp, bp, eps, rms, mean, rstd, stream)
         else:
-            _kernels.rows_forward_f64(x, y, K, 0, M, wp, bp, eps, rms, mean, rstd)
+            _kernels.rows_forward_f64(x, y, K, 0, M, wp, bp, eps, rms, mean, rstd, stream)
         return
     ch = _share(M, nthreads)
     for t in prange(nthreads, num_threads=nthreads, schedule="static"):
         r0 = t * ch
         if r0 < M:
             if floating is float:
-                _kernels.rows_forward_f32(x, y, K, r0, min(r0 + ch, M), wp, bp, eps, rms, mean, rstd)
+                _kernels.rows_forward_f32(x, y, K, r0, min(r0 + ch, M), wp, bp, eps, rms, mean, rstd, stream)
             else:
-                _kernels.rows_forward_f64(x, y, K, r0, min(r0 + ch, M), wp, bp, eps, rms, mean, rstd)
+                _kernels.rows_forward_f64(x, y, K, r0, min(r0 + ch, M), wp, bp, eps, rms, mean, rstd, stream)
 
 
 cdef void _rows_backward_run(const floating *dy, const floating *x, floating *gx, Py_ssize_t M,
@@ -462,8 +470,10 @@ def rows_forward(const floating[::1] x, floating[::1] y, Py_ssize_t M, Py_ssize_
         wp = &w[0]
     if b is not None:
         bp = &b[0]
+    cdef Py_ssize_t nbytes = x.shape[0] * sizeof(floating)
+    cdef int stream = streams(nbytes, 2 * nbytes, False)
     with nogil:
-        _rows_forward_run(&x[0], &y[0], M, K, wp, bp, eps, rms, &mean[0], &rstd[0], nthreads)
+        _rows_forward_run(&x[0], &y[0], M, K, wp, bp, eps, rms, &mean[0], &rstd[0], nthreads, stream)
 
 
 def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] gx, Py_ssize_t M,
@@ -597,15 +607,17 @@ def rows_forward_fast(object x, object normalized_shape, object weight, object b
     cdef void *meanp = NULL if rms else cnp.PyArray_DATA(<cnp.ndarray>mean)
     cdef const void *wp = _data_or_null(weight)
     cdef const void *bp = _data_or_null(bias)
+    cdef Py_ssize_t nbytes = cnp.PyArray_NBYTES(xa)
+    cdef int stream = streams(nbytes, 2 * nbytes, out is not None)
     with nogil:
         if typenum == cnp.NPY_FLOAT32:
             _rows_forward_run[float](<const float *>cnp.PyArray_DATA(xa), <float *>cnp.PyArray_DATA(y),
                                      M, K, <const float *>wp, <const float *>bp, eps_d, rms,
-                                     <float *>meanp, <float *>cnp.PyArray_DATA(rstd), nthreads)
+                                     <float *>meanp, <float *>cnp.PyArray_DATA(rstd), nthreads, stream)
         else:
             _rows_forward_run[double](<const double *>cnp.PyArray_DATA(xa), <double *>cnp.PyArray_DATA(y),
                                       M, K, <const double *>wp, <const double *>bp, eps_d, rms,
-                                      <double *>meanp, <double *>cnp.PyArray_DATA(rstd), nthreads)
+                                      <double *>meanp, <double *>cnp.PyArray_DATA(rstd), nthreads, stream)
     return y, mean, rstd
 
 

@@ -22,18 +22,20 @@
     void fn_norm_dual_cols_##suf##_##isa(const T *dy, const T *x, int64_t rows, int64_t W, \
         const double *center, double *s1, double *s2); \
     void fn_norm_affine_##suf##_##isa(const T *x, T *y, int64_t A, int64_t C, int64_t B, \
-        int64_t u0, int64_t u1, const T *mhi, const T *mlo, const T *scale, const T *shift); \
+        int64_t u0, int64_t u1, const T *mhi, const T *mlo, const T *scale, const T *shift, int stream); \
     void fn_norm_affine_grad_##suf##_##isa(const T *dy, const T *x, T *gx, int64_t A, int64_t C, \
-        int64_t B, int64_t u0, int64_t u1, const T *k1, const T *mhi, const T *k2, const T *k3); \
+        int64_t B, int64_t u0, int64_t u1, const T *k1, const T *mhi, const T *k2, const T *k3, \
+        int stream); \
     void fn_norm_rows_forward_##suf##_##isa(const T *x, T *y, int64_t K, int64_t r0, int64_t r1, \
-        const T *w, const T *b, double eps, int rms, T *mean, T *rstd); \
+        const T *w, const T *b, double eps, int rms, T *mean, T *rstd, int stream); \
     void fn_norm_rows_backward_##suf##_##isa(const T *dy, const T *x, T *gx, int64_t K, int64_t r0, \
         int64_t r1, const T *w, const T *mean, const T *rstd, int rms, double *gw, double *gb); \
     void fn_norm_group_forward_##suf##_##isa(const T *x, T *y, int64_t G, int64_t cg, int64_t hw, \
-        int64_t u0, int64_t u1, const T *w, const T *b, double eps, double *mean, double *m2); \
+        int64_t u0, int64_t u1, const T *w, const T *b, double eps, double *mean, double *m2, \
+        int stream); \
     void fn_norm_group_backward_##suf##_##isa(const T *dy, const T *x, T *gx, int64_t G, int64_t cg, \
         int64_t hw, int64_t u0, int64_t u1, const T *w, const double *center, const T *mhi, \
-        const double *rstd, double *s1, double *s2);
+        const double *rstd, double *s1, double *s2, int stream);
 
 #define FN_DECLARE_NORM(isa) \
     FN_DECLARE_NORM_T(float, f32, isa) \
@@ -50,18 +52,18 @@ FN_DECLARE_NORM(avx512)
                             const double *, double *, double *); \
     void (*dual_cols_##suf)(const T *, const T *, int64_t, int64_t, const double *, double *, double *); \
     void (*affine_##suf)(const T *, T *, int64_t, int64_t, int64_t, int64_t, int64_t, \
-                         const T *, const T *, const T *, const T *); \
+                         const T *, const T *, const T *, const T *, int); \
     void (*affine_grad_##suf)(const T *, const T *, T *, int64_t, int64_t, int64_t, int64_t, int64_t, \
-                              const T *, const T *, const T *, const T *); \
+                              const T *, const T *, const T *, const T *, int); \
     void (*rows_forward_##suf)(const T *, T *, int64_t, int64_t, int64_t, const T *, const T *, \
-                               double, int, T *, T *); \
+                               double, int, T *, T *, int); \
     void (*rows_backward_##suf)(const T *, const T *, T *, int64_t, int64_t, int64_t, const T *, \
                                 const T *, const T *, int, double *, double *); \
     void (*group_forward_##suf)(const T *, T *, int64_t, int64_t, int64_t, int64_t, int64_t, \
-                                const T *, const T *, double, double *, double *); \
+                                const T *, const T *, double, double *, double *, int); \
     void (*group_backward_##suf)(const T *, const T *, T *, int64_t, int64_t, int64_t, int64_t, \
                                  int64_t, const T *, const double *, const T *, const double *, \
-                                 double *, double *);
+                                 double *, double *, int);
 
 typedef struct fn_norm_kernels {
     FN_NORM_KERNEL_FIELDS(float, f32)

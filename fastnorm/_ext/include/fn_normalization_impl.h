@@ -23,6 +23,7 @@
 #include <math.h>
 #include "fn_normalization.h"
 #include "fn_real.h"
+#include "fn_stream.h"
 
 #define T FN_T
 
@@ -77,20 +78,18 @@ static inline void FN_NAME(finish_moments, FN_SUF)(double shift, double s1, doub
 
 /* One contiguous run with scalar parameters: y = ((x - h) - l) * s + t (forward) and
  * gx = dy * a1 + (x - h) * a2 + a3 (backward); shared by the two-pass kernels and the
- * one-pass group kernels, which must give the same bits. */
-static inline void FN_NAME(affine_run, FN_SUF)(const T *x, T *y, int64_t n, T h, T l, T s, T t)
+ * one-pass group kernels, which must give the same bits.  stream: non-temporal stores
+ * (fn_stream.h), the same values. */
+static inline void FN_NAME(affine_run, FN_SUF)(const T *x, T *y, int64_t n, T h, T l, T s, T t,
+                                               int stream)
 {
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i)
-        y[i] = ((x[i] - h) - l) * s + t;
+    FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, y, n, i, ((x[i] - h) - l) * s + t);
 }
 
 static inline void FN_NAME(affine_grad_run, FN_SUF)(const T *dy, const T *x, T *gx, int64_t n,
-                                                    T a1, T h, T a2, T a3)
+                                                    T a1, T h, T a2, T a3, int stream)
 {
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i)
-        gx[i] = dy[i] * a1 + (x[i] - h) * a2 + a3;
+    FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, gx, n, i, dy[i] * a1 + (x[i] - h) * a2 + a3);
 }
 
 /* The channels-last loops below read five or six streams (x, dy, the per-channel
@@ -140,7 +139,7 @@ void FN_NAME(fn_norm_stats_runs, FN_SUF)(const T *x, int64_t A, int64_t C, int64
  * coefficient arrays exist.  w, b may be NULL. */
 void FN_NAME(fn_norm_group_forward, FN_SUF)(const T *x, T *y, int64_t G, int64_t cg, int64_t hw,
                                             int64_t u0, int64_t u1, const T *w, const T *b,
-                                            double eps, double *mean, double *m2)
+                                            double eps, double *mean, double *m2, int stream)
 {
     const int64_t L = cg * hw;
     const double n = (double)L;
@@ -159,9 +158,11 @@ void FN_NAME(fn_norm_group_forward, FN_SUF)(const T *x, T *y, int64_t G, int64_t
         for (int64_t j = 0; j < cg; ++j) {
             const int64_t c = (u % G) * cg + j;
             const T sc = w ? (T)(rs * (double)w[c]) : (T)rs, t = b ? b[c] : (T)0;
-            AFFINE_RUN(xu + j * hw, yu + j * hw, hw, h, l, sc, t);
+            AFFINE_RUN(xu + j * hw, yu + j * hw, hw, h, l, sc, t, stream);
         }
     }
+    if (stream)
+        fn_stream_fence();
 }
 
 /* Group norm backward of NCHW data (instance norm: cg = 1), training statistics, in one
@@ -174,7 +175,7 @@ void FN_NAME(fn_norm_group_forward, FN_SUF)(const T *x, T *y, int64_t G, int64_t
 void FN_NAME(fn_norm_group_backward, FN_SUF)(const T *dy, const T *x, T *gx, int64_t G, int64_t cg,
                                              int64_t hw, int64_t u0, int64_t u1, const T *w,
                                              const double *center, const T *mhi, const double *rstd,
-                                             double *s1, double *s2)
+                                             double *s1, double *s2, int stream)
 {
     const int64_t L = cg * hw;
     const double m = (double)L;
@@ -196,9 +197,11 @@ void FN_NAME(fn_norm_group_backward, FN_SUF)(const T *dy, const T *x, T *gx, int
         const T k2 = (T)(-(rs * rs * rs) * g2 / m), k3 = (T)(-rs * g1 / m), h = mhi[u];
         for (int64_t j = 0; j < cg; ++j) {
             const T k1 = (T)(rs * (w ? (double)w[c0 + j] : 1.0));
-            AFFINE_GRAD_RUN(gu + j * hw, xu + j * hw, ou + j * hw, hw, k1, h, k2, k3);
+            AFFINE_GRAD_RUN(gu + j * hw, xu + j * hw, ou + j * hw, hw, k1, h, k2, k3, stream);
         }
     }
+    if (stream)
+        fn_stream_fence();
 }
 
 /* Column sums of a (rows, W) block, shifted per column: s1[w] += sum_r (x[r,w] - shift[w]),
@@ -303,7 +306,7 @@ void FN_NAME(fn_norm_dual_cols, FN_SUF)(const T *dy, const T *x, int64_t rows, i
  * u in [u0, u1) of the (P*A*C) run index (run u starts at u*B, p = u / (A*C)). */
 void FN_NAME(fn_norm_affine, FN_SUF)(const T *x, T *y, int64_t A, int64_t C, int64_t B,
                                      int64_t u0, int64_t u1, const T *mhi, const T *mlo,
-                                     const T *scale, const T *shift)
+                                     const T *scale, const T *shift, int stream)
 {
     if (B == 1) {  /* channels-last: vectorize along the channels of a row */
         int64_t u = u0;
@@ -323,14 +326,16 @@ void FN_NAME(fn_norm_affine, FN_SUF)(const T *x, T *y, int64_t A, int64_t C, int
     }
     for (int64_t u = u0; u < u1; ++u) {
         const int64_t k = (u / (A * C)) * C + u % C;
-        AFFINE_RUN(x + u * B, y + u * B, B, mhi[k], mlo[k], scale[k], shift[k]);
+        AFFINE_RUN(x + u * B, y + u * B, B, mhi[k], mlo[k], scale[k], shift[k], stream);
     }
+    if (stream)
+        fn_stream_fence();
 }
 
 /* gx = dy * k1 + (x - mhi) * k2 + k3 with parameters per (p, c); same indexing as affine. */
 void FN_NAME(fn_norm_affine_grad, FN_SUF)(const T *dy, const T *x, T *gx, int64_t A, int64_t C,
                                           int64_t B, int64_t u0, int64_t u1, const T *k1,
-                                          const T *mhi, const T *k2, const T *k3)
+                                          const T *mhi, const T *k2, const T *k3, int stream)
 {
     if (B == 1) {
         int64_t u = u0;
@@ -350,8 +355,10 @@ void FN_NAME(fn_norm_affine_grad, FN_SUF)(const T *dy, const T *x, T *gx, int64_
     }
     for (int64_t u = u0; u < u1; ++u) {
         const int64_t k = (u / (A * C)) * C + u % C;
-        AFFINE_GRAD_RUN(dy + u * B, x + u * B, gx + u * B, B, k1[k], mhi[k], k2[k], k3[k]);
+        AFFINE_GRAD_RUN(dy + u * B, x + u * B, gx + u * B, B, k1[k], mhi[k], k2[k], k3[k], stream);
     }
+    if (stream)
+        fn_stream_fence();
 }
 
 /* Layer norm (rms = 0) or RMS norm (rms = 1) of rows [r0, r1) of an (M, K) array, each
@@ -359,7 +366,7 @@ void FN_NAME(fn_norm_affine_grad, FN_SUF)(const T *dy, const T *x, T *gx, int64_
  * w and b may be NULL; mean is not written for RMS norm. */
 void FN_NAME(fn_norm_rows_forward, FN_SUF)(const T *x, T *y, int64_t K, int64_t r0, int64_t r1,
                                            const T *w, const T *b, double eps, int rms,
-                                           T *mean, T *rstd)
+                                           T *mean, T *rstd, int stream)
 {
     for (int64_t r = r0; r < r1; ++r) {
         const T *xr = x + r * K;
@@ -380,24 +387,17 @@ void FN_NAME(fn_norm_rows_forward, FN_SUF)(const T *x, T *y, int64_t K, int64_t 
         const double rs = 1.0 / sqrt(var + eps);
         rstd[r] = (T)rs;
         const T h = (T)mu, l = (T)(mu - (double)h), s = (T)rs;
-        if (w && b) {
-#pragma omp simd
-            for (int64_t k = 0; k < K; ++k)
-                yr[k] = ((xr[k] - h) - l) * s * w[k] + b[k];
-        } else if (w) {
-#pragma omp simd
-            for (int64_t k = 0; k < K; ++k)
-                yr[k] = ((xr[k] - h) - l) * s * w[k];
-        } else if (b) {
-#pragma omp simd
-            for (int64_t k = 0; k < K; ++k)
-                yr[k] = ((xr[k] - h) - l) * s + b[k];
-        } else {
-#pragma omp simd
-            for (int64_t k = 0; k < K; ++k)
-                yr[k] = ((xr[k] - h) - l) * s;
-        }
+        if (w && b)
+            FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, yr, K, k, ((xr[k] - h) - l) * s * w[k] + b[k]);
+        else if (w)
+            FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, yr, K, k, ((xr[k] - h) - l) * s * w[k]);
+        else if (b)
+            FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, yr, K, k, ((xr[k] - h) - l) * s + b[k]);
+        else
+            FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, yr, K, k, ((xr[k] - h) - l) * s);
     }
+    if (stream)
+        fn_stream_fence();
 }
 
 /* Backward of rows_forward for rows [r0, r1): with g = dy * w and xc = x - mean (mean = 0

@@ -86,4 +86,33 @@ static inline int64_t fn_stream_lead(const void *p, size_t size)
     return (int64_t)(((FN_STREAM_ALIGN - a % FN_STREAM_ALIGN) % FN_STREAM_ALIGN) / size);
 }
 
+/* for (i = 0; i < n; ++i) out[i] = EXPR, EXPR written in terms of i; with `stream` set, the
+ * output's whole 64-byte-aligned chunks are computed into a stack buffer by the same
+ * expression and streamed, the rest stored plainly.  T: the element type, COPY:
+ * fn_stream_copy_f32 or _f64.  No fence: the kernel calls fn_stream_fence() once before it
+ * returns (a fence per row or run waits for the stores in flight each time: batch norm
+ * 2-D's 4096 runs of 12 KB took 5 % longer than with plain stores). */
+#define FN_STREAM_CHUNK(T) (FN_STREAM_BYTES / (int64_t)sizeof(T))
+#define FN_MAP_STREAMED(T, COPY, stream, out, n, i, EXPR)                                       \
+    do {                                                                                        \
+        const int64_t fn_n = (n);                                                               \
+        const int64_t fn_lead = (stream) ? fn_stream_lead((out), sizeof(T)) : -1;               \
+        const int64_t fn_chunks = fn_lead < 0 || fn_lead > fn_n ? 0                             \
+            : (fn_n - fn_lead) / FN_STREAM_CHUNK(T) * FN_STREAM_CHUNK(T);                       \
+        const int64_t fn_head = fn_chunks ? fn_lead : fn_n;                                     \
+        _Pragma("omp simd") for (int64_t i = 0; i < fn_head; ++i) (out)[i] = (EXPR);            \
+        for (int64_t fn_c = fn_head; fn_c < fn_head + fn_chunks; fn_c += FN_STREAM_CHUNK(T)) {  \
+            _Alignas(FN_STREAM_ALIGN) T fn_buf[FN_STREAM_CHUNK(T)];                             \
+            _Pragma("omp simd") for (int64_t fn_j = 0; fn_j < FN_STREAM_CHUNK(T); ++fn_j) {     \
+                const int64_t i = fn_c + fn_j;                                                  \
+                fn_buf[fn_j] = (EXPR);                                                          \
+            }                                                                                   \
+            COPY((out) + fn_c, fn_buf, FN_STREAM_CHUNK(T));                                     \
+        }                                                                                       \
+        if (fn_chunks) {                                                                        \
+            _Pragma("omp simd") for (int64_t i = fn_head + fn_chunks; i < fn_n; ++i)            \
+                (out)[i] = (EXPR);                                                              \
+        }                                                                                       \
+    } while (0)
+
 #endif /* FN_STREAM_H */
