@@ -229,7 +229,7 @@ POOL_BYTES = 512 << 20
 def pool_bytes():
     """Bytes of freed large buffers fastnorm keeps for its next results (0: none).
 
-    Results of 32 MiB and more are allocated through this cache (fastnorm/_ext/_pool.pyx):
+    Results of 8 MiB and more are allocated through this cache (fastnorm/_ext/_pool.pyx):
     glibc returns such blocks to the kernel when they are freed, and a fresh block is
     page-faulted and zeroed as it is first written, which cost as much as relu itself on
     64 MiB.  The arrays are ordinary NumPy arrays.  ``FASTNORM_POOL_BYTES`` sets it at import."""
@@ -315,7 +315,7 @@ def show_config(file=None):
         + (f" (set_num_threads)" if _requested_threads is not None
            else " (FASTNORM_NUM_THREADS)" if _env_threads is not None else ""),
         f"  streaming:      results of calls moving >= {_stream_min_bytes} bytes",
-        f"  buffer cache:   up to {_pool_bytes} bytes of freed results >= 32 MiB"
+        f"  buffer cache:   up to {_pool_bytes} bytes of freed results >= 8 MiB"
         + ("" if _pool is None or _pool.AVAILABLE else " (not in this build)"),
         f"  NumPy:          {np.__version__}",
         f"  Python:         {platform.python_version()} on {platform.machine()} {platform.system()}",

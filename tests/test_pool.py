@@ -29,7 +29,7 @@ def small_pool():
     try:
         yield pool
     finally:
-        pool.set_min_bytes(32 * MIB)
+        pool.set_min_bytes(pool.MIN_BYTES)
         _config.set_pool_bytes(None)
 
 

@@ -246,6 +246,14 @@ def _bad_calls_of_config():
                             (lambda: fastnorm.set_num_threads(2.0), TypeError, "set_num_threads: n"),
                             (lambda: fastnorm.set_num_threads(True), TypeError, "set_num_threads: n")],
         "set_isa": [(lambda: fastnorm.set_isa("sse9"), ValueError, "set_isa: name")],
+        "pool_bytes": [(lambda: fastnorm.pool_bytes(1), TypeError, "pool_bytes")],
+        "set_pool_bytes": [(lambda: fastnorm.set_pool_bytes(-1), ValueError, "set_pool_bytes: n"),
+                           (lambda: fastnorm.set_pool_bytes(1.0), TypeError, "set_pool_bytes: n"),
+                           (lambda: fastnorm.set_pool_bytes(True), TypeError, "set_pool_bytes: n")],
+        "stream_min_bytes": [(lambda: fastnorm.stream_min_bytes(1), TypeError, "stream_min_bytes")],
+        "set_stream_min_bytes": [
+            (lambda: fastnorm.set_stream_min_bytes(-1), ValueError, "set_stream_min_bytes: n"),
+            (lambda: fastnorm.set_stream_min_bytes("1"), TypeError, "set_stream_min_bytes: n")],
         "use_backend": [(lambda: fastnorm.use_backend("torch").__enter__(), ValueError, "use_backend: name")],
         "show_config": [(lambda: fastnorm.show_config(file=42), AttributeError, "")],
         "DropoutMask": [

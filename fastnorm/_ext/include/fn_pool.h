@@ -1,11 +1,12 @@
 /* A cache of large freed array buffers, as a NumPy memory handler (NEP 49).
  *
  * Why: glibc serves allocations above 32 MiB with a fresh mmap and returns them to the
- * kernel on free, so every large result NumPy allocates is page-faulted and zeroed by the
- * kernel as it is first written: for relu of 4096 x 4096 float32 (64 MiB) that costs
- * about as much as the kernel (1 thread: 5.8 ms per call with a fresh output, 2.9 ms into
- * a reused one).  A training loop allocates the same sizes step after step; this cache
- * hands the freed buffers back out.
+ * kernel on free (and smaller ones, once freed, may also go back: a 25 MiB result came
+ * back as fresh pages call after call), so a large result NumPy allocates is page-faulted
+ * and zeroed by the kernel as it is first written: for relu of 4096 x 4096 float32
+ * (64 MiB) that costs about as much as the kernel (1 thread: 5.8 ms per call with a fresh
+ * output, 2.9 ms into a reused one).  A training loop allocates the same sizes step after
+ * step; this cache hands the freed buffers back out.
  *
  * fastnorm installs the handler only around the allocation of its own large outputs
  * (fastnorm/_ext/_pool.pyx); the arrays are ordinary NumPy arrays that own their data
