@@ -122,7 +122,7 @@ def elementwise(func, inputs, out, kernel, *, c_order=False):
         inputs = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in inputs]
     flat = [a.reshape(-1, order=order) for a in inputs]
     if out is None:
-        result = _config.empty(ref.shape, dtype, order)
+        result = _config.empty(ref.shape, dtype, order, like=flat[0])
         kernel(flat, result.reshape(-1, order=order))
         return result
     direct = (out.flags.c_contiguous if order == "C" else out.flags.f_contiguous)
@@ -134,7 +134,7 @@ def elementwise(func, inputs, out, kernel, *, c_order=False):
     if direct:
         kernel(flat, out.reshape(-1, order=order))
         return out
-    result = _config.empty(ref.shape, dtype, order)
+    result = _config.empty(ref.shape, dtype, order, like=flat[0])
     kernel(flat, result.reshape(-1, order=order))
     np.copyto(out, result)
     return out

@@ -245,11 +245,12 @@ def set_pool_bytes(n=None):
     _pool_bytes = n
 
 
-def empty(shape, dtype, order="C"):
-    """``np.empty(shape, dtype, order)``; large arrays come from fastnorm's buffer cache."""
+def empty(shape, dtype, order="C", like=None):
+    """``np.empty(shape, dtype, order)``; large arrays come from fastnorm's buffer cache, their
+    data at the same offset from a cache line as ``like``'s (the input they are computed from)."""
     if _pool is None:
         return np.empty(shape, dtype, order)
-    return _pool.empty(shape, dtype, order)
+    return _pool.empty(shape, dtype, order, like)
 
 
 _pool_bytes = POOL_BYTES

@@ -183,7 +183,7 @@ def _output_buffer(x, xc, out, *params):
                  or (out.__array_interface__["data"][0] == xc.__array_interface__["data"][0]))
             and not any(p is not None and np.may_share_memory(out, p) for p in params)):
         return out
-    return _config.empty(x.shape, xc.dtype)
+    return _config.empty(x.shape, xc.dtype, like=xc)
 
 
 def _check_out_disjoint(func, out, running):
@@ -449,7 +449,7 @@ def batch_norm_backward(grad_output, x, weight, mean, rstd, *, training=True, ch
         k3 = -w * rstd_d * s1 / n
     else:
         k2 = k3 = np.zeros(c)
-    gx = _config.empty(x.shape, cd)
+    gx = _config.empty(x.shape, cd, like=xc)
     ext.affine_grad(gc.reshape(-1), xc.reshape(-1), gx.reshape(-1), *geometry, _vector(k1, cd),
                     _vector(mean, cd), _vector(k2, cd), _vector(k3, cd), nthreads)
     gw = None if weight is None else (rstd_d * s2).astype(weight.dtype)
@@ -478,7 +478,7 @@ def _rows_backward(func, g, x, ns, weight, mean, rstd, rms, want_gb):
     k = math.prod(ns)
     m = x.size // k
     xc, gc = _contiguous(x), _contiguous(g)
-    gx = _config.empty(x.shape, cd)
+    gx = _config.empty(x.shape, cd, like=xc)
     ext = _config.extension("normalization")
     rstd_c = _vector(rstd, cd)
     mean_c = rstd_c if mean is None else _vector(mean, cd)
@@ -641,7 +641,7 @@ def _group_backward(ext, g, x, groups, channels_last, weight, bias, mean, rstd, 
     rstd_g = rstd.astype(_F64)
     rstd_nc = np.repeat(rstd_g, cg, axis=1)
     if training and not channels_last:  # one visit per group (fn_norm_group_backward)
-        gx = _config.empty(x.shape, cd)
+        gx = _config.empty(x.shape, cd, like=xc)
         s1, s2 = np.empty(n * c), np.empty(n * c)
         ext.group_backward(gc.reshape(-1), xc.reshape(-1), gx.reshape(-1), groups, cg, hw,
                            _vector(weight, cd), mean.astype(_F64).reshape(-1), _vector(mean, cd),
@@ -664,7 +664,7 @@ def _group_backward(ext, g, x, groups, channels_last, weight, bias, mean, rstd, 
         k3 = np.repeat(-rstd_g * g1 / m, cg, axis=1)
     else:
         k2 = k3 = np.zeros((n, c))
-    gx = _config.empty(x.shape, cd)
+    gx = _config.empty(x.shape, cd, like=xc)
     ext.affine_grad(gc.reshape(-1), xc.reshape(-1), gx.reshape(-1), *geometry, _vector(k1, cd),
                     _vector(np.repeat(mean, cg, axis=1), cd), _vector(k2, cd), _vector(k3, cd), nthreads)
     gw = None if weight is None else (rstd_nc * s2).sum(axis=0).astype(weight.dtype)

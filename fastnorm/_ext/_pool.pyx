@@ -6,7 +6,7 @@ the settings: pool_bytes() (``FASTNORM_POOL_BYTES``), stream_min_bytes()
 (``FASTNORM_STREAM_MIN_BYTES``).
 """
 cimport numpy as cnp
-from libc.stdint cimport uint64_t
+from libc.stdint cimport uint64_t, uintptr_t
 
 cnp.import_array()
 
@@ -23,6 +23,7 @@ cdef extern from *:
     }
     """
     int FN_POOL_AVAILABLE
+    unsigned fn_pool_phase
     object fn_pool_new_capsule()
     void fn_pool_set_limit(size_t limit) nogil
     void fn_pool_stats(size_t *cached, size_t *limit, uint64_t *hits, uint64_t *misses) nogil
@@ -59,20 +60,26 @@ cdef bint streams(Py_ssize_t out_bytes, Py_ssize_t moved_bytes, bint callers_out
     return moved_bytes >= _stream_min_bytes and (callers_out or pooled(out_bytes))
 
 
-cdef object pooled_empty(int nd, cnp.npy_intp *dims, int typenum):
-    """PyArray_EMPTY(nd, dims, typenum, 0), from the cache when the size qualifies."""
+cdef object pooled_empty(int nd, cnp.npy_intp *dims, int typenum, const void *like):
+    """PyArray_EMPTY(nd, dims, typenum, 0), from the cache when the size qualifies, its data
+    at the same offset from a cache line as `like` (an input of the call, or NULL)."""
+    global fn_pool_phase
     cdef cnp.npy_intp nbytes = cnp.PyArray_MultiplyList(dims, nd) * cnp.PyDataType_ELSIZE(cnp.PyArray_DescrFromType(typenum))
     if not pooled(nbytes):
         return cnp.PyArray_EMPTY(nd, dims, typenum, 0)
     previous = PyDataMem_SetHandler(_handler)
+    fn_pool_phase = <unsigned>(<uintptr_t>like % 64)
     try:
         return cnp.PyArray_EMPTY(nd, dims, typenum, 0)
     finally:
+        fn_pool_phase = 0
         PyDataMem_SetHandler(previous)
 
 
-def empty(shape, dtype, order="C"):
-    """np.empty(shape, dtype, order), from the cache when the size qualifies."""
+def empty(shape, dtype, order="C", like=None):
+    """np.empty(shape, dtype, order), from the cache when the size qualifies; its data at the
+    same offset from a cache line as the array `like`'s, if given."""
+    global fn_pool_phase
     import numpy as np
     dtype = np.dtype(dtype)
     n = dtype.itemsize
@@ -81,9 +88,11 @@ def empty(shape, dtype, order="C"):
     if not pooled(n):
         return np.empty(shape, dtype, order)
     previous = PyDataMem_SetHandler(_handler)
+    fn_pool_phase = 0 if like is None else <unsigned>(like.__array_interface__["data"][0] % 64)
     try:
         return np.empty(shape, dtype, order)
     finally:
+        fn_pool_phase = 0
         PyDataMem_SetHandler(previous)
 
 

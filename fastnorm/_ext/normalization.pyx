@@ -643,7 +643,7 @@ def rows_backward_fast(object grad_output, object x, object normalized_shape, ob
     cdef Py_ssize_t n = cnp.PyArray_SIZE(xa), M = n // K
     cdef Py_ssize_t rb = _row_block(M, 16), nblk = (M + rb - 1) // rb
     cdef int nthreads = threads_for(n, grain)
-    cdef cnp.ndarray gx = pooled_empty(nd, dims, typenum)
+    cdef cnp.ndarray gx = pooled_empty(nd, dims, typenum, cnp.PyArray_DATA(xa))
     cdef cnp.npy_intp pdims[2]
     cdef double[:, ::1] pw
     cdef double[:, ::1] pb
@@ -831,7 +831,7 @@ def batch_norm_backward_fast(object grad_output, object x, object weight, object
                                       <double *>cnp.PyArray_DATA(s2), <double *>cnp.PyArray_DATA(k1),
                                       <double *>cnp.PyArray_DATA(k2), <double *>cnp.PyArray_DATA(k3),
                                       <double *>_data_or_null(gw), <double *>_data_or_null(gb))
-    cdef cnp.ndarray gx = pooled_empty(nd, dims, typenum)
+    cdef cnp.ndarray gx = pooled_empty(nd, dims, typenum, cnp.PyArray_DATA(xa))
     affine_grad(ga.reshape(-1), xa.reshape(-1), gx.reshape(-1), 1, A, C, B, k1, mean, k2, k3, nthreads)
     return gx, gw, gb
 

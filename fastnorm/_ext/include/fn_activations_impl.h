@@ -180,13 +180,51 @@ static void FN_NAME(act_forward_span, FN_SUF)(int op, const T *x, T *y, int64_t 
     }
 }
 
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+/* relu backward, gx = v <= 0 ? 0 : d, n a multiple of the vector width.  From the C select
+ * gcc makes a zero-masking load of g (vmovups with {k}{z}), and a masked load from an
+ * address off a 64-byte line -- NumPy's arrays start 16 bytes past one -- ran 25-30 % slower
+ * on this machine than an unconditional load (4096x4096 float32, streamed, 1 thread: 4.5 ms
+ * against 3.5 ms; aligned, the masked load was as fast).  Here g is loaded unconditionally
+ * and ANDed with the comparison's lanes, which gcc leaves alone.  Same bits as the C select
+ * (NaN in v keeps d, as !(v <= 0) is true). */
+#if FN_REAL == 32
+#define RELU_VEC(op) _mm512_##op##_ps
+#define RELU_ABOVE_ZERO(v) _mm512_castsi512_ps(_mm512_movm_epi32(_mm512_cmp_ps_mask(v, zero, _CMP_NLE_UQ)))
+#else
+#define RELU_VEC(op) _mm512_##op##_pd
+#define RELU_ABOVE_ZERO(v) _mm512_castsi512_pd(_mm512_movm_epi64(_mm512_cmp_pd_mask(v, zero, _CMP_NLE_UQ)))
+#endif
+static inline void FN_NAME(relu_grad_avx512, FN_SUF)(const T *g, const T *s, T *gx, int64_t n,
+                                                     int stream)
+{
+    const __typeof__(RELU_VEC(setzero)()) zero = RELU_VEC(setzero)();
+    for (int64_t i = 0; i < n; i += 64 / (int64_t)sizeof(T)) {
+        const __typeof__(zero) keep = RELU_ABOVE_ZERO(RELU_VEC(loadu)(s + i));  /* !(v <= 0) */
+        const __typeof__(zero) r = RELU_VEC(and)(RELU_VEC(loadu)(g + i), keep);
+        if (stream)
+            RELU_VEC(stream)(gx + i, r);
+        else
+            RELU_VEC(storeu)(gx + i, r);
+    }
+}
+#undef RELU_VEC
+#undef RELU_ABOVE_ZERO
+#endif
+
 static void FN_NAME(act_backward_span, FN_SUF)(int op, const T *g, const T *s, T *gx, int64_t n,
                                               double a, double b, int stream)
 {
     const T pa = (T)a, pb = (T)b;
     switch (op) {
     /* Derivatives at kinks follow PyTorch: relu'(0) = 0, relu6' = 0 at 0 and 6. */
-    case FN_ACT_RELU:        MAP_GRAD(v <= 0 ? (T)0 : d); break;
+    case FN_ACT_RELU:
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+        FN_NAME(relu_grad_avx512, FN_SUF)(g, s, gx, n, stream);
+#else
+        MAP_GRAD(v <= 0 ? (T)0 : d);
+#endif
+        break;
     case FN_ACT_RELU6:       MAP_GRAD((v <= 0 || v >= 6) ? (T)0 : d); break;
     case FN_ACT_LEAKY_RELU:  MAP_GRAD(v > 0 ? d : d * pa); break;
     case FN_ACT_ELU:         MAP_GRAD(v > 0 ? d : d * pa * FN_EXP_NEG(v)); break;
