@@ -5,6 +5,7 @@ package runs on the NumPy reference (one warning at import).  Kernel families ar
 looked up with :func:`extension`, which returns ``None`` on the NumPy backend.
 """
 import contextlib
+import operator
 import os
 import warnings
 
@@ -180,8 +181,9 @@ def _byte_count(func, n, default):
     """n (an int >= 0, capped to a C Py_ssize_t), or default for None."""
     if n is None:
         return default
-    if isinstance(n, bool) or not isinstance(n, int):
+    if isinstance(n, bool) or not (isinstance(n, int) or hasattr(n, "__index__")):
         raise TypeError(f"{func}: n must be an int or None, got {type(n).__name__}")
+    n = operator.index(n)
     if n < 0:
         raise ValueError(f"{func}: n must be >= 0, got {n}")
     return min(n, (1 << 63) - 1)

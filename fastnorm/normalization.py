@@ -402,7 +402,8 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
     shift = np.zeros(c, cd) if bias is None else _vector(bias, cd)
     mhi, mlo = _split_mean(mean_d, cd)
     buf = _output_buffer(x, xc, out, shift)
-    ext.affine(xc.reshape(-1), buf.reshape(-1), *geometry, mhi, mlo, scale.astype(cd), shift, nthreads)
+    ext.affine(xc.reshape(-1), buf.reshape(-1), *geometry, mhi, mlo, scale.astype(cd), shift, nthreads,
+               buf is out)
     return _deliver(buf, x.dtype, out), mean_d.astype(cd), rstd_d.astype(cd)
 
 
@@ -469,7 +470,8 @@ def _rows_forward(func, x, ns, weight, bias, eps, rms, out):
     buf = _output_buffer(x, xc, out, wc, bc)
     mean, rstd = np.empty(m, cd), np.empty(m, cd)
     ext = _config.extension("normalization")
-    ext.rows_forward(xc.reshape(-1), buf.reshape(-1), m, k, wc, bc, eps, rms, mean, rstd, _threads(x))
+    ext.rows_forward(xc.reshape(-1), buf.reshape(-1), m, k, wc, bc, eps, rms, mean, rstd, _threads(x),
+                     buf is out)
     return _deliver(buf, x.dtype, out), mean.reshape(lead), rstd.reshape(lead)
 
 
@@ -607,17 +609,18 @@ def _group_stats(ext, xc, n, c, hw, groups, channels_last, nthreads):
     return mean, m2
 
 
-def _group_forward(ext, xc, out_buf, n, groups, cg, hw, weight, bias, eps, nthreads):
+def _group_forward(ext, xc, out_buf, n, groups, cg, hw, weight, bias, eps, nthreads, callers_out):
     """NCHW group norm (instance norm: cg = 1) in one pass per group; (mean, M2) per
-    (sample, group) as float64 (N, G)."""
+    (sample, group) as float64 (N, G).  callers_out: out_buf is the caller's out=."""
     cd = xc.dtype
     mean, m2 = np.empty(n * groups), np.empty(n * groups)
     ext.group_forward(xc.reshape(-1), out_buf.reshape(-1), groups, cg, hw, _vector(weight, cd),
-                      _vector(bias, cd), eps, mean, m2, nthreads)
+                      _vector(bias, cd), eps, mean, m2, nthreads, callers_out)
     return mean.reshape(n, groups), m2.reshape(n, groups)
 
 
-def _group_apply(ext, xc, out_buf, n, c, hw, groups, channels_last, mean, rstd, weight, bias, nthreads):
+def _group_apply(ext, xc, out_buf, n, c, hw, groups, channels_last, mean, rstd, weight, bias, nthreads,
+                 callers_out):
     cd = xc.dtype
     cg = c // groups
     mean_nc = np.repeat(mean, cg, axis=1)
@@ -628,7 +631,7 @@ def _group_apply(ext, xc, out_buf, n, c, hw, groups, channels_last, mean, rstd, 
     mhi, mlo = _split_mean(mean_nc.reshape(-1), cd)
     ext.affine(xc.reshape(-1), out_buf.reshape(-1), *_apply_geometry(n, c, hw, channels_last),
                mhi, mlo, np.ascontiguousarray(scale, cd).reshape(-1),
-               np.ascontiguousarray(shift).reshape(-1), nthreads)
+               np.ascontiguousarray(shift).reshape(-1), nthreads, callers_out)
 
 
 def _group_backward(ext, g, x, groups, channels_last, weight, bias, mean, rstd, training):
@@ -701,10 +704,12 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, channels_last
         mean, m2 = _group_stats(ext, xc, n, c, hw, groups, channels_last, nthreads)
         rstd = _rstd(m2 / (c // groups * hw), eps)
         buf = _output_buffer(x, xc, out)
-        _group_apply(ext, xc, buf, n, c, hw, groups, channels_last, mean, rstd, weight, bias, nthreads)
+        _group_apply(ext, xc, buf, n, c, hw, groups, channels_last, mean, rstd, weight, bias, nthreads,
+                     buf is out)
     else:
         buf = _output_buffer(x, xc, out, weight, bias)
-        mean, m2 = _group_forward(ext, xc, buf, n, groups, c // groups, hw, weight, bias, eps, nthreads)
+        mean, m2 = _group_forward(ext, xc, buf, n, groups, c // groups, hw, weight, bias, eps, nthreads,
+                                  buf is out)
         rstd = _rstd(m2 / (c // groups * hw), eps)
     return _deliver(buf, x.dtype, out), mean.astype(cd), rstd.astype(cd)
 
@@ -771,7 +776,7 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
     nthreads = _threads(x)
     if use_input_stats:
         buf = _output_buffer(x, xc, out, weight, bias)
-        mean, m2 = _group_forward(ext, xc, buf, n, c, 1, hw, weight, bias, eps, nthreads)
+        mean, m2 = _group_forward(ext, xc, buf, n, c, 1, hw, weight, bias, eps, nthreads, buf is out)
         rstd = _rstd(m2 / hw, eps)
         if rm is not None:
             _update_running(rm, mean.mean(axis=0), momentum)
@@ -780,7 +785,7 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
         mean = np.broadcast_to(rm.astype(_F64), (n, c))
         rstd = _rstd(np.broadcast_to(rv.astype(_F64), (n, c)), eps)
         buf = _output_buffer(x, xc, out)
-        _group_apply(ext, xc, buf, n, c, hw, c, False, mean, rstd, weight, bias, nthreads)
+        _group_apply(ext, xc, buf, n, c, hw, c, False, mean, rstd, weight, bias, nthreads, buf is out)
     return _deliver(buf, x.dtype, out), mean.astype(cd), rstd.astype(cd)
 
 

@@ -424,7 +424,7 @@ def _two_pass_group_norm(x, groups, w, b, eps):
     mean, m2 = N._group_stats(ext(), xc, n, c, hw, groups, False, 1)
     rstd = N._rstd(m2 / (c // groups * hw), eps)
     y = np.empty_like(xc)
-    N._group_apply(ext(), xc, y, n, c, hw, groups, False, mean, rstd, w, b, 1)
+    N._group_apply(ext(), xc, y, n, c, hw, groups, False, mean, rstd, w, b, 1, False)
     return y, mean.astype(x.dtype), rstd.astype(x.dtype)
 
 

@@ -65,6 +65,16 @@ def test_results_sit_at_their_inputs_offset_from_a_cache_line(small_pool):
             assert y.ctypes.data % 64 == x.ctypes.data % 64, (name, shift)
 
 
+def test_a_misaligned_input_still_gets_an_aligned_result(small_pool):
+    raw = np.zeros((4 << 20) + 64, np.uint8)
+    for dtype, offset in ((np.float64, 4), (np.float64, 1), (np.float32, 2)):
+        start = (-raw.ctypes.data) % 64 + offset
+        x = np.frombuffer(raw.data, dtype, (4 << 20) // np.dtype(dtype).itemsize - 16, start)
+        assert not x.flags.aligned
+        for y in (fastnorm.relu(x), fastnorm.relu_backward(x, x)):
+            assert y.flags.aligned and y.ctypes.data % np.dtype(dtype).itemsize == 0, (dtype, offset)
+
+
 def test_results_are_the_same_bits_with_and_without_the_cache(small_pool, rng):
     x = (rng.standard_normal((256, 4099)) * 3).astype(np.float32)
     g = rng.standard_normal(x.shape).astype(np.float32)
@@ -161,5 +171,7 @@ def test_pool_setting_validation():
         _config.set_pool_bytes(-5)
     with pytest.raises(TypeError, match="set_pool_bytes: n must be an int or None, got str"):
         _config.set_pool_bytes("1")
+    _config.set_pool_bytes(np.int64(3 << 20))  # NumPy integers are integers
+    assert _config.pool_bytes() == 3 << 20
     _config.set_pool_bytes(None)
     assert _config.pool_bytes() == _config.POOL_BYTES

@@ -24,13 +24,16 @@ cdef extern from *:
     """
     int FN_POOL_AVAILABLE
     unsigned fn_pool_phase
+    int fn_pool_last_fresh
     object fn_pool_new_capsule()
+    void fn_pool_init()
     void fn_pool_set_limit(size_t limit) nogil
     void fn_pool_stats(size_t *cached, size_t *limit, uint64_t *hits, uint64_t *misses) nogil
 
 cdef extern from "numpy/arrayobject.h":
     object PyDataMem_SetHandler(object handler)
 
+fn_pool_init()
 cdef object _handler = fn_pool_new_capsule()
 # From 8 MiB: glibc's malloc returned 25 MiB results as fresh pages too (layer norm
 # 8192x768: 1.93 ms with a fresh result, 1.40 ms into a reused one); blocks are whole 2 MiB
@@ -53,22 +56,31 @@ cdef bint pooled(Py_ssize_t nbytes) noexcept:
 cdef bint streams(Py_ssize_t out_bytes, Py_ssize_t moved_bytes, bint callers_out) noexcept:
     """Whether a call that reads and writes moved_bytes in all writes its result of out_bytes
     with non-temporal stores: from stream_min_bytes() of traffic on, into a caller's buffer
-    or a block from the cache -- not into memory that may come fresh from the kernel, whose
-    pages were just zeroed and sit in the cache, where plain stores are cheaper (layer norm
-    8192x768 float32, 1 thread, cold caches: into out= 2.04 -> 1.40 ms streamed, into a
-    fresh result 1.93 -> 2.21 ms)."""
-    return moved_bytes >= _stream_min_bytes and (callers_out or pooled(out_bytes))
+    or a block that came from the cache -- not into memory fresh from the kernel (a cache
+    miss, or the cache off), whose pages were just zeroed and sit in the cache, where plain
+    stores are cheaper (layer norm 8192x768 float32, 1 thread, cold caches: into out= 2.04 ->
+    1.40 ms streamed, into a fresh result 1.93 -> 2.21 ms).  Call it right after allocating
+    the result: fn_pool_last_fresh describes this thread's last block."""
+    return moved_bytes >= _stream_min_bytes and (callers_out or (pooled(out_bytes) and not fn_pool_last_fresh))
+
+
+cdef inline unsigned _phase(uintptr_t address, Py_ssize_t itemsize) noexcept:
+    """address's offset from a 64-byte line, rounded down to whole items (an input that is
+    not itself aligned must not make its result misaligned)."""
+    cdef unsigned phase = <unsigned>(address % 64)
+    return phase - phase % <unsigned>itemsize if itemsize > 0 else 0
 
 
 cdef object pooled_empty(int nd, cnp.npy_intp *dims, int typenum, const void *like):
     """PyArray_EMPTY(nd, dims, typenum, 0), from the cache when the size qualifies, its data
     at the same offset from a cache line as `like` (an input of the call, or NULL)."""
     global fn_pool_phase
-    cdef cnp.npy_intp nbytes = cnp.PyArray_MultiplyList(dims, nd) * cnp.PyDataType_ELSIZE(cnp.PyArray_DescrFromType(typenum))
+    cdef Py_ssize_t itemsize = cnp.PyDataType_ELSIZE(cnp.PyArray_DescrFromType(typenum))
+    cdef cnp.npy_intp nbytes = cnp.PyArray_MultiplyList(dims, nd) * itemsize
     if not pooled(nbytes):
         return cnp.PyArray_EMPTY(nd, dims, typenum, 0)
     previous = PyDataMem_SetHandler(_handler)
-    fn_pool_phase = <unsigned>(<uintptr_t>like % 64)
+    fn_pool_phase = _phase(<uintptr_t>like, itemsize)
     try:
         return cnp.PyArray_EMPTY(nd, dims, typenum, 0)
     finally:
@@ -88,7 +100,7 @@ def empty(shape, dtype, order="C", like=None):
     if not pooled(n):
         return np.empty(shape, dtype, order)
     previous = PyDataMem_SetHandler(_handler)
-    fn_pool_phase = 0 if like is None else <unsigned>(like.__array_interface__["data"][0] % 64)
+    fn_pool_phase = 0 if like is None else _phase(like.__array_interface__["data"][0], dtype.itemsize)
     try:
         return np.empty(shape, dtype, order)
     finally:

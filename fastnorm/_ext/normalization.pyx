@@ -235,14 +235,16 @@ def dual_sums(const floating[::1] dy, const floating[::1] x, Py_ssize_t P, Py_ss
 
 def affine(const floating[::1] x, floating[::1] y, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C,
            Py_ssize_t B, const floating[::1] mhi, const floating[::1] mlo,
-           const floating[::1] scale, const floating[::1] shift, int nthreads):
+           const floating[::1] scale, const floating[::1] shift, int nthreads,
+           bint callers_out=False):
     """y = ((x - mhi) - mlo) * scale + shift, parameters per (p, c) of (P, A, C, B).
-    IN x: (P*A*C*B,), parameters (P*C,); OUT y: like x."""
+    IN x: (P*A*C*B,), parameters (P*C,); OUT y: like x.  callers_out: y is the caller's
+    out= (for the streaming-store rule, _pool.streams)."""
     _check(x.shape[0] == P * A * C * B == y.shape[0] and mhi.shape[0] == P * C == mlo.shape[0]
            and scale.shape[0] == P * C == shift.shape[0], "affine: inconsistent sizes")
     cdef Py_ssize_t R = P * A * C, t, u0, ch
     cdef Py_ssize_t nbytes = x.shape[0] * sizeof(floating)
-    cdef int stream = streams(nbytes, 2 * nbytes, False)
+    cdef int stream = streams(nbytes, 2 * nbytes, callers_out)
     if x.shape[0] == 0:
         return
     with nogil:
@@ -266,7 +268,7 @@ def affine(const floating[::1] x, floating[::1] y, Py_ssize_t P, Py_ssize_t A, P
 
 def group_forward(const floating[::1] x, floating[::1] y, Py_ssize_t G, Py_ssize_t cg,
                   Py_ssize_t hw, const floating[::1] w, const floating[::1] b, double eps,
-                  double[::1] mean, double[::1] m2, int nthreads):
+                  double[::1] mean, double[::1] m2, int nthreads, bint callers_out=False):
     """Group norm of NCHW data in one visit per group (fn_norm_group_forward).  IN x:
     (U*cg*hw,) with U = N*G groups; w, b: (G*cg,) or None; OUT y: like x, mean and M2 of
     every group (U,), float64."""
@@ -275,7 +277,7 @@ def group_forward(const floating[::1] x, floating[::1] y, Py_ssize_t G, Py_ssize
            and U % G == 0 and (w is None or w.shape[0] == G * cg)
            and (b is None or b.shape[0] == G * cg), "group_forward: inconsistent sizes")
     cdef Py_ssize_t nbytes = x.shape[0] * sizeof(floating)
-    cdef int stream = streams(nbytes, 2 * nbytes, False)
+    cdef int stream = streams(nbytes, 2 * nbytes, callers_out)
     cdef const floating *wp = NULL
     cdef const floating *bp = NULL
     if U == 0:
@@ -456,7 +458,7 @@ cdef object _block_sum(double[:, ::1] partial, int typenum):
 
 def rows_forward(const floating[::1] x, floating[::1] y, Py_ssize_t M, Py_ssize_t K,
                  const floating[::1] w, const floating[::1] b, double eps, bint rms,
-                 floating[::1] mean, floating[::1] rstd, int nthreads):
+                 floating[::1] mean, floating[::1] rstd, int nthreads, bint callers_out=False):
     """Layer norm (rms=False) or RMS norm of the rows of an (M, K) array (K >= 1).
     IN w, b: (K,) or None; OUT y: (M*K,), mean (M,; unused for RMS), rstd (M,)."""
     _check(x.shape[0] == M * K == y.shape[0] and K >= 1 and mean.shape[0] == M == rstd.shape[0]
@@ -471,7 +473,7 @@ def rows_forward(const floating[::1] x, floating[::1] y, Py_ssize_t M, Py_ssize_
     if b is not None:
         bp = &b[0]
     cdef Py_ssize_t nbytes = x.shape[0] * sizeof(floating)
-    cdef int stream = streams(nbytes, 2 * nbytes, False)
+    cdef int stream = streams(nbytes, 2 * nbytes, callers_out)
     with nogil:
         _rows_forward_run(&x[0], &y[0], M, K, wp, bp, eps, rms, &mean[0], &rstd[0], nthreads, stream)
 
@@ -754,7 +756,7 @@ def batch_norm_fast(object x, object weight, object bias, object running_mean, o
                              <const double *>_data_or_null(weight), <double *>cnp.PyArray_DATA(mean_c),
                              <double *>cnp.PyArray_DATA(rstd), <double *>cnp.PyArray_DATA(mhi),
                              <double *>cnp.PyArray_DATA(mlo), <double *>cnp.PyArray_DATA(scale))
-    affine(xa.reshape(-1), y.reshape(-1), 1, A, C, B, mhi, mlo, scale, shift, nthreads)
+    affine(xa.reshape(-1), y.reshape(-1), 1, A, C, B, mhi, mlo, scale, shift, nthreads, out is not None)
     return y, mean_c, rstd
 
 

@@ -30,6 +30,7 @@
 /* No cache (no pthreads here): the handler passes everything to libc. */
 #define FN_POOL_AVAILABLE 0
 static unsigned fn_pool_phase;  /* unused here */
+static int fn_pool_last_fresh = 1;
 static void *fn_pool_malloc(void *ctx, size_t bytes) { (void)ctx; return malloc(bytes ? bytes : 1); }
 static void *fn_pool_calloc(void *ctx, size_t nelem, size_t elsize)
 {
@@ -39,6 +40,7 @@ static void *fn_pool_calloc(void *ctx, size_t nelem, size_t elsize)
 static void *fn_pool_realloc(void *ctx, void *ptr, size_t bytes) { (void)ctx; return realloc(ptr, bytes ? bytes : 1); }
 static void fn_pool_free(void *ctx, void *ptr, size_t bytes) { (void)ctx; (void)bytes; free(ptr); }
 static void fn_pool_set_limit(size_t limit) { (void)limit; }
+static void fn_pool_init(void) {}
 static void fn_pool_stats(size_t *cached, size_t *limit, uint64_t *hits, uint64_t *misses)
 {
     *cached = *limit = 0;
@@ -119,6 +121,10 @@ static int fn_pool_evict_locked(size_t keep, void **out)
  * line-aligned result, 3.30 ms into one 16 bytes past a line). */
 #define FN_POOL_HEADER 64
 static _Thread_local unsigned fn_pool_phase;
+/* Whether this thread's last block came fresh from the kernel rather than from the cache
+ * (its pages then get zeroed at first touch and sit in the cache: plain stores are faster
+ * there than streaming ones). */
+static _Thread_local int fn_pool_last_fresh;
 
 static inline char *fn_pool_block_of(void *data)
 {
@@ -132,6 +138,7 @@ static char *fn_pool_new_block(size_t bytes)
         return NULL;
     const size_t cap = fn_pool_capacity(bytes + 2 * FN_POOL_HEADER);
     void *p = cap >= FN_POOL_GRANULE ? fn_pool_take(cap) : NULL;
+    fn_pool_last_fresh = p == NULL;
     if (p == NULL) {
         if (posix_memalign(&p, cap >= FN_POOL_GRANULE ? FN_POOL_GRANULE : FN_POOL_HEADER, cap) != 0)
             return NULL;
@@ -227,6 +234,11 @@ static void fn_pool_release(char *block)
     for (int i = 0; i < n; ++i)
         free(evicted[i]);
 }
+
+/* A child forked while another thread held the lock would wait for it forever: the child
+ * starts with a fresh lock (its cache keeps the parent's blocks, which it owns a copy of). */
+static void fn_pool_after_fork_in_child(void) { pthread_mutex_init(&fn_pool.lock, NULL); }
+static void fn_pool_init(void) { pthread_atfork(NULL, NULL, fn_pool_after_fork_in_child); }
 
 /* Sets the cached-bytes limit (0: cache nothing) and frees what exceeds it. */
 static void fn_pool_set_limit(size_t limit)

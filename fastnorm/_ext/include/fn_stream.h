@@ -9,7 +9,7 @@
  * of reads plus writes streaming loses (C loop, 1M floats: 0.057 -> 0.095 ms): a plain
  * store leaves the result in the cache for whoever reads it next.  So the Cython glue asks
  * for streaming only from fastnorm._config.stream_min_bytes() of traffic, and only into a
- * caller's buffer (see activations.pyx, _stream).
+ * caller's buffer or a reused block of the result cache (_pool.pyx, streams()).
  *
  * Kernels keep their ordinary vector loops and stream by chunks: FN_STREAM_BYTES of
  * results are computed into an aligned stack buffer by the same loop code, with a
