@@ -324,8 +324,8 @@ static void FN_NAME(act_backward_plain, FN_SUF)(int op, const T *g, const T *s, 
  * either way, so the results are the same bits. */
 void FN_NAME(fn_act_forward, FN_SUF)(int op, const T *x, T *y, int64_t n, double a, double b, int stream)
 {
-    const int64_t lead = stream ? fn_stream_lead(y, sizeof(T)) : -1;
-    const int64_t chunks = lead < 0 || n < lead ? 0 : (n - lead) / STREAM_CHUNK * STREAM_CHUNK;
+    int64_t lead;
+    const int64_t chunks = fn_stream_split(y, n, sizeof(T), STREAM_CHUNK, stream, &lead);
     if (chunks == 0) {
         FN_NAME(act_forward_plain, FN_SUF)(op, x, y, n, a, b);
         return;
@@ -339,8 +339,8 @@ void FN_NAME(fn_act_forward, FN_SUF)(int op, const T *x, T *y, int64_t n, double
 void FN_NAME(fn_act_backward, FN_SUF)(int op, const T *g, const T *s, T *gx, int64_t n, double a, double b,
                                       int stream)
 {
-    const int64_t lead = stream ? fn_stream_lead(gx, sizeof(T)) : -1;
-    const int64_t chunks = lead < 0 || n < lead ? 0 : (n - lead) / STREAM_CHUNK * STREAM_CHUNK;
+    int64_t lead;
+    const int64_t chunks = fn_stream_split(gx, n, sizeof(T), STREAM_CHUNK, stream, &lead);
     if (chunks == 0) {
         FN_NAME(act_backward_plain, FN_SUF)(op, g, s, gx, n, a, b);
         return;

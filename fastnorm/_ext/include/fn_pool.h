@@ -11,11 +11,12 @@
  * fastnorm installs the handler only around the allocation of its own large outputs
  * (fastnorm/_ext/_pool.pyx); the arrays are ordinary NumPy arrays that own their data
  * and remember the handler, so NumPy calls fn_pool_free when they die, and tracemalloc
- * sees them as it sees any array.  Blocks of at least FN_POOL_GRANULE bytes are rounded
- * up to whole granules (so that near sizes share blocks) and kept, most recently freed
- * first, while the cached total stays within the limit (fn_pool_set_limit; 0 disables
- * caching); a larger total frees the oldest.  Smaller requests go straight to libc.
- * Every block is released with free(), so a block may leave the cache at any time.
+ * sees them as it sees any array.  Every block carries a small header (below, at
+ * FN_POOL_HEADER); blocks of at least FN_POOL_GRANULE bytes are rounded up to whole
+ * granules (so that near sizes share blocks) and kept, most recently freed first, while
+ * the cached total stays within the limit (fn_pool_set_limit; 0 disables caching); a
+ * larger total frees the oldest.  Smaller blocks are freed at once.  Every block comes
+ * from posix_memalign and goes back with free(), so a block may leave the cache at any time.
  */
 #ifndef FN_POOL_H
 #define FN_POOL_H

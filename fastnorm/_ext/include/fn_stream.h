@@ -76,14 +76,23 @@ static inline void fn_stream_copy_f64(double *dst, const double *src, int64_t n)
 static inline void fn_stream_fence(void) {}
 #endif
 
-/* Elements of `size` bytes before p's first 64-byte boundary; -1 where streaming cannot
- * be used (no streaming stores on this target, or p not aligned to its element size). */
-static inline int64_t fn_stream_lead(const void *p, size_t size)
+/* How n elements of `size` bytes at out split for streaming: returns the number of elements
+ * stored in whole chunks of `chunk` elements, from out's first 64-byte boundary on, and sets
+ * *head to where they start; the elements before *head and after the chunks are stored
+ * plainly.  0 (and *head = n) where nothing streams: stream unset, no streaming stores on
+ * this target, out not aligned to its element size, or no whole chunk. */
+static inline int64_t fn_stream_split(const void *out, int64_t n, size_t size, int64_t chunk,
+                                      int stream, int64_t *head)
 {
-    const uintptr_t a = (uintptr_t)p;
-    if (!FN_CAN_STREAM || a % size != 0)
-        return -1;
-    return (int64_t)(((FN_STREAM_ALIGN - a % FN_STREAM_ALIGN) % FN_STREAM_ALIGN) / size);
+    const uintptr_t a = (uintptr_t)out;
+    *head = n;
+    if (!stream || !FN_CAN_STREAM || a % size != 0)
+        return 0;
+    const int64_t lead = (int64_t)(((FN_STREAM_ALIGN - a % FN_STREAM_ALIGN) % FN_STREAM_ALIGN) / size);
+    const int64_t body = lead > n ? 0 : (n - lead) / chunk * chunk;
+    if (body > 0)
+        *head = lead;
+    return body;
 }
 
 /* for (i = 0; i < n; ++i) out[i] = EXPR, EXPR written in terms of i; with `stream` set, the
@@ -96,10 +105,9 @@ static inline int64_t fn_stream_lead(const void *p, size_t size)
 #define FN_MAP_STREAMED(T, COPY, stream, out, n, i, EXPR)                                       \
     do {                                                                                        \
         const int64_t fn_n = (n);                                                               \
-        const int64_t fn_lead = (stream) ? fn_stream_lead((out), sizeof(T)) : -1;               \
-        const int64_t fn_chunks = fn_lead < 0 || fn_lead > fn_n ? 0                             \
-            : (fn_n - fn_lead) / FN_STREAM_CHUNK(T) * FN_STREAM_CHUNK(T);                       \
-        const int64_t fn_head = fn_chunks ? fn_lead : fn_n;                                     \
+        int64_t fn_head;                                                                        \
+        const int64_t fn_chunks = fn_stream_split((out), fn_n, sizeof(T), FN_STREAM_CHUNK(T),    \
+                                                  (stream), &fn_head);                          \
         _Pragma("omp simd") for (int64_t i = 0; i < fn_head; ++i) (out)[i] = (EXPR);            \
         for (int64_t fn_c = fn_head; fn_c < fn_head + fn_chunks; fn_c += FN_STREAM_CHUNK(T)) {  \
             _Alignas(FN_STREAM_ALIGN) T fn_buf[FN_STREAM_CHUNK(T)];                             \
