@@ -322,7 +322,7 @@ def run(quick=False, threads=(1, 2), names=None, repeats=None, budget_s=None, us
     workloads = (activation_workloads(shapes, torch) + dropout_workloads(shapes, torch)
                  + norm_workloads(QUICK_NORM_SHAPES if quick else NORM_SHAPES, torch))
     if names:
-        workloads = [w for w in workloads if any(n in w.name.split()[0] for n in names)]
+        workloads = [w for w in workloads if any(n in w.name for n in names)]
     # Memory does not depend on the thread count: measured once, before the timings.
     peaks = {w.name: {k: peak_allocation(w.impls[k]) for k in ("fastnorm", "numpy") if k in w.impls}
              for w in workloads}
