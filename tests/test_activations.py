@@ -530,37 +530,6 @@ def test_streamed_results_are_the_same_bits(dtype, rng):
         fastnorm.set_isa(previous_isa)
 
 
-@pytest.mark.skipif(not fastnorm._config.compiled_available(), reason="compiled kernels only")
-def test_float32_gelu_does_not_depend_on_neighbours(rng):
-    # The erf GELU takes a shorter form for blocks of 16 elements whose |x| all lie below
-    # 2.75 (fn_normal_tail_nearf) and the full form for the others: both must give the same
-    # bits.  Values near and far from the cut (and NaN, Inf) are computed once in mixed
-    # arrays, at several offsets from a block boundary, and once one at a time.
-    near = np.array([0.0, -0.0, 1e-30, 0.5, -1.0, 2.0, -2.5, 2.7499998, -2.7499998, 1.25,
-                     -0.625, 0.62499994], np.float32)
-    far = np.array([2.75, -2.75, 3.0, -5.0, 14.6, -14.7, 30.0, np.inf, -np.inf, np.nan],
-                   np.float32)
-    values = np.concatenate([near, far, rng.standard_normal(2000).astype(np.float32)])
-    g = rng.standard_normal(values.size).astype(np.float32)
-    previous_isa = fastnorm.isa()
-    try:
-        for isa in fastnorm._config._runnable_isas():
-            fastnorm.set_isa(isa)
-            alone_y = np.concatenate([fastnorm.gelu(values[i:i + 1]) for i in range(values.size)])
-            alone_gx = np.concatenate([fastnorm.gelu_backward(g[i:i + 1], values[i:i + 1])
-                                       for i in range(values.size)])
-            for shift in (0, 5, 16):
-                perm = rng.permutation(values.size)
-                x = np.concatenate([np.zeros(shift, np.float32), values[perm]])
-                gg = np.concatenate([np.zeros(shift, np.float32), g[perm]])
-                y = fastnorm.gelu(x)[shift:]
-                gx = fastnorm.gelu_backward(gg, x)[shift:]
-                assert y.tobytes() == alone_y[perm].tobytes(), (isa, shift)
-                assert gx.tobytes() == alone_gx[perm].tobytes(), (isa, shift)
-    finally:
-        fastnorm.set_isa(previous_isa)
-
-
 def test_stream_threshold_setting():
     config = fastnorm._config
     assert config.stream_min_bytes() == config.STREAM_MIN_BYTES

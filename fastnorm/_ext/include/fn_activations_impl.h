@@ -22,9 +22,8 @@
 /* The loops of the simple maps.  With stream set (n is then a whole number of chunks and
  * y 64-byte aligned) each chunk goes through a stack buffer to non-temporal stores
  * (fn_stream.h); the chunk loop sits inside each case so that gcc can keep the chunk in
- * registers.  The other loops written out below (the float32 tanh-form GELU, mish) store
- * plainly: they are compute-bound, where streaming saved nothing; float32 GELU (erf)
- * streams its blocks of 16 (GELU_BLOCKS). */
+ * registers.  The loops written out below (GELU, mish) always store plainly: they are
+ * compute-bound, where streaming saves nothing. */
 #define MAP(EXPR) \
     do { \
         if (stream) { \
@@ -86,38 +85,6 @@ static inline T FN_NAME(mish_u, FN_SUF)(T z) { return FN_EXP(z > (T)20 ? (T)20 :
 /* |x| clamped to 1e6, where GELU's x-proportional terms are settled, so that Inf * 0 (an
  * underflowed factor) cannot give NaN; the comparisons keep NaN as NaN. */
 #define GELU_CLAMP(v) ((v) > (T)1e6 ? (T)1e6 : ((v) < (T)-1e6 ? (T)-1e6 : (v)))
-/* Float32 GELU (erf form) in blocks of GELU_BLOCK elements: a block whose |x| all lie
- * below FN_NORMAL_TAIL_NEAR (2.75; 99.4 % of randn values, so ~91 % of 16-element blocks)
- * takes fn_normal_tail_nearf, the rest fn_normal_tailf; the two give the same bits, so a
- * result does not depend on its neighbours.  BODY(TAIL, base, count, OUT) is the element
- * loop over elements base .. base + count - 1 with TAIL as the tail function, writing
- * OUT[0 .. count - 1]; SRC is the array whose values decide.  With stream set a block goes
- * through blk to non-temporal stores (a block is one 64-byte line; 4096x4096 forward
- * 8.7-9.0 -> 8.3-8.5 ms, 1 thread). */
-#define GELU_BLOCK 16
-#define GELU_BLOCK_LOOP(SRC, BODY, OUT, AFTER)                                                \
-    for (; i0 + GELU_BLOCK <= n; i0 += GELU_BLOCK) {                                          \
-        _Alignas(64) T blk[GELU_BLOCK];                                                       \
-        int far = 0;                                                                          \
-        _Pragma("omp simd reduction(|:far)") for (int64_t i = 0; i < GELU_BLOCK; ++i)         \
-            far |= !(FN_FABS(SRC[i0 + i]) < FN_NORMAL_TAIL_NEAR);                             \
-        if (far) {                                                                            \
-            BODY(fn_normal_tailf, i0, GELU_BLOCK, OUT)                                        \
-        } else {                                                                              \
-            BODY(fn_normal_tail_nearf, i0, GELU_BLOCK, OUT)                                   \
-        }                                                                                     \
-        AFTER                                                                                 \
-    }
-#define GELU_BLOCKS(SRC, DST, BODY)                                                           \
-    do {                                                                                      \
-        int64_t i0 = 0;                                                                       \
-        if (stream) {                                                                         \
-            GELU_BLOCK_LOOP(SRC, BODY, blk, FN_STREAM_COPY(DST + i0, blk, GELU_BLOCK);)       \
-        } else {                                                                              \
-            GELU_BLOCK_LOOP(SRC, BODY, DST + i0, (void)blk;)                                  \
-        }                                                                                     \
-        BODY(fn_normal_tailf, i0, n - i0, DST + i0)                                           \
-    } while (0)
 #define SIGMOID FN_NAME(sigmoid, FN_SUF)
 #define SIGMOID_SLOPE FN_NAME(sigmoid_slope, FN_SUF)
 #define MISH_U FN_NAME(mish_u, FN_SUF)
@@ -142,15 +109,12 @@ static void FN_NAME(act_forward_span, FN_SUF)(int op, const T *x, T *y, int64_t 
      * erfc would amplify by ~x^2), and x (1 - T) as x - x T. */
     case FN_ACT_GELU: {
 #if FN_REAL == 32
-#define GELU_FORWARD(TAIL, base, count, out)                                                        \
-        _Pragma("omp simd") for (int64_t i = 0; i < (count); ++i) {                             \
-            const T v = x[(base) + i];                                                          \
-            T gauss;                                                                            \
-            const T tail = TAIL(v, &gauss);                                                     \
-            (out)[i] = v < 0 ? v * tail : v - GELU_CLAMP(v) * tail;  /* clamped: inf - inf * 0 */ \
+        _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {
+            const T v = x[i];
+            T gauss;
+            const T tail = fn_normal_tailf(v, &gauss);
+            y[i] = v < 0 ? v * tail : v - GELU_CLAMP(v) * tail;   /* clamped: inf - inf * 0 */
         }
-        GELU_BLOCKS(x, y, GELU_FORWARD);
-#undef GELU_FORWARD
 #else
         MAP((T)0.5 * v * FN_ERFC(-v * INV_SQRT2));
 #endif
@@ -276,16 +240,13 @@ static void FN_NAME(act_backward_span, FN_SUF)(int op, const T *g, const T *s, T
     case FN_ACT_GELU:
 #if FN_REAL == 32
         /* Phi(x) + x phi(x): fn_normal_tailf's e^{-x^2/2} is phi's, from the exact x^2. */
-#define GELU_BACKWARD(TAIL, base, count, out)                                 \
-        _Pragma("omp simd") for (int64_t i = 0; i < (count); ++i) {             \
-            const T v = s[(base) + i];                                          \
-            T gauss;                                                            \
-            const T tail = TAIL(v, &gauss);                                     \
-            const T cdf = v < 0 ? tail : 1 - tail;                              \
-            (out)[i] = g[(base) + i] * (cdf + GELU_CLAMP(v) * INV_SQRT_2PI * gauss); \
+        _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {
+            const T v = s[i];
+            T gauss;
+            const T tail = fn_normal_tailf(v, &gauss);
+            const T cdf = v < 0 ? tail : 1 - tail;
+            gx[i] = g[i] * (cdf + GELU_CLAMP(v) * INV_SQRT_2PI * gauss);
         }
-        GELU_BLOCKS(s, gx, GELU_BACKWARD);
-#undef GELU_BACKWARD
 #else
         MAP_GRAD(d * ((T)0.5 * FN_ERFC(-v * INV_SQRT2)
                       + GELU_CLAMP(v) * INV_SQRT_2PI * FN_EXP_NEG((T)-0.5 * GELU_CLAMP(v) * GELU_CLAMP(v))));

@@ -2,7 +2,6 @@
  *
  *   float  fn_expf(float),  fn_expm1f(float),  fn_log1pf(float),  fn_tanhf(float)
  *   float  fn_normal_tailf(float, float *): Phi(-|x|) = erfc(|x|/sqrt2)/2, and e^{-x^2/2}
- *   float  fn_normal_tail_nearf(float, float *): the same bits for |x| < 2.75 only, cheaper
  *   float  fn_log1p_unitf(float): log1p on [0, 1] only
  *   float  fn_exp_negf(float), fn_expm1_negf(float): exp, expm1 for x <= 0 only
  *   float  fn_exp_neg2f(float, float): exp of a compensated pair x + lo, x <= 0
@@ -316,9 +315,7 @@ static inline float fn_tanhf(float x)
  * T = 0 beyond a = 14.6 (it underflows from a = 14.5 on); NaN propagates.  Coefficients:
  * Lawson near-minimax fits (weight: relative error), rounded to float one at a time from
  * the constant term with the rest refitted (scipy's erfcx in double as the reference). */
-#define FN_NORMAL_TAIL_NEAR 2.75f
-static inline __attribute__((always_inline)) float fn__normal_tail_implf(float x, float *gauss,
-                                                                        int near_only)
+static inline float fn_normal_tailf(float x, float *gauss)
 {
     const float a = fn__absf(x);
     float sq_err;
@@ -333,35 +330,18 @@ static inline __attribute__((always_inline)) float fn__normal_tail_implf(float x
                     + d * (0x1.8feffcp-8f + d * (-0x1.038a0ep-9f + d * (0x1.3d33a4p-11f + d * (-0x1.6f73dap-13f
                     + d * (0x1.9056dap-15f + d * (-0x1.9e9bfcp-17f + d * (0x1.d2f6fap-19f + d * (-0x1.0f6ddap-20f
                     + d * 0x1.625b68p-23f)))))))))));
-    const float Rc = R + R * ((0x1.66p-2f * a - 0x1.988454p-1f) * d_err);
-    const float e = fn__exp_reducedf(r, k);
-    if (near_only) {  /* a < FN_NORMAL_TAIL_NEAR: what the full form selects there (D = 1) */
-        *gauss = e;
-        return fn__scalef(Rc + Rc * em1, k);
-    }
     const float ia = 1.0f / a;
     const float u = ia * ia;
     const float H = 0x1.98845p-2f + u * (-0x1.987f94p-2f + u * (0x1.31c3b8p+0f + u * (-0x1.748c5ep+2f
                     + u * (0x1.1bcee4p+5f + u * (-0x1.a5b89ap+7f + u * (0x1.e82c36p+9f + u * (-0x1.65b09cp+11f
                     + u * 0x1.de3b94p+11f)))))));
-    const float N = a < FN_NORMAL_TAIL_NEAR ? Rc : H;
-    const float D = a < FN_NORMAL_TAIL_NEAR ? 1.0f : a;
+    const float Rc = R + R * ((0x1.66p-2f * a - 0x1.988454p-1f) * d_err);
+    const float N = a < 2.75f ? Rc : H;
+    const float D = a < 2.75f ? 1.0f : a;
     const float t = fn__scalef((N + N * em1) / D, k);
+    const float e = fn__exp_reducedf(r, k);
     *gauss = a > 14.6f ? 0.0f : e;
     return a > 14.6f ? 0.0f : t;
-}
-
-static inline float fn_normal_tailf(float x, float *gauss)
-{
-    return fn__normal_tail_implf(x, gauss, 0);
-}
-
-/* fn_normal_tailf for |x| < FN_NORMAL_TAIL_NEAR only (NaN excluded), the same bits: the
- * first region alone, without the second's polynomial and its two divisions.  GELU
- * checks a block of elements and takes this form when all of them qualify. */
-static inline float fn_normal_tail_nearf(float x, float *gauss)
-{
-    return fn__normal_tail_implf(x, gauss, 1);
 }
 
 /* ==================================================================== double */
