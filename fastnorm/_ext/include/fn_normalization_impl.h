@@ -208,8 +208,9 @@ void FN_NAME(fn_norm_group_backward, FN_SUF)(const T *dy, const T *x, T *gx, int
  * run: fn_norm_stats_cols reads four rows side by side, a pattern the hardware prefetcher
  * follows poorly from memory.  (4096, 1024) float32 statistics with the data in no cache,
  * 1 thread: 0.95-1.05 -> 0.70-0.81 ms (batch norm 1-D forward 1.44-1.51 -> 1.21-1.30 ms;
- * 2 threads 0.93 -> 0.84 ms); from cache it costs a little, 0.40-0.44 -> 0.44-0.50 ms.  Not in fn_norm_dual_cols: there (two arrays, more
- * arithmetic per row) it made the cold sums slower, 1.27-1.30 -> 1.43-1.46 ms. */
+ * 2 threads 0.93 -> 0.84 ms); from cache it costs a little, 0.40-0.44 -> 0.44-0.50 ms.
+ * Not in fn_norm_dual_cols: there (two arrays, more arithmetic per row) it made the cold
+ * sums slower, 1.27-1.30 -> 1.43-1.46 ms.  Only W = 1024 was measured. */
 static inline void FN_NAME(prefetch_rows, FN_SUF)(const T *next, int64_t W)
 {
     const char *p = (const char *)next;
@@ -421,11 +422,12 @@ void FN_NAME(fn_norm_rows_forward, FN_SUF)(const T *x, T *y, int64_t K, int64_t 
  * gw[k] += dy * (xc * rs) and gb[k] += dy (gw/gb NULL: not wanted).  The column updates
  * sit in this loop, which waits for the row to arrive from memory, not in the output
  * loop, which reads cache: there they made the (8192, 768) float32 backward 2.9x slower
- * than without parameter gradients (4.0 ms against 1.4; here 2.6-2.9 ms).  Taking two
+ * than without parameter gradients (4.0 ms against 1.4; here 2.5-2.9 ms).  Taking two
  * or four rows per visit of the columns was slower still (interleaved rows from memory:
- * 2.6x slower even without parameter gradients).  Every call site passes the NULL-ness
- * of w, gw, gb as constants, so the unwanted terms drop out (with "w ? w[k] : 1" left to
- * run time, gcc loaded w[k] under a mask from address 0, 7x slower). */
+ * 2.6x slower even without parameter gradients).  Every call site passes gw and gb as
+ * themselves or a literal NULL, and w as a literal NULL or under a test of w, so each
+ * variant is compiled knowing which terms exist (with "w ? w[k] : 1" left to run time,
+ * gcc loaded w[k] under a mask from address 0, 7x slower). */
 static inline __attribute__((always_inline)) void FN_NAME(rows_grad_sums, FN_SUF)(
     const T *dy, const T *x, int64_t K, const T *w, T mu, double rs, double *a1, double *a2,
     double *gw, double *gb)
@@ -446,8 +448,9 @@ static inline __attribute__((always_inline)) void FN_NAME(rows_grad_sums, FN_SUF
     *a2 = q;
 }
 
-/* rows_grad_sums of row r with w = wp, a constant at each expansion. */
-#define ROW_SUMS(wp)                                                                         \
+/* rows_grad_sums of the current row (gr, xr, mu, rs of fn_norm_rows_backward below, its
+ * sums into a1, a2, its column terms into gw, gb) with w = wp. */
+#define GRAD_ROW_SUMS(wp)                                                                    \
     do {                                                                                     \
         if (gw && gb)                                                                        \
             FN_NAME(rows_grad_sums, FN_SUF)(gr, xr, K, wp, mu, rs, &a1, &a2, gw, gb);        \
@@ -473,11 +476,11 @@ void FN_NAME(fn_norm_rows_backward, FN_SUF)(const T *dy, const T *x, T *gx, int6
         const T mu = rms ? (T)0 : mean[r];
         const double rs = (double)rstd[r];
         /* Not RUN_DUAL: the gradient is dy * w here, and the row's mean is given (T). */
-        double a1, a2;
+        double a1 = 0.0, a2 = 0.0;
         if (w)
-            ROW_SUMS(w);
+            GRAD_ROW_SUMS(w);
         else
-            ROW_SUMS(NULL);
+            GRAD_ROW_SUMS(NULL);
         const T s = (T)rs;
         const T k2 = (T)(-rs * rs * rs * a2 / (double)K);
         const T k3 = rms ? (T)0 : (T)(-rs * a1 / (double)K);
@@ -492,7 +495,7 @@ void FN_NAME(fn_norm_rows_backward, FN_SUF)(const T *dy, const T *x, T *gx, int6
         }
     }
 }
-#undef ROW_SUMS
+#undef GRAD_ROW_SUMS
 
 #undef PREFETCH_ROWS
 #undef RUN_SUMS
