@@ -71,27 +71,39 @@ cdef inline unsigned _phase(uintptr_t address, Py_ssize_t itemsize) noexcept:
     return phase - phase % <unsigned>itemsize if itemsize > 0 else 0
 
 
+cdef object _enter(unsigned phase):
+    """Route this thread's next NumPy allocation to the cache, its data `phase` bytes past a
+    line; returns the handler to give back to _leave (in a finally: both must be undone)."""
+    global fn_pool_phase
+    previous = PyDataMem_SetHandler(_handler)
+    fn_pool_phase = phase
+    return previous
+
+
+cdef int _leave(object previous) except -1:
+    global fn_pool_phase
+    fn_pool_phase = 0
+    PyDataMem_SetHandler(previous)
+    return 0
+
+
 cdef object pooled_empty(int nd, cnp.npy_intp *dims, int typenum, const void *like):
     """PyArray_EMPTY(nd, dims, typenum, 0), from the cache when the size qualifies, its data
     at the same offset from a cache line as `like` (an input of the call, or NULL)."""
-    global fn_pool_phase
     cdef Py_ssize_t itemsize = cnp.PyDataType_ELSIZE(cnp.PyArray_DescrFromType(typenum))
     cdef cnp.npy_intp nbytes = cnp.PyArray_MultiplyList(dims, nd) * itemsize
     if not pooled(nbytes):
         return cnp.PyArray_EMPTY(nd, dims, typenum, 0)
-    previous = PyDataMem_SetHandler(_handler)
-    fn_pool_phase = _phase(<uintptr_t>like, itemsize)
+    previous = _enter(_phase(<uintptr_t>like, itemsize))
     try:
         return cnp.PyArray_EMPTY(nd, dims, typenum, 0)
     finally:
-        fn_pool_phase = 0
-        PyDataMem_SetHandler(previous)
+        _leave(previous)
 
 
 def empty(shape, dtype, order="C", like=None):
     """np.empty(shape, dtype, order), from the cache when the size qualifies; its data at the
     same offset from a cache line as the array `like`'s, if given."""
-    global fn_pool_phase
     import numpy as np
     dtype = np.dtype(dtype)
     n = dtype.itemsize
@@ -99,13 +111,11 @@ def empty(shape, dtype, order="C", like=None):
         n *= d
     if not pooled(n):
         return np.empty(shape, dtype, order)
-    previous = PyDataMem_SetHandler(_handler)
-    fn_pool_phase = 0 if like is None else _phase(like.__array_interface__["data"][0], dtype.itemsize)
+    previous = _enter(0 if like is None else _phase(like.__array_interface__["data"][0], dtype.itemsize))
     try:
         return np.empty(shape, dtype, order)
     finally:
-        fn_pool_phase = 0
-        PyDataMem_SetHandler(previous)
+        _leave(previous)
 
 
 def set_limit(Py_ssize_t nbytes):
