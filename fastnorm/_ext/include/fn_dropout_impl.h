@@ -2,8 +2,8 @@
  * fn_dropout.h for the contract.
  *
  * The forward pass works in tiles of FN_DROPOUT_TILE elements: generate the tile's
- * Philox blocks into a small buffer of 16-bit fields (scalar, several blocks
- * interleaved: the generator is the bottleneck), then two vectorizable loops over the
+ * Philox blocks into a small buffer of 16-bit fields (fn_philox.h: vector and scalar
+ * blocks side by side -- the generator is the bottleneck), then two loops over the
  * tile -- apply (y = x * factor) and pack the keep bits.  The tile buffer stays in L1.
  *
  * The factor is selected between two constants and then multiplied, never the output
@@ -27,13 +27,20 @@
 static inline void FN_NAME(fn_dropout_pack, any)(const uint16_t *field, int32_t t, uint8_t *bytes, int64_t nbytes)
 {
     int64_t j = 0;
-#if defined(__AVX2__)
-    /* A bytewise loop over bits does not vectorize well (it cost as much as the
-     * generator); here: compare 32 fields, narrow to bytes, movemask -> 4 mask bytes. */
-    if (t >= 65536) {  /* nothing kept; the unsigned compare below needs t <= 65535 */
+    if (t >= 65536) {  /* nothing kept; the vector paths' unsigned compares need t <= 65535 */
         memset(bytes, 0, (size_t)nbytes);
         return;
     }
+#if defined(__AVX512BW__)
+    /* 32 fields compared straight into a mask register: its 32 bits are 4 mask bytes. */
+    const __m512i tv = _mm512_set1_epi16((short)(uint16_t)t);
+    for (; j + 4 <= nbytes; j += 4) {
+        const uint32_t bits = (uint32_t)_mm512_cmpge_epu16_mask(_mm512_loadu_si512(field + 8 * j), tv);
+        memcpy(bytes + j, &bits, 4);  /* little-endian: byte j holds elements 8j .. 8j+7 */
+    }
+#elif defined(__AVX2__)
+    /* A bytewise loop over bits does not vectorize well (it cost as much as the
+     * generator); here: compare 32 fields, narrow to bytes, movemask -> 4 mask bytes. */
     const __m256i tv = _mm256_set1_epi16((short)(uint16_t)t);
     for (; j + 4 <= nbytes; j += 4) {
         const __m256i a = _mm256_loadu_si256((const __m256i *)(field + 8 * j));
@@ -59,7 +66,7 @@ void FN_NAME(fn_dropout_forward, FN_SUF)(const T *x, T *y, uint8_t *mask, int64_
                                          int32_t threshold, double scale)
 {
     fn_philox_keys ks;
-    uint16_t field[FN_DROPOUT_TILE] __attribute__((aligned(32)));
+    uint16_t field[FN_DROPOUT_TILE] __attribute__((aligned(64)));   /* whole cache lines for 64-byte vectors */
     const T kept_factor = (T)scale;
     const int32_t t = threshold;
     fn_philox_schedule(&ks, key_lo, key_hi);
