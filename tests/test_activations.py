@@ -180,6 +180,24 @@ def test_named_large_values(backend):
         np.testing.assert_array_equal(fastnorm.mish(np.array([-1000.0, 1000.0], dtype)), [0, 1000])
 
 
+# Magnitudes where the exponential's range reduction yields a meaningless k (|x| ~ 5906.5 for
+# the GELU tail's -x^2/2, beyond 2^22/log2(e) for the others): the lanes are selected away,
+# and the integer exponent arithmetic on them must not overflow (a signed overflow there was
+# undefined behaviour, caught by tools/sanitize.sh).
+@pytest.mark.parametrize("name", list(CASES))
+def test_reduction_out_of_range_magnitudes(name, backend):
+    x = np.array([-5906.53, 5906.53, -3.0e6, 3.0e6, -2.9e7, 2.9e7, -1e30, 1e30], np.float32)
+    with np.errstate(over="ignore"):
+        y = getattr(fastnorm, name)(x)
+        expected = reference_f64(name, {}, x).astype(np.float32)
+        g = np.ones_like(x)
+        gx = getattr(fastnorm, name + "_backward")(g, saved_for_backward(fastnorm, name, {}, x))
+    np.testing.assert_array_equal(np.isfinite(y), np.isfinite(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(y[finite], expected[finite], rtol=1e-6, atol=0)
+    assert not np.any(np.isnan(gx)), f"{name}_backward: {gx}"
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_nan_propagates(name, backend):
     x = np.array([np.nan, 1.0, np.nan], dtype=np.float32)

@@ -231,7 +231,8 @@ static void FN_NAME(act_backward_span, FN_SUF)(int op, const T *g, const T *s, T
      * Passing v itself, or (v > 0 ? 0 : v), gave the same values but made ELU's streamed
      * backward (4096 x 4096 float32, 1 thread) take 6.7-7.3 ms instead of 3.3-3.6 in the
      * Python process -- not in a C harness running the same object code; not explained.
-     * A NaN input now gives a NaN of the other sign. */
+     * A NaN input gives a NaN whose sign is not the input's on every variant (+NaN with
+     * AVX2/AVX-512, -NaN on SSE2; before, it kept the input's sign). */
     case FN_ACT_ELU:         MAP_GRAD(v > 0 ? d : d * pa * FN_EXP_NEG(-FN_FABS(v))); break;
     case FN_ACT_SELU:        MAP_GRAD(v > 0 ? d * SELU_SCALE : d * (SELU_SCALE * SELU_ALPHA) * FN_EXP_NEG(-FN_FABS(v))); break;
     case FN_ACT_CELU: {

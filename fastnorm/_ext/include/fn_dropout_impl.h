@@ -16,8 +16,10 @@
 #include "fn_real.h"
 
 #define T FN_T
-/* Elements per tile: a multiple of 16 * FN_PHILOX_GROUP (whole groups of blocks). */
+/* Elements per tile: a multiple of 16 * FN_PHILOX_GROUP (whole groups of blocks), or the
+ * groups of a tile would write past its field buffer. */
 #define FN_DROPOUT_TILE 1024
+_Static_assert(FN_DROPOUT_TILE % (16 * FN_PHILOX_GROUP) == 0, "a tile must hold whole Philox groups");
 
 
 #ifndef FN_DROPOUT_PACK_DEFINED_FOR_ISA

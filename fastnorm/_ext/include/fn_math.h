@@ -80,9 +80,9 @@ static inline double fn__abs(double x) { return fn__from_bits_d(fn__bits_d(x) & 
 static inline float fn__head12f(float x) { return fn__from_bits_f(fn__bits_f(x) & 0xfffff000u); }
 
 /* 2^k for k in [-126, 127] built in the exponent field. */
-static inline float fn__pow2f(int32_t k) { return fn__from_bits_f((uint32_t)(k + 127) << 23); }
+static inline float fn__pow2f(int32_t k) { return fn__from_bits_f(((uint32_t)k + 127u) << 23); }
 /* 2^k for k in [-1022, 1023]. */
-static inline double fn__pow2(int64_t k) { return fn__from_bits_d((uint64_t)(k + 1023) << 52); }
+static inline double fn__pow2(int64_t k) { return fn__from_bits_d(((uint64_t)k + 1023u) << 52); }
 
 #define FN__INFF ((float)INFINITY)
 #define FN__NANF ((float)NAN)
@@ -135,12 +135,14 @@ static inline float fn__scalef(float p, int32_t k)
     const int32_t k1 = k >> 1;
     return p * fn__pow2f(k1) * fn__pow2f(k - k1);
 }
-/* The same for k in [-189, 63] (every exp of a non-positive argument): p 2^(k+64) is exact
- * and normal, the constant 2^-64 rounds once -- the same result as fn__scalef with fewer
- * integer operations (one power of two built instead of two). */
+/* The same for k in [-189, 63] (every exp of a non-positive argument; p in [2^-6, 2]): p
+ * 2^(k+64) is exact and normal, the constant 2^-64 rounds once -- the same result as
+ * fn__scalef with fewer integer operations (one power of two built instead of two).  The
+ * exponent sum is unsigned: lanes whose k is garbage (arguments past the reduction's range,
+ * selected away by the callers) must not overflow a signed int. */
 static inline float fn__scale_negf(float p, int32_t k)
 {
-    return p * fn__pow2f(k + 64) * 0x1p-64f;
+    return p * fn__from_bits_f(((uint32_t)k + (64u + 127u)) << 23) * 0x1p-64f;
 }
 
 /* expm1(r) and e^(k ln2 + r) from the reduced argument. */
@@ -149,7 +151,7 @@ static inline float fn__exp_reducedf(float r, int32_t k)
 {
     return fn__scalef(1.0f + fn__expm1_reducedf(r), k);
 }
-/* The same for a reduction of an argument in [-104, 0] (k in [-151, 0]). */
+/* The same for a reduction of an argument in [-107, 0] (k in [-154, 0]). */
 static inline float fn__exp_neg_reducedf(float r, int32_t k)
 {
     return fn__scale_negf(1.0f + fn__expm1_reducedf(r), k);
@@ -187,7 +189,9 @@ static inline float fn_exp_negf(float x)
 
 /* e^(x + lo) for x <= 0 and |lo| <= 2^-20 |x| (an argument carried as a compensated pair,
  * GELU's tanh form): the pair is reduced as one number, so lo's digits are not lost to
- * the rounding of x + lo.  Clamped at -104 like fn_exp_negf. */
+ * the rounding of x + lo.  x is clamped at -104 like fn_exp_negf, lo is not: callers pass
+ * lo = 0 far below that (GELU's tanh form does from |z| = 128), else x + lo can leave the
+ * reduction's range. */
 static inline float fn_exp_neg2f(float x, float lo)
 {
     int32_t k;
@@ -347,7 +351,7 @@ static inline float fn_normal_tailf(float x, float *gauss)
         0.0f, 0.0f, 0.0f};
     const float a = fn__absf(x);
     float sq_err;
-    const float sq = fn__two_prodf(a, -0.5f * a, &sq_err);    /* -a^2/2, exactly */
+    const float sq = fn__two_prodf(a, -0.5f * a, &sq_err);    /* -a^2/2 = sq + sq_err */
     int32_t k;
     const float r = fn__reduce2f(sq, sq_err, &k);
     const float em1 = fn__expm1_reducedf(r);
