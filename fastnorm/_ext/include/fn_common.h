@@ -51,4 +51,18 @@ static inline int fn_cpu_isa(void)
 #endif
 }
 
+/* Ask for the 64-byte lines of [p, p + bytes) to be loaded into the caches (a hint: no
+ * fault, no effect on results), for a loop whose next data the hardware prefetcher cannot
+ * see coming. */
+static inline void fn_prefetch_lines(const void *p, int64_t bytes)
+{
+#if defined(__GNUC__)
+    for (int64_t o = 0; o < bytes; o += 64)
+        __builtin_prefetch((const char *)p + o);
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
+
 #endif /* FN_COMMON_H */

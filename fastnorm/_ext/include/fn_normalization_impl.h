@@ -204,21 +204,6 @@ void FN_NAME(fn_norm_group_backward, FN_SUF)(const T *dy, const T *x, T *gx, int
         fn_stream_fence();
 }
 
-/* Prefetch the next visit's rows (four rows of W items at next) while this visit's sums
- * run: fn_norm_stats_cols reads four rows side by side, a pattern the hardware prefetcher
- * follows poorly from memory.  (4096, 1024) float32 statistics with the data in no cache,
- * 1 thread: 0.95-1.05 -> 0.70-0.81 ms (batch norm 1-D forward 1.44-1.51 -> 1.21-1.30 ms;
- * 2 threads 0.93 -> 0.84 ms); from cache it costs a little, 0.40-0.44 -> 0.44-0.50 ms.
- * Not in fn_norm_dual_cols: there (two arrays, more arithmetic per row) it made the cold
- * sums slower, 1.27-1.30 -> 1.43-1.46 ms.  Only W = 1024 was measured. */
-static inline void FN_NAME(prefetch_rows, FN_SUF)(const T *next, int64_t W)
-{
-    const char *p = (const char *)next;
-    for (int64_t o = 0; o < 4 * W * (int64_t)sizeof(T); o += 64)
-        __builtin_prefetch(p + o, 0, 3);
-}
-#define PREFETCH_ROWS FN_NAME(prefetch_rows, FN_SUF)
-
 /* Column sums of a (rows, W) block, shifted per column: s1[w] += sum_r (x[r,w] - shift[w]),
  * s2[w] += sum_r (...)^2.  Vectorized along the row (channels-last, batch norm 1-D). */
 void FN_NAME(fn_norm_stats_cols, FN_SUF)(const T *x, int64_t rows, int64_t W, const double *shift,
@@ -233,8 +218,15 @@ void FN_NAME(fn_norm_stats_cols, FN_SUF)(const T *x, int64_t rows, int64_t W, co
      * the arrays' alignment, and results must not). */
     for (; r + 4 <= rows; r += 4) {
         const T *x0 = x + r * W, *x1 = x0 + W, *x2 = x1 + W, *x3 = x2 + W;
+        /* The next visit's four rows, fetched while this visit's sums run: four rows side
+         * by side are a pattern the hardware prefetcher follows poorly from memory.
+         * (4096, 1024) float32 statistics with the data in no cache, 1 thread: 0.95-1.05
+         * -> 0.70-0.81 ms (batch norm 1-D forward 1.44-1.51 -> 1.21-1.30 ms; 2 threads
+         * 0.93 -> 0.84 ms); from cache it costs a little, 0.40-0.44 -> 0.44-0.50 ms.  Not
+         * in fn_norm_dual_cols: there (two arrays, more arithmetic per row) it made the
+         * cold sums slower, 1.27-1.30 -> 1.43-1.46 ms.  Only W = 1024 was measured. */
         if (r + 8 <= rows)
-            PREFETCH_ROWS(x3 + W, W);
+            fn_prefetch_lines(x3 + W, 4 * W * (int64_t)sizeof(T));
 #pragma omp simd
         for (int64_t w = 0; w < W; ++w) {
             const double c = shift[w];
@@ -497,7 +489,6 @@ void FN_NAME(fn_norm_rows_backward, FN_SUF)(const T *dy, const T *x, T *gx, int6
 }
 #undef GRAD_ROW_SUMS
 
-#undef PREFETCH_ROWS
 #undef RUN_SUMS
 #undef RUN_DUAL
 #undef FINISH_MOMENTS
