@@ -446,7 +446,7 @@ def batch_norm_backward(grad_output, x, weight, mean, rstd, *, training=True, ch
     w = 1.0 if weight is None else weight.astype(_F64)
     k1 = np.broadcast_to(w * rstd_d, (c,))
     if training:
-        k2 = -w * rstd_d ** 3 * s2 / n
+        k2 = -w * (rstd_d * rstd_d * rstd_d) * s2 / n  # not ** 3: NumPy's power is not C's pow
         k3 = -w * rstd_d * s1 / n
     else:
         k2 = k3 = np.zeros(c)
@@ -663,7 +663,7 @@ def _group_backward(ext, g, x, groups, channels_last, weight, bias, mean, rstd, 
         m = cg * hw
         g1 = (w * s1).reshape(n, groups, cg).sum(axis=2)
         g2 = (w * s2).reshape(n, groups, cg).sum(axis=2)
-        k2 = np.repeat(-rstd_g ** 3 * g2 / m, cg, axis=1)
+        k2 = np.repeat(-(rstd_g * rstd_g * rstd_g) * g2 / m, cg, axis=1)
         k3 = np.repeat(-rstd_g * g1 / m, cg, axis=1)
     else:
         k2 = k3 = np.zeros((n, c))

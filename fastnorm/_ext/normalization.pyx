@@ -10,7 +10,7 @@ partials added in block order afterwards.
 import numpy as np
 from libc.stdint cimport int64_t
 from libc.float cimport FLT_EPSILON, DBL_EPSILON
-from libc.math cimport isfinite, sqrt, pow
+from libc.math cimport isfinite, sqrt
 from libc.string cimport memset
 cimport numpy as cnp
 from fastnorm._ext._shared cimport isa_level, threads_for, plain, overlap, output_for
@@ -852,7 +852,7 @@ cdef void _bn_backward_channels(Py_ssize_t C, Py_ssize_t n, bint training, const
         r = rstd_d[c]
         k1[c] = <floating>(wc * r)
         if training:
-            k2[c] = <floating>((-wc) * pow(r, 3.0) * s2[c] / <double>n)
+            k2[c] = <floating>((-wc) * (r * r * r) * s2[c] / <double>n)
             k3[c] = <floating>((-wc) * r * s1[c] / <double>n)
         else:
             k2[c] = 0
