@@ -467,6 +467,40 @@ def test_thread_count_bit_identical(backend, rng):
         np.testing.assert_array_equal(a, b_)
 
 
+@pytest.mark.parametrize("shape", [(37, 513), (9, 1000), (5, 4099), (2, 3, 700)], ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_wide_row_parameter_gradients(shape, dtype, backend, rng):
+    """Rows wider than 512 sum the parameter gradients by sub-blocks of rows (four per
+    visit, remainders included): the oracle's values, and the same bits at 1 and 2 threads,
+    with both, either or neither gradient, for layer and RMS norm."""
+    k = shape[-1]
+    x = (2 + 3 * rng.standard_normal(shape)).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    w, b = rng.standard_normal(k).astype(dtype), rng.standard_normal(k).astype(dtype)
+    _, mean, rstd = fastnorm.layer_norm(x, k, w, b)
+    _, rms_rstd = fastnorm.rms_norm(x, k, w)
+    calls = {f"layer w={ww is not None} b={bb is not None}":
+             (lambda ww=ww, bb=bb, mod=fastnorm: mod.layer_norm_backward(g, x, k, ww, mean, rstd, bias=bb))
+             for ww in (w, None) for bb in (b, None)}
+    calls["rms"] = lambda mod=fastnorm: mod.rms_norm_backward(g, x, k, w, rms_rstd)
+    for name, call in calls.items():
+        got = []
+        for n in (1, 2):
+            fastnorm.set_num_threads(n)
+            try:
+                got.append(call())
+            finally:
+                fastnorm.set_num_threads(None)
+        for a, b_ in zip(*got):
+            assert (a is None) == (b_ is None), name
+            if a is not None:
+                np.testing.assert_array_equal(a, b_, err_msg=name)
+        for a, e in zip(got[0], call(mod=ref)):
+            assert (a is None) == (e is None), name
+            if a is not None:
+                assert_close(a, e, dtype, name)
+
+
 # ---------------------------------------------------------------------------- API contracts
 
 def test_out_and_float16(backend, rng):
