@@ -29,7 +29,7 @@ cdef extern from "fn_normalization.h" nogil:
         void (*affine_f32)(const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, const float *, const float *, int) noexcept nogil
         void (*affine_grad_f32)(const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, const float *, const float *, int) noexcept nogil
         void (*rows_forward_f32)(const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, double, int, float *, float *, int) noexcept nogil
-        void (*rows_backward_f32)(const float *, const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, const float *, int, double *, double *) noexcept nogil
+        void (*rows_backward_f32)(const float *, const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, const float *, int, double *, double *, int) noexcept nogil
         void (*group_forward_f32)(const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, double, double *, double *, int) noexcept nogil
         void (*group_backward_f32)(const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const double *, const float *, const double *, double *, double *, int) noexcept nogil
         void (*stats_runs_f64)(const double *, int64_t, int64_t, int64_t, int64_t, int64_t, double *, double *) noexcept nogil
@@ -39,13 +39,20 @@ cdef extern from "fn_normalization.h" nogil:
         void (*affine_f64)(const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *, int) noexcept nogil
         void (*affine_grad_f64)(const double *, const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *, int) noexcept nogil
         void (*rows_forward_f64)(const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, double, int, double *, double *, int) noexcept nogil
-        void (*rows_backward_f64)(const double *, const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, const double *, int, double *, double *) noexcept nogil
+        void (*rows_backward_f64)(const double *, const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, const double *, int, double *, double *, int) noexcept nogil
         void (*group_forward_f64)(const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, double, double *, double *, int) noexcept nogil
         void (*group_backward_f64)(const double *, const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *, double *, double *, int) noexcept nogil
     const fn_norm_kernels *fn_norm_kernels_by_isa[]
     int FN_ISA_COUNT
 
 cdef const fn_norm_kernels *_kernels = fn_norm_kernels_by_isa[0]
+
+#: Layer norm backward sums its parameter gradients in a separate pass over rows in cache
+#: (see _rows_backward_run) for rows wider than PARAM_PASS_MIN_K elements whose dy and x
+#: together exceed PARAM_PASS_MIN_BYTES.
+cdef enum:
+    PARAM_PASS_MIN_K = 512
+    PARAM_PASS_MIN_BYTES = 12 << 20
 
 #: Runs shorter than this are reduced column-wise (vectorized across channels) instead.
 RUN_MIN = 16
@@ -406,21 +413,28 @@ cdef void _rows_backward_run(const floating *dy, const floating *x, floating *gx
     cdef Py_ssize_t t, r0, ch, blk, nblk
     cdef double *pwp
     cdef double *pbp
+    # Where the kernel adds the parameter gradients (the same bits either way): in each
+    # row's first loop, or by a pass over every ~192 KiB of rows while they are in cache
+    # (fn_norm_rows_backward).  The pass pays when the rows come from memory and are wide.
+    # 1 thread, float32 (M, 768), both gradients, us (in the row loop -> by the pass):
+    # M = 32 8.0-8.1 -> 9.2, 1024 192-202 -> 236-238, 2048 494-616 -> 478-562, 3072
+    # 1114-1238 -> 703-782, 8192 3322-3393 -> 2314-2593; (12288, 512) 1734-1754 -> 1805-1838.
+    cdef int param_pass = K > PARAM_PASS_MIN_K and 2 * M * K * sizeof(floating) > PARAM_PASS_MIN_BYTES
     if pw == NULL and pb == NULL:
         if nthreads <= 1 or M == 1:
             if floating is float:
-                _kernels.rows_backward_f32(dy, x, gx, K, 0, M, wp, mean, rstd, rms, NULL, NULL)
+                _kernels.rows_backward_f32(dy, x, gx, K, 0, M, wp, mean, rstd, rms, NULL, NULL, 0)
             else:
-                _kernels.rows_backward_f64(dy, x, gx, K, 0, M, wp, mean, rstd, rms, NULL, NULL)
+                _kernels.rows_backward_f64(dy, x, gx, K, 0, M, wp, mean, rstd, rms, NULL, NULL, 0)
             return
         ch = _share(M, nthreads)
         for t in prange(nthreads, num_threads=nthreads, schedule="static"):
             r0 = t * ch
             if r0 < M:
                 if floating is float:
-                    _kernels.rows_backward_f32(dy, x, gx, K, r0, min(r0 + ch, M), wp, mean, rstd, rms, NULL, NULL)
+                    _kernels.rows_backward_f32(dy, x, gx, K, r0, min(r0 + ch, M), wp, mean, rstd, rms, NULL, NULL, 0)
                 else:
-                    _kernels.rows_backward_f64(dy, x, gx, K, r0, min(r0 + ch, M), wp, mean, rstd, rms, NULL, NULL)
+                    _kernels.rows_backward_f64(dy, x, gx, K, r0, min(r0 + ch, M), wp, mean, rstd, rms, NULL, NULL, 0)
         return
     nblk = (M + rb - 1) // rb
     if nthreads <= 1 or nblk == 1:
@@ -428,17 +442,17 @@ cdef void _rows_backward_run(const floating *dy, const floating *x, floating *gx
             pwp = pw + blk * K if pw != NULL else NULL
             pbp = pb + blk * K if pb != NULL else NULL
             if floating is float:
-                _kernels.rows_backward_f32(dy, x, gx, K, blk * rb, min(blk * rb + rb, M), wp, mean, rstd, rms, pwp, pbp)
+                _kernels.rows_backward_f32(dy, x, gx, K, blk * rb, min(blk * rb + rb, M), wp, mean, rstd, rms, pwp, pbp, param_pass)
             else:
-                _kernels.rows_backward_f64(dy, x, gx, K, blk * rb, min(blk * rb + rb, M), wp, mean, rstd, rms, pwp, pbp)
+                _kernels.rows_backward_f64(dy, x, gx, K, blk * rb, min(blk * rb + rb, M), wp, mean, rstd, rms, pwp, pbp, param_pass)
     else:
         for blk in prange(nblk, num_threads=nthreads, schedule="static"):
             pwp = pw + blk * K if pw != NULL else NULL
             pbp = pb + blk * K if pb != NULL else NULL
             if floating is float:
-                _kernels.rows_backward_f32(dy, x, gx, K, blk * rb, min(blk * rb + rb, M), wp, mean, rstd, rms, pwp, pbp)
+                _kernels.rows_backward_f32(dy, x, gx, K, blk * rb, min(blk * rb + rb, M), wp, mean, rstd, rms, pwp, pbp, param_pass)
             else:
-                _kernels.rows_backward_f64(dy, x, gx, K, blk * rb, min(blk * rb + rb, M), wp, mean, rstd, rms, pwp, pbp)
+                _kernels.rows_backward_f64(dy, x, gx, K, blk * rb, min(blk * rb + rb, M), wp, mean, rstd, rms, pwp, pbp, param_pass)
 
 
 cdef cnp.ndarray _zeroed(Py_ssize_t rows, Py_ssize_t cols):

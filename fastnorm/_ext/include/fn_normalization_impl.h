@@ -417,7 +417,7 @@ void FN_NAME(fn_norm_rows_forward, FN_SUF)(const T *x, T *y, int64_t K, int64_t 
  * 2.9x slower than without parameter gradients (4.0 ms against 1.4; here 2.5-2.9 ms).
  * Taking two or four rows per visit of the columns in this loop was slower still
  * (interleaved rows from memory: 2.6x slower even without parameter gradients); wider
- * rows leave the updates to rows_param_sums (FUSED_PARAM_COLUMNS below).  Every call site passes gw and gb as
+ * rows from memory leave the updates to rows_param_sums (see normalization.pyx).  Every call site passes gw and gb as
  * themselves or a literal NULL, and w as a literal NULL or under a test of w, so each
  * variant is compiled knowing which terms exist (with "w ? w[k] : 1" left to run time,
  * gcc loaded w[k] under a mask from address 0, 7x slower). */
@@ -528,26 +528,22 @@ static inline void FN_NAME(rows_param_sums, FN_SUF)(const T *dy, const T *x, int
     }
 }
 
-/* Where the parameter gradients are summed.  Up to FUSED_PARAM_COLUMNS columns, in the
- * row's first loop, which waits for the row to arrive from memory (rows_grad_sums); from
- * there on, after each sub-block of rows, by rows_param_sums over the sub-block still in
- * cache (PARAM_BLOCK_BYTES of dy and x).  Measured, (M, K) float32 of 6.3M elements with
- * both gradients, 1 thread (fused -> sub-blocks): K = 512 1.81-1.89 -> 2.15-2.22 ms,
- * K = 640 2.40-2.50 -> 2.21-2.27, K = 768 2.74-2.81 -> 2.22-2.35, K = 1024 3.63 -> 2.44-2.56,
- * K = 4096 5.99-6.22 -> 5.22-5.24: the fused loop's column updates slow down with the
- * size of gw and gb, while the sub-block pass costs about the same at every K. */
-#define FUSED_PARAM_COLUMNS 512
+/* Rows of dy and x per rows_param_sums pass: about 192 KiB of them, so that they are still
+ * in cache (at least four rows). */
 #define PARAM_BLOCK_BYTES ((int64_t)192 << 10)
 
 /* Backward of rows_forward for rows [r0, r1): with g = dy * w and xc = x - mean (mean = 0
  * for RMS norm), gx = rstd * g + xc * k2 + k3, k2 = -rstd^3 * mean(g * xc),
  * k3 = -rstd * mean(g) (0 for RMS norm).  When gw / gb are not NULL, adds this block's
- * sum(dy * xc * rstd) and sum(dy) per column to them (double, K each), row by row. */
+ * sum(dy * xc * rstd) and sum(dy) per column to them (double, K each), row by row: in each
+ * row's first loop (param_pass = 0), or after every PARAM_BLOCK_BYTES of rows by
+ * rows_param_sums (param_pass = 1); the same bits either way, the caller picks the faster
+ * (normalization.pyx). */
 void FN_NAME(fn_norm_rows_backward, FN_SUF)(const T *dy, const T *x, T *gx, int64_t K, int64_t r0,
                                             int64_t r1, const T *w, const T *mean, const T *rstd,
-                                            int rms, double *gw, double *gb)
+                                            int rms, double *gw, double *gb, int param_pass)
 {
-    const int fused = K <= FUSED_PARAM_COLUMNS;
+    const int fused = !param_pass;
     int64_t block = PARAM_BLOCK_BYTES / (2 * K * (int64_t)sizeof(T));
     if (block < 4)
         block = 4;
