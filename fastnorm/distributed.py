@@ -266,7 +266,7 @@ def sync_batch_norm_backward(grad_output, x, weight, mean, rstd, *, comm=None, t
         totals = _allreduce_sum(comm, np.concatenate(([n_local], s1, s2)))
         n, t1, t2 = totals[0], totals[1:c + 1], totals[c + 1:]
         k1 = w * rstd_d
-        k2 = -w * rstd_d ** 3 * t2 / n
+        k2 = -w * (rstd_d * rstd_d * rstd_d) * t2 / n  # as batch_norm_backward
         k3 = -w * rstd_d * t1 / n
         gxc = np.empty(x.shape, cd)
         ext.affine_grad(gc.reshape(-1), xc.reshape(-1), gxc.reshape(-1), *geometry, _norm._vector(k1, cd),

@@ -446,7 +446,7 @@ def batch_norm_backward(grad_output, x, weight, mean, rstd, *, training=True, ch
     w = 1.0 if weight is None else weight.astype(_F64)
     k1 = np.broadcast_to(w * rstd_d, (c,))
     if training:
-        k2 = -w * (rstd_d * rstd_d * rstd_d) * s2 / n  # not ** 3: NumPy's power is not C's pow
+        k2 = -w * (rstd_d * rstd_d * rstd_d) * s2 / n  # as the fast path (** 3 rounds differently)
         k3 = -w * rstd_d * s1 / n
     else:
         k2 = k3 = np.zeros(c)

@@ -467,14 +467,9 @@ def test_thread_count_bit_identical(backend, rng):
         np.testing.assert_array_equal(a, b_)
 
 
-@pytest.mark.parametrize("shape", [(37, 513), (2703, 600), (3, 901, 1030)], ids=str)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_wide_row_parameter_gradients(shape, dtype, backend, rng):
-    """Rows wider than 512 from more than 12 MiB of dy and x sum the parameter gradients in
-    a pass over each sub-block of rows (four per visit, remainder rows included; the last
-    two shapes), smaller calls in the row loop (the first): the oracle's values, and the
-    same bits at 1 and 2 threads, with both, either or neither gradient, for layer and RMS
-    norm."""
+def _wide_row_calls(shape, dtype, rng):
+    """Layer/RMS norm backward calls on one random case, by name: call(mod) runs it on
+    fastnorm (default) or on the oracle, with both, either or neither parameter gradient."""
     k = shape[-1]
     x = (2 + 3 * rng.standard_normal(shape)).astype(dtype)
     g = rng.standard_normal(shape).astype(dtype)
@@ -485,6 +480,18 @@ def test_wide_row_parameter_gradients(shape, dtype, backend, rng):
              (lambda ww=ww, bb=bb, mod=fastnorm: mod.layer_norm_backward(g, x, k, ww, mean, rstd, bias=bb))
              for ww in (w, None) for bb in (b, None)}
     calls["rms"] = lambda mod=fastnorm: mod.rms_norm_backward(g, x, k, w, rms_rstd)
+    return calls
+
+
+@pytest.mark.parametrize("shape", [(37, 513), (2703, 600), (3, 901, 1030)], ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_wide_row_parameter_gradients(shape, dtype, backend, rng):
+    """Rows wider than 512 from more than 12 MiB of dy and x sum the parameter gradients in
+    a pass over each sub-block of rows (four per visit, remainder rows included; the last
+    two shapes), smaller calls in the row loop (the first): the oracle's values, and the
+    same bits at 1 and 2 threads, with both, either or neither gradient, for layer and RMS
+    norm."""
+    calls = _wide_row_calls(shape, dtype, rng)
     for name, call in calls.items():
         got = []
         for n in (1, 2):
@@ -501,6 +508,34 @@ def test_wide_row_parameter_gradients(shape, dtype, backend, rng):
             assert (a is None) == (e is None), name
             if a is not None:
                 assert_close(a, e, dtype, name)
+
+
+@pytest.mark.parametrize("shape", [(41, 600), (3, 600), (6, 30000), (2, 5, 1030)], ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_parameter_gradient_pass_same_bits(shape, dtype, backend, num_threads, rng):
+    """Layer norm backward's two places for the parameter-gradient sums (the row loop and
+    the pass over rows in cache, chosen by size) give the same bits: forced one way and the
+    other, with sub-blocks of 1-3 remainder rows, the 4-row minimum block ((6, 30000)) and
+    fewer rows than one visit ((3, 600))."""
+    if backend[0] != "cython":
+        pytest.skip("compiled kernels only")
+    ext = fastnorm._config._modules["normalization"]
+    calls = _wide_row_calls(shape, dtype, rng)
+
+    def everything():
+        return [a for call in calls.values() for a in call()]
+
+    previous = ext._set_param_pass_threshold(0, 0)
+    try:
+        by_pass = everything()
+        ext._set_param_pass_threshold(1 << 62, 1 << 62)
+        in_row_loop = everything()
+    finally:
+        ext._set_param_pass_threshold(*previous)
+    for a, b_ in zip(by_pass, in_row_loop):
+        assert (a is None) == (b_ is None)
+        if a is not None:
+            assert a.tobytes() == b_.tobytes(), a.shape
 
 
 # ---------------------------------------------------------------------------- API contracts

@@ -47,12 +47,21 @@ cdef extern from "fn_normalization.h" nogil:
 
 cdef const fn_norm_kernels *_kernels = fn_norm_kernels_by_isa[0]
 
-#: Layer norm backward sums its parameter gradients in a separate pass over rows in cache
-#: (see _rows_backward_run) for rows wider than PARAM_PASS_MIN_K elements whose dy and x
-#: together exceed PARAM_PASS_MIN_BYTES.
-cdef enum:
-    PARAM_PASS_MIN_K = 512
-    PARAM_PASS_MIN_BYTES = 12 << 20
+# Layer norm backward sums its parameter gradients in a separate pass over rows in cache
+# (see _rows_backward_run) for rows wider than _param_pass_min_k elements whose dy and x
+# together exceed _param_pass_min_bytes.
+cdef Py_ssize_t _param_pass_min_k = 512
+cdef Py_ssize_t _param_pass_min_bytes = 12 << 20
+
+
+def _set_param_pass_threshold(Py_ssize_t min_k, Py_ssize_t min_bytes):
+    """For tests: set where layer norm backward takes the parameter-gradient pass (rows
+    wider than min_k whose dy and x exceed min_bytes; both paths give the same bits).
+    Returns the previous (min_k, min_bytes)."""
+    global _param_pass_min_k, _param_pass_min_bytes
+    previous = (_param_pass_min_k, _param_pass_min_bytes)
+    _param_pass_min_k, _param_pass_min_bytes = min_k, min_bytes
+    return previous
 
 #: Runs shorter than this are reduced column-wise (vectorized across channels) instead.
 RUN_MIN = 16
@@ -413,13 +422,7 @@ cdef void _rows_backward_run(const floating *dy, const floating *x, floating *gx
     cdef Py_ssize_t t, r0, ch, blk, nblk
     cdef double *pwp
     cdef double *pbp
-    # Where the kernel adds the parameter gradients (the same bits either way): in each
-    # row's first loop, or by a pass over every ~192 KiB of rows while they are in cache
-    # (fn_norm_rows_backward).  The pass pays when the rows come from memory and are wide.
-    # 1 thread, float32 (M, 768), both gradients, us (in the row loop -> by the pass):
-    # M = 32 8.0-8.1 -> 9.2, 1024 192-202 -> 236-238, 2048 494-616 -> 478-562, 3072
-    # 1114-1238 -> 703-782, 8192 3322-3393 -> 2314-2593; (12288, 512) 1734-1754 -> 1805-1838.
-    cdef int param_pass = K > PARAM_PASS_MIN_K and 2 * M * K * sizeof(floating) > PARAM_PASS_MIN_BYTES
+    cdef int param_pass
     if pw == NULL and pb == NULL:
         if nthreads <= 1 or M == 1:
             if floating is float:
@@ -436,6 +439,13 @@ cdef void _rows_backward_run(const floating *dy, const floating *x, floating *gx
                 else:
                     _kernels.rows_backward_f64(dy, x, gx, K, r0, min(r0 + ch, M), wp, mean, rstd, rms, NULL, NULL, 0)
         return
+    # Where the kernel adds the parameter gradients (the same bits either way): in each
+    # row's first loop, or by a pass over every ~192 KiB of rows while they are in cache
+    # (fn_norm_rows_backward).  The pass pays when the rows come from memory and are wide.
+    # 1 thread, float32 (M, 768), both gradients, us (in the row loop -> by the pass):
+    # M = 32 8.0-8.1 -> 9.2, 1024 192-202 -> 236-238, 2048 494-616 -> 478-562, 3072
+    # 1114-1238 -> 703-782, 8192 3322-3393 -> 2314-2593; (12288, 512) 1734-1754 -> 1805-1838.
+    param_pass = K > _param_pass_min_k and 2 * M * K * <Py_ssize_t>sizeof(floating) > _param_pass_min_bytes
     nblk = (M + rb - 1) // rb
     if nthreads <= 1 or nblk == 1:
         for blk in range(nblk):
@@ -472,7 +482,9 @@ cdef object _block_sum(double[:, ::1] partial, int typenum):
     """Column sums of the (nblk, K) block partials, added in block order, as a (K,)
     array of typenum (cast from the float64 sum)."""
     cdef Py_ssize_t nblk = partial.shape[0], K = partial.shape[1], blk, k
-    cdef cnp.ndarray total = _zeroed(1, K).reshape(K)
+    cdef cnp.npy_intp dim = K
+    cdef cnp.ndarray total = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_FLOAT64, 0)
+    memset(cnp.PyArray_DATA(total), 0, K * sizeof(double))  # see _zeroed
     cdef double *tp = <double *>cnp.PyArray_DATA(total)
     for blk in range(nblk):
         for k in range(K):

@@ -417,10 +417,10 @@ void FN_NAME(fn_norm_rows_forward, FN_SUF)(const T *x, T *y, int64_t K, int64_t 
  * 2.9x slower than without parameter gradients (4.0 ms against 1.4; here 2.5-2.9 ms).
  * Taking two or four rows per visit of the columns in this loop was slower still
  * (interleaved rows from memory: 2.6x slower even without parameter gradients); wider
- * rows from memory leave the updates to rows_param_sums (see normalization.pyx).  Every call site passes gw and gb as
- * themselves or a literal NULL, and w as a literal NULL or under a test of w, so each
- * variant is compiled knowing which terms exist (with "w ? w[k] : 1" left to run time,
- * gcc loaded w[k] under a mask from address 0, 7x slower). */
+ * rows from memory leave the updates to rows_param_sums (see normalization.pyx).  Every
+ * call site passes gw and gb as themselves or a literal NULL, and w as a literal NULL or
+ * under a test of w, so each variant is compiled knowing which terms exist (with
+ * "w ? w[k] : 1" left to run time, gcc loaded w[k] under a mask from address 0, 7x slower). */
 static inline __attribute__((always_inline)) void FN_NAME(rows_grad_sums, FN_SUF)(
     const T *dy, const T *x, int64_t K, const T *w, T mu, double rs, double *a1, double *a2,
     double *gw, double *gb)
@@ -476,7 +476,8 @@ static inline void FN_NAME(rows_param_sums, FN_SUF)(const T *dy, const T *x, int
         if (gw && gb) {  /* one loop: dy is loaded and converted once for both */
 #pragma omp simd
             for (int64_t k = 0; k < K; ++k) {
-                const double e0 = (double)d0[k], e1 = (double)d1[k], e2 = (double)d2[k], e3 = (double)d3[k];
+                const double e0 = (double)d0[k], e1 = (double)d1[k];
+                const double e2 = (double)d2[k], e3 = (double)d3[k];
                 double a = gw[k], c = gb[k];
                 a += e0 * ((double)(x0[k] - m0) * q0);
                 c += e0;
@@ -538,7 +539,8 @@ static inline void FN_NAME(rows_param_sums, FN_SUF)(const T *dy, const T *x, int
  * sum(dy * xc * rstd) and sum(dy) per column to them (double, K each), row by row: in each
  * row's first loop (param_pass = 0), or after every PARAM_BLOCK_BYTES of rows by
  * rows_param_sums (param_pass = 1); the same bits either way, the caller picks the faster
- * (normalization.pyx). */
+ * (normalization.pyx).  The pass reads dy and x after the rows' gx is written: gx must not
+ * overlap them (both callers write into a fresh array). */
 void FN_NAME(fn_norm_rows_backward, FN_SUF)(const T *dy, const T *x, T *gx, int64_t K, int64_t r0,
                                             int64_t r1, const T *w, const T *mean, const T *rstd,
                                             int rms, double *gw, double *gb, int param_pass)
