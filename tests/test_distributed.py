@@ -302,6 +302,22 @@ def test_sync_batch_norm_single_rank_is_batch_norm(backend, rng):
     np.testing.assert_allclose(results[0][5][0], grads[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_sync_batch_norm_backward_single_rank_bits(backend, rng, channels_last):
+    """One rank: the same float64 coefficients, operation for operation, as batch_norm_backward
+    (rstd^3 as a product in both; NumPy's ** 3 differs from it in the last bit)."""
+    x = (2 + 3 * rng.standard_normal((30, 4, 200))).astype(np.float64)
+    dy = rng.standard_normal(x.shape)
+    c = x.shape[-1] if channels_last else x.shape[1]
+    w, b = rng.standard_normal(c), rng.standard_normal(c)
+    _, mean, rstd = fastnorm.batch_norm(x, w, b, channels_last=channels_last)
+    ref = fastnorm.batch_norm_backward(dy, x, w, mean, rstd, bias=b, channels_last=channels_last)
+    results, _ = run_ranks(1, lambda comm: sync_batch_norm_backward(dy, x, w, mean, rstd, comm=comm, bias=b,
+                                                                     channels_last=channels_last))
+    for got, want in zip(results[0], ref):
+        assert got.tobytes() == want.tobytes()
+
+
 def test_cumulative_momentum_and_eval_without_communication(rng):
     x = rng.standard_normal((12, 3)) + 2
     dy = rng.standard_normal(x.shape)
