@@ -430,6 +430,18 @@ def test_constant_input_gives_zero_not_nan(backend):
         np.testing.assert_array_equal(y, 0)
 
 
+def _at_one_and_two_threads(fn):
+    """[fn() with 1 thread, fn() with 2 threads]; the thread setting restored after."""
+    results = []
+    for n in (1, 2):
+        fastnorm.set_num_threads(n)
+        try:
+            results.append(fn())
+        finally:
+            fastnorm.set_num_threads(None)
+    return results
+
+
 def test_thread_count_bit_identical(backend, rng):
     if backend[0] == "numpy":
         pytest.skip("the NumPy backend is single-threaded")
@@ -456,14 +468,7 @@ def test_thread_count_bit_identical(backend, rng):
         res += list(fastnorm.moments(x, (0, 2, 3))) + list(fastnorm.moments(x2, 0))
         return res
 
-    results = []
-    for n in (1, 2):
-        fastnorm.set_num_threads(n)
-        try:
-            results.append(everything())
-        finally:
-            fastnorm.set_num_threads(None)
-    for a, b_ in zip(*results):
+    for a, b_ in zip(*_at_one_and_two_threads(everything)):
         np.testing.assert_array_equal(a, b_)
 
 
@@ -493,13 +498,7 @@ def test_wide_row_parameter_gradients(shape, dtype, backend, rng):
     norm."""
     calls = _wide_row_calls(shape, dtype, rng)
     for name, call in calls.items():
-        got = []
-        for n in (1, 2):
-            fastnorm.set_num_threads(n)
-            try:
-                got.append(call())
-            finally:
-                fastnorm.set_num_threads(None)
+        got = _at_one_and_two_threads(call)
         for a, b_ in zip(*got):
             assert (a is None) == (b_ is None), name
             if a is not None:

@@ -465,16 +465,14 @@ cdef void _rows_backward_run(const floating *dy, const floating *x, floating *gx
                 _kernels.rows_backward_f64(dy, x, gx, K, blk * rb, min(blk * rb + rb, M), wp, mean, rstd, rms, pwp, pbp, param_pass)
 
 
-cdef cnp.ndarray _zeroed(Py_ssize_t rows, Py_ssize_t cols):
-    """A (rows, cols) float64 array of zeros written here, for kernels that add into it.
-    Not calloc's zeros (np.zeros): their pages map the shared zero page on the first read,
-    and the first write then takes a copy-on-write fault whose TLB flush interrupts every
-    CPU the process runs on -- (384, 16384) float32 layer norm backward with its parameter
-    gradients took 15 ms on 2 threads against 7.6 ms on one, most of it in those flushes."""
-    cdef cnp.npy_intp dims[2]
-    dims[0], dims[1] = rows, cols
-    cdef cnp.ndarray a = cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT64, 0)
-    memset(cnp.PyArray_DATA(a), 0, rows * cols * sizeof(double))
+cdef cnp.ndarray _zeroed(int nd, cnp.npy_intp *dims):
+    """PyArray_ZEROS(nd, dims, NPY_FLOAT64, 0) with the zeros written here, for sums that
+    kernels add into.  Not calloc's zeros: their pages map the shared zero page on the first
+    read, and the first write then takes a copy-on-write fault whose TLB flush interrupts
+    every CPU the process runs on -- (384, 16384) float32 layer norm backward with its
+    parameter gradients took 15 ms on 2 threads against 7.6 ms on one, most of it there."""
+    cdef cnp.ndarray a = cnp.PyArray_EMPTY(nd, dims, cnp.NPY_FLOAT64, 0)
+    memset(cnp.PyArray_DATA(a), 0, cnp.PyArray_NBYTES(a))
     return a
 
 
@@ -483,8 +481,7 @@ cdef object _block_sum(double[:, ::1] partial, int typenum):
     array of typenum (cast from the float64 sum)."""
     cdef Py_ssize_t nblk = partial.shape[0], K = partial.shape[1], blk, k
     cdef cnp.npy_intp dim = K
-    cdef cnp.ndarray total = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_FLOAT64, 0)
-    memset(cnp.PyArray_DATA(total), 0, K * sizeof(double))  # see _zeroed
+    cdef cnp.ndarray total = _zeroed(1, &dim)
     cdef double *tp = <double *>cnp.PyArray_DATA(total)
     for blk in range(nblk):
         for k in range(K):
@@ -526,6 +523,7 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] g
            "rows_backward: inconsistent sizes")
     cdef const floating *wp = NULL
     cdef Py_ssize_t rb, nblk
+    cdef cnp.npy_intp pdims[2]
     cdef double[:, ::1] pw
     cdef double[:, ::1] pb
     if w is not None:
@@ -535,8 +533,11 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] g
     # Parameter gradients are column sums: fixed row blocks, partials added in order.
     rb = _row_block(M, 16)
     nblk = (M + rb - 1) // rb
-    pw = _zeroed(nblk if want_gw else 1, K)
-    pb = _zeroed(nblk if want_gb else 1, K)
+    pdims[1] = K
+    pdims[0] = nblk if want_gw else 1
+    pw = _zeroed(2, pdims)
+    pdims[0] = nblk if want_gb else 1
+    pb = _zeroed(2, pdims)
     with nogil:
         _rows_backward_run(&dy[0], &x[0], &gx[0], M, K, wp, &mean[0], &rstd[0], rms,
                            &pw[0, 0] if want_gw else NULL, &pb[0, 0] if want_gb else NULL,
@@ -684,15 +685,17 @@ def rows_backward_fast(object grad_output, object x, object normalized_shape, ob
     cdef Py_ssize_t rb = _row_block(M, 16), nblk = (M + rb - 1) // rb
     cdef int nthreads = threads_for(n, grain)
     cdef cnp.ndarray gx = pooled_empty(nd, dims, typenum, cnp.PyArray_DATA(xa))
+    cdef cnp.npy_intp pdims[2]
     cdef double[:, ::1] pw
     cdef double[:, ::1] pb
     cdef double *pwp = NULL
     cdef double *pbp = NULL
+    pdims[0], pdims[1] = nblk, K
     if want_gw:
-        pw = _zeroed(nblk, K)
+        pw = _zeroed(2, pdims)
         pwp = &pw[0, 0]
     if want_gb:
-        pb = _zeroed(nblk, K)
+        pb = _zeroed(2, pdims)
         pbp = &pb[0, 0]
     cdef const void *wp = _data_or_null(weight)
     cdef const void *mp = cnp.PyArray_DATA(<cnp.ndarray>(rstd if rms else mean))

@@ -545,7 +545,6 @@ void FN_NAME(fn_norm_rows_backward, FN_SUF)(const T *dy, const T *x, T *gx, int6
                                             int64_t r1, const T *w, const T *mean, const T *rstd,
                                             int rms, double *gw, double *gb, int param_pass)
 {
-    const int fused = !param_pass;
     int64_t block = PARAM_BLOCK_BYTES / (2 * K * (int64_t)sizeof(T));
     if (block < 4)
         block = 4;
@@ -558,7 +557,7 @@ void FN_NAME(fn_norm_rows_backward, FN_SUF)(const T *dy, const T *x, T *gx, int6
             const double rs = (double)rstd[r];
             /* Not RUN_DUAL: the gradient is dy * w here, and the row's mean is given (T). */
             double a1 = 0.0, a2 = 0.0;
-            if (fused) {
+            if (!param_pass) {
                 if (w)
                     GRAD_ROW_SUMS(w, gw, gb);
                 else
@@ -582,7 +581,7 @@ void FN_NAME(fn_norm_rows_backward, FN_SUF)(const T *dy, const T *x, T *gx, int6
                     out[k] = gr[k] * s + (xr[k] - mu) * k2 + k3;
             }
         }
-        if (!fused && (gw || gb))
+        if (param_pass && (gw || gb))
             FN_NAME(rows_param_sums, FN_SUF)(dy, x, K, b0, b1, mean, rstd, rms, gw, gb);
     }
 }
