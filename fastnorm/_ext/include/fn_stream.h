@@ -18,8 +18,9 @@
  * disappears (relu: 2.38 ms; a C loop storing straight from registers: 2.32-2.38 ms;
  * the chunk loop around a switch over operations, where the buffer stays: 2.54 ms).
  * Chunks of 256 and 512 bytes measured alike, 1024 and 2048 slower (2.54).  Elements
- * before the output's first 64-byte boundary and after its last whole chunk take the
- * plain path.
+ * before the output's first 64-byte boundary take the plain path; so do those after the
+ * last whole chunk, except that in FN_MAP_STREAMED the whole lines there stream one by one
+ * when they are at least a sixteenth of the run (see there).
  *
  * Included from the kernel templates after fn_instantiate.h's target pragma, so the copy
  * uses the widest stores of the variant being compiled; one definition per translation
@@ -97,11 +98,31 @@ static inline int64_t fn_stream_split(const void *out, int64_t n, size_t size, i
 
 /* for (i = 0; i < n; ++i) out[i] = EXPR, EXPR written in terms of i; with `stream` set, the
  * output's whole 64-byte-aligned chunks are computed into a stack buffer by the same
- * expression and streamed, the rest stored plainly.  T: the element type, COPY:
- * fn_stream_copy_f32 or _f64.  No fence: the kernel calls fn_stream_fence() once before it
- * returns (a fence per row or run waits for the stores in flight each time: batch norm
- * 2-D's 4096 runs of 12 KB took 5 % longer than with plain stores). */
+ * expression and streamed, then the whole lines after them, one line at a time, when they
+ * are at least a sixteenth of the run; the rest is stored plainly.  The lines matter for
+ * short runs: a 3 KiB layer norm row 16 bytes off a line has 464 bytes after its last whole
+ * chunk, and streaming them too made (8192, 768) float32 layer norm forward 1.36-1.49 ->
+ * 0.89-1.08 ms (1 thread, kernel called through ctypes, interleaved with the previous
+ * build; (4096, 1000): 0.85-0.93 -> 0.62-0.65 ms; float64 (8192, 768): 1.13-1.25x).  Where
+ * they are a few per cent of the run, streaming them was slower ((2048, 4096) float32, 7
+ * lines of 256: 0.86x; float64 (4096, 1000), 4 of 125: 0.96x), hence the sixteenth.
+ * T: the element type, COPY: fn_stream_copy_f32 or _f64.  No fence: the kernel calls
+ * fn_stream_fence() once before it returns (a fence per row or run waits for the stores in
+ * flight each time: batch norm 2-D's 4096 runs of 12 KB took 5 % longer than with plain
+ * stores). */
 #define FN_STREAM_CHUNK(T) (FN_STREAM_BYTES / (int64_t)sizeof(T))
+#define FN_STREAM_LINE(T) (FN_STREAM_ALIGN / (int64_t)sizeof(T))
+/* Streams out[c] = EXPR (i = c) for c in [from, to), `piece` elements at a time (to - from a
+ * multiple of piece): each piece computed into an aligned buffer, then copied out. */
+#define FN_STREAM_PIECES(T, COPY, out, from, to, piece, i, EXPR)                               \
+    for (int64_t fn_c = (from); fn_c < (to); fn_c += (piece)) {                                 \
+        _Alignas(FN_STREAM_ALIGN) T fn_buf[piece];                                              \
+        _Pragma("omp simd") for (int64_t fn_j = 0; fn_j < (piece); ++fn_j) {                    \
+            const int64_t i = fn_c + fn_j;                                                      \
+            fn_buf[fn_j] = (EXPR);                                                              \
+        }                                                                                       \
+        COPY((out) + fn_c, fn_buf, (piece));                                                    \
+    }
 #define FN_MAP_STREAMED(T, COPY, stream, out, n, i, EXPR)                                       \
     do {                                                                                        \
         const int64_t fn_n = (n);                                                               \
@@ -109,16 +130,14 @@ static inline int64_t fn_stream_split(const void *out, int64_t n, size_t size, i
         const int64_t fn_chunks = fn_stream_split((out), fn_n, sizeof(T), FN_STREAM_CHUNK(T),    \
                                                   (stream), &fn_head);                          \
         _Pragma("omp simd") for (int64_t i = 0; i < fn_head; ++i) (out)[i] = (EXPR);            \
-        for (int64_t fn_c = fn_head; fn_c < fn_head + fn_chunks; fn_c += FN_STREAM_CHUNK(T)) {  \
-            _Alignas(FN_STREAM_ALIGN) T fn_buf[FN_STREAM_CHUNK(T)];                             \
-            _Pragma("omp simd") for (int64_t fn_j = 0; fn_j < FN_STREAM_CHUNK(T); ++fn_j) {     \
-                const int64_t i = fn_c + fn_j;                                                  \
-                fn_buf[fn_j] = (EXPR);                                                          \
-            }                                                                                   \
-            COPY((out) + fn_c, fn_buf, FN_STREAM_CHUNK(T));                                     \
-        }                                                                                       \
+        FN_STREAM_PIECES(T, COPY, out, fn_head, fn_head + fn_chunks, FN_STREAM_CHUNK(T), i, EXPR) \
         if (fn_chunks) {                                                                        \
-            _Pragma("omp simd") for (int64_t i = fn_head + fn_chunks; i < fn_n; ++i)            \
+            const int64_t fn_t = fn_head + fn_chunks;                                           \
+            int64_t fn_lines = (fn_n - fn_t) / FN_STREAM_LINE(T) * FN_STREAM_LINE(T);             \
+            if (fn_lines * 16 < fn_n)                                                           \
+                fn_lines = 0;                                                                   \
+            FN_STREAM_PIECES(T, COPY, out, fn_t, fn_t + fn_lines, FN_STREAM_LINE(T), i, EXPR)   \
+            _Pragma("omp simd") for (int64_t i = fn_t + fn_lines; i < fn_n; ++i)                \
                 (out)[i] = (EXPR);                                                              \
         }                                                                                       \
     } while (0)
