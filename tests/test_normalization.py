@@ -509,6 +509,47 @@ def test_wide_row_parameter_gradients(shape, dtype, backend, rng):
                 assert_close(a, e, dtype, name)
 
 
+@pytest.mark.parametrize("rows, channels", [(11, 1025), (9, 3001), (5, 513), (4, 1100)], ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_wide_channels_last_rows_same_bits(rows, channels, dtype, backend, rng):
+    """Channels-last output passes take rows wider than 4 KiB four at a time (one read of
+    the per-channel vectors for four rows): the same bits as one row at a time (each row
+    passed alone), on every ISA and at 1 and 2 threads (where a thread's range starts or
+    ends inside a row), including 1-3 rows left over and rows of exactly 4 KiB + one element
+    ((5, 513) float64, (11, 1025) float32)."""
+    if backend[0] != "cython":
+        pytest.skip("compiled kernels only")
+    ext = fastnorm._config._modules["normalization"]
+    x = (5 + rng.standard_normal((rows, channels))).astype(dtype)
+    g = rng.standard_normal((rows, channels)).astype(dtype)
+    p1, p2, p3, p4 = (rng.standard_normal(channels).astype(dtype) for _ in range(4))
+
+    def forward(a, nthreads):
+        y = np.empty_like(a)
+        ext.affine(a.reshape(-1), y.reshape(-1), 1, a.shape[0], channels, 1, p1, p2, p3, p4, nthreads)
+        return y
+
+    def backward(d, a, nthreads):
+        gx = np.empty_like(a)
+        ext.affine_grad(d.reshape(-1), a.reshape(-1), gx.reshape(-1), 1, a.shape[0], channels, 1,
+                        p1, p2, p3, p4, nthreads)
+        return gx
+
+    previous_isa = fastnorm.isa()
+    try:
+        for isa in fastnorm._config._runnable_isas():
+            fastnorm.set_isa(isa)
+            one_by_one = (np.concatenate([forward(x[r:r + 1], 1) for r in range(rows)]),
+                          np.concatenate([backward(g[r:r + 1], x[r:r + 1], 1) for r in range(rows)]))
+            for nthreads in (1, 2):
+                np.testing.assert_array_equal(forward(x, nthreads), one_by_one[0], err_msg=(isa, nthreads))
+                np.testing.assert_array_equal(backward(g, x, nthreads), one_by_one[1], err_msg=(isa, nthreads))
+    finally:
+        fastnorm.set_isa(previous_isa)
+    expected = ((x - p1) - p2) * p3 + p4
+    assert_close(forward(x, 1), expected, dtype)
+
+
 @pytest.mark.parametrize("shape", [(41, 600), (3, 600), (6, 30000), (2, 5, 1030)], ids=str)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_parameter_gradient_pass_same_bits(shape, dtype, backend, num_threads, rng):

@@ -101,6 +101,17 @@ static inline void FN_NAME(affine_grad_run, FN_SUF)(const T *dy, const T *x, T *
  * 32 bytes per vector on every ISA. */
 #define CHANNEL_VECTOR_LANES (32 / (int)sizeof(T))
 
+/* Channels-last rows wider than CHANNEL_ROW_BYTES are visited four at a time by the output
+ * passes below.  Their four per-channel vectors (16 or 32 bytes per channel) no longer fit in
+ * L1 beside the rows and came from L2 or L3 again for every row: (1536, 4096) float32 took
+ * twice as long per element as (6144, 1024).  Read once for four rows: the forward pass
+ * 1.24-1.57x faster for C = 2048-16384 float32 and 1.27-1.43x float64, the gradient pass
+ * 1.11-1.40x and 1.12-1.18x (1 thread, kernels called through ctypes, interleaved with the
+ * one-row loop).  Narrower rows stay one at a time: four side by side made C = 256-1024
+ * float32 0.57-0.67x (eight streams from memory instead of two).  Same operations per
+ * element either way, so the same bits. */
+#define CHANNEL_ROW_BYTES 4096
+
 #define FINISH_MOMENTS FN_NAME(finish_moments, FN_SUF)
 #define AFFINE_RUN FN_NAME(affine_run, FN_SUF)
 #define AFFINE_GRAD_RUN FN_NAME(affine_grad_run, FN_SUF)
@@ -321,6 +332,23 @@ void FN_NAME(fn_norm_affine, FN_SUF)(const T *x, T *y, int64_t A, int64_t C, int
         int64_t u = u0;
         while (u < u1) {
             const int64_t r = u / C, c0 = u % C;
+            if (C * (int64_t)sizeof(T) > CHANNEL_ROW_BYTES && c0 == 0 && u1 - u >= 4 * C
+                && r / A == (r + 3) / A) {
+                const int64_t q = (r / A) * C;
+                const T *x0 = x + r * C, *x1 = x0 + C, *x2 = x1 + C, *x3 = x2 + C;
+                T *y0 = y + r * C, *y1 = y0 + C, *y2 = y1 + C, *y3 = y2 + C;
+                const T *h = mhi + q, *l = mlo + q, *s = scale + q, *t = shift + q;
+#pragma omp simd simdlen(CHANNEL_VECTOR_LANES)
+                for (int64_t c = 0; c < C; ++c) {
+                    const T hc = h[c], lc = l[c], sc = s[c], tc = t[c];
+                    y0[c] = ((x0[c] - hc) - lc) * sc + tc;
+                    y1[c] = ((x1[c] - hc) - lc) * sc + tc;
+                    y2[c] = ((x2[c] - hc) - lc) * sc + tc;
+                    y3[c] = ((x3[c] - hc) - lc) * sc + tc;
+                }
+                u += 4 * C;
+                continue;
+            }
             const int64_t c1 = (u1 - r * C) < C ? (u1 - r * C) : C;
             const int64_t q = (r / A) * C;
             const T *xr = x + r * C;
@@ -355,6 +383,22 @@ void FN_NAME(fn_norm_affine_grad, FN_SUF)(const T *dy, const T *x, T *gx, int64_
             const T *xr = x + r * C, *gr = dy + r * C;
             T *out = gx + r * C;
             const T *a1 = k1 + q, *h = mhi + q, *a2 = k2 + q, *a3 = k3 + q;
+            if (C * (int64_t)sizeof(T) > CHANNEL_ROW_BYTES && c0 == 0 && u1 - u >= 4 * C
+                && r / A == (r + 3) / A) {
+                const T *x1 = xr + C, *x2 = x1 + C, *x3 = x2 + C;
+                const T *g1 = gr + C, *g2 = g1 + C, *g3 = g2 + C;
+                T *o1 = out + C, *o2 = o1 + C, *o3 = o2 + C;
+#pragma omp simd simdlen(CHANNEL_VECTOR_LANES)
+                for (int64_t c = 0; c < C; ++c) {
+                    const T b1 = a1[c], hc = h[c], b2 = a2[c], b3 = a3[c];
+                    out[c] = gr[c] * b1 + (xr[c] - hc) * b2 + b3;
+                    o1[c] = g1[c] * b1 + (x1[c] - hc) * b2 + b3;
+                    o2[c] = g2[c] * b1 + (x2[c] - hc) * b2 + b3;
+                    o3[c] = g3[c] * b1 + (x3[c] - hc) * b2 + b3;
+                }
+                u += 4 * C;
+                continue;
+            }
 #pragma omp simd simdlen(CHANNEL_VECTOR_LANES)
             for (int64_t c = c0; c < c1; ++c)
                 out[c] = gr[c] * a1[c] + (xr[c] - h[c]) * a2[c] + a3[c];
@@ -591,6 +635,7 @@ void FN_NAME(fn_norm_rows_backward, FN_SUF)(const T *dy, const T *x, T *gx, int6
 #undef RUN_DUAL
 #undef FINISH_MOMENTS
 #undef CHANNEL_VECTOR_LANES
+#undef CHANNEL_ROW_BYTES
 #undef AFFINE_RUN
 #undef AFFINE_GRAD_RUN
 #undef T
