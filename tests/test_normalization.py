@@ -509,45 +509,76 @@ def test_wide_row_parameter_gradients(shape, dtype, backend, rng):
                 assert_close(a, e, dtype, name)
 
 
-@pytest.mark.parametrize("rows, channels", [(11, 1025), (9, 3001), (5, 513), (4, 1100)], ids=str)
+@pytest.mark.parametrize("blocks, rows, channels", [(1, 11, 1025), (1, 9, 3001), (1, 5, 513), (1, 4, 1100),
+                                                    (2, 5, 1100), (3, 6, 600), (4, 1, 1100)], ids=str)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_wide_channels_last_rows_same_bits(rows, channels, dtype, backend, rng):
+def test_wide_channels_last_rows_same_bits(blocks, rows, channels, dtype, backend, rng):
     """Channels-last output passes take rows wider than 4 KiB four at a time (one read of
-    the per-channel vectors for four rows): the same bits as one row at a time (each row
-    passed alone), on every ISA and at 1 and 2 threads (where a thread's range starts or
-    ends inside a row), including 1-3 rows left over and rows of exactly 4 KiB + one element
-    ((5, 513) float64, (11, 1025) float32)."""
+    the per-channel vectors for four rows) when four whole rows of one parameter block are
+    left in the range: the same bits as one row at a time (each row passed alone with its
+    block's vectors), on every ISA and at 1-3 threads (ranges starting or ending inside a
+    row), with 1-3 rows left over, rows of 4 KiB + one element ((5, 513) float64, (11, 1025)
+    float32), several parameter blocks (group norm's per-sample geometry: a visit must not
+    span two), and in place (y is x), where a visit past the range's end would read rows
+    another thread already wrote."""
     if backend[0] != "cython":
         pytest.skip("compiled kernels only")
     ext = fastnorm._config._modules["normalization"]
-    x = (5 + rng.standard_normal((rows, channels))).astype(dtype)
-    g = rng.standard_normal((rows, channels)).astype(dtype)
-    p1, p2, p3, p4 = (rng.standard_normal(channels).astype(dtype) for _ in range(4))
+    n = blocks * rows
+    x = (5 + rng.standard_normal((n, channels))).astype(dtype)
+    g = rng.standard_normal((n, channels)).astype(dtype)
+    vectors = [rng.standard_normal(blocks * channels).astype(dtype) for _ in range(4)]
 
-    def forward(a, nthreads):
-        y = np.empty_like(a)
-        ext.affine(a.reshape(-1), y.reshape(-1), 1, a.shape[0], channels, 1, p1, p2, p3, p4, nthreads)
+    def forward(a, vs, nthreads, in_place=False):
+        y = a.copy() if in_place else np.empty_like(a)
+        ext.affine((y if in_place else a).reshape(-1), y.reshape(-1), len(vs[0]) // channels,
+                   a.shape[0] * channels // len(vs[0]), channels, 1, *vs, nthreads)
         return y
 
-    def backward(d, a, nthreads):
+    def backward(d, a, vs, nthreads):
         gx = np.empty_like(a)
-        ext.affine_grad(d.reshape(-1), a.reshape(-1), gx.reshape(-1), 1, a.shape[0], channels, 1,
-                        p1, p2, p3, p4, nthreads)
+        ext.affine_grad(d.reshape(-1), a.reshape(-1), gx.reshape(-1), len(vs[0]) // channels,
+                        a.shape[0] * channels // len(vs[0]), channels, 1, *vs, nthreads)
         return gx
+
+    def block_of(r):
+        return [v[(r // rows) * channels:(r // rows + 1) * channels] for v in vectors]
 
     previous_isa = fastnorm.isa()
     try:
         for isa in fastnorm._config._runnable_isas():
             fastnorm.set_isa(isa)
-            one_by_one = (np.concatenate([forward(x[r:r + 1], 1) for r in range(rows)]),
-                          np.concatenate([backward(g[r:r + 1], x[r:r + 1], 1) for r in range(rows)]))
-            for nthreads in (1, 2):
-                np.testing.assert_array_equal(forward(x, nthreads), one_by_one[0], err_msg=(isa, nthreads))
-                np.testing.assert_array_equal(backward(g, x, nthreads), one_by_one[1], err_msg=(isa, nthreads))
+            one_by_one = (np.concatenate([forward(x[r:r + 1], block_of(r), 1) for r in range(n)]),
+                          np.concatenate([backward(g[r:r + 1], x[r:r + 1], block_of(r), 1) for r in range(n)]))
+            for nthreads in (1, 2, 3):
+                what = (isa, nthreads)
+                np.testing.assert_array_equal(forward(x, vectors, nthreads), one_by_one[0], err_msg=what)
+                np.testing.assert_array_equal(forward(x, vectors, nthreads, in_place=True), one_by_one[0],
+                                              err_msg=what)
+                np.testing.assert_array_equal(backward(g, x, vectors, nthreads), one_by_one[1], err_msg=what)
     finally:
         fastnorm.set_isa(previous_isa)
-    expected = ((x - p1) - p2) * p3 + p4
-    assert_close(forward(x, 1), expected, dtype)
+    p1, p2, p3, p4 = (v.reshape(blocks, 1, channels) for v in vectors)
+    expected = ((x.reshape(blocks, rows, channels) - p1) - p2) * p3 + p4
+    assert_close(forward(x, vectors, 1).reshape(expected.shape), expected, dtype)
+
+
+@pytest.mark.parametrize("shape, dtype", [((2, 5, 1, 1100), np.float32), ((2, 3, 2, 600), np.float64)], ids=str)
+def test_wide_channels_last_group_norm(shape, dtype, backend, rng):
+    """Group norm channels-last with rows over 4 KiB (per-sample parameters: four-row visits
+    within one sample only) against the oracle, forward and backward."""
+    x = (2 + rng.standard_normal(shape)).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    c = shape[-1]
+    w, b = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    got = fastnorm.group_norm(x, 4, w, b, channels_last=True)
+    want = ref.group_norm(x, 4, w, b, channels_last=True)
+    for a, e in zip(got, want):
+        assert_close(a, e, dtype)
+    got_b = fastnorm.group_norm_backward(g, x, 4, w, got[1], got[2], channels_last=True, bias=b)
+    want_b = ref.group_norm_backward(g, x, 4, w, got[1], got[2], channels_last=True, bias=b)
+    for a, e in zip(got_b, want_b):
+        assert_close(a, e, dtype)
 
 
 @pytest.mark.parametrize("shape", [(41, 600), (3, 600), (6, 30000), (2, 5, 1030)], ids=str)

@@ -102,8 +102,10 @@ static inline void FN_NAME(affine_grad_run, FN_SUF)(const T *dy, const T *x, T *
 #define CHANNEL_VECTOR_LANES (32 / (int)sizeof(T))
 
 /* Channels-last rows wider than CHANNEL_ROW_BYTES are visited four at a time by the output
- * passes below.  Their four per-channel vectors (16 or 32 bytes per channel) no longer fit in
- * L1 beside the rows and came from L2 or L3 again for every row: (1536, 4096) float32 took
+ * passes below (batch norm's, and group / instance norm's channels-last general path), where
+ * four whole rows of one parameter block p are left in the range; the others one at a time.
+ * The four per-channel vectors of such rows (16 or 32 bytes per channel) no longer fit in L1
+ * beside the rows and came from L2 or L3 again for every row: (1536, 4096) float32 took
  * twice as long per element as (6144, 1024).  Read once for four rows: the forward pass
  * 1.24-1.57x faster for C = 2048-16384 float32 and 1.27-1.43x float64, the gradient pass
  * 1.11-1.40x and 1.12-1.18x (1 thread, kernels called through ctypes, interleaved with the

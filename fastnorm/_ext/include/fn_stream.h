@@ -112,8 +112,9 @@ static inline int64_t fn_stream_split(const void *out, int64_t n, size_t size, i
  * stores). */
 #define FN_STREAM_CHUNK(T) (FN_STREAM_BYTES / (int64_t)sizeof(T))
 #define FN_STREAM_LINE(T) (FN_STREAM_ALIGN / (int64_t)sizeof(T))
-/* Streams out[c] = EXPR (i = c) for c in [from, to), `piece` elements at a time (to - from a
- * multiple of piece): each piece computed into an aligned buffer, then copied out. */
+/* Streams out[c] = EXPR (i = c) for c in [from, to), `piece` elements at a time: each piece
+ * computed into an aligned buffer, then copied out.  out + from must be 64-byte aligned,
+ * piece a whole number of 64-byte lines and to - from a multiple of piece (COPY's terms). */
 #define FN_STREAM_PIECES(T, COPY, out, from, to, piece, i, EXPR)                               \
     for (int64_t fn_c = (from); fn_c < (to); fn_c += (piece)) {                                 \
         _Alignas(FN_STREAM_ALIGN) T fn_buf[piece];                                              \
