@@ -297,6 +297,22 @@ def test_moments_against_numpy(axis, layout, dtype, backend, rng):
         np.testing.assert_allclose(var, expected_var, rtol=10 * tol, atol=tol)
 
 
+@pytest.mark.parametrize("shape, channels_last", [((0, 8, 2, 2), False), ((0, 2, 2, 8), True), ((0, 8), False)],
+                         ids=str)
+def test_group_norm_empty_batch(shape, channels_last, backend):
+    """An empty batch gives empty results, as in PyTorch: y like x, mean and rstd (0, G),
+    gx like x, and zero parameter gradients (the oracle's reshape to (N, G, -1) used to
+    raise for N = 0)."""
+    x = np.empty(shape, np.float32)
+    w, b = np.ones(8, np.float32), np.zeros(8, np.float32)
+    y, mean, rstd = fastnorm.group_norm(x, 4, w, b, channels_last=channels_last)
+    assert y.shape == shape and mean.shape == (0, 4) and rstd.shape == (0, 4)
+    gx, gw, gb = fastnorm.group_norm_backward(x, x, 4, w, mean, rstd, channels_last=channels_last, bias=b)
+    assert gx.shape == shape and gx.dtype == np.float32
+    np.testing.assert_array_equal(gw, 0)
+    np.testing.assert_array_equal(gb, 0)
+
+
 def test_moments_degenerate(backend):
     x = np.arange(12.0).reshape(3, 4)
     mean, var = fastnorm.moments(x, 0, ddof=3)

@@ -8,6 +8,7 @@ parameter's dtype.  Arguments are assumed valid (the public module validates the
 running statistics are updated in place as PyTorch does.
 """
 import functools
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -233,8 +234,9 @@ def layer_norm_backward(grad_output, x, normalized_shape, weight, mean, rstd, *,
 
 
 def _grouped(a, num_groups):
-    """(N, C, *spatial) as (N, G, C/G * prod(spatial)) (a copy is fine in the oracle)."""
-    return a.reshape(a.shape[0], num_groups, -1)
+    """(N, C, *spatial) as (N, G, C/G * prod(spatial)) (a copy is fine in the oracle); the
+    last size is spelled out, which -1 cannot be when N = 0."""
+    return a.reshape(a.shape[0], num_groups, math.prod(a.shape[1:]) // num_groups)
 
 
 def _to_channels_first(a):
