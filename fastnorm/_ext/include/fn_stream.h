@@ -101,8 +101,8 @@ static inline int64_t fn_stream_split(const void *out, int64_t n, size_t size, i
  * expression and streamed, then the whole lines after them, one line at a time, when they
  * are at least a sixteenth of the run; the rest is stored plainly.  The lines matter for
  * short runs: a 3 KiB layer norm row 16 bytes off a line has 464 bytes after its last whole
- * chunk, and streaming them too made (8192, 768) float32 layer norm forward 1.36-1.49 ->
- * 0.89-1.08 ms (1 thread, kernel called through ctypes, interleaved with the previous
+ * chunk, and streaming them too made (8192, 768) float32 layer norm forward 1.36-1.51 ->
+ * 0.89-1.14 ms (1 thread, kernel called through ctypes, interleaved with the previous
  * build; (4096, 1000): 0.85-0.93 -> 0.62-0.65 ms; float64 (8192, 768): 1.13-1.25x).  Where
  * they are a few per cent of the run, streaming them was slower ((2048, 4096) float32, 7
  * lines of 256: 0.86x; float64 (4096, 1000), 4 of 125: 0.96x), hence the sixteenth.
