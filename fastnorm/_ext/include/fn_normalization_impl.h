@@ -113,6 +113,10 @@ static inline void FN_NAME(affine_grad_run, FN_SUF)(const T *dy, const T *x, T *
  * float32 0.57-0.67x (eight streams from memory instead of two).  Same operations per
  * element either way, so the same bits. */
 #define CHANNEL_ROW_BYTES 4096
+/* Whether the visit at run u (row r, channel c0) of the range [u0, u1) takes four rows. */
+#define FOUR_ROWS_AT(u, r, c0)                                                               \
+    (C * (int64_t)sizeof(T) > CHANNEL_ROW_BYTES && (c0) == 0 && u1 - (u) >= 4 * C            \
+     && (r) / A == ((r) + 3) / A)
 
 #define FINISH_MOMENTS FN_NAME(finish_moments, FN_SUF)
 #define AFFINE_RUN FN_NAME(affine_run, FN_SUF)
@@ -334,16 +338,18 @@ void FN_NAME(fn_norm_affine, FN_SUF)(const T *x, T *y, int64_t A, int64_t C, int
         int64_t u = u0;
         while (u < u1) {
             const int64_t r = u / C, c0 = u % C;
-            if (C * (int64_t)sizeof(T) > CHANNEL_ROW_BYTES && c0 == 0 && u1 - u >= 4 * C
-                && r / A == (r + 3) / A) {
-                const int64_t q = (r / A) * C;
-                const T *x0 = x + r * C, *x1 = x0 + C, *x2 = x1 + C, *x3 = x2 + C;
-                T *y0 = y + r * C, *y1 = y0 + C, *y2 = y1 + C, *y3 = y2 + C;
-                const T *h = mhi + q, *l = mlo + q, *s = scale + q, *t = shift + q;
+            const int64_t c1 = (u1 - r * C) < C ? (u1 - r * C) : C;
+            const int64_t q = (r / A) * C;
+            const T *xr = x + r * C;
+            T *yr = y + r * C;
+            const T *h = mhi + q, *l = mlo + q, *s = scale + q, *t = shift + q;
+            if (FOUR_ROWS_AT(u, r, c0)) {
+                const T *x1 = xr + C, *x2 = x1 + C, *x3 = x2 + C;
+                T *y1 = yr + C, *y2 = y1 + C, *y3 = y2 + C;
 #pragma omp simd simdlen(CHANNEL_VECTOR_LANES)
                 for (int64_t c = 0; c < C; ++c) {
                     const T hc = h[c], lc = l[c], sc = s[c], tc = t[c];
-                    y0[c] = ((x0[c] - hc) - lc) * sc + tc;
+                    yr[c] = ((xr[c] - hc) - lc) * sc + tc;
                     y1[c] = ((x1[c] - hc) - lc) * sc + tc;
                     y2[c] = ((x2[c] - hc) - lc) * sc + tc;
                     y3[c] = ((x3[c] - hc) - lc) * sc + tc;
@@ -351,11 +357,6 @@ void FN_NAME(fn_norm_affine, FN_SUF)(const T *x, T *y, int64_t A, int64_t C, int
                 u += 4 * C;
                 continue;
             }
-            const int64_t c1 = (u1 - r * C) < C ? (u1 - r * C) : C;
-            const int64_t q = (r / A) * C;
-            const T *xr = x + r * C;
-            T *yr = y + r * C;
-            const T *h = mhi + q, *l = mlo + q, *s = scale + q, *t = shift + q;
 #pragma omp simd simdlen(CHANNEL_VECTOR_LANES)
             for (int64_t c = c0; c < c1; ++c)
                 yr[c] = ((xr[c] - h[c]) - l[c]) * s[c] + t[c];
@@ -385,8 +386,7 @@ void FN_NAME(fn_norm_affine_grad, FN_SUF)(const T *dy, const T *x, T *gx, int64_
             const T *xr = x + r * C, *gr = dy + r * C;
             T *out = gx + r * C;
             const T *a1 = k1 + q, *h = mhi + q, *a2 = k2 + q, *a3 = k3 + q;
-            if (C * (int64_t)sizeof(T) > CHANNEL_ROW_BYTES && c0 == 0 && u1 - u >= 4 * C
-                && r / A == (r + 3) / A) {
+            if (FOUR_ROWS_AT(u, r, c0)) {
                 const T *x1 = xr + C, *x2 = x1 + C, *x3 = x2 + C;
                 const T *g1 = gr + C, *g2 = g1 + C, *g3 = g2 + C;
                 T *o1 = out + C, *o2 = o1 + C, *o3 = o2 + C;
@@ -638,6 +638,7 @@ void FN_NAME(fn_norm_rows_backward, FN_SUF)(const T *dy, const T *x, T *gx, int6
 #undef FINISH_MOMENTS
 #undef CHANNEL_VECTOR_LANES
 #undef CHANNEL_ROW_BYTES
+#undef FOUR_ROWS_AT
 #undef AFFINE_RUN
 #undef AFFINE_GRAD_RUN
 #undef T
