@@ -560,20 +560,14 @@ def test_wide_channels_last_rows_same_bits(blocks, rows, channels, dtype, backen
     def block_of(r):
         return [v[(r // rows) * channels:(r // rows + 1) * channels] for v in vectors]
 
-    previous_isa = fastnorm.isa()
-    try:
-        for isa in fastnorm._config._runnable_isas():
-            fastnorm.set_isa(isa)
-            one_by_one = (np.concatenate([forward(x[r:r + 1], block_of(r), 1) for r in range(n)]),
-                          np.concatenate([backward(g[r:r + 1], x[r:r + 1], block_of(r), 1) for r in range(n)]))
-            for nthreads in (1, 2, 3):
-                what = (isa, nthreads)
-                np.testing.assert_array_equal(forward(x, vectors, nthreads), one_by_one[0], err_msg=what)
-                np.testing.assert_array_equal(forward(x, vectors, nthreads, in_place=True), one_by_one[0],
-                                              err_msg=what)
-                np.testing.assert_array_equal(backward(g, x, vectors, nthreads), one_by_one[1], err_msg=what)
-    finally:
-        fastnorm.set_isa(previous_isa)
+    # The backend fixture has set the ISA variant.
+    one_by_one = (np.concatenate([forward(x[r:r + 1], block_of(r), 1) for r in range(n)]),
+                  np.concatenate([backward(g[r:r + 1], x[r:r + 1], block_of(r), 1) for r in range(n)]))
+    for nthreads in (1, 2, 3):
+        np.testing.assert_array_equal(forward(x, vectors, nthreads), one_by_one[0], err_msg=nthreads)
+        np.testing.assert_array_equal(forward(x, vectors, nthreads, in_place=True), one_by_one[0],
+                                      err_msg=nthreads)
+        np.testing.assert_array_equal(backward(g, x, vectors, nthreads), one_by_one[1], err_msg=nthreads)
     p1, p2, p3, p4 = (v.reshape(blocks, 1, channels) for v in vectors)
     expected = ((x.reshape(blocks, rows, channels) - p1) - p2) * p3 + p4
     assert_close(forward(x, vectors, 1).reshape(expected.shape), expected, dtype)
