@@ -341,15 +341,54 @@ def run(quick=False, threads=(1, 2), names=None, repeats=None, budget_s=None, us
     return {"machine": machine_info(torch), "results": results}
 
 
-def machine_info(torch):
-    cpu = platform.processor() or platform.machine()
+def _cpuinfo_fields(names):
+    """The first value of each /proc/cpuinfo field in names ({} where there is none)."""
+    found = {}
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in names and key not in found:
+                    found[key] = value.strip()
+                if not line.strip() and found:
+                    break       # the first processor's block is enough
+    except OSError:
         pass
+    return found
+
+
+def _cache_sizes():
+    """Per-core data/unified cache sizes of CPU 0 from sysfs, e.g. {'L1d': '32K', 'L2': '1024K'}."""
+    import glob
     import os
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+    sizes = {}
+    for index in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index[0-9]*")):
+        try:
+            with open(os.path.join(index, "level")) as f:
+                level = f.read().strip()
+            with open(os.path.join(index, "type")) as f:
+                kind = f.read().strip()
+            with open(os.path.join(index, "size")) as f:
+                size = f.read().strip()
+        except OSError:
+            continue
+        if kind != "Instruction":
+            sizes[f"L{level}" + ("d" if kind == "Data" else "")] = size
+    return sizes
+
+
+def machine_info(torch):
+    """What the numbers depend on.  The CPU's family/model and cache sizes are recorded because
+    one VM image runs on different hosts: runs on AMD Zen 4 (family 25, 32K L1d) and Zen 5
+    (family 26, 48K L1d) both report "AMD EPYC" as the model name."""
+    import os
+    info = _cpuinfo_fields({"model name", "cpu family", "model"})
+    cpu = info.get("model name") or platform.processor() or platform.machine()
+    cpu_id = (f"family {info['cpu family']} model {info['model']}"
+              if "cpu family" in info and "model" in info else None)
+    return {"cpu": cpu, "cpu_id": cpu_id, "caches": _cache_sizes(), "cores": os.cpu_count(),
+            "python": platform.python_version(),
             "numpy": np.__version__, "torch": getattr(torch, "__version__", None),
             "fastnorm": fastnorm.__version__, "isa": fastnorm.isa(), "backend": fastnorm.backend(),
             "date": time.strftime("%Y-%m-%d")}
@@ -417,7 +456,9 @@ def main(argv=None):
         fastnorm.set_isa(args.isa)
     report = run(quick=args.quick, threads=args.threads, names=args.only, use_torch=not args.no_torch)
     m = report["machine"]
-    print(f"fastnorm {m['fastnorm']} ({m['backend']}, {m['isa']}) on {m['cpu']}, {m['cores']} cores; "
+    where = ", ".join(filter(None, [m["cpu_id"], " ".join(f"{k} {v}" for k, v in m["caches"].items())]))
+    print(f"fastnorm {m['fastnorm']} ({m['backend']}, {m['isa']}) on {m['cpu']}"
+          f"{f' ({where})' if where else ''}, {m['cores']} cores; "
           f"NumPy {m['numpy']}, torch {m['torch'] or 'not installed'}; {m['date']}")
     print(table(report))
     print(summary(report))
