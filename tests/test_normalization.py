@@ -591,6 +591,35 @@ def test_wide_channels_last_group_norm(shape, dtype, backend, rng):
         assert_close(a, e, dtype)
 
 
+@pytest.mark.parametrize("rows, channels", [(9, 1100), (23, 600), (70, 520), (150, 300), (13, 100),
+                                           (200, 7), (7, 2048)], ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_column_statistics_same_bits(rows, channels, dtype, backend, num_threads, rng):
+    """Batch norm's per-feature statistics of (N, C) data (column sums over blocks of rows,
+    eight rows per visit for rows of 2 KiB and more, four for narrower ones, then one at a
+    time): every row is added after the one before, so the mean is exactly that of a plain
+    row-by-row sum of each block in float64 (blocks of max(64, ceil(N / 32)) rows, their sums
+    added in order), whichever loop took the row, on every ISA and thread count; M2 against a
+    two-pass reference."""
+    if backend[0] != "cython":
+        pytest.skip("compiled kernels only")
+    ext = fastnorm._config._modules["normalization"]
+    x = (5 + 3 * rng.standard_normal((rows, channels))).astype(dtype)
+    mean, m2 = np.empty(channels), np.empty(channels)
+    ext.stats(x.reshape(-1), 1, rows, channels, 1, mean, m2, num_threads)
+    shift = x[0].astype(np.float64)
+    block = max(64, (rows + 31) // 32)
+    total = np.zeros(channels)
+    for b0 in range(0, rows, block):
+        partial = np.zeros(channels)
+        for r in range(b0, min(b0 + block, rows)):
+            partial = partial + (x[r].astype(np.float64) - shift)
+        total = total + partial
+    np.testing.assert_array_equal(mean, shift + total / rows)
+    xd = x.astype(np.float64)
+    np.testing.assert_allclose(m2, ((xd - xd.mean(axis=0)) ** 2).sum(axis=0), rtol=1e-10)
+
+
 @pytest.mark.parametrize("shape", [(41, 600), (3, 600), (6, 30000), (2, 5, 1030)], ids=str)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_parameter_gradient_pass_same_bits(shape, dtype, backend, num_threads, rng):

@@ -221,47 +221,71 @@ void FN_NAME(fn_norm_group_backward, FN_SUF)(const T *dy, const T *x, T *gx, int
         fn_stream_fence();
 }
 
+/* Visits of k rows from row r of fn_norm_stats_cols below while k whole rows are left;
+ * returns the first row not done.  k is a constant at each call (the inner loop unrolls). */
+static inline __attribute__((always_inline)) int64_t FN_NAME(stats_cols_visits, FN_SUF)(
+    const T *x, int64_t r, int64_t rows, int64_t W, const double *shift, double *s1, double *s2,
+    const int k)
+{
+    for (; r + k <= rows; r += k) {
+        const T *xr = x + r * W;
+        /* The next visit's rows, fetched while this visit's sums run: rows side by side are
+         * a pattern the hardware prefetcher follows poorly from memory.  (Four rows per
+         * visit, (4096, 1024) float32 statistics with the data in no cache, 1 thread, Zen 5:
+         * 0.95-1.05 -> 0.70-0.81 ms (batch norm 1-D forward 1.44-1.51 -> 1.21-1.30 ms; 2
+         * threads 0.93 -> 0.84 ms); from cache it cost a little, 0.40-0.44 -> 0.44-0.50 ms.
+         * On Zen 4 leaving it out was 1.19-1.22x faster at (4096, 1024) but 0.92-0.98x at
+         * (8192, 512) and (16384, 256).  Not in fn_norm_dual_cols: there (two arrays, more
+         * arithmetic per row) it made the cold sums slower, 1.27-1.30 -> 1.43-1.46 ms.) */
+        if (r + 2 * k <= rows)
+            fn_prefetch_lines(xr + k * W, k * W * (int64_t)sizeof(T));
+#pragma omp simd
+        for (int64_t w = 0; w < W; ++w) {
+            const double c = shift[w];
+            double a = s1[w], b = s2[w];
+#pragma GCC unroll 8
+            for (int j = 0; j < k; ++j) {
+                const double d = (double)xr[j * W + w] - c;
+                a += d;
+                b += d * d;
+            }
+            s1[w] = a;
+            s2[w] = b;
+        }
+    }
+    return r;
+}
+
+/* The eight-row visits in a function of their own: with them written inline in
+ * fn_norm_stats_cols, its four-row loop ran (16384, 256) at 0.53-0.87x (one run of 8
+ * placements; 0.97-1.29x once split off). */
+static __attribute__((noinline)) int64_t FN_NAME(stats_cols_by8, FN_SUF)(
+    const T *x, int64_t rows, int64_t W, const double *shift, double *s1, double *s2)
+{
+    return FN_NAME(stats_cols_visits, FN_SUF)(x, 0, rows, W, shift, s1, s2, 8);
+}
+
 /* Column sums of a (rows, W) block, shifted per column: s1[w] += sum_r (x[r,w] - shift[w]),
  * s2[w] += sum_r (...)^2.  Vectorized along the row (channels-last, batch norm 1-D). */
 void FN_NAME(fn_norm_stats_cols, FN_SUF)(const T *x, int64_t rows, int64_t W, const double *shift,
                                          double *s1, double *s2)
 {
-    int64_t r = 0;
-    /* Four rows per visit of the column sums: a quarter of their loads and stores, which
-     * bound this loop ((4096, 1024) float32 statistics 0.8 -> 0.5 ms, one thread).  The
-     * rows are still added one after the other, each a + b or a * b + c: the operations,
-     * order and FMA contraction of the one-row loop, so the same bits, and the same in the
-     * vector body and in any scalar remainder gcc emits (where a column lands depends on
-     * the arrays' alignment, and results must not). */
-    for (; r + 4 <= rows; r += 4) {
-        const T *x0 = x + r * W, *x1 = x0 + W, *x2 = x1 + W, *x3 = x2 + W;
-        /* The next visit's four rows, fetched while this visit's sums run: four rows side
-         * by side are a pattern the hardware prefetcher follows poorly from memory.
-         * (4096, 1024) float32 statistics with the data in no cache, 1 thread: 0.95-1.05
-         * -> 0.70-0.81 ms (batch norm 1-D forward 1.44-1.51 -> 1.21-1.30 ms; 2 threads
-         * 0.93 -> 0.84 ms); from cache it costs a little, 0.40-0.44 -> 0.44-0.50 ms.  Not
-         * in fn_norm_dual_cols: there (two arrays, more arithmetic per row) it made the
-         * cold sums slower, 1.27-1.30 -> 1.43-1.46 ms.  Only W = 1024 was measured. */
-        if (r + 8 <= rows)
-            fn_prefetch_lines(x3 + W, 4 * W * (int64_t)sizeof(T));
-#pragma omp simd
-        for (int64_t w = 0; w < W; ++w) {
-            const double c = shift[w];
-            const double d0 = (double)x0[w] - c, d1 = (double)x1[w] - c;
-            const double d2 = (double)x2[w] - c, d3 = (double)x3[w] - c;
-            double a = s1[w], b = s2[w];
-            a += d0;
-            b += d0 * d0;
-            a += d1;
-            b += d1 * d1;
-            a += d2;
-            b += d2 * d2;
-            a += d3;
-            b += d3 * d3;
-            s1[w] = a;
-            s2[w] = b;
-        }
-    }
+    /* Several rows per visit of the column sums: a fraction of their loads and stores, which
+     * bound this loop ((4096, 1024) float32 statistics 0.8 -> 0.5 ms with four rows on Zen 5).
+     * Rows of 2 KiB and more go eight at a time: against four, on Zen 4, kernels called
+     * through ctypes, interleaved, 1 thread, two runs over 8 placements of x and the sums
+     * each: 1.10-1.31x at (4096, 1024), 1.17-1.44x at (8192, 512), 1.05-1.23x at (2048,
+     * 2048); narrower rows four at a time ((16384, 256): 0.65-1.08x by eight, and with the
+     * same four-row code on both sides 0.69-1.35x from placement to placement: noisy).
+     * (Eight rows were not measured on Zen 5, where fn_norm_dual_cols' four, eight or
+     * interleaved rows had come within 4 % of each other.)  The rows are still added one
+     * after the other, each a + b or a * b + c: the operations, order and FMA contraction of
+     * the one-row loop, so the same bits whichever loop takes a row, and the same in the
+     * vector body and in any scalar remainder gcc emits (where a column lands depends on the
+     * arrays' alignment, and results must not); test_column_statistics_same_bits. */
+    int64_t r = W * (int64_t)sizeof(T) >= 2048 ? FN_NAME(stats_cols_by8, FN_SUF)(x, rows, W, shift, s1, s2)
+                                               : 0;
+    r = FN_NAME(stats_cols_visits, FN_SUF)(x, r, rows, W, shift, s1, s2, 4);
     for (; r < rows; ++r) {
         const T *row = x + r * W;
 #pragma omp simd
