@@ -359,7 +359,8 @@ def _cpuinfo_fields(names):
 
 
 def _cache_sizes():
-    """Per-core data/unified cache sizes of CPU 0 from sysfs, e.g. {'L1d': '32K', 'L2': '1024K'}."""
+    """CPU 0's data and unified cache sizes from sysfs (L1d, L2 per core; L3 the shared one),
+    e.g. {'L1d': '32K', 'L2': '1024K', 'L3': '32768K'}; {} where sysfs has none."""
     import glob
     import os
     sizes = {}

@@ -35,10 +35,13 @@ def test_machine_info_reads_the_first_processor():
 def test_machine_info_cache_sizes_match_sysfs():
     base = "/sys/devices/system/cpu/cpu0/cache"
     expected = {}
-    for entry in os.listdir(base):
-        if not entry.startswith("index"):
+    for entry in sorted(os.listdir(base)):
+        if not (entry.startswith("index") and entry[5:].isdigit()):
             continue
-        read = lambda name: open(os.path.join(base, entry, name)).read().strip()
+
+        def read(name):
+            with open(os.path.join(base, entry, name)) as f:
+                return f.read().strip()
         if read("type") != "Instruction":
             expected["L" + read("level") + ("d" if read("type") == "Data" else "")] = read("size")
     assert bench.machine_info(None)["caches"] == expected

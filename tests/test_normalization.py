@@ -592,21 +592,30 @@ def test_wide_channels_last_group_norm(shape, dtype, backend, rng):
 
 
 @pytest.mark.parametrize("rows, channels", [(9, 1100), (23, 600), (70, 520), (150, 300), (13, 100),
-                                           (200, 7), (7, 2048)], ids=str)
+                                           (200, 7), (17, 2048), (23, 512), (23, 256)], ids=str)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_column_statistics_same_bits(rows, channels, dtype, backend, num_threads, rng):
     """Batch norm's per-feature statistics of (N, C) data (column sums over blocks of rows,
     eight rows per visit for rows of 2 KiB and more, four for narrower ones, then one at a
     time): every row is added after the one before, so the mean is exactly that of a plain
     row-by-row sum of each block in float64 (blocks of max(64, ceil(N / 32)) rows, their sums
-    added in order), whichever loop took the row, on every ISA and thread count; M2 against a
-    two-pass reference."""
+    added in order), and mean and M2 of a column are the same bits whether its rows went
+    eight or four at a time (the same columns taken narrower than 2 KiB, also from an odd
+    offset, which moves them between the vector body and the scalar remainder), on every
+    ISA and thread count.  Values spread over 7 decades, so that the float64 sums round and
+    a different order would show."""
     if backend[0] != "cython":
         pytest.skip("compiled kernels only")
     ext = fastnorm._config._modules["normalization"]
-    x = (5 + 3 * rng.standard_normal((rows, channels))).astype(dtype)
-    mean, m2 = np.empty(channels), np.empty(channels)
-    ext.stats(x.reshape(-1), 1, rows, channels, 1, mean, m2, num_threads)
+    spread = np.exp(rng.uniform(-8, 8, (rows, channels)))
+    x = (3 + rng.standard_normal((rows, channels)) * spread).astype(dtype)
+
+    def stats(a):
+        mean, m2 = np.empty(a.shape[1]), np.empty(a.shape[1])
+        ext.stats(np.ascontiguousarray(a).reshape(-1), 1, rows, a.shape[1], 1, mean, m2, num_threads)
+        return mean, m2
+
+    mean, m2 = stats(x)
     shift = x[0].astype(np.float64)
     block = max(64, (rows + 31) // 32)
     total = np.zeros(channels)
@@ -616,8 +625,14 @@ def test_column_statistics_same_bits(rows, channels, dtype, backend, num_threads
             partial = partial + (x[r].astype(np.float64) - shift)
         total = total + partial
     np.testing.assert_array_equal(mean, shift + total / rows)
+    narrow = 2048 // x.itemsize - 1       # columns of a row under 2 KiB: four rows per visit
+    if channels > narrow:
+        for lo in (0, 1):
+            part = stats(x[:, lo:lo + narrow])
+            np.testing.assert_array_equal(part[0], mean[lo:lo + narrow])
+            np.testing.assert_array_equal(part[1], m2[lo:lo + narrow])
     xd = x.astype(np.float64)
-    np.testing.assert_allclose(m2, ((xd - xd.mean(axis=0)) ** 2).sum(axis=0), rtol=1e-10)
+    np.testing.assert_allclose(m2, ((xd - xd.mean(axis=0)) ** 2).sum(axis=0), rtol=1e-9)
 
 
 @pytest.mark.parametrize("shape", [(41, 600), (3, 600), (6, 30000), (2, 5, 1030)], ids=str)

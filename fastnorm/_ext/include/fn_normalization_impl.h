@@ -321,7 +321,7 @@ void FN_NAME(fn_norm_dual_cols, FN_SUF)(const T *dy, const T *x, int64_t rows, i
                                         const double *center, double *s1, double *s2)
 {
     int64_t r = 0;
-    for (; r + 4 <= rows; r += 4) {  /* four rows per visit, as fn_norm_stats_cols */
+    for (; r + 4 <= rows; r += 4) {  /* four rows per visit (fn_norm_stats_cols: eight from 2 KiB rows) */
         const T *x0 = x + r * W, *x1 = x0 + W, *x2 = x1 + W, *x3 = x2 + W;
         const T *g0 = dy + r * W, *g1 = g0 + W, *g2 = g1 + W, *g3 = g2 + W;
 #pragma omp simd
