@@ -10,8 +10,10 @@ measured in the same run.  ``--quick`` runs small shapes for a few seconds (a
 smoke test; its numbers mean little).
 """
 import argparse
+import glob
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -361,8 +363,6 @@ def _cpuinfo_fields(names):
 def _cache_sizes():
     """CPU 0's data and unified cache sizes from sysfs (L1d, L2 per core; L3 the shared one),
     e.g. {'L1d': '32K', 'L2': '1024K', 'L3': '32768K'}; {} where sysfs has none."""
-    import glob
-    import os
     sizes = {}
     for index in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index[0-9]*")):
         try:
@@ -383,7 +383,6 @@ def machine_info(torch):
     """What the numbers depend on.  The CPU's family/model and cache sizes are recorded because
     one VM image runs on different hosts: runs on AMD Zen 4 (family 25, 32K L1d) and Zen 5
     (family 26, 48K L1d) both report "AMD EPYC" as the model name."""
-    import os
     info = _cpuinfo_fields({"model name", "cpu family", "model"})
     cpu = info.get("model name") or platform.processor() or platform.machine()
     cpu_id = (f"family {info['cpu family']} model {info['model']}"

@@ -18,7 +18,7 @@
 #include "fn_real.h"
 
 #define T FN_T
-#define STREAM_CHUNK (FN_STREAM_BYTES / (int64_t)sizeof(T))
+#define STREAM_CHUNK FN_STREAM_CHUNK(T)
 /* The loops of the simple maps.  With stream set (n is then a whole number of chunks and
  * y 64-byte aligned) each chunk goes through a stack buffer to non-temporal stores
  * (fn_stream.h); the chunk loop sits inside each case so that gcc can keep the chunk in
@@ -52,16 +52,15 @@
         } \
     } while (0)
 #define MAP_GRAD(EXPR) MAP_GRAD_BY(STREAM_CHUNK, EXPR)
-/* One cache line per chunk, for tanh's backward: gcc unrolls a 512-byte chunk of
- * d * (1 - v * v) into eight vectors whose loads and streamed stores it orders 0, 1, 6, 7,
- * 2, ... within the chunk, and the streamed tanh backward of 4096 x 4096 ran 1.3-1.5x
- * slower than sigmoid's, which moves the same bytes (float32 AVX-512 8.6-10.8 against
- * 5.9-7.4 ms, float64 17-19 against 12-13; AMD Zen 4, kernels called through ctypes; also
- * seen on Zen 5: 5.1 against 3.5 ms in the benchmark).  By lines it runs at sigmoid's
- * speed (float32 1.32-1.43x, float64 1.34-1.51x, AVX2 1.03-1.13x faster).  Not for every
- * map: lines for all of them made ELU's backward 0.71-0.97x and relu's and softsign's
- * forwards 0.90-0.97x while the others moved within the noise.  Same bits either way. */
-#define LINE_CHUNK (FN_STREAM_ALIGN / (int64_t)sizeof(T))
+/* tanh's backward (below) streams by cache lines, FN_STREAM_LINE(T) per chunk: gcc unrolls a
+ * 512-byte chunk of d * (1 - v * v) into eight vectors whose loads and streamed stores it
+ * orders 0, 1, 6, 7, 2, ... within the chunk, and the streamed tanh backward of 4096 x 4096
+ * ran 1.3-1.5x slower than sigmoid's, which moves the same bytes (float32 AVX-512 8.6-10.8
+ * against 5.9-7.4 ms, float64 17-19 against 12-13; AMD Zen 4, kernels called through ctypes;
+ * also seen on Zen 5: 5.1 against 3.5 ms in the benchmark).  By lines it runs at sigmoid's
+ * speed (float32 1.32-1.43x, float64 1.34-1.51x, AVX2 1.03-1.13x faster).  Not for every map:
+ * lines for all of them made ELU's backward 0.71-0.97x and relu's and softsign's forwards
+ * 0.90-0.97x while the others moved within the noise.  Same bits either way. */
 
 /* PyTorch's constants (torch.nn.SELU, GELU tanh form). */
 #define SELU_ALPHA ((T)1.6732632423543772848170429916717)
@@ -294,7 +293,7 @@ static void FN_NAME(act_backward_span, FN_SUF)(int op, const T *g, const T *s, T
         break;
     }
     case FN_ACT_SIGMOID:     MAP_GRAD(d * (1 - v) * v); break;   /* v = forward output */
-    case FN_ACT_TANH:        MAP_GRAD_BY(LINE_CHUNK, d * (1 - v * v)); break;   /* v = output; LINE_CHUNK */
+    case FN_ACT_TANH:        MAP_GRAD_BY(FN_STREAM_LINE(T), d * (1 - v * v)); break;   /* v = output */
     case FN_ACT_HARDSIGMOID: MAP_GRAD((v > -3 && v < 3) ? d * ((T)1 / 6) : (T)0); break;
     /* PyTorch 2.x: hardswish'(-3) = 0 and hardswish'(3) = 1 (the outer pieces own the kinks). */
     case FN_ACT_HARDSWISH:   MAP_GRAD(v <= -3 ? (T)0 : (v < 3 ? d * (v / 3 + (T)0.5) : d)); break;
@@ -371,7 +370,6 @@ void FN_NAME(fn_act_backward, FN_SUF)(int op, const T *g, const T *s, T *gx, int
 
 #undef FN_ACT_PAD
 #undef STREAM_CHUNK
-#undef LINE_CHUNK
 #undef MAP_GRAD_BY
 #undef T
 #undef MAP
