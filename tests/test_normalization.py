@@ -663,6 +663,50 @@ def test_parameter_gradient_pass_same_bits(shape, dtype, backend, num_threads, r
             assert a.tobytes() == b_.tobytes(), a.shape
 
 
+@pytest.mark.parametrize("shape", [(3, 7, 1601), (4, 6, 20, 70), (1, 5, 7000), (5, 9, 16), (6, 4, 3, 5)],
+                         ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_channel_blocks_same_bits(shape, dtype, backend, num_threads, rng):
+    """Batch norm by blocks of channels (large channels-first data with long runs: each
+    block's statistics, then its output pass) gives the same bits as the statistics of all
+    channels and then one output pass: forward with running statistics, out= and with or
+    without weight and bias, backward in training and eval, forced on small arrays with
+    blocks of 1 channel, 2-3 channels (the last block shorter) and one block per thread;
+    the first two shapes cross the threading grain.  Runs shorter than 16 ((6, 4, 3, 5))
+    keep the column sums, which add in another order, whatever the block setting."""
+    if backend[0] != "cython":
+        pytest.skip("compiled kernels only")
+    ext = fastnorm._config._modules["normalization"]
+    c = shape[1]
+    x = (4 + 3 * rng.standard_normal(shape)).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    w, b = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    channel_bytes = x.nbytes // c
+
+    def everything():
+        res = []
+        for weight, bias in ((w, b), (None, None), (w, None)):
+            rm, rv = np.linspace(-1, 1, c).astype(dtype), np.linspace(1, 2, c).astype(dtype)
+            y, mean, rstd = fastnorm.batch_norm(x, weight, bias, rm, rv, momentum=0.3)
+            out = np.full_like(x, np.nan)
+            fastnorm.batch_norm(x, weight, bias, out=out)
+            res += [y, mean, rstd, rm, rv, out]
+            for training in (True, False):
+                res += [a for a in fastnorm.batch_norm_backward(g, x, weight, mean, rstd, training=training,
+                                                               bias=bias) if a is not None]
+        return res
+
+    previous = ext._set_channel_blocks(0, 0, 0)
+    try:
+        expected = everything()
+        for block_bytes in (1, 2 * channel_bytes + 1, 1 << 40):
+            ext._set_channel_blocks(block_bytes, 0, 0)
+            for a, b_ in zip(expected, everything()):
+                assert a.tobytes() == b_.tobytes(), (block_bytes, a.shape)
+    finally:
+        ext._set_channel_blocks(*previous)
+
+
 # ---------------------------------------------------------------------------- API contracts
 
 def test_out_and_float16(backend, rng):
