@@ -891,13 +891,16 @@ cdef void _bn_forward_block(const floating *x, floating *y, Py_ssize_t A, Py_ssi
                             int stream) noexcept nogil:
     """Channels c0..c1-1 of _bn_forward_blocks."""
     cdef Py_ssize_t a
+    cdef const floating *wc = NULL
+    if w != NULL:
+        wc = w + c0
     if floating is float:
         _kernels.stats_runs_f32(x, A, C, B, c0, c1, mean_d, m2)
     else:
         _kernels.stats_runs_f64(x, A, C, B, c0, c1, mean_d, m2)
     _bn_channels(c1 - c0, n, True, running, f, eps, mean_d + c0, m2 + c0,
                  NULL if rm == NULL else rm + c0, NULL if rv == NULL else rv + c0,
-                 NULL if w == NULL else w + c0, mean_out + c0, rstd_out + c0, mhi + c0, mlo + c0,
+                 wc, mean_out + c0, rstd_out + c0, mhi + c0, mlo + c0,
                  scale + c0)
     for a in range(A):
         if floating is float:
@@ -1039,11 +1042,14 @@ cdef void _bn_backward_block(const floating *dy, const floating *x, floating *gx
                              int stream) noexcept nogil:
     """Channels c0..c1-1 of _bn_backward_blocks."""
     cdef Py_ssize_t a
+    cdef const floating *wc = NULL
+    if w != NULL:
+        wc = w + c0
     if floating is float:
         _kernels.dual_runs_f32(dy, x, A, C, B, c0, c1, mean_d, s1, s2)
     else:
         _kernels.dual_runs_f64(dy, x, A, C, B, c0, c1, mean_d, s1, s2)
-    _bn_backward_channels(c1 - c0, n, training, NULL if w == NULL else w + c0, rstd_d + c0, s1 + c0,
+    _bn_backward_channels(c1 - c0, n, training, wc, rstd_d + c0, s1 + c0,
                           s2 + c0, k1 + c0, k2 + c0, k3 + c0, NULL if gw == NULL else gw + c0,
                           NULL if gb == NULL else gb + c0)
     for a in range(A):
