@@ -1,6 +1,9 @@
 """The benchmark's record of the machine it ran on (fastnorm.bench.machine_info)."""
 import os
+import platform
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -45,3 +48,31 @@ def test_machine_info_cache_sizes_match_sysfs():
         if read("type") != "Instruction":
             expected["L" + read("level") + ("d" if read("type") == "Data" else "")] = read("size")
     assert bench.machine_info(None)["caches"] == expected
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+def test_reuse_freed_memory_keeps_large_blocks():
+    """After reuse_freed_memory() a freed 64 MiB block comes back already mapped (no page
+    faults when it is written again); without it glibc maps it anew.  In subprocesses: the
+    setting lasts for the process."""
+    code = """
+import ctypes, resource, sys
+from fastnorm import bench
+if sys.argv[1] == "on":
+    assert bench.reuse_freed_memory() is not None
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+def write_block():
+    p = libc.malloc(64 << 20)
+    ctypes.memset(p, 1, 64 << 20)
+    libc.free(p)
+write_block()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+write_block()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+    faults = {mode: int(subprocess.check_output([sys.executable, "-c", code, mode]))
+              for mode in ("on", "off")}
+    assert faults["off"] >= 32, faults       # 64 MiB in 4 KiB pages, or 2 MiB huge pages
+    assert 4 * faults["on"] < faults["off"], faults
