@@ -51,6 +51,8 @@ def test_machine_info_cache_sizes_match_sysfs():
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+@pytest.mark.skipif(bool(os.environ.get("GLIBC_TUNABLES") or os.environ.get("LD_PRELOAD")),
+                    reason="malloc configured or replaced from the environment")
 def test_reuse_freed_memory_keeps_large_blocks():
     """After reuse_freed_memory() a freed 64 MiB block comes back already mapped (no page
     faults when it is written again); without it glibc maps it anew.  In subprocesses: the

@@ -663,48 +663,57 @@ def test_parameter_gradient_pass_same_bits(shape, dtype, backend, num_threads, r
             assert a.tobytes() == b_.tobytes(), a.shape
 
 
-@pytest.mark.parametrize("shape", [(3, 7, 1601), (4, 6, 20, 70), (1, 5, 7000), (5, 9, 16), (6, 4, 3, 5)],
+@pytest.mark.parametrize("shape", [(3, 9, 1601), (4, 8, 20, 70), (1, 10, 7000), (5, 9, 16), (6, 8, 3, 5)],
                          ids=str)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_channel_blocks_same_bits(shape, dtype, backend, num_threads, rng):
     """Batch norm by blocks of channels (large channels-first data with long runs: each
     block's statistics, then its output pass) gives the same bits as the statistics of all
     channels and then one output pass: forward with running statistics, out= and with or
-    without weight and bias, backward in training and eval, forced on small arrays with
-    blocks of 1 channel, 2-3 channels (the last block shorter) and one block per thread;
-    the first two shapes cross the threading grain.  Runs shorter than 16 ((6, 4, 3, 5))
-    keep the column sums, which add in another order, whatever the block setting."""
+    without weight and bias, backward in training and eval, plain and streamed stores; forced
+    on small arrays with blocks of 1-6 channels (the last ones shorter) and one block per
+    thread.  The first three shapes cross the threading grain.  Each blocked call follows the
+    same calls on other data, so that memory a block failed to write holds wrong values.  Runs
+    shorter than 16 ((6, 8, 3, 5)) keep the column sums, which add in another order, whatever
+    the block setting."""
     if backend[0] != "cython":
         pytest.skip("compiled kernels only")
     ext = fastnorm._config._modules["normalization"]
-    c = shape[1]
+    a, c, b = shape[0], shape[1], int(np.prod(shape[2:]))
     x = (4 + 3 * rng.standard_normal(shape)).astype(dtype)
     g = rng.standard_normal(shape).astype(dtype)
-    w, b = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
-    channel_bytes = x.nbytes // c
+    w, bias = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    sample_bytes = a * b * x.itemsize       # one channel of one array
+    threads = fastnorm.get_num_threads() if x.size >= 1 << 15 else 1
 
-    def everything():
+    def everything(x, g):
         res = []
-        for weight, bias in ((w, b), (None, None), (w, None)):
+        for weight, beta in ((w, bias), (None, None), (w, None)):
             rm, rv = np.linspace(-1, 1, c).astype(dtype), np.linspace(1, 2, c).astype(dtype)
-            y, mean, rstd = fastnorm.batch_norm(x, weight, bias, rm, rv, momentum=0.3)
+            y, mean, rstd = fastnorm.batch_norm(x, weight, beta, rm, rv, momentum=0.3)
             out = np.full_like(x, np.nan)
-            fastnorm.batch_norm(x, weight, bias, out=out)
+            fastnorm.batch_norm(x, weight, beta, out=out)
             res += [y, mean, rstd, rm, rv, out]
             for training in (True, False):
-                res += [a for a in fastnorm.batch_norm_backward(g, x, weight, mean, rstd, training=training,
-                                                               bias=bias) if a is not None]
+                res += [r for r in fastnorm.batch_norm_backward(g, x, weight, mean, rstd, training=training,
+                                                               bias=beta) if r is not None]
         return res
 
     previous = ext._set_channel_blocks(0, 0, 0)
     try:
-        expected = everything()
-        for block_bytes in (1, 2 * channel_bytes + 1, 1 << 40):
-            ext._set_channel_blocks(block_bytes, 0, 0)
-            for a, b_ in zip(expected, everything()):
-                assert a.tobytes() == b_.tobytes(), (block_bytes, a.shape)
+        for stream_from in (None, 0):
+            fastnorm.set_stream_min_bytes(stream_from)
+            expected = everything(x, g)
+            for block_bytes in (2 * sample_bytes, 4 * sample_bytes, 6 * sample_bytes, 1 << 40):
+                ext._set_channel_blocks(block_bytes, 0, 0)
+                counts = [ext._channel_block_count(a, c, b, x.itemsize, arrays, threads) for arrays in (1, 2)]
+                assert (min(counts) == 0) == (b < 16 and a > 1), counts
+                everything(-x, 2 * g)
+                for e, r in zip(expected, everything(x, g)):
+                    assert e.tobytes() == r.tobytes(), (block_bytes, stream_from, e.shape)
     finally:
         ext._set_channel_blocks(*previous)
+        fastnorm.set_stream_min_bytes(None)
 
 
 # ---------------------------------------------------------------------------- API contracts

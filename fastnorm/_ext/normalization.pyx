@@ -66,22 +66,23 @@ def _set_param_pass_threshold(Py_ssize_t min_k, Py_ssize_t min_bytes):
 #: Runs shorter than this are reduced column-wise (vectorized across channels) instead.
 RUN_MIN = 16
 
-# Batch norm of large channels-first data with long runs goes by blocks of channels of
-# about _channel_block_bytes: a block's statistics and then its output pass, while the
-# block is still in the caches, instead of statistics over the whole array and then an
-# output pass that reads it from memory again.  A block's runs lie side by side for each
-# sample, and the next sample's runs C * B items further on: a jump the hardware
-# prefetcher picks up slowly (backward sums of (64, 64, 56, 56) float32 by blocks of 2
-# channels 1.6x slower than in address order), so blocks pay only where that is outweighed:
-# data beyond the caches (the arrays the statistics read, from _channel_blocks_from bytes)
-# in long runs (from _channel_block_min_run bytes).  Measured on AMD Zen 4 (32 MiB L3),
-# interleaved, blocks against none: backward (64, 64, 56, 56) float32 0.95-1.28x faster with
-# 1 thread (median of 7 runs 1.08x), 1.10-1.30x with 2; float64 1.09-1.13x / 1.28-1.32x;
-# (16, 256, 56, 56) 1.2x / 1.35x; (8, 64, 112, 112) 1.3x / 1.24-1.44x; (16, 64, 56, 56)
-# float64 (51 MB) 1.29-1.34x / 1.15-1.32x; forward (64, 64, 56, 56) float32 1.01-1.06x /
-# 1.00-1.18x.  Short runs lose ((128, 64, 32, 32) 0.72-0.87x, (256, 64, 28, 28) 0.70-0.74x,
-# 1 thread), and so do data that mostly fit the L3 cache ((64, 32, 32, 64) float32
-# backward, 34 MB, 0.86-1.05x).  Blocks and no blocks give the same bits.
+# Batch norm of large channels-first data with long runs goes by blocks of channels: each
+# block's statistics, then its output pass while the block is still in the caches, instead of
+# statistics over the whole array and then an output pass that reads it from memory again.
+# A block's runs lie side by side for each sample, and the next sample's runs C * B items
+# further on: a jump the hardware prefetcher picks up slowly (the backward sums of (64, 64,
+# 56, 56) float32 by blocks of 2 channels ran 1.6x slower than in address order), so blocks
+# are used only where that is outweighed: the arrays the statistics read hold at least
+# _channel_blocks_from bytes (beyond the caches), runs are at least _channel_block_min_run
+# bytes, and one channel of them fits a block of _channel_block_bytes.  Measured on AMD Zen 4
+# (32 MiB L3), interleaved, speed ratio of blocks to none at 1 / 2 threads: backward (64, 64,
+# 56, 56) float32 0.95-1.28x (median of 7 runs 1.08x) / 1.10-1.30x, float64 1.09-1.13x /
+# 1.28-1.32x; backward float32 (16, 256, 56, 56) 1.2x / 1.35x, (8, 64, 112, 112) 1.3x /
+# 1.24-1.44x; backward (16, 64, 56, 56) float64 (51 MB read) 1.29-1.34x / 1.15-1.32x; forward
+# (64, 64, 56, 56) float32 1.01-1.06x / 1.00-1.18x.  Short runs lost (backward float32 (128,
+# 64, 32, 32) 0.72-0.87x, (256, 64, 28, 28) 0.70-0.74x, 1 thread), and so did data that mostly
+# fit the L3 ((64, 32, 32, 64) float32 backward, 34 MB read: 0.86-1.05x).  Blocks and no blocks
+# give the same bits.
 cdef Py_ssize_t _channel_block_bytes = 4 << 20
 cdef Py_ssize_t _channel_blocks_from = 48 << 20
 cdef Py_ssize_t _channel_block_min_run = 8 << 10
@@ -96,16 +97,27 @@ def _set_channel_blocks(Py_ssize_t block_bytes, Py_ssize_t from_bytes, Py_ssize_
     return previous
 
 
-cdef Py_ssize_t _channels_per_block(Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t itemsize,
-                                    int arrays, int nthreads) noexcept:
-    """Channels per block of batch norm over (A, C, B) data (0: no blocks), whose statistics
-    read `arrays` arrays; one block per thread at least.  Only where the statistics go by
-    runs (dual_sums, stats), so that blocks sum every channel in the same order."""
-    cdef Py_ssize_t channel_bytes = arrays * A * B * itemsize
+def _channel_block_count(Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t itemsize, int arrays,
+                         int nthreads):
+    """For tests: _channel_blocks (0: the statistics of all channels, then one output pass)."""
+    return _channel_blocks(A, C, B, itemsize, arrays, nthreads)
+
+
+cdef Py_ssize_t _channel_blocks(Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t itemsize,
+                                int arrays, int nthreads) noexcept:
+    """How many blocks batch norm over (A, C, B) data, whose statistics read `arrays` arrays,
+    goes by (0: none; block blk holds channels blk*C//n .. (blk+1)*C//n - 1 of n blocks).  A
+    whole number of blocks per thread, and at least four channels per thread, so that the
+    threads' shares differ by little.  Only where the statistics go by runs (dual_sums, stats:
+    B >= RUN_MIN or A == 1), so that blocks sum every channel in the same order."""
+    cdef Py_ssize_t channel_bytes = arrays * A * B * itemsize, per_block, per_thread
     if (_channel_block_bytes <= 0 or C * channel_bytes < _channel_blocks_from
-            or B * itemsize < _channel_block_min_run or not (B >= RUN_MIN or A == 1)):
+            or B * itemsize < _channel_block_min_run or channel_bytes > _channel_block_bytes
+            or C < 4 * nthreads or not (B >= RUN_MIN or A == 1)):
         return 0
-    return min(max(1, _channel_block_bytes // channel_bytes), _share(C, nthreads))
+    per_block = _channel_block_bytes // channel_bytes      # channels; >= 1 here
+    per_thread = _share(C, nthreads)
+    return min(C, nthreads * ((per_thread + per_block - 1) // per_block))
 
 
 def set_isa(int level):
@@ -823,26 +835,34 @@ def batch_norm_fast(object x, object weight, object bias, object running_mean, o
     cdef cnp.ndarray scale = _empty_vector(C, typenum)
     cdef cnp.ndarray shift = bias if bias is not None else cnp.PyArray_ZEROS(1, &C, typenum, 0)
     cdef Py_ssize_t itemsize = cnp.PyArray_ITEMSIZE(xa)
-    cdef Py_ssize_t cb = _channels_per_block(A, C, B, itemsize, 1, nthreads) if training is True else 0
+    cdef Py_ssize_t nblk = _channel_blocks(A, C, B, itemsize, 1, nthreads) if training is True else 0
     cdef int stream
-    if cb > 0:
+    cdef const void *x_p = cnp.PyArray_DATA(xa)
+    cdef void *y_p = cnp.PyArray_DATA(y)
+    cdef void *rm_p = _data_or_null(running_mean)
+    cdef void *rv_p = _data_or_null(running_var)
+    cdef const void *w_p = _data_or_null(weight)
+    cdef void *mean_p = cnp.PyArray_DATA(mean_c)
+    cdef void *rstd_p = cnp.PyArray_DATA(rstd)
+    cdef void *mhi_p = cnp.PyArray_DATA(mhi)
+    cdef void *mlo_p = cnp.PyArray_DATA(mlo)
+    cdef void *scale_p = cnp.PyArray_DATA(scale)
+    cdef const void *shift_p = cnp.PyArray_DATA(shift)
+    if nblk > 0:
         stream = streams(size * itemsize, 2 * size * itemsize, out is not None)
-        if typenum == cnp.NPY_FLOAT32:
-            _bn_forward_blocks[float](
-                <const float *>cnp.PyArray_DATA(xa), <float *>cnp.PyArray_DATA(y), A, C, B, cb, n,
-                running, f, eps_d, mp, m2p, <float *>_data_or_null(running_mean),
-                <float *>_data_or_null(running_var), <const float *>_data_or_null(weight),
-                <float *>cnp.PyArray_DATA(mean_c), <float *>cnp.PyArray_DATA(rstd),
-                <float *>cnp.PyArray_DATA(mhi), <float *>cnp.PyArray_DATA(mlo),
-                <float *>cnp.PyArray_DATA(scale), <const float *>cnp.PyArray_DATA(shift), stream, nthreads)
-        else:
-            _bn_forward_blocks[double](
-                <const double *>cnp.PyArray_DATA(xa), <double *>cnp.PyArray_DATA(y), A, C, B, cb, n,
-                running, f, eps_d, mp, m2p, <double *>_data_or_null(running_mean),
-                <double *>_data_or_null(running_var), <const double *>_data_or_null(weight),
-                <double *>cnp.PyArray_DATA(mean_c), <double *>cnp.PyArray_DATA(rstd),
-                <double *>cnp.PyArray_DATA(mhi), <double *>cnp.PyArray_DATA(mlo),
-                <double *>cnp.PyArray_DATA(scale), <const double *>cnp.PyArray_DATA(shift), stream, nthreads)
+        with nogil:
+            if typenum == cnp.NPY_FLOAT32:
+                _bn_forward_blocks[float](
+                    <const float *>x_p, <float *>y_p, A, C, B, nblk, n, running, f, eps_d, mp, m2p,
+                    <float *>rm_p, <float *>rv_p, <const float *>w_p, <float *>mean_p, <float *>rstd_p,
+                    <float *>mhi_p, <float *>mlo_p, <float *>scale_p, <const float *>shift_p, stream,
+                    nthreads)
+            else:
+                _bn_forward_blocks[double](
+                    <const double *>x_p, <double *>y_p, A, C, B, nblk, n, running, f, eps_d, mp, m2p,
+                    <double *>rm_p, <double *>rv_p, <const double *>w_p, <double *>mean_p,
+                    <double *>rstd_p, <double *>mhi_p, <double *>mlo_p, <double *>scale_p,
+                    <const double *>shift_p, stream, nthreads)
         return y, mean_c, rstd
     if training is True:
         stats(xa.reshape(-1), 1, A, C, B, mean_d, m2, nthreads)
@@ -863,24 +883,24 @@ def batch_norm_fast(object x, object weight, object bias, object running_mean, o
 
 
 cdef void _bn_forward_blocks(const floating *x, floating *y, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B,
-                             Py_ssize_t cb, Py_ssize_t n, bint running, double f, double eps,
+                             Py_ssize_t nblk, Py_ssize_t n, bint running, double f, double eps,
                              double *mean_d, double *m2, floating *rm, floating *rv, const floating *w,
                              floating *mean_out, floating *rstd_out, floating *mhi, floating *mlo,
                              floating *scale, const floating *shift, int stream,
                              int nthreads) noexcept nogil:
-    """Batch norm training forward of channels-first (A, C, B) data by blocks of cb channels
-    (see _channel_block_bytes), each block's statistics and then its output pass in the same
+    """Batch norm training forward of channels-first (A, C, B) data by nblk blocks of channels
+    (see _channel_blocks), each block's statistics and then its output pass in the same
     thread; per channel the same sums, in the same order, and the same arithmetic as stats,
     _bn_channels and affine over all channels."""
-    cdef Py_ssize_t nblk = _share(C, <int>cb), blk
+    cdef Py_ssize_t blk
     if nthreads <= 1:
         for blk in range(nblk):
-            _bn_forward_block(x, y, A, C, B, blk * cb, min(blk * cb + cb, C), n, running, f, eps, mean_d,
-                              m2, rm, rv, w, mean_out, rstd_out, mhi, mlo, scale, shift, stream)
+            _bn_forward_block(x, y, A, C, B, blk * C // nblk, (blk + 1) * C // nblk, n, running, f, eps,
+                              mean_d, m2, rm, rv, w, mean_out, rstd_out, mhi, mlo, scale, shift, stream)
     else:
         for blk in prange(nblk, num_threads=nthreads, schedule="static"):
-            _bn_forward_block(x, y, A, C, B, blk * cb, min(blk * cb + cb, C), n, running, f, eps, mean_d,
-                              m2, rm, rv, w, mean_out, rstd_out, mhi, mlo, scale, shift, stream)
+            _bn_forward_block(x, y, A, C, B, blk * C // nblk, (blk + 1) * C // nblk, n, running, f, eps,
+                              mean_d, m2, rm, rv, w, mean_out, rstd_out, mhi, mlo, scale, shift, stream)
 
 
 cdef void _bn_forward_block(const floating *x, floating *y, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B,
@@ -972,28 +992,44 @@ def batch_norm_backward_fast(object grad_output, object x, object weight, object
     cdef cnp.ndarray gx
     cdef int stream
     cdef Py_ssize_t itemsize = cnp.PyArray_ITEMSIZE(xa)
-    cdef Py_ssize_t cb = _channels_per_block(A, C, B, itemsize, 2, nthreads)
-    if cb > 0:
+    cdef Py_ssize_t nblk = _channel_blocks(A, C, B, itemsize, 2, nthreads)
+    cdef const void *g_p
+    cdef const void *x_p
+    cdef void *gx_p
+    cdef const void *w_p
+    cdef const void *mean_p
+    cdef double *mean_dp
+    cdef double *rstd_dp
+    cdef double *s1_p
+    cdef double *s2_p
+    cdef void *k1_p
+    cdef void *k2_p
+    cdef void *k3_p
+    cdef void *gw_p
+    cdef void *gb_p
+    cdef bint train = training is True
+    if nblk > 0:
         gx = pooled_empty(nd, dims, typenum, cnp.PyArray_DATA(xa))
         stream = streams(size * itemsize, 3 * size * itemsize, False)
-        if typenum == cnp.NPY_FLOAT32:
-            _bn_backward_blocks[float](
-                <const float *>cnp.PyArray_DATA(ga), <const float *>cnp.PyArray_DATA(xa),
-                <float *>cnp.PyArray_DATA(gx), A, C, B, cb, n, training is True,
-                <const float *>_data_or_null(weight), <const float *>cnp.PyArray_DATA(<cnp.ndarray>mean),
-                <double *>cnp.PyArray_DATA(mean_d), <double *>cnp.PyArray_DATA(rstd_d),
-                <double *>cnp.PyArray_DATA(s1), <double *>cnp.PyArray_DATA(s2),
-                <float *>cnp.PyArray_DATA(k1), <float *>cnp.PyArray_DATA(k2), <float *>cnp.PyArray_DATA(k3),
-                <float *>_data_or_null(gw), <float *>_data_or_null(gb), stream, nthreads)
-        else:
-            _bn_backward_blocks[double](
-                <const double *>cnp.PyArray_DATA(ga), <const double *>cnp.PyArray_DATA(xa),
-                <double *>cnp.PyArray_DATA(gx), A, C, B, cb, n, training is True,
-                <const double *>_data_or_null(weight), <const double *>cnp.PyArray_DATA(<cnp.ndarray>mean),
-                <double *>cnp.PyArray_DATA(mean_d), <double *>cnp.PyArray_DATA(rstd_d),
-                <double *>cnp.PyArray_DATA(s1), <double *>cnp.PyArray_DATA(s2),
-                <double *>cnp.PyArray_DATA(k1), <double *>cnp.PyArray_DATA(k2), <double *>cnp.PyArray_DATA(k3),
-                <double *>_data_or_null(gw), <double *>_data_or_null(gb), stream, nthreads)
+        g_p, x_p, gx_p = cnp.PyArray_DATA(ga), cnp.PyArray_DATA(xa), cnp.PyArray_DATA(gx)
+        w_p, mean_p = _data_or_null(weight), cnp.PyArray_DATA(<cnp.ndarray>mean)
+        mean_dp, rstd_dp = <double *>cnp.PyArray_DATA(mean_d), <double *>cnp.PyArray_DATA(rstd_d)
+        s1_p, s2_p = <double *>cnp.PyArray_DATA(s1), <double *>cnp.PyArray_DATA(s2)
+        k1_p, k2_p, k3_p = cnp.PyArray_DATA(k1), cnp.PyArray_DATA(k2), cnp.PyArray_DATA(k3)
+        gw_p, gb_p = _data_or_null(gw), _data_or_null(gb)
+        with nogil:
+            if typenum == cnp.NPY_FLOAT32:
+                _bn_backward_blocks[float](
+                    <const float *>g_p, <const float *>x_p, <float *>gx_p, A, C, B, nblk, n, train,
+                    <const float *>w_p, <const float *>mean_p, mean_dp, rstd_dp, s1_p, s2_p,
+                    <float *>k1_p, <float *>k2_p, <float *>k3_p, <float *>gw_p, <float *>gb_p, stream,
+                    nthreads)
+            else:
+                _bn_backward_blocks[double](
+                    <const double *>g_p, <const double *>x_p, <double *>gx_p, A, C, B, nblk, n, train,
+                    <const double *>w_p, <const double *>mean_p, mean_dp, rstd_dp, s1_p, s2_p,
+                    <double *>k1_p, <double *>k2_p, <double *>k3_p, <double *>gw_p, <double *>gb_p,
+                    stream, nthreads)
         return gx, gw, gb
     dual_sums(ga.reshape(-1), xa.reshape(-1), 1, A, C, B, mean_d, s1, s2, nthreads)
     if typenum == cnp.NPY_FLOAT32:
@@ -1014,24 +1050,24 @@ def batch_norm_backward_fast(object grad_output, object x, object weight, object
 
 
 cdef void _bn_backward_blocks(const floating *dy, const floating *x, floating *gx, Py_ssize_t A,
-                              Py_ssize_t C, Py_ssize_t B, Py_ssize_t cb, Py_ssize_t n, bint training,
+                              Py_ssize_t C, Py_ssize_t B, Py_ssize_t nblk, Py_ssize_t n, bint training,
                               const floating *w, const floating *mean, const double *mean_d,
                               const double *rstd_d, double *s1, double *s2, floating *k1,
                               floating *k2, floating *k3, floating *gw, floating *gb, int stream,
                               int nthreads) noexcept nogil:
-    """Batch norm backward of channels-first (A, C, B) data by blocks of cb channels, each
-    block's sums and then its gradient pass in the same thread; threads take whole blocks.
-    Per channel the same sums in the same order and the same per-element arithmetic as
-    dual_sums and then affine_grad over all channels, so the same bits."""
-    cdef Py_ssize_t nblk = _share(C, <int>cb), blk
+    """Batch norm backward of channels-first (A, C, B) data by nblk blocks of channels (see
+    _channel_blocks), each block's sums and then its gradient pass in the same thread; threads
+    take whole blocks.  Per channel the same sums in the same order and the same per-element
+    arithmetic as dual_sums and then affine_grad over all channels, so the same bits."""
+    cdef Py_ssize_t blk
     if nthreads <= 1:
         for blk in range(nblk):
-            _bn_backward_block(dy, x, gx, A, C, B, blk * cb, min(blk * cb + cb, C), n, training, w,
-                               mean, mean_d, rstd_d, s1, s2, k1, k2, k3, gw, gb, stream)
+            _bn_backward_block(dy, x, gx, A, C, B, blk * C // nblk, (blk + 1) * C // nblk, n, training,
+                               w, mean, mean_d, rstd_d, s1, s2, k1, k2, k3, gw, gb, stream)
     else:
         for blk in prange(nblk, num_threads=nthreads, schedule="static"):
-            _bn_backward_block(dy, x, gx, A, C, B, blk * cb, min(blk * cb + cb, C), n, training, w,
-                               mean, mean_d, rstd_d, s1, s2, k1, k2, k3, gw, gb, stream)
+            _bn_backward_block(dy, x, gx, A, C, B, blk * C // nblk, (blk + 1) * C // nblk, n, training,
+                               w, mean, mean_d, rstd_d, s1, s2, k1, k2, k3, gw, gb, stream)
 
 
 cdef void _bn_backward_block(const floating *dy, const floating *x, floating *gx, Py_ssize_t A,
