@@ -347,6 +347,8 @@ def reuse_freed_memory():
 
 
 def run(quick=False, threads=(1, 2), names=None, repeats=None, budget_s=None, use_torch=True):
+    """Time the suite; returns {"machine": ..., "results": [...]} (the JSON of ``--json``).
+    Calls reuse_freed_memory(), whose malloc setting lasts for the rest of the process."""
     malloc = reuse_freed_memory()
     torch = _torch() if use_torch else None
     shapes = QUICK_SHAPES if quick else SHAPES
