@@ -268,34 +268,42 @@ def _time_once(fn, inner):
     return (time.perf_counter_ns() - t0) / inner
 
 
-def measure(workload, repeats, budget_s):
-    """Median seconds per call of every impl, samples interleaved across impls."""
+def measure(workload, repeats, budget_s, threads=(1,), set_threads=None):
+    """Median seconds per call of every impl at every thread count: {n: {impl: seconds}}.
+    Samples are interleaved across impls and thread counts alike, set_threads(n) called before
+    each (outside the timing), so that the host's drift from one minute to the next does not
+    show as a difference between thread counts (run by run, the 1-thread and 2-thread rows
+    used to be timed minutes apart: calls that run serially at both settings came out up to
+    1.5x slower at "2 threads").  budget_s is per thread count."""
     impls = dict(workload.impls)
     floor_src = floor_dst = None
     if workload.floor_bytes:
         floor_src = np.ones(workload.floor_bytes // 4, np.float32)
         floor_dst = np.empty_like(floor_src)
         impls["copy-floor"] = lambda: np.copyto(floor_dst, floor_src)
+    set_threads = set_threads or (lambda n: None)
+    keys = [(n, name) for name in impls for n in threads]  # each impl's counts side by side
     inner = {}
-    for name, fn in impls.items():  # warm up and calibrate: a sample lasts >= ~1 ms
-        fn()
-        t = _time_once(fn, 1)
-        inner[name] = max(1, min(10000, int(1e6 / max(t, 1.0))))
-    samples = {name: [] for name in impls}
-    order = list(impls)
-    deadline = time.perf_counter() + budget_s
+    for n, name in keys:  # warm up and calibrate: a sample lasts >= ~1 ms
+        set_threads(n)
+        impls[name]()
+        t = _time_once(impls[name], 1)
+        inner[(n, name)] = max(1, min(10000, int(1e6 / max(t, 1.0))))
+    samples = {key: [] for key in keys}
+    deadline = time.perf_counter() + budget_s * len(threads)
     for r in range(repeats):
         # The order rotates, and a sample of a single call follows an untimed call of the
         # same impl: a call right after NumPy's formula (up to 1 GB of fresh temporaries for
         # GELU) ran measurably slower (GELU 4096x4096: 12.4-13.6 ms against 8.4 ms one call
         # later), which neither the interleaving nor the median removed at 3 samples.
-        for name in order[r % len(order):] + order[:r % len(order)]:
-            if inner[name] == 1:
-                impls[name]()
-            samples[name].append(_time_once(impls[name], inner[name]))
+        for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+            set_threads(key[0])
+            if inner[key] == 1:
+                impls[key[1]]()
+            samples[key].append(_time_once(impls[key[1]], inner[key]))
         if r >= 2 and time.perf_counter() > deadline:
             break
-    return {name: statistics.median(v) * 1e-9 for name, v in samples.items()}
+    return {n: {name: statistics.median(samples[(n, name)]) * 1e-9 for name in impls} for n in threads}
 
 
 def peak_allocation(fn):
@@ -361,18 +369,22 @@ def run(quick=False, threads=(1, 2), names=None, repeats=None, budget_s=None, us
     # Memory does not depend on the thread count: measured once, before the timings.
     peaks = {w.name: {k: peak_allocation(w.impls[k]) for k in ("fastnorm", "numpy") if k in w.impls}
              for w in workloads}
-    results = []
-    for n in threads:
+    threads = list(threads)
+
+    def set_threads(n):
         fastnorm.set_num_threads(n)
         if torch is not None:
             torch.set_num_threads(n)
-        try:
-            for w in workloads:
-                t = measure(w, repeats, budget_s)
-                results.append({"workload": w.name, "threads": n, "seconds": t,
-                                "peak_bytes": peaks[w.name], "input_bytes": w.floor_bytes})
-        finally:
-            fastnorm.set_num_threads(None)
+
+    results = []
+    try:
+        for w in workloads:
+            t = measure(w, repeats, budget_s, threads, set_threads)
+            results += [{"workload": w.name, "threads": n, "seconds": t[n], "peak_bytes": peaks[w.name],
+                         "input_bytes": w.floor_bytes} for n in threads]
+    finally:
+        fastnorm.set_num_threads(None)
+    results.sort(key=lambda r: threads.index(r["threads"]))  # by thread count, workloads in order
     return {"machine": dict(machine_info(torch), malloc=malloc), "results": results}
 
 

@@ -78,3 +78,36 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
               for mode in ("on", "off")}
     assert faults["off"] >= 32, faults       # 64 MiB in 4 KiB pages, or 2 MiB huge pages
     assert 4 * faults["on"] < faults["off"], faults
+
+
+def test_measure_interleaves_thread_counts():
+    """measure() sets the thread count before every sample (every call of an impl runs at the
+    count it is reported under) and alternates the counts within each round of samples instead
+    of timing one count after the other; the result has every impl at every count."""
+    import fastnorm
+    events = []
+
+    def impl(name):
+        return lambda: events.append(("call", name, fastnorm.get_num_threads()))
+
+    def set_threads(n):
+        events.append(("set", n))
+        fastnorm.set_num_threads(n)
+
+    work = bench.Workload("fake", {"a": impl("a"), "b": impl("b")}, floor_bytes=64)
+    try:
+        result = bench.measure(work, 4, 0.0, (1, 2), set_threads)
+    finally:
+        fastnorm.set_num_threads(None)
+    assert sorted(result) == [1, 2]
+    assert all(sorted(result[n]) == ["a", "b", "copy-floor"] and min(result[n].values()) > 0 for n in (1, 2))
+    current = None
+    for event in events:
+        if event[0] == "set":
+            current = event[1]
+        else:
+            assert event[2] == current, event
+    sets = [e[1] for e in events if e[0] == "set"][6:]   # after the calibration of 3 x 2 keys
+    rounds = [sets[i:i + 6] for i in range(0, len(sets), 6)]
+    assert len(rounds) == 3 and all(sorted(r) == [1, 1, 1, 2, 2, 2] for r in rounds), sets
+    assert any(a == 2 and b == 1 for a, b in zip(sets, sets[1:])), sets   # not 1, 1, ..., 2, 2
