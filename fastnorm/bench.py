@@ -2,8 +2,9 @@
 
     python -m fastnorm.bench [--quick] [--threads 1 2] [--only NAME ...] [--json FILE]
 
-Every workload is timed side by side with its peers in one run, interleaved
-(peer A, peer B, fastnorm, A, B, ...), and reported as medians and ratios:
+Every workload is timed side by side with its peers and at every thread count in one
+run, interleaved (A at 1 thread, A at 2, B at 1, B at 2, fastnorm at 1, ..., in an order
+that rotates from round to round), and reported as medians and ratios:
 NumPy/fastnorm, torch/fastnorm (allocating and writing into a preallocated output)
 and fastnorm/copy-floor, where the floor is ``np.copyto`` of the same bytes
 measured in the same run.  ``--quick`` runs small shapes for a few seconds (a
@@ -284,7 +285,7 @@ def measure(workload, repeats, budget_s, threads=(1,), set_threads=None):
     set_threads = set_threads or (lambda n: None)
     keys = [(n, name) for name in impls for n in threads]  # each impl's counts side by side
     inner = {}
-    for n, name in keys:  # warm up and calibrate: a sample lasts >= ~1 ms
+    for n, name in keys:  # warm up and calibrate: a sample lasts >= ~1 ms (at most 10000 calls)
         set_threads(n)
         impls[name]()
         t = _time_once(impls[name], 1)
@@ -292,14 +293,17 @@ def measure(workload, repeats, budget_s, threads=(1,), set_threads=None):
     samples = {key: [] for key in keys}
     deadline = time.perf_counter() + budget_s * len(threads)
     for r in range(repeats):
-        # The order rotates, and a sample of a single call follows an untimed call of the
-        # same impl: a call right after NumPy's formula (up to 1 GB of fresh temporaries for
-        # GELU) ran measurably slower (GELU 4096x4096: 12.4-13.6 ms against 8.4 ms one call
-        # later), which neither the interleaving nor the median removed at 3 samples.
+        # Where a round starts rotates; the neighbours stay.  Every sample follows an untimed
+        # call of the same impl at the same thread count: a call right after NumPy's formula
+        # (up to 1 GB of fresh temporaries for GELU) ran measurably slower (GELU 4096x4096:
+        # 12.4-13.6 ms against 8.4 ms one call later), which neither the interleaving nor the
+        # median removed at 3 samples; and as each impl's second count always follows its
+        # first, without that call the second would find the impl's data warm and the first
+        # would not (an impl 0.4 ms alone and 0.8 ms after another one measured 0.60 ms at
+        # 1 thread and 0.40 ms at 2 when that call came only before samples of one call).
         for key in keys[r % len(keys):] + keys[:r % len(keys)]:
             set_threads(key[0])
-            if inner[key] == 1:
-                impls[key[1]]()
+            impls[key[1]]()
             samples[key].append(_time_once(impls[key[1]], inner[key]))
         if r >= 2 and time.perf_counter() > deadline:
             break

@@ -116,3 +116,30 @@ def test_measure_interleaves_thread_counts():
     for r in rounds:   # each impl's two counts side by side, in the rotating order
         for name in ("a", "b"):
             assert abs(r.index((1, name)) - r.index((2, name))) in (1, 3), r
+
+
+def test_measure_reports_each_count_and_times_after_a_call_of_its_own(monkeypatch):
+    """Timings are faked (no clock): a sample 'takes' 1000 ns times the thread count in effect,
+    doubled when another impl ran just before it.  Every sample must be reported under its own
+    count, and follow an untimed call of the same impl -- otherwise an impl's second count,
+    which always follows its first, would be the only one to find its data warm."""
+    import fastnorm
+    last = []
+
+    def impl(name):
+        return lambda: last.append(name)
+
+    def fake_time(fn, inner):
+        before = last[-1] if last else None
+        fn()
+        return 1000.0 * fastnorm.get_num_threads() * (1 if before == last[-1] else 2)
+
+    monkeypatch.setattr(bench, "_time_once", fake_time)
+    work = bench.Workload("fake", {"a": impl("a"), "b": impl("b")})
+    try:
+        result = bench.measure(work, 5, 0.0, (1, 2), fastnorm.set_num_threads)
+    finally:
+        fastnorm.set_num_threads(None)
+    assert sorted(result) == [1, 2]
+    for n in (1, 2):
+        assert result[n] == {"a": pytest.approx(n * 1e-6), "b": pytest.approx(n * 1e-6)}, result
