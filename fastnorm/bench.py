@@ -412,15 +412,14 @@ def _cpuinfo_fields(names):
 def _cache_sizes():
     """CPU 0's data and unified cache sizes from sysfs (L1d, L2 per core; L3 the shared one),
     e.g. {'L1d': '32K', 'L2': '1024K', 'L3': '32768K'}; {} where sysfs has none."""
+    def read(index, name):
+        with open(os.path.join(index, name)) as f:
+            return f.read().strip()
+
     sizes = {}
     for index in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index[0-9]*")):
         try:
-            with open(os.path.join(index, "level")) as f:
-                level = f.read().strip()
-            with open(os.path.join(index, "type")) as f:
-                kind = f.read().strip()
-            with open(os.path.join(index, "size")) as f:
-                size = f.read().strip()
+            level, kind, size = (read(index, name) for name in ("level", "type", "size"))
         except OSError:
             continue
         if kind != "Instruction":

@@ -837,19 +837,24 @@ def batch_norm_fast(object x, object weight, object bias, object running_mean, o
     cdef Py_ssize_t itemsize = cnp.PyArray_ITEMSIZE(xa)
     cdef Py_ssize_t nblk = _channel_blocks(A, C, B, itemsize, 1, nthreads) if training is True else 0
     cdef int stream
-    cdef const void *x_p = cnp.PyArray_DATA(xa)
-    cdef void *y_p = cnp.PyArray_DATA(y)
-    cdef void *rm_p = _data_or_null(running_mean)
-    cdef void *rv_p = _data_or_null(running_var)
-    cdef const void *w_p = _data_or_null(weight)
-    cdef void *mean_p = cnp.PyArray_DATA(mean_c)
-    cdef void *rstd_p = cnp.PyArray_DATA(rstd)
-    cdef void *mhi_p = cnp.PyArray_DATA(mhi)
-    cdef void *mlo_p = cnp.PyArray_DATA(mlo)
-    cdef void *scale_p = cnp.PyArray_DATA(scale)
-    cdef const void *shift_p = cnp.PyArray_DATA(shift)
+    cdef const void *x_p
+    cdef void *y_p
+    cdef void *rm_p
+    cdef void *rv_p
+    cdef const void *w_p
+    cdef void *mean_p
+    cdef void *rstd_p
+    cdef void *mhi_p
+    cdef void *mlo_p
+    cdef void *scale_p
+    cdef const void *shift_p
     if nblk > 0:
         stream = streams(size * itemsize, 2 * size * itemsize, out is not None)
+        x_p, y_p, w_p = cnp.PyArray_DATA(xa), cnp.PyArray_DATA(y), _data_or_null(weight)
+        rm_p, rv_p = _data_or_null(running_mean), _data_or_null(running_var)
+        mean_p, rstd_p = cnp.PyArray_DATA(mean_c), cnp.PyArray_DATA(rstd)
+        mhi_p, mlo_p = cnp.PyArray_DATA(mhi), cnp.PyArray_DATA(mlo)
+        scale_p, shift_p = cnp.PyArray_DATA(scale), cnp.PyArray_DATA(shift)
         with nogil:
             if typenum == cnp.NPY_FLOAT32:
                 _bn_forward_blocks[float](
