@@ -374,6 +374,9 @@ def run(quick=False, threads=(1, 2), names=None, repeats=None, budget_s=None, us
     peaks = {w.name: {k: peak_allocation(w.impls[k]) for k in ("fastnorm", "numpy") if k in w.impls}
              for w in workloads}
     threads = list(threads)
+    # The caller's settings, given back afterwards: fastnorm's explicit one (None: none)
+    # and torch's count.
+    fastnorm_threads = fastnorm._config._requested_threads
     torch_threads = torch.get_num_threads() if torch is not None else None
 
     def set_threads(n):
@@ -388,8 +391,8 @@ def run(quick=False, threads=(1, 2), names=None, repeats=None, budget_s=None, us
             results += [{"workload": w.name, "threads": n, "seconds": t[n], "peak_bytes": peaks[w.name],
                          "input_bytes": w.floor_bytes} for n in threads]
     finally:
-        fastnorm.set_num_threads(None)
-        if torch is not None:  # the caller's setting, as fastnorm's is restored above
+        fastnorm.set_num_threads(fastnorm_threads)
+        if torch is not None:
             torch.set_num_threads(torch_threads)
     results.sort(key=lambda r: threads.index(r["threads"]))  # by thread count, workloads in order
     return {"machine": dict(machine_info(torch), malloc=malloc), "results": results}

@@ -147,16 +147,17 @@ def test_measure_reports_each_count_and_times_after_a_call_of_its_own(monkeypatc
 
 def test_run_restores_the_callers_thread_settings():
     """run() sets fastnorm's and PyTorch's thread counts per sample; afterwards both are the
-    caller's again (in a subprocess: run() also changes malloc settings for its process)."""
+    caller's again (fastnorm's explicit setting, or none) (in a subprocess: run() also changes malloc settings for its process)."""
     pytest.importorskip("torch")
     code = """
 import fastnorm, torch
 from fastnorm import bench
-fastnorm.set_num_threads(None)
-torch.set_num_threads(1)
-bench.run(quick=True, threads=(2,), names=["relu 32x128 float32"], repeats=1, budget_s=0.001)
-print(torch.get_num_threads(), fastnorm._config._requested_threads)
+for mine in (None, 1):
+    fastnorm.set_num_threads(mine)
+    torch.set_num_threads(1)
+    bench.run(quick=True, threads=(2,), names=["relu 32x128 float32"], repeats=1, budget_s=0.001)
+    print(torch.get_num_threads(), fastnorm._config._requested_threads)
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["1", "None"]
+    assert proc.stdout.split() == ["1", "None", "1", "1"]
