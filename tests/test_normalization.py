@@ -716,6 +716,42 @@ def test_channel_blocks_same_bits(shape, dtype, backend, num_threads, rng):
         fastnorm.set_stream_min_bytes(None)
 
 
+@pytest.mark.parametrize("rows, channels", [(150, 1100), (70, 520), (23, 600), (40, 65), (9, 7),
+                                           (300, 64), (33, 2048)], ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_column_sums_fetch_same_bits(rows, channels, dtype, backend, num_threads, rng):
+    """The column sums of batch norm 1-D go over the columns in chunks of 64 and fetch the
+    next rows for large arrays (_set_cols_fetch_from; forced on here for small ones): the
+    same bits as over whole rows, forward (statistics, running statistics, output) and
+    backward, for widths that are and are not multiples of the chunk and row counts that
+    leave remainders to the four- and one-row loops, on every ISA and thread count."""
+    if backend[0] != "cython":
+        pytest.skip("compiled kernels only")
+    ext = fastnorm._config._modules["normalization"]
+    x = (3 + rng.standard_normal((rows, channels)) * np.exp(rng.uniform(-4, 4, channels))).astype(dtype)
+    g = rng.standard_normal((rows, channels)).astype(dtype)
+    w = rng.standard_normal(channels).astype(dtype)
+
+    def everything():
+        rm, rv = np.zeros(channels, dtype), np.ones(channels, dtype)
+        y, mean, rstd = fastnorm.batch_norm(x, w, None, rm, rv)
+        mean_d, m2 = np.empty(channels), np.empty(channels)
+        ext.stats(x.reshape(-1), 1, rows, channels, 1, mean_d, m2, num_threads)
+        s1, s2 = np.empty(channels), np.empty(channels)
+        ext.dual_sums(g.reshape(-1), x.reshape(-1), 1, rows, channels, 1, mean_d, s1, s2, num_threads)
+        return [y, mean, rstd, rm, rv, mean_d, m2, s1, s2,
+                *fastnorm.batch_norm_backward(g, x, w, mean, rstd, bias=w)]
+
+    previous = ext._set_cols_fetch_from(1 << 62)
+    try:
+        expected = everything()
+        assert ext._set_cols_fetch_from(0) == 1 << 62
+        for e, r in zip(expected, everything()):
+            assert e.tobytes() == r.tobytes(), e.shape
+    finally:
+        ext._set_cols_fetch_from(previous)
+
+
 # ---------------------------------------------------------------------------- API contracts
 
 def test_out_and_float16(backend, rng):

@@ -16,11 +16,11 @@
     void fn_norm_stats_runs_##suf##_##isa(const T *x, int64_t A, int64_t C, int64_t B, \
         int64_t u0, int64_t u1, double *mean, double *m2); \
     void fn_norm_stats_cols_##suf##_##isa(const T *x, int64_t rows, int64_t W, \
-        const double *shift, double *s1, double *s2); \
+        const double *shift, double *s1, double *s2, int fetch); \
     void fn_norm_dual_runs_##suf##_##isa(const T *dy, const T *x, int64_t A, int64_t C, int64_t B, \
         int64_t u0, int64_t u1, const double *center, double *s1, double *s2); \
     void fn_norm_dual_cols_##suf##_##isa(const T *dy, const T *x, int64_t rows, int64_t W, \
-        const double *center, double *s1, double *s2); \
+        const double *center, double *s1, double *s2, int fetch); \
     void fn_norm_affine_##suf##_##isa(const T *x, T *y, int64_t A, int64_t C, int64_t B, \
         int64_t u0, int64_t u1, const T *mhi, const T *mlo, const T *scale, const T *shift, int stream); \
     void fn_norm_affine_grad_##suf##_##isa(const T *dy, const T *x, T *gx, int64_t A, int64_t C, \
@@ -48,10 +48,10 @@ FN_DECLARE_NORM(avx512)
 
 #define FN_NORM_KERNEL_FIELDS(T, suf) \
     void (*stats_runs_##suf)(const T *, int64_t, int64_t, int64_t, int64_t, int64_t, double *, double *); \
-    void (*stats_cols_##suf)(const T *, int64_t, int64_t, const double *, double *, double *); \
+    void (*stats_cols_##suf)(const T *, int64_t, int64_t, const double *, double *, double *, int); \
     void (*dual_runs_##suf)(const T *, const T *, int64_t, int64_t, int64_t, int64_t, int64_t, \
                             const double *, double *, double *); \
-    void (*dual_cols_##suf)(const T *, const T *, int64_t, int64_t, const double *, double *, double *); \
+    void (*dual_cols_##suf)(const T *, const T *, int64_t, int64_t, const double *, double *, double *, int); \
     void (*affine_##suf)(const T *, T *, int64_t, int64_t, int64_t, int64_t, int64_t, \
                          const T *, const T *, const T *, const T *, int); \
     void (*affine_grad_##suf)(const T *, const T *, T *, int64_t, int64_t, int64_t, int64_t, int64_t, \

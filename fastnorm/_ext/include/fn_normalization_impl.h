@@ -221,36 +221,63 @@ void FN_NAME(fn_norm_group_backward, FN_SUF)(const T *dy, const T *x, T *gx, int
         fn_stream_fence();
 }
 
+/* The column sums of batch norm 1-D (fn_norm_stats_cols, fn_norm_dual_cols) go over the
+ * columns in chunks of COLS_CHUNK when the caller asks them to fetch (`fetch`: arrays too
+ * large to be in cache, see normalization.pyx), and with each chunk fetch the same columns
+ * of the next visit's rows (see stats_cols_visits); otherwise over whole rows. */
+#define COLS_CHUNK 64
+
+/* Columns [w0, w1) of k rows from `next` on (rows W apart), into L2. */
+static inline void FN_NAME(cols_fetch, FN_SUF)(const T *next, int k, int64_t W, int64_t w0, int64_t w1)
+{
+    for (int j = 0; j < k; ++j)
+        fn_prefetch_lines_l2(next + j * W + w0, (w1 - w0) * (int64_t)sizeof(T));
+}
+
 /* Visits of k rows from row r of fn_norm_stats_cols below while k whole rows are left;
  * returns the first row not done.  k is a constant at each call (the inner loop unrolls). */
 static inline __attribute__((always_inline)) int64_t FN_NAME(stats_cols_visits, FN_SUF)(
     const T *x, int64_t r, int64_t rows, int64_t W, const double *shift, double *s1, double *s2,
-    const int k)
+    const int k, int fetch)
 {
     for (; r + k <= rows; r += k) {
         const T *xr = x + r * W;
-        /* The next visit's rows, fetched while this visit's sums run: rows side by side are
-         * a pattern the hardware prefetcher follows poorly from memory.  (Four rows per
-         * visit, (4096, 1024) float32 statistics with the data in no cache, 1 thread, Zen 5:
-         * 0.95-1.05 -> 0.70-0.81 ms (batch norm 1-D forward 1.44-1.51 -> 1.21-1.30 ms; 2
-         * threads 0.93 -> 0.84 ms); from cache it cost a little, 0.40-0.44 -> 0.44-0.50 ms.
-         * On Zen 4 leaving it out was 1.19-1.22x faster at (4096, 1024) but 0.92-0.98x at
-         * (8192, 512) and (16384, 256).  Not in fn_norm_dual_cols: there (two arrays, more
-         * arithmetic per row) it made the cold sums slower, 1.27-1.30 -> 1.43-1.46 ms.) */
-        if (r + 2 * k <= rows)
-            fn_prefetch_lines(xr + k * W, k * W * (int64_t)sizeof(T));
+        const int fetch_next = fetch && r + 2 * k <= rows;
+        /* With `fetch`, the columns in chunks, and with each chunk the same columns of the
+         * next visit's k rows fetched into L2: rows side by side are a pattern the hardware
+         * prefetcher follows poorly from memory (each row's stream ends at its page).  The
+         * statistics used to fetch the whole next visit into L1 at once before the sums,
+         * which left the sums and the memory traffic one after the other on Zen 4 (an L1
+         * prefetch holds one of few miss buffers).  1 thread, Zen 4, kernels through ctypes,
+         * interleaved with that burst, one call over an array from memory: (4096, 1024)
+         * float32 1.19-1.52x (1.4-1.8 -> 1.0-1.5 ms; reading the array alone, np.sum:
+         * 0.9 ms), (8192, 512) 1.55-1.97x, (16384, 256) 1.16-1.48x, (2048, 2048) 1.13-1.46x,
+         * float64 (4096, 512) 1.49x, (2048, 1024) 1.20x, (8192, 256) 1.90x; from L3
+         * 1.28-2.47x.  Chunks of 32 and 128 columns came within 15 % of 64, 256 were
+         * slower; the same chunks fetched into L1 were 0.90-1.08x.  Without `fetch` (arrays
+         * likely in cache, see normalization.pyx) no prefetch at all: against the burst, in
+         * the row blocks the module calls, 1.00-1.26x from memory and 1.04-1.11x from cache
+         * for (256, 1024) to (1024, 2048) float32.  (On Zen 5 the burst had measured 1.3x
+         * faster than nothing from memory; not measured there since.)  The order of the sums
+         * per column is unchanged: the same bits. */
+        const int64_t chunk = fetch_next ? COLS_CHUNK : W;
+        for (int64_t w0 = 0; w0 < W; w0 += chunk) {
+            const int64_t w1 = W - w0 > chunk ? w0 + chunk : W;
+            if (fetch_next)
+                FN_NAME(cols_fetch, FN_SUF)(xr + k * W, k, W, w0, w1);
 #pragma omp simd
-        for (int64_t w = 0; w < W; ++w) {
-            const double c = shift[w];
-            double a = s1[w], b = s2[w];
+            for (int64_t w = w0; w < w1; ++w) {
+                const double c = shift[w];
+                double a = s1[w], b = s2[w];
 #pragma GCC unroll 8
-            for (int j = 0; j < k; ++j) {
-                const double d = (double)xr[j * W + w] - c;
-                a += d;
-                b += d * d;
+                for (int j = 0; j < k; ++j) {
+                    const double d = (double)xr[j * W + w] - c;
+                    a += d;
+                    b += d * d;
+                }
+                s1[w] = a;
+                s2[w] = b;
             }
-            s1[w] = a;
-            s2[w] = b;
         }
     }
     return r;
@@ -260,15 +287,15 @@ static inline __attribute__((always_inline)) int64_t FN_NAME(stats_cols_visits, 
  * fn_norm_stats_cols, its four-row loop ran (16384, 256) at 0.53-0.87x (one run of 8
  * placements; 0.97-1.29x once split off). */
 static __attribute__((noinline)) int64_t FN_NAME(stats_cols_by8, FN_SUF)(
-    const T *x, int64_t rows, int64_t W, const double *shift, double *s1, double *s2)
+    const T *x, int64_t rows, int64_t W, const double *shift, double *s1, double *s2, int fetch)
 {
-    return FN_NAME(stats_cols_visits, FN_SUF)(x, 0, rows, W, shift, s1, s2, 8);
+    return FN_NAME(stats_cols_visits, FN_SUF)(x, 0, rows, W, shift, s1, s2, 8, fetch);
 }
 
 /* Column sums of a (rows, W) block, shifted per column: s1[w] += sum_r (x[r,w] - shift[w]),
  * s2[w] += sum_r (...)^2.  Vectorized along the row (channels-last, batch norm 1-D). */
 void FN_NAME(fn_norm_stats_cols, FN_SUF)(const T *x, int64_t rows, int64_t W, const double *shift,
-                                         double *s1, double *s2)
+                                         double *s1, double *s2, int fetch)
 {
     /* Several rows per visit of the column sums: a fraction of their loads and stores, which
      * bound this loop ((4096, 1024) float32 statistics 0.8 -> 0.5 ms with four rows on Zen 5).
@@ -283,9 +310,9 @@ void FN_NAME(fn_norm_stats_cols, FN_SUF)(const T *x, int64_t rows, int64_t W, co
      * the one-row loop, so the same bits whichever loop takes a row, and the same in the
      * vector body and in any scalar remainder gcc emits (where a column lands depends on the
      * arrays' alignment, and results must not); test_column_statistics_same_bits. */
-    int64_t r = W * (int64_t)sizeof(T) >= 2048 ? FN_NAME(stats_cols_by8, FN_SUF)(x, rows, W, shift, s1, s2)
+    int64_t r = W * (int64_t)sizeof(T) >= 2048 ? FN_NAME(stats_cols_by8, FN_SUF)(x, rows, W, shift, s1, s2, fetch)
                                                : 0;
-    r = FN_NAME(stats_cols_visits, FN_SUF)(x, r, rows, W, shift, s1, s2, 4);
+    r = FN_NAME(stats_cols_visits, FN_SUF)(x, r, rows, W, shift, s1, s2, 4, fetch);
     for (; r < rows; ++r) {
         const T *row = x + r * W;
 #pragma omp simd
@@ -318,27 +345,42 @@ void FN_NAME(fn_norm_dual_runs, FN_SUF)(const T *dy, const T *x, int64_t A, int6
 }
 
 void FN_NAME(fn_norm_dual_cols, FN_SUF)(const T *dy, const T *x, int64_t rows, int64_t W,
-                                        const double *center, double *s1, double *s2)
+                                        const double *center, double *s1, double *s2, int fetch)
 {
+    /* The next visit's rows of both arrays fetched chunk by chunk, as in stats_cols_visits:
+     * from memory, 1 thread, Zen 4, kernels through ctypes interleaved with no prefetch
+     * ((4096, 1024) float32: 1.21x, 2.37 -> 1.96 ms), (8192, 512) 2.00x, (16384, 256) 2.02x,
+     * (2048, 2048) 1.21x; from L3 1.13-2.35x.  Chunks of 32 and 128 columns: 1.08-2.30x and
+     * 1.10-2.13x.  (A burst of the whole next visit into L1, as the statistics had it, made
+     * these sums slower, 1.27-1.30 -> 1.43-1.46 ms.) */
     int64_t r = 0;
     for (; r + 4 <= rows; r += 4) {  /* four rows per visit (fn_norm_stats_cols: eight from 2 KiB rows) */
         const T *x0 = x + r * W, *x1 = x0 + W, *x2 = x1 + W, *x3 = x2 + W;
         const T *g0 = dy + r * W, *g1 = g0 + W, *g2 = g1 + W, *g3 = g2 + W;
+        const int fetch_next = fetch && r + 8 <= rows;
+        const int64_t chunk = fetch_next ? COLS_CHUNK : W;
+        for (int64_t w0 = 0; w0 < W; w0 += chunk) {
+            const int64_t w1 = W - w0 > chunk ? w0 + chunk : W;
+            if (fetch_next) {
+                FN_NAME(cols_fetch, FN_SUF)(x0 + 4 * W, 4, W, w0, w1);
+                FN_NAME(cols_fetch, FN_SUF)(g0 + 4 * W, 4, W, w0, w1);
+            }
 #pragma omp simd
-        for (int64_t w = 0; w < W; ++w) {
-            const double c = center[w];
-            const double h0 = (double)g0[w], h1 = (double)g1[w], h2 = (double)g2[w], h3 = (double)g3[w];
-            double a = s1[w], b = s2[w];
-            a += h0;
-            b += h0 * ((double)x0[w] - c);
-            a += h1;
-            b += h1 * ((double)x1[w] - c);
-            a += h2;
-            b += h2 * ((double)x2[w] - c);
-            a += h3;
-            b += h3 * ((double)x3[w] - c);
-            s1[w] = a;
-            s2[w] = b;
+            for (int64_t w = w0; w < w1; ++w) {
+                const double c = center[w];
+                const double h0 = (double)g0[w], h1 = (double)g1[w], h2 = (double)g2[w], h3 = (double)g3[w];
+                double a = s1[w], b = s2[w];
+                a += h0;
+                b += h0 * ((double)x0[w] - c);
+                a += h1;
+                b += h1 * ((double)x1[w] - c);
+                a += h2;
+                b += h2 * ((double)x2[w] - c);
+                a += h3;
+                b += h3 * ((double)x3[w] - c);
+                s1[w] = a;
+                s2[w] = b;
+            }
         }
     }
     for (; r < rows; ++r) {
@@ -662,6 +704,7 @@ void FN_NAME(fn_norm_rows_backward, FN_SUF)(const T *dy, const T *x, T *gx, int6
 #undef FINISH_MOMENTS
 #undef CHANNEL_VECTOR_LANES
 #undef CHANNEL_ROW_BYTES
+#undef COLS_CHUNK
 #undef FOUR_ROWS_AT
 #undef AFFINE_RUN
 #undef AFFINE_GRAD_RUN
