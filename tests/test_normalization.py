@@ -744,8 +744,10 @@ def test_column_sums_fetch_same_bits(rows, channels, dtype, backend, num_threads
 
     previous = ext._set_cols_fetch_from(1 << 62)
     try:
+        assert not ext._cols_fetch_taken(x.nbytes)
         expected = everything()
-        assert ext._set_cols_fetch_from(0) == 1 << 62
+        assert ext._set_cols_fetch_from(x.nbytes) == 1 << 62
+        assert ext._cols_fetch_taken(x.nbytes) and not ext._cols_fetch_taken(x.nbytes - 1)
         for e, r in zip(expected, everything()):
             assert e.tobytes() == r.tobytes(), e.shape
     finally:

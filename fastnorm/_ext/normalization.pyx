@@ -98,13 +98,17 @@ def _set_channel_blocks(Py_ssize_t block_bytes, Py_ssize_t from_bytes, Py_ssize_
 
 
 # The column sums of short runs (batch norm 1-D, channels-last) fetch the next rows into L2
-# chunk by chunk (fn_norm_stats_cols) for arrays of _cols_fetch_from bytes and more, which
-# are rarely in cache.  There, 1 thread, Zen 4, through the API, interleaved, fetching
-# against not, with the data of the previous call in cache as in a loop: (4096, 1024) float32
-# forward 0.97-1.04x, backward 1.00-1.06x (2 threads 1.04x, 1.01-1.08x); (8192, 512)
-# 1.30-1.33x, 1.32-1.48x; (16384, 256) 1.42-1.57x, 1.62-1.69x; (2048, 2048) 1.00x, 1.06x;
-# from memory the sums alone gain up to 2x (see the kernel).  Smaller arrays, which fit the
-# caches, lost: (1024, 2048) 0.95x forward, (512, 2048) 0.93x, 0.95x.  The same bits either way.
+# chunk by chunk (fn_norm_stats_cols) when x takes _cols_fetch_from bytes or more: arrays
+# of more than a third of this host's 32 MiB L3, which a call is less likely to find cached.
+# 1 thread, Zen 4, through the API, interleaved, fetching against not (so with the data of
+# the previous call cached, as in a training loop), forward / backward:
+#   16 MiB: (4096, 1024) 0.97-1.04x / 1.00-1.06x (2 threads 1.04x / 1.01-1.08x), (2048, 2048)
+#           0.96-1.00x / 1.06-1.10x, (1024, 4096) 0.96x / 1.07x, (8192, 512) 1.30-1.33x /
+#           1.32-1.48x, (16384, 256) 1.42-1.57x / 1.62-1.69x;  32 MiB: (32768, 256) 1.50x /
+#           1.66x (rows of 1-2 KiB gain most: their streams end at every page);
+#   4-8 MiB: (4096, 256), (2048, 512), (8192, 256), (4096, 512) 0.97-1.05x, but rows of
+#           8 KiB lost: (1024, 2048) 0.95x forward, (512, 2048) 0.93x / 0.95x.
+# From memory the sums alone gain up to 2x (see the kernel).  The same bits either way.
 cdef Py_ssize_t _cols_fetch_from = 12 << 20
 
 
@@ -115,6 +119,16 @@ def _set_cols_fetch_from(Py_ssize_t nbytes):
     previous = _cols_fetch_from
     _cols_fetch_from = nbytes
     return previous
+
+
+cdef inline bint _cols_fetch(Py_ssize_t nbytes) noexcept:
+    """Whether the column sums over an x of nbytes fetch ahead (see _cols_fetch_from)."""
+    return nbytes >= _cols_fetch_from
+
+
+def _cols_fetch_taken(Py_ssize_t nbytes):
+    """For tests: _cols_fetch."""
+    return _cols_fetch(nbytes)
 
 
 def _channel_block_count(Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t itemsize, int arrays,
@@ -198,7 +212,7 @@ def stats(const floating[::1] x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C, Py_ss
     W = C * B
     rb = _row_block(A, 64)
     nblk = (A + rb - 1) // rb
-    fetch = A * W * <Py_ssize_t>sizeof(floating) >= _cols_fetch_from
+    fetch = _cols_fetch(x.shape[0] * <Py_ssize_t>sizeof(floating))
     keep = _scratch(W + 2 * nblk * W)
     shift_p = <double *>cnp.PyArray_DATA(keep)
     s1p = shift_p + W
@@ -294,7 +308,7 @@ def dual_sums(const floating[::1] dy, const floating[::1] x, Py_ssize_t P, Py_ss
     W = C * B
     rb = _row_block(A, 64)
     nblk = (A + rb - 1) // rb
-    fetch = A * W * <Py_ssize_t>sizeof(floating) >= _cols_fetch_from
+    fetch = _cols_fetch(x.shape[0] * <Py_ssize_t>sizeof(floating))
     keep = _scratch(W + 2 * nblk * W)
     cen_p = <double *>cnp.PyArray_DATA(keep)
     s1p = cen_p + W

@@ -225,7 +225,7 @@ void FN_NAME(fn_norm_group_backward, FN_SUF)(const T *dy, const T *x, T *gx, int
  * columns in chunks of COLS_CHUNK when the caller asks them to fetch (`fetch`: arrays too
  * large to be in cache, see normalization.pyx), and with each chunk fetch the same columns
  * of the next visit's rows (see stats_cols_visits); otherwise over whole rows. */
-#define COLS_CHUNK 64
+#define COLS_CHUNK 64   /* 256 bytes of a float32 row, 512 of a float64 one */
 
 /* Columns [w0, w1) of k rows from `next` on (rows W apart), into L2. */
 static inline void FN_NAME(cols_fetch, FN_SUF)(const T *next, int k, int64_t W, int64_t w0, int64_t w1)
@@ -253,8 +253,9 @@ static inline __attribute__((always_inline)) int64_t FN_NAME(stats_cols_visits, 
          * float32 1.19-1.52x (1.4-1.8 -> 1.0-1.5 ms; reading the array alone, np.sum:
          * 0.9 ms), (8192, 512) 1.55-1.97x, (16384, 256) 1.16-1.48x, (2048, 2048) 1.13-1.46x,
          * float64 (4096, 512) 1.49x, (2048, 1024) 1.20x, (8192, 256) 1.90x; from L3
-         * 1.28-2.47x.  Chunks of 32 and 128 columns came within 15 % of 64, 256 were
-         * slower; the same chunks fetched into L1 were 0.90-1.08x.  Without `fetch` (arrays
+         * 1.28-2.47x.  Chunks of 32 and 128 columns came within 15 % of 64 and 256 were
+         * slower (float32 and float64 alike); the same chunks fetched into L1 were
+         * 0.90-1.08x (float32).  Without `fetch` (arrays
          * likely in cache, see normalization.pyx) no prefetch at all: against the burst, in
          * the row blocks the module calls, 1.00-1.26x from memory and 1.04-1.11x from cache
          * for (256, 1024) to (1024, 2048) float32.  (On Zen 5 the burst had measured 1.3x
@@ -351,8 +352,8 @@ void FN_NAME(fn_norm_dual_cols, FN_SUF)(const T *dy, const T *x, int64_t rows, i
      * from memory, 1 thread, Zen 4, kernels through ctypes interleaved with no prefetch
      * ((4096, 1024) float32: 1.21x, 2.37 -> 1.96 ms), (8192, 512) 2.00x, (16384, 256) 2.02x,
      * (2048, 2048) 1.21x; from L3 1.13-2.35x.  Chunks of 32 and 128 columns: 1.08-2.30x and
-     * 1.10-2.13x.  (A burst of the whole next visit into L1, as the statistics had it, made
-     * these sums slower, 1.27-1.30 -> 1.43-1.46 ms.) */
+     * 1.10-2.13x.  (On Zen 5, a burst of the next four rows into L1 before each visit had
+     * made these sums slower, 1.27-1.30 -> 1.43-1.46 ms.) */
     int64_t r = 0;
     for (; r + 4 <= rows; r += 4) {  /* four rows per visit (fn_norm_stats_cols: eight from 2 KiB rows) */
         const T *x0 = x + r * W, *x1 = x0 + W, *x2 = x1 + W, *x3 = x2 + W;
