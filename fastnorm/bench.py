@@ -22,6 +22,11 @@ import sys
 import time
 import tracemalloc
 
+try:
+    import resource
+except ImportError:  # Windows
+    resource = None
+
 import numpy as np
 
 import fastnorm
@@ -269,13 +274,21 @@ def _time_once(fn, inner):
     return (time.perf_counter_ns() - t0) / inner
 
 
-def measure(workload, repeats, budget_s, threads=(1,), set_threads=None):
+def _minor_faults():
+    """Minor page faults of this process so far (all its threads), or None where unknown."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource is not None else None
+
+
+def measure(workload, repeats, budget_s, threads=(1,), set_threads=None, faults=None):
     """Median seconds per call of every impl at every thread count: {n: {impl: seconds}}.
     Samples are interleaved across impls and thread counts alike, set_threads(n) called before
     each (outside the timing), so that the host's drift from one minute to the next does not
     show as a difference between thread counts (run by run, the 1-thread and 2-thread rows
     used to be timed minutes apart: calls that run serially at both settings came out up to
-    1.5x slower at "2 threads").  budget_s is per thread count."""
+    1.5x slower at "2 threads").  budget_s is per thread count.  A dict passed as `faults`
+    receives the median minor page faults per call of the same samples, {n: {impl: faults}}
+    (nothing where the platform does not count them): a result written into fresh pages
+    costs a fault per 4 KiB page, which can outweigh the kernel."""
     impls = dict(workload.impls)
     floor_src = floor_dst = None
     if workload.floor_bytes:
@@ -291,6 +304,8 @@ def measure(workload, repeats, budget_s, threads=(1,), set_threads=None):
         t = _time_once(impls[name], 1)
         inner[(n, name)] = max(1, min(10000, int(1e6 / max(t, 1.0))))
     samples = {key: [] for key in keys}
+    fault_samples = {key: [] for key in keys}
+    count_faults = faults is not None and _minor_faults() is not None
     deadline = time.perf_counter() + budget_s * len(threads)
     for r in range(repeats):
         # Where a round starts rotates; the neighbours stay.  Every sample follows an untimed
@@ -304,9 +319,15 @@ def measure(workload, repeats, budget_s, threads=(1,), set_threads=None):
         for key in keys[r % len(keys):] + keys[:r % len(keys)]:
             set_threads(key[0])
             impls[key[1]]()
+            before = _minor_faults() if count_faults else 0
             samples[key].append(_time_once(impls[key[1]], inner[key]))
+            if count_faults:
+                fault_samples[key].append((_minor_faults() - before) / inner[key])
         if r >= 2 and time.perf_counter() > deadline:
             break
+    if count_faults:
+        faults.update({n: {name: statistics.median(fault_samples[(n, name)]) for name in impls}
+                       for n in threads})
     return {n: {name: statistics.median(samples[(n, name)]) * 1e-9 for name in impls} for n in threads}
 
 
@@ -387,9 +408,12 @@ def run(quick=False, threads=(1, 2), names=None, repeats=None, budget_s=None, us
     results = []
     try:
         for w in workloads:
-            t = measure(w, repeats, budget_s, threads, set_threads)
-            results += [{"workload": w.name, "threads": n, "seconds": t[n], "peak_bytes": peaks[w.name],
-                         "input_bytes": w.floor_bytes} for n in threads]
+            faults = {}
+            t = measure(w, repeats, budget_s, threads, set_threads, faults)
+            results += [dict({"workload": w.name, "threads": n, "seconds": t[n], "peak_bytes": peaks[w.name],
+                              "input_bytes": w.floor_bytes},
+                             **({"minor_faults_per_call": faults[n]} if faults else {}))
+                        for n in threads]
     finally:
         fastnorm.set_num_threads(fastnorm_threads)
         if torch is not None:

@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from fastnorm import bench
@@ -161,3 +162,29 @@ for mine in (None, 1):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["1", "None", "1", "1"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no resource module")
+def test_measure_counts_minor_faults_per_call():
+    """measure(faults=...) reports the minor page faults per call of each impl: an impl that
+    writes a fresh 256 KiB mapping each call (64 pages; several calls per sample) against one
+    that writes a reused buffer.  Not dividing by the calls per sample, or counting the
+    untimed call before the sample too, fails it."""
+    import mmap
+
+    reused = np.zeros(256 << 10, np.uint8)
+
+    def fresh():
+        m = mmap.mmap(-1, 256 << 10)
+        np.frombuffer(m, np.uint8)[::4096] = 1
+        m.close()
+
+    def warm():
+        reused[::4096] = 1
+
+    faults = {}
+    bench.measure(bench.Workload("fake", {"fresh": fresh, "warm": warm}, floor_bytes=0), 3, 0.0, (1,),
+                  faults=faults)
+    assert sorted(faults[1]) == ["fresh", "warm"]
+    assert 60 <= faults[1]["fresh"] <= 80, faults
+    assert faults[1]["warm"] < 1, faults
