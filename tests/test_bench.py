@@ -148,7 +148,8 @@ def test_measure_reports_each_count_and_times_after_a_call_of_its_own(monkeypatc
 
 def test_run_restores_the_callers_thread_settings():
     """run() sets fastnorm's and PyTorch's thread counts per sample; afterwards both are the
-    caller's again (fastnorm's explicit setting, or none) (in a subprocess: run() also changes malloc settings for its process)."""
+    caller's again: fastnorm's explicit setting (or none) and torch's count.  In a subprocess:
+    run() also changes malloc settings for its process."""
     pytest.importorskip("torch")
     code = """
 import fastnorm, torch

@@ -53,30 +53,20 @@ static inline int fn_cpu_isa(void)
 
 /* Ask for the 64-byte lines of [p, p + bytes) to be loaded into the caches (a hint: no
  * fault, no effect on results), for a loop whose next data the hardware prefetcher cannot
- * see coming. */
-static inline void fn_prefetch_lines(const void *p, int64_t bytes)
-{
+ * see coming.  `locality` is __builtin_prefetch's (a constant): 3 into L1, 2 into L2. */
 #if defined(__GNUC__)
-    for (int64_t o = 0; o < bytes; o += 64)
-        __builtin_prefetch((const char *)p + o);
+#define FN__PREFETCH_LINES(p, bytes, locality)                       \
+    for (int64_t o_ = 0; o_ < (bytes); o_ += 64)                     \
+        __builtin_prefetch((const char *)(p) + o_, 0, (locality))
 #else
-    (void)p;
-    (void)bytes;
+#define FN__PREFETCH_LINES(p, bytes, locality) ((void)(p), (void)(bytes))
 #endif
-}
+
+static inline void fn_prefetch_lines(const void *p, int64_t bytes) { FN__PREFETCH_LINES(p, bytes, 3); }
 
 /* The same into L2 (prefetcht1), not L1: for many lines in flight.  A prefetch into L1
  * holds one of its few miss buffers until the line arrives, so a burst of them stalls the
  * loop that issued it; L2 tracks more misses. */
-static inline void fn_prefetch_lines_l2(const void *p, int64_t bytes)
-{
-#if defined(__GNUC__)
-    for (int64_t o = 0; o < bytes; o += 64)
-        __builtin_prefetch((const char *)p + o, 0, 2);
-#else
-    (void)p;
-    (void)bytes;
-#endif
-}
+static inline void fn_prefetch_lines_l2(const void *p, int64_t bytes) { FN__PREFETCH_LINES(p, bytes, 2); }
 
 #endif /* FN_COMMON_H */

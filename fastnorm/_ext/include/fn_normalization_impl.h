@@ -255,10 +255,10 @@ static inline __attribute__((always_inline)) int64_t FN_NAME(stats_cols_visits, 
          * float64 (4096, 512) 1.49x, (2048, 1024) 1.20x, (8192, 256) 1.90x; from L3
          * 1.28-2.47x.  Chunks of 32 and 128 columns came within 15 % of 64 and 256 were
          * slower (float32 and float64 alike); the same chunks fetched into L1 were
-         * 0.90-1.08x (float32).  Without `fetch` (arrays
-         * likely in cache, see normalization.pyx) no prefetch at all: against the burst, in
-         * the row blocks the module calls, 1.00-1.26x from memory and 1.04-1.11x from cache
-         * for (256, 1024) to (1024, 2048) float32.  (On Zen 5 the burst had measured 1.3x
+         * 0.90-1.08x (float32).  Without `fetch` (arrays likely in cache, see
+         * normalization.pyx) no prefetch at all: against the burst, in the row blocks the
+         * module calls, 1.00-1.26x from memory and 1.04-1.11x from cache for (256, 1024) to
+         * (1024, 2048) float32.  (On Zen 5 the burst had measured 1.3x
          * faster than nothing from memory; not measured there since.)  The order of the sums
          * per column is unchanged: the same bits. */
         const int64_t chunk = fetch_next ? COLS_CHUNK : W;
