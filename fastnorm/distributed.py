@@ -139,7 +139,7 @@ def _reduce_axes(x, channels_last):
 
 def _normalize(x, mean_d, rstd_d, weight, bias, channels_last, out):
     """y = (x - mean) * rstd * weight + bias per channel, statistics in float64: the
-    same arithmetic as normalization.batch_norm (mean split hi + lo in the kernel)."""
+    same arithmetic as normalization.batch_norm (normalization._affine_params)."""
     c = mean_d.shape[0]
     ext = _config.extension("normalization")
     if ext is None or x.size == 0:
@@ -157,11 +157,10 @@ def _normalize(x, mean_d, rstd_d, weight, bias, channels_last, out):
     cd = compute_dtype(x.dtype)
     xc = _norm._contiguous(x)
     scale = rstd_d if weight is None else rstd_d * weight
-    shift = np.zeros(c, cd) if bias is None else _norm._vector(bias, cd)
-    mhi, mlo = _norm._split_mean(mean_d, cd)
-    buf = _norm._output_buffer(x, xc, out, shift)
-    ext.affine(xc.reshape(-1), buf.reshape(-1), *_norm._channel_geometry(x, channels_last), mhi, mlo,
-               scale.astype(cd), shift, _norm._threads(x))
+    mhi, scale, shift = _norm._affine_params(mean_d, scale, bias, cd)
+    buf = _norm._output_buffer(x, xc, out)
+    ext.affine(xc.reshape(-1), buf.reshape(-1), *_norm._channel_geometry(x, channels_last), mhi, scale,
+               shift, _norm._threads(x))
     return _norm._deliver(buf, x.dtype, out)
 
 

@@ -201,11 +201,18 @@ def _deliver(buf, dtype, out):
     return out
 
 
-def _split_mean(mean_d, cd):
-    """The float64 mean as hi + lo in the compute dtype (see fn_normalization_impl.h)."""
-    hi = mean_d.astype(cd)
+def _affine_params(mean_d, scale_d, bias, cd):
+    """(mhi, scale, shift) in the compute dtype cd for the kernels' output pass
+    y = (x - mhi) * scale + shift, from the float64 mean and scale and the bias (None: 0),
+    all of one shape or broadcastable: mhi is the mean rounded to cd and its rounding error
+    is folded into the shift in float64, the same operations as fn_affine_shift
+    (fn_normalization.h), so the kernels that fold it themselves give the same bits."""
+    mhi = mean_d.astype(cd)
+    bias_d = 0.0 if bias is None else np.asarray(bias).astype(cd).astype(_F64)
     with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN means: NaN flows on, silently
-        return hi, (mean_d - hi).astype(cd)
+        lo = mean_d - mhi
+        shift = bias_d - np.where(lo != 0, lo * scale_d, 0.0)
+    return mhi, np.ascontiguousarray(scale_d, cd), np.ascontiguousarray(shift, cd)
 
 
 def _rstd(var, eps):
@@ -399,11 +406,9 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
         mean_d, var = rm.astype(_F64), rv.astype(_F64)
     rstd_d = _rstd(var, eps)
     scale = rstd_d if weight is None else rstd_d * weight
-    shift = np.zeros(c, cd) if bias is None else _vector(bias, cd)
-    mhi, mlo = _split_mean(mean_d, cd)
-    buf = _output_buffer(x, xc, out, shift)
-    ext.affine(xc.reshape(-1), buf.reshape(-1), *geometry, mhi, mlo, scale.astype(cd), shift, nthreads,
-               buf is out)
+    mhi, scale, shift = _affine_params(mean_d, scale, bias, cd)
+    buf = _output_buffer(x, xc, out)
+    ext.affine(xc.reshape(-1), buf.reshape(-1), *geometry, mhi, scale, shift, nthreads, buf is out)
     return _deliver(buf, x.dtype, out), mean_d.astype(cd), rstd_d.astype(cd)
 
 
@@ -627,11 +632,9 @@ def _group_apply(ext, xc, out_buf, n, c, hw, groups, channels_last, mean, rstd, 
     scale = np.repeat(rstd, cg, axis=1)
     if weight is not None:
         scale = scale * weight.astype(_F64)
-    shift = np.zeros((n, c), cd) if bias is None else np.broadcast_to(bias.astype(cd), (n, c))
-    mhi, mlo = _split_mean(mean_nc.reshape(-1), cd)
+    mhi, scale, shift = _affine_params(mean_nc, scale, bias, cd)
     ext.affine(xc.reshape(-1), out_buf.reshape(-1), *_apply_geometry(n, c, hw, channels_last),
-               mhi, mlo, np.ascontiguousarray(scale, cd).reshape(-1),
-               np.ascontiguousarray(shift).reshape(-1), nthreads, callers_out)
+               mhi.reshape(-1), scale.reshape(-1), shift.reshape(-1), nthreads, callers_out)
 
 
 def _group_backward(ext, g, x, groups, channels_last, weight, bias, mean, rstd, training):

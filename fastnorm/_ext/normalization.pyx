@@ -26,7 +26,7 @@ cdef extern from "fn_normalization.h" nogil:
         void (*stats_cols_f32)(const float *, int64_t, int64_t, const double *, double *, double *, int) noexcept nogil
         void (*dual_runs_f32)(const float *, const float *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, double *, double *) noexcept nogil
         void (*dual_cols_f32)(const float *, const float *, int64_t, int64_t, const double *, double *, double *, int) noexcept nogil
-        void (*affine_f32)(const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, const float *, const float *, int) noexcept nogil
+        void (*affine_f32)(const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, const float *, int) noexcept nogil
         void (*affine_grad_f32)(const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, const float *, const float *, int) noexcept nogil
         void (*rows_forward_f32)(const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, double, int, float *, float *, int) noexcept nogil
         void (*rows_backward_f32)(const float *, const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, const float *, int, double *, double *, int) noexcept nogil
@@ -36,7 +36,7 @@ cdef extern from "fn_normalization.h" nogil:
         void (*stats_cols_f64)(const double *, int64_t, int64_t, const double *, double *, double *, int) noexcept nogil
         void (*dual_runs_f64)(const double *, const double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, double *, double *) noexcept nogil
         void (*dual_cols_f64)(const double *, const double *, int64_t, int64_t, const double *, double *, double *, int) noexcept nogil
-        void (*affine_f64)(const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *, int) noexcept nogil
+        void (*affine_f64)(const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, int) noexcept nogil
         void (*affine_grad_f64)(const double *, const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *, int) noexcept nogil
         void (*rows_forward_f64)(const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, double, int, double *, double *, int) noexcept nogil
         void (*rows_backward_f64)(const double *, const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, const double *, int, double *, double *, int) noexcept nogil
@@ -44,6 +44,7 @@ cdef extern from "fn_normalization.h" nogil:
         void (*group_backward_f64)(const double *, const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *, double *, double *, int) noexcept nogil
     const fn_norm_kernels *fn_norm_kernels_by_isa[]
     int FN_ISA_COUNT
+    double fn_affine_shift(double mean, double mhi, double scale, double bias)
 
 cdef const fn_norm_kernels *_kernels = fn_norm_kernels_by_isa[0]
 
@@ -341,13 +342,13 @@ def dual_sums(const floating[::1] dy, const floating[::1] x, Py_ssize_t P, Py_ss
 
 
 def affine(const floating[::1] x, floating[::1] y, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C,
-           Py_ssize_t B, const floating[::1] mhi, const floating[::1] mlo,
-           const floating[::1] scale, const floating[::1] shift, int nthreads,
-           bint callers_out=False):
-    """y = ((x - mhi) - mlo) * scale + shift, parameters per (p, c) of (P, A, C, B).
+           Py_ssize_t B, const floating[::1] mhi, const floating[::1] scale,
+           const floating[::1] shift, int nthreads, bint callers_out=False):
+    """y = (x - mhi) * scale + shift, parameters per (p, c) of (P, A, C, B)
+    (normalization._affine_params).
     IN x: (P*A*C*B,), parameters (P*C,); OUT y: like x.  callers_out: y is the caller's
     out= (for the streaming-store rule, _pool.streams)."""
-    _check(x.shape[0] == P * A * C * B == y.shape[0] and mhi.shape[0] == P * C == mlo.shape[0]
+    _check(x.shape[0] == P * A * C * B == y.shape[0] and mhi.shape[0] == P * C
            and scale.shape[0] == P * C == shift.shape[0], "affine: inconsistent sizes")
     cdef Py_ssize_t R = P * A * C, t, u0, ch
     cdef Py_ssize_t nbytes = x.shape[0] * sizeof(floating)
@@ -357,9 +358,9 @@ def affine(const floating[::1] x, floating[::1] y, Py_ssize_t P, Py_ssize_t A, P
     with nogil:
         if nthreads <= 1:
             if floating is float:
-                _kernels.affine_f32(&x[0], &y[0], A, C, B, 0, R, &mhi[0], &mlo[0], &scale[0], &shift[0], stream)
+                _kernels.affine_f32(&x[0], &y[0], A, C, B, 0, R, &mhi[0], &scale[0], &shift[0], stream)
             else:
-                _kernels.affine_f64(&x[0], &y[0], A, C, B, 0, R, &mhi[0], &mlo[0], &scale[0], &shift[0], stream)
+                _kernels.affine_f64(&x[0], &y[0], A, C, B, 0, R, &mhi[0], &scale[0], &shift[0], stream)
         else:
             ch = _share(R, nthreads)
             if B == 1:
@@ -368,9 +369,9 @@ def affine(const floating[::1] x, floating[::1] y, Py_ssize_t P, Py_ssize_t A, P
                 u0 = t * ch
                 if u0 < R:
                     if floating is float:
-                        _kernels.affine_f32(&x[0], &y[0], A, C, B, u0, min(u0 + ch, R), &mhi[0], &mlo[0], &scale[0], &shift[0], stream)
+                        _kernels.affine_f32(&x[0], &y[0], A, C, B, u0, min(u0 + ch, R), &mhi[0], &scale[0], &shift[0], stream)
                     else:
-                        _kernels.affine_f64(&x[0], &y[0], A, C, B, u0, min(u0 + ch, R), &mhi[0], &mlo[0], &scale[0], &shift[0], stream)
+                        _kernels.affine_f64(&x[0], &y[0], A, C, B, u0, min(u0 + ch, R), &mhi[0], &scale[0], &shift[0], stream)
 
 
 def group_forward(const floating[::1] x, floating[::1] y, Py_ssize_t G, Py_ssize_t cg,
@@ -869,9 +870,8 @@ def batch_norm_fast(object x, object weight, object bias, object running_mean, o
     cdef double *mp = <double *>cnp.PyArray_DATA(mean_d)
     cdef double *m2p = <double *>cnp.PyArray_DATA(m2)
     cdef cnp.ndarray rstd = _empty_vector(C, typenum), mean_c = _empty_vector(C, typenum)
-    cdef cnp.ndarray mhi = _empty_vector(C, typenum), mlo = _empty_vector(C, typenum)
-    cdef cnp.ndarray scale = _empty_vector(C, typenum)
-    cdef cnp.ndarray shift = bias if bias is not None else cnp.PyArray_ZEROS(1, &C, typenum, 0)
+    cdef cnp.ndarray mhi = _empty_vector(C, typenum), scale = _empty_vector(C, typenum)
+    cdef cnp.ndarray shift = _empty_vector(C, typenum)
     cdef Py_ssize_t itemsize = cnp.PyArray_ITEMSIZE(xa)
     cdef Py_ssize_t nblk = _channel_blocks(A, C, B, itemsize, 1, nthreads) if training is True else 0
     cdef int stream
@@ -883,54 +883,53 @@ def batch_norm_fast(object x, object weight, object bias, object running_mean, o
     cdef void *mean_p
     cdef void *rstd_p
     cdef void *mhi_p
-    cdef void *mlo_p
     cdef void *scale_p
-    cdef const void *shift_p
+    cdef void *shift_p
+    cdef const void *b_p = _data_or_null(bias)
     if nblk > 0:
         stream = streams(size * itemsize, 2 * size * itemsize, out is not None)
         x_p, y_p, w_p = cnp.PyArray_DATA(xa), cnp.PyArray_DATA(y), _data_or_null(weight)
         rm_p, rv_p = _data_or_null(running_mean), _data_or_null(running_var)
         mean_p, rstd_p = cnp.PyArray_DATA(mean_c), cnp.PyArray_DATA(rstd)
-        mhi_p, mlo_p = cnp.PyArray_DATA(mhi), cnp.PyArray_DATA(mlo)
-        scale_p, shift_p = cnp.PyArray_DATA(scale), cnp.PyArray_DATA(shift)
+        mhi_p, scale_p, shift_p = cnp.PyArray_DATA(mhi), cnp.PyArray_DATA(scale), cnp.PyArray_DATA(shift)
         with nogil:
             if typenum == cnp.NPY_FLOAT32:
                 _bn_forward_blocks[float](
                     <const float *>x_p, <float *>y_p, A, C, B, nblk, n, running, f, eps_d, mp, m2p,
-                    <float *>rm_p, <float *>rv_p, <const float *>w_p, <float *>mean_p, <float *>rstd_p,
-                    <float *>mhi_p, <float *>mlo_p, <float *>scale_p, <const float *>shift_p, stream,
-                    nthreads)
+                    <float *>rm_p, <float *>rv_p, <const float *>w_p, <const float *>b_p, <float *>mean_p,
+                    <float *>rstd_p, <float *>mhi_p, <float *>scale_p, <float *>shift_p, stream, nthreads)
             else:
                 _bn_forward_blocks[double](
                     <const double *>x_p, <double *>y_p, A, C, B, nblk, n, running, f, eps_d, mp, m2p,
-                    <double *>rm_p, <double *>rv_p, <const double *>w_p, <double *>mean_p,
-                    <double *>rstd_p, <double *>mhi_p, <double *>mlo_p, <double *>scale_p,
-                    <const double *>shift_p, stream, nthreads)
+                    <double *>rm_p, <double *>rv_p, <const double *>w_p, <const double *>b_p,
+                    <double *>mean_p, <double *>rstd_p, <double *>mhi_p, <double *>scale_p,
+                    <double *>shift_p, stream, nthreads)
         return y, mean_c, rstd
     if training is True:
         stats(xa.reshape(-1), 1, A, C, B, mean_d, m2, nthreads)
     if typenum == cnp.NPY_FLOAT32:
         _bn_channels[float](C, n, training is True, running, f, eps_d, mp, m2p,
                             <float *>_data_or_null(running_mean), <float *>_data_or_null(running_var),
-                            <const float *>_data_or_null(weight), <float *>cnp.PyArray_DATA(mean_c),
-                            <float *>cnp.PyArray_DATA(rstd), <float *>cnp.PyArray_DATA(mhi),
-                            <float *>cnp.PyArray_DATA(mlo), <float *>cnp.PyArray_DATA(scale))
+                            <const float *>_data_or_null(weight), <const float *>b_p,
+                            <float *>cnp.PyArray_DATA(mean_c), <float *>cnp.PyArray_DATA(rstd),
+                            <float *>cnp.PyArray_DATA(mhi), <float *>cnp.PyArray_DATA(scale),
+                            <float *>cnp.PyArray_DATA(shift))
     else:
         _bn_channels[double](C, n, training is True, running, f, eps_d, mp, m2p,
                              <double *>_data_or_null(running_mean), <double *>_data_or_null(running_var),
-                             <const double *>_data_or_null(weight), <double *>cnp.PyArray_DATA(mean_c),
-                             <double *>cnp.PyArray_DATA(rstd), <double *>cnp.PyArray_DATA(mhi),
-                             <double *>cnp.PyArray_DATA(mlo), <double *>cnp.PyArray_DATA(scale))
-    affine(xa.reshape(-1), y.reshape(-1), 1, A, C, B, mhi, mlo, scale, shift, nthreads, out is not None)
+                             <const double *>_data_or_null(weight), <const double *>b_p,
+                             <double *>cnp.PyArray_DATA(mean_c), <double *>cnp.PyArray_DATA(rstd),
+                             <double *>cnp.PyArray_DATA(mhi), <double *>cnp.PyArray_DATA(scale),
+                             <double *>cnp.PyArray_DATA(shift))
+    affine(xa.reshape(-1), y.reshape(-1), 1, A, C, B, mhi, scale, shift, nthreads, out is not None)
     return y, mean_c, rstd
 
 
 cdef void _bn_forward_blocks(const floating *x, floating *y, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B,
                              Py_ssize_t nblk, Py_ssize_t n, bint running, double f, double eps,
                              double *mean_d, double *m2, floating *rm, floating *rv, const floating *w,
-                             floating *mean_out, floating *rstd_out, floating *mhi, floating *mlo,
-                             floating *scale, const floating *shift, int stream,
-                             int nthreads) noexcept nogil:
+                             const floating *b, floating *mean_out, floating *rstd_out, floating *mhi,
+                             floating *scale, floating *shift, int stream, int nthreads) noexcept nogil:
     """Batch norm training forward of channels-first (A, C, B) data by nblk blocks of channels
     (see _channel_blocks), each block's statistics and then its output pass in the same
     thread; per channel the same sums, in the same order, and the same arithmetic as stats,
@@ -939,48 +938,52 @@ cdef void _bn_forward_blocks(const floating *x, floating *y, Py_ssize_t A, Py_ss
     if nthreads <= 1:
         for blk in range(nblk):
             _bn_forward_block(x, y, A, C, B, blk * C // nblk, (blk + 1) * C // nblk, n, running, f, eps,
-                              mean_d, m2, rm, rv, w, mean_out, rstd_out, mhi, mlo, scale, shift, stream)
+                              mean_d, m2, rm, rv, w, b, mean_out, rstd_out, mhi, scale, shift, stream)
     else:
         for blk in prange(nblk, num_threads=nthreads, schedule="static"):
             _bn_forward_block(x, y, A, C, B, blk * C // nblk, (blk + 1) * C // nblk, n, running, f, eps,
-                              mean_d, m2, rm, rv, w, mean_out, rstd_out, mhi, mlo, scale, shift, stream)
+                              mean_d, m2, rm, rv, w, b, mean_out, rstd_out, mhi, scale, shift, stream)
 
 
 cdef void _bn_forward_block(const floating *x, floating *y, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B,
                             Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t n, bint running, double f,
                             double eps, double *mean_d, double *m2, floating *rm, floating *rv,
-                            const floating *w, floating *mean_out, floating *rstd_out, floating *mhi,
-                            floating *mlo, floating *scale, const floating *shift,
+                            const floating *w, const floating *b, floating *mean_out,
+                            floating *rstd_out, floating *mhi, floating *scale, floating *shift,
                             int stream) noexcept nogil:
     """Channels c0..c1-1 of _bn_forward_blocks."""
     cdef Py_ssize_t a
     cdef const floating *wc = NULL
+    cdef const floating *bc = NULL
     if w != NULL:
         wc = w + c0
+    if b != NULL:
+        bc = b + c0
     if floating is float:
         _kernels.stats_runs_f32(x, A, C, B, c0, c1, mean_d, m2)
     else:
         _kernels.stats_runs_f64(x, A, C, B, c0, c1, mean_d, m2)
     _bn_channels(c1 - c0, n, True, running, f, eps, mean_d + c0, m2 + c0,
                  NULL if rm == NULL else rm + c0, NULL if rv == NULL else rv + c0,
-                 wc, mean_out + c0, rstd_out + c0, mhi + c0, mlo + c0,
-                 scale + c0)
+                 wc, bc, mean_out + c0, rstd_out + c0, mhi + c0, scale + c0, shift + c0)
     for a in range(A):
         if floating is float:
-            _kernels.affine_f32(x, y, A, C, B, a * C + c0, a * C + c1, mhi, mlo, scale, shift, stream)
+            _kernels.affine_f32(x, y, A, C, B, a * C + c0, a * C + c1, mhi, scale, shift, stream)
         else:
-            _kernels.affine_f64(x, y, A, C, B, a * C + c0, a * C + c1, mhi, mlo, scale, shift, stream)
+            _kernels.affine_f64(x, y, A, C, B, a * C + c0, a * C + c1, mhi, scale, shift, stream)
 
 
 cdef void _bn_channels(Py_ssize_t C, Py_ssize_t n, bint training, bint running, double f,
                        double eps, double *mean_d, const double *m2, floating *rm, floating *rv,
-                       const floating *w, floating *mean_out, floating *rstd_out, floating *mhi,
-                       floating *mlo, floating *scale) noexcept nogil:
+                       const floating *w, const floating *b, floating *mean_out,
+                       floating *rstd_out, floating *mhi, floating *scale,
+                       floating *shift) noexcept nogil:
     """Per-channel statistics of batch norm in float64, written exactly as the NumPy
     expressions of fastnorm.normalization.batch_norm (same operations, same order), so
-    both paths round identically: running update, rstd, folded scale, split mean."""
+    both paths round identically: running update, rstd, and the output pass's (mhi, scale,
+    shift) (normalization._affine_params; b may be NULL)."""
     cdef Py_ssize_t c
-    cdef double var, r
+    cdef double var, r, sc
     for c in range(C):
         if training:
             var = m2[c] / <double>n
@@ -993,9 +996,10 @@ cdef void _bn_channels(Py_ssize_t C, Py_ssize_t n, bint training, bint running, 
         r = 1.0 / sqrt(var + eps)
         rstd_out[c] = <floating>r
         mean_out[c] = <floating>mean_d[c]
-        scale[c] = <floating>(r if w == NULL else r * <double>w[c])
+        sc = r if w == NULL else r * <double>w[c]
+        scale[c] = <floating>sc
         mhi[c] = <floating>mean_d[c]
-        mlo[c] = <floating>(mean_d[c] - <double>mhi[c])
+        shift[c] = <floating>fn_affine_shift(mean_d[c], <double>mhi[c], sc, 0.0 if b == NULL else <double>b[c])
 
 
 def batch_norm_backward_fast(object grad_output, object x, object weight, object mean, object rstd,

@@ -12,6 +12,23 @@
 #define FN_NORMALIZATION_H
 #include "fn_common.h"
 
+/* The shift of the output passes' y = (x - mhi) * scale + shift (fn_normalization_impl.h):
+ * bias - (mean - mhi) * scale in double, mhi the mean rounded to the compute type, scale
+ * unrounded; the product is skipped where mean - mhi is 0, so that an infinite scale
+ * (variance + eps == 0) gives what (x - mean) * scale + bias gives.  Shared by the kernels
+ * and normalization.pyx; normalization._affine_params computes the same in NumPy, and
+ * all must round alike: the product goes through a volatile so that no compiler fuses
+ * it with the subtraction (gcc contracts a * b + c into an FMA where the target has one,
+ * as the AVX2 and AVX-512 variants do, and NumPy rounds the product first). */
+static inline double fn_affine_shift(double mean, double mhi, double scale, double bias)
+{
+    const double lo = mean - mhi;
+    if (lo == 0.0)
+        return bias;
+    volatile double product = lo * scale;
+    return bias - product;
+}
+
 #define FN_DECLARE_NORM_T(T, suf, isa) \
     void fn_norm_stats_runs_##suf##_##isa(const T *x, int64_t A, int64_t C, int64_t B, \
         int64_t u0, int64_t u1, double *mean, double *m2); \
@@ -22,7 +39,7 @@
     void fn_norm_dual_cols_##suf##_##isa(const T *dy, const T *x, int64_t rows, int64_t W, \
         const double *center, double *s1, double *s2, int fetch); \
     void fn_norm_affine_##suf##_##isa(const T *x, T *y, int64_t A, int64_t C, int64_t B, \
-        int64_t u0, int64_t u1, const T *mhi, const T *mlo, const T *scale, const T *shift, int stream); \
+        int64_t u0, int64_t u1, const T *mhi, const T *scale, const T *shift, int stream); \
     void fn_norm_affine_grad_##suf##_##isa(const T *dy, const T *x, T *gx, int64_t A, int64_t C, \
         int64_t B, int64_t u0, int64_t u1, const T *k1, const T *mhi, const T *k2, const T *k3, \
         int stream); \
@@ -53,7 +70,7 @@ FN_DECLARE_NORM(avx512)
                             const double *, double *, double *); \
     void (*dual_cols_##suf)(const T *, const T *, int64_t, int64_t, const double *, double *, double *, int); \
     void (*affine_##suf)(const T *, T *, int64_t, int64_t, int64_t, int64_t, int64_t, \
-                         const T *, const T *, const T *, const T *, int); \
+                         const T *, const T *, const T *, int); \
     void (*affine_grad_##suf)(const T *, const T *, T *, int64_t, int64_t, int64_t, int64_t, int64_t, \
                               const T *, const T *, const T *, const T *, int); \
     void (*rows_forward_##suf)(const T *, T *, int64_t, int64_t, int64_t, const T *, const T *, \

@@ -14,11 +14,20 @@
  * choose units and blocks from the shape alone and combine block partials in index
  * order, so results do not depend on the number of threads.
  *
- * Output passes.  Statistics and affine are folded per unit into (mhi, mlo, scale, shift)
- * and one fused pass writes y = ((x - mhi) - mlo) * scale + shift, where mhi + mlo is the
- * double mean split into two T values: x - mhi is exact when x is near the mean
- * (Sterbenz), so a float32 mean of 1e4 costs no accuracy (folding the mean into the
- * shift, x*scale + (b - mean*scale), would lose ~1e-3 to cancellation there).
+ * Output passes.  Statistics and affine are folded per unit into (mhi, scale, shift) and
+ * one fused pass writes y = (x - mhi) * scale + shift, where mhi is the double mean rounded
+ * to T and its rounding error lo = mean - mhi is folded into the shift in double,
+ * shift = b - lo * scale (lo * scale skipped where lo is 0, so an infinite scale meets no
+ * 0 * inf): x - mhi is exact when x is near the mean (Sterbenz), so a float32 mean of 1e4
+ * costs no accuracy (folding the whole mean into the shift, x*scale + (b - mean*scale),
+ * would lose ~1e-3 to cancellation there).  fn_affine_shift below is that shift; the
+ * NumPy paths compute it with the same operations (normalization._affine_params).
+ * (Until 2026-12 the kernels took mhi and lo separately and computed
+ * ((x - mhi) - lo) * scale + shift: a fourth per-channel vector and one more subtraction
+ * per element; channels-last (4096, 1024) float32 batch norm's output pass ran 1.18-1.33x
+ * faster with three, C loop, 1 thread.)  The row kernels of layer and RMS norm keep
+ * ((x - mhi) - lo) * rstd with scalars per row: their per-column vectors are the weight
+ * and bias, and folding lo in would need a vector per row.
  */
 #include <math.h>
 #include "fn_normalization.h"
@@ -76,14 +85,14 @@ static inline void FN_NAME(finish_moments, FN_SUF)(double shift, double s1, doub
     *m2 = q < 0.0 ? 0.0 : q;
 }
 
-/* One contiguous run with scalar parameters: y = ((x - h) - l) * s + t (forward) and
+/* One contiguous run with scalar parameters: y = (x - h) * s + t (forward) and
  * gx = dy * a1 + (x - h) * a2 + a3 (backward); shared by the two-pass kernels and the
  * one-pass group kernels, which must give the same bits.  stream: non-temporal stores
  * (fn_stream.h), the same values. */
-static inline void FN_NAME(affine_run, FN_SUF)(const T *x, T *y, int64_t n, T h, T l, T s, T t,
+static inline void FN_NAME(affine_run, FN_SUF)(const T *x, T *y, int64_t n, T h, T s, T t,
                                                int stream)
 {
-    FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, y, n, i, ((x[i] - h) - l) * s + t);
+    FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, y, n, i, (x[i] - h) * s + t);
 }
 
 static inline void FN_NAME(affine_grad_run, FN_SUF)(const T *dy, const T *x, T *gx, int64_t n,
@@ -149,9 +158,10 @@ void FN_NAME(fn_norm_stats_runs, FN_SUF)(const T *x, int64_t A, int64_t C, int64
 /* Group norm of NCHW data (instance norm: cg = 1) in one visit per group: units u in
  * [u0, u1) of the N*G groups, each cg channels of hw contiguous elements.  Statistics as
  * fn_norm_stats_runs (mean and M2 to mean[u], m2[u]), then -- while the group is still
- * in cache -- y = ((x - mhi) - mlo) * scale + shift per channel c = (u % G) * cg + j,
- * scale = rstd * w[c] and shift = b[c] rounded from double exactly as the two-pass
- * path (statistics, then fn_norm_affine) rounds them, so both give the same bits.  The
+ * in cache -- y = (x - mhi) * scale + shift per channel c = (u % G) * cg + j,
+ * scale = rstd * w[c] and shift = fn_affine_shift(mean, mhi, scale, b[c]) rounded from
+ * double exactly as the two-pass path (statistics, then fn_norm_affine) rounds them, so
+ * both give the same bits.  The
  * input is read from memory once instead of twice, and no per-(sample, channel)
  * coefficient arrays exist.  w, b may be NULL. */
 void FN_NAME(fn_norm_group_forward, FN_SUF)(const T *x, T *y, int64_t G, int64_t cg, int64_t hw,
@@ -171,11 +181,12 @@ void FN_NAME(fn_norm_group_forward, FN_SUF)(const T *x, T *y, int64_t G, int64_t
         mean[u] = mu;
         m2[u] = q;
         const double rs = 1.0 / sqrt(q / n + eps);
-        const T h = (T)mu, l = (T)(mu - (double)h);
+        const T h = (T)mu;
         for (int64_t j = 0; j < cg; ++j) {
             const int64_t c = (u % G) * cg + j;
-            const T sc = w ? (T)(rs * (double)w[c]) : (T)rs, t = b ? b[c] : (T)0;
-            AFFINE_RUN(xu + j * hw, yu + j * hw, hw, h, l, sc, t, stream);
+            const double scd = w ? rs * (double)w[c] : rs;
+            const T sc = (T)scd, t = (T)fn_affine_shift(mu, (double)h, scd, b ? (double)b[c] : 0.0);
+            AFFINE_RUN(xu + j * hw, yu + j * hw, hw, h, sc, t, stream);
         }
     }
     if (stream)
@@ -395,11 +406,11 @@ void FN_NAME(fn_norm_dual_cols, FN_SUF)(const T *dy, const T *x, int64_t rows, i
     }
 }
 
-/* y = ((x - mhi) - mlo) * scale + shift with parameters per (p, c), for the runs
+/* y = (x - mhi) * scale + shift with parameters per (p, c), for the runs
  * u in [u0, u1) of the (P*A*C) run index (run u starts at u*B, p = u / (A*C)). */
 void FN_NAME(fn_norm_affine, FN_SUF)(const T *x, T *y, int64_t A, int64_t C, int64_t B,
-                                     int64_t u0, int64_t u1, const T *mhi, const T *mlo,
-                                     const T *scale, const T *shift, int stream)
+                                     int64_t u0, int64_t u1, const T *mhi, const T *scale,
+                                     const T *shift, int stream)
 {
     if (B == 1) {  /* channels-last: vectorize along the channels of a row */
         int64_t u = u0;
@@ -409,31 +420,31 @@ void FN_NAME(fn_norm_affine, FN_SUF)(const T *x, T *y, int64_t A, int64_t C, int
             const int64_t q = (r / A) * C;
             const T *xr = x + r * C;
             T *yr = y + r * C;
-            const T *h = mhi + q, *l = mlo + q, *s = scale + q, *t = shift + q;
+            const T *h = mhi + q, *s = scale + q, *t = shift + q;
             if (FOUR_ROWS_AT(u, r, c0)) {
                 const T *x1 = xr + C, *x2 = x1 + C, *x3 = x2 + C;
                 T *y1 = yr + C, *y2 = y1 + C, *y3 = y2 + C;
 #pragma omp simd simdlen(CHANNEL_VECTOR_LANES)
                 for (int64_t c = 0; c < C; ++c) {
-                    const T hc = h[c], lc = l[c], sc = s[c], tc = t[c];
-                    yr[c] = ((xr[c] - hc) - lc) * sc + tc;
-                    y1[c] = ((x1[c] - hc) - lc) * sc + tc;
-                    y2[c] = ((x2[c] - hc) - lc) * sc + tc;
-                    y3[c] = ((x3[c] - hc) - lc) * sc + tc;
+                    const T hc = h[c], sc = s[c], tc = t[c];
+                    yr[c] = (xr[c] - hc) * sc + tc;
+                    y1[c] = (x1[c] - hc) * sc + tc;
+                    y2[c] = (x2[c] - hc) * sc + tc;
+                    y3[c] = (x3[c] - hc) * sc + tc;
                 }
                 u += 4 * C;
                 continue;
             }
 #pragma omp simd simdlen(CHANNEL_VECTOR_LANES)
             for (int64_t c = c0; c < c1; ++c)
-                yr[c] = ((xr[c] - h[c]) - l[c]) * s[c] + t[c];
+                yr[c] = (xr[c] - h[c]) * s[c] + t[c];
             u = r * C + c1;
         }
         return;
     }
     for (int64_t u = u0; u < u1; ++u) {
         const int64_t k = (u / (A * C)) * C + u % C;
-        AFFINE_RUN(x + u * B, y + u * B, B, mhi[k], mlo[k], scale[k], shift[k], stream);
+        AFFINE_RUN(x + u * B, y + u * B, B, mhi[k], scale[k], shift[k], stream);
     }
     if (stream)
         fn_stream_fence();
