@@ -1007,11 +1007,15 @@ def test_streamed_results_are_the_same_bits(length, rng):
     # The normalize passes write with non-temporal stores above a traffic threshold
     # (fn_stream.h); threshold 0 streams every call.  Same bits: batch norm (train, eval,
     # backward), layer and RMS norm with and without parameters, group and instance norm
-    # forward and backward, every ISA variant, outputs at several offsets, 1 and 2 threads.
-    # Runs of 997 also stream the whole lines after their last chunk in float32, runs of
+    # forward and backward, channels first and last, every ISA variant, outputs at several
+    # offsets, 1 and 2 threads.  Runs of 997 also stream the whole lines after their last chunk in float32, runs of
     # 700 in float64 (there those lines are at least a sixteenth of the run).
+    # Results from 2 MiB come from the buffer cache (a new result streams only into a reused
+    # block, _pool.streams; smaller blocks are not cached): the large channels-last backward
+    # passes below, which have no out=, stream too.
     config = fastnorm._config
     previous_isa = fastnorm.isa()
+    config._pool.set_min_bytes(0)
 
     def run(dtype, shift):
         x = (3 + rng_fixed.standard_normal(2 * 6 * length + 8)).astype(dtype)[shift:shift + 2 * 6 * length]
@@ -1035,6 +1039,23 @@ def test_streamed_results_are_the_same_bits(length, rng):
         got += [out.copy(), mean, rstd]
         got += [a for a in fastnorm.group_norm_backward(g, x, 3, w, mean, rstd, bias=b) if a is not None]
         got.append(fastnorm.instance_norm(x, out=out)[0].copy())
+        # Channels-last: rows of `length` channels and of half as many (so that float32 and
+        # float64 both have rows of 2-4 KiB, which stream, and rows outside that, which do
+        # not); 400 rows per sample, so that the backward's results (over 2 MiB) come from
+        # the cache's reused blocks.
+        for c in (length, length // 2):
+            size = 2 * 400 * c
+            xl = (3 + rng_fixed.standard_normal(size + 8)).astype(dtype)[shift:shift + size].reshape(2, 400, c)
+            gl = np.asarray(rng_fixed.standard_normal(xl.shape), dtype)
+            wl, bl = np.linspace(0.5, 2, c).astype(dtype), np.linspace(-1, 1, c).astype(dtype)
+            outl = np.empty(xl.size + 8, dtype)[shift:shift + xl.size].reshape(xl.shape)
+            y, mean, rstd = fastnorm.batch_norm(xl, wl, bl, out=outl, channels_last=True)
+            got += [outl.copy(), mean, rstd]
+            got += list(fastnorm.batch_norm_backward(gl, xl, wl, mean, rstd, bias=bl, channels_last=True))
+            y, mean, rstd = fastnorm.group_norm(xl, 1, wl, bl, out=outl, channels_last=True)
+            got += [outl.copy(), mean, rstd]
+            got += [a for a in fastnorm.group_norm_backward(gl, xl, 1, wl, mean, rstd, bias=bl,
+                                                           channels_last=True) if a is not None]
         return [a.tobytes() for a in got]
 
     try:
@@ -1051,6 +1072,7 @@ def test_streamed_results_are_the_same_bits(length, rng):
                     assert results[0] == results[1], (isa, dtype, shift, length)
                     assert results[0] == results[2], (isa, dtype, shift, length)
     finally:
+        config._pool.set_min_bytes(config._pool.MIN_BYTES)
         config.set_stream_min_bytes(None)
         fastnorm.set_num_threads(None)
         fastnorm.set_isa(previous_isa)
