@@ -170,11 +170,20 @@ def _initial_isa():
 _initial_isa()
 
 
-#: Default of :func:`stream_min_bytes`: the reads and writes of one call above which a
+#: Default of :func:`stream_min_bytes`: the reads and writes of one call from which a
 #: kernel stores its result with non-temporal stores.  Measured on the development
-#: machine (32 MiB L3): streaming loses below 32 MiB of traffic (the result would have
-#: stayed in the cache) and wins from 48 MiB on (relu 4096x4096: 1.3x faster).
-STREAM_MIN_BYTES = 40 << 20
+#: machines (32 MiB L3): streaming loses below 32 MiB of traffic (the result would have
+#: stayed in the cache) and wins from 48 MiB on (relu 4096x4096: 1.3x faster).  At 32-40
+#: MiB (Zen 4, 2026-12; streamed against plain, 1 / 2 threads, interleaved in one process,
+#: each call repeated and also followed by a call that reads its result): group norm
+#: (16, 256, 32, 32) 1.63x / 1.29-1.71x, followed by relu 1.48x / 1.26-1.29x, by group
+#: norm 1.39x / 1.26-1.37x; batch norm (4096, 1024) 1.26x / 1.22-1.30x, followed by batch
+#: norm 1.38x / 1.22-1.26x; relu of 16 MiB 1.58x / 1.17x, followed by relu 1.49x / 1.18x;
+#: relu backward of 11-13 MiB 1.42-1.62x / 1.64-1.98x; sigmoid 1.04-1.07x; layer norm of
+#: 16 MiB followed by layer norm 0.94x / 1.00-1.01x.  (A session before had measured group
+#: norm at 0.91x with 2 threads on a Zen 5 host.)  At 16 MiB, 2 threads, relu followed by
+#: relu ran 0.71x streamed; at 24 MiB level.  Hence from 32 MiB on (it was 40 MiB).
+STREAM_MIN_BYTES = 32 << 20
 
 
 def _byte_count(func, n, default):
