@@ -205,14 +205,18 @@ def _affine_params(mean_d, scale_d, bias, cd):
     """(mhi, scale, shift) in the compute dtype cd for the kernels' output pass
     y = (x - mhi) * scale + shift, from the float64 mean and scale and the bias (None: 0),
     all of one shape or broadcastable: mhi is the mean rounded to cd and its rounding error
-    is folded into the shift in float64, the same operations as fn_affine_shift
-    (fn_normalization.h), so the kernels that fold it themselves give the same bits."""
+    is folded into the shift in float64 with the rounded scale, the same operations as
+    fn_affine_shift (fn_normalization.h, which says why the product is skipped where the
+    error is 0 or the scale infinite), so the kernels that fold it themselves give the
+    same bits."""
     mhi = mean_d.astype(cd)
+    scale = np.ascontiguousarray(scale_d, cd)
+    scale_r = scale.astype(_F64)
     bias_d = 0.0 if bias is None else np.asarray(bias).astype(cd).astype(_F64)
     with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN means: NaN flows on, silently
         lo = mean_d - mhi
-        shift = bias_d - np.where(lo != 0, lo * scale_d, 0.0)
-    return mhi, np.ascontiguousarray(scale_d, cd), np.ascontiguousarray(shift, cd)
+        shift = bias_d - np.where((lo != 0) & ~np.isinf(scale_r), lo * scale_r, 0.0)
+    return mhi, scale, np.ascontiguousarray(shift, cd)
 
 
 def _rstd(var, eps):

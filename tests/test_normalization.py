@@ -424,6 +424,7 @@ def test_large_offset_float32(backend, rng):
     scale)) or dropped the float32 mean's rounding error (up to 5e-4 at 1e4) by ~1e-3."""
     x = (1e4 + rng.standard_normal((16, 8, 12, 12))).astype(np.float32)
     xd = x.astype(np.float64)
+    wb = np.linspace(0.5, 2, 8).astype(np.float32)
     cases = [
         (fastnorm.batch_norm(x)[0], ref.batch_norm(xd)[0]),
         (fastnorm.batch_norm(np.moveaxis(x, 1, -1).copy(), channels_last=True)[0],
@@ -434,6 +435,8 @@ def test_large_offset_float32(backend, rng):
          np.moveaxis(ref.group_norm(xd, 4)[0], 1, -1)),
         (fastnorm.instance_norm(x)[0], ref.instance_norm(xd)[0]),
         (fastnorm.batch_norm(x.reshape(-1, 8))[0], ref.batch_norm(xd.reshape(-1, 8))[0]),
+        (fastnorm.batch_norm(x, wb, -wb)[0], ref.batch_norm(xd, wb.astype(np.float64), -wb.astype(np.float64))[0]),
+        (fastnorm.group_norm(x, 4, wb, wb)[0], ref.group_norm(xd, 4, wb.astype(np.float64), wb.astype(np.float64))[0]),
     ]
     for got, expected in cases:
         assert np.max(np.abs(got - expected)) < 4 * np.spacing(np.float32(np.abs(expected).max()))
@@ -459,6 +462,26 @@ def test_infinite_scale_matches_reference(dtype, backend):
         got = fastnorm.batch_norm(xx, None, b, rm.copy(), rv.copy(), training=False, eps=0.0,
                                   channels_last=last)[0]
         np.testing.assert_array_equal(got.reshape(expected.shape), expected)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_infinite_weight_matches_reference(channels_last, backend, rng):
+    """An infinite weight with a float32 mean that float32 cannot hold (1e4 + randn): the
+    mean's rounding error is not folded into the shift there (lo * inf), so the channel
+    is +-inf on both sides of the mean as in the reference, not inf - inf = NaN on one."""
+    x = (1e4 + rng.standard_normal((64, 3))).astype(np.float32)
+    w, b = np.array([np.inf, 1.0, -np.inf], np.float32), np.array([0.5, -1.0, 2.0], np.float32)
+    mean = x.astype(np.float64).mean(axis=0)
+    assert np.all(mean != mean.astype(np.float32))       # the case of a rounding error
+    assert not np.any(x == mean.astype(np.float32))       # where the pass gives NaN, the reference +-inf
+    expected = ref.batch_norm(x, w, b)[0]
+    assert np.isinf(expected[:, [0, 2]]).all()
+    if channels_last:
+        got = fastnorm.batch_norm(x.reshape(64, 1, 3), w, b, channels_last=True)[0].reshape(64, 3)
+    else:
+        got = fastnorm.batch_norm(x.T.copy().T, w, b)[0]  # Fortran order: the general path
+        np.testing.assert_array_equal(fastnorm.batch_norm(x, w, b)[0][:, [0, 2]], expected[:, [0, 2]])
+    np.testing.assert_array_equal(got[:, [0, 2]], expected[:, [0, 2]])
 
 
 def test_constant_input_gives_zero_not_nan(backend):

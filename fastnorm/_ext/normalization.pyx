@@ -983,7 +983,7 @@ cdef void _bn_channels(Py_ssize_t C, Py_ssize_t n, bint training, bint running, 
     both paths round identically: running update, rstd, and the output pass's (mhi, scale,
     shift) (normalization._affine_params; b may be NULL)."""
     cdef Py_ssize_t c
-    cdef double var, r, sc
+    cdef double var, r
     for c in range(C):
         if training:
             var = m2[c] / <double>n
@@ -996,10 +996,10 @@ cdef void _bn_channels(Py_ssize_t C, Py_ssize_t n, bint training, bint running, 
         r = 1.0 / sqrt(var + eps)
         rstd_out[c] = <floating>r
         mean_out[c] = <floating>mean_d[c]
-        sc = r if w == NULL else r * <double>w[c]
-        scale[c] = <floating>sc
+        scale[c] = <floating>(r if w == NULL else r * <double>w[c])
         mhi[c] = <floating>mean_d[c]
-        shift[c] = <floating>fn_affine_shift(mean_d[c], <double>mhi[c], sc, 0.0 if b == NULL else <double>b[c])
+        shift[c] = <floating>fn_affine_shift(mean_d[c], <double>mhi[c], <double>scale[c],
+                                             0.0 if b == NULL else <double>b[c])
 
 
 def batch_norm_backward_fast(object grad_output, object x, object weight, object mean, object rstd,

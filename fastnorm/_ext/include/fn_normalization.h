@@ -10,20 +10,26 @@
  */
 #ifndef FN_NORMALIZATION_H
 #define FN_NORMALIZATION_H
+#include <math.h>
 #include "fn_common.h"
 
 /* The shift of the output passes' y = (x - mhi) * scale + shift (fn_normalization_impl.h):
- * bias - (mean - mhi) * scale in double, mhi the mean rounded to the compute type, scale
- * unrounded; the product is skipped where mean - mhi is 0, so that an infinite scale
- * (variance + eps == 0) gives what (x - mean) * scale + bias gives.  Shared by the kernels
- * and normalization.pyx; normalization._affine_params computes the same in NumPy, and
- * all must round alike: the product goes through a volatile so that no compiler fuses
- * it with the subtraction (gcc contracts a * b + c into an FMA where the target has one,
- * as the AVX2 and AVX-512 variants do, and NumPy rounds the product first). */
+ * bias - (mean - mhi) * scale in double, mhi the mean rounded to the compute type and scale
+ * the scale as the pass uses it (rounded to the compute type), so that (x - mhi) * scale +
+ * shift is (x - mean) * scale + bias up to the roundings.  The product is skipped where
+ * mean - mhi is 0 or the scale infinite (variance + eps == 0, an infinite weight): the
+ * pass then gives what (x - mean) * scale + bias gives, +-inf away from the mean (except
+ * at x == mhi exactly, NaN, where the mean is not a value of the compute type), and not
+ * inf - inf.  Shared by the kernels and normalization.pyx; normalization._affine_params
+ * computes the same in NumPy, and all must round alike: the product goes through a
+ * volatile so that no compiler fuses it with the subtraction (gcc contracts a * b + c into
+ * an FMA where the target has one, as the AVX2 and AVX-512 variants do, and NumPy rounds
+ * the product first; no test can see the difference, which survives the rounding of the
+ * shift to float32 about once in 2^29 channels, but it was there: vfnmadd231sd). */
 static inline double fn_affine_shift(double mean, double mhi, double scale, double bias)
 {
     const double lo = mean - mhi;
-    if (lo == 0.0)
+    if (lo == 0.0 || isinf(scale))
         return bias;
     volatile double product = lo * scale;
     return bias - product;

@@ -17,11 +17,11 @@
  * Output passes.  Statistics and affine are folded per unit into (mhi, scale, shift) and
  * one fused pass writes y = (x - mhi) * scale + shift, where mhi is the double mean rounded
  * to T and its rounding error lo = mean - mhi is folded into the shift in double,
- * shift = b - lo * scale (lo * scale skipped where lo is 0, so an infinite scale meets no
- * 0 * inf): x - mhi is exact when x is near the mean (Sterbenz), so a float32 mean of 1e4
- * costs no accuracy (folding the whole mean into the shift, x*scale + (b - mean*scale),
- * would lose ~1e-3 to cancellation there).  fn_affine_shift below is that shift; the
- * NumPy paths compute it with the same operations (normalization._affine_params).
+ * shift = b - lo * scale (fn_affine_shift in fn_normalization.h, which also says what an
+ * infinite scale gives): x - mhi is exact when x is near the mean (Sterbenz), so a float32
+ * mean of 1e4 costs no accuracy (folding the whole mean into the shift, x*scale + (b -
+ * mean*scale), would lose ~1e-3 to cancellation there).  The NumPy paths compute the
+ * shift with the same operations (normalization._affine_params).
  * (Until 2026-12 the kernels took mhi and lo separately and computed
  * ((x - mhi) - lo) * scale + shift: a fourth per-channel vector and one more subtraction
  * per element; channels-last (4096, 1024) float32 batch norm's output pass ran 1.18-1.33x
@@ -113,7 +113,8 @@ static inline void FN_NAME(affine_grad_run, FN_SUF)(const T *dy, const T *x, T *
 /* Channels-last rows wider than CHANNEL_ROW_BYTES are visited four at a time by the output
  * passes below (batch norm's, and group / instance norm's channels-last general path), where
  * four whole rows of one parameter block p are left in the range; the others one at a time.
- * The four per-channel vectors of such rows (16 or 32 bytes per channel) no longer fit in L1
+ * The per-channel vectors of such rows (three in the forward pass, four in the gradient pass:
+ * 12-32 bytes per channel) no longer fit in L1
  * beside the rows and came from L2 or L3 again for every row: (1536, 4096) float32 took
  * twice as long per element as (6144, 1024).  Read once for four rows: the forward pass
  * 1.24-1.57x faster for C = 2048-16384 float32 and 1.27-1.43x float64, the gradient pass
@@ -196,8 +197,8 @@ void FN_NAME(fn_norm_group_forward, FN_SUF)(const T *x, T *y, int64_t G, int64_t
         const T h = (T)mu;
         for (int64_t j = 0; j < cg; ++j) {
             const int64_t c = (u % G) * cg + j;
-            const double scd = w ? rs * (double)w[c] : rs;
-            const T sc = (T)scd, t = (T)fn_affine_shift(mu, (double)h, scd, b ? (double)b[c] : 0.0);
+            const T sc = w ? (T)(rs * (double)w[c]) : (T)rs;
+            const T t = (T)fn_affine_shift(mu, (double)h, (double)sc, b ? (double)b[c] : 0.0);
             AFFINE_RUN(xu + j * hw, yu + j * hw, hw, h, sc, t, stream);
         }
     }
