@@ -24,8 +24,9 @@
  * shift with the same operations (normalization._affine_params).
  * (Until 2026-12 the kernels took mhi and lo separately and computed
  * ((x - mhi) - lo) * scale + shift: a fourth per-channel vector and one more subtraction
- * per element; channels-last (4096, 1024) float32 batch norm's output pass ran 1.18-1.33x
- * faster with three, C loop, 1 thread.)  The row kernels of layer and RMS norm keep
+ * per element; channels-last (4096, 1024) float32 batch norm's output pass ran 1.27-1.34x
+ * faster with three: kernel through ctypes, 1 thread, interleaved.)  The row kernels of
+ * layer and RMS norm keep
  * ((x - mhi) - lo) * rstd with scalars per row: their per-column vectors are the weight
  * and bias, and folding lo in would need a vector per row.
  */
@@ -123,7 +124,7 @@ static inline void FN_NAME(affine_grad_run, FN_SUF)(const T *dy, const T *x, T *
  * float32 0.57-0.67x (eight streams from memory instead of two).  Same operations per
  * element either way, so the same bits. */
 #define CHANNEL_ROW_BYTES 4096
-/* Channels-last output passes stream their rows (fn_stream.h) when asked to only for rows
+/* Channels-last output passes stream their rows (fn_stream.h) when asked to, but only rows
  * of 2 KiB up to CHANNEL_ROW_BYTES: each row is streamed on its own (FN_MAP_STREAMED), which
  * pays off where a row holds several whole chunks.  Kernels through ctypes, 1 thread,
  * interleaved, streamed against plain, the output 16 bytes off a line as NumPy places it
@@ -133,8 +134,9 @@ static inline void FN_NAME(affine_grad_run, FN_SUF)(const T *dy, const T *x, T *
  * four-row visits, which read the per-channel vectors once for four rows, are faster than
  * one streamed row at a time). */
 #define CHANNEL_STREAM_MIN_BYTES 2048
-#define STREAM_ROWS(stream) \
-    ((stream) && C * (int64_t)sizeof(T) >= CHANNEL_STREAM_MIN_BYTES && C * (int64_t)sizeof(T) <= CHANNEL_ROW_BYTES)
+#define STREAM_ROWS(stream)                                                                  \
+    ((stream) && C * (int64_t)sizeof(T) >= CHANNEL_STREAM_MIN_BYTES                            \
+     && C * (int64_t)sizeof(T) <= CHANNEL_ROW_BYTES)
 /* Whether the visit at run u (row r, channel c0) of the range [u0, u1) takes four rows. */
 #define FOUR_ROWS_AT(u, r, c0)                                                               \
     (C * (int64_t)sizeof(T) > CHANNEL_ROW_BYTES && (c0) == 0 && u1 - (u) >= 4 * C            \
@@ -174,9 +176,8 @@ void FN_NAME(fn_norm_stats_runs, FN_SUF)(const T *x, int64_t A, int64_t C, int64
  * in cache -- y = (x - mhi) * scale + shift per channel c = (u % G) * cg + j,
  * scale = rstd * w[c] and shift = fn_affine_shift(mean, mhi, scale, b[c]) rounded from
  * double exactly as the two-pass path (statistics, then fn_norm_affine) rounds them, so
- * both give the same bits.  The
- * input is read from memory once instead of twice, and no per-(sample, channel)
- * coefficient arrays exist.  w, b may be NULL. */
+ * both give the same bits.  The input is read from memory once instead of twice, and no
+ * per-(sample, channel) coefficient arrays exist.  w, b may be NULL. */
 void FN_NAME(fn_norm_group_forward, FN_SUF)(const T *x, T *y, int64_t G, int64_t cg, int64_t hw,
                                             int64_t u0, int64_t u1, const T *w, const T *b,
                                             double eps, double *mean, double *m2, int stream)
