@@ -154,14 +154,8 @@ def _normalize(x, mean_d, rstd_d, weight, bias, channels_last, out):
             return y.astype(x.dtype)
         np.copyto(out, y, casting="unsafe")
         return out
-    cd = compute_dtype(x.dtype)
-    xc = _norm._contiguous(x)
-    scale = rstd_d if weight is None else rstd_d * weight
-    mhi, scale, shift = _norm._affine_params(mean_d, scale, bias, cd)
-    buf = _norm._output_buffer(x, xc, out)
-    ext.affine(xc.reshape(-1), buf.reshape(-1), *_norm._channel_geometry(x, channels_last), mhi, scale,
-               shift, _norm._threads(x))
-    return _norm._deliver(buf, x.dtype, out)
+    return _norm._channel_affine(ext, x, _norm._contiguous(x), out, mean_d, rstd_d, weight, bias,
+                                 _norm._channel_geometry(x, channels_last), _norm._threads(x))
 
 
 # ---------------------------------------------------------------------------- functional API

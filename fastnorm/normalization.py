@@ -409,11 +409,19 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
     else:
         mean_d, var = rm.astype(_F64), rv.astype(_F64)
     rstd_d = _rstd(var, eps)
+    y = _channel_affine(ext, x, xc, out, mean_d, rstd_d, weight, bias, geometry, nthreads)
+    return y, mean_d.astype(cd), rstd_d.astype(cd)
+
+
+def _channel_affine(ext, x, xc, out, mean_d, rstd_d, weight, bias, geometry, nthreads):
+    """y = (x - mean) * rstd * weight + bias per channel from the float64 statistics (C,),
+    by the kernels' output pass (_affine_params) over xc, x made contiguous in the compute
+    dtype, of (P, A, C, B) geometry; into out where it can, and delivered in x's dtype."""
     scale = rstd_d if weight is None else rstd_d * weight
-    mhi, scale, shift = _affine_params(mean_d, scale, bias, cd)
+    mhi, scale, shift = _affine_params(mean_d, scale, bias, xc.dtype)
     buf = _output_buffer(x, xc, out)
     ext.affine(xc.reshape(-1), buf.reshape(-1), *geometry, mhi, scale, shift, nthreads, buf is out)
-    return _deliver(buf, x.dtype, out), mean_d.astype(cd), rstd_d.astype(cd)
+    return _deliver(buf, x.dtype, out)
 
 
 def batch_norm_backward(grad_output, x, weight, mean, rstd, *, training=True, channels_last=False,
