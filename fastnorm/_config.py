@@ -287,7 +287,11 @@ def get_num_threads():
 
 
 def set_num_threads(n):
-    """Use ``n`` threads for large kernel calls from now on; ``None`` restores the default."""
+    """Use ``n`` threads for large kernel calls from now on; ``None`` restores the default.
+
+    Returns the previous setting (an int, or None where there was none), as ``np.seterr``
+    returns the old settings, so that a caller can put it back: ``get_num_threads()`` cannot
+    tell an explicit setting from the default it resolves to."""
     global _requested_threads
     if n is not None:
         if isinstance(n, bool) or not isinstance(n, int) and not hasattr(n, "__index__"):
@@ -297,7 +301,8 @@ def set_num_threads(n):
             raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
         if n > _MAX_THREADS:
             raise ValueError(f"set_num_threads: n must be <= {_MAX_THREADS}, got {n}")
-    _requested_threads = n
+    previous, _requested_threads = _requested_threads, n
+    return previous
 
 
 def threads_for(work, grain):

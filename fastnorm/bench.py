@@ -395,9 +395,9 @@ def run(quick=False, threads=(1, 2), names=None, repeats=None, budget_s=None, us
     peaks = {w.name: {k: peak_allocation(w.impls[k]) for k in ("fastnorm", "numpy") if k in w.impls}
              for w in workloads}
     threads = list(threads)
-    # The caller's settings, given back afterwards: fastnorm's explicit one (None: none)
-    # and torch's count.
-    fastnorm_threads = fastnorm._config._requested_threads
+    # The caller's settings, given back afterwards (`finally` below): fastnorm's explicit one
+    # (None: none) and torch's count.
+    fastnorm_threads = fastnorm.set_num_threads(None)
     torch_threads = torch.get_num_threads() if torch is not None else None
 
     def set_threads(n):

@@ -59,8 +59,7 @@ def backend(request):
 
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
 def num_threads(request):
-    previous = _config._requested_threads
-    fastnorm.set_num_threads(request.param)
+    previous = fastnorm.set_num_threads(request.param)
     try:
         yield request.param
     finally:

@@ -89,6 +89,20 @@ def test_thread_count_precedence(env, expected):
     assert int(out) == expected
 
 
+def test_set_num_threads_returns_the_previous_setting():
+    """The explicit setting, not get_num_threads()'s resolved count: putting the returned
+    value back restores "no setting" too."""
+    first = fastnorm.set_num_threads(3)
+    try:
+        assert fastnorm.set_num_threads(2) == 3
+        assert fastnorm.set_num_threads(None) == 2
+        assert fastnorm.set_num_threads(None) is None
+        assert fastnorm.set_num_threads(5) is None
+    finally:
+        fastnorm.set_num_threads(first)
+    assert fastnorm.set_num_threads(first) == first
+
+
 @compiled
 def test_set_num_threads_wins_and_resets():
     default = fastnorm.get_num_threads()

@@ -121,8 +121,7 @@ def test_any_layout_matches_oracle(x, p, seed, offset, threads):
     y_ref, mask_ref = ref.dropout(np.ascontiguousarray(x), p, seed=seed, offset=offset)
     np.testing.assert_array_equal(mask_ref.numpy(), expected_keep)
     g = (x[..., ::-1] * 0.5 + 1).astype(x.dtype)
-    previous = _config._requested_threads
-    fastnorm.set_num_threads(threads)
+    previous = fastnorm.set_num_threads(threads)
     try:
         for name, isa in variants():
             with variant(name, isa):
@@ -139,7 +138,7 @@ def test_any_layout_matches_oracle(x, p, seed, offset, threads):
 def test_mask_independent_of_backend_threads_and_layout(rng):
     x = rng.standard_normal((64, 1000)).astype(np.float32)
     masks = []
-    previous = _config._requested_threads
+    previous = fastnorm.set_num_threads(None)
     try:
         for threads in (1, 2):
             fastnorm.set_num_threads(threads)
