@@ -708,8 +708,8 @@ def test_parameter_gradient_pass_same_bits(shape, dtype, backend, num_threads, r
             assert a.tobytes() == b_.tobytes(), a.shape
 
 
-@pytest.mark.parametrize("shape", [(3, 9, 1601), (4, 8, 20, 70), (1, 10, 7000), (5, 9, 16), (6, 8, 3, 5)],
-                         ids=str)
+@pytest.mark.parametrize("shape", [(3, 9, 1601), (4, 8, 20, 70), (1, 10, 7000), (3, 8, 2100), (5, 9, 16),
+                                   (6, 8, 3, 5)], ids=str)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_channel_blocks_same_bits(shape, dtype, backend, num_threads, rng):
     """Batch norm by blocks of channels (large channels-first data with long runs: each
@@ -717,10 +717,12 @@ def test_channel_blocks_same_bits(shape, dtype, backend, num_threads, rng):
     channels and then one output pass: forward with running statistics, out= and with or
     without weight and bias, backward in training and eval, plain and streamed stores; forced
     on small arrays with blocks of 1-6 channels (the last ones shorter) and one block per
-    thread.  The first three shapes cross the threading grain.  Each blocked call follows the
+    thread.  The first four shapes cross the threading grain.  Each blocked call follows the
     same calls on other data, so that memory a block failed to write holds wrong values.  Runs
     shorter than 16 ((6, 8, 3, 5)) keep the column sums, which add in another order, whatever
-    the block setting."""
+    the block setting.  Runs of 4 KiB and more ((3, 8, 2100), and float64 (3, 9, 1601) and (4,
+    8, 20, 70)) in blocks have the statistics fetch the next sample's runs as they go, which
+    must not change the order of the sums."""
     if backend[0] != "cython":
         pytest.skip("compiled kernels only")
     ext = fastnorm._config._modules["normalization"]
