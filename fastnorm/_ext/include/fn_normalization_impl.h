@@ -59,9 +59,11 @@
 /* fn_norm_stats_runs fetches the next sample's runs while it reads a sample's (run_sums'
  * `next`) where the runs are long and the stretch of them short: batch norm's channel
  * blocks.  Kernel through ctypes, 1 thread, Zen 4, from memory, against no fetch: (64, 64,
- * 56, 56) float32 by blocks of 5 channels (61 KiB stretches, the forward's blocks) 1.26-1.43x,
- * runs of 49 KiB two by two (98 KiB) 1.11-1.20x, runs of 4 KiB sixteen by sixteen 1.08-1.41x;
- * stretches of 122 KiB level and of 392-784 KiB 0.89-1.09x; runs of 784 bytes 0.78-0.96x. */
+ * 56, 56) float32 by blocks of 5 channels (61 KiB stretches, the forward's blocks) 1.05-1.35x
+ * (eight runs, median 1.24x), runs of 49 KiB two by two (98 KiB) 1.13-1.20x, runs of 4 KiB
+ * sixteen by sixteen 1.08-1.55x; stretches of 122 KiB level; fetching stretches of 392 KiB
+ * 0.89-1.09x, and runs of 784 bytes 0.78-0.96x.  Batch norm 2-D train forward through the
+ * API 1.12-1.16x (1 thread), 1.07-1.15x (2). */
 #define FETCH_RUN_MIN_BYTES (4 << 10)
 #define FETCH_STRETCH_MAX_BYTES (128 << 10)
 
@@ -98,8 +100,8 @@ static inline void FN_NAME(run_sums, FN_SUF)(const T *x, int64_t n, double shift
 }
 
 /* s1 += sum(dy), s2 += sum(dy * (x - center)) over one contiguous run.  (Fetching the next
- * sample's runs as run_sums does gained nothing here: batch norm's blocked backward sums,
- * two arrays, 0.99-1.05x.) */
+ * sample's runs as run_sums does gained nothing here -- batch norm's blocked backward sums,
+ * two arrays: 0.68-0.99x -- and this reduction in lanes alone was 0.88-0.92x.) */
 static inline void FN_NAME(run_dual, FN_SUF)(const T *dy, const T *x, int64_t n, double center,
                                              double *s1, double *s2)
 {
