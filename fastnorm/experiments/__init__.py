@@ -46,8 +46,7 @@ def _thread_limits(threads):
     Both pools are limited together: on a 2-core machine OpenMP threads spinning after
     a fastnorm kernel and OpenBLAS threads inside a matmul fight for the cores (a
     784-256-256-256-10 training step with dropout went from 2 ms to 35-180 ms)."""
-    previous = fn.get_num_threads()
-    fn.set_num_threads(threads)
+    previous = fn.set_num_threads(threads)
     try:
         try:
             from threadpoolctl import threadpool_limits

@@ -43,32 +43,21 @@
  * faster: (64, 64, 56, 56) float32 statistics 2.46 -> 1.39 ms, dual sums 3.65 -> 2.17 ms,
  * 1 thread, C micro-benchmark.) */
 
-/* run_sums accumulates into SUM_LANES partial sums (lane j takes elements j, j + SUM_LANES,
- * ...), which gcc keeps in vector registers, added up afterwards as a tree and then the last
- * n % SUM_LANES elements in order: an order fixed by the code rather than by the vectorizer,
- * so that the loop around the vector body can ask for the lines of the run `next` as it goes
- * (one line per 64 bytes read; gcc does not vectorize a loop with a prefetch in it) and give
- * the same bits as without.  Baseline x86-64 has 16 vector registers of two doubles, hence
- * fewer lanes there.  (As fast as the plain reduction below on runs in cache: layer norm
- * (32, 768) and group norm (16, 256, 32, 32) forwards level through the API.) */
-#if FN_ISA_LEVEL == FN_ISA_BASE
-#define SUM_LANES 8
-#else
+/* s1 += sum(x - shift), s2 += sum((x - shift)^2) over one contiguous run; with AVX-512 the
+ * lines of the run `next` (as long as this one; NULL: none) are fetched into L2 meanwhile.
+ *
+ * There the sums go into 16 partial sums (lane j takes elements j, j + 16, ...; four zmm
+ * registers), added up afterwards as a tree and then the last n % 16 elements in order: an
+ * order fixed by the code rather than by the vectorizer, so that the loop around the vector
+ * body can ask for a line of `next` per 64 bytes it reads (gcc does not vectorize a loop with
+ * a prefetch in it) and give the same bits as without.  The other variants keep gcc's own
+ * reduction and fetch nothing: gcc 12 kept one of the AVX2 float32 variant's partial sums on
+ * the stack, with 8 lanes or 16 and with or without the branch, which made its statistics
+ * 1.7-3.4x slower.  (AVX-512 on Zen 4, against gcc's reduction: statistics in cache level
+ * in float32 and 1.15-1.5x faster in float64; layer norm (32, 768) and group norm (16, 256,
+ * 32, 32) forwards level through the API.) */
+#if FN_ISA_LEVEL == FN_ISA_AVX512
 #define SUM_LANES 16
-#endif
-/* fn_norm_stats_runs fetches the next sample's runs while it reads a sample's (run_sums'
- * `next`) where the runs are long and the stretch of them short: batch norm's channel
- * blocks.  Kernel through ctypes, 1 thread, Zen 4, from memory, against no fetch: (64, 64,
- * 56, 56) float32 by blocks of 5 channels (61 KiB stretches, the forward's blocks) 1.05-1.35x
- * (eight runs, median 1.24x), runs of 49 KiB two by two (98 KiB) 1.13-1.20x, runs of 4 KiB
- * sixteen by sixteen 1.08-1.55x; stretches of 122 KiB level; fetching stretches of 392 KiB
- * 0.89-1.09x, and runs of 784 bytes 0.78-0.96x.  Batch norm 2-D train forward through the
- * API 1.12-1.16x (1 thread), 1.07-1.15x (2). */
-#define FETCH_RUN_MIN_BYTES (4 << 10)
-#define FETCH_STRETCH_MAX_BYTES (128 << 10)
-
-/* s1 += sum(x - shift), s2 += sum((x - shift)^2) over one contiguous run; the lines of the
- * run `next` (as long as this one; NULL: none) are fetched into L2 meanwhile. */
 static inline void FN_NAME(run_sums, FN_SUF)(const T *x, int64_t n, double shift, double *s1, double *s2,
                                              const T *next)
 {
@@ -81,7 +70,7 @@ static inline void FN_NAME(run_sums, FN_SUF)(const T *x, int64_t n, double shift
             la[j] += d;
             lb[j] += d * d;
         }
-        if (next)
+        if (next)   /* SUM_LANES * sizeof(T) is 64 or 128 bytes */
             fn_prefetch_lines_l2(next + i, SUM_LANES * (int64_t)sizeof(T));
     }
     for (int w = SUM_LANES / 2; w > 0; w /= 2)
@@ -98,6 +87,34 @@ static inline void FN_NAME(run_sums, FN_SUF)(const T *x, int64_t n, double shift
     *s1 += a;
     *s2 += b;
 }
+#undef SUM_LANES
+#else
+static inline void FN_NAME(run_sums, FN_SUF)(const T *x, int64_t n, double shift, double *s1, double *s2,
+                                             const T *next)
+{
+    (void)next;
+    double a = 0.0, b = 0.0;
+#pragma omp simd reduction(+:a, b)
+    for (int64_t i = 0; i < n; ++i) {
+        const double d = (double)x[i] - shift;
+        a += d;
+        b += d * d;
+    }
+    *s1 += a;
+    *s2 += b;
+}
+#endif
+
+/* fn_norm_stats_runs fetches the next sample's runs while it reads a sample's (run_sums'
+ * `next`) where the runs are long and the stretch of them short: batch norm's channel
+ * blocks.  Kernel through ctypes, 1 thread, Zen 4, from memory, against no fetch: (64, 64,
+ * 56, 56) float32 by blocks of 5 channels (61 KiB stretches, the forward's blocks) 1.05-1.35x
+ * (eight runs, median 1.24x), runs of 49 KiB two by two (98 KiB) 1.13-1.20x, runs of 4 KiB
+ * sixteen by sixteen 1.08-1.55x; stretches of 122 KiB level; fetching stretches of 392 KiB
+ * 0.89-1.09x, and runs of 784 bytes 0.78-0.96x.  Batch norm 2-D train forward through the
+ * API 1.12-1.16x (1 thread), 1.07-1.15x (2). */
+#define FETCH_RUN_MIN_BYTES (4 << 10)
+#define FETCH_STRETCH_MAX_BYTES (128 << 10)
 
 /* s1 += sum(dy), s2 += sum(dy * (x - center)) over one contiguous run.  (Fetching the next
  * sample's runs as run_sums does gained nothing here -- batch norm's blocked backward sums,
@@ -791,7 +808,6 @@ void FN_NAME(fn_norm_rows_backward, FN_SUF)(const T *dy, const T *x, T *gx, int6
 
 #undef RUN_SUMS
 #undef RUN_DUAL
-#undef SUM_LANES
 #undef FETCH_RUN_MIN_BYTES
 #undef FETCH_STRETCH_MAX_BYTES
 #undef FINISH_MOMENTS
