@@ -54,7 +54,7 @@
  * reduction and fetch nothing: gcc 12 kept one of the AVX2 float32 variant's partial sums on
  * the stack, with 8 lanes or 16 and with or without the branch, which made its statistics
  * 1.7-3.4x slower.  (AVX-512 on Zen 4, against gcc's reduction: statistics in cache level
- * in float32 and 1.15-1.5x faster in float64; layer norm (32, 768) and group norm (16, 256,
+ * in float32 and 1.3-1.6x faster in float64; layer norm (32, 768) and group norm (16, 256,
  * 32, 32) forwards level through the API.) */
 #if FN_ISA_LEVEL == FN_ISA_AVX512
 #define SUM_LANES 16
