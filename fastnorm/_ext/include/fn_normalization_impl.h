@@ -105,9 +105,9 @@ static inline void FN_NAME(run_sums, FN_SUF)(const T *x, int64_t n, double shift
 }
 #endif
 
-/* fn_norm_stats_runs fetches the next sample's runs while it reads a sample's (run_sums'
- * `next`) where the runs are long and the stretch of them short: batch norm's channel
- * blocks.  Kernel through ctypes, 1 thread, Zen 4, from memory, against no fetch: (64, 64,
+/* fn_norm_stats_runs passes run_sums the next sample's runs to fetch (the AVX-512 run_sums
+ * fetches them; the others ignore `next`) where the runs are long and the stretch of them
+ * short: batch norm's channel blocks.  Kernel through ctypes, 1 thread, Zen 4, from memory, against no fetch: (64, 64,
  * 56, 56) float32 by blocks of 5 channels (61 KiB stretches, the forward's blocks) 1.05-1.35x
  * (eight runs, median 1.24x), runs of 49 KiB two by two (98 KiB) 1.13-1.20x, runs of 4 KiB
  * sixteen by sixteen 1.08-1.55x; stretches of 122 KiB level; fetching stretches of 392 KiB
@@ -224,7 +224,7 @@ void FN_NAME(fn_norm_stats_runs, FN_SUF)(const T *x, int64_t A, int64_t C, int64
             s1[c] = s2[c] = 0.0;
         /* A sample's runs of channels c0..c1-1 are one stretch; the next sample's lie C * B
          * items further on, where the hardware prefetcher finds them late when the stretch is
-         * short (batch norm's channel blocks), so they are fetched while this one is read. */
+         * short (FETCH_RUN_MIN_BYTES above). */
         const int64_t run_bytes = B * (int64_t)sizeof(T);
         const int fetch = run_bytes >= FETCH_RUN_MIN_BYTES && (c1 - c0) * run_bytes <= FETCH_STRETCH_MAX_BYTES;
         for (int64_t a = 0; a < A; ++a)
