@@ -69,7 +69,7 @@ def dropout(x, p=0.5, *, seed=None, offset=0, out=None):
 
     def kernel(flat, y):
         ext.forward(flat[0], y, packed, key_lo, key_hi, offset, threshold, scale,
-                    _config.threads_for(y.shape[0], _GRAIN_FORWARD))
+                    _config.threads_for(y.shape[0], _GRAIN_FORWARD), out, x.dtype != _F16)
 
     if x.dtype == _F16:
         with np.errstate(over="ignore"):  # rounding a scaled value to float16 may give Inf

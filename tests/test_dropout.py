@@ -327,6 +327,42 @@ def test_out_and_in_place(dtype, backend, rng):
     np.testing.assert_array_equal(g, g_expected)
 
 
+@pytest.mark.skipif(not _config.compiled_available() or NUMPY_ONLY, reason="compiled kernels only")
+def test_streamed_forward_matches_oracle(rng):
+    """Large forwards write y with streaming stores (from stream_min_bytes() of traffic);
+    forced from 0 bytes here: into out= at several offsets from a cache line (a lead, whole
+    chunks and a tail in every tile), in place, allocating, and float16 (whose float32
+    intermediate never streams), on every variant and 1 and 2 threads."""
+    n = 70_001
+    base = rng.standard_normal(n + 16).astype(np.float32)
+    out = np.empty(n + 32, np.float32)
+    try:
+        _config.set_stream_min_bytes(0)
+        for isa in _config._runnable_isas():
+            with variant("cython", isa):
+                for threads in (1, 2):
+                    fastnorm.set_num_threads(threads)
+                    for shift in (0, 3, 8):
+                        x = base[shift:shift + n]
+                        expected, expected_mask = ref.dropout(x, 0.3, seed=7, offset=5)
+                        o = out[shift:shift + n]
+                        y, mask = dropout(x, 0.3, seed=7, offset=5, out=o)
+                        assert y is o
+                        np.testing.assert_array_equal(o, expected, err_msg=f"{isa} {threads} {shift}")
+                        np.testing.assert_array_equal(mask.packed, expected_mask.packed)
+                        y, _ = dropout(x, 0.3, seed=7, offset=5)
+                        np.testing.assert_array_equal(y, expected)
+                        inplace = x.copy()
+                        dropout(inplace, 0.3, seed=7, offset=5, out=inplace)
+                        np.testing.assert_array_equal(inplace, expected)
+                    half = base[:n].astype(np.float16)
+                    y, _ = dropout(half, 0.3, seed=7, offset=5)
+                    np.testing.assert_array_equal(y, ref.dropout(half, 0.3, seed=7, offset=5)[0])
+    finally:
+        _config.set_stream_min_bytes(None)
+        fastnorm.set_num_threads(None)
+
+
 def test_read_only_input_and_inputs_not_modified(backend, rng):
     x = rng.standard_normal((50, 40)).astype(np.float32)
     g = rng.standard_normal((50, 40)).astype(np.float32)

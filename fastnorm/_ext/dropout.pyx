@@ -7,13 +7,17 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from cython.parallel cimport prange
 from cython cimport floating
 from fastnorm._ext._shared cimport isa_level
+from fastnorm._ext._pool cimport streams
+cimport numpy as cnp
+
+cnp.import_array()
 
 cdef extern from "fn_dropout.h" nogil:
     ctypedef struct fn_dropout_kernels:
         void (*forward_f32)(const float *, float *, uint8_t *, int64_t, int64_t,
-                            uint64_t, uint64_t, uint64_t, int32_t, double) noexcept nogil
+                            uint64_t, uint64_t, uint64_t, int32_t, double, int) noexcept nogil
         void (*forward_f64)(const double *, double *, uint8_t *, int64_t, int64_t,
-                            uint64_t, uint64_t, uint64_t, int32_t, double) noexcept nogil
+                            uint64_t, uint64_t, uint64_t, int32_t, double, int) noexcept nogil
         void (*backward_f32)(const float *, const uint8_t *, float *, int64_t, double) noexcept nogil
         void (*backward_f64)(const double *, const uint8_t *, double *, int64_t, double) noexcept nogil
     const fn_dropout_kernels *fn_dropout_kernels_by_isa[]
@@ -36,13 +40,13 @@ cdef inline Py_ssize_t _chunk(Py_ssize_t n, int nthreads) noexcept nogil:
 
 cdef inline void _forward_part(const floating *x, floating *y, uint8_t *mask, Py_ssize_t n,
                                Py_ssize_t start, uint64_t key_lo, uint64_t key_hi,
-                               uint64_t offset, int32_t threshold, double scale) noexcept nogil:
+                               uint64_t offset, int32_t threshold, double scale, int stream) noexcept nogil:
     if floating is float:
         _kernels.forward_f32(x + start, y + start, mask + start // 8, n, start, key_lo, key_hi, offset,
-                 threshold, scale)
+                 threshold, scale, stream)
     else:
         _kernels.forward_f64(x + start, y + start, mask + start // 8, n, start, key_lo, key_hi, offset,
-                 threshold, scale)
+                 threshold, scale, stream)
 
 
 cdef inline void _backward_part(const floating *g, const uint8_t *mask, floating *gx,
@@ -54,30 +58,40 @@ cdef inline void _backward_part(const floating *g, const uint8_t *mask, floating
 
 
 def forward(const floating[::1] x, floating[::1] y, uint8_t[::1] mask, uint64_t key_lo,
-            uint64_t key_hi, uint64_t offset, int32_t threshold, double scale, int nthreads):
+            uint64_t key_hi, uint64_t offset, int32_t threshold, double scale, int nthreads,
+            object out=None, bint y_from_cache=False):
     """y = x * (keep ? scale : 0) and the packed keep bits.
 
     IN x: (n,) C-order flat input; OUT y: (n,), may be x's buffer; OUT mask:
     (ceil(n / 8),) uint8.  key_lo/key_hi: Philox key words; offset: Philox counter
     the stream starts from; threshold in [0, 65536]: keep iff 16-bit field >= threshold.
+    Large results are written with streaming stores where _pool.streams allows: y is the
+    buffer of `out` (the caller's output array), or y_from_cache says that y was just
+    taken from fastnorm's buffer cache (_config.empty, the call before this one), not
+    from np.empty (float16's float32 intermediate, which the pool state does not describe).
     """
     cdef Py_ssize_t n = x.shape[0], c, start, chunk
+    cdef Py_ssize_t nbytes = n * <Py_ssize_t>sizeof(floating)
+    cdef bint callers_out
+    cdef int stream
     if y.shape[0] != n or mask.shape[0] != (n + 7) // 8:
         raise ValueError("forward: x, y and mask lengths do not match")
     if not 0 <= threshold <= 65536:
         raise ValueError(f"forward: threshold must be in [0, 65536], got {threshold}")
     if n == 0:
         return
+    callers_out = isinstance(out, cnp.ndarray) and cnp.PyArray_DATA(<cnp.ndarray>out) == <void *>&y[0]
+    stream = (callers_out or y_from_cache) and streams(nbytes, 2 * nbytes, callers_out)
     with nogil:
         if nthreads <= 1:
-            _forward_part(&x[0], &y[0], &mask[0], n, 0, key_lo, key_hi, offset, threshold, scale)
+            _forward_part(&x[0], &y[0], &mask[0], n, 0, key_lo, key_hi, offset, threshold, scale, stream)
         else:
             chunk = _chunk(n, nthreads)
             for c in prange(nthreads, num_threads=nthreads, schedule="static"):
                 start = c * chunk
                 if start < n:
                     _forward_part(&x[0], &y[0], &mask[0], min(chunk, n - start), start,
-                                  key_lo, key_hi, offset, threshold, scale)
+                                  key_lo, key_hi, offset, threshold, scale, stream)
 
 
 def backward(const floating[::1] g, const uint8_t[::1] mask, floating[::1] gx, double scale,
