@@ -68,6 +68,8 @@ def dropout(x, p=0.5, *, seed=None, offset=0, out=None):
     key_lo, key_hi = seed & _WORD, seed >> 64
 
     def kernel(flat, y):
+        # y comes from _config.empty (the pool, which then decides on streaming), except
+        # float16's float32 intermediate, from np.empty, which the pool's state does not describe
         ext.forward(flat[0], y, packed, key_lo, key_hi, offset, threshold, scale,
                     _config.threads_for(y.shape[0], _GRAIN_FORWARD), out, x.dtype != _F16)
 

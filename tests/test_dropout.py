@@ -328,16 +328,24 @@ def test_out_and_in_place(dtype, backend, rng):
 
 
 @pytest.mark.skipif(not _config.compiled_available() or NUMPY_ONLY, reason="compiled kernels only")
-def test_streamed_forward_matches_oracle(rng):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_streamed_forward_matches_oracle(dtype, rng):
     """Large forwards write y with streaming stores (from stream_min_bytes() of traffic);
-    forced from 0 bytes here: into out= at several offsets from a cache line (a lead, whole
-    chunks and a tail in every tile), in place, allocating, and float16 (whose float32
-    intermediate never streams), on every variant and 1 and 2 threads."""
-    n = 70_001
-    base = rng.standard_normal(n + 16).astype(np.float32)
-    out = np.empty(n + 32, np.float32)
+    forced from 0 bytes here, with the buffer cache taking any size: into out= at several
+    offsets from a cache line (a lead, whole chunks and a tail in every tile), into a strided
+    out= (through a cached block), in place, and allocating twice (the second call reuses a
+    cached block, which streams), on every variant and 1 and 2 threads.  float16 computes in
+    a float32 intermediate from np.empty, which is not streamed; its values are checked."""
+    n = 600_001 if dtype == np.float32 else 300_001    # results of 2.3-2.4 MB: cached blocks
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.empty((n + 64) * itemsize + 64, np.uint8)
+    lead = (-raw.ctypes.data) % 64                      # a known placement: line-aligned base
+    out = raw[lead:lead + (n + 32) * itemsize].view(dtype)
+    base = rng.standard_normal(n + 16).astype(dtype)
+    pool = _config._pool
     try:
         _config.set_stream_min_bytes(0)
+        pool.set_min_bytes(0)
         for isa in _config._runnable_isas():
             with variant("cython", isa):
                 for threads in (1, 2):
@@ -350,8 +358,12 @@ def test_streamed_forward_matches_oracle(rng):
                         assert y is o
                         np.testing.assert_array_equal(o, expected, err_msg=f"{isa} {threads} {shift}")
                         np.testing.assert_array_equal(mask.packed, expected_mask.packed)
-                        y, _ = dropout(x, 0.3, seed=7, offset=5)
-                        np.testing.assert_array_equal(y, expected)
+                        for _ in range(2):
+                            y, _ = dropout(x, 0.3, seed=7, offset=5)
+                            np.testing.assert_array_equal(y, expected)
+                        strided = np.empty(2 * n, dtype)[::2]
+                        dropout(x, 0.3, seed=7, offset=5, out=strided)
+                        np.testing.assert_array_equal(strided, expected)
                         inplace = x.copy()
                         dropout(inplace, 0.3, seed=7, offset=5, out=inplace)
                         np.testing.assert_array_equal(inplace, expected)
@@ -360,6 +372,7 @@ def test_streamed_forward_matches_oracle(rng):
                     np.testing.assert_array_equal(y, ref.dropout(half, 0.3, seed=7, offset=5)[0])
     finally:
         _config.set_stream_min_bytes(None)
+        pool.set_min_bytes(pool.MIN_BYTES)
         fastnorm.set_num_threads(None)
 
 

@@ -1,7 +1,8 @@
 """Cython glue of the dropout kernels (C loops in fn_dropout_impl.h, Philox in fn_philox.h).
 
-Arguments arrive validated and C-order flat from fastnorm.dropout; this module only
-picks the ISA variant, splits the work over OpenMP threads and releases the GIL.
+Arguments arrive validated and C-order flat from fastnorm.dropout; this module picks the
+ISA variant, decides whether the forward's result streams, splits the work over OpenMP
+threads and releases the GIL.
 """
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from cython.parallel cimport prange
@@ -59,16 +60,16 @@ cdef inline void _backward_part(const floating *g, const uint8_t *mask, floating
 
 def forward(const floating[::1] x, floating[::1] y, uint8_t[::1] mask, uint64_t key_lo,
             uint64_t key_hi, uint64_t offset, int32_t threshold, double scale, int nthreads,
-            object out=None, bint y_from_cache=False):
+            object out=None, bint y_from_config_empty=False):
     """y = x * (keep ? scale : 0) and the packed keep bits.
 
     IN x: (n,) C-order flat input; OUT y: (n,), may be x's buffer; OUT mask:
     (ceil(n / 8),) uint8.  key_lo/key_hi: Philox key words; offset: Philox counter
     the stream starts from; threshold in [0, 65536]: keep iff 16-bit field >= threshold.
     Large results are written with streaming stores where _pool.streams allows: y is the
-    buffer of `out` (the caller's output array), or y_from_cache says that y was just
-    taken from fastnorm's buffer cache (_config.empty, the call before this one), not
-    from np.empty (float16's float32 intermediate, which the pool state does not describe).
+    buffer of `out` (the caller's output array), or y_from_config_empty says that y was
+    allocated by _config.empty just before this call, so that the pool's state describes it
+    (then the pool decides), not by np.empty (float16's float32 intermediate).
     """
     cdef Py_ssize_t n = x.shape[0], c, start, chunk
     cdef Py_ssize_t nbytes = n * <Py_ssize_t>sizeof(floating)
@@ -81,7 +82,7 @@ def forward(const floating[::1] x, floating[::1] y, uint8_t[::1] mask, uint64_t 
     if n == 0:
         return
     callers_out = isinstance(out, cnp.ndarray) and cnp.PyArray_DATA(<cnp.ndarray>out) == <void *>&y[0]
-    stream = (callers_out or y_from_cache) and streams(nbytes, 2 * nbytes, callers_out)
+    stream = (callers_out or y_from_config_empty) and streams(nbytes, 2 * nbytes, callers_out)
     with nogil:
         if nthreads <= 1:
             _forward_part(&x[0], &y[0], &mask[0], n, 0, key_lo, key_hi, offset, threshold, scale, stream)

@@ -11,8 +11,9 @@
  *           (np.packbits(..., bitorder='little') layout; unused bits of the last
  *           byte are 0).  x and y may be the same buffer.  `start` is the flat index
  *           of x[0] within the whole array and must be a multiple of 16; mask points
- *           at byte start / 8.  Writes ceil(n / 8) mask bytes.  stream: y by
- *           non-temporal stores (fn_stream.h), the same values.
+ *           at byte start / 8.  Writes ceil(n / 8) mask bytes.  stream: y's whole
+ *           64-byte lines by non-temporal stores (fn_stream.h), the same values, fenced
+ *           before the call returns.
  * backward: gx[i] = g[i] * (bit i of mask ? scale : 0).  g and gx may be the same
  *           buffer; mask[0] holds the bit of g[0].
  */

@@ -5,12 +5,13 @@
  * Philox blocks into a small buffer of 16-bit fields (fn_philox.h: vector and scalar
  * blocks side by side -- the generator is the bottleneck), then two loops over the
  * tile -- apply (y = x * factor) and pack the keep bits.  The tile buffer stays in L1.
- * With `stream`, y goes out by non-temporal stores (fn_stream.h): on Zen 4, where the
- * generator is slower than on Zen 5, the output's read for ownership no longer overlapped
- * with it (4096 x 4096 float32 through the API, both builds in one process, paired
- * medians over four runs: 1.00-1.08x at 1 thread, 1.02-1.28x at 2; on Zen 5 an earlier
- * session had found no gain over the prefetch below).  Calls below stream_min_bytes() keep
- * plain stores (streamed: 0.93x at (256, 1024), whose y stays cached).
+ * With `stream`, y goes out by non-temporal stores (fn_stream.h; whole 64-byte lines
+ * only, the kernel fences before it returns): on Zen 4, where the generator is slower than
+ * on Zen 5, plain stores' read for ownership did not overlap with the generator, and
+ * streaming removes it (4096 x 4096 float32 through the API, both builds in one process,
+ * paired medians over four runs: 1.00-1.08x at 1 thread, 1.02-1.28x at 2; measured no gain
+ * on Zen 5, where the prefetch below sufficed).  Calls below stream_min_bytes() keep plain
+ * stores (streamed: 0.93x at (256, 1024), whose y stays cached).
  *
  * The factor is selected between two constants and then multiplied, never the output
  * selected: a dropped NaN or Inf stays NaN (NaN * 0), as in PyTorch, and the loop is

@@ -87,7 +87,7 @@ static inline void fn_philox_words_to_fields(const uint64_t *words, int nwords, 
 #endif
 }
 
-/* FN_PHILOX_MULHI.  The vector groups build the high half of each 64x64 product from four
+/* Multiply-high of the vector groups.  They build the high half of each 64x64 product from four
  * 32x32->64 products (vpmuludq): with a = a1 2^32 + a0 and m = m1 2^32 + m0,
  *   mid = a0 m1 + (a0 m0 >> 32),  mid2 = a1 m0 + (mid mod 2^32),
  *   hi = a1 m1 + (mid >> 32) + (mid2 >> 32),  and the low half's upper word is mid2 mod 2^32.
@@ -116,7 +116,7 @@ static inline __m512i fn_philox_mulhi_z(__m512i a, __m512i m_lo, __m512i m_hi)
     const __m512i a_hi = _mm512_srli_epi64(a, 32);
     const __m512i ll = _mm512_mul_epu32(a, m_lo), lh = _mm512_mul_epu32(a, m_hi);
     const __m512i hl = _mm512_mul_epu32(a_hi, m_lo), hh = _mm512_mul_epu32(a_hi, m_hi);
-    const __m512i mid = _mm512_add_epi64(lh, _mm512_srli_epi64(ll, 32));   /* see FN_PHILOX_MULHI */
+    const __m512i mid = _mm512_add_epi64(lh, _mm512_srli_epi64(ll, 32));   /* see "Multiply-high" above */
     const __m512i mid2 = _mm512_add_epi64(hl, _mm512_and_si512(mid, low32));
     return _mm512_add_epi64(_mm512_add_epi64(hh, _mm512_srli_epi64(mid, 32)), _mm512_srli_epi64(mid2, 32));
 }
@@ -197,7 +197,7 @@ static inline void fn_philox_mulhilo_v(__m256i a, __m256i m_lo, __m256i m_hi, __
     const __m256i a_hi = _mm256_srli_epi64(a, 32);
     const __m256i ll = _mm256_mul_epu32(a, m_lo), lh = _mm256_mul_epu32(a, m_hi);
     const __m256i hl = _mm256_mul_epu32(a_hi, m_lo), hh = _mm256_mul_epu32(a_hi, m_hi);
-    const __m256i mid = _mm256_add_epi64(lh, _mm256_srli_epi64(ll, 32));   /* see FN_PHILOX_MULHI */
+    const __m256i mid = _mm256_add_epi64(lh, _mm256_srli_epi64(ll, 32));   /* see "Multiply-high" above */
     const __m256i mid2 = _mm256_add_epi64(hl, _mm256_and_si256(mid, low32));
     *hi = _mm256_add_epi64(_mm256_add_epi64(hh, _mm256_srli_epi64(mid, 32)), _mm256_srli_epi64(mid2, 32));
     *lo = _mm256_blend_epi32(ll, _mm256_slli_epi64(mid2, 32), 0xAA);   /* mid2's low half: lo's high half */
