@@ -57,37 +57,47 @@
  * in float32 and 1.3-1.6x faster in float64; layer norm (32, 768) and group norm (16, 256,
  * 32, 32) forwards level through the API.) */
 #if FN_ISA_LEVEL == FN_ISA_AVX512
-#define SUM_LANES 16
-/* The 16 partial sums added as a tree: lane j += lane j + w for w = 8, 4, 2, 1, in registers.
- * Written as loops over the array, gcc 12 took the tree through the stack, each level's
- * stores read back by the next: once per row, that was a fifth of layer norm (32, 768).
- * The same sums in the same order, so the same bits; through the API, both builds in one
- * process, paired medians, 1 / 2 threads: layer norm (32, 768) 1.23x / 1.22x, (8192, 768)
- * 1.08x / level, batch norm (256, 64, 14, 14) 1.10x / 1.09x; group norm (16, 256, 32, 32)
- * and batch norm (64, 64, 56, 56) level (long runs). */
-static inline double FN_NAME(lanes_tree_sum, FN_SUF)(const double *lanes)
+/* The 16 partial sums, lanes 0-7 in lo and 8-15 in hi, added as a tree: lane j += lane j + w
+ * for w = 8, 4, 2, 1. */
+static inline double FN_NAME(lanes_tree_sum, FN_SUF)(__m512d lo, __m512d hi)
 {
-    const __m512d w8 = _mm512_add_pd(_mm512_loadu_pd(lanes), _mm512_loadu_pd(lanes + 8));
+    const __m512d w8 = _mm512_add_pd(lo, hi);
     const __m256d w4 = _mm256_add_pd(_mm512_castpd512_pd256(w8), _mm512_extractf64x4_pd(w8, 1));
     const __m128d w2 = _mm_add_pd(_mm256_castpd256_pd128(w4), _mm256_extractf128_pd(w4, 1));
     return _mm_cvtsd_f64(_mm_add_sd(w2, _mm_unpackhi_pd(w2, w2)));
 }
+/* Written with intrinsics, not as a loop over lane arrays for gcc to vectorize: gcc 12 then
+ * took the tree through the stack (each level's stores read back by the next, a fifth of
+ * layer norm (32, 768)), and it loaded 16 floats to convert the upper half by an extract
+ * where a second 8-float load converts directly.  Intrinsics: the same operations on the same
+ * lanes in the same order (d = x - shift, la += d, lb += d * d fused), so the same bits.
+ * Through the API, both builds in one process, paired medians, 1 / 2 threads: the tree in
+ * registers alone, layer norm (32, 768) 1.23x / 1.22x, (8192, 768) 1.08x / level, batch
+ * norm (256, 64, 14, 14) 1.10x / 1.09x; the direct conversions on top of it, layer norm
+ * (32, 768) 1.05x / 1.05x, (8192, 768) 1.10x / level, group norm (16, 256, 32, 32) 1.05x /
+ * 1.05x, batch norm (256, 64, 14, 14) 1.04x / 1.05x, (64, 64, 56, 56) level / 1.06x. */
 static inline void FN_NAME(run_sums, FN_SUF)(const T *x, int64_t n, double shift, double *s1, double *s2,
                                              const T *next)
 {
-    double la[SUM_LANES] = {0.0}, lb[SUM_LANES] = {0.0};
+    const __m512d sh = _mm512_set1_pd(shift);
+    __m512d a_lo = _mm512_setzero_pd(), a_hi = a_lo, b_lo = a_lo, b_hi = a_lo;
     int64_t i = 0;
-    for (; i + SUM_LANES <= n; i += SUM_LANES) {
-#pragma omp simd
-        for (int j = 0; j < SUM_LANES; ++j) {
-            const double d = (double)x[i + j] - shift;
-            la[j] += d;
-            lb[j] += d * d;
-        }
-        if (next)   /* SUM_LANES * sizeof(T) is 64 or 128 bytes */
-            fn_prefetch_lines_l2(next + i, SUM_LANES * (int64_t)sizeof(T));
+    for (; i + 16 <= n; i += 16) {
+#if FN_REAL == 32
+        const __m512d d_lo = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(x + i)), sh);
+        const __m512d d_hi = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(x + i + 8)), sh);
+#else
+        const __m512d d_lo = _mm512_sub_pd(_mm512_loadu_pd(x + i), sh);
+        const __m512d d_hi = _mm512_sub_pd(_mm512_loadu_pd(x + i + 8), sh);
+#endif
+        a_lo = _mm512_add_pd(a_lo, d_lo);
+        a_hi = _mm512_add_pd(a_hi, d_hi);
+        b_lo = _mm512_fmadd_pd(d_lo, d_lo, b_lo);
+        b_hi = _mm512_fmadd_pd(d_hi, d_hi, b_hi);
+        if (next)   /* 16 elements: 64 or 128 bytes */
+            fn_prefetch_lines_l2(next + i, 16 * (int64_t)sizeof(T));
     }
-    double a = FN_NAME(lanes_tree_sum, FN_SUF)(la), b = FN_NAME(lanes_tree_sum, FN_SUF)(lb);
+    double a = FN_NAME(lanes_tree_sum, FN_SUF)(a_lo, a_hi), b = FN_NAME(lanes_tree_sum, FN_SUF)(b_lo, b_hi);
     for (; i < n; ++i) {
         const double d = (double)x[i] - shift;
         a += d;
@@ -96,7 +106,6 @@ static inline void FN_NAME(run_sums, FN_SUF)(const T *x, int64_t n, double shift
     *s1 += a;
     *s2 += b;
 }
-#undef SUM_LANES
 #else
 static inline void FN_NAME(run_sums, FN_SUF)(const T *x, int64_t n, double shift, double *s1, double *s2,
                                              const T *next)
