@@ -66,6 +66,18 @@ static inline double FN_NAME(lanes_tree_sum, FN_SUF)(__m512d lo, __m512d hi)
     const __m128d w2 = _mm_add_pd(_mm256_castpd256_pd128(w4), _mm256_extractf128_pd(w4, 1));
     return _mm_cvtsd_f64(_mm_add_sd(w2, _mm_unpackhi_pd(w2, w2)));
 }
+/* Elements i .. i + 15 of p as doubles, i .. i + 7 in *lo and i + 8 .. i + 15 in *hi (float:
+ * each half converted straight from memory). */
+static inline void FN_NAME(load16_pd, FN_SUF)(const T *p, int64_t i, __m512d *lo, __m512d *hi)
+{
+#if FN_REAL == 32
+    *lo = _mm512_cvtps_pd(_mm256_loadu_ps(p + i));
+    *hi = _mm512_cvtps_pd(_mm256_loadu_ps(p + i + 8));
+#else
+    *lo = _mm512_loadu_pd(p + i);
+    *hi = _mm512_loadu_pd(p + i + 8);
+#endif
+}
 /* Written with intrinsics, not as a loop over lane arrays for gcc to vectorize: gcc 12 then
  * took the tree through the stack (each level's stores read back by the next, a fifth of
  * layer norm (32, 768)), and it loaded 16 floats to convert the upper half by an extract
@@ -83,13 +95,10 @@ static inline void FN_NAME(run_sums, FN_SUF)(const T *x, int64_t n, double shift
     __m512d a_lo = _mm512_setzero_pd(), a_hi = a_lo, b_lo = a_lo, b_hi = a_lo;
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
-#if FN_REAL == 32
-        const __m512d d_lo = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(x + i)), sh);
-        const __m512d d_hi = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(x + i + 8)), sh);
-#else
-        const __m512d d_lo = _mm512_sub_pd(_mm512_loadu_pd(x + i), sh);
-        const __m512d d_hi = _mm512_sub_pd(_mm512_loadu_pd(x + i + 8), sh);
-#endif
+        __m512d d_lo, d_hi;
+        FN_NAME(load16_pd, FN_SUF)(x, i, &d_lo, &d_hi);
+        d_lo = _mm512_sub_pd(d_lo, sh);
+        d_hi = _mm512_sub_pd(d_hi, sh);
         a_lo = _mm512_add_pd(a_lo, d_lo);
         a_hi = _mm512_add_pd(a_hi, d_hi);
         b_lo = _mm512_fmadd_pd(d_lo, d_lo, b_lo);
@@ -151,16 +160,11 @@ static inline void FN_NAME(run_dual, FN_SUF)(const T *dy, const T *x, int64_t n,
     __m512d a_lo = _mm512_setzero_pd(), a_hi = a_lo, b_lo = a_lo, b_hi = a_lo;
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
-#if FN_REAL == 32
-        const __m512d h_lo = _mm512_cvtps_pd(_mm256_loadu_ps(dy + i));
-        const __m512d h_hi = _mm512_cvtps_pd(_mm256_loadu_ps(dy + i + 8));
-        const __m512d d_lo = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(x + i)), c);
-        const __m512d d_hi = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(x + i + 8)), c);
-#else
-        const __m512d h_lo = _mm512_loadu_pd(dy + i), h_hi = _mm512_loadu_pd(dy + i + 8);
-        const __m512d d_lo = _mm512_sub_pd(_mm512_loadu_pd(x + i), c);
-        const __m512d d_hi = _mm512_sub_pd(_mm512_loadu_pd(x + i + 8), c);
-#endif
+        __m512d h_lo, h_hi, d_lo, d_hi;
+        FN_NAME(load16_pd, FN_SUF)(dy, i, &h_lo, &h_hi);
+        FN_NAME(load16_pd, FN_SUF)(x, i, &d_lo, &d_hi);
+        d_lo = _mm512_sub_pd(d_lo, c);
+        d_hi = _mm512_sub_pd(d_hi, c);
         a_lo = _mm512_add_pd(a_lo, h_lo);
         a_hi = _mm512_add_pd(a_hi, h_hi);
         b_lo = _mm512_fmadd_pd(h_lo, d_lo, b_lo);
