@@ -132,20 +132,29 @@ static inline void FN_NAME(run_sums, FN_SUF)(const T *x, int64_t n, double shift
 }
 #endif
 
-/* fn_norm_stats_runs passes run_sums the next sample's runs to fetch (the AVX-512 run_sums
- * fetches them; the others ignore `next`) where the runs are long and the stretch of them
- * short: batch norm's channel blocks.  Kernel through ctypes, 1 thread, Zen 4, from memory, against no fetch: (64, 64,
- * 56, 56) float32 by blocks of 5 channels (61 KiB stretches, the forward's blocks) 1.05-1.35x
+/* fn_norm_stats_runs passes run_sums the next sample's runs to fetch, and fn_norm_dual_runs
+ * run_dual (the AVX-512 variants fetch them; the others ignore `next`), where the runs are
+ * long and the stretch of them short: batch norm's channel blocks.  Statistics kernel through
+ * ctypes, 1 thread, Zen 4, from memory, against no fetch: (64, 64, 56, 56) float32 by blocks
+ * of 5 channels (61 KiB stretches, the forward's blocks) 1.05-1.35x
  * (eight runs, median 1.24x), runs of 49 KiB two by two (98 KiB) 1.13-1.20x, runs of 4 KiB
  * sixteen by sixteen 1.08-1.55x; stretches of 122 KiB level; fetching stretches of 392 KiB
  * 0.89-1.09x, and runs of 784 bytes 0.78-0.96x.  Batch norm 2-D train forward through the
  * API 1.12-1.16x (1 thread), 1.07-1.15x (2). */
 #define FETCH_RUN_MIN_BYTES (4 << 10)
 #define FETCH_STRETCH_MAX_BYTES (128 << 10)
+/* Whether the runs of `channels` channels, B elements each, fetch the next sample's (above). */
+static inline int FN_NAME(fetch_next_sample, FN_SUF)(int64_t B, int64_t channels)
+{
+    const int64_t run_bytes = B * (int64_t)sizeof(T);
+    return run_bytes >= FETCH_RUN_MIN_BYTES && channels * run_bytes <= FETCH_STRETCH_MAX_BYTES;
+}
 
-/* s1 += sum(dy), s2 += sum(dy * (x - center)) over one contiguous run.  (Fetching the next
- * sample's runs as run_sums does gained nothing here -- batch norm's blocked backward sums,
- * two arrays: 0.68-0.99x, measured with gcc's reduction.) */
+/* s1 += sum(dy), s2 += sum(dy * (x - center)) over one contiguous run; with AVX-512 the
+ * lines of the runs `next` elements further on in dy and x (0: none) are fetched into L2
+ * meanwhile, as run_sums does.  (With gcc's reduction, fetching had measured 0.68-0.99x;
+ * with the loop below, batch norm backward (64, 64, 56, 56) float32 by channel blocks, through
+ * the API, paired, three runs: 1.07-1.16x at 1 thread, 1.07-1.16x at 2.) */
 #if FN_ISA_LEVEL == FN_ISA_AVX512
 /* AVX-512: in 16 lanes with intrinsics as run_sums, for the same reasons (no extract per 16
  * floats, the tree in registers; with the tree through the stack, lanes had measured
@@ -154,7 +163,7 @@ static inline void FN_NAME(run_sums, FN_SUF)(const T *x, int64_t n, double shift
  * 1.14x / 1.18x, (64, 64, 56, 56) 1.03x / 1.01x, group norm backward (16, 256, 32, 32)
  * 1.07x / 1.09x. */
 static inline void FN_NAME(run_dual, FN_SUF)(const T *dy, const T *x, int64_t n, double center,
-                                             double *s1, double *s2)
+                                             double *s1, double *s2, int64_t next)
 {
     const __m512d c = _mm512_set1_pd(center);
     __m512d a_lo = _mm512_setzero_pd(), a_hi = a_lo, b_lo = a_lo, b_hi = a_lo;
@@ -169,6 +178,10 @@ static inline void FN_NAME(run_dual, FN_SUF)(const T *dy, const T *x, int64_t n,
         a_hi = _mm512_add_pd(a_hi, h_hi);
         b_lo = _mm512_fmadd_pd(h_lo, d_lo, b_lo);
         b_hi = _mm512_fmadd_pd(h_hi, d_hi, b_hi);
+        if (next) {
+            fn_prefetch_lines_l2(dy + next + i, 16 * (int64_t)sizeof(T));
+            fn_prefetch_lines_l2(x + next + i, 16 * (int64_t)sizeof(T));
+        }
     }
     double a = FN_NAME(lanes_tree_sum, FN_SUF)(a_lo, a_hi), b = FN_NAME(lanes_tree_sum, FN_SUF)(b_lo, b_hi);
     for (; i < n; ++i) {
@@ -181,8 +194,9 @@ static inline void FN_NAME(run_dual, FN_SUF)(const T *dy, const T *x, int64_t n,
 }
 #else
 static inline void FN_NAME(run_dual, FN_SUF)(const T *dy, const T *x, int64_t n, double center,
-                                             double *s1, double *s2)
+                                             double *s1, double *s2, int64_t next)
 {
+    (void)next;
     double a = 0.0, b = 0.0;
 #pragma omp simd reduction(+:a, b)
     for (int64_t i = 0; i < n; ++i) {
@@ -287,8 +301,7 @@ void FN_NAME(fn_norm_stats_runs, FN_SUF)(const T *x, int64_t A, int64_t C, int64
         /* A sample's runs of channels c0..c1-1 are one stretch; the next sample's lie C * B
          * items further on, where the hardware prefetcher finds them late when the stretch is
          * short (FETCH_RUN_MIN_BYTES above). */
-        const int64_t run_bytes = B * (int64_t)sizeof(T);
-        const int fetch = run_bytes >= FETCH_RUN_MIN_BYTES && (c1 - c0) * run_bytes <= FETCH_STRETCH_MAX_BYTES;
+        const int fetch = FN_NAME(fetch_next_sample, FN_SUF)(B, c1 - c0);
         for (int64_t a = 0; a < A; ++a)
             for (int64_t c = c0; c < c1; ++c) {
                 const T *run = xp + (a * C + c) * B;
@@ -359,7 +372,7 @@ void FN_NAME(fn_norm_group_backward, FN_SUF)(const T *dy, const T *x, T *gx, int
         double g1 = 0.0, g2 = 0.0;
         for (int64_t j = 0; j < cg; ++j) {
             double a = 0.0, b = 0.0;
-            RUN_DUAL(gu + j * hw, xu + j * hw, hw, center[u], &a, &b);
+            RUN_DUAL(gu + j * hw, xu + j * hw, hw, center[u], &a, &b, 0);
             s1[u * cg + j] = a;
             s2[u * cg + j] = b;
             const double wc = w ? (double)w[c0 + j] : 1.0;
@@ -491,10 +504,12 @@ void FN_NAME(fn_norm_dual_runs, FN_SUF)(const T *dy, const T *x, int64_t A, int6
         const int64_t base = p * A * C * B;
         for (int64_t c = c0; c < c1; ++c)
             s1[p * C + c] = s2[p * C + c] = 0.0;
+        const int fetch = FN_NAME(fetch_next_sample, FN_SUF)(B, c1 - c0);
         for (int64_t a = 0; a < A; ++a)
             for (int64_t c = c0; c < c1; ++c) {
                 const int64_t off = base + (a * C + c) * B;
-                RUN_DUAL(dy + off, x + off, B, center[p * C + c], &s1[p * C + c], &s2[p * C + c]);
+                RUN_DUAL(dy + off, x + off, B, center[p * C + c], &s1[p * C + c], &s2[p * C + c],
+                         fetch && a + 1 < A ? C * B : 0);
             }
         u = p * C + c1;
     }
