@@ -56,7 +56,10 @@
  * 1.7-3.4x slower.  (AVX-512 on Zen 4, against gcc's reduction: statistics in cache level
  * in float32 and 1.3-1.6x faster in float64; layer norm (32, 768) and group norm (16, 256,
  * 32, 32) forwards level through the API.) */
-#if FN_ISA_LEVEL == FN_ISA_AVX512
+/* Intrinsics only where the compiler enables AVX-512 for this unit (gcc's target pragma;
+ * clang ignores it and builds the plain loops of the #else branches). */
+#if FN_ISA_LEVEL == FN_ISA_AVX512 && defined(__AVX512F__)
+#include <immintrin.h>
 /* The 16 partial sums, lanes 0-7 in lo and 8-15 in hi, added as a tree: lane j += lane j + w
  * for w = 8, 4, 2, 1. */
 static inline double FN_NAME(lanes_tree_sum, FN_SUF)(__m512d lo, __m512d hi)
@@ -83,6 +86,8 @@ static inline void FN_NAME(load16_pd, FN_SUF)(const T *p, int64_t i, __m512d *lo
  * layer norm (32, 768)), and it loaded 16 floats to convert the upper half by an extract
  * where a second 8-float load converts directly.  Intrinsics: the same operations on the same
  * lanes in the same order (d = x - shift, la += d, lb += d * d fused), so the same bits.
+ * (The tail below is left to gcc as before: float64 tails of 4 or more elements it
+ * vectorizes without fusing d * d; the same in every caller, as it depends on n alone.)
  * Through the API, both builds in one process, paired medians, 1 / 2 threads: the tree in
  * registers alone, layer norm (32, 768) 1.23x / 1.22x, (8192, 768) 1.08x / level, batch
  * norm (256, 64, 14, 14) 1.10x / 1.09x; the direct conversions on top of it, layer norm
@@ -152,10 +157,11 @@ static inline int FN_NAME(fetch_next_sample, FN_SUF)(int64_t B, int64_t channels
 
 /* s1 += sum(dy), s2 += sum(dy * (x - center)) over one contiguous run; with AVX-512 the
  * lines of the runs `next` elements further on in dy and x (0: none) are fetched into L2
- * meanwhile, as run_sums does.  (With gcc's reduction, fetching had measured 0.68-0.99x;
- * with the loop below, batch norm backward (64, 64, 56, 56) float32 by channel blocks, through
- * the API, paired, three runs: 1.07-1.16x at 1 thread, 1.07-1.16x at 2.) */
-#if FN_ISA_LEVEL == FN_ISA_AVX512
+ * meanwhile, as run_sums does, under the statistics' bounds (adopted, not tuned for two
+ * arrays).  (With gcc's reduction, fetching had measured 0.68-0.99x; with the AVX-512 loop
+ * below, batch norm backward (64, 64, 56, 56) float32 by channel blocks, through the API,
+ * paired, three runs: 1.07-1.16x at 1 thread and, as it happens, 1.07-1.16x at 2.) */
+#if FN_ISA_LEVEL == FN_ISA_AVX512 && defined(__AVX512F__)
 /* AVX-512: in 16 lanes with intrinsics as run_sums, for the same reasons (no extract per 16
  * floats, the tree in registers; with the tree through the stack, lanes had measured
  * 0.88-0.92x of gcc's reduction).  Against gcc's reduction, whose order differs (so the last
@@ -372,7 +378,7 @@ void FN_NAME(fn_norm_group_backward, FN_SUF)(const T *dy, const T *x, T *gx, int
         double g1 = 0.0, g2 = 0.0;
         for (int64_t j = 0; j < cg; ++j) {
             double a = 0.0, b = 0.0;
-            RUN_DUAL(gu + j * hw, xu + j * hw, hw, center[u], &a, &b, 0);
+            RUN_DUAL(gu + j * hw, xu + j * hw, hw, center[u], &a, &b, 0);   /* a group is one stretch */
             s1[u * cg + j] = a;
             s2[u * cg + j] = b;
             const double wc = w ? (double)w[c0 + j] : 1.0;
