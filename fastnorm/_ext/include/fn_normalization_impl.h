@@ -728,8 +728,54 @@ static inline __attribute__((always_inline)) void FN_NAME(rows_grad_sums, FN_SUF
     double *gw, double *gb)
 {
     double p = 0.0, q = 0.0;
+    int64_t k0 = 0;
+#if FN_ISA_LEVEL == FN_ISA_AVX512 && defined(__AVX512F__)
+    /* AVX-512: whole 16-element pieces in lanes with intrinsics, as run_dual (gcc's
+     * reduction converted the upper halves by extracts and reduced through the stack), the
+     * column terms alongside with the per-element operations of the loop below (one fused
+     * multiply-add into gw, as rows_param_sums), so that both parameter paths give the same
+     * bits; the loop below takes the rest. */
+    const __m512d rsv = _mm512_set1_pd(rs);
+    __m512d p_lo = _mm512_setzero_pd(), p_hi = p_lo, q_lo = p_lo, q_hi = p_lo;
+    for (; k0 + 16 <= K; k0 += 16) {
+        __m512d d_lo, d_hi, g_lo, g_hi, xc_lo, xc_hi;
+        FN_NAME(load16_pd, FN_SUF)(dy, k0, &d_lo, &d_hi);
+        if (w) {
+            __m512d w_lo, w_hi;
+            FN_NAME(load16_pd, FN_SUF)(w, k0, &w_lo, &w_hi);
+            g_lo = _mm512_mul_pd(d_lo, w_lo);
+            g_hi = _mm512_mul_pd(d_hi, w_hi);
+        } else {
+            g_lo = d_lo;
+            g_hi = d_hi;
+        }
+#if FN_REAL == 32
+        const __m256 muv = _mm256_set1_ps(mu);   /* xc = x - mu rounded to float, as below */
+        xc_lo = _mm512_cvtps_pd(_mm256_sub_ps(_mm256_loadu_ps(x + k0), muv));
+        xc_hi = _mm512_cvtps_pd(_mm256_sub_ps(_mm256_loadu_ps(x + k0 + 8), muv));
+#else
+        const __m512d muv = _mm512_set1_pd(mu);
+        xc_lo = _mm512_sub_pd(_mm512_loadu_pd(x + k0), muv);
+        xc_hi = _mm512_sub_pd(_mm512_loadu_pd(x + k0 + 8), muv);
+#endif
+        p_lo = _mm512_add_pd(p_lo, g_lo);
+        p_hi = _mm512_add_pd(p_hi, g_hi);
+        q_lo = _mm512_fmadd_pd(g_lo, xc_lo, q_lo);
+        q_hi = _mm512_fmadd_pd(g_hi, xc_hi, q_hi);
+        if (gw) {
+            _mm512_storeu_pd(gw + k0, _mm512_fmadd_pd(d_lo, _mm512_mul_pd(xc_lo, rsv), _mm512_loadu_pd(gw + k0)));
+            _mm512_storeu_pd(gw + k0 + 8, _mm512_fmadd_pd(d_hi, _mm512_mul_pd(xc_hi, rsv), _mm512_loadu_pd(gw + k0 + 8)));
+        }
+        if (gb) {
+            _mm512_storeu_pd(gb + k0, _mm512_add_pd(_mm512_loadu_pd(gb + k0), d_lo));
+            _mm512_storeu_pd(gb + k0 + 8, _mm512_add_pd(_mm512_loadu_pd(gb + k0 + 8), d_hi));
+        }
+    }
+    p = FN_NAME(lanes_tree_sum, FN_SUF)(p_lo, p_hi);
+    q = FN_NAME(lanes_tree_sum, FN_SUF)(q_lo, q_hi);
+#endif
 #pragma omp simd reduction(+:p, q)
-    for (int64_t k = 0; k < K; ++k) {
+    for (int64_t k = k0; k < K; ++k) {
         const T d = dy[k], xc = x[k] - mu;
         const double g = w ? (double)d * (double)w[k] : (double)d;
         p += g;
