@@ -680,13 +680,15 @@ def test_column_statistics_same_bits(rows, channels, dtype, backend, num_threads
     np.testing.assert_allclose(m2, ((xd - xd.mean(axis=0)) ** 2).sum(axis=0), rtol=1e-9)
 
 
-@pytest.mark.parametrize("shape", [(41, 600), (3, 600), (6, 30000), (2, 5, 1030)], ids=str)
+@pytest.mark.parametrize("shape", [(41, 600), (3, 600), (6, 30000), (2, 5, 1030), (7, 13), (9, 47)],
+                         ids=str)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_parameter_gradient_pass_same_bits(shape, dtype, backend, num_threads, rng):
     """Layer norm backward's two places for the parameter-gradient sums (the row loop and
     the pass over rows in cache, chosen by size) give the same bits: forced one way and the
-    other, with sub-blocks of 1-3 remainder rows, the 4-row minimum block ((6, 30000)) and
-    fewer rows than one visit ((3, 600))."""
+    other, with sub-blocks of 1-3 remainder rows, the 4-row minimum block ((6, 30000)),
+    fewer rows than one visit ((3, 600)), and rows shorter than one 16-element piece or
+    with a tail of 9-15 elements after them ((7, 13), (9, 47))."""
     if backend[0] != "cython":
         pytest.skip("compiled kernels only")
     ext = fastnorm._config._modules["normalization"]
