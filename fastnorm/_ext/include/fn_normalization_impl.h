@@ -81,6 +81,23 @@ static inline void FN_NAME(load16_pd, FN_SUF)(const T *p, int64_t i, __m512d *lo
     *hi = _mm512_loadu_pd(p + i + 8);
 #endif
 }
+/* The same, less c: d = (double)p[i] - c. */
+static inline void FN_NAME(load16_centered_pd, FN_SUF)(const T *p, int64_t i, __m512d c, __m512d *lo,
+                                                       __m512d *hi)
+{
+    FN_NAME(load16_pd, FN_SUF)(p, i, lo, hi);
+    *lo = _mm512_sub_pd(*lo, c);
+    *hi = _mm512_sub_pd(*hi, c);
+}
+/* One 16-element step of the lane sums: a += h, b += h * d (fused), lanes 0-7 and 8-15. */
+static inline void FN_NAME(lanes_add, FN_SUF)(__m512d h_lo, __m512d h_hi, __m512d d_lo, __m512d d_hi,
+                                              __m512d *a_lo, __m512d *a_hi, __m512d *b_lo, __m512d *b_hi)
+{
+    *a_lo = _mm512_add_pd(*a_lo, h_lo);
+    *a_hi = _mm512_add_pd(*a_hi, h_hi);
+    *b_lo = _mm512_fmadd_pd(h_lo, d_lo, *b_lo);
+    *b_hi = _mm512_fmadd_pd(h_hi, d_hi, *b_hi);
+}
 /* Written with intrinsics, not as a loop over lane arrays for gcc to vectorize: gcc 12 then
  * took the tree through the stack (each level's stores read back by the next, a fifth of
  * layer norm (32, 768)), and it loaded 16 floats to convert the upper half by an extract
@@ -101,13 +118,8 @@ static inline void FN_NAME(run_sums, FN_SUF)(const T *x, int64_t n, double shift
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
         __m512d d_lo, d_hi;
-        FN_NAME(load16_pd, FN_SUF)(x, i, &d_lo, &d_hi);
-        d_lo = _mm512_sub_pd(d_lo, sh);
-        d_hi = _mm512_sub_pd(d_hi, sh);
-        a_lo = _mm512_add_pd(a_lo, d_lo);
-        a_hi = _mm512_add_pd(a_hi, d_hi);
-        b_lo = _mm512_fmadd_pd(d_lo, d_lo, b_lo);
-        b_hi = _mm512_fmadd_pd(d_hi, d_hi, b_hi);
+        FN_NAME(load16_centered_pd, FN_SUF)(x, i, sh, &d_lo, &d_hi);
+        FN_NAME(lanes_add, FN_SUF)(d_lo, d_hi, d_lo, d_hi, &a_lo, &a_hi, &b_lo, &b_hi);
         if (next)   /* 16 elements: 64 or 128 bytes */
             fn_prefetch_lines_l2(next + i, 16 * (int64_t)sizeof(T));
     }
@@ -177,13 +189,8 @@ static inline void FN_NAME(run_dual, FN_SUF)(const T *dy, const T *x, int64_t n,
     for (; i + 16 <= n; i += 16) {
         __m512d h_lo, h_hi, d_lo, d_hi;
         FN_NAME(load16_pd, FN_SUF)(dy, i, &h_lo, &h_hi);
-        FN_NAME(load16_pd, FN_SUF)(x, i, &d_lo, &d_hi);
-        d_lo = _mm512_sub_pd(d_lo, c);
-        d_hi = _mm512_sub_pd(d_hi, c);
-        a_lo = _mm512_add_pd(a_lo, h_lo);
-        a_hi = _mm512_add_pd(a_hi, h_hi);
-        b_lo = _mm512_fmadd_pd(h_lo, d_lo, b_lo);
-        b_hi = _mm512_fmadd_pd(h_hi, d_hi, b_hi);
+        FN_NAME(load16_centered_pd, FN_SUF)(x, i, c, &d_lo, &d_hi);
+        FN_NAME(lanes_add, FN_SUF)(h_lo, h_hi, d_lo, d_hi, &a_lo, &a_hi, &b_lo, &b_hi);
         if (next) {
             fn_prefetch_lines_l2(dy + next + i, 16 * (int64_t)sizeof(T));
             fn_prefetch_lines_l2(x + next + i, 16 * (int64_t)sizeof(T));
@@ -758,10 +765,7 @@ static inline __attribute__((always_inline)) void FN_NAME(rows_grad_sums, FN_SUF
         xc_lo = _mm512_sub_pd(_mm512_loadu_pd(x + k0), muv);
         xc_hi = _mm512_sub_pd(_mm512_loadu_pd(x + k0 + 8), muv);
 #endif
-        p_lo = _mm512_add_pd(p_lo, g_lo);
-        p_hi = _mm512_add_pd(p_hi, g_hi);
-        q_lo = _mm512_fmadd_pd(g_lo, xc_lo, q_lo);
-        q_hi = _mm512_fmadd_pd(g_hi, xc_hi, q_hi);
+        FN_NAME(lanes_add, FN_SUF)(g_lo, g_hi, xc_lo, xc_hi, &p_lo, &p_hi, &q_lo, &q_hi);
         if (gw) {
             _mm512_storeu_pd(gw + k0, _mm512_fmadd_pd(d_lo, _mm512_mul_pd(xc_lo, rsv), _mm512_loadu_pd(gw + k0)));
             _mm512_storeu_pd(gw + k0 + 8, _mm512_fmadd_pd(d_hi, _mm512_mul_pd(xc_hi, rsv), _mm512_loadu_pd(gw + k0 + 8)));
