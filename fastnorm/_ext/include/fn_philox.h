@@ -182,14 +182,19 @@ static inline void fn_philox_group_fields(const fn_philox_keys *ks, unsigned __i
 
 #elif defined(__AVX2__)
 /* AVX2 has no 64x64->128 multiply, but four 32x32->64 products (vpmuludq) per lane
- * build one, four lanes at a time, on the vector pipes -- which the scalar `mul` does
- * not use.  So one group runs FN_PHILOX_VLANES blocks in vectors and FN_PHILOX_SLANES
- * blocks in scalar registers in the same round loop: measured 4.6-5.2 ns per block
- * against 10.3-11.6 for scalar blocks alone (any interleave width) or 7.2-9.4 for
- * vector blocks alone, one Zen 3 core. */
+ * build one, four lanes at a time, on the vector pipes.  A group is FN_PHILOX_GROUP blocks
+ * in two vectors of four.  Until 2026-12 the group also ran eight blocks in scalar
+ * registers in the same round loop (measured then, one Zen 3 core: 4.6-5.2 ns per block
+ * against 10.3-11.6 for scalar blocks alone or 7.2-9.4 for vector blocks alone); with the
+ * cheaper multiply-high above, and the scalar blocks' 32 words spilled to the stack in every
+ * round (two fifths of the kernel's samples were stack moves), vectors alone are faster:
+ * dropout forward through the API, Zen 3, 1 thread, builds in one process, paired medians,
+ * against 8 vector + 8 scalar blocks: 8 vector blocks alone 1.32-1.47x ((256, 1024) and
+ * (4096, 4096)), 16 alone the same (0.98-1.02x of 8), 32 alone level, 12 + 4 scalar
+ * 1.22-1.25x, 4 + 4 1.10-1.18x. */
 #include <immintrin.h>
 #define FN_PHILOX_VLANES 8
-#define FN_PHILOX_GROUP (FN_PHILOX_VLANES + FN_PHILOX_SLANES)
+#define FN_PHILOX_GROUP FN_PHILOX_VLANES
 
 static inline void fn_philox_mulhilo_v(__m256i a, __m256i m_lo, __m256i m_hi, __m256i *hi, __m256i *lo)
 {
@@ -206,13 +211,12 @@ static inline void fn_philox_mulhilo_v(__m256i a, __m256i m_lo, __m256i m_hi, __
 /* Blocks ctr .. ctr + FN_PHILOX_GROUP - 1 as 16-bit fields (FN_PHILOX_GROUP * 16 of them). */
 static inline void fn_philox_group_fields(const fn_philox_keys *ks, unsigned __int128 ctr, uint16_t *fields)
 {
-    enum { NV = FN_PHILOX_VLANES / 4, NS = FN_PHILOX_SLANES };
+    enum { NV = FN_PHILOX_VLANES / 4 };
     const __m256i m0_lo = _mm256_set1_epi64x((long long)(FN_PHILOX_M0 & 0xFFFFFFFF));
     const __m256i m0_hi = _mm256_set1_epi64x((long long)(FN_PHILOX_M0 >> 32));
     const __m256i m1_lo = _mm256_set1_epi64x((long long)(FN_PHILOX_M1 & 0xFFFFFFFF));
     const __m256i m1_hi = _mm256_set1_epi64x((long long)(FN_PHILOX_M1 >> 32));
     __m256i v0[NV], v1[NV], v2[NV], v3[NV];
-    fn_philox_scalar sb;
     for (int v = 0; v < NV; ++v) {
         unsigned __int128 c[4];
         for (int j = 0; j < 4; ++j)
@@ -224,7 +228,6 @@ static inline void fn_philox_group_fields(const fn_philox_keys *ks, unsigned __i
         v2[v] = _mm256_setzero_si256();
         v3[v] = _mm256_setzero_si256();
     }
-    fn_philox_scalar_init(&sb, ctr + FN_PHILOX_VLANES, NS);
 #pragma GCC unroll 2     /* as in the AVX-512 group: 145 -> 130 us for (256, 1024) */
     for (int r = 0; r < FN_PHILOX_ROUNDS; ++r) {
         const uint64_t k0 = ks->k0[r], k1 = ks->k1[r];
@@ -241,7 +244,6 @@ static inline void fn_philox_group_fields(const fn_philox_keys *ks, unsigned __i
             v0[v] = n0;
             v2[v] = n2;
         }
-        fn_philox_scalar_round(&sb, k0, k1, NS);
     }
     /* Lanes hold word w of four blocks; a 4x4 transpose gives each block's four words. */
     for (int v = 0; v < NV; ++v) {
@@ -253,9 +255,6 @@ static inline void fn_philox_group_fields(const fn_philox_keys *ks, unsigned __i
         _mm256_storeu_si256(dst + 2, _mm256_permute2x128_si256(t0, t2, 0x31));
         _mm256_storeu_si256(dst + 3, _mm256_permute2x128_si256(t1, t3, 0x31));
     }
-    uint64_t words[4 * NS];
-    fn_philox_scalar_words(&sb, words, NS);
-    fn_philox_words_to_fields(words, 4 * NS, fields + 16 * FN_PHILOX_VLANES);
 }
 
 #else /* scalar blocks only */
