@@ -105,16 +105,30 @@ static inline FN_LANES_INLINE LANES FN_NAME(lanes_set1, FN_SUF)(double c)
         a.v[q] = VPD_SET1(c);
     return a;
 }
-/* Elements i .. i + 15 of p as doubles (float: each vector converted straight from memory). */
+/* LANE_W elements of p as doubles (float: converted straight from memory). */
+static inline FN_LANES_INLINE VPD FN_NAME(vpd_load, FN_SUF)(const T *p)
+{
+#if FN_REAL == 32
+    return VPD_LOAD_PS(p);
+#else
+    return VPD_LOADU(p);
+#endif
+}
+/* (double)(p[j] - m) for LANE_W elements, the difference rounded to T first. */
+static inline FN_LANES_INLINE VPD FN_NAME(vpd_load_less, FN_SUF)(const T *p, T m)
+{
+#if FN_REAL == 32
+    return VPD_LOAD_PS_LESS(p, m);
+#else
+    return VPD_SUB(VPD_LOADU(p), VPD_SET1(m));
+#endif
+}
+/* Elements i .. i + 15 of p as doubles. */
 static inline FN_LANES_INLINE LANES FN_NAME(lanes_load, FN_SUF)(const T *p, int64_t i)
 {
     LANES a;
     for (int q = 0; q < LANE_VECS; ++q)
-#if FN_REAL == 32
-        a.v[q] = VPD_LOAD_PS(p + i + q * LANE_W);
-#else
-        a.v[q] = VPD_LOADU(p + i + q * LANE_W);
-#endif
+        a.v[q] = FN_NAME(vpd_load, FN_SUF)(p + i + q * LANE_W);
     return a;
 }
 /* The same, less c: (double)p[i] - c. */
@@ -123,18 +137,6 @@ static inline FN_LANES_INLINE LANES FN_NAME(lanes_load_centered, FN_SUF)(const T
     LANES a = FN_NAME(lanes_load, FN_SUF)(p, i);
     for (int q = 0; q < LANE_VECS; ++q)
         a.v[q] = VPD_SUB(a.v[q], VPD_SET1(c));
-    return a;
-}
-/* (double)(p[i] - m), the difference rounded to T first. */
-static inline FN_LANES_INLINE LANES FN_NAME(lanes_load_less, FN_SUF)(const T *p, int64_t i, T m)
-{
-    LANES a;
-    for (int q = 0; q < LANE_VECS; ++q)
-#if FN_REAL == 32
-        a.v[q] = VPD_LOAD_PS_LESS(p + i + q * LANE_W, m);
-#else
-        a.v[q] = VPD_SUB(VPD_LOADU(p + i + q * LANE_W), VPD_SET1(m));
-#endif
     return a;
 }
 /* One 16-element step of two sums: a += h, b += h * d (fused). */
@@ -797,24 +799,19 @@ static inline __attribute__((always_inline)) void FN_NAME(rows_grad_sums, FN_SUF
      * takes the rest. */
     const VPD rsv = VPD_SET1(rs);
     LANES pl = FN_NAME(lanes_set1, FN_SUF)(0.0), ql = pl;
-    for (; k0 + 16 <= K; k0 += 16) {
-        const LANES d = FN_NAME(lanes_load, FN_SUF)(dy, k0);
-        LANES g = d;
-        if (w) {
-            const LANES wl = FN_NAME(lanes_load, FN_SUF)(w, k0);
-            for (int v = 0; v < LANE_VECS; ++v)
-                g.v[v] = VPD_MUL(d.v[v], wl.v[v]);
-        }
-        const LANES xc = FN_NAME(lanes_load_less, FN_SUF)(x, k0, mu);   /* x - mu rounded to T, as below */
-        FN_NAME(lanes_add, FN_SUF)(g, xc, &pl, &ql);
-        for (int v = 0; v < LANE_VECS; ++v) {
+    for (; k0 + 16 <= K; k0 += 16)
+        for (int v = 0; v < LANE_VECS; ++v) {   /* vector by vector: fewer live registers */
             const int64_t k = k0 + v * LANE_W;
+            const VPD d = FN_NAME(vpd_load, FN_SUF)(dy + k);
+            const VPD g = w ? VPD_MUL(d, FN_NAME(vpd_load, FN_SUF)(w + k)) : d;
+            const VPD xc = FN_NAME(vpd_load_less, FN_SUF)(x + k, mu);   /* x - mu rounded to T, as below */
+            pl.v[v] = VPD_ADD(pl.v[v], g);
+            ql.v[v] = VPD_FMA(g, xc, ql.v[v]);
             if (gw)
-                VPD_STOREU(gw + k, VPD_FMA(d.v[v], VPD_MUL(xc.v[v], rsv), VPD_LOADU(gw + k)));
+                VPD_STOREU(gw + k, VPD_FMA(d, VPD_MUL(xc, rsv), VPD_LOADU(gw + k)));
             if (gb)
-                VPD_STOREU(gb + k, VPD_ADD(VPD_LOADU(gb + k), d.v[v]));
+                VPD_STOREU(gb + k, VPD_ADD(VPD_LOADU(gb + k), d));
         }
-    }
     p = FN_NAME(lanes_tree_sum, FN_SUF)(pl);
     q = FN_NAME(lanes_tree_sum, FN_SUF)(ql);
 #endif
