@@ -46,7 +46,8 @@
 /* Sixteen double lanes, lane j taking elements j, j + 16, j + 32, ... of a run: two zmm
  * registers (AVX-512) or four ymm (AVX2), added up at the end as one tree, lane j += lane
  * j + w for w = 8, 4, 2, 1, which is the same order for both, so that the two variants give
- * the same bits.  The reductions below use them for whole 16-element pieces and add the rest
+ * the same bits for the whole pieces.  The reductions below use them for whole 16-element
+ * pieces and add the rest (left to gcc, which may vectorize a tail differently per variant)
  * in order: an order fixed by the code rather than by the vectorizer, so that the loop can
  * also ask for lines of the next run (gcc does not vectorize a loop with a prefetch in it).
  * Written with intrinsics, not as loops over lane arrays for gcc to vectorize: gcc 12 took
@@ -139,13 +140,17 @@ static inline FN_LANES_INLINE LANES FN_NAME(lanes_load_centered, FN_SUF)(const T
         a.v[q] = VPD_SUB(a.v[q], VPD_SET1(c));
     return a;
 }
-/* One 16-element step of two sums: a += h, b += h * d (fused). */
+/* One step of two sums, one vector: a += h, b += h * d (fused). */
+static inline FN_LANES_INLINE void FN_NAME(vpd_add, FN_SUF)(VPD h, VPD d, VPD *a, VPD *b)
+{
+    *a = VPD_ADD(*a, h);
+    *b = VPD_FMA(h, d, *b);
+}
+/* The same for a 16-element piece. */
 static inline FN_LANES_INLINE void FN_NAME(lanes_add, FN_SUF)(LANES h, LANES d, LANES *a, LANES *b)
 {
-    for (int q = 0; q < LANE_VECS; ++q) {
-        a->v[q] = VPD_ADD(a->v[q], h.v[q]);
-        b->v[q] = VPD_FMA(h.v[q], d.v[q], b->v[q]);
-    }
+    for (int q = 0; q < LANE_VECS; ++q)
+        FN_NAME(vpd_add, FN_SUF)(h.v[q], d.v[q], &a->v[q], &b->v[q]);
 }
 /* The sixteen lanes added as the tree above. */
 static inline FN_LANES_INLINE double FN_NAME(lanes_tree_sum, FN_SUF)(LANES a)
@@ -205,7 +210,8 @@ static inline void FN_NAME(run_sums, FN_SUF)(const T *x, int64_t n, double shift
 #endif
 
 /* fn_norm_stats_runs passes run_sums the next sample's runs to fetch, and fn_norm_dual_runs
- * run_dual (the variants with lanes fetch them; the others ignore `next`), where the runs are
+ * run_dual (the AVX-512 variant fetches in both, AVX2 in run_sums only, the others ignore
+ * `next`), where the runs are
  * long and the stretch of them short: batch norm's channel blocks.  Statistics kernel through
  * ctypes, 1 thread, Zen 4, from memory, against no fetch: (64, 64, 56, 56) float32 by blocks
  * of 5 channels (61 KiB stretches, the forward's blocks) 1.05-1.35x
@@ -799,19 +805,20 @@ static inline __attribute__((always_inline)) void FN_NAME(rows_grad_sums, FN_SUF
      * takes the rest. */
     const VPD rsv = VPD_SET1(rs);
     LANES pl = FN_NAME(lanes_set1, FN_SUF)(0.0), ql = pl;
-    for (; k0 + 16 <= K; k0 += 16)
+    for (; k0 + 16 <= K; k0 += 16) {
+#pragma GCC unroll 4   /* unrolled, so that the accumulators' vectors stay in registers */
         for (int v = 0; v < LANE_VECS; ++v) {   /* vector by vector: fewer live registers */
             const int64_t k = k0 + v * LANE_W;
             const VPD d = FN_NAME(vpd_load, FN_SUF)(dy + k);
             const VPD g = w ? VPD_MUL(d, FN_NAME(vpd_load, FN_SUF)(w + k)) : d;
             const VPD xc = FN_NAME(vpd_load_less, FN_SUF)(x + k, mu);   /* x - mu rounded to T, as below */
-            pl.v[v] = VPD_ADD(pl.v[v], g);
-            ql.v[v] = VPD_FMA(g, xc, ql.v[v]);
+            FN_NAME(vpd_add, FN_SUF)(g, xc, &pl.v[v], &ql.v[v]);
             if (gw)
                 VPD_STOREU(gw + k, VPD_FMA(d, VPD_MUL(xc, rsv), VPD_LOADU(gw + k)));
             if (gb)
                 VPD_STOREU(gb + k, VPD_ADD(VPD_LOADU(gb + k), d));
         }
+    }
     p = FN_NAME(lanes_tree_sum, FN_SUF)(pl);
     q = FN_NAME(lanes_tree_sum, FN_SUF)(ql);
 #endif

@@ -103,7 +103,8 @@ static inline void fn_philox_words_to_fields(const uint64_t *words, int nwords, 
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
 /* AVX-512: as the AVX2 group below, with eight blocks per vector and the low half of each
  * product from vpmullq.  24 vector blocks (three vectors) and 8 scalar ones per group:
- * 2.5 ns per block against 4.3 for the AVX2 group, one Zen 5 core (C benchmark of the
+ * 2.5 ns per block against 4.3 for the AVX2 group of then (8 vector + 8 scalar blocks), one
+ * Zen 5 core (C benchmark of the
  * group alone; 16 vector blocks alone 3.5, 32 alone 2.8; 24 + 8 with the low halves
  * assembled from the 32-bit products, as AVX2 does, 2.6). */
 #include <immintrin.h>
@@ -195,6 +196,7 @@ static inline void fn_philox_group_fields(const fn_philox_keys *ks, unsigned __i
 #include <immintrin.h>
 #define FN_PHILOX_VLANES 8
 #define FN_PHILOX_GROUP FN_PHILOX_VLANES
+_Static_assert(FN_PHILOX_VLANES % 4 == 0, "whole vectors of four blocks");
 
 static inline void fn_philox_mulhilo_v(__m256i a, __m256i m_lo, __m256i m_hi, __m256i *hi, __m256i *lo)
 {
@@ -228,7 +230,7 @@ static inline void fn_philox_group_fields(const fn_philox_keys *ks, unsigned __i
         v2[v] = _mm256_setzero_si256();
         v3[v] = _mm256_setzero_si256();
     }
-#pragma GCC unroll 2     /* as in the AVX-512 group: 145 -> 130 us for (256, 1024) */
+#pragma GCC unroll 2     /* as in the AVX-512 group: 145 -> 130 us for (256, 1024), 8 + 8 blocks */
     for (int r = 0; r < FN_PHILOX_ROUNDS; ++r) {
         const uint64_t k0 = ks->k0[r], k1 = ks->k1[r];
         const __m256i vk0 = _mm256_set1_epi64x((long long)k0), vk1 = _mm256_set1_epi64x((long long)k1);
