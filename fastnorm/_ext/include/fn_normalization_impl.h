@@ -164,6 +164,8 @@ static inline FN_LANES_INLINE double FN_NAME(lanes_tree_sum, FN_SUF)(LANES a)
     const __m128d w2 = _mm_add_pd(_mm256_castpd256_pd128(w4), _mm256_extractf128_pd(w4, 1));
     return _mm_cvtsd_f64(_mm_add_sd(w2, _mm_unpackhi_pd(w2, w2)));
 }
+#else
+#define FN_LANES_INLINE   /* the plain reductions: inlining left to gcc */
 #endif
 
 /* s1 += sum(x - shift), s2 += sum((x - shift)^2) over one contiguous run; the lines of the
@@ -171,43 +173,33 @@ static inline FN_LANES_INLINE double FN_NAME(lanes_tree_sum, FN_SUF)(LANES a)
  * above exist (the other variants ignore it).  (The tail is left to gcc: float64 tails of 4
  * or more elements it vectorizes without fusing d * d; the same in every caller, as it
  * depends on n alone.) */
-#ifdef FN_LANES16
-static inline FN_LANES_INLINE void FN_NAME(run_sums, FN_SUF)(const T *x, int64_t n, double shift, double *s1, double *s2,
-                                             const T *next)
+static inline FN_LANES_INLINE void FN_NAME(run_sums, FN_SUF)(const T *x, int64_t n, double shift, double *s1,
+                                                              double *s2, const T *next)
 {
-    LANES a = FN_NAME(lanes_set1, FN_SUF)(0.0), b = a;
+    double sa = 0.0, sb = 0.0;
     int64_t i = 0;
+#ifdef FN_LANES16
+    LANES a = FN_NAME(lanes_set1, FN_SUF)(0.0), b = a;
     for (; i + 16 <= n; i += 16) {
         const LANES d = FN_NAME(lanes_load_centered, FN_SUF)(x, i, shift);
         FN_NAME(lanes_add, FN_SUF)(d, d, &a, &b);
         if (next)   /* 16 elements: 64 or 128 bytes */
             fn_prefetch_lines_l2(next + i, 16 * (int64_t)sizeof(T));
     }
-    double sa = FN_NAME(lanes_tree_sum, FN_SUF)(a), sb = FN_NAME(lanes_tree_sum, FN_SUF)(b);
-    for (; i < n; ++i) {
-        const double d = (double)x[i] - shift;
+    sa = FN_NAME(lanes_tree_sum, FN_SUF)(a);
+    sb = FN_NAME(lanes_tree_sum, FN_SUF)(b);
+#else
+    (void)next;
+#pragma omp simd reduction(+:sa, sb)
+#endif
+    for (int64_t j = i; j < n; ++j) {
+        const double d = (double)x[j] - shift;
         sa += d;
         sb += d * d;
     }
     *s1 += sa;
     *s2 += sb;
 }
-#else
-static inline void FN_NAME(run_sums, FN_SUF)(const T *x, int64_t n, double shift, double *s1, double *s2,
-                                             const T *next)
-{
-    (void)next;
-    double a = 0.0, b = 0.0;
-#pragma omp simd reduction(+:a, b)
-    for (int64_t i = 0; i < n; ++i) {
-        const double d = (double)x[i] - shift;
-        a += d;
-        b += d * d;
-    }
-    *s1 += a;
-    *s2 += b;
-}
-#endif
 
 /* fn_norm_stats_runs passes run_sums the next sample's runs to fetch, and fn_norm_dual_runs
  * run_dual (the AVX-512 variant fetches in both, AVX2 in run_sums only, the others ignore
@@ -230,58 +222,48 @@ static inline int FN_NAME(fetch_next_sample, FN_SUF)(int64_t B, int64_t channels
     return run_bytes >= FETCH_RUN_MIN_BYTES && channels * run_bytes <= FETCH_STRETCH_MAX_BYTES;
 }
 
-/* s1 += sum(dy), s2 += sum(dy * (x - center)) over one contiguous run; with AVX-512 the
- * lines of the runs `next` elements further on in dy and x (0: none) are fetched into L2
- * meanwhile, as run_sums does, under the statistics' bounds (adopted, not tuned for two
- * arrays).  (With gcc's reduction, fetching had measured 0.68-0.99x; with the AVX-512 lanes,
+/* s1 += sum(dy), s2 += sum(dy * (x - center)) over one contiguous run; the lines of the runs
+ * `next` elements further on in dy and x (0: none) are fetched into L2 meanwhile where the
+ * lanes exist, as run_sums does; fn_norm_dual_runs asks for it with AVX-512 only, under the
+ * statistics' bounds (adopted, not tuned for two arrays).  (With gcc's reduction, fetching had measured 0.68-0.99x; with the AVX-512 lanes,
  * batch norm backward (64, 64, 56, 56) float32 by channel blocks, through the API, paired,
  * three runs: 1.07-1.16x at 1 thread and, as it happens, 1.07-1.16x at 2.  With the AVX2
  * lanes on Zen 3, against the same lanes without it, paired, 1 thread: float64 0.90-0.91x
- * in two runs, float32 1.03-1.07x; so AVX2 does not fetch here, DUAL_FETCH.)  The lanes against
+ * in two runs, float32 1.03-1.07x; so AVX2 does not ask, DUAL_FETCH.)  The lanes against
  * gcc's reduction, whose order differs (so the last bits may), AVX-512 through the API,
  * paired, 1 / 2 threads: batch norm backward (256, 64, 14, 14) 1.14x / 1.18x, (64, 64, 56, 56)
  * 1.03x / 1.01x, group norm backward (16, 256, 32, 32) 1.07x / 1.09x. */
 #define DUAL_FETCH (FN_ISA_LEVEL == FN_ISA_AVX512)
-#ifdef FN_LANES16
 static inline FN_LANES_INLINE void FN_NAME(run_dual, FN_SUF)(const T *dy, const T *x, int64_t n, double center,
-                                             double *s1, double *s2, int64_t next)
+                                                              double *s1, double *s2, int64_t next)
 {
-    LANES a = FN_NAME(lanes_set1, FN_SUF)(0.0), b = a;
+    double sa = 0.0, sb = 0.0;
     int64_t i = 0;
+#ifdef FN_LANES16
+    LANES a = FN_NAME(lanes_set1, FN_SUF)(0.0), b = a;
     for (; i + 16 <= n; i += 16) {
         const LANES h = FN_NAME(lanes_load, FN_SUF)(dy, i);
         const LANES d = FN_NAME(lanes_load_centered, FN_SUF)(x, i, center);
         FN_NAME(lanes_add, FN_SUF)(h, d, &a, &b);
-        if (DUAL_FETCH && next) {
+        if (next) {
             fn_prefetch_lines_l2(dy + next + i, 16 * (int64_t)sizeof(T));
             fn_prefetch_lines_l2(x + next + i, 16 * (int64_t)sizeof(T));
         }
     }
-    double sa = FN_NAME(lanes_tree_sum, FN_SUF)(a), sb = FN_NAME(lanes_tree_sum, FN_SUF)(b);
-    for (; i < n; ++i) {
-        const double h = (double)dy[i];
+    sa = FN_NAME(lanes_tree_sum, FN_SUF)(a);
+    sb = FN_NAME(lanes_tree_sum, FN_SUF)(b);
+#else
+    (void)next;
+#pragma omp simd reduction(+:sa, sb)
+#endif
+    for (int64_t j = i; j < n; ++j) {
+        const double h = (double)dy[j];
         sa += h;
-        sb += h * ((double)x[i] - center);
+        sb += h * ((double)x[j] - center);
     }
     *s1 += sa;
     *s2 += sb;
 }
-#else
-static inline void FN_NAME(run_dual, FN_SUF)(const T *dy, const T *x, int64_t n, double center,
-                                             double *s1, double *s2, int64_t next)
-{
-    (void)next;
-    double a = 0.0, b = 0.0;
-#pragma omp simd reduction(+:a, b)
-    for (int64_t i = 0; i < n; ++i) {
-        const double h = (double)dy[i];
-        a += h;
-        b += h * ((double)x[i] - center);
-    }
-    *s1 += a;
-    *s2 += b;
-}
-#endif
 
 #define RUN_SUMS FN_NAME(run_sums, FN_SUF)
 #define RUN_DUAL FN_NAME(run_dual, FN_SUF)
@@ -578,7 +560,7 @@ void FN_NAME(fn_norm_dual_runs, FN_SUF)(const T *dy, const T *x, int64_t A, int6
         const int64_t base = p * A * C * B;
         for (int64_t c = c0; c < c1; ++c)
             s1[p * C + c] = s2[p * C + c] = 0.0;
-        const int fetch = FN_NAME(fetch_next_sample, FN_SUF)(B, c1 - c0);
+        const int fetch = DUAL_FETCH && FN_NAME(fetch_next_sample, FN_SUF)(B, c1 - c0);
         for (int64_t a = 0; a < A; ++a)
             for (int64_t c = c0; c < c1; ++c) {
                 const int64_t off = base + (a * C + c) * B;
@@ -985,9 +967,9 @@ void FN_NAME(fn_norm_rows_backward, FN_SUF)(const T *dy, const T *x, T *gx, int6
 
 #undef RUN_SUMS
 #undef RUN_DUAL
+#undef FN_LANES_INLINE
 #ifdef FN_LANES16
 #undef FN_LANES16
-#undef FN_LANES_INLINE
 #undef LANES
 #undef LANE_VECS
 #undef LANE_W

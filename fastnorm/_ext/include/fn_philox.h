@@ -104,9 +104,8 @@ static inline void fn_philox_words_to_fields(const uint64_t *words, int nwords, 
 /* AVX-512: as the AVX2 group below, with eight blocks per vector and the low half of each
  * product from vpmullq.  24 vector blocks (three vectors) and 8 scalar ones per group:
  * 2.5 ns per block against 4.3 for the AVX2 group of then (8 vector + 8 scalar blocks), one
- * Zen 5 core (C benchmark of the
- * group alone; 16 vector blocks alone 3.5, 32 alone 2.8; 24 + 8 with the low halves
- * assembled from the 32-bit products, as AVX2 does, 2.6). */
+ * Zen 5 core (C benchmark of the group alone; 16 vector blocks alone 3.5, 32 alone 2.8;
+ * 24 + 8 with the low halves assembled from the 32-bit products, as AVX2 does, 2.6). */
 #include <immintrin.h>
 #define FN_PHILOX_ZVECS 3
 #define FN_PHILOX_GROUP (8 * FN_PHILOX_ZVECS + FN_PHILOX_SLANES)
