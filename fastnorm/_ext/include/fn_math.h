@@ -12,7 +12,8 @@
  * -fno-trapping-math -fopenmp-simd, both for baseline x86-64 (SSE2) and after
  * `#pragma GCC target("avx2,fma")`.  It needs no -ffast-math, and it must not be
  * compiled with it: the range reductions rely on exact IEEE arithmetic.  Float
- * functions compute in float only.  Checked with tools/vec_check.c (see
+ * functions compute in float, except the normal tail's rational function (double,
+ * see there).  Checked with tools/vec_check.c (see
  * tools/README_math.md).
  *
  * Behaviour over the whole range:
@@ -60,6 +61,8 @@
  * final result.  For float, the coefficients were rounded one at a time from the
  * lowest order, refitting the rest after each rounding.  For double, they were
  * rounded to nearest.  The fit error of each polynomial is noted at the polynomial.
+ * The normal tail's rational function is the exception: fitted in double against
+ * scipy's erfcx, its coefficients are double literals (see there).
  */
 #ifndef FN_MATH_H
 #define FN_MATH_H
@@ -110,7 +113,7 @@ static inline float fn__reducef(float x, int32_t *k)
     *k = (int32_t)(fn__bits_f(t) - fn__bits_f(FN__SHIFTF));
     return (x - kf * FN__LN2HF) - kf * FN__LN2LF;
 }
-/* Same for an argument carried as x + lo, |lo| << |x| (erfc's -a^2): k must
+/* Same for an argument carried as x + lo, |lo| << |x| (GELU tanh form's z): k must
  * come from the sum, or |r| can leave the polynomial's fit range. */
 static inline float fn__reduce2f(float x, float lo, int32_t *k)
 {
@@ -120,8 +123,9 @@ static inline float fn__reduce2f(float x, float lo, int32_t *k)
     return ((x - kf * FN__LN2HF) - kf * FN__LN2LF) + lo;
 }
 /* Same for x + lo with |lo| <= ulp(x)/2 (an exact product's rounding error): x + lo rounds
- * to x, so k comes from x alone, one addition shorter; lo joins the reduction's small part,
- * whose sum then rounds once. */
+ * to x, so k comes from x alone, one addition shorter on the exponential's critical path;
+ * lo joins the reduction's small part (|lo - kf LN2L| < 5e-3), so that only that small sum
+ * and the final addition round. */
 static inline float fn__reduce_pairf(float x, float lo, int32_t *k)
 {
     const float t = x * FN__LOG2EF + FN__SHIFTF;
@@ -334,20 +338,18 @@ static inline float fn_tanhf(float x)
  * Phi(x) = x < 0 ? T : 1 - T; the caller composes it (GELU forms x (1 - T) as x - x T, one
  * rounding fewer).  With a = |x|:  T = e^{-a^2/2} P(a)/Q(a), P/Q ~ erfcx(a/sqrt2)/2 by one
  * rational function of degree 4/5 over all of [0, 14.6] (relative fit error 2^-27.3): Q's
- * degree 5 gives erfcx's 1/a decay, so large a needs no second fit.  P and Q are evaluated
- * in double: every coefficient is positive, but for large a each Horner step still keeps its
- * rounding, and in float the ratio was up to 5 ulp off.  In double the ratio is exact to
- * float precision, and it replaced two float fits (degree 12 in a - 1.25 below a = 2.75,
- * degree 8 in 1/a^2 above; 21 FMAs, two divisions, a compensated a - 1.25): GELU (256, 1024)
- * forward 1.16x and backward 1.20x faster on AMD Zen 3 (AVX2), with fewer instructions in
- * the AVX-512 loop too (77 against 88 per 16 floats, not measured: no AVX-512 host), and
- * the tail's worst error 2.51 -> 1.80 ulp (FMA), 3.27 -> 2.00 ulp (SSE2).
+ * degree 5 gives erfcx's 1/a decay, so large a needs no second fit, and one division serves
+ * the whole range.  P and Q are evaluated in double: every coefficient is positive, but for
+ * large a each Horner step keeps its rounding, and in float the ratio was up to 5 ulp off
+ * (so was a float split into Horner on a below 2 and on 1/a above); in double it is exact to
+ * float precision.  This replaced two float fits with per-lane selection and two divisions
+ * (README, second Zen 3 session: faster and more accurate; accuracy in the table above).
  * Its argument is x itself: erfc(-x/sqrt2) would amplify the rounding of x/sqrt2 by ~x^2
  * (GELU had to carry it as a compensated pair), while here x^2 is formed exactly
  * (fn__two_prodf) and e^{-x^2/2} keeps full relative accuracy down to its underflow.  k
  * comes from the head of -x^2/2 alone (the tail is below half its ulp), and the tail joins
- * the reduction's small part, so the sum rounds once.  T = 0 beyond a = 14.6 (it underflows
- * from a = 14.5 on; P and Q, which overflow for huge a, are selected away); NaN propagates.
+ * the reduction's small part (fn__reduce_pairf).  T = 0 beyond a = 14.6 (it underflows from
+ * a = 14.5 on; at a = inf, P/Q is NaN, selected away too); NaN propagates.
  * Coefficients: Lawson iteratively reweighted least squares on the linearized rational
  * problem (weight: relative error), against scipy's erfcx in double. */
 static inline float fn_normal_tailf(float x, float *gauss)
