@@ -1036,8 +1036,8 @@ def test_streamed_results_are_the_same_bits(length, rng):
     # The normalize passes write with non-temporal stores above a traffic threshold
     # (fn_stream.h); threshold 0 streams every call.  Same bits: batch norm (train, eval,
     # backward), layer and RMS norm with and without parameters, group and instance norm
-    # forward and backward, channels first and last, every ISA variant, outputs at several
-    # offsets, 1 and 2 threads.  Runs of 997 also stream the whole lines after their last chunk in float32, runs of
+    # forward and backward, layer and RMS norm backward, channels first and last, every ISA
+    # variant, outputs at several offsets, 1 and 2 threads.  Runs of 997 also stream the whole lines after their last chunk in float32, runs of
     # 700 in float64 (there those lines are at least a sixteenth of the run).
     # Results from 2 MiB come from the buffer cache (a new result streams only into a reused
     # block, _pool.streams; smaller blocks are not cached): the large channels-last backward
@@ -1062,8 +1062,11 @@ def test_streamed_results_are_the_same_bits(length, rng):
         for wp, bp in ((wk, bk), (wk, None), (None, bk), (None, None)):
             y, mean, rstd = fastnorm.layer_norm(x, length, wp, bp, out=out)
             got += [out.copy(), mean, rstd]
+            got += [a for a in fastnorm.layer_norm_backward(g, x, length, wp, mean, rstd, bias=bp)
+                    if a is not None]
         y, rstd = fastnorm.rms_norm(x, length, wk, out=out)
         got += [out.copy(), rstd]
+        got += [a for a in fastnorm.rms_norm_backward(g, x, length, wk, rstd) if a is not None]
         y, mean, rstd = fastnorm.group_norm(x, 3, w, b, out=out)
         got += [out.copy(), mean, rstd]
         got += [a for a in fastnorm.group_norm_backward(g, x, 3, w, mean, rstd, bias=b) if a is not None]
@@ -1085,6 +1088,11 @@ def test_streamed_results_are_the_same_bits(length, rng):
             got += [outl.copy(), mean, rstd]
             got += [a for a in fastnorm.group_norm_backward(gl, xl, 1, wl, mean, rstd, bias=bl,
                                                            channels_last=True) if a is not None]
+            # layer and RMS norm over the rows of c: results over 2 MiB, so they stream too
+            y, mean, rstd = fastnorm.layer_norm(xl, c, wl, bl)
+            got += list(fastnorm.layer_norm_backward(gl, xl, c, wl, mean, rstd, bias=bl))
+            y, rstd = fastnorm.rms_norm(xl, c, wl)
+            got += [a for a in fastnorm.rms_norm_backward(gl, xl, c, wl, rstd) if a is not None]
         return [a.tobytes() for a in got]
 
     try:

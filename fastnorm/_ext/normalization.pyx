@@ -29,7 +29,7 @@ cdef extern from "fn_normalization.h" nogil:
         void (*affine_f32)(const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, const float *, int) noexcept nogil
         void (*affine_grad_f32)(const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, const float *, const float *, int) noexcept nogil
         void (*rows_forward_f32)(const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, double, int, float *, float *, int) noexcept nogil
-        void (*rows_backward_f32)(const float *, const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, const float *, int, double *, double *, int) noexcept nogil
+        void (*rows_backward_f32)(const float *, const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, const float *, int, double *, double *, int, int) noexcept nogil
         void (*group_forward_f32)(const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, double, double *, double *, int) noexcept nogil
         void (*group_backward_f32)(const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const double *, const float *, const double *, double *, double *, int) noexcept nogil
         void (*stats_runs_f64)(const double *, int64_t, int64_t, int64_t, int64_t, int64_t, double *, double *) noexcept nogil
@@ -39,7 +39,7 @@ cdef extern from "fn_normalization.h" nogil:
         void (*affine_f64)(const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, int) noexcept nogil
         void (*affine_grad_f64)(const double *, const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *, int) noexcept nogil
         void (*rows_forward_f64)(const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, double, int, double *, double *, int) noexcept nogil
-        void (*rows_backward_f64)(const double *, const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, const double *, int, double *, double *, int) noexcept nogil
+        void (*rows_backward_f64)(const double *, const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, const double *, int, double *, double *, int, int) noexcept nogil
         void (*group_forward_f64)(const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, double, double *, double *, int) noexcept nogil
         void (*group_backward_f64)(const double *, const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *, double *, double *, int) noexcept nogil
     const fn_norm_kernels *fn_norm_kernels_by_isa[]
@@ -507,7 +507,7 @@ cdef void _rows_forward_run(const floating *x, floating *y, Py_ssize_t M, Py_ssi
 cdef void _rows_backward_run(const floating *dy, const floating *x, floating *gx, Py_ssize_t M,
                              Py_ssize_t K, const floating *wp, const floating *mean,
                              const floating *rstd, bint rms, double *pw, double *pb,
-                             Py_ssize_t rb, int nthreads) noexcept nogil:
+                             Py_ssize_t rb, int nthreads, int stream) noexcept nogil:
     """Without parameter gradients (pw = pb = NULL) rows are split evenly over the
     threads; with them, rows go in blocks of rb and block blk adds its column sums into
     row blk of the (nblk, K) partials pw/pb (either may be NULL)."""
@@ -518,18 +518,18 @@ cdef void _rows_backward_run(const floating *dy, const floating *x, floating *gx
     if pw == NULL and pb == NULL:
         if nthreads <= 1 or M == 1:
             if floating is float:
-                _kernels.rows_backward_f32(dy, x, gx, K, 0, M, wp, mean, rstd, rms, NULL, NULL, 0)
+                _kernels.rows_backward_f32(dy, x, gx, K, 0, M, wp, mean, rstd, rms, NULL, NULL, 0, stream)
             else:
-                _kernels.rows_backward_f64(dy, x, gx, K, 0, M, wp, mean, rstd, rms, NULL, NULL, 0)
+                _kernels.rows_backward_f64(dy, x, gx, K, 0, M, wp, mean, rstd, rms, NULL, NULL, 0, stream)
             return
         ch = _share(M, nthreads)
         for t in prange(nthreads, num_threads=nthreads, schedule="static"):
             r0 = t * ch
             if r0 < M:
                 if floating is float:
-                    _kernels.rows_backward_f32(dy, x, gx, K, r0, min(r0 + ch, M), wp, mean, rstd, rms, NULL, NULL, 0)
+                    _kernels.rows_backward_f32(dy, x, gx, K, r0, min(r0 + ch, M), wp, mean, rstd, rms, NULL, NULL, 0, stream)
                 else:
-                    _kernels.rows_backward_f64(dy, x, gx, K, r0, min(r0 + ch, M), wp, mean, rstd, rms, NULL, NULL, 0)
+                    _kernels.rows_backward_f64(dy, x, gx, K, r0, min(r0 + ch, M), wp, mean, rstd, rms, NULL, NULL, 0, stream)
         return
     # Where the kernel adds the parameter gradients (the same bits either way): in each
     # row's first loop, or by a pass over every ~192 KiB of rows while they are in cache
@@ -544,17 +544,17 @@ cdef void _rows_backward_run(const floating *dy, const floating *x, floating *gx
             pwp = pw + blk * K if pw != NULL else NULL
             pbp = pb + blk * K if pb != NULL else NULL
             if floating is float:
-                _kernels.rows_backward_f32(dy, x, gx, K, blk * rb, min(blk * rb + rb, M), wp, mean, rstd, rms, pwp, pbp, param_pass)
+                _kernels.rows_backward_f32(dy, x, gx, K, blk * rb, min(blk * rb + rb, M), wp, mean, rstd, rms, pwp, pbp, param_pass, stream)
             else:
-                _kernels.rows_backward_f64(dy, x, gx, K, blk * rb, min(blk * rb + rb, M), wp, mean, rstd, rms, pwp, pbp, param_pass)
+                _kernels.rows_backward_f64(dy, x, gx, K, blk * rb, min(blk * rb + rb, M), wp, mean, rstd, rms, pwp, pbp, param_pass, stream)
     else:
         for blk in prange(nblk, num_threads=nthreads, schedule="static"):
             pwp = pw + blk * K if pw != NULL else NULL
             pbp = pb + blk * K if pb != NULL else NULL
             if floating is float:
-                _kernels.rows_backward_f32(dy, x, gx, K, blk * rb, min(blk * rb + rb, M), wp, mean, rstd, rms, pwp, pbp, param_pass)
+                _kernels.rows_backward_f32(dy, x, gx, K, blk * rb, min(blk * rb + rb, M), wp, mean, rstd, rms, pwp, pbp, param_pass, stream)
             else:
-                _kernels.rows_backward_f64(dy, x, gx, K, blk * rb, min(blk * rb + rb, M), wp, mean, rstd, rms, pwp, pbp, param_pass)
+                _kernels.rows_backward_f64(dy, x, gx, K, blk * rb, min(blk * rb + rb, M), wp, mean, rstd, rms, pwp, pbp, param_pass, stream)
 
 
 cdef cnp.ndarray _zeroed(int nd, cnp.npy_intp *dims):
@@ -633,7 +633,7 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] g
     with nogil:
         _rows_backward_run(&dy[0], &x[0], &gx[0], M, K, wp, &mean[0], &rstd[0], rms,
                            &pw[0, 0] if want_gw else NULL, &pb[0, 0] if want_gb else NULL,
-                           rb, nthreads)
+                           rb, nthreads, 0)
     return ((_block_sum(pw, cnp.NPY_FLOAT64) if want_gw else None),
             (_block_sum(pb, cnp.NPY_FLOAT64) if want_gb else None))
 
@@ -777,6 +777,8 @@ def rows_backward_fast(object grad_output, object x, object normalized_shape, ob
     cdef Py_ssize_t rb = _row_block(M, 16), nblk = (M + rb - 1) // rb
     cdef int nthreads = threads_for(n, grain)
     cdef cnp.ndarray gx = pooled_empty(nd, dims, typenum, cnp.PyArray_DATA(xa))
+    cdef Py_ssize_t nbytes = n * cnp.PyArray_ITEMSIZE(xa)
+    cdef int stream = streams(nbytes, 3 * nbytes, False)
     cdef cnp.npy_intp pdims[2]
     cdef double[:, ::1] pw
     cdef double[:, ::1] pb
@@ -797,12 +799,12 @@ def rows_backward_fast(object grad_output, object x, object normalized_shape, ob
             _rows_backward_run[float](<const float *>cnp.PyArray_DATA(<cnp.ndarray>grad_output),
                                       <const float *>cnp.PyArray_DATA(xa), <float *>cnp.PyArray_DATA(gx),
                                       M, K, <const float *>wp, <const float *>mp, <const float *>rp,
-                                      rms, pwp, pbp, rb, nthreads)
+                                      rms, pwp, pbp, rb, nthreads, stream)
         else:
             _rows_backward_run[double](<const double *>cnp.PyArray_DATA(<cnp.ndarray>grad_output),
                                        <const double *>cnp.PyArray_DATA(xa), <double *>cnp.PyArray_DATA(gx),
                                        M, K, <const double *>wp, <const double *>mp, <const double *>rp,
-                                       rms, pwp, pbp, rb, nthreads)
+                                       rms, pwp, pbp, rb, nthreads, stream)
     return (gx, _block_sum(pw, typenum) if want_gw else None,
             _block_sum(pb, typenum) if want_gb else None)
 

@@ -53,7 +53,7 @@ static inline double fn_affine_shift(double mean, double mhi, double scale, doub
         const T *w, const T *b, double eps, int rms, T *mean, T *rstd, int stream); \
     void fn_norm_rows_backward_##suf##_##isa(const T *dy, const T *x, T *gx, int64_t K, int64_t r0, \
         int64_t r1, const T *w, const T *mean, const T *rstd, int rms, double *gw, double *gb, \
-        int param_pass); \
+        int param_pass, int stream); \
     void fn_norm_group_forward_##suf##_##isa(const T *x, T *y, int64_t G, int64_t cg, int64_t hw, \
         int64_t u0, int64_t u1, const T *w, const T *b, double eps, double *mean, double *m2, \
         int stream); \
@@ -82,7 +82,7 @@ FN_DECLARE_NORM(avx512)
     void (*rows_forward_##suf)(const T *, T *, int64_t, int64_t, int64_t, const T *, const T *, \
                                double, int, T *, T *, int); \
     void (*rows_backward_##suf)(const T *, const T *, T *, int64_t, int64_t, int64_t, const T *, \
-                                const T *, const T *, int, double *, double *, int); \
+                                const T *, const T *, int, double *, double *, int, int); \
     void (*group_forward_##suf)(const T *, T *, int64_t, int64_t, int64_t, int64_t, int64_t, \
                                 const T *, const T *, double, double *, double *, int); \
     void (*group_backward_##suf)(const T *, const T *, T *, int64_t, int64_t, int64_t, int64_t, \

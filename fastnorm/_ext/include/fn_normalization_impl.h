@@ -918,10 +918,13 @@ static inline void FN_NAME(rows_param_sums, FN_SUF)(const T *dy, const T *x, int
  * row's first loop (param_pass = 0), or after every PARAM_BLOCK_BYTES of rows by
  * rows_param_sums (param_pass = 1); the same bits either way, the caller picks the faster
  * (normalization.pyx).  The pass reads dy and x after the rows' gx is written: gx must not
- * overlap them (both callers write into a fresh array). */
+ * overlap them (both callers write into a fresh array).  stream: gx by non-temporal stores
+ * (fn_stream.h), the same values; gx is not read back here, and streaming it saves its
+ * lines' reads from memory (8192 x 768, 1 thread, Zen 3: float32 1.28x, float64 1.39x). */
 void FN_NAME(fn_norm_rows_backward, FN_SUF)(const T *dy, const T *x, T *gx, int64_t K, int64_t r0,
                                             int64_t r1, const T *w, const T *mean, const T *rstd,
-                                            int rms, double *gw, double *gb, int param_pass)
+                                            int rms, double *gw, double *gb, int param_pass,
+                                            int stream)
 {
     int64_t block = PARAM_BLOCK_BYTES / (2 * K * (int64_t)sizeof(T));
     if (block < 4)
@@ -949,19 +952,16 @@ void FN_NAME(fn_norm_rows_backward, FN_SUF)(const T *dy, const T *x, T *gx, int6
             const T s = (T)rs;
             const T k2 = (T)(-rs * rs * rs * a2 / (double)K);
             const T k3 = rms ? (T)0 : (T)(-rs * a1 / (double)K);
-            if (w) {
-#pragma omp simd
-                for (int64_t k = 0; k < K; ++k)
-                    out[k] = gr[k] * w[k] * s + (xr[k] - mu) * k2 + k3;
-            } else {
-#pragma omp simd
-                for (int64_t k = 0; k < K; ++k)
-                    out[k] = gr[k] * s + (xr[k] - mu) * k2 + k3;
-            }
+            if (w)
+                FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, out, K, k, gr[k] * w[k] * s + (xr[k] - mu) * k2 + k3);
+            else
+                FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, out, K, k, gr[k] * s + (xr[k] - mu) * k2 + k3);
         }
         if (param_pass && (gw || gb))
             FN_NAME(rows_param_sums, FN_SUF)(dy, x, K, b0, b1, mean, rstd, rms, gw, gb);
     }
+    if (stream)
+        fn_stream_fence();
 }
 #undef GRAD_ROW_SUMS
 
