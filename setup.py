@@ -29,8 +29,12 @@ def _compile_args(use_openmp):
         return (["/O2", "/openmp"] if use_openmp else ["/O2"]), []
     # No -ffast-math/-Ofast: they break the exp range reduction and a shared object
     # built with them can switch the whole process to flush-to-zero.  These two flags
-    # are what the loops need to vectorize without changing results.
-    args = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd",
+    # are what the loops need to vectorize without changing results.  Loops start on a
+    # 64-byte boundary: a one-vector loop that straddles one (relu's four instructions did,
+    # by chance of layout) ran up to 1.3x slower on AMD Zen 3, whose op cache holds
+    # 64-byte windows; relu (256, 1024) 55 -> 42 us, layer norm (32, 768) 1.06-1.08x,
+    # the rest level, for 0.8 % more code.  (Ignored with a warning by old clang.)
+    args = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", "-falign-loops=64",
             "-Wno-unused-function"]
     link = []
     if use_openmp:
