@@ -105,20 +105,23 @@ static inline double fn__pow2(int64_t k) { return fn__from_bits_d(((uint64_t)k +
 #define FN__LN2HF 0x1.62ep-1f
 #define FN__LN2LF 0x1.0bfbe8p-15f
 #define FN__SHIFTF 0x1.8p23f
+/* k = the integer nearest y log2(e), as the float returned and in *k. */
+static inline float fn__nearest_log2f(float y, int32_t *k)
+{
+    const float t = y * FN__LOG2EF + FN__SHIFTF;
+    *k = (int32_t)(fn__bits_f(t) - fn__bits_f(FN__SHIFTF));
+    return t - FN__SHIFTF;
+}
 static inline float fn__reducef(float x, int32_t *k)
 {
-    const float t = x * FN__LOG2EF + FN__SHIFTF;
-    const float kf = t - FN__SHIFTF;
-    *k = (int32_t)(fn__bits_f(t) - fn__bits_f(FN__SHIFTF));
+    const float kf = fn__nearest_log2f(x, k);
     return (x - kf * FN__LN2HF) - kf * FN__LN2LF;
 }
 /* Same for an argument carried as x + lo, |lo| << |x| (GELU tanh form's z): k must
  * come from the sum, or |r| can leave the polynomial's fit range. */
 static inline float fn__reduce2f(float x, float lo, int32_t *k)
 {
-    const float t = (x + lo) * FN__LOG2EF + FN__SHIFTF;
-    const float kf = t - FN__SHIFTF;
-    *k = (int32_t)(fn__bits_f(t) - fn__bits_f(FN__SHIFTF));
+    const float kf = fn__nearest_log2f(x + lo, k);
     return ((x - kf * FN__LN2HF) - kf * FN__LN2LF) + lo;
 }
 /* Same for x + lo with |lo| <= ulp(x)/2 (an exact product's rounding error): x + lo rounds
@@ -127,9 +130,7 @@ static inline float fn__reduce2f(float x, float lo, int32_t *k)
  * and the final addition round. */
 static inline float fn__reduce_pairf(float x, float lo, int32_t *k)
 {
-    const float t = x * FN__LOG2EF + FN__SHIFTF;
-    const float kf = t - FN__SHIFTF;
-    *k = (int32_t)(fn__bits_f(t) - fn__bits_f(FN__SHIFTF));
+    const float kf = fn__nearest_log2f(x, k);
     return (x - kf * FN__LN2HF) + (lo - kf * FN__LN2LF);
 }
 
@@ -150,14 +151,16 @@ static inline float fn__scalef(float p, int32_t k)
     const int32_t k1 = k >> 1;
     return p * fn__pow2f(k1) * fn__pow2f(k - k1);
 }
+/* 2^(k+64) for k in [-190, 63], a normal float.  The exponent sum is unsigned: lanes whose
+ * k is garbage (arguments past the reduction's range, selected away by the callers) must
+ * not overflow a signed int. */
+static inline float fn__pow2_plus64f(int32_t k) { return fn__from_bits_f(((uint32_t)k + (64u + 127u)) << 23); }
 /* The same for k in [-189, 63] (every exp of a non-positive argument; p in [2^-6, 2]): p
  * 2^(k+64) is exact and normal, the constant 2^-64 rounds once -- the same result as
- * fn__scalef with fewer integer operations (one power of two built instead of two).  The
- * exponent sum is unsigned: lanes whose k is garbage (arguments past the reduction's range,
- * selected away by the callers) must not overflow a signed int. */
+ * fn__scalef with fewer integer operations (one power of two built instead of two). */
 static inline float fn__scale_negf(float p, int32_t k)
 {
-    return p * fn__from_bits_f(((uint32_t)k + (64u + 127u)) << 23) * 0x1p-64f;
+    return p * fn__pow2_plus64f(k) * 0x1p-64f;
 }
 
 /* expm1(r) and e^(k ln2 + r) from the reduced argument. */
@@ -366,7 +369,7 @@ static inline float fn_normal_tailf(float x, float *gauss)
                      + ad * (0x1.a1bb5a179ef39p-4 + ad * 0x1.52b70d7ca0ac6p-7))));
     /* fn__scale_negf's 2^-64, applied here on the ratio's shorter path instead of last */
     const float R = (float)(P / Q * 0x1p-64);
-    const float t = (R + R * em1) * fn__from_bits_f(((uint32_t)k + (64u + 127u)) << 23);
+    const float t = (R + R * em1) * fn__pow2_plus64f(k);
     const float e = fn__exp_neg_reducedf(r, k);
     *gauss = a > 14.6f ? 0.0f : e;
     return a > 14.6f ? 0.0f : t;
