@@ -168,6 +168,45 @@ static inline FN_LANES_INLINE double FN_NAME(lanes_tree_sum, FN_SUF)(LANES a)
 #define FN_LANES_INLINE   /* the plain reductions: inlining left to gcc */
 #endif
 
+/* The sums of x[j] - shift and of their squares over the whole 16-element pieces of x[0, n),
+ * in the lanes, into the doubles sa and sb, with the statement STEP done for each piece
+ * (starting at element i) alongside; i is left after the last piece.  Without the lanes
+ * there are no pieces: run_sums_tail below takes the whole run. */
+#ifdef FN_LANES16
+#define SUMS_OF_PIECES(x, n, shift, sa, sb, i, STEP)                                        \
+    do {                                                                                    \
+        LANES sums_a = FN_NAME(lanes_set1, FN_SUF)(0.0), sums_b = sums_a;                   \
+        for (; (i) + 16 <= (n); (i) += 16) {                                                \
+            const LANES sums_d = FN_NAME(lanes_load_centered, FN_SUF)(x, i, shift);         \
+            FN_NAME(lanes_add, FN_SUF)(sums_d, sums_d, &sums_a, &sums_b);                   \
+            STEP                                                                            \
+        }                                                                                   \
+        (sa) = FN_NAME(lanes_tree_sum, FN_SUF)(sums_a);                                     \
+        (sb) = FN_NAME(lanes_tree_sum, FN_SUF)(sums_b);                                     \
+    } while (0)
+#else
+#define SUMS_OF_PIECES(x, n, shift, sa, sb, i, STEP) ((void)0)
+#endif
+
+/* Elements [i, n) of run_sums below, added in order to *sa, *sb (the whole run where the
+ * lanes do not exist, left to gcc's reduction there). */
+static inline FN_LANES_INLINE void FN_NAME(run_sums_tail, FN_SUF)(const T *x, int64_t i, int64_t n,
+                                                                   double shift, double *sa,
+                                                                   double *sb)
+{
+    double a = *sa, b = *sb;
+#ifndef FN_LANES16
+#pragma omp simd reduction(+:a, b)
+#endif
+    for (int64_t j = i; j < n; ++j) {
+        const double d = (double)x[j] - shift;
+        a += d;
+        b += d * d;
+    }
+    *sa = a;
+    *sb = b;
+}
+
 /* s1 += sum(x - shift), s2 += sum((x - shift)^2) over one contiguous run; the lines of the
  * run `next` (as long as this one; NULL: none) are fetched into L2 meanwhile, where the lanes
  * above exist (the other variants ignore it).  (The tail is left to gcc: float64 tails of 4
@@ -178,25 +217,10 @@ static inline FN_LANES_INLINE void FN_NAME(run_sums, FN_SUF)(const T *x, int64_t
 {
     double sa = 0.0, sb = 0.0;
     int64_t i = 0;
-#ifdef FN_LANES16
-    LANES a = FN_NAME(lanes_set1, FN_SUF)(0.0), b = a;
-    for (; i + 16 <= n; i += 16) {
-        const LANES d = FN_NAME(lanes_load_centered, FN_SUF)(x, i, shift);
-        FN_NAME(lanes_add, FN_SUF)(d, d, &a, &b);
-        if (next)   /* 16 elements: 64 or 128 bytes */
-            fn_prefetch_lines_l2(next + i, 16 * (int64_t)sizeof(T));
-    }
-    sa = FN_NAME(lanes_tree_sum, FN_SUF)(a);
-    sb = FN_NAME(lanes_tree_sum, FN_SUF)(b);
-#else
+    /* 16 elements: 64 or 128 bytes */
+    SUMS_OF_PIECES(x, n, shift, sa, sb, i, if (next) fn_prefetch_lines_l2(next + i, 16 * (int64_t)sizeof(T)););
     (void)next;
-#pragma omp simd reduction(+:sa, sb)
-#endif
-    for (int64_t j = i; j < n; ++j) {
-        const double d = (double)x[j] - shift;
-        sa += d;
-        sb += d * d;
-    }
+    FN_NAME(run_sums_tail, FN_SUF)(x, i, n, shift, &sa, &sb);
     *s1 += sa;
     *s2 += sb;
 }
@@ -722,23 +746,57 @@ void FN_NAME(fn_norm_affine_grad, FN_SUF)(const T *dy, const T *x, T *gx, int64_
         fn_stream_fence();
 }
 
+/* One row of layer / RMS norm's output, y = ((x - h) - l) * s [* w] [+ b] (w, b NULL: absent;
+ * every call site passes each as itself or a literal NULL, so that each variant is compiled
+ * knowing its terms, as rows_grad_sums below).  With xn (not NULL) the sums of the next row
+ * accumulate meanwhile, the same bits as run_sums(xn, K, shift, ...) into *s1, *s2, so that
+ * their add and multiply-add chains (a wait of 4 cycles per 16 elements at one step per lane
+ * vector) run under this row's loads and stores instead of before them. */
+static inline __attribute__((always_inline)) void FN_NAME(row_output, FN_SUF)(
+    const T *xr, T *yr, int64_t K, T h, T l, T s, const T *w, const T *b, const T *xn,
+    double shift, double *s1, double *s2, int stream)
+{
+#define ROW_Y(k) (w ? (b ? ((xr[k] - h) - l) * s * w[k] + b[k] : ((xr[k] - h) - l) * s * w[k])  \
+                    : (b ? ((xr[k] - h) - l) * s + b[k] : ((xr[k] - h) - l) * s))
+    if (!xn) {
+        FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, yr, K, k, ROW_Y(k));
+        return;
+    }
+    double sa = 0.0, sb = 0.0;
+    int64_t k0 = 0;
+    SUMS_OF_PIECES(xn, K, shift, sa, sb, k0,
+                   _Pragma("omp simd") for (int64_t k = k0; k < k0 + 16; ++k) yr[k] = ROW_Y(k););
+    FN_NAME(run_sums_tail, FN_SUF)(xn, k0, K, shift, &sa, &sb);
+#pragma omp simd
+    for (int64_t k = k0; k < K; ++k)
+        yr[k] = ROW_Y(k);
+    *s1 = sa;
+    *s2 = sb;
+#undef ROW_Y
+}
+
 /* Layer norm (rms = 0) or RMS norm (rms = 1) of rows [r0, r1) of an (M, K) array, each
- * row's statistics and output in one visit (the row stays in L1 between the two loops).
- * w and b may be NULL; mean is not written for RMS norm. */
+ * row's output written while the next row's sums accumulate (row_output); w and b may be
+ * NULL; mean is not written for RMS norm.  Streamed rows (stream) come from memory, where
+ * the sums wait on loads, not on their chains: those keep one pass after the other. */
 void FN_NAME(fn_norm_rows_forward, FN_SUF)(const T *x, T *y, int64_t K, int64_t r0, int64_t r1,
                                            const T *w, const T *b, double eps, int rms,
                                            T *mean, T *rstd, int stream)
 {
+    double s1 = 0.0, s2 = 0.0;
     for (int64_t r = r0; r < r1; ++r) {
         const T *xr = x + r * K;
         T *yr = y + r * K;
-        double s1 = 0.0, s2 = 0.0, mu = 0.0, var;
+        const double shift = rms ? 0.0 : (double)xr[0];
+        if (r == r0 || stream) {
+            s1 = 0.0;
+            s2 = 0.0;
+            RUN_SUMS(xr, K, shift, &s1, &s2, NULL);
+        }
+        double mu = 0.0, var;
         if (rms) {
-            RUN_SUMS(xr, K, 0.0, &s1, &s2, NULL);
             var = s2 / (double)K;
         } else {
-            const double shift = (double)xr[0];
-            RUN_SUMS(xr, K, shift, &s1, &s2, NULL);
             mu = shift + s1 / (double)K;
             var = (s2 - s1 * (s1 / (double)K)) / (double)K;
             if (var < 0.0)
@@ -748,14 +806,17 @@ void FN_NAME(fn_norm_rows_forward, FN_SUF)(const T *x, T *y, int64_t K, int64_t 
         const double rs = 1.0 / sqrt(var + eps);
         rstd[r] = (T)rs;
         const T h = (T)mu, l = (T)(mu - (double)h), s = (T)rs;
+        const T *xn = (r + 1 < r1 && !stream) ? xr + K : NULL;
+        const double shift_n = (xn && !rms) ? (double)xn[0] : 0.0;
         if (w && b)
-            FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, yr, K, k, ((xr[k] - h) - l) * s * w[k] + b[k]);
+            FN_NAME(row_output, FN_SUF)(xr, yr, K, h, l, s, w, b, xn, shift_n, &s1, &s2, stream);
         else if (w)
-            FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, yr, K, k, ((xr[k] - h) - l) * s * w[k]);
+            FN_NAME(row_output, FN_SUF)(xr, yr, K, h, l, s, w, NULL, xn, shift_n, &s1, &s2, stream);
         else if (b)
-            FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, yr, K, k, ((xr[k] - h) - l) * s + b[k]);
+            FN_NAME(row_output, FN_SUF)(xr, yr, K, h, l, s, NULL, b, xn, shift_n, &s1, &s2, stream);
         else
-            FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, yr, K, k, ((xr[k] - h) - l) * s);
+            FN_NAME(row_output, FN_SUF)(xr, yr, K, h, l, s, NULL, NULL, xn, shift_n, &s1, &s2,
+                                        stream);
     }
     if (stream)
         fn_stream_fence();
@@ -966,6 +1027,7 @@ void FN_NAME(fn_norm_rows_backward, FN_SUF)(const T *dy, const T *x, T *gx, int6
 #undef GRAD_ROW_SUMS
 
 #undef RUN_SUMS
+#undef SUMS_OF_PIECES
 #undef RUN_DUAL
 #undef FN_LANES_INLINE
 #ifdef FN_LANES16
