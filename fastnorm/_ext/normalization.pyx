@@ -12,6 +12,7 @@ from libc.stdint cimport int64_t
 from libc.float cimport FLT_EPSILON, DBL_EPSILON
 from libc.math cimport isfinite, sqrt
 from libc.string cimport memset
+from cpython.pyport cimport PY_SSIZE_T_MAX
 cimport numpy as cnp
 from fastnorm._ext._shared cimport isa_level, threads_for, plain, overlap, output_for
 from fastnorm._ext._pool cimport pooled_empty, streams
@@ -44,15 +45,17 @@ cdef extern from "fn_normalization.h" nogil:
         void (*group_backward_f64)(const double *, const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *, double *, double *, int) noexcept nogil
     const fn_norm_kernels *fn_norm_kernels_by_isa[]
     int FN_ISA_COUNT
+    int FN_ISA_AVX512
     double fn_affine_shift(double mean, double mhi, double scale, double bias)
 
 cdef const fn_norm_kernels *_kernels = fn_norm_kernels_by_isa[0]
 
 # Layer norm backward sums its parameter gradients in a separate pass over rows in cache
 # (see _rows_backward_run) for rows wider than _param_pass_min_k elements whose dy and x
-# together exceed _param_pass_min_bytes.
+# together exceed _param_pass_min_bytes; set_isa sets the bytes by kernel variant.
 cdef Py_ssize_t _param_pass_min_k = 512
 cdef Py_ssize_t _param_pass_min_bytes = 12 << 20
+cdef Py_ssize_t _PARAM_PASS_NEVER = PY_SSIZE_T_MAX
 
 
 def _set_param_pass_threshold(Py_ssize_t min_k, Py_ssize_t min_bytes):
@@ -157,8 +160,12 @@ cdef Py_ssize_t _channel_blocks(Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssi
 
 def set_isa(int level):
     """Route every call to kernel variant `level` (an index of _runtime.ISA_NAMES)."""
-    global _kernels
-    _kernels = fn_norm_kernels_by_isa[isa_level(level, FN_ISA_COUNT)]
+    global _kernels, _param_pass_min_bytes
+    cdef int chosen = isa_level(level, FN_ISA_COUNT)
+    _kernels = fn_norm_kernels_by_isa[chosen]
+    # The parameter-gradient pass was measured faster with the AVX-512 kernels (Zen 4) and
+    # slower with the others (Zen 3): see _rows_backward_run.
+    _param_pass_min_bytes = (12 << 20) if chosen == FN_ISA_AVX512 else _PARAM_PASS_NEVER
 
 
 cdef inline Py_ssize_t _share(Py_ssize_t n, int parts) noexcept nogil:
@@ -534,9 +541,14 @@ cdef void _rows_backward_run(const floating *dy, const floating *x, floating *gx
     # Where the kernel adds the parameter gradients (the same bits either way): in each
     # row's first loop, or by a pass over every ~192 KiB of rows while they are in cache
     # (fn_norm_rows_backward).  The pass pays when the rows come from memory and are wide.
-    # 1 thread, float32 (M, 768), both gradients, us (in the row loop -> by the pass):
-    # M = 32 8.0-8.1 -> 9.2, 1024 192-202 -> 236-238, 2048 494-616 -> 478-562, 3072
-    # 1114-1238 -> 703-782, 8192 3322-3393 -> 2314-2593; (12288, 512) 1734-1754 -> 1805-1838.
+    # 1 thread, float32 (M, 768), both gradients, us (in the row loop -> by the pass),
+    # AVX-512 on Zen 4: M = 32 8.0-8.1 -> 9.2, 1024 192-202 -> 236-238, 2048 494-616 ->
+    # 478-562, 3072 1114-1238 -> 703-782, 8192 3322-3393 -> 2314-2593; (12288, 512)
+    # 1734-1754 -> 1805-1838.  On Zen 3 (no AVX-512) the row loop was faster at every M,
+    # through the API, paired medians of 25 interleaved rounds, row loop / pass time, AVX2
+    # 1 / 2 threads: M = 128 0.88 / 0.95, 1024 0.81 / 0.92, 4096 0.86 / 0.90, 8192 0.91 /
+    # 0.91; base (SSE2) 1 thread: 1024 0.91, 4096 0.91, 8192 0.90.  So set_isa leaves the
+    # pass to the AVX-512 kernels.
     param_pass = K > _param_pass_min_k and 2 * M * K * <Py_ssize_t>sizeof(floating) > _param_pass_min_bytes
     nblk = (M + rb - 1) // rb
     if nthreads <= 1 or nblk == 1:
