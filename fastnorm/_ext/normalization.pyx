@@ -580,19 +580,29 @@ cdef cnp.ndarray _zeroed(int nd, cnp.npy_intp *dims):
     return a
 
 
-cdef object _block_sum(double[:, ::1] partial, int typenum):
-    """Column sums of the (nblk, K) block partials, added in block order, as a (K,)
-    array of typenum (cast from the float64 sum)."""
-    cdef Py_ssize_t nblk = partial.shape[0], K = partial.shape[1], blk, k
+cdef object _block_sum(cnp.ndarray partial, int typenum):
+    """Column sums of the (nblk, K) float64 block partials, added in block order, as a new
+    (K,) array of typenum (cast from the float64 sum).  The sums go into the first block's
+    row in place: the same bits as a sum from zero, since a partial (itself a sum from
+    +0.0) is never -0.0."""
+    cdef Py_ssize_t nblk = cnp.PyArray_DIM(partial, 0), K = cnp.PyArray_DIM(partial, 1), blk, k
+    cdef double *first = <double *>cnp.PyArray_DATA(partial)
     cdef cnp.npy_intp dim = K
-    cdef cnp.ndarray total = _zeroed(1, &dim)
-    cdef double *tp = <double *>cnp.PyArray_DATA(total)
-    for blk in range(nblk):
+    cdef cnp.ndarray total = cnp.PyArray_EMPTY(1, &dim, typenum, 0)
+    cdef double *tp
+    cdef float *tf
+    for blk in range(1, nblk):
         for k in range(K):
-            tp[k] += partial[blk, k]
+            first[k] += first[blk * K + k]
     if typenum == cnp.NPY_FLOAT64:
-        return total
-    return cnp.PyArray_Cast(total, typenum)
+        tp = <double *>cnp.PyArray_DATA(total)
+        for k in range(K):
+            tp[k] = first[k]
+    else:
+        tf = <float *>cnp.PyArray_DATA(total)
+        for k in range(K):
+            tf[k] = <float>first[k]
+    return total
 
 
 def rows_forward(const floating[::1] x, floating[::1] y, Py_ssize_t M, Py_ssize_t K,
@@ -628,8 +638,7 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] g
     cdef const floating *wp = NULL
     cdef Py_ssize_t rb, nblk
     cdef cnp.npy_intp pdims[2]
-    cdef double[:, ::1] pw
-    cdef double[:, ::1] pb
+    cdef cnp.ndarray pw, pb
     if w is not None:
         wp = &w[0]
     if M == 0:
@@ -644,7 +653,8 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] g
     pb = _zeroed(2, pdims)
     with nogil:
         _rows_backward_run(&dy[0], &x[0], &gx[0], M, K, wp, &mean[0], &rstd[0], rms,
-                           &pw[0, 0] if want_gw else NULL, &pb[0, 0] if want_gb else NULL,
+                           <double *>cnp.PyArray_DATA(pw) if want_gw else NULL,
+                           <double *>cnp.PyArray_DATA(pb) if want_gb else NULL,
                            rb, nthreads, 0)
     return ((_block_sum(pw, cnp.NPY_FLOAT64) if want_gw else None),
             (_block_sum(pb, cnp.NPY_FLOAT64) if want_gb else None))
@@ -792,17 +802,16 @@ def rows_backward_fast(object grad_output, object x, object normalized_shape, ob
     cdef Py_ssize_t nbytes = n * cnp.PyArray_ITEMSIZE(xa)
     cdef int stream = streams(nbytes, 3 * nbytes, False)
     cdef cnp.npy_intp pdims[2]
-    cdef double[:, ::1] pw
-    cdef double[:, ::1] pb
+    cdef cnp.ndarray pw, pb
     cdef double *pwp = NULL
     cdef double *pbp = NULL
     pdims[0], pdims[1] = nblk, K
     if want_gw:
         pw = _zeroed(2, pdims)
-        pwp = &pw[0, 0]
+        pwp = <double *>cnp.PyArray_DATA(pw)
     if want_gb:
         pb = _zeroed(2, pdims)
-        pbp = &pb[0, 0]
+        pbp = <double *>cnp.PyArray_DATA(pb)
     cdef const void *wp = _data_or_null(weight)
     cdef const void *mp = cnp.PyArray_DATA(<cnp.ndarray>(rstd if rms else mean))
     cdef const void *rp = cnp.PyArray_DATA(<cnp.ndarray>rstd)
