@@ -111,6 +111,12 @@ def extension(family):
     return _modules[family] if _backend == "cython" else None
 
 
+def compiled_module(family):
+    """The compiled module of a kernel family whatever the backend, or None when the
+    compiled kernels are not installed."""
+    return _modules.get(family)
+
+
 def compiled_available():
     return _runtime is not None
 

@@ -502,6 +502,35 @@ def test_fast_path_takes_plain_float_parameters_only_when_valid():
                 getattr(fastnorm, f"{op}_backward")(x, x, **kwargs)
 
 
+def test_public_functions_dispatch_in_the_extension(monkeypatch):
+    """With the compiled kernels installed, the public functions go through the extension's
+    dispatchers, which follow the backend switch: on the NumPy backend the reference
+    computes (here a stand-in that records its calls), and the kernels again after it."""
+    ext = fastnorm._config.compiled_module("activations")
+    if ext is None:
+        pytest.skip("compiled kernels only")
+    from fastnorm import activations
+    assert activations._forward is ext.dispatch_forward
+    assert activations._backward is ext.dispatch_backward
+    x = np.linspace(-2, 2, 12, dtype=np.float32)
+    compiled = fastnorm.gelu(x, approximate="tanh"), fastnorm.leaky_relu_backward(x, x, 2)
+    calls = []
+
+    def stand_in(*arrays, out, **params):
+        calls.append(params)
+        out[...] = 7
+
+    monkeypatch.setattr(activations.reference, "gelu", stand_in)
+    monkeypatch.setattr(activations.reference, "leaky_relu_backward", stand_in)
+    with fastnorm.use_backend("numpy"):
+        assert (fastnorm.gelu(x, approximate="tanh") == 7).all()
+        assert (fastnorm.leaky_relu_backward(x, x, 2) == 7).all()
+    assert calls == [{"approximate": "tanh"}, {"negative_slope": 2.0}]
+    assert fastnorm.gelu(x, approximate="tanh").tobytes() == compiled[0].tobytes()
+    assert fastnorm.leaky_relu_backward(x, x, 2).tobytes() == compiled[1].tobytes()
+    assert len(calls) == 2
+
+
 def test_op_table_matches_the_kernels():
     """The Python layer's op list (its threading grains) names exactly the kernels' ops."""
     ext = fastnorm._config.extension("activations")
