@@ -60,8 +60,8 @@ def _reference_params(op, a, b, ref_params):
 
 def _forward_general(func, op, x, out, a=0.0, b=0.0, ref_params=None):
     """y = op(x) for the public function `func`: parameters validated, any array-like, on
-    the NumPy reference or the compiled kernels.  The public functions call _forward (see
-    the end of this module), which comes here for what the compiled fast path does not take."""
+    the NumPy reference or the compiled kernels.  The public functions call _forward (defined
+    after _backward_general), which comes here for what the compiled fast path does not take."""
     a, b = _checked_params(func, op, a, b)
     ext = _config.extension("activations")
     x = as_float_array(func, "x", x)

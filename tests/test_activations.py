@@ -513,7 +513,8 @@ def test_public_functions_dispatch_in_the_extension(monkeypatch):
     assert activations._forward is ext.dispatch_forward
     assert activations._backward is ext.dispatch_backward
     x = np.linspace(-2, 2, 12, dtype=np.float32)
-    compiled = fastnorm.gelu(x, approximate="tanh"), fastnorm.leaky_relu_backward(x, x, 2)
+    with fastnorm.use_backend("cython"):   # also when the suite runs on FASTNORM_BACKEND=numpy
+        compiled = fastnorm.gelu(x, approximate="tanh"), fastnorm.leaky_relu_backward(x, x, 2)
     calls = []
 
     def stand_in(*arrays, out, **params):
@@ -526,8 +527,9 @@ def test_public_functions_dispatch_in_the_extension(monkeypatch):
         assert (fastnorm.gelu(x, approximate="tanh") == 7).all()
         assert (fastnorm.leaky_relu_backward(x, x, 2) == 7).all()
     assert calls == [{"approximate": "tanh"}, {"negative_slope": 2.0}]
-    assert fastnorm.gelu(x, approximate="tanh").tobytes() == compiled[0].tobytes()
-    assert fastnorm.leaky_relu_backward(x, x, 2).tobytes() == compiled[1].tobytes()
+    with fastnorm.use_backend("cython"):
+        assert fastnorm.gelu(x, approximate="tanh").tobytes() == compiled[0].tobytes()
+        assert fastnorm.leaky_relu_backward(x, x, 2).tobytes() == compiled[1].tobytes()
     assert len(calls) == 2
 
 

@@ -549,12 +549,55 @@ def _wide_row_calls(shape, dtype, rng):
     return calls
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rows_same_bits_alone_and_in_a_block(dtype, backend, rng):
+    """Layer and RMS norm give a row the same bits whether it is normalized alone or among
+    others, in place or not: the kernel takes a block's first row's sums by themselves and
+    every later row's while it writes the row before (fn_norm_rows_forward), and the two
+    must agree to the bit, for row lengths 1-40 (0-15 elements after whole 16-element
+    pieces).  Row 1 has a large offset and row 3 a NaN."""
+    for k in range(1, 41):
+        x = (rng.standard_normal((5, k)) * 3 + 2).astype(dtype)
+        x[1] += 1e4
+        x[3, k // 2] = np.nan
+        w, b = rng.standard_normal(k).astype(dtype), rng.standard_normal(k).astype(dtype)
+        for call in (lambda a, **o: fastnorm.layer_norm(a, k, w, b, **o),
+                     lambda a, **o: fastnorm.rms_norm(a, k, w, **o)):
+            block = call(x)
+            in_place = x.copy()
+            call(in_place, out=in_place)
+            assert in_place.tobytes() == block[0].tobytes(), k
+            for i in range(5):
+                alone = call(x[i:i + 1].copy())
+                for a, b_ in zip(alone, block):
+                    assert a.tobytes() == b_[i:i + 1].tobytes(), (k, i)
+
+
+@pytest.mark.parametrize("path", ["fast", "general"])
+def test_float32_parameter_gradient_overflow_warns(path):
+    """A float32 weight/bias gradient beyond float32's range is inf with NumPy's overflow
+    warning, on the fast path (plain arrays) as on the general one (a strided x)."""
+    g = np.full((2, 8), 3e38, np.float32)
+    x = np.arange(16, dtype=np.float32).reshape(2, 8)
+    w, b = np.ones(8, np.float32), np.zeros(8, np.float32)
+    y, mean, rstd = fastnorm.layer_norm(x, 8, w, b)
+    if path == "general":
+        x = np.repeat(x, 2, axis=1)[:, ::2]
+    with pytest.warns(RuntimeWarning, match="overflow"):
+        gx, gw, gb = fastnorm.layer_norm_backward(g, x, 8, w, mean, rstd, bias=b)
+    assert gb.dtype == np.float32 and np.isposinf(gb).all()
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError):
+        fastnorm.layer_norm_backward(g, x, 8, w, mean, rstd, bias=b)
+
+
 @pytest.mark.parametrize("shape", [(37, 513), (2703, 600), (3, 901, 1030)], ids=str)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_wide_row_parameter_gradients(shape, dtype, backend, rng):
     """Rows wider than 512 from more than 12 MiB of dy and x sum the parameter gradients in
     a pass over each sub-block of rows (four per visit, remainder rows included; the last
-    two shapes), smaller calls in the row loop (the first): the oracle's values, and the
+    two shapes) with the AVX-512 kernels, the other variants and smaller calls in the row
+    loop (test_parameter_gradient_pass_same_bits forces both places on every variant):
+    the oracle's values, and the
     same bits at 1 and 2 threads, with both, either or neither gradient, for layer and RMS
     norm."""
     calls = _wide_row_calls(shape, dtype, rng)

@@ -10,7 +10,7 @@ partials added in block order afterwards.
 import numpy as np
 from libc.stdint cimport int64_t
 from libc.float cimport FLT_EPSILON, DBL_EPSILON
-from libc.math cimport isfinite, sqrt
+from libc.math cimport isfinite, isinf, sqrt
 from libc.string cimport memset
 from cpython.pyport cimport PY_SSIZE_T_MAX
 cimport numpy as cnp
@@ -53,15 +53,16 @@ cdef const fn_norm_kernels *_kernels = fn_norm_kernels_by_isa[0]
 # Layer norm backward sums its parameter gradients in a separate pass over rows in cache
 # (see _rows_backward_run) for rows wider than _param_pass_min_k elements whose dy and x
 # together exceed _param_pass_min_bytes; set_isa sets the bytes by kernel variant.
-cdef Py_ssize_t _param_pass_min_k = 512
-cdef Py_ssize_t _param_pass_min_bytes = 12 << 20
 cdef Py_ssize_t _PARAM_PASS_NEVER = PY_SSIZE_T_MAX
+cdef Py_ssize_t _PARAM_PASS_AVX512_MIN_BYTES = 12 << 20
+cdef Py_ssize_t _param_pass_min_k = 512
+cdef Py_ssize_t _param_pass_min_bytes = _PARAM_PASS_NEVER   # set by set_isa
 
 
 def _set_param_pass_threshold(Py_ssize_t min_k, Py_ssize_t min_bytes):
     """For tests: set where layer norm backward takes the parameter-gradient pass (rows
     wider than min_k whose dy and x exceed min_bytes; both paths give the same bits).
-    Returns the previous (min_k, min_bytes)."""
+    Returns the previous (min_k, min_bytes).  set_isa sets min_bytes again (by variant)."""
     global _param_pass_min_k, _param_pass_min_bytes
     previous = (_param_pass_min_k, _param_pass_min_bytes)
     _param_pass_min_k, _param_pass_min_bytes = min_k, min_bytes
@@ -165,7 +166,7 @@ def set_isa(int level):
     _kernels = fn_norm_kernels_by_isa[chosen]
     # The parameter-gradient pass was measured faster with the AVX-512 kernels (Zen 4) and
     # slower with the others (Zen 3): see _rows_backward_run.
-    _param_pass_min_bytes = (12 << 20) if chosen == FN_ISA_AVX512 else _PARAM_PASS_NEVER
+    _param_pass_min_bytes = _PARAM_PASS_AVX512_MIN_BYTES if chosen == FN_ISA_AVX512 else _PARAM_PASS_NEVER
 
 
 cdef inline Py_ssize_t _share(Py_ssize_t n, int parts) noexcept nogil:
@@ -584,13 +585,15 @@ cdef object _block_sum(cnp.ndarray partial, int typenum):
     """Column sums of the (nblk, K) float64 block partials, added in block order, as a new
     (K,) array of typenum (cast from the float64 sum).  The sums go into the first block's
     row in place: the same bits as a sum from zero, since a partial (itself a sum from
-    +0.0) is never -0.0."""
+    +0.0) is never -0.0.  A float32 cast that overflows is left to NumPy, for its warning
+    (or error, under np.errstate) as the general path's astype gives."""
     cdef Py_ssize_t nblk = cnp.PyArray_DIM(partial, 0), K = cnp.PyArray_DIM(partial, 1), blk, k
     cdef double *first = <double *>cnp.PyArray_DATA(partial)
     cdef cnp.npy_intp dim = K
     cdef cnp.ndarray total = cnp.PyArray_EMPTY(1, &dim, typenum, 0)
     cdef double *tp
     cdef float *tf
+    cdef bint overflow = False
     for blk in range(1, nblk):
         for k in range(K):
             first[k] += first[blk * K + k]
@@ -602,6 +605,9 @@ cdef object _block_sum(cnp.ndarray partial, int typenum):
         tf = <float *>cnp.PyArray_DATA(total)
         for k in range(K):
             tf[k] = <float>first[k]
+            overflow |= isinf(tf[k]) and not isinf(first[k])
+        if overflow:
+            return partial[0].astype(np.float32)
     return total
 
 
@@ -638,7 +644,9 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] g
     cdef const floating *wp = NULL
     cdef Py_ssize_t rb, nblk
     cdef cnp.npy_intp pdims[2]
-    cdef cnp.ndarray pw, pb
+    cdef object pw = None, pb = None
+    cdef double *pwp
+    cdef double *pbp
     if w is not None:
         wp = &w[0]
     if M == 0:
@@ -646,15 +654,14 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] g
     # Parameter gradients are column sums: fixed row blocks, partials added in order.
     rb = _row_block(M, 16)
     nblk = (M + rb - 1) // rb
-    pdims[1] = K
-    pdims[0] = nblk if want_gw else 1
-    pw = _zeroed(2, pdims)
-    pdims[0] = nblk if want_gb else 1
-    pb = _zeroed(2, pdims)
+    pdims[0], pdims[1] = nblk, K
+    if want_gw:
+        pw = _zeroed(2, pdims)
+    if want_gb:
+        pb = _zeroed(2, pdims)
+    pwp, pbp = <double *>_data_or_null(pw), <double *>_data_or_null(pb)
     with nogil:
-        _rows_backward_run(&dy[0], &x[0], &gx[0], M, K, wp, &mean[0], &rstd[0], rms,
-                           <double *>cnp.PyArray_DATA(pw) if want_gw else NULL,
-                           <double *>cnp.PyArray_DATA(pb) if want_gb else NULL,
+        _rows_backward_run(&dy[0], &x[0], &gx[0], M, K, wp, &mean[0], &rstd[0], rms, pwp, pbp,
                            rb, nthreads, 0)
     return ((_block_sum(pw, cnp.NPY_FLOAT64) if want_gw else None),
             (_block_sum(pb, cnp.NPY_FLOAT64) if want_gb else None))
@@ -802,16 +809,14 @@ def rows_backward_fast(object grad_output, object x, object normalized_shape, ob
     cdef Py_ssize_t nbytes = n * cnp.PyArray_ITEMSIZE(xa)
     cdef int stream = streams(nbytes, 3 * nbytes, False)
     cdef cnp.npy_intp pdims[2]
-    cdef cnp.ndarray pw, pb
-    cdef double *pwp = NULL
-    cdef double *pbp = NULL
+    cdef object pw = None, pb = None
     pdims[0], pdims[1] = nblk, K
     if want_gw:
         pw = _zeroed(2, pdims)
-        pwp = <double *>cnp.PyArray_DATA(pw)
     if want_gb:
         pb = _zeroed(2, pdims)
-        pbp = <double *>cnp.PyArray_DATA(pb)
+    cdef double *pwp = <double *>_data_or_null(pw)
+    cdef double *pbp = <double *>_data_or_null(pb)
     cdef const void *wp = _data_or_null(weight)
     cdef const void *mp = cnp.PyArray_DATA(<cnp.ndarray>(rstd if rms else mean))
     cdef const void *rp = cnp.PyArray_DATA(<cnp.ndarray>rstd)

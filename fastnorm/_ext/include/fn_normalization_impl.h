@@ -749,7 +749,8 @@ void FN_NAME(fn_norm_affine_grad, FN_SUF)(const T *dy, const T *x, T *gx, int64_
 /* One row of layer / RMS norm's output, y = ((x - h) - l) * s [* w] [+ b] (w, b NULL: absent;
  * every call site passes each as itself or a literal NULL, so that each variant is compiled
  * knowing its terms, as rows_grad_sums below).  With xn (not NULL) the sums of the next row
- * accumulate meanwhile, the same bits as run_sums(xn, K, shift, ...) into *s1, *s2, so that
+ * accumulate meanwhile and are stored in *s1, *s2: the same bits as run_sums(xn, K, shift, ...)
+ * adds to zeros (a sum from +0.0 is never -0.0), so that
  * their add and multiply-add chains (a wait of 4 cycles per 16 elements at one step per lane
  * vector) run under this row's loads and stores instead of before them. */
 static inline __attribute__((always_inline)) void FN_NAME(row_output, FN_SUF)(
