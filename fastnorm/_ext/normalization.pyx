@@ -605,7 +605,8 @@ cdef object _block_sum(cnp.ndarray partial, int typenum):
         tf = <float *>cnp.PyArray_DATA(total)
         for k in range(K):
             tf[k] = <float>first[k]
-            overflow |= isinf(tf[k]) and not isinf(first[k])
+            if isinf(tf[k]) != 0 and isinf(first[k]) == 0:
+                overflow = True
         if overflow:
             return partial[0].astype(np.float32)
     return total
