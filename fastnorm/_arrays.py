@@ -122,7 +122,8 @@ def elementwise(func, inputs, out, kernel, *, c_order=False):
         inputs = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in inputs]
     flat = [a.reshape(-1, order=order) for a in inputs]
     if out is None:
-        result = _config.empty(ref.shape, dtype, order, like=flat[0])
+        result = _config.empty(ref.shape, dtype, order, like=flat[0],
+                               like2=flat[1] if len(flat) > 1 else None)
         kernel(flat, result.reshape(-1, order=order))
         return result
     direct = (out.flags.c_contiguous if order == "C" else out.flags.f_contiguous)
@@ -134,7 +135,8 @@ def elementwise(func, inputs, out, kernel, *, c_order=False):
     if direct:
         kernel(flat, out.reshape(-1, order=order))
         return out
-    result = _config.empty(ref.shape, dtype, order, like=flat[0])
+    result = _config.empty(ref.shape, dtype, order, like=flat[0],
+                           like2=flat[1] if len(flat) > 1 else None)
     kernel(flat, result.reshape(-1, order=order))
     np.copyto(out, result)
     return out

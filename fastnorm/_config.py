@@ -262,12 +262,13 @@ def set_pool_bytes(n=None):
     _pool_bytes = n
 
 
-def empty(shape, dtype, order="C", like=None):
-    """``np.empty(shape, dtype, order)``; large arrays come from fastnorm's buffer cache, their
-    data at the same offset from a cache line as ``like``'s (the input they are computed from)."""
+def empty(shape, dtype, order="C", like=None, like2=None):
+    """``np.empty(shape, dtype, order)`` for a result computed from ``like`` (and ``like2``):
+    large arrays come from fastnorm's buffer cache, their data at ``like``'s offset within a
+    4 KiB page; none starts just after an input modulo 4 KiB (_pool.pyx's _ALIAS_WINDOW)."""
     if _pool is None:
         return np.empty(shape, dtype, order)
-    return _pool.empty(shape, dtype, order, like)
+    return _pool.empty(shape, dtype, order, like, like2)
 
 
 _pool_bytes = POOL_BYTES

@@ -20,9 +20,9 @@ MIB = 1 << 20
 
 
 def block(nbytes):
-    """The cached block that serves nbytes: a 64-byte header and up to 64 bytes of phase
+    """The cached block that serves nbytes: a 64-byte header and up to a page of lead
     (fn_pool.h) on top, in whole 2 MiB granules."""
-    return -(-(nbytes + 128) // (2 * MIB)) * (2 * MIB)
+    return -(-(nbytes + 4096 + 64) // (2 * MIB)) * (2 * MIB)
 
 
 @pytest.fixture
@@ -54,15 +54,15 @@ def test_freed_results_are_reused(small_pool):
     assert y.flags.owndata and y.flags.writeable
 
 
-def test_results_sit_at_their_inputs_offset_from_a_cache_line(small_pool):
-    raw = np.zeros(512 * 1024 + 16, np.float32)
-    for shift in (0, 1, 4, 15):
+def test_results_sit_at_their_inputs_offset_within_a_page(small_pool):
+    raw = np.zeros(512 * 1024 + 1024, np.float32)
+    for shift in (0, 1, 4, 15, 16, 500, 1023):
         x = raw[shift:shift + 512 * 1024].reshape(512, 1024)
         for name, y in (("relu", fastnorm.relu(x)), ("gelu_backward", fastnorm.gelu_backward(x, x)),
                         ("layer_norm", fastnorm.layer_norm(x, 1024)[0]),
                         ("batch_norm_backward", fastnorm.batch_norm_backward(x, x, None, np.zeros(1024, np.float32),
                                                                              np.ones(1024, np.float32))[0])):
-            assert y.ctypes.data % 64 == x.ctypes.data % 64, (name, shift)
+            assert y.ctypes.data % 4096 == x.ctypes.data % 4096, (name, shift)
 
 
 def test_a_misaligned_input_still_gets_an_aligned_result(small_pool):
@@ -142,7 +142,8 @@ def test_sizes_share_blocks_by_whole_granules(small_pool):
     del y
     assert small_pool.stats()["cached"] == 6 * MIB
     y = fastnorm.relu(np.ones(1024 * 1024 + 100_000, np.float32))
-    assert y.ctypes.data // 64 == address // 64  # the same block (at this input's phase)
+    # the same block (fn_pool.h: it starts at the page holding data - 64), at this input's offset
+    assert (y.ctypes.data - 64) // 4096 == (address - 64) // 4096
     del y
 
 
@@ -175,3 +176,56 @@ def test_pool_setting_validation():
     assert _config.pool_bytes() == 3 << 20
     _config.set_pool_bytes(None)
     assert _config.pool_bytes() == _config.POOL_BYTES
+
+
+def _input_just_before(raw, address, distance, count, dtype=np.float32):
+    """A view of count items of raw (a uint8 buffer) starting `distance` bytes before
+    `address` modulo 4 KiB."""
+    start = (address - distance - raw.ctypes.data) % 4096
+    return np.frombuffer(raw.data, dtype, count, start)
+
+
+@pytest.mark.parametrize("case", ["forward", "backward_first", "backward_second", "general"])
+def test_results_never_start_just_after_an_input(case):
+    """A result below the cache's size that malloc places 16 bytes (or 1-255) after an input
+    modulo 4 KiB is placed elsewhere (_pool.pyx's _ALIAS_WINDOW), and is the same array:
+    same bits, owns its data, resizes, pickles."""
+    pool = _config._pool
+    count = 64 * 1024  # 256 KiB: below the cache's threshold, above the placement's
+    raw = np.empty(3 * count * 4 + 8192, np.uint8)
+    other = _input_just_before(raw[count * 4 + 4096:], 0, 0, count)  # page-aligned, apart from x
+    other[...] = np.linspace(-4, 4, count, dtype=np.float32)
+
+    def call(x):
+        if case == "forward":
+            return fastnorm.elu(x)
+        if case == "backward_first":
+            return fastnorm.elu_backward(x, other)
+        if case == "backward_second":
+            return fastnorm.elu_backward(other, x)
+        return fastnorm.elu(x.reshape(256, 256).T)  # Fortran order: the general path
+
+    probe = call(other)
+    address = probe.ctypes.data  # where malloc puts a result of this size now
+    del probe
+    x = _input_just_before(raw, address, 16, count)
+    np.copyto(x, other[::-1])  # no temporary: malloc's next block stays where it was
+    try:
+        pool.set_placed_min_bytes(1 << 62)
+        unplaced = call(x)
+        unplaced_distance = (unplaced.ctypes.data - x.ctypes.data) % 4096
+        expected, expected_memory = unplaced.copy(), unplaced.ravel(order="K").copy()
+        del unplaced
+        pool.set_placed_min_bytes(pool.PLACED_MIN_BYTES)
+        y = call(x)
+    finally:
+        pool.set_placed_min_bytes(pool.PLACED_MIN_BYTES)
+    if not 0 < unplaced_distance < 256:
+        pytest.skip(f"malloc put the result {unplaced_distance} bytes after the input here")
+    for source in (x, other):
+        assert not 0 < (y.ctypes.data - source.ctypes.data) % 4096 < 256, case
+    assert y.tobytes() == expected.tobytes()
+    assert y.flags.owndata and y.base is None and y.flags.aligned
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(y)), y)
+    y.resize(2 * y.size, refcheck=False)  # realloc through the handler
+    assert y[:count].tobytes() == expected_memory.tobytes()

@@ -195,7 +195,7 @@ cdef object _backward_fast(int op, object g, object s, object out, double a, dou
     cdef cnp.ndarray ga = <cnp.ndarray>g, sa = <cnp.ndarray>s
     if not same_shape(ga, sa):
         return None
-    gx = output_for(ga, out)
+    gx = output_for(ga, out, cnp.PyArray_DATA(sa))
     if gx is None or not same_or_apart(sa, <cnp.ndarray>gx):
         return None
     cdef cnp.ndarray gxa = <cnp.ndarray>gx

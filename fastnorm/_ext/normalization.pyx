@@ -806,7 +806,8 @@ def rows_backward_fast(object grad_output, object x, object normalized_shape, ob
     cdef Py_ssize_t n = cnp.PyArray_SIZE(xa), M = n // K
     cdef Py_ssize_t rb = _row_block(M, 16), nblk = (M + rb - 1) // rb
     cdef int nthreads = threads_for(n, grain)
-    cdef cnp.ndarray gx = pooled_empty(nd, dims, typenum, cnp.PyArray_DATA(xa))
+    cdef cnp.ndarray gx = pooled_empty(nd, dims, typenum, cnp.PyArray_DATA(xa),
+                                       cnp.PyArray_DATA(<cnp.ndarray>grad_output))
     cdef Py_ssize_t nbytes = n * cnp.PyArray_ITEMSIZE(xa)
     cdef int stream = streams(nbytes, 3 * nbytes, False)
     cdef cnp.npy_intp pdims[2]
@@ -1085,7 +1086,7 @@ def batch_norm_backward_fast(object grad_output, object x, object weight, object
     cdef void *gb_p
     cdef bint train = training is True
     if nblk > 0:
-        gx = pooled_empty(nd, dims, typenum, cnp.PyArray_DATA(xa))
+        gx = pooled_empty(nd, dims, typenum, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(ga))
         stream = streams(size * itemsize, 3 * size * itemsize, False)
         g_p, x_p, gx_p = cnp.PyArray_DATA(ga), cnp.PyArray_DATA(xa), cnp.PyArray_DATA(gx)
         w_p, mean_p = _data_or_null(weight), cnp.PyArray_DATA(<cnp.ndarray>mean)
@@ -1120,7 +1121,7 @@ def batch_norm_backward_fast(object grad_output, object x, object weight, object
                                       <double *>cnp.PyArray_DATA(s2), <double *>cnp.PyArray_DATA(k1),
                                       <double *>cnp.PyArray_DATA(k2), <double *>cnp.PyArray_DATA(k3),
                                       <double *>_data_or_null(gw), <double *>_data_or_null(gb))
-    gx = pooled_empty(nd, dims, typenum, cnp.PyArray_DATA(xa))
+    gx = pooled_empty(nd, dims, typenum, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(ga))
     affine_grad(ga.reshape(-1), xa.reshape(-1), gx.reshape(-1), 1, A, C, B, k1, mean, k2, k3, nthreads)
     return gx, gw, gb
 

@@ -30,7 +30,8 @@
 #if defined(_WIN32)
 /* No cache (no pthreads here): the handler passes everything to libc. */
 #define FN_POOL_AVAILABLE 0
-static unsigned fn_pool_phase;  /* unused here */
+static unsigned fn_pool_page_offset;  /* unused here */
+static int fn_pool_use_cache;  /* unused here */
 static int fn_pool_last_fresh = 1;
 static void *fn_pool_malloc(void *ctx, size_t bytes) { (void)ctx; return malloc(bytes ? bytes : 1); }
 static void *fn_pool_calloc(void *ctx, size_t nelem, size_t elsize)
@@ -112,16 +113,24 @@ static int fn_pool_evict_locked(size_t keep, void **out)
     return n;
 }
 
-/* Every block handed out is [a 64-byte header holding the block's capacity][phase bytes]
- * [the array's data], the block 64-byte aligned (2 MiB from one granule on), so that free
- * and realloc find the block from the data pointer alone.  The phase -- the data's offset
- * past a cache line -- is the caller's (fn_pool_phase, set around one allocation): fastnorm
- * gives a result the phase of the input it is computed from, so that after the streaming
- * path's lead its loads and stores are all line-aligned (relu backward of 4096x4096 float32
- * with NumPy's inputs, which start 16 bytes past a line, 1 thread: 4.18 ms into a
- * line-aligned result, 3.30 ms into one 16 bytes past a line). */
+/* Every block handed out is [a 64-byte header: the block's capacity, whether it may be
+ * cached][lead][the array's data], the block 4 KiB-aligned (2 MiB from one granule on) and
+ * the data at the caller's offset within a 4 KiB page (fn_pool_page_offset, set around one
+ * allocation), at least a header past the block's start, so that free and realloc find the
+ * block from the data pointer alone: it starts at the page holding data - FN_POOL_HEADER.
+ * fastnorm gives a result the page offset of the input it is computed from.  Within a
+ * cache line that aligns the streaming path's loads and stores alike after its lead (relu
+ * backward of 4096x4096 float32 with NumPy's inputs, which start 16 bytes past a line,
+ * 1 thread: 4.18 ms into a line-aligned result, 3.30 ms into one 16 bytes past a line);
+ * within the page it keeps the result from starting a little after its input modulo 4 KiB,
+ * where the CPU takes the kernel's loads for readers of its earlier stores (_pool.pyx,
+ * _ALIAS_WINDOW). */
 #define FN_POOL_HEADER 64
-static _Thread_local unsigned fn_pool_phase;
+#define FN_POOL_PAGE 4096
+static _Thread_local unsigned fn_pool_page_offset;
+/* Whether this thread's next block may come from and go back to the cache (results of
+ * at least the cache's size threshold; the others are only placed). */
+static _Thread_local int fn_pool_use_cache;
 /* Whether this thread's last block came fresh from the kernel rather than from the cache
  * (its pages then get zeroed at first touch and sit in the cache: plain stores are faster
  * there than streaming ones). */
@@ -129,26 +138,36 @@ static _Thread_local int fn_pool_last_fresh;
 
 static inline char *fn_pool_block_of(void *data)
 {
-    return (char *)((uintptr_t)data & ~(uintptr_t)(FN_POOL_HEADER - 1)) - FN_POOL_HEADER;
+    return (char *)(((uintptr_t)data - FN_POOL_HEADER) & ~(uintptr_t)(FN_POOL_PAGE - 1));
 }
 
-/* A block for `bytes` of data at any phase; returns its base (capacity in the header). */
+/* The data's distance from its block's start for a page offset. */
+static inline size_t fn_pool_lead(unsigned page_offset)
+{
+    const size_t offset = page_offset % FN_POOL_PAGE;
+    return offset >= FN_POOL_HEADER ? offset : offset + FN_POOL_PAGE;
+}
+
+/* A block for `bytes` of data at any page offset; returns its base (capacity and
+ * cacheability in the header). */
 static char *fn_pool_new_block(size_t bytes)
 {
-    if (bytes > SIZE_MAX - 2 * FN_POOL_HEADER - FN_POOL_GRANULE)
+    if (bytes > SIZE_MAX - FN_POOL_PAGE - FN_POOL_HEADER - FN_POOL_GRANULE)
         return NULL;
-    const size_t cap = fn_pool_capacity(bytes + 2 * FN_POOL_HEADER);
-    void *p = cap >= FN_POOL_GRANULE ? fn_pool_take(cap) : NULL;
+    const size_t cap = fn_pool_capacity(bytes + FN_POOL_PAGE + FN_POOL_HEADER);
+    const int cacheable = fn_pool_use_cache && cap >= FN_POOL_GRANULE;
+    void *p = cacheable ? fn_pool_take(cap) : NULL;
     fn_pool_last_fresh = p == NULL;
     if (p == NULL) {
-        if (posix_memalign(&p, cap >= FN_POOL_GRANULE ? FN_POOL_GRANULE : FN_POOL_HEADER, cap) != 0)
+        if (posix_memalign(&p, cap >= FN_POOL_GRANULE ? FN_POOL_GRANULE : FN_POOL_PAGE, cap) != 0)
             return NULL;
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
         if (cap >= FN_POOL_GRANULE)
             madvise(p, cap, MADV_HUGEPAGE);  /* as NumPy does for its large arrays */
 #endif
     }
-    *(size_t *)p = cap;
+    ((size_t *)p)[0] = cap;
+    ((size_t *)p)[1] = (size_t)cacheable;
     return (char *)p;
 }
 
@@ -158,7 +177,7 @@ static void *fn_pool_malloc(void *ctx, size_t bytes)
 {
     (void)ctx;
     char *block = fn_pool_new_block(bytes);
-    return block ? block + FN_POOL_HEADER + (fn_pool_phase % FN_POOL_HEADER) : NULL;
+    return block ? block + fn_pool_lead(fn_pool_page_offset) : NULL;
 }
 
 static void *fn_pool_calloc(void *ctx, size_t nelem, size_t elsize)
@@ -171,19 +190,22 @@ static void *fn_pool_calloc(void *ctx, size_t nelem, size_t elsize)
     return p;
 }
 
-/* The data moves to a new block at the same phase. */
+/* The data moves to a new block at the same page offset (and cacheability). */
 static void *fn_pool_realloc(void *ctx, void *ptr, size_t bytes)
 {
     (void)ctx;
     if (ptr == NULL)
         return fn_pool_malloc(ctx, bytes);
     char *old = fn_pool_block_of(ptr);
-    const size_t phase = (size_t)((char *)ptr - old) - FN_POOL_HEADER;
-    const size_t held = *(size_t *)old - FN_POOL_HEADER - phase;
+    const size_t lead = (size_t)((char *)ptr - old);
+    const size_t held = ((size_t *)old)[0] - lead;
+    const int use_cache = fn_pool_use_cache;
+    fn_pool_use_cache = (int)((size_t *)old)[1];
     char *block = fn_pool_new_block(bytes);
+    fn_pool_use_cache = use_cache;
     if (block == NULL)
         return NULL;
-    char *data = block + FN_POOL_HEADER + phase;
+    char *data = block + lead;
     memcpy(data, ptr, held < bytes ? held : bytes);
     fn_pool_release(old);
     return data;
@@ -197,11 +219,11 @@ static void fn_pool_free(void *ctx, void *ptr, size_t bytes)
         fn_pool_release(fn_pool_block_of(ptr));
 }
 
-/* Caches a block of a granule or more (the oldest go when the limit is passed), frees the rest. */
+/* Caches a cacheable block (the oldest go when the limit is passed), frees the rest. */
 static void fn_pool_release(char *block)
 {
-    const size_t cap = *(size_t *)block;
-    if (cap < FN_POOL_GRANULE) {
+    const size_t cap = ((size_t *)block)[0];
+    if (!((size_t *)block)[1]) {
         free(block);
         return;
     }
