@@ -94,6 +94,16 @@ cdef inline bint _trails(uintptr_t result, uintptr_t source) noexcept:
     return 0 < distance < _ALIAS_WINDOW
 
 
+cdef inline bint _misplaced(uintptr_t data, Py_ssize_t nbytes, uintptr_t like,
+                            uintptr_t like2) noexcept:
+    """A fresh result of nbytes at data, computed from inputs at like and like2 (0: none),
+    must be placed again: it is large enough to matter and starts in an input's alias window
+    (small results are left where NumPy put them: re-allocating costs more than aliasing)."""
+    if like == 0 or nbytes < _placed_min_bytes:
+        return False
+    return _trails(data, like) or (like2 != 0 and _trails(data, like2))
+
+
 cdef unsigned _placement(uintptr_t like, uintptr_t like2, Py_ssize_t itemsize) noexcept:
     """The page offset for a result of inputs at like and like2 (0: none): like's own,
     unless that trails like2, then like2's (which then is before like's, outside the window)."""
@@ -142,10 +152,8 @@ cdef object pooled_empty(int nd, cnp.npy_intp *dims, int typenum, const void *li
         return _placed_empty(nd, dims, typenum,
                              _placement(<uintptr_t>like, <uintptr_t>like2, itemsize), True)
     result = cnp.PyArray_EMPTY(nd, dims, typenum, 0)
-    if like == NULL or nbytes < _placed_min_bytes:
-        return result
-    cdef uintptr_t data = <uintptr_t>cnp.PyArray_DATA(result)
-    if not (_trails(data, <uintptr_t>like) or (like2 != NULL and _trails(data, <uintptr_t>like2))):
+    if not _misplaced(<uintptr_t>cnp.PyArray_DATA(result), nbytes, <uintptr_t>like,
+                      <uintptr_t>like2):
         return result
     result = None
     return _placed_empty(nd, dims, typenum,
@@ -168,10 +176,7 @@ def empty(shape, dtype, order="C", like=None, like2=None):
     cdef bint use_cache = pooled(n)
     if not use_cache:
         result = np.empty(shape, dtype, order)
-        if source == 0 or n < _placed_min_bytes:
-            return result
-        data = _address(result)
-        if not (_trails(data, source) or (source2 != 0 and _trails(data, source2))):
+        if not _misplaced(_address(result), n, source, source2):
             return result
         result = None
     previous = _enter(_placement(source, source2, dtype.itemsize), use_cache)
