@@ -456,9 +456,10 @@ def test_matches_pytorch(case, backend, rng):
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_result_does_not_depend_on_position(dtype, backend, rng):
     """An element's result is the same wherever it sits: in the vector body, in the
-    remainder, in an unaligned view, alone -- so splitting an array into threads,
-    blocks (Dask) or views never changes a bit."""
-    x = spread_values(rng, 301, dtype)
+    remainder, in an unaligned view, alone, on either side of the 1 KiB blocks of the
+    two-stage maps -- so splitting an array into threads, blocks (Dask) or views never
+    changes a bit."""
+    x = spread_values(rng, 1031, dtype)
     g = rng.standard_normal(x.shape).astype(dtype)
     for name, params in PARAM_CASES:
         f, b = getattr(fastnorm, name), getattr(fastnorm, name + "_backward")
@@ -468,7 +469,7 @@ def test_result_does_not_depend_on_position(dtype, backend, rng):
         for k in (1, 3, 7, 17):
             np.testing.assert_array_equal(f(x[k:], **params), y[k:], err_msg=f"{name}{params} at +{k}")
             np.testing.assert_array_equal(b(g[k:], s[k:], **params), gx[k:], err_msg=f"{name}{params}")
-        singles = np.array([f(x[i:i + 1], **params)[0] for i in range(0, 301, 10)])
+        singles = np.array([f(x[i:i + 1], **params)[0] for i in range(0, 1031, 10)])
         np.testing.assert_array_equal(singles, y[::10], err_msg=f"{name}{params} alone")
 
 
