@@ -464,6 +464,33 @@ def test_infinite_scale_matches_reference(dtype, backend):
         np.testing.assert_array_equal(got.reshape(expected.shape), expected)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rows_with_infinite_rstd_and_signed_zeros_match_reference(dtype, backend):
+    """Layer and RMS norm rows whose variance + eps is 0 scale by rstd = inf: +-inf away
+    from the mean, NaN at it, as (x - mean) * rstd (the row kernels fold the mean's
+    rounding error into a constant per row, which must not become 0 * inf = NaN for the
+    whole row; float64 squares of 1e-170 underflow, float32 ones cannot, so there only a
+    constant row); and -0 stays -0 (x * rstd + 0 would make it +0).  On the fast path and
+    the general path (a strided view)."""
+    tiny = 1e-170 if dtype == np.float64 else 0.0
+    x = np.array([[tiny, -tiny, 0.0, tiny], [-0.0, 1.0, -2.0, 0.5]], dtype)
+    wide = np.zeros((2, 8), dtype)
+    wide[:, ::2] = x
+    w = np.full(4, 2, dtype)
+    for xx in (x, wide[:, ::2]):
+        cases = ((fastnorm.layer_norm(xx, 4, eps=0.0)[0], ref.layer_norm(x, 4, eps=0.0)[0]),
+                 (fastnorm.rms_norm(xx, 4, eps=0.0)[0], ref.rms_norm(x, 4, eps=0.0)[0]),
+                 (fastnorm.rms_norm(xx, 4, w)[0], ref.rms_norm(x, 4, w)[0]))
+        for got, expected in cases:
+            special = ~np.isfinite(expected) | (expected == 0)
+            np.testing.assert_array_equal(got[special], expected[special])
+            np.testing.assert_array_equal(np.signbit(got[special]), np.signbit(expected[special]))
+            np.testing.assert_allclose(got[~special], expected[~special], rtol=1e-6)
+    assert np.signbit(ref.rms_norm(x, 4)[0][1, 0])
+    if dtype == np.float64:
+        assert np.isinf(ref.layer_norm(x, 4, eps=0.0)[0][0]).all()
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_infinite_weight_matches_reference(channels_last, backend, rng):
     """An infinite weight with a float32 mean that float32 cannot hold (1e4 + randn): the

@@ -27,9 +27,10 @@
  * per element; channels-last (4096, 1024) float32 batch norm's output pass ran 1.27-1.34x
  * faster with three: kernel through ctypes, 1 thread, interleaved.)  The row kernels of
  * layer and RMS norm, whose per-column vectors are the weight and bias, fold lo into a
- * scalar per row instead: (x - mhi) * rstd + o, o = -lo * rstd rounded once (row_output;
- * until 2026-12 ((x - mhi) - lo) * rstd: layer norm (32, 768) float32 forward 1.05x faster
- * through the API, 1 thread, and at most as far from float64 on random rows).
+ * scalar per row instead: ((x - mhi) * rstd + o) [* w] [+ b], o = -lo * rstd
+ * (fn_affine_shift) rounded once to T (row_output; until 2026-12 ((x - mhi) - lo) * rstd:
+ * with FMA one operation per element fewer, layer norm (32, 768) float32 forward 1.05x
+ * faster through the API, 1 thread, and at most as far from float64 on random rows).
  */
 #include <math.h>
 #include "fn_normalization.h"
@@ -808,10 +809,16 @@ void FN_NAME(fn_norm_rows_forward, FN_SUF)(const T *x, T *y, int64_t K, int64_t 
         const double rs = 1.0 / sqrt(var + eps);
         rstd[r] = (T)rs;
         /* x - mu = (x - h) - (mu - h) with h = mu rounded to T: x - h is exact near the
-         * mean (Sterbenz) and -(mu - h) * rs joins as one constant o, so that the row costs
-         * one subtraction and one multiply-add per element before the affine terms (it was
-         * ((x - h) - l) * s: two subtractions, one multiplication, one rounding more). */
-        const T h = (T)mu, s = (T)rs, o = (T)(((double)h - mu) * rs);
+         * mean (Sterbenz) and -(mu - h) * s joins as one constant o (fn_affine_shift: -0
+         * where mu - h is 0 or s infinite, so that -0 stays -0 and an infinite s gives
+         * +-inf, not inf - inf), so that the row costs one subtraction and, with FMA, one
+         * multiply-add per element before the affine terms (it was ((x - h) - l) * s: two
+         * subtractions and a multiplication).  A row with a NaN gives NaN through x - h
+         * already; a NaN o would only make the NaN's sign depend on the operand order the
+         * compiler chose (-0.0 - NaN compiles to a negation), so o is -0 there too. */
+        const T h = (T)mu, s = (T)rs;
+        const double shift_o = fn_affine_shift(mu, (double)h, (double)s, -0.0);
+        const T o = (T)(isnan(shift_o) ? -0.0 : shift_o);
         const T *xn = (r + 1 < r1 && !stream) ? xr + K : NULL;
         const double shift_n = (xn && !rms) ? (double)xn[0] : 0.0;
         if (w && b)
