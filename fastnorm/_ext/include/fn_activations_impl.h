@@ -60,7 +60,11 @@
  * need about 9 (Zen 3, AVX2; llvm-mca's znver3 model agrees).  Two loops with shorter chains
  * keep fewer operations waiting.  C harness, float32 sigmoid over 16K floats in cache, Zen 3:
  * 0.53 ns per element in one loop, 0.42-0.44 in two with blocks of 64-512 floats (1 KiB:
- * 0.43), 0.46 in three (reduction, exponential, logistic).  Same operations, so the same
+ * 0.43), 0.46 in three (reduction, exponential, logistic).  Kept where the API measured a
+ * gain (the maps that use MAP2 / MAP_GRAD2 and float32 tanh: the division after the
+ * exponential makes the second chain long); GELU (its rational part apart from its
+ * exponential: 0.91-0.96x) and ELU (expm1 apart from one multiplication: forward
+ * 0.85-0.93x) stay in one loop.  Same operations, so the same
  * values (against the single loop over every 61st float32 and 16M float64s, both variants
  * this CPU runs), with two exceptions: some NaN results carry another payload or sign, and
  * float64 softplus with FMA differs by 1-2 ulp in 0.2-0.3 % of values, where gcc had fused the
@@ -233,7 +237,11 @@ static void FN_NAME(act_forward_span, FN_SUF)(int op, const T *x, T *y, int64_t 
         break;
     }
     case FN_ACT_SIGMOID:     MAP2(EXP_NEG_ABS(v), LOGISTIC(v, u)); break;
+#if FN_REAL == 32
+    case FN_ACT_TANH:        MAP2(fn__tanh_qf(v), fn_tanh_fromf(v, u)); break;
+#else
     case FN_ACT_TANH:        MAP(FN_TANH(v)); break;
+#endif
     /* PyTorch's order of operations: min(max(x+3, 0), 6) / 6, times x for hardswish. */
     case FN_ACT_HARDSIGMOID: MAP(((v + 3) < 0 ? (T)0 : ((v + 3) > 6 ? (T)6 : (v + 3))) / 6); break;
     case FN_ACT_HARDSWISH:   MAP(v * ((v + 3) < 0 ? (T)0 : ((v + 3) > 6 ? (T)6 : (v + 3))) / 6); break;

@@ -321,19 +321,28 @@ static inline float fn_log1p_unitf(float u)
  * the time.  tanh(a) rounds to 1 from a = 9.01, so a is clamped to 10, which keeps 2^k in
  * range and needs no overflow handling; NaN passes the clamp.  Sign restored by OR-ing
  * the sign bit, which also gives tanh(-0) = -0. */
-static inline float fn_tanhf(float x)
+/* tanh's q = expm1(2 min(|x|, 10)) (fn_tanh_fromf). */
+static inline float fn__tanh_qf(float x)
 {
-    const float a = fn__absf(x);
-    const float ac = a > 10.0f ? 10.0f : a;
+    const float ac = fn__absf(x) > 10.0f ? 10.0f : fn__absf(x);
     int32_t k;
     const float r = fn__reducef(2.0f * ac, &k);
     const float e = fn__expm1_reducedf(r);
-    const float q = (e + (1.0f - fn__pow2f(-k))) * fn__pow2f(k);
+    return (e + (1.0f - fn__pow2f(-k))) * fn__pow2f(k);
+}
+
+/* tanh(x) given q = fn__tanh_qf(x), which a caller may compute apart (a loop of its own:
+ * two shorter dependency chains, see fn_activations_impl.h). */
+static inline float fn_tanh_fromf(float x, float q)
+{
+    const float a = fn__absf(x);
     const float d = q / (q + 2.0f);
     const float h = 0.5f * q;
     const float y = a < 0.55f ? h - h * d : d;
     return fn__from_bits_f(fn__bits_f(y) | (fn__bits_f(x) & 0x80000000u));
 }
+
+static inline float fn_tanhf(float x) { return fn_tanh_fromf(x, fn__tanh_qf(x)); }
 
 /* The tail of the standard normal distribution, T = Phi(-|x|) = erfc(|x|/sqrt2)/2 <= 1/2
  * (float GELU), and through *gauss e^{-x^2/2} (GELU's derivative adds x e^{-x^2/2}/sqrt(2 pi)).
