@@ -459,7 +459,7 @@ def test_result_does_not_depend_on_position(dtype, backend, rng):
     remainder, in an unaligned view, alone, on either side of the 1 KiB blocks of the
     two-stage maps -- so splitting an array into threads, blocks (Dask) or views never
     changes a bit."""
-    x = spread_values(rng, 1031, dtype)
+    x = spread_values(rng, 1135, dtype)
     g = rng.standard_normal(x.shape).astype(dtype)
     for name, params in PARAM_CASES:
         f, b = getattr(fastnorm, name), getattr(fastnorm, name + "_backward")
@@ -469,7 +469,7 @@ def test_result_does_not_depend_on_position(dtype, backend, rng):
         for k in (1, 3, 7, 17):
             np.testing.assert_array_equal(f(x[k:], **params), y[k:], err_msg=f"{name}{params} at +{k}")
             np.testing.assert_array_equal(b(g[k:], s[k:], **params), gx[k:], err_msg=f"{name}{params}")
-        singles = np.array([f(x[i:i + 1], **params)[0] for i in range(0, 1031, 10)])
+        singles = np.array([f(x[i:i + 1], **params)[0] for i in range(0, 1135, 10)])
         np.testing.assert_array_equal(singles, y[::10], err_msg=f"{name}{params} alone")
 
 
@@ -580,6 +580,48 @@ def test_streamed_results_are_the_same_bits(dtype, rng):
         config.set_stream_min_bytes(None)
         fastnorm.set_num_threads(None)
         fastnorm.set_isa(previous_isa)
+
+
+@pytest.mark.skipif(not fastnorm._config.compiled_available(), reason="compiled kernels only")
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("stream", [False, True])
+def test_two_stage_maps_in_place(dtype, stream, rng):
+    """The two-stage maps (sigmoid, silu, softplus, tanh: the exponentials of a block first,
+    then the rest) give the same bits in place as into a fresh array, forward into x and
+    backward into grad_output or into the saved input, over several blocks and a partial
+    one, plain and streamed (threshold 0, 64-byte-aligned arrays)."""
+    config = fastnorm._config
+    n = 3 * 256 + 57 + 2 * 1024
+
+    def aligned(values):
+        raw = np.empty(values.size + 64 // values.itemsize, values.dtype)
+        start = (-raw.ctypes.data % 64) // values.itemsize
+        a = raw[start:start + values.size]
+        a[...] = values
+        return a
+
+    x0 = spread_values(rng, n, dtype)
+    g0 = rng.standard_normal(n).astype(dtype)
+    cases = [("sigmoid", {}), ("silu", {}), ("softplus", {}),
+             ("softplus", {"beta": 2.0, "threshold": 15.0}), ("tanh", {})]
+    try:
+        config.set_stream_min_bytes(0 if stream else None)
+        for name, params in cases:
+            fwd, bwd = getattr(fastnorm, name), getattr(fastnorm, name + "_backward")
+            y = fwd(x0, **params)
+            x = aligned(x0)
+            fwd(x, out=x, **params)
+            assert x.tobytes() == y.tobytes(), (name, params)
+            saved = saved_for_backward(fastnorm, name, params, x0)
+            gx = bwd(g0, saved, **params)
+            g = aligned(g0)
+            bwd(g, saved, out=g, **params)
+            assert g.tobytes() == gx.tobytes(), (name, params, "out=grad_output")
+            s = aligned(saved)
+            bwd(g0, s, out=s, **params)
+            assert s.tobytes() == gx.tobytes(), (name, params, "out=saved")
+    finally:
+        config.set_stream_min_bytes(None)
 
 
 def test_stream_threshold_setting():

@@ -1,10 +1,12 @@
 /* Template of the activation kernels; see fn_common.h for how it is instantiated.
  *
- * Every case is one `omp simd` loop over contiguous memory whose body is
- * branch-free (selects, not jumps), so gcc vectorizes it with
- * -fno-trapping-math; the switch sits outside the loops.  `omp simd` rather
- * than `restrict` because x and y may be the same buffer (in-place), which
- * carries no dependency between iterations.
+ * Every case is one `omp simd` loop over contiguous memory (two per block for the
+ * MAP2 / MAP_GRAD2 cases, see MAP_TWO_STAGE) whose body is branch-free (selects, not
+ * jumps), so gcc vectorizes it with -fno-trapping-math; the switch sits outside the
+ * loops.  `omp simd` rather than `restrict` because x and y may be the same buffer
+ * (in-place), which carries no dependency between iterations (the two-stage maps read
+ * a block in their first loop before their second writes it, and element i before
+ * writing element i).
  *
  * Logistic terms use e = exp(-|z|), sigmoid(z) = z >= 0 ? 1/(1+e) : e/(1+e):
  * e never overflows, so results stay finite and keep full relative accuracy
@@ -61,15 +63,20 @@
  * keep fewer operations waiting.  C harness, float32 sigmoid over 16K floats in cache, Zen 3:
  * 0.53 ns per element in one loop, 0.42-0.44 in two with blocks of 64-512 floats (1 KiB:
  * 0.43), 0.46 in three (reduction, exponential, logistic).  Kept where the API measured a
- * gain (the maps that use MAP2 / MAP_GRAD2 and float32 tanh: the division after the
- * exponential makes the second chain long); GELU (its rational part apart from its
- * exponential: 0.91-0.96x) and ELU (expm1 apart from one multiplication: forward
- * 0.85-0.93x) stay in one loop.  Same operations, so the same
+ * gain (the cases that use MAP2 / MAP_GRAD2: a division after the exponential makes the
+ * second chain long); GELU (its rational part apart from its exponential: 0.91-0.96x),
+ * GELU's tanh form (1.02-1.06x, within the build-to-build noise) and ELU (expm1 apart
+ * from one multiplication: forward 0.85-0.93x) stay in one loop; float64 tanh (another
+ * algorithm, fn_tanh) was not tried.  Blocks are 1 KiB (512-byte chunks, the streamed
+ * stores' unit, in the streaming branch) and a multiple of FN_ACT_PAD elements, so that no
+ * block ends in gcc's scalar remainder loop (an element's result must not depend on its
+ * position, see FN_ACT_PAD).  Same operations, so the same
  * values (against the single loop over every 61st float32 and 16M float64s, both variants
  * this CPU runs), with two exceptions: some NaN results carry another payload or sign, and
  * float64 softplus with FMA differs by 1-2 ulp in 0.2-0.3 % of values, where gcc had fused the
  * exponential's last multiplication into log1p's first addition (its worst error against
- * long double stayed 1.60-1.66 ulp). */
+ * long double stayed 1.60-1.66 ulp).  Checked on the base and AVX2 variants; the AVX-512
+ * variant (not run on the Zen 3 host of that session) is the same C. */
 #define FISSION_BLOCK (1024 / (int64_t)sizeof(T))
 /* From src to dst; DECL declares what EXPR reads besides v and u (a gradient's d). */
 #define MAP_TWO_STAGE(src, dst, DECL, STAGE, EXPR) \
@@ -237,7 +244,7 @@ static void FN_NAME(act_forward_span, FN_SUF)(int op, const T *x, T *y, int64_t 
         break;
     }
     case FN_ACT_SIGMOID:     MAP2(EXP_NEG_ABS(v), LOGISTIC(v, u)); break;
-#if FN_REAL == 32
+#if FN_REAL == 32   /* fn_tanhf's two halves, fn_math.h */
     case FN_ACT_TANH:        MAP2(fn__tanh_qf(v), fn_tanh_fromf(v, u)); break;
 #else
     case FN_ACT_TANH:        MAP(FN_TANH(v)); break;
@@ -368,6 +375,8 @@ static void FN_NAME(act_backward_span, FN_SUF)(int op, const T *g, const T *s, T
  * threads, blocks or views.  Every element therefore goes through the vector body:
  * the last n % FN_ACT_PAD elements are run through a zero-padded stack buffer. */
 #define FN_ACT_PAD 16
+_Static_assert(FISSION_BLOCK % FN_ACT_PAD == 0 && STREAM_CHUNK % FN_ACT_PAD == 0,
+               "two-stage blocks must hold whole FN_ACT_PAD pieces");
 
 static void FN_NAME(act_forward_plain, FN_SUF)(int op, const T *x, T *y, int64_t n, double a, double b)
 {
@@ -446,3 +455,10 @@ void FN_NAME(fn_act_backward, FN_SUF)(int op, const T *g, const T *s, T *gx, int
 #undef SIGMOID
 #undef SIGMOID_SLOPE
 #undef MISH_U
+#undef FISSION_BLOCK
+#undef MAP_TWO_STAGE
+#undef MAP2
+#undef MAP_GRAD2
+#undef LOGISTIC
+#undef LOGISTIC_SLOPE
+#undef EXP_NEG_ABS

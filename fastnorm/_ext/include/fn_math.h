@@ -320,8 +320,9 @@ static inline float fn_log1p_unitf(float u)
  * for q/(q+2) alone; the former odd polynomial + 1 - 2/(e^{2a}+1) was 1.49 ulp at 1.35x
  * the time.  tanh(a) rounds to 1 from a = 9.01, so a is clamped to 10, which keeps 2^k in
  * range and needs no overflow handling; NaN passes the clamp.  Sign restored by OR-ing
- * the sign bit, which also gives tanh(-0) = -0. */
-/* tanh's q = expm1(2 min(|x|, 10)) (fn_tanh_fromf). */
+ * the sign bit, which also gives tanh(-0) = -0.  fn_tanhf = fn_tanh_fromf(x, fn__tanh_qf(x)):
+ * q = expm1(2 min(|x|, 10)) first, then the rest (the kernels run the halves as two loops,
+ * fn_activations_impl.h). */
 static inline float fn__tanh_qf(float x)
 {
     const float ac = fn__absf(x) > 10.0f ? 10.0f : fn__absf(x);
@@ -331,8 +332,7 @@ static inline float fn__tanh_qf(float x)
     return (e + (1.0f - fn__pow2f(-k))) * fn__pow2f(k);
 }
 
-/* tanh(x) given q = fn__tanh_qf(x), which a caller may compute apart (a loop of its own:
- * two shorter dependency chains, see fn_activations_impl.h). */
+/* tanh(x) given q = fn__tanh_qf(x). */
 static inline float fn_tanh_fromf(float x, float q)
 {
     const float a = fn__absf(x);
