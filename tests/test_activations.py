@@ -586,7 +586,9 @@ def test_streamed_results_are_the_same_bits(dtype, rng):
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("stream", [False, True])
 def test_two_stage_maps_in_place(dtype, stream, rng):
-    """The two-stage maps (sigmoid, silu, softplus, tanh: the exponentials of a block first,
+    """The two-stage maps (sigmoid, silu, softplus, tanh, mish forward, GELU's tanh form
+    backward: the
+    exponentials of a block first,
     then the rest) give the same bits in place as into a fresh array, forward into x and
     backward into grad_output or into the saved input, over several blocks and a partial
     one, plain and streamed (threshold 0, 64-byte-aligned arrays)."""
@@ -603,7 +605,8 @@ def test_two_stage_maps_in_place(dtype, stream, rng):
     x0 = spread_values(rng, n, dtype)
     g0 = rng.standard_normal(n).astype(dtype)
     cases = [("sigmoid", {}), ("silu", {}), ("softplus", {}),
-             ("softplus", {"beta": 2.0, "threshold": 15.0}), ("tanh", {})]
+             ("softplus", {"beta": 2.0, "threshold": 15.0}), ("tanh", {}),
+             ("gelu", {"approximate": "tanh"}), ("mish", {})]
     try:
         config.set_stream_min_bytes(0 if stream else None)
         for name, params in cases:

@@ -256,13 +256,7 @@ static void FN_NAME(act_forward_span, FN_SUF)(int op, const T *x, T *y, int64_t 
         else
             MAP2(EXP_NEG_ABS(pa * v), pa * v > pb ? v : ((pa * v > 0 ? pa * v : (T)0) + FN_LOG1P_UNIT(u)) / pa);
         break;
-    case FN_ACT_MISH: {
-        _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {
-            const T v = x[i], u = MISH_U(v), q = u * (u + 2);
-            y[i] = v * (q / (q + 2));
-        }
-        break;
-    }
+    case FN_ACT_MISH:        MAP2(MISH_U(v), v * ((u * (u + 2)) / (u * (u + 2) + 2))); break;
     case FN_ACT_SIGMOID:     MAP2(EXP_NEG_ABS(v), LOGISTIC(v, u)); break;
 #if FN_REAL == 32   /* fn_tanhf's two halves, fn_math.h */
     case FN_ACT_TANH:        MAP2(fn__tanh_qf(v), fn_tanh_fromf(v, u)); break;
@@ -364,6 +358,9 @@ static void FN_NAME(act_backward_span, FN_SUF)(int op, const T *g, const T *s, T
     case FN_ACT_MISH: {
         /* d/dx x tanh(sp(x)) = t + x (1 - t^2) sigmoid(x), with t = q/(q+2),
          * 1 - t^2 = 4 (q+1)/(q+2)^2 and sigmoid(x) = u/(1+u). */
+        /* One loop: in two stages (1.31-1.42x faster) gcc contracted the sum differently on
+         * the FMA builds and the mean error against long double rose (float32 1.22 -> 1.27
+         * ulp, float64 1.31 -> 1.35). */
         _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {
             const T v = s[i], u = MISH_U(v), q = u * (u + 2), r = (T)1 / (q + 2);
             const T vt = v < (T)-1e6 ? (T)-1e6 : v;  /* -Inf * 0 would be NaN; the limit is 0 */
