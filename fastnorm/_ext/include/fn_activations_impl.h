@@ -69,8 +69,7 @@
  * within the build-to-build noise; its backward, with a plain argument, gained 1.19-1.26x
  * and is two-stage; on FMA builds gcc contracts its sum differently there, 13 % of values
  * changed, error against float64 the same) and ELU (expm1 apart
- * from one multiplication: forward 0.85-0.93x) stay in one loop; float64 tanh (another
- * algorithm, fn_tanh) was not tried.  Blocks are 1 KiB (512-byte chunks, the streamed
+ * from one multiplication: forward 0.85-0.93x) stay in one loop.  Blocks are 1 KiB (512-byte chunks, the streamed
  * stores' unit, in the streaming branch) and a multiple of FN_ACT_PAD elements, so that no
  * block ends in gcc's scalar remainder loop (an element's result must not depend on its
  * position, see FN_ACT_PAD).  Same operations, so the same
@@ -258,10 +257,10 @@ static void FN_NAME(act_forward_span, FN_SUF)(int op, const T *x, T *y, int64_t 
         break;
     case FN_ACT_MISH:        MAP2(MISH_U(v), v * ((u * (u + 2)) / (u * (u + 2) + 2))); break;
     case FN_ACT_SIGMOID:     MAP2(EXP_NEG_ABS(v), LOGISTIC(v, u)); break;
-#if FN_REAL == 32   /* fn_tanhf's two halves, fn_math.h */
+#if FN_REAL == 32   /* fn_tanhf's and fn_tanh's two halves, fn_math.h */
     case FN_ACT_TANH:        MAP2(fn__tanh_qf(v), fn_tanh_fromf(v, u)); break;
 #else
-    case FN_ACT_TANH:        MAP(FN_TANH(v)); break;
+    case FN_ACT_TANH:        MAP2(fn__tanh_e(v), fn_tanh_from(v, u)); break;
 #endif
     /* PyTorch's order of operations: min(max(x+3, 0), 6) / 6, times x for hardswish. */
     case FN_ACT_HARDSIGMOID: MAP(((v + 3) < 0 ? (T)0 : ((v + 3) > 6 ? (T)6 : (v + 3))) / 6); break;

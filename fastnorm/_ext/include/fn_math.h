@@ -481,7 +481,11 @@ static inline double fn_log1p(double x)
  * [0, 0.55^2], weight relative error of tanh, degree 9, fit error 2^-55.0 (the float
  * version's former form; it now uses expm1).  Sign restored by OR-ing the sign bit:
  * tanh(-0) = -0. */
-static inline double fn_tanh(double x)
+/* fn_tanh = fn_tanh_from(x, fn__tanh_e(x)): e^{2|x|} first, then the rest (the kernels run
+ * the halves as two loops, fn_activations_impl.h). */
+static inline double fn__tanh_e(double x) { return fn_exp(2.0 * fn__abs(x)); }
+
+static inline double fn_tanh_from(double x, double e)
 {
     const double a = fn__abs(x);
     const double z = a * a;
@@ -489,10 +493,12 @@ static inline double fn_tanh(double x)
                          + z * (0x1.664f45d015c1ep-6 + z * (-0x1.226dde9471265p-7 + z * (0x1.d6c6452555e34p-9
                          + z * (-0x1.7cf52f0e4503dp-10 + z * (0x1.2faab061be43fp-11 + z * (-0x1.b93caf66674edp-13
                          + z * 0x1.ac884c5bd4d4fp-15))))))))));
-    const double yl = 1.0 - 2.0 / (fn_exp(2.0 * a) + 1.0);
+    const double yl = 1.0 - 2.0 / (e + 1.0);
     const double y = a < 0.55 ? ys : yl;
     return fn__from_bits_d(fn__bits_d(y) | (fn__bits_d(x) & 0x8000000000000000ull));
 }
+
+static inline double fn_tanh(double x) { return fn_tanh_from(x, fn__tanh_e(x)); }
 
 /* erfc, three regions, all computed and selected (a = |x|):
  *  a < 0.4:       1 - x E(x^2), E(z) = erf(x)/x (degree 8, 2^-60.5); erf(0.4) < 1/2, so
