@@ -121,12 +121,7 @@ def elementwise(func, inputs, out, kernel, *, c_order=False):
     if order == "C":
         inputs = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in inputs]
     flat = [a.reshape(-1, order=order) for a in inputs]
-    if out is None:
-        result = _config.empty(ref.shape, dtype, order, like=flat[0],
-                               like2=flat[1] if len(flat) > 1 else None)
-        kernel(flat, result.reshape(-1, order=order))
-        return result
-    direct = (out.flags.c_contiguous if order == "C" else out.flags.f_contiguous)
+    direct = out is not None and (out.flags.c_contiguous if order == "C" else out.flags.f_contiguous)
     if direct:
         for a in inputs:
             if np.may_share_memory(out, a) and not _same_view(out, a):
@@ -138,5 +133,7 @@ def elementwise(func, inputs, out, kernel, *, c_order=False):
     result = _config.empty(ref.shape, dtype, order, like=flat[0],
                            like2=flat[1] if len(flat) > 1 else None)
     kernel(flat, result.reshape(-1, order=order))
+    if out is None:
+        return result
     np.copyto(out, result)
     return out

@@ -62,23 +62,24 @@
  * need about 9 (Zen 3, AVX2; llvm-mca's znver3 model agrees).  Two loops with shorter chains
  * keep fewer operations waiting.  C harness, float32 sigmoid over 16K floats in cache, Zen 3:
  * 0.53 ns per element in one loop, 0.42-0.44 in two with blocks of 64-512 floats (1 KiB:
- * 0.43), 0.46 in three (reduction, exponential, logistic).  Kept where the API measured a
- * gain (the cases that use MAP2 / MAP_GRAD2: a division after the exponential makes the
- * second chain long); GELU (its rational part apart from its exponential: 0.91-0.96x),
- * GELU's tanh form forward (its compensated argument in the first stage: 1.02-1.06x,
- * within the build-to-build noise; its backward, with a plain argument, gained 1.19-1.26x
- * and is two-stage; on FMA builds gcc contracts its sum differently there, 13 % of values
- * changed, error against float64 the same) and ELU (expm1 apart
- * from one multiplication: forward 0.85-0.93x) stay in one loop.  Blocks are 1 KiB (512-byte chunks, the streamed
- * stores' unit, in the streaming branch) and a multiple of FN_ACT_PAD elements, so that no
- * block ends in gcc's scalar remainder loop (an element's result must not depend on its
- * position, see FN_ACT_PAD).  Same operations, so the same
- * values (against the single loop over every 61st float32 and 16M float64s, both variants
- * this CPU runs), with two exceptions: some NaN results carry another payload or sign, and
- * float64 softplus with FMA differs by 1-2 ulp in 0.2-0.3 % of values, where gcc had fused the
- * exponential's last multiplication into log1p's first addition (its worst error against
- * long double stayed 1.60-1.66 ulp).  Checked on the base and AVX2 variants; the AVX-512
- * variant (not run on the Zen 3 host of that session) is the same C. */
+ * 0.43), 0.46 in three (reduction, exponential, logistic).
+ *   Kept where the API measured a gain (the cases that use MAP2 / MAP_GRAD2: a division
+ * after the exponential makes the second chain long).  In one loop stay GELU (its rational
+ * part apart from its exponential: 0.91-0.96x), GELU's tanh form forward (its compensated
+ * argument in the first stage: 1.02-1.06x, within the build-to-build noise; its backward,
+ * with a plain argument, gained 1.19-1.26x), ELU (expm1 apart from one multiplication:
+ * forward 0.85-0.93x) and mish's backward (see there).
+ *   Blocks are 1 KiB (512-byte chunks, the streamed stores' unit, in the streaming branch)
+ * and a multiple of FN_ACT_PAD elements, so that no block ends in gcc's scalar remainder
+ * loop (an element's result must not depend on its position, see FN_ACT_PAD).
+ *   Same operations, so the same values (against the single loop over every 61st float32 and
+ * 16M float64s, both variants this CPU runs), except that some NaN results carry another
+ * payload or sign, and on the FMA builds gcc contracts two cases differently: float64
+ * softplus differs by 1-2 ulp in 0.2-0.3 % of values (the single loop had fused the
+ * exponential's last multiplication into log1p's first addition; worst error against long
+ * double 1.66 -> 1.61 ulp), GELU's tanh-form backward in 13 % (error against float64 the
+ * same).  Checked on the base and AVX2 variants; the AVX-512 variant (not run on the Zen 3
+ * host of that session) is the same C. */
 #define FISSION_BLOCK (1024 / (int64_t)sizeof(T))
 /* From src to dst; DECL declares what EXPR reads besides v and u (a gradient's d). */
 #define MAP_TWO_STAGE(src, dst, DECL, STAGE, EXPR) \
@@ -158,6 +159,12 @@ static inline T FN_NAME(mish_u, FN_SUF)(T z) { return FN_EXP(z > (T)20 ? (T)20 :
  * underflowed factor) cannot give NaN; the comparisons keep NaN as NaN. */
 #define GELU_CLAMP(v) ((v) > (T)1e6 ? (T)1e6 : ((v) < (T)-1e6 ? (T)-1e6 : (v)))
 #define SIGMOID FN_NAME(sigmoid, FN_SUF)
+#define SIGMOID_SLOPE FN_NAME(sigmoid_slope, FN_SUF)
+#define LOGISTIC FN_NAME(logistic, FN_SUF)
+#define LOGISTIC_SLOPE FN_NAME(logistic_slope, FN_SUF)
+#define EXP_NEG_ABS(z) FN_EXP_NEG(-FN_FABS(z))
+#define MISH_U FN_NAME(mish_u, FN_SUF)
+
 /* The derivative of GELU's tanh form, x sigmoid(z) with z = 2 GELU_K (x + GELU_C x^3), in
  * two stages: z >= 0 ? e : -e with e = exp(-|z|) (z rounded to T: the derivative's terms do
  * not amplify its rounding as the forward's exponential does), then
@@ -165,7 +172,7 @@ static inline T FN_NAME(mish_u, FN_SUF)(T z) { return FN_EXP(z > (T)20 ? (T)20 :
 static inline T FN_NAME(gelu_tanh_signed_e, FN_SUF)(T v)
 {
     const T z = (T)2 * GELU_K * (v + GELU_C * (v * v) * v);
-    const T e = FN_EXP_NEG(-FN_FABS(z));
+    const T e = EXP_NEG_ABS(z);
     return z >= 0 ? e : -e;
 }
 static inline T FN_NAME(gelu_tanh_slope_from, FN_SUF)(T v, T u)
@@ -173,13 +180,8 @@ static inline T FN_NAME(gelu_tanh_slope_from, FN_SUF)(T v, T u)
     const T e = FN_FABS(u);
     const T r = (T)1 / ((T)1 + e);
     const T dz = (T)2 * GELU_K * (1 + (T)3 * GELU_C * (v * v));
-    return (signbit(u) ? e * r : r) + v * (e * r * r) * dz;
+    return (signbit(u) ? e * r : r) + v * LOGISTIC_SLOPE(e) * dz;
 }
-#define SIGMOID_SLOPE FN_NAME(sigmoid_slope, FN_SUF)
-#define LOGISTIC FN_NAME(logistic, FN_SUF)
-#define LOGISTIC_SLOPE FN_NAME(logistic_slope, FN_SUF)
-#define EXP_NEG_ABS(z) FN_EXP_NEG(-FN_FABS(z))
-#define MISH_U FN_NAME(mish_u, FN_SUF)
 
 static void FN_NAME(act_forward_span, FN_SUF)(int op, const T *x, T *y, int64_t n, double a, double b,
                                              int stream)

@@ -325,7 +325,8 @@ static inline float fn_log1p_unitf(float u)
  * fn_activations_impl.h). */
 static inline float fn__tanh_qf(float x)
 {
-    const float ac = fn__absf(x) > 10.0f ? 10.0f : fn__absf(x);
+    const float a = fn__absf(x);
+    const float ac = a > 10.0f ? 10.0f : a;
     int32_t k;
     const float r = fn__reducef(2.0f * ac, &k);
     const float e = fn__expm1_reducedf(r);
@@ -480,9 +481,8 @@ static inline double fn_log1p(double x)
  * subtracted term is below 1/2).  T(z) = (tanh(x)/x - 1)/z fitted on z = x^2 in
  * [0, 0.55^2], weight relative error of tanh, degree 9, fit error 2^-55.0 (the float
  * version's former form; it now uses expm1).  Sign restored by OR-ing the sign bit:
- * tanh(-0) = -0. */
-/* fn_tanh = fn_tanh_from(x, fn__tanh_e(x)): e^{2|x|} first, then the rest (the kernels run
- * the halves as two loops, fn_activations_impl.h). */
+ * tanh(-0) = -0.  fn_tanh = fn_tanh_from(x, fn__tanh_e(x)): e^{2|x|} first, then the rest
+ * (the kernels run the halves as two loops, fn_activations_impl.h). */
 static inline double fn__tanh_e(double x) { return fn_exp(2.0 * fn__abs(x)); }
 
 static inline double fn_tanh_from(double x, double e)
