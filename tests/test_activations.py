@@ -457,7 +457,7 @@ def test_matches_pytorch(case, backend, rng):
 def test_result_does_not_depend_on_position(dtype, backend, rng):
     """An element's result is the same wherever it sits: in the vector body, in the
     remainder, in an unaligned view, alone, on either side of the 1 KiB blocks of the
-    two-stage maps -- so splitting an array into threads, blocks (Dask) or views never
+    staged maps -- so splitting an array into threads, blocks (Dask) or views never
     changes a bit."""
     x = spread_values(rng, 1135, dtype)
     g = rng.standard_normal(x.shape).astype(dtype)
@@ -585,11 +585,10 @@ def test_streamed_results_are_the_same_bits(dtype, rng):
 @pytest.mark.skipif(not fastnorm._config.compiled_available(), reason="compiled kernels only")
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("stream", [False, True])
-def test_two_stage_maps_in_place(dtype, stream, rng):
-    """The two-stage maps (sigmoid, silu, softplus, tanh, mish forward, GELU's tanh form
-    backward: the
-    exponentials of a block first,
-    then the rest) give the same bits in place as into a fresh array, forward into x and
+def test_staged_maps_in_place(dtype, stream, rng):
+    """The staged maps (sigmoid, silu, softplus, tanh, mish forward, GELU's tanh form: the
+    exponentials of a block first, or its arguments and then their exponentials, then the
+    rest) give the same bits in place as into a fresh array, forward into x and
     backward into grad_output or into the saved input, over several blocks and a partial
     one, plain and streamed (threshold 0, 64-byte-aligned arrays)."""
     config = fastnorm._config

@@ -1,11 +1,11 @@
 /* Template of the activation kernels; see fn_common.h for how it is instantiated.
  *
- * Every case is one `omp simd` loop over contiguous memory (two per block for the
- * MAP2 / MAP_GRAD2 cases, see MAP_TWO_STAGE) whose body is branch-free (selects, not
- * jumps), so gcc vectorizes it with -fno-trapping-math; the switch sits outside the
- * loops.  `omp simd` rather than `restrict` because x and y may be the same buffer
- * (in-place), which carries no dependency between iterations (the two-stage maps read
- * a block in their first loop before their second writes it, and element i before
+ * Every case is one `omp simd` loop over contiguous memory (two or three per block for the
+ * MAP2 / MAP3 / MAP_GRAD2 / MAP_GRAD3 cases, see MAP_STAGES) whose body is branch-free
+ * (selects, not jumps), so gcc vectorizes it with -fno-trapping-math; the switch sits
+ * outside the loops.  `omp simd` rather than `restrict` because x and y may be the same
+ * buffer (in-place), which carries no dependency between iterations (the staged maps read
+ * a block in their first loops before their last writes it, and element i before
  * writing element i).
  *
  * Logistic terms use e = exp(-|z|), sigmoid(z) = z >= 0 ? 1/(1+e) : e/(1+e):
@@ -54,7 +54,7 @@
         } \
     } while (0)
 #define MAP_GRAD(EXPR) MAP_GRAD_BY(STREAM_CHUNK, EXPR)
-/* Two-stage maps for the logistic family: the exponential of a block of elements first (u,
+/* Staged maps for the logistic family: the exponential of a block of elements first (u,
  * STAGE, into a stack buffer), then the rest (EXPR, of v and u).  One loop body from x to y
  * is a chain of about 65 cycles (range reduction, polynomial, scaling, division, selects)
  * of ~30 vector operations; with several iterations in flight the waiting operations fill
@@ -64,11 +64,10 @@
  * 0.53 ns per element in one loop, 0.42-0.44 in two with blocks of 64-512 floats (1 KiB:
  * 0.43), 0.46 in three (reduction, exponential, logistic).
  *   Kept where the API measured a gain (the cases that use MAP2 / MAP_GRAD2: a division
- * after the exponential makes the second chain long).  In one loop stay GELU (its rational
- * part apart from its exponential: 0.91-0.96x), GELU's tanh form forward (its compensated
- * argument in the first stage: 1.02-1.06x, within the build-to-build noise; its backward,
- * with a plain argument, gained 1.19-1.26x), ELU (expm1 apart from one multiplication:
- * forward 0.85-0.93x) and mish's backward (see there).
+ * after the exponential makes the second chain long; MAP3 / MAP_GRAD3 where the argument of
+ * the exponential is itself a long chain, GELU's tanh form).  In one loop stay GELU (its
+ * rational part apart from its exponential: 0.91-0.96x), ELU (expm1 apart from one
+ * multiplication: forward 0.85-0.93x) and mish's backward (see there).
  *   Blocks are 1 KiB (512-byte chunks, the streamed stores' unit, in the streaming branch)
  * and a multiple of FN_ACT_PAD elements, so that no block ends in gcc's scalar remainder
  * loop (an element's result must not depend on its position, see FN_ACT_PAD).
@@ -79,35 +78,50 @@
  * exponential's last multiplication into log1p's first addition; worst error against long
  * double 1.66 -> 1.61 ulp), GELU's tanh-form backward in 13 % (error against float64 the
  * same).  Checked on the base and AVX2 variants; the AVX-512 variant (not run on the Zen 3
- * host of that session) is the same C. */
+ * host of that session) is the same C.  GELU's tanh form in three loops against two (its
+ * backward) or one (its forward): the same bits but for NaN payloads and signs. */
 #define FISSION_BLOCK (1024 / (int64_t)sizeof(T))
-/* From src to dst; DECL declares what EXPR reads besides v and u (a gradient's d). */
-#define MAP_TWO_STAGE(src, dst, DECL, STAGE, EXPR) \
+/* From src to dst, per block in up to three loops: FIRST, a statement of v that may fill
+ * the block's buffers wb[i] and ub[i] (empty in the two-stage maps: that loop vanishes);
+ * then ub[i] = (SECOND), of v, wb[i] and ub[i]; then the result, EXPR, of v, u = ub[i],
+ * wb[i] and what DECL declares (a gradient's d). */
+#define MAP_STAGES(src, dst, DECL, FIRST, SECOND, EXPR) \
     do { \
         if (stream) { \
             for (int64_t i0 = 0; i0 < n; i0 += STREAM_CHUNK) { \
                 _Alignas(FN_STREAM_ALIGN) T buf[STREAM_CHUNK]; \
-                _Alignas(FN_STREAM_ALIGN) T ubuf[STREAM_CHUNK]; \
+                _Alignas(FN_STREAM_ALIGN) T wb[STREAM_CHUNK]; \
+                _Alignas(FN_STREAM_ALIGN) T ub[STREAM_CHUNK]; \
+                (void)wb; \
                 _Pragma("omp simd") for (int64_t i = 0; i < STREAM_CHUNK; ++i) { \
-                    const T v = src[i0 + i]; ubuf[i] = (STAGE); } \
+                    const T v = src[i0 + i]; (void)v; FIRST } \
                 _Pragma("omp simd") for (int64_t i = 0; i < STREAM_CHUNK; ++i) { \
-                    const T v = src[i0 + i]; const T u = ubuf[i]; DECL buf[i] = (EXPR); } \
+                    const T v = src[i0 + i]; (void)v; ub[i] = (SECOND); } \
+                _Pragma("omp simd") for (int64_t i = 0; i < STREAM_CHUNK; ++i) { \
+                    const T v = src[i0 + i]; const T u = ub[i]; DECL buf[i] = (EXPR); } \
                 FN_STREAM_COPY(dst + i0, buf, STREAM_CHUNK); \
             } \
         } else { \
             for (int64_t i0 = 0; i0 < n; i0 += FISSION_BLOCK) { \
                 const int64_t m = n - i0 < FISSION_BLOCK ? n - i0 : FISSION_BLOCK; \
-                _Alignas(FN_STREAM_ALIGN) T ubuf[FISSION_BLOCK]; \
+                _Alignas(FN_STREAM_ALIGN) T wb[FISSION_BLOCK]; \
+                _Alignas(FN_STREAM_ALIGN) T ub[FISSION_BLOCK]; \
+                (void)wb; \
                 _Pragma("omp simd") for (int64_t i = 0; i < m; ++i) { \
-                    const T v = src[i0 + i]; ubuf[i] = (STAGE); } \
+                    const T v = src[i0 + i]; (void)v; FIRST } \
                 _Pragma("omp simd") for (int64_t i = 0; i < m; ++i) { \
-                    const T v = src[i0 + i]; const T u = ubuf[i]; DECL dst[i0 + i] = (EXPR); } \
+                    const T v = src[i0 + i]; (void)v; ub[i] = (SECOND); } \
+                _Pragma("omp simd") for (int64_t i = 0; i < m; ++i) { \
+                    const T v = src[i0 + i]; const T u = ub[i]; DECL dst[i0 + i] = (EXPR); } \
             } \
         } \
     } while (0)
-#define MAP2(STAGE, EXPR) MAP_TWO_STAGE(x, y, , STAGE, EXPR)
-/* The same for gradients: STAGE of v = s[i], EXPR of v, u and d = g[i]. */
-#define MAP_GRAD2(STAGE, EXPR) MAP_TWO_STAGE(s, gx, const T d = g[i0 + i];, STAGE, EXPR)
+#define GRAD_DECL const T d = g[i0 + i];
+#define MAP2(STAGE, EXPR) MAP_STAGES(x, y, , , STAGE, EXPR)
+#define MAP3(FIRST, SECOND, EXPR) MAP_STAGES(x, y, , FIRST, SECOND, EXPR)
+/* The same for gradients: of v = s[i] and d = g[i]. */
+#define MAP_GRAD2(STAGE, EXPR) MAP_STAGES(s, gx, GRAD_DECL, , STAGE, EXPR)
+#define MAP_GRAD3(FIRST, SECOND, EXPR) MAP_STAGES(s, gx, GRAD_DECL, FIRST, SECOND, EXPR)
 /* tanh's backward (below) streams by cache lines, FN_STREAM_LINE(T) per chunk: gcc unrolls a
  * 512-byte chunk of d * (1 - v * v) into eight vectors whose loads and streamed stores it
  * orders 0, 1, 6, 7, 2, ... within the chunk, and the streamed tanh backward of 4096 x 4096
@@ -128,7 +142,7 @@
 #define INV_SQRT2 ((T)0.70710678118654752440)
 #define INV_SQRT_2PI ((T)0.39894228040143267794)
 
-/* sigmoid(z) from e = exp(-|z|) (the two-stage maps compute e apart). */
+/* sigmoid(z) from e = exp(-|z|) (the staged maps compute e apart). */
 static inline T FN_NAME(logistic, FN_SUF)(T z, T e)
 {
     const T r = (T)1 / ((T)1 + e);
@@ -165,13 +179,61 @@ static inline T FN_NAME(mish_u, FN_SUF)(T z) { return FN_EXP(z > (T)20 ? (T)20 :
 #define EXP_NEG_ABS(z) FN_EXP_NEG(-FN_FABS(z))
 #define MISH_U FN_NAME(mish_u, FN_SUF)
 
-/* The derivative of GELU's tanh form, x sigmoid(z) with z = 2 GELU_K (x + GELU_C x^3), in
- * two stages: z >= 0 ? e : -e with e = exp(-|z|) (z rounded to T: the derivative's terms do
- * not amplify its rounding as the forward's exponential does), then
- * sigmoid(z) + x sigmoid'(z) dz/dx from it (v clamped by the caller, GELU_CLAMP). */
-static inline T FN_NAME(gelu_tanh_signed_e, FN_SUF)(T v)
+/* GELU's tanh form, x sigmoid(z) with z = 2 GELU_K (x + GELU_C x^3), in three loops per
+ * block (MAP3 / MAP_GRAD3): z, then e = exp(-|z|), then the rest.  One loop body is a chain
+ * of about 100 cycles (by the instructions' latencies), the float forward's with its
+ * compensated z the longest.  C harness, 16K floats in cache, Zen 3 (AVX2), cycles per 8
+ * floats: forward 32.6 in one loop, 28.8-29.9 in two (z first, or z and e first), 24.9 in
+ * three; backward 26.7 in two (e first), 22.3 in three.
+ *
+ * Forward.  float: exp(-|z|) amplifies the rounding of z by |z| (200 ulp near x = -10 with z
+ * rounded to float).  z = A v + B v^3 (A = 2 GELU_K, B = A GELU_C) is formed as a pair
+ * z + *lo from exact products (fn__two_prodf) and the constants' float heads and tails, and
+ * enters the exponential as that pair (fn_exp_neg2f): within 3.71 ulp over every float (FMA
+ * and SSE2 builds), against 4.18 ulp and 1.6x the time for z formed in double.  *lo is 0
+ * where |z| >= 128: the sigmoid is 0 or 1 there regardless (and the tail may be NaN).
+ * double: z rounded, *lo = 0. */
+static inline T FN_NAME(gelu_tanh_arg, FN_SUF)(T v, T *lo)
 {
-    const T z = (T)2 * GELU_K * (v + GELU_C * (v * v) * v);
+#if FN_REAL == 32
+    const T A_hi = (T)GELU_A, A_lo = (T)(GELU_A - (double)(T)GELU_A);
+    const T B_hi = (T)GELU_B, B_lo = (T)(GELU_B - (double)(T)GELU_B);
+    T v2_err, v3_err, av_err, bv3_err;
+    const T v2 = fn__two_prodf(v, v, &v2_err);
+    const T v3 = fn__two_prodf(v2, v, &v3_err);
+    const T av = fn__two_prodf(A_hi, v, &av_err);
+    const T bv3 = fn__two_prodf(B_hi, v3, &bv3_err);
+    const T z = av + bv3, bv3_part = z - av;    /* TwoSum: exact error of av + bv3 */
+    const T sum_err = (av - (z - bv3_part)) + (bv3 - bv3_part);
+    const T z_lo = sum_err + ((av_err + A_lo * v)
+                              + (bv3_err + B_hi * (v3_err + v2_err * v) + B_lo * v3));
+    *lo = FN_FABS(z) < 128 ? z_lo : (T)0;
+    return z;
+#else
+    *lo = 0;
+    return (T)2 * GELU_K * (v + GELU_C * v * v * v);
+#endif
+}
+/* exp(-|z + lo|) */
+static inline T FN_NAME(gelu_tanh_exp, FN_SUF)(T z, T lo)
+{
+#if FN_REAL == 32
+    return fn_exp_neg2f(-FN_FABS(z), z >= 0 ? -lo : lo);
+#else
+    (void)lo;
+    return EXP_NEG_ABS(z);
+#endif
+}
+
+/* Backward: z rounded to T (the derivative's terms do not amplify its rounding as the
+ * forward's exponential does), its exponential signed as z, z >= 0 ? e : -e, then
+ * sigmoid(z) + x sigmoid'(z) dz/dx from that (v clamped by the caller, GELU_CLAMP). */
+static inline T FN_NAME(gelu_tanh_grad_arg, FN_SUF)(T v)
+{
+    return (T)2 * GELU_K * (v + GELU_C * (v * v) * v);
+}
+static inline T FN_NAME(signed_exp_neg_abs, FN_SUF)(T z)
+{
     const T e = EXP_NEG_ABS(z);
     return z >= 0 ? e : -e;
 }
@@ -215,38 +277,11 @@ static void FN_NAME(act_forward_span, FN_SUF)(int op, const T *x, T *y, int64_t 
         break;
     }
     /* 0.5 x (1 + tanh(u)) = x sigmoid(2u): same function, no cancellation for x << 0. */
-    case FN_ACT_GELU_TANH: {
-#if FN_REAL == 32
-        /* As for erf-GELU: exp(-|z|) amplifies the rounding of z by |z| (200 ulp near
-         * x = -10 with z rounded to float).  z = A v + B v^3 (A = 2 GELU_K, B = A GELU_C)
-         * is formed as a pair z + z_lo from exact products (fn__two_prodf) and the
-         * constants' float heads and tails, and enters the exponential as that pair:
-         * within 3.71 ulp over every float (FMA and SSE2 builds), against 4.18 ulp and
-         * 1.6x the time for z formed in double. */
-        const T A_hi = (T)GELU_A, A_lo = (T)(GELU_A - (double)(T)GELU_A);
-        const T B_hi = (T)GELU_B, B_lo = (T)(GELU_B - (double)(T)GELU_B);
-        _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {
-            const T v = x[i];
-            T v2_err, v3_err, av_err, bv3_err;
-            const T v2 = fn__two_prodf(v, v, &v2_err);
-            const T v3 = fn__two_prodf(v2, v, &v3_err);
-            const T av = fn__two_prodf(A_hi, v, &av_err);
-            const T bv3 = fn__two_prodf(B_hi, v3, &bv3_err);
-            const T z = av + bv3, bv3_part = z - av;    /* TwoSum: exact error of av + bv3 */
-            const T sum_err = (av - (z - bv3_part)) + (bv3 - bv3_part);
-            const T z_lo = sum_err + ((av_err + A_lo * v)
-                                      + (bv3_err + B_hi * (v3_err + v2_err * v) + B_lo * v3));
-            /* Where |z| >= 128 the sigmoid is 0 or 1 regardless (and z_lo may be NaN). */
-            const T lo = FN_FABS(z) < 128 ? z_lo : (T)0;
-            const T e = fn_exp_neg2f(-FN_FABS(z), z >= 0 ? -lo : lo);
-            const T r = (T)1 / ((T)1 + e);
-            y[i] = v * (z >= 0 ? r : e * r);
-        }
-#else
-        MAP(v * SIGMOID((T)2 * GELU_K * (v + GELU_C * v * v * v)));
-#endif
+    case FN_ACT_GELU_TANH:
+        MAP3(wb[i] = FN_NAME(gelu_tanh_arg, FN_SUF)(v, &ub[i]);,
+             FN_NAME(gelu_tanh_exp, FN_SUF)(wb[i], ub[i]),
+             v * LOGISTIC(wb[i], u));
         break;
-    }
     case FN_ACT_SILU:        MAP2(EXP_NEG_ABS(v), v * LOGISTIC(v, u)); break;
     case FN_ACT_SOFTPLUS:
         /* PyTorch: x where beta*x > threshold, else log1p(exp(beta*x))/beta, written
@@ -351,7 +386,8 @@ static void FN_NAME(act_backward_span, FN_SUF)(int op, const T *g, const T *s, T
 #endif
         break;
     case FN_ACT_GELU_TANH:
-        MAP_GRAD2(FN_NAME(gelu_tanh_signed_e, FN_SUF)(GELU_CLAMP(v)),
+        MAP_GRAD3(wb[i] = FN_NAME(gelu_tanh_grad_arg, FN_SUF)(GELU_CLAMP(v));,
+                  FN_NAME(signed_exp_neg_abs, FN_SUF)(wb[i]),
                   d * FN_NAME(gelu_tanh_slope_from, FN_SUF)(GELU_CLAMP(v), u));
         break;
     case FN_ACT_SILU:        MAP_GRAD2(EXP_NEG_ABS(v), d * (LOGISTIC(v, u) + GELU_CLAMP(v) * LOGISTIC_SLOPE(u))); break;
@@ -389,7 +425,7 @@ static void FN_NAME(act_backward_span, FN_SUF)(int op, const T *g, const T *s, T
  * the last n % FN_ACT_PAD elements are run through a zero-padded stack buffer. */
 #define FN_ACT_PAD 16
 _Static_assert(FISSION_BLOCK % FN_ACT_PAD == 0 && STREAM_CHUNK % FN_ACT_PAD == 0,
-               "two-stage blocks must hold whole FN_ACT_PAD pieces");
+               "staged blocks must hold whole FN_ACT_PAD pieces");
 
 static void FN_NAME(act_forward_plain, FN_SUF)(int op, const T *x, T *y, int64_t n, double a, double b)
 {
@@ -469,9 +505,12 @@ void FN_NAME(fn_act_backward, FN_SUF)(int op, const T *g, const T *s, T *gx, int
 #undef SIGMOID_SLOPE
 #undef MISH_U
 #undef FISSION_BLOCK
-#undef MAP_TWO_STAGE
+#undef MAP_STAGES
+#undef GRAD_DECL
 #undef MAP2
+#undef MAP3
 #undef MAP_GRAD2
+#undef MAP_GRAD3
 #undef LOGISTIC
 #undef LOGISTIC_SLOPE
 #undef EXP_NEG_ABS
