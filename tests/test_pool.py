@@ -178,6 +178,14 @@ def test_pool_setting_validation():
     assert _config.pool_bytes() == _config.POOL_BYTES
 
 
+def _handler_name(array):
+    try:
+        from numpy._core.multiarray import get_handler_name
+    except ImportError:  # NumPy 1.x
+        from numpy.core.multiarray import get_handler_name
+    return get_handler_name(array)
+
+
 def _input_just_before(raw, address, distance, count, dtype=np.float32):
     """A view of count items of raw (a uint8 buffer) starting `distance` bytes before
     `address` modulo 4 KiB."""
@@ -186,46 +194,33 @@ def _input_just_before(raw, address, distance, count, dtype=np.float32):
 
 
 @pytest.mark.parametrize("case", ["forward", "backward_first", "backward_second", "general"])
-def test_results_never_start_just_after_an_input(case):
-    """A result below the cache's size that malloc places 16 bytes (or 1-255) after an input
-    modulo 4 KiB is placed elsewhere (_pool.pyx's _ALIAS_WINDOW), and is the same array:
-    same bits, owns its data, resizes, pickles."""
-    pool = _config._pool
-    count = 64 * 1024  # 256 KiB: below the cache's threshold, above the placement's
+def test_results_below_the_cache_are_mallocs_blocks(case):
+    """A result below the cache's size is the block NumPy's malloc gave, even where that
+    starts 16 bytes after an input modulo 4 KiB (_pool.pyx's _ALIAS_WINDOW): allocating it
+    again through the handler (2026-12-02 to 12-03) made glibc hand out fresh pages call
+    after call in loops that keep their last results, up to 258 page faults per 1 MiB
+    result (_pool.pyx).  The cache's results are placed
+    (test_results_sit_at_their_inputs_offset_within_a_page)."""
+    count = 64 * 1024  # 256 KiB: below the cache's threshold
     raw = np.empty(3 * count * 4 + 8192, np.uint8)
     other = _input_just_before(raw[count * 4 + 4096:], 0, 0, count)  # page-aligned, apart from x
     other[...] = np.linspace(-4, 4, count, dtype=np.float32)
 
-    def call(x):
+    def call(module, x):
         if case == "forward":
-            return fastnorm.elu(x)
+            return module.elu(x)
         if case == "backward_first":
-            return fastnorm.elu_backward(x, other)
+            return module.elu_backward(x, other)
         if case == "backward_second":
-            return fastnorm.elu_backward(other, x)
-        return fastnorm.elu(x.reshape(256, 256).T)  # Fortran order: the general path
+            return module.elu_backward(other, x)
+        return module.elu(x.reshape(256, 256).T)  # Fortran order: the general path
 
-    probe = call(other)
+    probe = call(fastnorm, other)
     address = probe.ctypes.data  # where malloc puts a result of this size now
     del probe
     x = _input_just_before(raw, address, 16, count)
     np.copyto(x, other[::-1])  # no temporary: malloc's next block stays where it was
-    try:
-        pool.set_placed_min_bytes(1 << 62)
-        unplaced = call(x)
-        unplaced_distance = (unplaced.ctypes.data - x.ctypes.data) % 4096
-        expected, expected_memory = unplaced.copy(), unplaced.ravel(order="K").copy()
-        del unplaced
-        pool.set_placed_min_bytes(pool.PLACED_MIN_BYTES)
-        y = call(x)
-    finally:
-        pool.set_placed_min_bytes(pool.PLACED_MIN_BYTES)
-    if not 0 < unplaced_distance < 256:
-        pytest.skip(f"malloc put the result {unplaced_distance} bytes after the input here")
-    for source in (x, other):
-        assert not 0 < (y.ctypes.data - source.ctypes.data) % 4096 < 256, case
-    assert y.tobytes() == expected.tobytes()
-    assert y.flags.owndata and y.base is None and y.flags.aligned
-    np.testing.assert_array_equal(pickle.loads(pickle.dumps(y)), y)
-    y.resize(2 * y.size, refcheck=False)  # realloc through the handler
-    assert y[:count].tobytes() == expected_memory.tobytes()
+    y = call(fastnorm, x)
+    assert _handler_name(y) == "default_allocator", case
+    assert y.flags.owndata and y.base is None
+    np.testing.assert_allclose(y, call(fastnorm.reference, x), rtol=1e-6, atol=1e-7)

@@ -74,11 +74,19 @@ cdef bint streams(Py_ssize_t out_bytes, Py_ssize_t moved_bytes, bint callers_out
 # level).  It is what malloc hands out when a result's block follows its input's (16 bytes
 # of its header apart: 16, 32, 48, ... for a run of arrays of one size).  The window covers
 # the 64-byte vectors and unrolled loops of the AVX-512 kernels too (not measured there).
+#   Only the cache's results are placed (_placement): they cost nothing to put anywhere in
+# their block.  Smaller results stay where NumPy's malloc puts them.  Placing those too (a
+# result from 64 KiB on that landed in the window was allocated again through the handler,
+# 2026-12-02 to 12-03) made malloc hand out fresh pages call after call wherever results
+# stay alive for a while: the handler's posix_memalign blocks of 1 MiB came from mmap, and
+# freeing the misplaced block first let glibc trim the heap.  Zen 3, 1 thread, default
+# malloc settings (not the benchmark's), (256, 1024) float32, the last result or the last
+# three kept: silu_backward 463 / 629 us and 129 / 189 page faults per call against 164 /
+# 184 us and 0 / 9 unplaced, sigmoid 324 against 148 us with three kept; (1024, 1024)
+# silu_backward 1.38-1.78 against 0.64-0.70 ms (its 4 MiB blocks got huge pages, zeroed
+# anew each call).  The placement had gained 1.01-1.08x where malloc put a result in the
+# window (tests/test_pool.py pins the page faults).
 cdef uintptr_t _ALIAS_WINDOW = 256
-# Smaller results keep whatever malloc gives: re-allocating costs about a microsecond.
-cdef Py_ssize_t _placed_min_bytes = 64 << 10
-#: The default of set_placed_min_bytes.
-PLACED_MIN_BYTES = _placed_min_bytes
 
 
 cdef inline unsigned _page_offset(uintptr_t address, Py_ssize_t itemsize) noexcept:
@@ -94,16 +102,6 @@ cdef inline bint _trails(uintptr_t result, uintptr_t source) noexcept:
     return 0 < distance < _ALIAS_WINDOW
 
 
-cdef inline bint _misplaced(uintptr_t data, Py_ssize_t nbytes, uintptr_t like,
-                            uintptr_t like2) noexcept:
-    """A fresh result of nbytes at data, computed from inputs at like and like2 (0: none),
-    must be placed again: it is large enough to matter and starts in an input's alias window
-    (small results are left where NumPy put them: re-allocating costs more than aliasing)."""
-    if like == 0 or nbytes < _placed_min_bytes:
-        return False
-    return _trails(data, like) or (like2 != 0 and _trails(data, like2))
-
-
 cdef unsigned _placement(uintptr_t like, uintptr_t like2, Py_ssize_t itemsize) noexcept:
     """The page offset for a result of inputs at like and like2 (0: none): like's own,
     unless that trails like2, then like2's (which then is before like's, outside the window)."""
@@ -113,14 +111,14 @@ cdef unsigned _placement(uintptr_t like, uintptr_t like2, Py_ssize_t itemsize) n
     return offset
 
 
-cdef object _enter(unsigned page_offset, bint use_cache):
-    """Route this thread's next NumPy allocation to the handler, its data `page_offset` bytes
-    into a 4 KiB page, through the cache if use_cache; returns the handler to give back to
-    _leave (in a finally: both must be undone)."""
+cdef object _enter(unsigned page_offset):
+    """Route this thread's next NumPy allocation to the handler and its cache, its data
+    `page_offset` bytes into a 4 KiB page; returns the handler to give back to _leave (in a
+    finally: both must be undone)."""
     global fn_pool_page_offset, fn_pool_use_cache
     previous = PyDataMem_SetHandler(_handler)
     fn_pool_page_offset = page_offset
-    fn_pool_use_cache = use_cache
+    fn_pool_use_cache = 1
     return previous
 
 
@@ -132,32 +130,20 @@ cdef int _leave(object previous) except -1:
     return 0
 
 
-cdef object _placed_empty(int nd, cnp.npy_intp *dims, int typenum, unsigned page_offset, bint use_cache):
-    previous = _enter(page_offset, use_cache)
-    try:
-        return cnp.PyArray_EMPTY(nd, dims, typenum, 0)
-    finally:
-        _leave(previous)
-
-
 cdef object pooled_empty(int nd, cnp.npy_intp *dims, int typenum, const void *like,
                          const void *like2=NULL):
     """PyArray_EMPTY(nd, dims, typenum, 0) for a result computed from the inputs at like and
     like2 (NULL: none): from the cache when the size qualifies, at like's offset within a
-    page; else from NumPy, unless that lands in the alias window after an input (then at a
-    placed offset, _placement)."""
+    page (_placement); else from NumPy."""
     cdef Py_ssize_t itemsize = cnp.PyDataType_ELSIZE(cnp.PyArray_DescrFromType(typenum))
     cdef cnp.npy_intp nbytes = cnp.PyArray_MultiplyList(dims, nd) * itemsize
-    if pooled(nbytes):
-        return _placed_empty(nd, dims, typenum,
-                             _placement(<uintptr_t>like, <uintptr_t>like2, itemsize), True)
-    result = cnp.PyArray_EMPTY(nd, dims, typenum, 0)
-    if not _misplaced(<uintptr_t>cnp.PyArray_DATA(result), nbytes, <uintptr_t>like,
-                      <uintptr_t>like2):
-        return result
-    result = None
-    return _placed_empty(nd, dims, typenum,
-                         _placement(<uintptr_t>like, <uintptr_t>like2, itemsize), False)
+    if not pooled(nbytes):
+        return cnp.PyArray_EMPTY(nd, dims, typenum, 0)
+    previous = _enter(_placement(<uintptr_t>like, <uintptr_t>like2, itemsize))
+    try:
+        return cnp.PyArray_EMPTY(nd, dims, typenum, 0)
+    finally:
+        _leave(previous)
 
 
 cdef inline uintptr_t _address(object array):
@@ -172,24 +158,13 @@ def empty(shape, dtype, order="C", like=None, like2=None):
     cdef Py_ssize_t n = dtype.itemsize
     for d in shape:
         n *= d
-    cdef uintptr_t source = _address(like), source2 = _address(like2)
-    cdef bint use_cache = pooled(n)
-    if not use_cache:
-        result = np.empty(shape, dtype, order)
-        if not _misplaced(_address(result), n, source, source2):
-            return result
-        result = None
-    previous = _enter(_placement(source, source2, dtype.itemsize), use_cache)
+    if not pooled(n):
+        return np.empty(shape, dtype, order)
+    previous = _enter(_placement(_address(like), _address(like2), dtype.itemsize))
     try:
         return np.empty(shape, dtype, order)
     finally:
         _leave(previous)
-
-
-def set_placed_min_bytes(Py_ssize_t nbytes):
-    """Results from this size on are placed outside their inputs' alias window."""
-    global _placed_min_bytes
-    _placed_min_bytes = nbytes
 
 
 def set_limit(Py_ssize_t nbytes):

@@ -128,8 +128,9 @@ static int fn_pool_evict_locked(size_t keep, void **out)
 #define FN_POOL_HEADER 64
 #define FN_POOL_PAGE 4096
 static _Thread_local unsigned fn_pool_page_offset;
-/* Whether this thread's next block may come from and go back to the cache (results of
- * at least the cache's size threshold; the others are only placed). */
+/* Whether this thread's next block may come from and go back to the cache (set around the
+ * allocation of a result of at least the cache's size threshold, _pool.pyx; a realloc takes
+ * its old block's). */
 static _Thread_local int fn_pool_use_cache;
 /* Whether this thread's last block came fresh from the kernel rather than from the cache
  * (its pages then get zeroed at first touch and sit in the cache: plain stores are faster
