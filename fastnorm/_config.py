@@ -264,9 +264,9 @@ def set_pool_bytes(n=None):
 
 def empty(shape, dtype, order="C", like=None, like2=None):
     """``np.empty(shape, dtype, order)`` for a result computed from ``like`` (and ``like2``):
-    large arrays come from fastnorm's buffer cache, their data at ``like``'s offset within a
-    4 KiB page (not just after ``like2`` modulo 4 KiB: _pool.pyx's _ALIAS_WINDOW); smaller
-    ones are NumPy's own."""
+    large arrays come from fastnorm's buffer cache (when :func:`pool_bytes` is not 0), their
+    data at ``like``'s offset within a 4 KiB page (not just after ``like2`` modulo 4 KiB:
+    _pool.pyx's _ALIAS_WINDOW); the others are NumPy's own."""
     if _pool is None:
         return np.empty(shape, dtype, order)
     return _pool.empty(shape, dtype, order, like, like2)

@@ -198,8 +198,8 @@ def test_results_below_the_cache_are_mallocs_blocks(case):
     """A result below the cache's size is the block NumPy's malloc gave, even where that
     starts 16 bytes after an input modulo 4 KiB (_pool.pyx's _ALIAS_WINDOW): allocating it
     again through the handler (2026-12-02 to 12-03) made glibc hand out fresh pages call
-    after call in loops that keep their last results, up to 258 page faults per 1 MiB
-    result (_pool.pyx).  The cache's results are placed
+    after call in loops that keep their last results (129-189 page faults per call for a
+    1 MiB result, _pool.pyx).  The cache's results are placed
     (test_results_sit_at_their_inputs_offset_within_a_page)."""
     count = 64 * 1024  # 256 KiB: below the cache's threshold
     raw = np.empty(3 * count * 4 + 8192, np.uint8)
@@ -224,3 +224,5 @@ def test_results_below_the_cache_are_mallocs_blocks(case):
     assert _handler_name(y) == "default_allocator", case
     assert y.flags.owndata and y.base is None
     np.testing.assert_allclose(y, call(fastnorm.reference, x), rtol=1e-6, atol=1e-7)
+    if not 0 < (y.ctypes.data - x.ctypes.data) % 4096 < 256:
+        pytest.skip("malloc did not put the result just after the input here")

@@ -75,9 +75,9 @@ cdef bint streams(Py_ssize_t out_bytes, Py_ssize_t moved_bytes, bint callers_out
 # of its header apart: 16, 32, 48, ... for a run of arrays of one size).  The window covers
 # the 64-byte vectors and unrolled loops of the AVX-512 kernels too (not measured there).
 #   Only the cache's results are placed (_placement): they cost nothing to put anywhere in
-# their block.  Smaller results stay where NumPy's malloc puts them.  Placing those too (a
-# result from 64 KiB on that landed in the window was allocated again through the handler,
-# 2026-12-02 to 12-03) made malloc hand out fresh pages call after call wherever results
+# their block.  Results the cache does not serve (smaller ones, or any with the cache off)
+# stay where NumPy's malloc puts them.  Placing those too (a result from 64 KiB on that
+# landed in the window was allocated again through the handler, 2026-12-02 to 12-03) made malloc hand out fresh pages call after call wherever results
 # stay alive for a while: the handler's posix_memalign blocks of 1 MiB came from mmap, and
 # freeing the misplaced block first let glibc trim the heap.  Zen 3, 1 thread, default
 # malloc settings (not the benchmark's), (256, 1024) float32, the last result or the last
@@ -85,7 +85,7 @@ cdef bint streams(Py_ssize_t out_bytes, Py_ssize_t moved_bytes, bint callers_out
 # 184 us and 0 / 9 unplaced, sigmoid 324 against 148 us with three kept; (1024, 1024)
 # silu_backward 1.38-1.78 against 0.64-0.70 ms (its 4 MiB blocks got huge pages, zeroed
 # anew each call).  The placement had gained 1.01-1.08x where malloc put a result in the
-# window (tests/test_pool.py pins the page faults).
+# window (tests/test_pool.py checks that such results are malloc's blocks).
 cdef uintptr_t _ALIAS_WINDOW = 256
 
 

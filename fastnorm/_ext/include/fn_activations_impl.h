@@ -24,8 +24,9 @@
 /* The loops of the simple maps.  With stream set (n is then a whole number of chunks and
  * y 64-byte aligned) each chunk goes through a stack buffer to non-temporal stores
  * (fn_stream.h); the chunk loop sits inside each case so that gcc can keep the chunk in
- * registers.  The loops written out below (GELU, mish) always store plainly: they are
- * compute-bound, where streaming saves nothing. */
+ * registers.  The loops written out below (float32 GELU's erf form, mish's backward) always store
+ * plainly: they are compute-bound, where streaming saves nothing (the staged maps, GELU's
+ * tanh form among them, stream as MAP does). */
 #define MAP(EXPR) \
     do { \
         if (stream) { \
@@ -64,8 +65,8 @@
  * 0.53 ns per element in one loop, 0.42-0.44 in two with blocks of 64-512 floats (1 KiB:
  * 0.43), 0.46 in three (reduction, exponential, logistic).
  *   Kept where the API measured a gain (the cases that use MAP2 / MAP_GRAD2: a division
- * after the exponential makes the second chain long; MAP3 / MAP_GRAD3 where the argument of
- * the exponential is itself a long chain, GELU's tanh form).  In one loop stay GELU (its
+ * after the exponential makes the second chain long; MAP3 / MAP_GRAD3 where the exponential's
+ * argument is a polynomial of its own, GELU's tanh form).  In one loop stay GELU (its
  * rational part apart from its exponential: 0.91-0.96x), ELU (expm1 apart from one
  * multiplication: forward 0.85-0.93x) and mish's backward (see there).
  *   Blocks are 1 KiB (512-byte chunks, the streamed stores' unit, in the streaming branch)
@@ -148,20 +149,12 @@ static inline T FN_NAME(logistic, FN_SUF)(T z, T e)
     const T r = (T)1 / ((T)1 + e);
     return z >= 0 ? r : e * r;
 }
-static inline T FN_NAME(sigmoid, FN_SUF)(T z)
-{
-    return FN_NAME(logistic, FN_SUF)(z, FN_EXP_NEG(-FN_FABS(z)));
-}
 
 /* sigmoid(z) * (1 - sigmoid(z)) = e / (1+e)^2, symmetric in z: no cancellation. */
 static inline T FN_NAME(logistic_slope, FN_SUF)(T e)
 {
     const T r = (T)1 / ((T)1 + e);
     return e * r * r;
-}
-static inline T FN_NAME(sigmoid_slope, FN_SUF)(T z)
-{
-    return FN_NAME(logistic_slope, FN_SUF)(FN_EXP_NEG(-FN_FABS(z)));
 }
 
 /* tanh(softplus(z)) written as n/(n+2) with n = u(u+2), u = e^z: exact algebra,
@@ -172,19 +165,17 @@ static inline T FN_NAME(mish_u, FN_SUF)(T z) { return FN_EXP(z > (T)20 ? (T)20 :
 /* |x| clamped to 1e6, where GELU's x-proportional terms are settled, so that Inf * 0 (an
  * underflowed factor) cannot give NaN; the comparisons keep NaN as NaN. */
 #define GELU_CLAMP(v) ((v) > (T)1e6 ? (T)1e6 : ((v) < (T)-1e6 ? (T)-1e6 : (v)))
-#define SIGMOID FN_NAME(sigmoid, FN_SUF)
-#define SIGMOID_SLOPE FN_NAME(sigmoid_slope, FN_SUF)
 #define LOGISTIC FN_NAME(logistic, FN_SUF)
 #define LOGISTIC_SLOPE FN_NAME(logistic_slope, FN_SUF)
 #define EXP_NEG_ABS(z) FN_EXP_NEG(-FN_FABS(z))
 #define MISH_U FN_NAME(mish_u, FN_SUF)
 
 /* GELU's tanh form, x sigmoid(z) with z = 2 GELU_K (x + GELU_C x^3), in three loops per
- * block (MAP3 / MAP_GRAD3): z, then e = exp(-|z|), then the rest.  One loop body is a chain
- * of about 100 cycles (by the instructions' latencies), the float forward's with its
- * compensated z the longest.  C harness, 16K floats in cache, Zen 3 (AVX2), cycles per 8
- * floats: forward 32.6 in one loop, 28.8-29.9 in two (z first, or z and e first), 24.9 in
- * three; backward 26.7 in two (e first), 22.3 in three.
+ * block (MAP3 / MAP_GRAD3): z, then e = exp(-|z|), then the rest: z ahead of the exponential
+ * (the float forward's compensated z is some twenty operations of its own) makes the
+ * chains three.  C harness, 16K floats in cache, Zen 3 (AVX2), cycles per 8 floats: forward
+ * 32.6 in one loop, 28.8-29.9 in two (z first, or z and e first), 24.9 in three; backward
+ * 26.6 in two (e first, signed by z's side), 20.2 in three.
  *
  * Forward.  float: exp(-|z|) amplifies the rounding of z by |z| (200 ulp near x = -10 with z
  * rounded to float).  z = A v + B v^3 (A = 2 GELU_K, B = A GELU_C) is formed as a pair
@@ -496,8 +487,6 @@ void FN_NAME(fn_act_backward, FN_SUF)(int op, const T *g, const T *s, T *gx, int
 #undef GELU_B
 #undef INV_SQRT2
 #undef INV_SQRT_2PI
-#undef SIGMOID
-#undef SIGMOID_SLOPE
 #undef MISH_U
 #undef FISSION_BLOCK
 #undef MAP_STAGES
