@@ -24,7 +24,6 @@ cdef extern from *:
     """
     int FN_POOL_AVAILABLE
     unsigned fn_pool_page_offset
-    int fn_pool_use_cache
     int fn_pool_last_fresh
     object fn_pool_new_capsule()
     void fn_pool_init()
@@ -77,9 +76,10 @@ cdef bint streams(Py_ssize_t out_bytes, Py_ssize_t moved_bytes, bint callers_out
 #   Only the cache's results are placed (_placement): they cost nothing to put anywhere in
 # their block.  Results the cache does not serve (smaller ones, or any with the cache off)
 # stay where NumPy's malloc puts them.  Placing those too (a result from 64 KiB on that
-# landed in the window was allocated again through the handler, 2026-12-02 to 12-03) made malloc hand out fresh pages call after call wherever results
-# stay alive for a while: the handler's posix_memalign blocks of 1 MiB came from mmap, and
-# freeing the misplaced block first let glibc trim the heap.  Zen 3, 1 thread, default
+# landed in the window was allocated again through the handler, 2026-12-02 to 12-03) made
+# malloc hand out fresh pages call after call wherever results stay alive for a while: the
+# handler's posix_memalign blocks of 1 MiB came from mmap, and freeing the misplaced block
+# first let glibc trim the heap.  Zen 3, 1 thread, default
 # malloc settings (not the benchmark's), (256, 1024) float32, the last result or the last
 # three kept: silu_backward 463 / 629 us and 129 / 189 page faults per call against 164 /
 # 184 us and 0 / 9 unplaced, sigmoid 324 against 148 us with three kept; (1024, 1024)
@@ -115,17 +115,15 @@ cdef object _enter(unsigned page_offset):
     """Route this thread's next NumPy allocation to the handler and its cache, its data
     `page_offset` bytes into a 4 KiB page; returns the handler to give back to _leave (in a
     finally: both must be undone)."""
-    global fn_pool_page_offset, fn_pool_use_cache
+    global fn_pool_page_offset
     previous = PyDataMem_SetHandler(_handler)
     fn_pool_page_offset = page_offset
-    fn_pool_use_cache = 1
     return previous
 
 
 cdef int _leave(object previous) except -1:
-    global fn_pool_page_offset, fn_pool_use_cache
+    global fn_pool_page_offset
     fn_pool_page_offset = 0
-    fn_pool_use_cache = 0
     PyDataMem_SetHandler(previous)
     return 0
 

@@ -24,9 +24,9 @@
 /* The loops of the simple maps.  With stream set (n is then a whole number of chunks and
  * y 64-byte aligned) each chunk goes through a stack buffer to non-temporal stores
  * (fn_stream.h); the chunk loop sits inside each case so that gcc can keep the chunk in
- * registers.  The loops written out below (float32 GELU's erf form, mish's backward) always store
- * plainly: they are compute-bound, where streaming saves nothing (the staged maps, GELU's
- * tanh form among them, stream as MAP does). */
+ * registers.  The loops written out below (float32 GELU's erf form, mish's backward)
+ * always store plainly: they are compute-bound, where streaming saves nothing (the staged
+ * maps, GELU's tanh form among them, stream as MAP does). */
 #define MAP(EXPR) \
     do { \
         if (stream) { \

@@ -31,7 +31,6 @@
 /* No cache (no pthreads here): the handler passes everything to libc. */
 #define FN_POOL_AVAILABLE 0
 static unsigned fn_pool_page_offset;  /* unused here */
-static int fn_pool_use_cache;  /* unused here */
 static int fn_pool_last_fresh = 1;
 static void *fn_pool_malloc(void *ctx, size_t bytes) { (void)ctx; return malloc(bytes ? bytes : 1); }
 static void *fn_pool_calloc(void *ctx, size_t nelem, size_t elsize)
@@ -113,11 +112,11 @@ static int fn_pool_evict_locked(size_t keep, void **out)
     return n;
 }
 
-/* Every block handed out is [a 64-byte header: the block's capacity, whether it may be
- * cached][lead][the array's data], the block 4 KiB-aligned (2 MiB from one granule on) and
- * the data at the caller's offset within a 4 KiB page (fn_pool_page_offset, set around one
- * allocation), at least a header past the block's start, so that free and realloc find the
- * block from the data pointer alone: it starts at the page holding data - FN_POOL_HEADER.
+/* Every block handed out is [a 64-byte header: the block's capacity][lead][the array's
+ * data], the block 4 KiB-aligned (2 MiB from one granule on) and the data at the caller's
+ * offset within a 4 KiB page (fn_pool_page_offset, set around one allocation), at least a
+ * header past the block's start, so that free and realloc find the block from the data
+ * pointer alone: it starts at the page holding data - FN_POOL_HEADER.
  * fastnorm gives a result the page offset of the input it is computed from.  Within a
  * cache line that aligns the streaming path's loads and stores alike after its lead (relu
  * backward of 4096x4096 float32 with NumPy's inputs, which start 16 bytes past a line,
@@ -128,10 +127,6 @@ static int fn_pool_evict_locked(size_t keep, void **out)
 #define FN_POOL_HEADER 64
 #define FN_POOL_PAGE 4096
 static _Thread_local unsigned fn_pool_page_offset;
-/* Whether this thread's next block may come from and go back to the cache (set around the
- * allocation of a result of at least the cache's size threshold, _pool.pyx; a realloc takes
- * its old block's). */
-static _Thread_local int fn_pool_use_cache;
 /* Whether this thread's last block came fresh from the kernel rather than from the cache
  * (its pages then get zeroed at first touch and sit in the cache: plain stores are faster
  * there than streaming ones). */
@@ -149,14 +144,16 @@ static inline size_t fn_pool_lead(unsigned page_offset)
     return offset >= FN_POOL_HEADER ? offset : offset + FN_POOL_PAGE;
 }
 
-/* A block for `bytes` of data at any page offset; returns its base (capacity and
- * cacheability in the header). */
+/* A block for `bytes` of data at any page offset; returns its base (its capacity in the
+ * header).  Every block of whole granules may come from and go back to the cache: the
+ * handler serves only results of at least the cache's size threshold (_pool.pyx) and their
+ * reallocations. */
 static char *fn_pool_new_block(size_t bytes)
 {
     if (bytes > SIZE_MAX - FN_POOL_PAGE - FN_POOL_HEADER - FN_POOL_GRANULE)
         return NULL;
     const size_t cap = fn_pool_capacity(bytes + FN_POOL_PAGE + FN_POOL_HEADER);
-    const int cacheable = fn_pool_use_cache && cap >= FN_POOL_GRANULE;
+    const int cacheable = cap >= FN_POOL_GRANULE;
     void *p = cacheable ? fn_pool_take(cap) : NULL;
     fn_pool_last_fresh = p == NULL;
     if (p == NULL) {
@@ -168,7 +165,6 @@ static char *fn_pool_new_block(size_t bytes)
 #endif
     }
     ((size_t *)p)[0] = cap;
-    ((size_t *)p)[1] = (size_t)cacheable;
     return (char *)p;
 }
 
@@ -191,7 +187,7 @@ static void *fn_pool_calloc(void *ctx, size_t nelem, size_t elsize)
     return p;
 }
 
-/* The data moves to a new block at the same page offset (and cacheability). */
+/* The data moves to a new block at the same page offset. */
 static void *fn_pool_realloc(void *ctx, void *ptr, size_t bytes)
 {
     (void)ctx;
@@ -200,10 +196,7 @@ static void *fn_pool_realloc(void *ctx, void *ptr, size_t bytes)
     char *old = fn_pool_block_of(ptr);
     const size_t lead = (size_t)((char *)ptr - old);
     const size_t held = ((size_t *)old)[0] - lead;
-    const int use_cache = fn_pool_use_cache;
-    fn_pool_use_cache = (int)((size_t *)old)[1];
     char *block = fn_pool_new_block(bytes);
-    fn_pool_use_cache = use_cache;
     if (block == NULL)
         return NULL;
     char *data = block + lead;
@@ -220,11 +213,11 @@ static void fn_pool_free(void *ctx, void *ptr, size_t bytes)
         fn_pool_release(fn_pool_block_of(ptr));
 }
 
-/* Caches a cacheable block (the oldest go when the limit is passed), frees the rest. */
+/* Caches a block of whole granules (the oldest go when the limit is passed), frees the rest. */
 static void fn_pool_release(char *block)
 {
     const size_t cap = ((size_t *)block)[0];
-    if (!((size_t *)block)[1]) {
+    if (cap < FN_POOL_GRANULE) {
         free(block);
         return;
     }
