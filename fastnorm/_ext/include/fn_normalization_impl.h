@@ -751,10 +751,10 @@ void FN_NAME(fn_norm_affine_grad, FN_SUF)(const T *dy, const T *x, T *gx, int64_
 /* One row of layer / RMS norm's output, y = ((x - h) * s + o) [* w] [+ b] (w, b NULL: absent;
  * every call site passes each as itself or a literal NULL, so that each variant is compiled
  * knowing its terms, as rows_grad_sums below).  With xn (not NULL) the sums of that row (a
- * later one) accumulate meanwhile and are stored in *s1, *s2: the same bits as run_sums(xn, K, shift, ...)
- * adds to zeros (a sum from +0.0 is never -0.0), so that
- * their add and multiply-add chains (a wait of 4 cycles per 16 elements at one step per lane
- * vector) run under this row's loads and stores instead of before them. */
+ * later one) accumulate meanwhile and are stored in *s1, *s2: the same bits as
+ * run_sums(xn, K, shift, ...) adds to zeros (a sum from +0.0 is never -0.0), so that their add
+ * and multiply-add chains (a wait of 4 cycles per 16 elements at one step per lane vector)
+ * run under this row's loads and stores instead of before them. */
 static inline __attribute__((always_inline)) void FN_NAME(row_output, FN_SUF)(
     const T *xr, T *yr, int64_t K, T h, T s, T o, const T *w, const T *b, const T *xn,
     double shift, double *s1, double *s2, int stream)
@@ -816,17 +816,20 @@ static inline FN_NAME(row_coefs, FN_SUF) FN_NAME(row_stats, FN_SUF)(
 }
 
 /* row_output of row r (xr, yr) with coefficients c, for each combination of w and b. */
-#define ROW_OUTPUT(xn, shift, s1, s2)                                                           \
-    do {                                                                                        \
-        if (w && b)                                                                             \
-            FN_NAME(row_output, FN_SUF)(xr, yr, K, c.h, c.s, c.o, w, b, xn, shift, s1, s2, stream); \
-        else if (w)                                                                             \
-            FN_NAME(row_output, FN_SUF)(xr, yr, K, c.h, c.s, c.o, w, NULL, xn, shift, s1, s2, stream); \
-        else if (b)                                                                             \
-            FN_NAME(row_output, FN_SUF)(xr, yr, K, c.h, c.s, c.o, NULL, b, xn, shift, s1, s2, stream); \
-        else                                                                                    \
-            FN_NAME(row_output, FN_SUF)(xr, yr, K, c.h, c.s, c.o, NULL, NULL, xn, shift, s1, s2,  \
-                                        stream);                                                \
+#define ROW_OUTPUT(xn, shift, s1, s2)                                                            \
+    do {                                                                                         \
+        if (w && b)                                                                              \
+            FN_NAME(row_output, FN_SUF)(xr, yr, K, c.h, c.s, c.o, w, b, xn, shift, s1, s2,     \
+                                        stream);                                                 \
+        else if (w)                                                                              \
+            FN_NAME(row_output, FN_SUF)(xr, yr, K, c.h, c.s, c.o, w, NULL, xn, shift, s1, s2,  \
+                                        stream);                                                 \
+        else if (b)                                                                              \
+            FN_NAME(row_output, FN_SUF)(xr, yr, K, c.h, c.s, c.o, NULL, b, xn, shift, s1, s2,  \
+                                        stream);                                                 \
+        else                                                                                     \
+            FN_NAME(row_output, FN_SUF)(xr, yr, K, c.h, c.s, c.o, NULL, NULL, xn, shift, s1,   \
+                                        s2, stream);                                             \
     } while (0)
 
 #define ROW_GROUP 4   /* most rows per group of rows_by_groups */
@@ -897,7 +900,9 @@ void FN_NAME(fn_norm_rows_forward, FN_SUF)(const T *x, T *y, int64_t K, int64_t 
         return;
     }
     const int64_t vectors = (32 << 10) / (K * (int64_t)sizeof(T));
-    const int64_t group = vectors >= 2 * ROW_GROUP + 2 ? ROW_GROUP : vectors >= 6 ? (vectors - 2) / 2 : 1;
+    const int64_t group = vectors >= 2 * ROW_GROUP + 2 ? ROW_GROUP
+                          : vectors >= 6                ? (vectors - 2) / 2
+                                                        : 1;
     if (group == 1)
         FN_NAME(rows_by_groups, FN_SUF)(x, y, K, r0, r1, w, b, eps, rms, mean, rstd, 1);
     else
