@@ -698,6 +698,11 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, channels_last
     x: (N, C, *spatial), or (N, *spatial, C) with ``channels_last``; num_groups divides
     C; weight, bias: (C,).  Returns ``(y, mean, rstd)``, mean/rstd of shape (N, num_groups).
     """
+    ext = _config.extension("normalization")
+    if ext is not None:
+        result = ext.group_norm_fast(x, num_groups, weight, bias, eps, channels_last, out, _GRAIN)
+        if result is not None:
+            return result
     func = "group_norm"
     x = _x(func, x, 2)
     channels_last = _flag(func, "channels_last", channels_last)

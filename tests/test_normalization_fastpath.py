@@ -557,3 +557,78 @@ def test_forward_fast_paths_write_out_directly_or_decline(dtype, rng):
             continue
         _check_public_out(label, lambda: fastnorm.batch_norm(x, ww, b, rm, rv, training=True, out=out),
                           out, expected)
+
+
+GN_CASES = [((2, 6), 3), ((3, 8, 5), 4), ((2, 12, 4, 4), 1), ((2, 12, 4, 4), 12), ((5, 4, 3, 2, 2), 2),
+            ((4, 64, 16, 16), 32)]  # the last crosses the thread grain
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, groups", GN_CASES, ids=str)
+@pytest.mark.parametrize("affine", [False, True])
+def test_group_norm_fast_equals_general(dtype, shape, groups, affine, backend, num_threads, rng):
+    if backend[0] != "cython":
+        pytest.skip("the fast path exists only on the compiled backend")
+    x = (2 + 3 * rng.standard_normal(shape)).astype(dtype)
+    x.flat[::7] = 1e4  # a large offset within some groups, as accurate through both paths
+    w, b = _params(rng, shape[1], dtype, affine)
+    assert ext().group_norm_fast(x, groups, w, b, 1e-5, False, None, GRAIN) is not None
+    fast = fastnorm.group_norm(x, groups, w, b, eps=1e-5)
+    general = fastnorm.group_norm(_strided_any(x), groups, w, b, eps=1e-5)
+    assert_identical(fast, general)
+    assert fast[1].shape == fast[2].shape == (shape[0], groups)
+
+
+def test_group_norm_fast_path_declines_unusual_calls(rng):
+    x = rng.standard_normal((2, 6, 5)).astype(np.float32)
+    w, b = np.ones(6, np.float32), np.zeros(6, np.float32)
+
+    def fast(xx=x, groups=3, ww=w, bb=b, eps=1e-5, last=False, out=None):
+        return ext().group_norm_fast(xx, groups, ww, bb, eps, last, out, GRAIN)
+
+    assert fast() is not None
+    assert fast(ww=None, bb=None) is not None
+    declined = {
+        "1-d x": dict(xx=x[0, 0]), "float16": dict(xx=x.astype(np.float16)),
+        "strided": dict(xx=_strided_any(x)), "list": dict(xx=x.tolist()), "empty": dict(xx=x[:0]),
+        "channels_last": dict(last=True), "channels_last int": dict(last=0),
+        "groups not dividing": dict(groups=4), "groups 0": dict(groups=0), "groups > C": dict(groups=12),
+        "groups float": dict(groups=3.0), "groups bool": dict(groups=True), "groups numpy int": dict(groups=np.int64(3)),
+        "eps int": dict(eps=0), "eps negative": dict(eps=-1.0), "eps nan": dict(eps=float("nan")),
+        "weight float64": dict(ww=w.astype(np.float64)), "bias length": dict(bb=b[:2]),
+        "out overlapping the weight": dict(out=None),
+    }
+    holder = np.empty(x.size + 5, np.float32)
+    declined["out overlapping the weight"] = dict(ww=holder[:6], out=holder[5:].reshape(x.shape))
+    for label, kwargs in declined.items():
+        assert fast(**kwargs) is None, label
+    # what the fast path declines still works (numpy ints, channels_last) or raises there
+    np.testing.assert_array_equal(fastnorm.group_norm(x, np.int64(3), w, b)[0], fast()[0])
+
+
+GN_ERRORS = [
+    (lambda: fastnorm.group_norm(X4, 2), ValueError, "group_norm: num_groups"),
+    (lambda: fastnorm.group_norm(X4, 0), ValueError, "group_norm: num_groups"),
+    (lambda: fastnorm.group_norm(X4, 3, eps=-1.0), ValueError, "group_norm: eps must be >= 0"),
+    (lambda: fastnorm.group_norm(X4, 3, np.ones(4, np.float32)), ValueError, "group_norm: weight must have shape (3,)"),
+    (lambda: fastnorm.group_norm(X4, 3, C3, np.ones(3)), TypeError, "group_norm: bias must have dtype float32"),
+    (lambda: fastnorm.group_norm(X4[0, 0], 1), ValueError, "group_norm: x must have at least 2 dimensions"),
+]
+
+
+@pytest.mark.parametrize("call, exc, message", GN_ERRORS, ids=[e[2][:50] for e in GN_ERRORS])
+def test_group_norm_errors_come_from_the_general_path(call, exc, message, backend):
+    with pytest.raises(exc, match=message.replace("(", r"\(").replace(")", r"\)")):
+        call()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_group_norm_fast_path_writes_out_directly_or_declines(dtype, rng):
+    x0 = (1 + rng.standard_normal((3, 4, 5))).astype(dtype)
+    w, b = rng.standard_normal(4).astype(dtype), rng.standard_normal(4).astype(dtype)
+    expected = fastnorm.group_norm(x0, 2, w, b)
+    for label, x, out, ww, usable in _out_cases(x0, w):
+        _check_fast_out(label, usable, ext().group_norm_fast(x, 2, ww, b, 1e-5, False, out, GRAIN),
+                        out, expected)
+        x[...] = x0
+        _check_public_out(label, lambda: fastnorm.group_norm(x, 2, ww, b, out=out), out, expected)

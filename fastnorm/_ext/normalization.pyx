@@ -388,7 +388,7 @@ def group_forward(const floating[::1] x, floating[::1] y, Py_ssize_t G, Py_ssize
     """Group norm of NCHW data in one visit per group (fn_norm_group_forward).  IN x:
     (U*cg*hw,) with U = N*G groups; w, b: (G*cg,) or None; OUT y: like x, mean and M2 of
     every group (U,), float64."""
-    cdef Py_ssize_t U = mean.shape[0], t, u0, ch
+    cdef Py_ssize_t U = mean.shape[0]
     _check(x.shape[0] == U * cg * hw == y.shape[0] and m2.shape[0] == U and cg * hw >= 1
            and U % G == 0 and (w is None or w.shape[0] == G * cg)
            and (b is None or b.shape[0] == G * cg), "group_forward: inconsistent sizes")
@@ -403,22 +403,31 @@ def group_forward(const floating[::1] x, floating[::1] y, Py_ssize_t G, Py_ssize
     if b is not None:
         bp = &b[0]
     with nogil:
-        if nthreads <= 1 or U == 1:
-            if floating is float:
-                _kernels.group_forward_f32(&x[0], &y[0], G, cg, hw, 0, U, wp, bp, eps, &mean[0], &m2[0], stream)
-            else:
-                _kernels.group_forward_f64(&x[0], &y[0], G, cg, hw, 0, U, wp, bp, eps, &mean[0], &m2[0], stream)
+        _group_forward_run(&x[0], &y[0], G, cg, hw, U, wp, bp, eps, &mean[0], &m2[0], nthreads,
+                           stream)
+
+
+cdef void _group_forward_run(const floating *x, floating *y, Py_ssize_t G, Py_ssize_t cg,
+                             Py_ssize_t hw, Py_ssize_t U, const floating *wp, const floating *bp,
+                             double eps, double *mean, double *m2, int nthreads,
+                             int stream) noexcept nogil:
+    cdef Py_ssize_t t, u0, ch
+    if nthreads <= 1 or U == 1:
+        if floating is float:
+            _kernels.group_forward_f32(x, y, G, cg, hw, 0, U, wp, bp, eps, mean, m2, stream)
         else:
-            ch = _share(U, nthreads)
-            for t in prange(nthreads, num_threads=nthreads, schedule="static"):
-                u0 = t * ch
-                if u0 < U:
-                    if floating is float:
-                        _kernels.group_forward_f32(&x[0], &y[0], G, cg, hw, u0, min(u0 + ch, U), wp, bp,
-                                                   eps, &mean[0], &m2[0], stream)
-                    else:
-                        _kernels.group_forward_f64(&x[0], &y[0], G, cg, hw, u0, min(u0 + ch, U), wp, bp,
-                                                   eps, &mean[0], &m2[0], stream)
+            _kernels.group_forward_f64(x, y, G, cg, hw, 0, U, wp, bp, eps, mean, m2, stream)
+        return
+    ch = _share(U, nthreads)
+    for t in prange(nthreads, num_threads=nthreads, schedule="static"):
+        u0 = t * ch
+        if u0 < U:
+            if floating is float:
+                _kernels.group_forward_f32(x, y, G, cg, hw, u0, min(u0 + ch, U), wp, bp, eps,
+                                           mean, m2, stream)
+            else:
+                _kernels.group_forward_f64(x, y, G, cg, hw, u0, min(u0 + ch, U), wp, bp, eps,
+                                           mean, m2, stream)
 
 
 def group_backward(const floating[::1] dy, const floating[::1] x, floating[::1] gx, Py_ssize_t G,
@@ -1030,6 +1039,67 @@ cdef void _bn_channels(Py_ssize_t C, Py_ssize_t n, bint training, bint running, 
         mhi[c] = <floating>mean_d[c]
         shift[c] = <floating>fn_affine_shift(mean_d[c], <double>mhi[c], <double>scale[c],
                                              0.0 if b == NULL else <double>b[c])
+
+
+def group_norm_fast(object x, object num_groups, object weight, object bias, object eps,
+                    object channels_last, object out, Py_ssize_t grain):
+    """(y, mean, rstd) of group norm of plain channels-first arrays (see above), num_groups an
+    int dividing the channels; the same kernel as fastnorm.normalization.group_norm and the
+    same float64 arithmetic for rstd, so the results are bit-identical.  None when the
+    general path is needed (which also raises every error)."""
+    cdef int typenum = _fast_typenum(x)
+    if typenum < 0 or cnp.PyArray_NDIM(<cnp.ndarray>x) < 2 or channels_last is not False:
+        return None
+    if not (type(eps) is float and isfinite(<double>eps) and <double>eps >= 0):
+        return None
+    cdef cnp.ndarray xa = <cnp.ndarray>x
+    cdef cnp.npy_intp *dims = cnp.PyArray_DIMS(xa)
+    cdef cnp.npy_intp N = dims[0], C = dims[1]
+    if type(num_groups) is not int or not 1 <= num_groups <= C or C % num_groups != 0:
+        return None
+    if not (_plain_vector(weight, typenum, C) and _plain_vector(bias, typenum, C)):
+        return None
+    y_obj = _fast_output(xa, out, weight, bias, None, None)
+    if y_obj is None:
+        return None
+    cdef cnp.ndarray y = <cnp.ndarray>y_obj
+    cdef Py_ssize_t size = cnp.PyArray_SIZE(xa), G = num_groups
+    cdef Py_ssize_t U = N * G, cg = C // G, hw = size // (N * C), u
+    cdef int nthreads = threads_for(size, grain)
+    cdef Py_ssize_t nbytes = size * cnp.PyArray_ITEMSIZE(xa)
+    cdef int stream = streams(nbytes, 2 * nbytes, out is not None)
+    cdef cnp.ndarray mean_d = _empty_vector(U, cnp.NPY_FLOAT64)
+    cdef cnp.ndarray m2_d = _empty_vector(U, cnp.NPY_FLOAT64)
+    cdef double *mp = <double *>cnp.PyArray_DATA(mean_d)
+    cdef double *m2p = <double *>cnp.PyArray_DATA(m2_d)
+    cdef cnp.npy_intp stat_dims[2]
+    stat_dims[0], stat_dims[1] = N, G
+    cdef cnp.ndarray mean = cnp.PyArray_EMPTY(2, stat_dims, typenum, 0)
+    cdef cnp.ndarray rstd = cnp.PyArray_EMPTY(2, stat_dims, typenum, 0)
+    cdef const void *x_p = cnp.PyArray_DATA(xa)
+    cdef void *y_p = cnp.PyArray_DATA(y)
+    cdef const void *w_p = _data_or_null(weight)
+    cdef const void *b_p = _data_or_null(bias)
+    cdef void *mean_p = cnp.PyArray_DATA(mean)
+    cdef void *rstd_p = cnp.PyArray_DATA(rstd)
+    cdef double eps_d = <double>eps, count = <double>(cg * hw)
+    with nogil:
+        # rstd as normalization._rstd computes it: 1 / sqrt(M2 / count + eps) in float64
+        if typenum == cnp.NPY_FLOAT32:
+            _group_forward_run[float](<const float *>x_p, <float *>y_p, G, cg, hw, U,
+                                      <const float *>w_p, <const float *>b_p, eps_d, mp, m2p,
+                                      nthreads, stream)
+            for u in range(U):
+                (<float *>mean_p)[u] = <float>mp[u]
+                (<float *>rstd_p)[u] = <float>(1.0 / sqrt(m2p[u] / count + eps_d))
+        else:
+            _group_forward_run[double](<const double *>x_p, <double *>y_p, G, cg, hw, U,
+                                       <const double *>w_p, <const double *>b_p, eps_d, mp, m2p,
+                                       nthreads, stream)
+            for u in range(U):
+                (<double *>mean_p)[u] = mp[u]
+                (<double *>rstd_p)[u] = 1.0 / sqrt(m2p[u] / count + eps_d)
+    return y, mean, rstd
 
 
 def batch_norm_backward_fast(object grad_output, object x, object weight, object mean, object rstd,
