@@ -738,6 +738,12 @@ def group_norm_backward(grad_output, x, num_groups, weight, mean, rstd, *, chann
                         bias=None):
     """Gradients of :func:`group_norm`: ``(grad_x, grad_weight, grad_bias)``; mean/rstd
     (N, num_groups) as the forward returned them."""
+    ext = _config.extension("normalization")
+    if ext is not None:
+        result = ext.group_norm_backward_fast(grad_output, x, num_groups, weight, mean, rstd,
+                                              channels_last, bias, _GRAIN)
+        if result is not None:
+            return result
     func = "group_norm_backward"
     x = _x(func, x, 2)
     g = _grad_output(func, grad_output, x)

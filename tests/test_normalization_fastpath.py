@@ -558,6 +558,13 @@ def test_forward_fast_paths_write_out_directly_or_decline(dtype, rng):
         _check_public_out(label, lambda: fastnorm.batch_norm(x, ww, b, rm, rv, training=True, out=out),
                           out, expected)
 
+    expected = fastnorm.group_norm(x0, 7, w, b)  # 7 groups of the 7 channels of axis 1
+    for label, x, out, ww, usable in _out_cases(x0, w):
+        _check_fast_out(label, usable, ext().group_norm_fast(x, 7, ww, b, 1e-5, False, out, GRAIN),
+                        out, expected)
+        x[...] = x0
+        _check_public_out(label, lambda: fastnorm.group_norm(x, 7, ww, b, out=out), out, expected)
+
 
 GN_CASES = [((2, 6), 3), ((3, 8, 5), 4), ((2, 12, 4, 4), 1), ((2, 12, 4, 4), 12), ((5, 4, 3, 2, 2), 2),
             ((4, 64, 16, 16), 32)]  # the last crosses the thread grain
@@ -577,6 +584,15 @@ def test_group_norm_fast_equals_general(dtype, shape, groups, affine, backend, n
     general = fastnorm.group_norm(_strided_any(x), groups, w, b, eps=1e-5)
     assert_identical(fast, general)
     assert fast[1].shape == fast[2].shape == (shape[0], groups)
+    _, mean, rstd = fast
+    g = rng.standard_normal(shape).astype(dtype)
+    for bias in (None, b):
+        assert ext().group_norm_backward_fast(g, x, groups, w, mean, rstd, False, bias, GRAIN) is not None
+        fast = fastnorm.group_norm_backward(g, x, groups, w, mean, rstd, bias=bias)
+        general = fastnorm.group_norm_backward(_strided_any(g), _strided_any(x), groups, w, mean, rstd,
+                                               bias=bias)
+        assert_identical(fast, general)
+        assert (fast[1] is None) == (w is None) and (fast[2] is None) == (bias is None)
 
 
 def test_group_norm_fast_path_declines_unusual_calls(rng):
@@ -605,6 +621,25 @@ def test_group_norm_fast_path_declines_unusual_calls(rng):
     # what the fast path declines still works (numpy ints, channels_last) or raises there
     np.testing.assert_array_equal(fastnorm.group_norm(x, np.int64(3), w, b)[0], fast()[0])
 
+    _, mean, rstd = fast()
+    g = np.ones_like(x)
+
+    def fast_b(gg=g, xx=x, groups=3, ww=w, mm=mean, rr=rstd, last=False, bb=b):
+        return ext().group_norm_backward_fast(gg, xx, groups, ww, mm, rr, last, bb, GRAIN)
+
+    assert fast_b() is not None
+    assert fast_b(ww=None, bb=None) is not None
+    declined_b = {
+        "strided x": dict(xx=_strided_any(x)), "strided grad": dict(gg=_strided_any(g)),
+        "grad float64": dict(gg=g.astype(np.float64)), "grad shape": dict(gg=g[:1]),
+        "channels_last": dict(last=True), "groups not dividing": dict(groups=4),
+        "groups numpy int": dict(groups=np.int64(3)), "mean shape": dict(mm=mean[:, :2]),
+        "rstd float64": dict(rr=rstd.astype(np.float64)), "mean strided": dict(mm=_strided_any(mean)),
+        "weight length": dict(ww=w[:2]), "bias float64": dict(bb=b.astype(np.float64)),
+    }
+    for label, kwargs in declined_b.items():
+        assert fast_b(**kwargs) is None, label
+
 
 GN_ERRORS = [
     (lambda: fastnorm.group_norm(X4, 2), ValueError, "group_norm: num_groups"),
@@ -613,6 +648,10 @@ GN_ERRORS = [
     (lambda: fastnorm.group_norm(X4, 3, np.ones(4, np.float32)), ValueError, "group_norm: weight must have shape (3,)"),
     (lambda: fastnorm.group_norm(X4, 3, C3, np.ones(3)), TypeError, "group_norm: bias must have dtype float32"),
     (lambda: fastnorm.group_norm(X4[0, 0], 1), ValueError, "group_norm: x must have at least 2 dimensions"),
+    (lambda: fastnorm.group_norm_backward(X4, X4, 3, None, np.zeros((2, 2), np.float32), np.ones((2, 3), np.float32)),
+     ValueError, "group_norm_backward: mean must have shape (2, 3)"),
+    (lambda: fastnorm.group_norm_backward(X4[:1], X4, 3, None, np.zeros((2, 3), np.float32),
+                                          np.ones((2, 3), np.float32)), ValueError, "group_norm_backward: grad_output"),
 ]
 
 
@@ -621,14 +660,3 @@ def test_group_norm_errors_come_from_the_general_path(call, exc, message, backen
     with pytest.raises(exc, match=message.replace("(", r"\(").replace(")", r"\)")):
         call()
 
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_group_norm_fast_path_writes_out_directly_or_declines(dtype, rng):
-    x0 = (1 + rng.standard_normal((3, 4, 5))).astype(dtype)
-    w, b = rng.standard_normal(4).astype(dtype), rng.standard_normal(4).astype(dtype)
-    expected = fastnorm.group_norm(x0, 2, w, b)
-    for label, x, out, ww, usable in _out_cases(x0, w):
-        _check_fast_out(label, usable, ext().group_norm_fast(x, 2, ww, b, 1e-5, False, out, GRAIN),
-                        out, expected)
-        x[...] = x0
-        _check_public_out(label, lambda: fastnorm.group_norm(x, 2, ww, b, out=out), out, expected)

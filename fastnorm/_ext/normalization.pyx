@@ -450,24 +450,33 @@ def group_backward(const floating[::1] dy, const floating[::1] x, floating[::1] 
     if w is not None:
         wp = &w[0]
     with nogil:
-        if nthreads <= 1 or U == 1:
-            if floating is float:
-                _kernels.group_backward_f32(&dy[0], &x[0], &gx[0], G, cg, hw, 0, U, wp, &center[0],
-                                            &mhi[0], &rstd[0], &s1[0], &s2[0], stream)
-            else:
-                _kernels.group_backward_f64(&dy[0], &x[0], &gx[0], G, cg, hw, 0, U, wp, &center[0],
-                                            &mhi[0], &rstd[0], &s1[0], &s2[0], stream)
+        _group_backward_run(&dy[0], &x[0], &gx[0], G, cg, hw, U, wp, &center[0], &mhi[0], &rstd[0],
+                            &s1[0], &s2[0], nthreads, stream)
+
+
+cdef void _group_backward_run(const floating *dy, const floating *x, floating *gx, Py_ssize_t G,
+                              Py_ssize_t cg, Py_ssize_t hw, Py_ssize_t U, const floating *wp,
+                              const double *center, const floating *mhi, const double *rstd,
+                              double *s1, double *s2, int nthreads, int stream) noexcept nogil:
+    cdef Py_ssize_t t, u0, ch
+    if nthreads <= 1 or U == 1:
+        if floating is float:
+            _kernels.group_backward_f32(dy, x, gx, G, cg, hw, 0, U, wp, center, mhi, rstd, s1, s2,
+                                        stream)
         else:
-            ch = _share(U, nthreads)
-            for t in prange(nthreads, num_threads=nthreads, schedule="static"):
-                u0 = t * ch
-                if u0 < U:
-                    if floating is float:
-                        _kernels.group_backward_f32(&dy[0], &x[0], &gx[0], G, cg, hw, u0, min(u0 + ch, U), wp,
-                                                    &center[0], &mhi[0], &rstd[0], &s1[0], &s2[0], stream)
-                    else:
-                        _kernels.group_backward_f64(&dy[0], &x[0], &gx[0], G, cg, hw, u0, min(u0 + ch, U), wp,
-                                                    &center[0], &mhi[0], &rstd[0], &s1[0], &s2[0], stream)
+            _kernels.group_backward_f64(dy, x, gx, G, cg, hw, 0, U, wp, center, mhi, rstd, s1, s2,
+                                        stream)
+        return
+    ch = _share(U, nthreads)
+    for t in prange(nthreads, num_threads=nthreads, schedule="static"):
+        u0 = t * ch
+        if u0 < U:
+            if floating is float:
+                _kernels.group_backward_f32(dy, x, gx, G, cg, hw, u0, min(u0 + ch, U), wp, center,
+                                            mhi, rstd, s1, s2, stream)
+            else:
+                _kernels.group_backward_f64(dy, x, gx, G, cg, hw, u0, min(u0 + ch, U), wp, center,
+                                            mhi, rstd, s1, s2, stream)
 
 
 def affine_grad(const floating[::1] dy, const floating[::1] x, floating[::1] gx, Py_ssize_t P,
@@ -1100,6 +1109,94 @@ def group_norm_fast(object x, object num_groups, object weight, object bias, obj
                 (<double *>mean_p)[u] = mp[u]
                 (<double *>rstd_p)[u] = 1.0 / sqrt(m2p[u] / count + eps_d)
     return y, mean, rstd
+
+
+def group_norm_backward_fast(object grad_output, object x, object num_groups, object weight,
+                             object mean, object rstd, object channels_last, object bias,
+                             Py_ssize_t grain):
+    """(grad_x, grad_weight, grad_bias) of group_norm_fast for plain channels-first arrays:
+    mean and rstd (N, num_groups) as it returned them, grad_weight only with weight and
+    grad_bias only with bias (a marker of x's dtype here), by the same kernel and the same
+    float64 column sums, sample after sample, as fastnorm.normalization's general path (so
+    bit-identical).  None when the general path is needed."""
+    cdef int typenum = _fast_typenum(x)
+    if typenum < 0 or cnp.PyArray_NDIM(<cnp.ndarray>x) < 2 or channels_last is not False:
+        return None
+    cdef cnp.ndarray xa = <cnp.ndarray>x
+    cdef int nd = cnp.PyArray_NDIM(xa)
+    cdef cnp.npy_intp *dims = cnp.PyArray_DIMS(xa)
+    cdef cnp.npy_intp N = dims[0], C = dims[1]
+    if type(num_groups) is not int or not 1 <= num_groups <= C or C % num_groups != 0:
+        return None
+    cdef cnp.npy_intp stat_dims[2]
+    stat_dims[0], stat_dims[1] = N, num_groups
+    if not (_plain_shape(grad_output, typenum, nd, dims) and _plain_vector(weight, typenum, C)
+            and _plain_vector(bias, typenum, C) and _plain_shape(mean, typenum, 2, stat_dims)
+            and _plain_shape(rstd, typenum, 2, stat_dims)):
+        return None
+    cdef Py_ssize_t size = cnp.PyArray_SIZE(xa), G = num_groups
+    cdef Py_ssize_t U = N * G, cg = C // G, hw = size // (N * C), u, r, c
+    cdef int nthreads = threads_for(size, grain)
+    cdef Py_ssize_t nbytes = size * cnp.PyArray_ITEMSIZE(xa)
+    cdef int stream = streams(nbytes, 3 * nbytes, False)
+    cdef cnp.ndarray gx = pooled_empty(nd, dims, typenum, cnp.PyArray_DATA(xa))
+    cdef cnp.ndarray center = _empty_vector(U, cnp.NPY_FLOAT64)
+    cdef cnp.ndarray rstd_d = _empty_vector(U, cnp.NPY_FLOAT64)
+    cdef cnp.ndarray s1 = _empty_vector(N * C, cnp.NPY_FLOAT64)
+    cdef cnp.ndarray s2 = _empty_vector(N * C, cnp.NPY_FLOAT64)
+    cdef bint want_gw = weight is not None, want_gb = bias is not None
+    gw = _empty_vector(C, typenum) if want_gw else None
+    gb = _empty_vector(C, typenum) if want_gb else None
+    cdef double *cp = <double *>cnp.PyArray_DATA(center)
+    cdef double *rp = <double *>cnp.PyArray_DATA(rstd_d)
+    cdef double *s1p = <double *>cnp.PyArray_DATA(s1)
+    cdef double *s2p = <double *>cnp.PyArray_DATA(s2)
+    cdef const void *g_p = cnp.PyArray_DATA(<cnp.ndarray>grad_output)
+    cdef const void *x_p = cnp.PyArray_DATA(xa)
+    cdef void *gx_p = cnp.PyArray_DATA(gx)
+    cdef const void *w_p = _data_or_null(weight)
+    cdef const void *mean_p = cnp.PyArray_DATA(<cnp.ndarray>mean)
+    cdef const void *rstd_p = cnp.PyArray_DATA(<cnp.ndarray>rstd)
+    cdef void *gw_p = _data_or_null(gw)
+    cdef void *gb_p = _data_or_null(gb)
+    cdef double aw, ab
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            for u in range(U):
+                cp[u] = (<const float *>mean_p)[u]
+                rp[u] = (<const float *>rstd_p)[u]
+            _group_backward_run[float](<const float *>g_p, <const float *>x_p, <float *>gx_p, G, cg,
+                                       hw, U, <const float *>w_p, cp, <const float *>mean_p, rp,
+                                       s1p, s2p, nthreads, stream)
+        else:
+            for u in range(U):
+                cp[u] = (<const double *>mean_p)[u]
+                rp[u] = (<const double *>rstd_p)[u]
+            _group_backward_run[double](<const double *>g_p, <const double *>x_p, <double *>gx_p, G,
+                                        cg, hw, U, <const double *>w_p, cp, <const double *>mean_p,
+                                        rp, s1p, s2p, nthreads, stream)
+        # grad_weight = sum over samples of rstd * s2, grad_bias of s1, added sample after
+        # sample from the first (NumPy's sum over axis 0 of the general path); the products
+        # stored first, as NumPy rounds them, where a compiler could fuse them into the sums
+        for u in range(N * C):
+            s2p[u] = rp[u // cg] * s2p[u]
+        for c in range(C):
+            aw = s2p[c]
+            ab = s1p[c]
+            for r in range(1, N):
+                aw = aw + s2p[r * C + c]
+                ab = ab + s1p[r * C + c]
+            if typenum == cnp.NPY_FLOAT32:
+                if gw_p != NULL:
+                    (<float *>gw_p)[c] = <float>aw
+                if gb_p != NULL:
+                    (<float *>gb_p)[c] = <float>ab
+            else:
+                if gw_p != NULL:
+                    (<double *>gw_p)[c] = aw
+                if gb_p != NULL:
+                    (<double *>gb_p)[c] = ab
+    return gx, gw, gb
 
 
 def batch_norm_backward_fast(object grad_output, object x, object weight, object mean, object rstd,
