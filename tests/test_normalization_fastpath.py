@@ -567,7 +567,7 @@ def test_forward_fast_paths_write_out_directly_or_decline(dtype, rng):
 
 
 GN_CASES = [((2, 6), 3), ((3, 8, 5), 4), ((2, 12, 4, 4), 1), ((2, 12, 4, 4), 12), ((5, 4, 3, 2, 2), 2),
-            ((4, 64, 16, 16), 32)]  # the last crosses the thread grain
+            ((300, 8, 3), 4), ((4, 64, 16, 16), 32)]  # many samples; the last crosses the thread grain
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -660,3 +660,34 @@ def test_group_norm_errors_come_from_the_general_path(call, exc, message, backen
     with pytest.raises(exc, match=message.replace("(", r"\(").replace(")", r"\)")):
         call()
 
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 5), (3, 4, 2, 3), (4, 64, 16, 16)], ids=str)
+@pytest.mark.parametrize("affine", [False, True])
+def test_instance_norm_takes_the_group_norm_fast_path(dtype, shape, affine, backend, num_threads, rng):
+    if backend[0] != "cython":
+        pytest.skip("the fast path exists only on the compiled backend")
+    x = (1 + 2 * rng.standard_normal(shape)).astype(dtype)
+    w, b = _params(rng, shape[1], dtype, affine)
+    fast = fastnorm.instance_norm(x, w, b)
+    assert_identical(fast, fastnorm.instance_norm(_strided_any(x), w, b))
+    assert_identical(fast, fastnorm.group_norm(x, shape[1], w, b))
+    g = rng.standard_normal(shape).astype(dtype)
+    for bias in (None, b):
+        got = fastnorm.instance_norm_backward(g, x, w, fast[1], fast[2], bias=bias)
+        assert_identical(got, fastnorm.instance_norm_backward(_strided_any(g), _strided_any(x), w, fast[1],
+                                                              fast[2], bias=bias))
+
+
+def test_instance_norm_errors_and_running_statistics_still_take_the_general_path(rng):
+    x = rng.standard_normal((2, 3, 1)).astype(np.float32)
+    with pytest.raises(ValueError, match="instance_norm: expected more than 1 spatial element"):
+        fastnorm.instance_norm(x)
+    with pytest.raises(ValueError, match="instance_norm: expected more than 1 spatial element"):
+        fastnorm.instance_norm(x[:, :, 0])
+    x = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    y, mean, rstd = fastnorm.instance_norm(x, running_mean=rm, running_var=rv, momentum=0.5)
+    np.testing.assert_allclose(rm, 0.5 * x.mean(axis=(0, 2)), rtol=1e-5, atol=1e-6)
+    assert_identical((y, mean, rstd), fastnorm.instance_norm(x))
