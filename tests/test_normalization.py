@@ -579,12 +579,13 @@ def _wide_row_calls(shape, dtype, rng):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_rows_same_bits_alone_and_in_a_block(dtype, backend, rng):
     """Layer and RMS norm give a row the same bits whether it is normalized alone or among
-    others, in place or not: the kernel takes a block's first row's sums by themselves and
-    every later row's while it writes the row before (fn_norm_rows_forward), and the two
-    must agree to the bit, for row lengths 1-40 (0-15 elements after whole 16-element
-    pieces).  Row 1 has a large offset and row 3 a NaN."""
-    for k in range(1, 41):
-        x = (rng.standard_normal((5, k)) * 3 + 2).astype(dtype)
+    others, in place or not: the kernel takes the sums of a block's first group of rows by
+    themselves and every later row's while it writes the row one group before
+    (fn_norm_rows_forward), and the two must agree to the bit, for row lengths 1-40 (0-15
+    elements after whole 16-element pieces) and rows long enough for groups of 3, 2 and 1.
+    Row 1 has a large offset and row 3 a NaN."""
+    for k in list(range(1, 41)) + [500, 600, 1000, 1200, 1500]:
+        x = (rng.standard_normal((11, k)) * 3 + 2).astype(dtype)
         x[1] += 1e4
         x[3, k // 2] = np.nan
         w, b = rng.standard_normal(k).astype(dtype), rng.standard_normal(k).astype(dtype)
@@ -594,7 +595,7 @@ def test_rows_same_bits_alone_and_in_a_block(dtype, backend, rng):
             in_place = x.copy()
             call(in_place, out=in_place)
             assert in_place.tobytes() == block[0].tobytes(), k
-            for i in range(5):
+            for i in range(11):
                 alone = call(x[i:i + 1].copy())
                 for a, b_ in zip(alone, block):
                     assert a.tobytes() == b_[i:i + 1].tobytes(), (k, i)

@@ -1,7 +1,8 @@
-"""The C-level fast path of layer/RMS norm (fastnorm._ext.normalization.*_fast): taken
-for plain float32/float64 arrays, bit-identical to the general path (forced here with a
-non-contiguous copy of every array, or out=), declined (None) for anything unusual, and
-every error still raised -- with its message -- by the general path."""
+"""The C-level fast paths of layer/RMS, batch, group and instance norm
+(fastnorm._ext.normalization.*_fast): taken for plain float32/float64 arrays, bit-identical to
+the general path (forced here with a non-contiguous copy of every array, or out=), declined
+(None) for anything unusual, and every error still raised -- with its message -- by the
+general path."""
 import numpy as np
 import pytest
 
@@ -691,3 +692,66 @@ def test_instance_norm_errors_and_running_statistics_still_take_the_general_path
     y, mean, rstd = fastnorm.instance_norm(x, running_mean=rm, running_var=rv, momentum=0.5)
     np.testing.assert_allclose(rm, 0.5 * x.mean(axis=(0, 2)), rtol=1e-5, atol=1e-6)
     assert_identical((y, mean, rstd), fastnorm.instance_norm(x))
+
+
+def test_group_norm_backward_with_one_channel_takes_the_general_path(rng):
+    # With one channel the general path's sums over samples are NumPy's pairwise 1-D sums.
+    x = (1 + rng.standard_normal((300, 1, 4))).astype(np.float64)
+    w, b = rng.standard_normal(1), rng.standard_normal(1)
+    _, mean, rstd = fastnorm.group_norm(x, 1, w, b)
+    g = rng.standard_normal(x.shape)
+    assert ext().group_norm_backward_fast(g, x, 1, w, mean, rstd, False, b, GRAIN) is None
+    assert_identical(fastnorm.group_norm_backward(g, x, 1, w, mean, rstd, bias=b),
+                     fastnorm.group_norm_backward(_strided_any(g), _strided_any(x), 1, w, mean, rstd, bias=b))
+
+
+def test_group_norm_backward_fast_parameter_gradients_as_numpy_sums_them(rng):
+    # A product rstd * s2 that underflows to -0.0 sums to +0.0, as NumPy's sum from +0.0 does;
+    # a float32 sum that overflows warns (NumPy's cast), as the general path's astype does.
+    x = np.tile(np.array([1e4, -1e4, 1e3, -1e3]), (3, 2, 1))
+    g = np.ones_like(x)
+    g[:, :, 2] = -5e-324
+    g[:, :, [0, 1, 3]] = 0.0
+    w, b = np.ones(2), np.zeros(2)
+    _, mean, rstd = fastnorm.group_norm(x, 2, w, b)
+    fast = fastnorm.group_norm_backward(g, x, 2, w, mean, rstd, bias=b)
+    assert_identical(fast, fastnorm.group_norm_backward(_strided_any(g), _strided_any(x), 2, w, mean, rstd,
+                                                        bias=b))
+    assert not np.signbit(fast[1]).any()
+
+    x = rng.standard_normal((2, 4, 2)).astype(np.float32)
+    g = np.full_like(x, 3e38)
+    w, b = np.ones(4, np.float32), np.zeros(4, np.float32)
+    _, mean, rstd = fastnorm.group_norm(x, 2, w, b)
+    with pytest.warns(RuntimeWarning, match="overflow"):
+        assert ext().group_norm_backward_fast(g, x, 2, w, mean, rstd, False, b, GRAIN) is not None
+    with pytest.warns(RuntimeWarning, match="overflow"):
+        fast = fastnorm.group_norm_backward(g, x, 2, w, mean, rstd, bias=b)
+    with pytest.warns(RuntimeWarning, match="overflow"):
+        general = fastnorm.group_norm_backward(_strided_any(g), _strided_any(x), 2, w, mean, rstd, bias=b)
+    assert_identical(fast, general)
+    assert np.isinf(fast[2]).all()
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError):
+        fastnorm.group_norm_backward(g, x, 2, w, mean, rstd, bias=b)
+
+
+def test_group_and_instance_norm_calls_take_the_fast_paths(monkeypatch, backend, rng):
+    if backend[0] != "cython":
+        pytest.skip("the fast path exists only on the compiled backend")
+    taken = []
+    for name in ("group_norm_fast", "group_norm_backward_fast"):
+        original = getattr(ext(), name)
+
+        def counted(*args, _original=original, _name=name):
+            result = _original(*args)
+            taken.append((_name, result is not None))
+            return result
+
+        monkeypatch.setattr(ext(), name, counted)
+    x = rng.standard_normal((2, 4, 3, 3)).astype(np.float32)
+    w, b = np.ones(4, np.float32), np.zeros(4, np.float32)
+    _, mean, rstd = fastnorm.group_norm(x, 2, w, b)
+    fastnorm.group_norm_backward(x, x, 2, w, mean, rstd, bias=b)
+    _, mean, rstd = fastnorm.instance_norm(x, w, b)
+    fastnorm.instance_norm_backward(x, x, w, mean, rstd, bias=b)
+    assert taken == [("group_norm_fast", True), ("group_norm_backward_fast", True)] * 2

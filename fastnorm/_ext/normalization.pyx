@@ -601,32 +601,39 @@ cdef cnp.ndarray _zeroed(int nd, cnp.npy_intp *dims):
 
 cdef object _block_sum(cnp.ndarray partial, int typenum):
     """Column sums of the (nblk, K) float64 block partials, added in block order, as a new
-    (K,) array of typenum (cast from the float64 sum).  The sums go into the first block's
-    row in place: the same bits as a sum from zero, since a partial (itself a sum from
-    +0.0) is never -0.0.  A float32 cast that overflows is left to NumPy, for its warning
-    (or error, under np.errstate) as the general path's astype gives."""
+    (K,) array of typenum (_cast_sums).  The sums go into the first block's row in place: the
+    same bits as a sum from zero, since a partial (itself a sum from +0.0) is never -0.0."""
     cdef Py_ssize_t nblk = cnp.PyArray_DIM(partial, 0), K = cnp.PyArray_DIM(partial, 1), blk, k
     cdef double *first = <double *>cnp.PyArray_DATA(partial)
+    for blk in range(1, nblk):
+        for k in range(K):
+            first[k] += first[blk * K + k]
+    return _cast_sums(partial[0], typenum)
+
+
+cdef object _cast_sums(cnp.ndarray sums, int typenum):
+    """The contiguous float64 (K,) sums as a new array of typenum.  A float32 cast that
+    overflows is left to NumPy, for its warning (or error, under np.errstate) as the general
+    path's astype gives."""
+    cdef Py_ssize_t K = cnp.PyArray_DIM(sums, 0), k
+    cdef double *src = <double *>cnp.PyArray_DATA(sums)
     cdef cnp.npy_intp dim = K
     cdef cnp.ndarray total = cnp.PyArray_EMPTY(1, &dim, typenum, 0)
     cdef double *tp
     cdef float *tf
     cdef bint overflow = False
-    for blk in range(1, nblk):
-        for k in range(K):
-            first[k] += first[blk * K + k]
     if typenum == cnp.NPY_FLOAT64:
         tp = <double *>cnp.PyArray_DATA(total)
         for k in range(K):
-            tp[k] = first[k]
+            tp[k] = src[k]
     else:
         tf = <float *>cnp.PyArray_DATA(total)
         for k in range(K):
-            tf[k] = <float>first[k]
-            if isinf(tf[k]) != 0 and isinf(first[k]) == 0:
+            tf[k] = <float>src[k]
+            if isinf(tf[k]) != 0 and isinf(src[k]) == 0:
                 overflow = True
         if overflow:
-            return partial[0].astype(np.float32)
+            return sums.astype(np.float32)
     return total
 
 
@@ -687,13 +694,14 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] g
 
 
 # ---------------------------------------------------------------------------- fast path
-# Small layer/RMS norm calls are dominated by Python-level validation and temporaries.
-# The common call -- aligned, C-contiguous, native float32/float64 arrays of exactly
-# matching shapes and dtypes, normalized_shape an int (or 1-tuple) equal to the last
-# dimension, eps a finite float >= 0, no out= -- is checked here at C level and run on
-# the same runners as the general path (so results are bit-identical).  Anything else
-# returns None, and fastnorm.normalization takes the general path, which validates
-# everything and produces every error message.
+# Small layer/RMS, batch and group norm calls are dominated by Python-level validation and
+# temporaries.  The common call -- aligned, C-contiguous, native float32/float64 arrays of
+# exactly matching shapes and dtypes, arguments of the exact Python types expected (an int
+# normalized_shape or num_groups, a finite float eps >= 0, bool flags), out= only where the
+# kernel can write into it directly -- is checked here at C level and run on the same
+# runners as the general path, with the same float64 arithmetic around them (so results are
+# bit-identical).  Anything else returns None, and fastnorm.normalization takes the general
+# path, which validates everything and produces every error message.
 
 cdef inline bint _plain_shape(object a, int typenum, int ndim, cnp.npy_intp *dims):
     """a is a plain array of typenum with exactly the shape dims[:ndim]."""
@@ -1126,7 +1134,8 @@ def group_norm_backward_fast(object grad_output, object x, object num_groups, ob
     cdef int nd = cnp.PyArray_NDIM(xa)
     cdef cnp.npy_intp *dims = cnp.PyArray_DIMS(xa)
     cdef cnp.npy_intp N = dims[0], C = dims[1]
-    if type(num_groups) is not int or not 1 <= num_groups <= C or C % num_groups != 0:
+    # (One channel: the general path's sums over samples are NumPy's pairwise 1-D sums.)
+    if type(num_groups) is not int or not 1 <= num_groups <= C or C % num_groups != 0 or C == 1:
         return None
     cdef cnp.npy_intp stat_dims[2]
     stat_dims[0], stat_dims[1] = N, num_groups
@@ -1145,8 +1154,8 @@ def group_norm_backward_fast(object grad_output, object x, object num_groups, ob
     cdef cnp.ndarray s1 = _empty_vector(N * C, cnp.NPY_FLOAT64)
     cdef cnp.ndarray s2 = _empty_vector(N * C, cnp.NPY_FLOAT64)
     cdef bint want_gw = weight is not None, want_gb = bias is not None
-    gw = _empty_vector(C, typenum) if want_gw else None
-    gb = _empty_vector(C, typenum) if want_gb else None
+    cdef cnp.ndarray sum_w = _empty_vector(C, cnp.NPY_FLOAT64)
+    cdef cnp.ndarray sum_b = _empty_vector(C, cnp.NPY_FLOAT64)
     cdef double *cp = <double *>cnp.PyArray_DATA(center)
     cdef double *rp = <double *>cnp.PyArray_DATA(rstd_d)
     cdef double *s1p = <double *>cnp.PyArray_DATA(s1)
@@ -1157,8 +1166,8 @@ def group_norm_backward_fast(object grad_output, object x, object num_groups, ob
     cdef const void *w_p = _data_or_null(weight)
     cdef const void *mean_p = cnp.PyArray_DATA(<cnp.ndarray>mean)
     cdef const void *rstd_p = cnp.PyArray_DATA(<cnp.ndarray>rstd)
-    cdef void *gw_p = _data_or_null(gw)
-    cdef void *gb_p = _data_or_null(gb)
+    cdef double *sw = <double *>cnp.PyArray_DATA(sum_w)
+    cdef double *sb = <double *>cnp.PyArray_DATA(sum_b)
     cdef double aw, ab
     with nogil:
         if typenum == cnp.NPY_FLOAT32:
@@ -1176,27 +1185,20 @@ def group_norm_backward_fast(object grad_output, object x, object num_groups, ob
                                         cg, hw, U, <const double *>w_p, cp, <const double *>mean_p,
                                         rp, s1p, s2p, nthreads, stream)
         # grad_weight = sum over samples of rstd * s2, grad_bias of s1, added sample after
-        # sample from the first (NumPy's sum over axis 0 of the general path); the products
-        # stored first, as NumPy rounds them, where a compiler could fuse them into the sums
+        # sample to +0.0 (NumPy's sum over axis 0 of the general path); the products stored
+        # first, as NumPy rounds them, where a compiler could fuse them into the sums
         for u in range(N * C):
             s2p[u] = rp[u // cg] * s2p[u]
         for c in range(C):
-            aw = s2p[c]
-            ab = s1p[c]
-            for r in range(1, N):
+            aw = 0.0
+            ab = 0.0
+            for r in range(N):
                 aw = aw + s2p[r * C + c]
                 ab = ab + s1p[r * C + c]
-            if typenum == cnp.NPY_FLOAT32:
-                if gw_p != NULL:
-                    (<float *>gw_p)[c] = <float>aw
-                if gb_p != NULL:
-                    (<float *>gb_p)[c] = <float>ab
-            else:
-                if gw_p != NULL:
-                    (<double *>gw_p)[c] = aw
-                if gb_p != NULL:
-                    (<double *>gb_p)[c] = ab
-    return gx, gw, gb
+            sw[c] = aw
+            sb[c] = ab
+    return (gx, _cast_sums(sum_w, typenum) if want_gw else None,
+            _cast_sums(sum_b, typenum) if want_gb else None)
 
 
 def batch_norm_backward_fast(object grad_output, object x, object weight, object mean, object rstd,

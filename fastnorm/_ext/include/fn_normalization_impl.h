@@ -874,11 +874,13 @@ static inline __attribute__((always_inline)) void FN_NAME(rows_by_groups, FN_SUF
 }
 
 /* Layer norm (rms = 0) or RMS norm (rms = 1) of rows [r0, r1) of an (M, K) array; w and b
- * may be NULL; mean is not written for RMS norm.  Rows go by groups (rows_by_groups) as
- * large as leave a row in L1 from its sums to its output pass: the group's rows of x and y
- * and the weight and bias in 32 KiB.  (Groups of 4 against rows one by one, Zen 3, 1
- * thread, interleaved: float32 (32, 768) 1.04-1.05x, (256, 1024) 1.03x, (64, 64) 1.21-1.24x;
- * float64 (64, 64) 1.19x, (64, 256) 1.07x.)  Streamed rows (stream) come from memory, where
+ * may be NULL; mean is not written for RMS norm.  Rows go by groups (rows_by_groups) of up
+ * to 4, and of as many as let the group's rows of x and y and the weight and bias, 2 * group
+ * + 2 rows, fit L1's 32 KiB.  (A row's sums and its output are about 3 * group + 2 rows of
+ * traffic apart, so part of it may come from L2; the measured choice: groups of 4 against
+ * rows one by one, Zen 3, 1 thread, interleaved: float32 (32, 768) 1.04-1.05x, (256, 1024)
+ * 1.03x, (64, 64) 1.21-1.24x; float64 (64, 64) 1.19x, (64, 256) 1.07x; float64 (32, 768) in
+ * groups of 2, its rows 6 KiB, 0.96-0.97x.)  Streamed rows (stream) come from memory, where
  * the sums wait on loads, not on their chains: each row's sums are taken just before its
  * output, which then finds the row in cache. */
 void FN_NAME(fn_norm_rows_forward, FN_SUF)(const T *x, T *y, int64_t K, int64_t r0, int64_t r1,
