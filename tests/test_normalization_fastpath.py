@@ -735,6 +735,23 @@ def test_group_norm_backward_fast_parameter_gradients_as_numpy_sums_them(rng):
         fastnorm.group_norm_backward(g, x, 2, w, mean, rstd, bias=b)
 
 
+def test_batch_norm_backward_fast_float32_parameter_gradient_overflow_warns(rng):
+    x = rng.standard_normal((2, 4, 2)).astype(np.float32)
+    g = np.full_like(x, 3e38)
+    w, b = np.ones(4, np.float32), np.zeros(4, np.float32)
+    _, mean, rstd = fastnorm.batch_norm(x, w, b)
+    with pytest.warns(RuntimeWarning, match="overflow"):
+        assert ext().batch_norm_backward_fast(g, x, w, mean, rstd, True, False, b, GRAIN) is not None
+    with pytest.warns(RuntimeWarning, match="overflow"):
+        fast = fastnorm.batch_norm_backward(g, x, w, mean, rstd, bias=b)
+    with pytest.warns(RuntimeWarning, match="overflow"):
+        general = fastnorm.batch_norm_backward(_strided_any(g), _strided_any(x), w, mean, rstd, bias=b)
+    assert_identical(fast, general)
+    assert np.isinf(fast[2]).all()
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError):
+        fastnorm.batch_norm_backward(g, x, w, mean, rstd, bias=b)
+
+
 def test_group_and_instance_norm_calls_take_the_fast_paths(monkeypatch, backend, rng):
     if backend[0] != "cython":
         pytest.skip("the fast path exists only on the compiled backend")

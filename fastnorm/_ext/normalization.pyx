@@ -1276,7 +1276,7 @@ def batch_norm_backward_fast(object grad_output, object x, object weight, object
                     <const double *>w_p, <const double *>mean_p, mean_dp, rstd_dp, s1_p, s2_p,
                     <double *>k1_p, <double *>k2_p, <double *>k3_p, <double *>gw_p, <double *>gb_p,
                     stream, nthreads)
-        return gx, gw, gb
+        return (gx,) + _bn_param_grads_cast(gw, gb, rstd_d, s1, s2)
     dual_sums(ga.reshape(-1), xa.reshape(-1), 1, A, C, B, mean_d, s1, s2, nthreads)
     if typenum == cnp.NPY_FLOAT32:
         _bn_backward_channels[float](C, n, training is True, <const float *>_data_or_null(weight),
@@ -1292,7 +1292,32 @@ def batch_norm_backward_fast(object grad_output, object x, object weight, object
                                       <double *>_data_or_null(gw), <double *>_data_or_null(gb))
     gx = pooled_empty(nd, dims, typenum, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(ga))
     affine_grad(ga.reshape(-1), xa.reshape(-1), gx.reshape(-1), 1, A, C, B, k1, mean, k2, k3, nthreads)
-    return gx, gw, gb
+    return (gx,) + _bn_param_grads_cast(gw, gb, rstd_d, s1, s2)
+
+
+cdef tuple _bn_param_grads_cast(object gw, object gb, cnp.ndarray rstd_d, cnp.ndarray s1,
+                                cnp.ndarray s2):
+    """Batch norm's parameter gradients as the kernels cast them (rstd * s2 and s1, float64,
+    to x's type), except where a float32 cast overflowed: those again by NumPy's cast, for its
+    warning (or error, under np.errstate) as the general path's astype gives."""
+    cdef Py_ssize_t C = cnp.PyArray_DIM(s1, 0), c
+    cdef double *r = <double *>cnp.PyArray_DATA(rstd_d)
+    cdef double *a = <double *>cnp.PyArray_DATA(s1)
+    cdef double *b = <double *>cnp.PyArray_DATA(s2)
+    cdef float *f
+    if gw is not None and cnp.PyArray_TYPE(<cnp.ndarray>gw) == cnp.NPY_FLOAT32:
+        f = <float *>cnp.PyArray_DATA(<cnp.ndarray>gw)
+        for c in range(C):
+            if isinf(f[c]) != 0 and isinf(r[c] * b[c]) == 0:
+                gw = (rstd_d * s2).astype(np.float32)
+                break
+    if gb is not None and cnp.PyArray_TYPE(<cnp.ndarray>gb) == cnp.NPY_FLOAT32:
+        f = <float *>cnp.PyArray_DATA(<cnp.ndarray>gb)
+        for c in range(C):
+            if isinf(f[c]) != 0 and isinf(a[c]) == 0:
+                gb = s1.astype(np.float32)
+                break
+    return gw, gb
 
 
 cdef void _bn_backward_blocks(const floating *dy, const floating *x, floating *gx, Py_ssize_t A,
