@@ -1233,8 +1233,6 @@ def batch_norm_backward_fast(object grad_output, object x, object weight, object
     cdef cnp.ndarray s1 = _empty_vector(C, cnp.NPY_FLOAT64), s2 = _empty_vector(C, cnp.NPY_FLOAT64)
     cdef cnp.ndarray k1 = _empty_vector(C, typenum), k2 = _empty_vector(C, typenum)
     cdef cnp.ndarray k3 = _empty_vector(C, typenum)
-    cdef cnp.ndarray gw = _empty_vector(C, typenum) if weight is not None else None
-    cdef cnp.ndarray gb = _empty_vector(C, typenum) if bias is not None else None
     cdef cnp.ndarray gx
     cdef int stream
     cdef Py_ssize_t itemsize = cnp.PyArray_ITEMSIZE(xa)
@@ -1251,8 +1249,6 @@ def batch_norm_backward_fast(object grad_output, object x, object weight, object
     cdef void *k1_p
     cdef void *k2_p
     cdef void *k3_p
-    cdef void *gw_p
-    cdef void *gb_p
     cdef bint train = training is True
     if nblk > 0:
         gx = pooled_empty(nd, dims, typenum, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(ga))
@@ -1262,70 +1258,54 @@ def batch_norm_backward_fast(object grad_output, object x, object weight, object
         mean_dp, rstd_dp = <double *>cnp.PyArray_DATA(mean_d), <double *>cnp.PyArray_DATA(rstd_d)
         s1_p, s2_p = <double *>cnp.PyArray_DATA(s1), <double *>cnp.PyArray_DATA(s2)
         k1_p, k2_p, k3_p = cnp.PyArray_DATA(k1), cnp.PyArray_DATA(k2), cnp.PyArray_DATA(k3)
-        gw_p, gb_p = _data_or_null(gw), _data_or_null(gb)
         with nogil:
             if typenum == cnp.NPY_FLOAT32:
                 _bn_backward_blocks[float](
                     <const float *>g_p, <const float *>x_p, <float *>gx_p, A, C, B, nblk, n, train,
                     <const float *>w_p, <const float *>mean_p, mean_dp, rstd_dp, s1_p, s2_p,
-                    <float *>k1_p, <float *>k2_p, <float *>k3_p, <float *>gw_p, <float *>gb_p, stream,
-                    nthreads)
+                    <float *>k1_p, <float *>k2_p, <float *>k3_p, stream, nthreads)
             else:
                 _bn_backward_blocks[double](
                     <const double *>g_p, <const double *>x_p, <double *>gx_p, A, C, B, nblk, n, train,
                     <const double *>w_p, <const double *>mean_p, mean_dp, rstd_dp, s1_p, s2_p,
-                    <double *>k1_p, <double *>k2_p, <double *>k3_p, <double *>gw_p, <double *>gb_p,
-                    stream, nthreads)
-        return (gx,) + _bn_param_grads_cast(gw, gb, rstd_d, s1, s2)
+                    <double *>k1_p, <double *>k2_p, <double *>k3_p, stream, nthreads)
+        return (gx,) + _bn_param_grads(weight is not None, bias is not None, rstd_d, s1, s2, typenum)
     dual_sums(ga.reshape(-1), xa.reshape(-1), 1, A, C, B, mean_d, s1, s2, nthreads)
     if typenum == cnp.NPY_FLOAT32:
         _bn_backward_channels[float](C, n, training is True, <const float *>_data_or_null(weight),
                                      <double *>cnp.PyArray_DATA(rstd_d), <double *>cnp.PyArray_DATA(s1),
                                      <double *>cnp.PyArray_DATA(s2), <float *>cnp.PyArray_DATA(k1),
-                                     <float *>cnp.PyArray_DATA(k2), <float *>cnp.PyArray_DATA(k3),
-                                     <float *>_data_or_null(gw), <float *>_data_or_null(gb))
+                                     <float *>cnp.PyArray_DATA(k2), <float *>cnp.PyArray_DATA(k3))
     else:
         _bn_backward_channels[double](C, n, training is True, <const double *>_data_or_null(weight),
                                       <double *>cnp.PyArray_DATA(rstd_d), <double *>cnp.PyArray_DATA(s1),
                                       <double *>cnp.PyArray_DATA(s2), <double *>cnp.PyArray_DATA(k1),
-                                      <double *>cnp.PyArray_DATA(k2), <double *>cnp.PyArray_DATA(k3),
-                                      <double *>_data_or_null(gw), <double *>_data_or_null(gb))
+                                      <double *>cnp.PyArray_DATA(k2), <double *>cnp.PyArray_DATA(k3))
     gx = pooled_empty(nd, dims, typenum, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(ga))
     affine_grad(ga.reshape(-1), xa.reshape(-1), gx.reshape(-1), 1, A, C, B, k1, mean, k2, k3, nthreads)
-    return (gx,) + _bn_param_grads_cast(gw, gb, rstd_d, s1, s2)
+    return (gx,) + _bn_param_grads(weight is not None, bias is not None, rstd_d, s1, s2, typenum)
 
 
-cdef tuple _bn_param_grads_cast(object gw, object gb, cnp.ndarray rstd_d, cnp.ndarray s1,
-                                cnp.ndarray s2):
-    """Batch norm's parameter gradients as the kernels cast them (rstd * s2 and s1, float64,
-    to x's type), except where a float32 cast overflowed: those again by NumPy's cast, for its
-    warning (or error, under np.errstate) as the general path's astype gives."""
-    cdef Py_ssize_t C = cnp.PyArray_DIM(s1, 0), c
+cdef tuple _bn_param_grads(bint want_gw, bint want_gb, cnp.ndarray rstd_d, cnp.ndarray s1,
+                           cnp.ndarray s2, int typenum):
+    """Batch norm's (grad_weight, grad_bias) from the per-channel float64 sums, as the general
+    path's (rstd * s2).astype and s1.astype give them (_cast_sums; None where not wanted).  s2
+    is overwritten by the products."""
+    cdef Py_ssize_t c
     cdef double *r = <double *>cnp.PyArray_DATA(rstd_d)
-    cdef double *a = <double *>cnp.PyArray_DATA(s1)
     cdef double *b = <double *>cnp.PyArray_DATA(s2)
-    cdef float *f
-    if gw is not None and cnp.PyArray_TYPE(<cnp.ndarray>gw) == cnp.NPY_FLOAT32:
-        f = <float *>cnp.PyArray_DATA(<cnp.ndarray>gw)
-        for c in range(C):
-            if isinf(f[c]) != 0 and isinf(r[c] * b[c]) == 0:
-                gw = (rstd_d * s2).astype(np.float32)
-                break
-    if gb is not None and cnp.PyArray_TYPE(<cnp.ndarray>gb) == cnp.NPY_FLOAT32:
-        f = <float *>cnp.PyArray_DATA(<cnp.ndarray>gb)
-        for c in range(C):
-            if isinf(f[c]) != 0 and isinf(a[c]) == 0:
-                gb = s1.astype(np.float32)
-                break
-    return gw, gb
+    if want_gw:
+        for c in range(cnp.PyArray_DIM(s2, 0)):
+            b[c] = r[c] * b[c]
+    return (_cast_sums(s2, typenum) if want_gw else None,
+            _cast_sums(s1, typenum) if want_gb else None)
 
 
 cdef void _bn_backward_blocks(const floating *dy, const floating *x, floating *gx, Py_ssize_t A,
                               Py_ssize_t C, Py_ssize_t B, Py_ssize_t nblk, Py_ssize_t n, bint training,
                               const floating *w, const floating *mean, const double *mean_d,
                               const double *rstd_d, double *s1, double *s2, floating *k1,
-                              floating *k2, floating *k3, floating *gw, floating *gb, int stream,
-                              int nthreads) noexcept nogil:
+                              floating *k2, floating *k3, int stream, int nthreads) noexcept nogil:
     """Batch norm backward of channels-first (A, C, B) data by nblk blocks of channels (see
     _channel_blocks), each block's sums and then its gradient pass in the same thread; threads
     take whole blocks.  Per channel the same sums in the same order and the same per-element
@@ -1334,19 +1314,18 @@ cdef void _bn_backward_blocks(const floating *dy, const floating *x, floating *g
     if nthreads <= 1:
         for blk in range(nblk):
             _bn_backward_block(dy, x, gx, A, C, B, blk * C // nblk, (blk + 1) * C // nblk, n, training,
-                               w, mean, mean_d, rstd_d, s1, s2, k1, k2, k3, gw, gb, stream)
+                               w, mean, mean_d, rstd_d, s1, s2, k1, k2, k3, stream)
     else:
         for blk in prange(nblk, num_threads=nthreads, schedule="static"):
             _bn_backward_block(dy, x, gx, A, C, B, blk * C // nblk, (blk + 1) * C // nblk, n, training,
-                               w, mean, mean_d, rstd_d, s1, s2, k1, k2, k3, gw, gb, stream)
+                               w, mean, mean_d, rstd_d, s1, s2, k1, k2, k3, stream)
 
 
 cdef void _bn_backward_block(const floating *dy, const floating *x, floating *gx, Py_ssize_t A,
                              Py_ssize_t C, Py_ssize_t B, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t n,
                              bint training, const floating *w, const floating *mean,
                              const double *mean_d, const double *rstd_d, double *s1, double *s2,
-                             floating *k1, floating *k2, floating *k3, floating *gw, floating *gb,
-                             int stream) noexcept nogil:
+                             floating *k1, floating *k2, floating *k3, int stream) noexcept nogil:
     """Channels c0..c1-1 of _bn_backward_blocks."""
     cdef Py_ssize_t a
     cdef const floating *wc = NULL
@@ -1357,8 +1336,7 @@ cdef void _bn_backward_block(const floating *dy, const floating *x, floating *gx
     else:
         _kernels.dual_runs_f64(dy, x, A, C, B, c0, c1, mean_d, s1, s2)
     _bn_backward_channels(c1 - c0, n, training, wc, rstd_d + c0, s1 + c0,
-                          s2 + c0, k1 + c0, k2 + c0, k3 + c0, NULL if gw == NULL else gw + c0,
-                          NULL if gb == NULL else gb + c0)
+                          s2 + c0, k1 + c0, k2 + c0, k3 + c0)
     for a in range(A):
         if floating is float:
             _kernels.affine_grad_f32(dy, x, gx, A, C, B, a * C + c0, a * C + c1, k1, mean, k2, k3, stream)
@@ -1368,8 +1346,7 @@ cdef void _bn_backward_block(const floating *dy, const floating *x, floating *gx
 
 cdef void _bn_backward_channels(Py_ssize_t C, Py_ssize_t n, bint training, const floating *w,
                                 const double *rstd_d, const double *s1, const double *s2,
-                                floating *k1, floating *k2, floating *k3, floating *gw,
-                                floating *gb) noexcept nogil:
+                                floating *k1, floating *k2, floating *k3) noexcept nogil:
     """Per-channel coefficients of batch norm backward in float64, written exactly as the
     NumPy expressions of fastnorm.normalization.batch_norm_backward (same operations,
     same order): gx = dy * k1 + (x - mean) * k2 + k3."""
@@ -1385,7 +1362,3 @@ cdef void _bn_backward_channels(Py_ssize_t C, Py_ssize_t n, bint training, const
         else:
             k2[c] = 0
             k3[c] = 0
-        if gw != NULL:
-            gw[c] = <floating>(r * s2[c])
-        if gb != NULL:
-            gb[c] = <floating>s1[c]
