@@ -1149,8 +1149,8 @@ def group_norm_backward_fast(object grad_output, object x, object num_groups, ob
     cdef Py_ssize_t nbytes = size * cnp.PyArray_ITEMSIZE(xa)
     cdef int stream = streams(nbytes, 3 * nbytes, False)
     cdef cnp.ndarray gx = pooled_empty(nd, dims, typenum, cnp.PyArray_DATA(xa))
-    cdef cnp.ndarray center = _empty_vector(U, cnp.NPY_FLOAT64)
-    cdef cnp.ndarray rstd_d = _empty_vector(U, cnp.NPY_FLOAT64)
+    cdef cnp.ndarray center = cnp.PyArray_Cast(<cnp.ndarray>mean, cnp.NPY_FLOAT64)
+    cdef cnp.ndarray rstd_d = cnp.PyArray_Cast(<cnp.ndarray>rstd, cnp.NPY_FLOAT64)
     cdef cnp.ndarray s1 = _empty_vector(N * C, cnp.NPY_FLOAT64)
     cdef cnp.ndarray s2 = _empty_vector(N * C, cnp.NPY_FLOAT64)
     cdef bint want_gw = weight is not None, want_gb = bias is not None
@@ -1165,22 +1165,15 @@ def group_norm_backward_fast(object grad_output, object x, object num_groups, ob
     cdef void *gx_p = cnp.PyArray_DATA(gx)
     cdef const void *w_p = _data_or_null(weight)
     cdef const void *mean_p = cnp.PyArray_DATA(<cnp.ndarray>mean)
-    cdef const void *rstd_p = cnp.PyArray_DATA(<cnp.ndarray>rstd)
     cdef double *sw = <double *>cnp.PyArray_DATA(sum_w)
     cdef double *sb = <double *>cnp.PyArray_DATA(sum_b)
     cdef double aw, ab
     with nogil:
         if typenum == cnp.NPY_FLOAT32:
-            for u in range(U):
-                cp[u] = (<const float *>mean_p)[u]
-                rp[u] = (<const float *>rstd_p)[u]
             _group_backward_run[float](<const float *>g_p, <const float *>x_p, <float *>gx_p, G, cg,
                                        hw, U, <const float *>w_p, cp, <const float *>mean_p, rp,
                                        s1p, s2p, nthreads, stream)
         else:
-            for u in range(U):
-                cp[u] = (<const double *>mean_p)[u]
-                rp[u] = (<const double *>rstd_p)[u]
             _group_backward_run[double](<const double *>g_p, <const double *>x_p, <double *>gx_p, G,
                                         cg, hw, U, <const double *>w_p, cp, <const double *>mean_p,
                                         rp, s1p, s2p, nthreads, stream)
