@@ -901,10 +901,10 @@ void FN_NAME(fn_norm_rows_forward, FN_SUF)(const T *x, T *y, int64_t K, int64_t 
         fn_stream_fence();
         return;
     }
-    const int64_t vectors = (32 << 10) / (K * (int64_t)sizeof(T));
-    const int64_t group = vectors >= 2 * ROW_GROUP + 2 ? ROW_GROUP
-                          : vectors >= 6                ? (vectors - 2) / 2
-                                                        : 1;
+    const int64_t rows_in_l1 = (32 << 10) / (K * (int64_t)sizeof(T));
+    const int64_t group = rows_in_l1 >= 2 * ROW_GROUP + 2 ? ROW_GROUP
+                          : rows_in_l1 >= 6                ? (rows_in_l1 - 2) / 2
+                                                           : 1;
     if (group == 1)
         FN_NAME(rows_by_groups, FN_SUF)(x, y, K, r0, r1, w, b, eps, rms, mean, rstd, 1);
     else
