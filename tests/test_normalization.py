@@ -601,6 +601,36 @@ def test_rows_same_bits_alone_and_in_a_block(dtype, backend, rng):
                     assert a.tobytes() == b_[i:i + 1].tobytes(), (k, i)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_groups_same_bits_alone_and_in_a_block(dtype, backend, num_threads, rng):
+    """Group and instance norm give a sample the same bits whether it is normalized alone or
+    among others, in place or not: the kernel takes the sums of a range's first units (groups
+    of a sample) by themselves and every later unit's while it writes the unit one group of
+    units before (fn_norm_group_forward), and the two must agree to the bit, for channel runs
+    of 1-40 elements (0-15 after whole 16-element pieces), 1-3 channels per group, and units
+    long enough for groups of units of 2 and 1.  Sample 1 has a large offset and sample 3 a
+    NaN."""
+    for hw in list(range(1, 41)) + [300, 700, 1500]:
+        for cg in (1, 2, 3):
+            x = (rng.standard_normal((11, 2 * cg, hw)) * 3 + 2).astype(dtype)
+            x[1] += 1e4
+            x[3, cg, hw // 2] = np.nan
+            w, b = rng.standard_normal(2 * cg).astype(dtype), rng.standard_normal(2 * cg).astype(dtype)
+            calls = [lambda a, **o: fastnorm.group_norm(a, 2, w, b, **o),
+                     lambda a, **o: fastnorm.group_norm(a, 2, **o)]
+            if hw > 1:
+                calls.append(lambda a, **o: fastnorm.instance_norm(a, w, b, **o))
+            for call in calls:
+                block = call(x)
+                in_place = x.copy()
+                call(in_place, out=in_place)
+                assert in_place.tobytes() == block[0].tobytes(), (hw, cg)
+                for i in range(11):
+                    alone = call(x[i:i + 1].copy())
+                    for a, b_ in zip(alone, block):
+                        assert a.tobytes() == b_[i:i + 1].tobytes(), (hw, cg, i)
+
+
 @pytest.mark.parametrize("path", ["fast", "general"])
 def test_float32_parameter_gradient_overflow_warns(path):
     """A float32 weight/bias gradient beyond float32's range is inf with NumPy's overflow

@@ -395,42 +395,146 @@ void FN_NAME(fn_norm_stats_runs, FN_SUF)(const T *x, int64_t A, int64_t C, int64
     }
 }
 
+/* Group unit xu's output (cg channels of hw elements, channels c0 .. c0 + cg - 1, statistics
+ * mu and rs): y = (x - h) * scale + shift per channel, h = mu rounded to T, scale = rs * w[c]
+ * and shift = fn_affine_shift(mu, h, scale, b[c]) rounded from double exactly as the two-pass
+ * path (statistics, then fn_norm_affine) rounds them, so both give the same bits.  w, b may
+ * be NULL.  With xn (not NULL) the sums of that unit (a later one, cg * hw elements) accumulate
+ * meanwhile, a 16-element piece beside each 16 elements of output, and are stored in *s1, *s2:
+ * the same bits as run_sums(xn, cg * hw, shift, ...) adds to zeros (as row_output does for
+ * layer norm; a unit holds at least as many pieces as its channels hold whole ones). */
+static inline __attribute__((always_inline)) void FN_NAME(unit_output, FN_SUF)(
+    const T *xu, T *yu, int64_t c0, int64_t cg, int64_t hw, double mu, double rs, const T *w,
+    const T *b, const T *xn, double shift, double *s1, double *s2, int stream)
+{
+    const T h = (T)mu;
+    int64_t i = 0;   /* the next piece of xn */
+#ifdef FN_LANES16
+    LANES pa = FN_NAME(lanes_set1, FN_SUF)(0.0), pb = pa;
+#endif
+    for (int64_t j = 0; j < cg; ++j) {
+        const int64_t c = c0 + j;
+        const T sc = w ? (T)(rs * (double)w[c]) : (T)rs;
+        const T t = (T)fn_affine_shift(mu, (double)h, (double)sc, b ? (double)b[c] : 0.0);
+        const T *xr = xu + j * hw;
+        T *yr = yu + j * hw;
+        if (!xn) {
+            AFFINE_RUN(xr, yr, hw, h, sc, t, stream);
+            continue;
+        }
+        int64_t k = 0;
+#ifdef FN_LANES16
+        for (; k + 16 <= hw; k += 16, i += 16) {
+            const LANES d = FN_NAME(lanes_load_centered, FN_SUF)(xn, i, shift);
+            FN_NAME(lanes_add, FN_SUF)(d, d, &pa, &pb);
+#pragma omp simd
+            for (int64_t e = k; e < k + 16; ++e)
+                yr[e] = (xr[e] - h) * sc + t;
+        }
+#endif
+#pragma omp simd
+        for (int64_t e = k; e < hw; ++e)
+            yr[e] = (xr[e] - h) * sc + t;
+    }
+    if (!xn)
+        return;
+    const int64_t L = cg * hw;
+    double sa = 0.0, sb = 0.0;
+#ifdef FN_LANES16
+    for (; i + 16 <= L; i += 16) {
+        const LANES d = FN_NAME(lanes_load_centered, FN_SUF)(xn, i, shift);
+        FN_NAME(lanes_add, FN_SUF)(d, d, &pa, &pb);
+    }
+    sa = FN_NAME(lanes_tree_sum, FN_SUF)(pa);
+    sb = FN_NAME(lanes_tree_sum, FN_SUF)(pb);
+#endif
+    FN_NAME(run_sums_tail, FN_SUF)(xn, i, L, shift, &sa, &sb);
+    *s1 = sa;
+    *s2 = sb;
+}
+
+#define UNIT_GROUP 4   /* most units per group of units_by_groups */
+
+/* Units [u0, u1) of fn_norm_group_forward below (not streamed) by groups of `group` units (at
+ * most UNIT_GROUP), as rows_by_groups does for layer norm: each unit's output is written
+ * while the sums of the unit one group further on accumulate (unit_output), then the
+ * statistics of the whole next group are taken side by side.  Inlined with group a literal
+ * 1 too, so that its sums stay in registers. */
+static inline __attribute__((always_inline)) void FN_NAME(units_by_groups, FN_SUF)(
+    const T *x, T *y, int64_t G, int64_t cg, int64_t hw, int64_t u0, int64_t u1, const T *w,
+    const T *b, double eps, double *mean, double *m2, const int64_t group)
+{
+    const int64_t L = cg * hw;
+    const double n = (double)L;
+    /* The sums of the units of the next group (the first group's: a pass of their own). */
+    double shift[UNIT_GROUP], s1[UNIT_GROUP], s2[UNIT_GROUP];
+    for (int64_t u = u0; u < u1 && u < u0 + group; ++u) {
+        const int64_t j = u - u0;
+        shift[j] = (double)x[u * L];
+        s1[j] = 0.0;
+        s2[j] = 0.0;
+        RUN_SUMS(x + u * L, L, shift[j], &s1[j], &s2[j], NULL);
+    }
+    for (int64_t g = u0; g < u1; g += group) {
+        const int64_t k = u1 - g < group ? u1 - g : group;
+        double mu[UNIT_GROUP] = {0.0}, rs[UNIT_GROUP] = {0.0};   /* zeros: for gcc's warning */
+        for (int64_t j = 0; j < k; ++j) {
+            double q;
+            FINISH_MOMENTS(shift[j], s1[j], s2[j], n, &mu[j], &q);
+            mean[g + j] = mu[j];
+            m2[g + j] = q;
+            rs[j] = 1.0 / sqrt(q / n + eps);
+        }
+        for (int64_t j = 0; j < k; ++j) {
+            const int64_t u = g + j;
+            const T *xn = u + group < u1 ? x + (u + group) * L : NULL;
+            shift[j] = xn ? (double)xn[0] : 0.0;
+            FN_NAME(unit_output, FN_SUF)(x + u * L, y + u * L, (u % G) * cg, cg, hw, mu[j], rs[j],
+                                         w, b, xn, shift[j], &s1[j], &s2[j], 0);
+        }
+    }
+}
+
 /* Group norm of NCHW data (instance norm: cg = 1) in one visit per group: units u in
  * [u0, u1) of the N*G groups, each cg channels of hw contiguous elements.  Statistics as
- * fn_norm_stats_runs (mean and M2 to mean[u], m2[u]), then -- while the group is still
- * in cache -- y = (x - mhi) * scale + shift per channel c = (u % G) * cg + j,
- * scale = rstd * w[c] and shift = fn_affine_shift(mean, mhi, scale, b[c]) rounded from
- * double exactly as the two-pass path (statistics, then fn_norm_affine) rounds them, so
- * both give the same bits.  The input is read from memory once instead of twice, and no
- * per-(sample, channel) coefficient arrays exist.  w, b may be NULL. */
+ * fn_norm_stats_runs (mean and M2 to mean[u], m2[u]), and the output (unit_output) while
+ * the group is still in cache: the input is read from memory once instead of twice, and no
+ * per-(sample, channel) coefficient arrays exist.  w, b may be NULL.  Units go by groups
+ * (units_by_groups) of up to 4, and of as many as let the group's units of x and y fit L1's
+ * 32 KiB twice over.  Streamed units (stream) come from memory, where the sums wait on
+ * loads, not on their chains: each unit's sums are taken just before its output, which then
+ * finds the unit in cache. */
 void FN_NAME(fn_norm_group_forward, FN_SUF)(const T *x, T *y, int64_t G, int64_t cg, int64_t hw,
                                             int64_t u0, int64_t u1, const T *w, const T *b,
                                             double eps, double *mean, double *m2, int stream)
 {
     const int64_t L = cg * hw;
-    const double n = (double)L;
-    for (int64_t u = u0; u < u1; ++u) {
-        const T *xu = x + u * L;
-        T *yu = y + u * L;
-        const double shift = (double)xu[0];
-        double s1 = 0.0, s2 = 0.0;
-        RUN_SUMS(xu, L, shift, &s1, &s2, NULL);
-        double mu, q;
-        FINISH_MOMENTS(shift, s1, s2, n, &mu, &q);
-        mean[u] = mu;
-        m2[u] = q;
-        const double rs = 1.0 / sqrt(q / n + eps);
-        const T h = (T)mu;
-        for (int64_t j = 0; j < cg; ++j) {
-            const int64_t c = (u % G) * cg + j;
-            const T sc = w ? (T)(rs * (double)w[c]) : (T)rs;
-            const T t = (T)fn_affine_shift(mu, (double)h, (double)sc, b ? (double)b[c] : 0.0);
-            AFFINE_RUN(xu + j * hw, yu + j * hw, hw, h, sc, t, stream);
+    if (stream) {
+        const double n = (double)L;
+        for (int64_t u = u0; u < u1; ++u) {
+            const T *xu = x + u * L;
+            const double shift = (double)xu[0];
+            double s1 = 0.0, s2 = 0.0, mu, q;
+            RUN_SUMS(xu, L, shift, &s1, &s2, NULL);
+            FINISH_MOMENTS(shift, s1, s2, n, &mu, &q);
+            mean[u] = mu;
+            m2[u] = q;
+            FN_NAME(unit_output, FN_SUF)(xu, y + u * L, (u % G) * cg, cg, hw, mu,
+                                         1.0 / sqrt(q / n + eps), w, b, NULL, 0.0, NULL, NULL, 1);
         }
-    }
-    if (stream)
         fn_stream_fence();
+        return;
+    }
+    const int64_t units_in_l1 = (32 << 10) / (L * (int64_t)sizeof(T));
+    const int64_t group = units_in_l1 >= 4 * UNIT_GROUP ? UNIT_GROUP
+                          : units_in_l1 >= 8            ? units_in_l1 / 4
+                                                        : 1;
+    if (group == 1)
+        FN_NAME(units_by_groups, FN_SUF)(x, y, G, cg, hw, u0, u1, w, b, eps, mean, m2, 1);
+    else
+        FN_NAME(units_by_groups, FN_SUF)(x, y, G, cg, hw, u0, u1, w, b, eps, mean, m2, group);
 }
+#undef UNIT_GROUP
 
 /* Group norm backward of NCHW data (instance norm: cg = 1), training statistics, in one
  * visit per group u in [u0, u1): per channel c = (u % G) * cg + j the sums
