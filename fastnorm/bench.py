@@ -7,7 +7,9 @@ run, interleaved (A at 1 thread, A at 2, B at 1, B at 2, fastnorm at 1, ..., in 
 that rotates from round to round), and reported as medians and ratios:
 NumPy/fastnorm, torch/fastnorm (allocating and writing into a preallocated output)
 and fastnorm/copy-floor, where the floor is ``np.copyto`` of the same bytes
-measured in the same run.  ``--quick`` runs small shapes for a few seconds (a
+measured in the same run.  A small-shape section (group, instance and batch norm
+on arrays of 64-256 KiB, rows named "small: ...") follows the standard suite and
+has geometric means of its own.  ``--quick`` runs small shapes for a few seconds (a
 smoke test; its numbers mean little).
 """
 import argparse
@@ -45,10 +47,12 @@ def _torch():
 
 
 class Workload:
-    """One benchmark row: ``impls`` maps a peer name to a zero-argument callable."""
+    """One benchmark row: ``impls`` maps a peer name to a zero-argument callable.  ``small``:
+    a row of the small-shape section, reported beside the standard suite but not counted in
+    its geometric means (which stay comparable from run to run)."""
 
-    def __init__(self, name, impls, floor_bytes=0):
-        self.name, self.impls, self.floor_bytes = name, impls, floor_bytes
+    def __init__(self, name, impls, floor_bytes=0, small=False):
+        self.name, self.impls, self.floor_bytes, self.small = name, impls, floor_bytes, small
 
 
 # NumPy formulas a NumPy user would write (forward, backward given (g, saved)).
@@ -156,8 +160,17 @@ QUICK_NORM_SHAPES = {"bn2d": (8, 16, 28, 28), "bn1d": (512, 256), "ln": (1024, 7
                      "ln-small": (32, 768), "gn": (4, 64, 16, 16)}
 
 
-def norm_workloads(shapes, torch):
-    """Batch/layer/group norm forward and backward; NumPy peer = the oracle module."""
+# Small normalization calls, where per-call overhead and each group's chain of divisions count
+# rather than memory: the standard suite's norms are all several MiB, and a group norm
+# slower than PyTorch at (4, 64, 16, 16) went unseen by it (2026-12-02).
+SMALL_NORM_SHAPES = {"gn": (4, 64, 16, 16), "in": (8, 32, 8, 8), "bn2d": (8, 32, 8, 8)}
+
+
+def norm_workloads(shapes, torch, small_shapes=None):
+    """Batch/layer/group norm forward and backward; NumPy peer = the oracle module.  With
+    small_shapes (SMALL_NORM_SHAPES), the small-shape section's rows follow: group, instance
+    and batch norm, float32, PyTorch's instance norm as batch norm over the (1, N*C, H, W)
+    view, which is what torch.nn.functional.instance_norm runs."""
     rng = np.random.default_rng(3)
     aten = torch.ops.aten if torch is not None else None
     T = torch.from_numpy if torch is not None else None
@@ -171,12 +184,11 @@ def norm_workloads(shapes, torch):
         b = rng.standard_normal(c).astype(dtype)
         return x, g, w, b
 
-    def tag(kind, shape, dtype):
-        return f"{kind} {'x'.join(map(str, shape))} {np.dtype(dtype).name}"
+    def tag(kind, shape, dtype, small=False):
+        return f"{'small: ' if small else ''}{kind} {'x'.join(map(str, shape))} {np.dtype(dtype).name}"
 
-    def batch_norm_rows(key, dtype):  # a function per case: closures bind this case's arrays
-        shape = shapes[key]
-        c = shape[1]
+    def batch_norm_rows(shape, dtype, eval_row=False, small=False):  # a function per case:
+        c = shape[1]                                                  # closures bind its arrays
         x, g, w, b = arrays(shape, c, dtype)
         rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
         out = np.empty_like(x)
@@ -198,14 +210,12 @@ def norm_workloads(shapes, torch):
             bwd["torch"] = lambda: aten.native_batch_norm_backward(tg, tx, tw, trm, trv, saved[1], saved[2],
                                                                    True, 1e-5, mask3)
             ev["torch"] = lambda: aten.native_batch_norm(tx, tw, tb, trm, trv, False, 0.1, 1e-5)
-        rows.extend([Workload(f"{tag(name, shape, dtype)} train fwd", fwd, x.nbytes),
-                     Workload(f"{tag(name, shape, dtype)} train bwd", bwd, x.nbytes)])
-        if key == "bn2d":
-            rows.append(Workload(f"{tag(name, shape, dtype)} eval fwd", ev, x.nbytes))
+        rows.extend([Workload(f"{tag(name, shape, dtype, small)} train fwd", fwd, x.nbytes, small),
+                     Workload(f"{tag(name, shape, dtype, small)} train bwd", bwd, x.nbytes, small)])
+        if eval_row:
+            rows.append(Workload(f"{tag(name, shape, dtype, small)} eval fwd", ev, x.nbytes, small))
 
-
-    def layer_norm_rows(key, dtype):
-        shape = shapes[key]
+    def layer_norm_rows(shape, dtype):
         d = shape[-1]
         x, g, w, b = arrays(shape, d, dtype)
         out = np.empty_like(x)
@@ -224,29 +234,56 @@ def norm_workloads(shapes, torch):
         rows.extend([Workload(f"{tag('layer_norm', shape, dtype)} fwd", fwd, x.nbytes),
                      Workload(f"{tag('layer_norm', shape, dtype)} bwd", bwd, x.nbytes)])
 
-    for case in (("bn2d", np.float32), ("bn2d", np.float64), ("bn1d", np.float32)):
-        batch_norm_rows(*case)
-    for case in (("ln", np.float32), ("ln", np.float64), ("ln-small", np.float32)):
-        layer_norm_rows(*case)
+    def group_norm_rows(shape, groups, small=False):
+        n, c = shape[:2]
+        hw = int(np.prod(shape[2:]))
+        x, g, w, b = arrays(shape, c, np.float32)
+        _, mean, rstd = fastnorm.group_norm(x, groups, w, b)
+        out = np.empty_like(x)
+        fwd = {"numpy": lambda: ref.group_norm(x, groups, w, b),
+               "fastnorm": lambda: fastnorm.group_norm(x, groups, w, b),
+               "fastnorm-out": lambda: fastnorm.group_norm(x, groups, w, b, out=out)}
+        bwd = {"numpy": lambda: ref.group_norm_backward(g, x, groups, w, mean, rstd, bias=b),
+               "fastnorm": lambda: fastnorm.group_norm_backward(g, x, groups, w, mean, rstd, bias=b)}
+        if torch is not None:
+            tx, tg, tw, tb = map(T, (x, g, w, b))
+            saved = aten.native_group_norm(tx, tw, tb, n, c, hw, groups, 1e-5)
+            fwd["torch"] = lambda: aten.native_group_norm(tx, tw, tb, n, c, hw, groups, 1e-5)
+            bwd["torch"] = lambda: aten.native_group_norm_backward(tg, tx, saved[1], saved[2], tw, n, c, hw,
+                                                                   groups, mask3)
+        rows.extend([Workload(f"{tag('group_norm', shape, np.float32, small)} G={groups} fwd", fwd, x.nbytes, small),
+                     Workload(f"{tag('group_norm', shape, np.float32, small)} G={groups} bwd", bwd, x.nbytes, small)])
 
-    shape = shapes["gn"]
-    n, c = shape[:2]
-    hw = int(np.prod(shape[2:]))
-    x, g, w, b = arrays(shape, c, np.float32)
-    _, mean, rstd = fastnorm.group_norm(x, 32, w, b)
-    out = np.empty_like(x)
-    fwd = {"numpy": lambda: ref.group_norm(x, 32, w, b),
-           "fastnorm": lambda: fastnorm.group_norm(x, 32, w, b),
-           "fastnorm-out": lambda: fastnorm.group_norm(x, 32, w, b, out=out)}
-    bwd = {"numpy": lambda: ref.group_norm_backward(g, x, 32, w, mean, rstd, bias=b),
-           "fastnorm": lambda: fastnorm.group_norm_backward(g, x, 32, w, mean, rstd, bias=b)}
-    if torch is not None:
-        tx, tg, tw, tb = map(T, (x, g, w, b))
-        saved = aten.native_group_norm(tx, tw, tb, n, c, hw, 32, 1e-5)
-        fwd["torch"] = lambda: aten.native_group_norm(tx, tw, tb, n, c, hw, 32, 1e-5)
-        bwd["torch"] = lambda: aten.native_group_norm_backward(tg, tx, saved[1], saved[2], tw, n, c, hw, 32, mask3)
-    rows += [Workload(f"{tag('group_norm', shape, np.float32)} G=32 fwd", fwd, x.nbytes),
-             Workload(f"{tag('group_norm', shape, np.float32)} G=32 bwd", bwd, x.nbytes)]
+    def instance_norm_rows(shape, small=False):
+        x, g, w, b = arrays(shape, shape[1], np.float32)
+        _, mean, rstd = fastnorm.instance_norm(x, w, b)
+        out = np.empty_like(x)
+        fwd = {"numpy": lambda: ref.instance_norm(x, w, b),
+               "fastnorm": lambda: fastnorm.instance_norm(x, w, b),
+               "fastnorm-out": lambda: fastnorm.instance_norm(x, w, b, out=out)}
+        bwd = {"numpy": lambda: ref.instance_norm_backward(g, x, w, mean, rstd, bias=b),
+               "fastnorm": lambda: fastnorm.instance_norm_backward(g, x, w, mean, rstd, bias=b)}
+        if torch is not None:
+            view = (1, shape[0] * shape[1]) + tuple(shape[2:])
+            tx, tg = T(x).reshape(view), T(g).reshape(view)
+            tw, tb = T(np.tile(w, shape[0])), T(np.tile(b, shape[0]))
+            saved = aten.native_batch_norm(tx, tw, tb, None, None, True, 0.1, 1e-5)
+            fwd["torch"] = lambda: aten.native_batch_norm(tx, tw, tb, None, None, True, 0.1, 1e-5)
+            bwd["torch"] = lambda: aten.native_batch_norm_backward(tg, tx, tw, None, None, saved[1], saved[2],
+                                                                   True, 1e-5, mask3)
+        rows.extend([Workload(f"{tag('instance_norm', shape, np.float32, small)} fwd", fwd, x.nbytes, small),
+                     Workload(f"{tag('instance_norm', shape, np.float32, small)} bwd", bwd, x.nbytes, small)])
+
+    batch_norm_rows(shapes["bn2d"], np.float32, eval_row=True)
+    batch_norm_rows(shapes["bn2d"], np.float64, eval_row=True)
+    batch_norm_rows(shapes["bn1d"], np.float32)
+    for case in ((shapes["ln"], np.float32), (shapes["ln"], np.float64), (shapes["ln-small"], np.float32)):
+        layer_norm_rows(*case)
+    group_norm_rows(shapes["gn"], 32)
+    if small_shapes:
+        group_norm_rows(small_shapes["gn"], 32, small=True)
+        instance_norm_rows(small_shapes["in"], small=True)
+        batch_norm_rows(small_shapes["bn2d"], np.float32, small=True)
     return rows
 
 
@@ -407,7 +444,7 @@ def run(quick=False, threads=(1, 2), names=None, repeats=None, budget_s=None, us
     repeats = repeats or (3 if quick else 15)
     budget_s = budget_s if budget_s is not None else (0.05 if quick else 3.0)
     workloads = (activation_workloads(shapes, torch) + dropout_workloads(shapes, torch)
-                 + norm_workloads(QUICK_NORM_SHAPES if quick else NORM_SHAPES, torch))
+                 + norm_workloads(QUICK_NORM_SHAPES if quick else NORM_SHAPES, torch, SMALL_NORM_SHAPES))
     if names:
         workloads = [w for w in workloads if any(n in w.name for n in names)]
     # Memory does not depend on the thread count: measured once, before the timings.
@@ -430,7 +467,7 @@ def run(quick=False, threads=(1, 2), names=None, repeats=None, budget_s=None, us
             faults = {}
             t = measure(w, repeats, budget_s, threads, set_threads, faults)
             results += [dict({"workload": w.name, "threads": n, "seconds": t[n], "peak_bytes": peaks[w.name],
-                              "input_bytes": w.floor_bytes},
+                              "input_bytes": w.floor_bytes, "small": w.small},
                              **({"minor_faults_per_call": faults[n]} if faults else {}))
                         for n in threads]
     finally:
@@ -523,15 +560,22 @@ def _fmt_alloc(row):
 
 
 def summary(report):
+    """Geometric means per thread count: the standard suite's, and the small-shape section's
+    apart (rows of results written before that section existed count as standard)."""
     lines = []
-    for n in sorted({r["threads"] for r in report["results"]}):
-        rs = [r["seconds"] for r in report["results"] if r["threads"] == n]
-        vs_np = [t["numpy"] / t["fastnorm"] for t in rs if "numpy" in t]
-        vs_torch = [t["torch"] / t["fastnorm"] for t in rs if "torch" in t]
-        line = f"{n} thread(s): NumPy/fastnorm geometric mean {_geomean(vs_np):.2f}x (min {min(vs_np):.2f}x)"
-        if vs_torch:
-            line += f"; torch/fastnorm geometric mean {_geomean(vs_torch):.2f}x (min {min(vs_torch):.2f}x)"
-        lines.append(line)
+    for small in (False, True):
+        for n in sorted({r["threads"] for r in report["results"]}):
+            rs = [r["seconds"] for r in report["results"]
+                  if r["threads"] == n and r.get("small", False) == small]
+            vs_np = [t["numpy"] / t["fastnorm"] for t in rs if "numpy" in t]
+            vs_torch = [t["torch"] / t["fastnorm"] for t in rs if "torch" in t]
+            if not vs_np:
+                continue
+            line = (f"{'small shapes (not in the suite), ' if small else ''}{n} thread(s): "
+                    f"NumPy/fastnorm geometric mean {_geomean(vs_np):.2f}x (min {min(vs_np):.2f}x)")
+            if vs_torch:
+                line += f"; torch/fastnorm geometric mean {_geomean(vs_torch):.2f}x (min {min(vs_torch):.2f}x)"
+            lines.append(line)
     return "\n".join(lines)
 
 

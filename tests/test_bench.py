@@ -206,3 +206,35 @@ def test_copy_floor_buffers_start_where_asked(nbytes):
     src[...] = 1
     np.copyto(dst, src)
     assert (dst == 1).all()
+
+
+def test_summary_keeps_small_shapes_out_of_the_suites_geometric_means():
+    """The small-shape rows get geometric means of their own; the standard suite's are over
+    its own rows only, and rows written before the section existed (no "small" key) count
+    as standard."""
+    def row(threads, numpy, torch, small=None):
+        r = {"workload": "w", "threads": threads,
+             "seconds": {"fastnorm": 1.0, "numpy": numpy, "torch": torch}}
+        if small is not None:
+            r["small"] = small
+        return r
+
+    report = {"results": [row(1, 4.0, 2.0, False), row(1, 16.0, 8.0), row(1, 100.0, 0.5, True),
+                          row(2, 9.0, 3.0)]}
+    lines = bench.summary(report).splitlines()
+    assert lines == [
+        "1 thread(s): NumPy/fastnorm geometric mean 8.00x (min 4.00x); "
+        "torch/fastnorm geometric mean 4.00x (min 2.00x)",
+        "2 thread(s): NumPy/fastnorm geometric mean 9.00x (min 9.00x); "
+        "torch/fastnorm geometric mean 3.00x (min 3.00x)",
+        "small shapes (not in the suite), 1 thread(s): NumPy/fastnorm geometric mean 100.00x "
+        "(min 100.00x); torch/fastnorm geometric mean 0.50x (min 0.50x)"]
+
+
+def test_small_shape_rows_are_marked_in_the_results():
+    """run() marks every small-shape row, and only those, in its JSON rows."""
+    report = bench.run(quick=True, threads=[1], names=["small: group_norm", "layer_norm"],
+                       repeats=1, budget_s=0.0, use_torch=False)
+    marks = {r["workload"]: r["small"] for r in report["results"]}
+    assert marks and any(marks.values()) and not all(marks.values())
+    assert all(small == name.startswith("small: ") for name, small in marks.items())
