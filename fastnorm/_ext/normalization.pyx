@@ -189,6 +189,14 @@ def stats(const floating[::1] x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C, Py_ss
     double.  OUT mean, m2: (P*C,).  A*B must be >= 1."""
     _check(x.shape[0] == P * A * C * B and mean.shape[0] == P * C == m2.shape[0] and A * B >= 1,
            "stats: inconsistent sizes")
+    if P * C > 0:
+        _stats_run(&x[0], P, A, C, B, &mean[0], &m2[0], nthreads)
+
+
+cdef int _stats_run(const floating *x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B,
+                    double *mean, double *m2, int nthreads) except -1:
+    """stats on raw pointers (sizes checked by the caller, P*C and A*B >= 1): what the fast
+    paths call, without typed memoryviews' cost per call."""
     cdef Py_ssize_t U = P * C, t, u0, ch, W, p, blk, nblk, rb, rows, c, j
     cdef int fetch
     cdef const floating *xp
@@ -197,38 +205,36 @@ def stats(const floating[::1] x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C, Py_ss
     cdef double *s1p
     cdef double *s2p
     cdef double n, t1, t2, v
-    if U == 0:
-        return
     if B >= RUN_MIN or A == 1:
         with nogil:
             if nthreads <= 1 or U == 1:
                 if floating is float:
-                    _kernels.stats_runs_f32(&x[0], A, C, B, 0, U, &mean[0], &m2[0])
+                    _kernels.stats_runs_f32(x, A, C, B, 0, U, mean, m2)
                 else:
-                    _kernels.stats_runs_f64(&x[0], A, C, B, 0, U, &mean[0], &m2[0])
+                    _kernels.stats_runs_f64(x, A, C, B, 0, U, mean, m2)
             else:
                 ch = _share(U, nthreads)
                 for t in prange(nthreads, num_threads=nthreads, schedule="static"):
                     u0 = t * ch
                     if u0 < U:
                         if floating is float:
-                            _kernels.stats_runs_f32(&x[0], A, C, B, u0, min(u0 + ch, U), &mean[0], &m2[0])
+                            _kernels.stats_runs_f32(x, A, C, B, u0, min(u0 + ch, U), mean, m2)
                         else:
-                            _kernels.stats_runs_f64(&x[0], A, C, B, u0, min(u0 + ch, U), &mean[0], &m2[0])
-        return
+                            _kernels.stats_runs_f64(x, A, C, B, u0, min(u0 + ch, U), mean, m2)
+        return 0
     # Short runs: column sums over fixed row blocks, every column of a channel shifted
     # by the channel's first element so the columns' sums can simply be added.
     W = C * B
     rb = _row_block(A, 64)
     nblk = (A + rb - 1) // rb
-    fetch = _cols_fetch(x.shape[0] * <Py_ssize_t>sizeof(floating))
+    fetch = _cols_fetch(P * A * W * <Py_ssize_t>sizeof(floating))
     keep = _scratch(W + 2 * nblk * W)
     shift_p = <double *>cnp.PyArray_DATA(keep)
     s1p = shift_p + W
     s2p = s1p + nblk * W
     n = <double>(A * B)
     for p in range(P):
-        xp = &x[p * A * W]
+        xp = x + p * A * W
         for c in range(C):
             for j in range(B):
                 shift_p[c * B + j] = <double>xp[c * B]
@@ -254,6 +260,7 @@ def stats(const floating[::1] x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C, Py_ss
             mean[p * C + c] = shift_p[c * B] + t1 / n
             v = t2 - t1 * (t1 / n)
             m2[p * C + c] = 0.0 if v < 0 else v  # NaN stays NaN
+    return 0
 
 
 cdef cnp.ndarray _scratch(Py_ssize_t count):
@@ -283,6 +290,19 @@ def dual_sums(const floating[::1] dy, const floating[::1] x, Py_ssize_t P, Py_ss
     OUT s1_out, s2_out: (P*C,)."""
     _check(x.shape[0] == P * A * C * B == dy.shape[0] and center.shape[0] == P * C
            and s1_out.shape[0] == P * C == s2_out.shape[0], "dual_sums: inconsistent sizes")
+    if P * C == 0:
+        return
+    if A * B == 0:
+        np.asarray(s1_out)[:] = 0
+        np.asarray(s2_out)[:] = 0
+        return
+    _dual_sums_run(&dy[0], &x[0], P, A, C, B, &center[0], &s1_out[0], &s2_out[0], nthreads)
+
+
+cdef int _dual_sums_run(const floating *dy, const floating *x, Py_ssize_t P, Py_ssize_t A,
+                        Py_ssize_t C, Py_ssize_t B, const double *center, double *s1_out,
+                        double *s2_out, int nthreads) except -1:
+    """dual_sums on raw pointers (sizes checked by the caller, P*C and A*B >= 1)."""
     cdef Py_ssize_t U = P * C, t, u0, ch, W, p, blk, nblk, rb, rows, c, j
     cdef int fetch
     cdef const floating *xp
@@ -291,33 +311,29 @@ def dual_sums(const floating[::1] dy, const floating[::1] x, Py_ssize_t P, Py_ss
     cdef double *cen_p
     cdef double *s1p
     cdef double *s2p
-    if U == 0 or A * B == 0:
-        np.asarray(s1_out)[:] = 0
-        np.asarray(s2_out)[:] = 0
-        return
     if B >= RUN_MIN or A == 1:
         with nogil:
             if nthreads <= 1 or U == 1:
                 if floating is float:
-                    _kernels.dual_runs_f32(&dy[0], &x[0], A, C, B, 0, U, &center[0], &s1_out[0], &s2_out[0])
+                    _kernels.dual_runs_f32(dy, x, A, C, B, 0, U, center, s1_out, s2_out)
                 else:
-                    _kernels.dual_runs_f64(&dy[0], &x[0], A, C, B, 0, U, &center[0], &s1_out[0], &s2_out[0])
+                    _kernels.dual_runs_f64(dy, x, A, C, B, 0, U, center, s1_out, s2_out)
             else:
                 ch = _share(U, nthreads)
                 for t in prange(nthreads, num_threads=nthreads, schedule="static"):
                     u0 = t * ch
                     if u0 < U:
                         if floating is float:
-                            _kernels.dual_runs_f32(&dy[0], &x[0], A, C, B, u0, min(u0 + ch, U), &center[0],
-                                           &s1_out[0], &s2_out[0])
+                            _kernels.dual_runs_f32(dy, x, A, C, B, u0, min(u0 + ch, U), center,
+                                           s1_out, s2_out)
                         else:
-                            _kernels.dual_runs_f64(&dy[0], &x[0], A, C, B, u0, min(u0 + ch, U), &center[0],
-                                           &s1_out[0], &s2_out[0])
-        return
+                            _kernels.dual_runs_f64(dy, x, A, C, B, u0, min(u0 + ch, U), center,
+                                           s1_out, s2_out)
+        return 0
     W = C * B
     rb = _row_block(A, 64)
     nblk = (A + rb - 1) // rb
-    fetch = _cols_fetch(x.shape[0] * <Py_ssize_t>sizeof(floating))
+    fetch = _cols_fetch(P * A * W * <Py_ssize_t>sizeof(floating))
     keep = _scratch(W + 2 * nblk * W)
     cen_p = <double *>cnp.PyArray_DATA(keep)
     s1p = cen_p + W
@@ -327,8 +343,8 @@ def dual_sums(const floating[::1] dy, const floating[::1] x, Py_ssize_t P, Py_ss
             for j in range(B):
                 cen_p[c * B + j] = center[p * C + c]
         memset(s1p, 0, 2 * nblk * W * sizeof(double))
-        xp = &x[p * A * W]
-        gp = &dy[p * A * W]
+        xp = x + p * A * W
+        gp = dy + p * A * W
         with nogil:
             if nthreads <= 1 or nblk == 1:
                 for blk in range(nblk):
@@ -347,6 +363,7 @@ def dual_sums(const floating[::1] dy, const floating[::1] x, Py_ssize_t P, Py_ss
         for c in range(C):
             s1_out[p * C + c] = _channel_total(s1p, nblk, W, c * B, B)
             s2_out[p * C + c] = _channel_total(s2p, nblk, W, c * B, B)
+    return 0
 
 
 def affine(const floating[::1] x, floating[::1] y, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C,
@@ -358,28 +375,35 @@ def affine(const floating[::1] x, floating[::1] y, Py_ssize_t P, Py_ssize_t A, P
     out= (for the streaming-store rule, _pool.streams)."""
     _check(x.shape[0] == P * A * C * B == y.shape[0] and mhi.shape[0] == P * C
            and scale.shape[0] == P * C == shift.shape[0], "affine: inconsistent sizes")
-    cdef Py_ssize_t R = P * A * C, t, u0, ch
     cdef Py_ssize_t nbytes = x.shape[0] * sizeof(floating)
     cdef int stream = streams(nbytes, 2 * nbytes, callers_out)
     if x.shape[0] == 0:
         return
     with nogil:
-        if nthreads <= 1:
-            if floating is float:
-                _kernels.affine_f32(&x[0], &y[0], A, C, B, 0, R, &mhi[0], &scale[0], &shift[0], stream)
-            else:
-                _kernels.affine_f64(&x[0], &y[0], A, C, B, 0, R, &mhi[0], &scale[0], &shift[0], stream)
+        _affine_run(&x[0], &y[0], P, A, C, B, &mhi[0], &scale[0], &shift[0], nthreads, stream)
+
+
+cdef void _affine_run(const floating *x, floating *y, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C,
+                      Py_ssize_t B, const floating *mhi, const floating *scale,
+                      const floating *shift, int nthreads, int stream) noexcept nogil:
+    """affine on raw pointers (x not empty)."""
+    cdef Py_ssize_t R = P * A * C, t, u0, ch
+    if nthreads <= 1:
+        if floating is float:
+            _kernels.affine_f32(x, y, A, C, B, 0, R, mhi, scale, shift, stream)
         else:
-            ch = _share(R, nthreads)
-            if B == 1:
-                ch = (ch + 15) & ~(<Py_ssize_t>15)  # keep threads off each other's cache lines
-            for t in prange(nthreads, num_threads=nthreads, schedule="static"):
-                u0 = t * ch
-                if u0 < R:
-                    if floating is float:
-                        _kernels.affine_f32(&x[0], &y[0], A, C, B, u0, min(u0 + ch, R), &mhi[0], &scale[0], &shift[0], stream)
-                    else:
-                        _kernels.affine_f64(&x[0], &y[0], A, C, B, u0, min(u0 + ch, R), &mhi[0], &scale[0], &shift[0], stream)
+            _kernels.affine_f64(x, y, A, C, B, 0, R, mhi, scale, shift, stream)
+    else:
+        ch = _share(R, nthreads)
+        if B == 1:
+            ch = (ch + 15) & ~(<Py_ssize_t>15)  # keep threads off each other's cache lines
+        for t in prange(nthreads, num_threads=nthreads, schedule="static"):
+            u0 = t * ch
+            if u0 < R:
+                if floating is float:
+                    _kernels.affine_f32(x, y, A, C, B, u0, min(u0 + ch, R), mhi, scale, shift, stream)
+                else:
+                    _kernels.affine_f64(x, y, A, C, B, u0, min(u0 + ch, R), mhi, scale, shift, stream)
 
 
 def group_forward(const floating[::1] x, floating[::1] y, Py_ssize_t G, Py_ssize_t cg,
@@ -486,28 +510,37 @@ def affine_grad(const floating[::1] dy, const floating[::1] x, floating[::1] gx,
     """gx = dy * k1 + (x - mhi) * k2 + k3, parameters per (p, c) of (P, A, C, B)."""
     _check(x.shape[0] == P * A * C * B == dy.shape[0] == gx.shape[0] and k1.shape[0] == P * C
            and mhi.shape[0] == P * C == k2.shape[0] == k3.shape[0], "affine_grad: inconsistent sizes")
-    cdef Py_ssize_t R = P * A * C, t, u0, ch
     cdef Py_ssize_t nbytes = x.shape[0] * sizeof(floating)
     cdef int stream = streams(nbytes, 3 * nbytes, False)
     if x.shape[0] == 0:
         return
     with nogil:
-        if nthreads <= 1:
-            if floating is float:
-                _kernels.affine_grad_f32(&dy[0], &x[0], &gx[0], A, C, B, 0, R, &k1[0], &mhi[0], &k2[0], &k3[0], stream)
-            else:
-                _kernels.affine_grad_f64(&dy[0], &x[0], &gx[0], A, C, B, 0, R, &k1[0], &mhi[0], &k2[0], &k3[0], stream)
+        _affine_grad_run(&dy[0], &x[0], &gx[0], P, A, C, B, &k1[0], &mhi[0], &k2[0], &k3[0],
+                         nthreads, stream)
+
+
+cdef void _affine_grad_run(const floating *dy, const floating *x, floating *gx, Py_ssize_t P,
+                           Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, const floating *k1,
+                           const floating *mhi, const floating *k2, const floating *k3,
+                           int nthreads, int stream) noexcept nogil:
+    """affine_grad on raw pointers (x not empty)."""
+    cdef Py_ssize_t R = P * A * C, t, u0, ch
+    if nthreads <= 1:
+        if floating is float:
+            _kernels.affine_grad_f32(dy, x, gx, A, C, B, 0, R, k1, mhi, k2, k3, stream)
         else:
-            ch = _share(R, nthreads)
-            if B == 1:
-                ch = (ch + 15) & ~(<Py_ssize_t>15)
-            for t in prange(nthreads, num_threads=nthreads, schedule="static"):
-                u0 = t * ch
-                if u0 < R:
-                    if floating is float:
-                        _kernels.affine_grad_f32(&dy[0], &x[0], &gx[0], A, C, B, u0, min(u0 + ch, R), &k1[0], &mhi[0], &k2[0], &k3[0], stream)
-                    else:
-                        _kernels.affine_grad_f64(&dy[0], &x[0], &gx[0], A, C, B, u0, min(u0 + ch, R), &k1[0], &mhi[0], &k2[0], &k3[0], stream)
+            _kernels.affine_grad_f64(dy, x, gx, A, C, B, 0, R, k1, mhi, k2, k3, stream)
+    else:
+        ch = _share(R, nthreads)
+        if B == 1:
+            ch = (ch + 15) & ~(<Py_ssize_t>15)
+        for t in prange(nthreads, num_threads=nthreads, schedule="static"):
+            u0 = t * ch
+            if u0 < R:
+                if floating is float:
+                    _kernels.affine_grad_f32(dy, x, gx, A, C, B, u0, min(u0 + ch, R), k1, mhi, k2, k3, stream)
+                else:
+                    _kernels.affine_grad_f64(dy, x, gx, A, C, B, u0, min(u0 + ch, R), k1, mhi, k2, k3, stream)
 
 
 cdef void _rows_forward_run(const floating *x, floating *y, Py_ssize_t M, Py_ssize_t K,
@@ -961,8 +994,14 @@ def batch_norm_fast(object x, object weight, object bias, object running_mean, o
                     <double *>mean_p, <double *>rstd_p, <double *>mhi_p, <double *>scale_p,
                     <double *>shift_p, stream, nthreads)
         return y, mean_c, rstd
+    # Raw pointers straight to the runners (stats, affine without their typed memoryviews:
+    # about 2 us per call each, against a kernel of a few us for small arrays).
+    x_p, y_p = cnp.PyArray_DATA(xa), cnp.PyArray_DATA(y)
     if training is True:
-        stats(xa.reshape(-1), 1, A, C, B, mean_d, m2, nthreads)
+        if typenum == cnp.NPY_FLOAT32:
+            _stats_run[float](<const float *>x_p, 1, A, C, B, mp, m2p, nthreads)
+        else:
+            _stats_run[double](<const double *>x_p, 1, A, C, B, mp, m2p, nthreads)
     if typenum == cnp.NPY_FLOAT32:
         _bn_channels[float](C, n, training is True, running, f, eps_d, mp, m2p,
                             <float *>_data_or_null(running_mean), <float *>_data_or_null(running_var),
@@ -977,7 +1016,15 @@ def batch_norm_fast(object x, object weight, object bias, object running_mean, o
                              <double *>cnp.PyArray_DATA(mean_c), <double *>cnp.PyArray_DATA(rstd),
                              <double *>cnp.PyArray_DATA(mhi), <double *>cnp.PyArray_DATA(scale),
                              <double *>cnp.PyArray_DATA(shift))
-    affine(xa.reshape(-1), y.reshape(-1), 1, A, C, B, mhi, scale, shift, nthreads, out is not None)
+    stream = streams(size * itemsize, 2 * size * itemsize, out is not None)
+    mhi_p, scale_p, shift_p = cnp.PyArray_DATA(mhi), cnp.PyArray_DATA(scale), cnp.PyArray_DATA(shift)
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            _affine_run[float](<const float *>x_p, <float *>y_p, 1, A, C, B, <const float *>mhi_p,
+                               <const float *>scale_p, <const float *>shift_p, nthreads, stream)
+        else:
+            _affine_run[double](<const double *>x_p, <double *>y_p, 1, A, C, B, <const double *>mhi_p,
+                                <const double *>scale_p, <const double *>shift_p, nthreads, stream)
     return y, mean_c, rstd
 
 
@@ -1263,7 +1310,13 @@ def batch_norm_backward_fast(object grad_output, object x, object weight, object
                     <const double *>w_p, <const double *>mean_p, mean_dp, rstd_dp, s1_p, s2_p,
                     <double *>k1_p, <double *>k2_p, <double *>k3_p, stream, nthreads)
         return (gx,) + _bn_param_grads(weight is not None, bias is not None, rstd_d, s1, s2, typenum)
-    dual_sums(ga.reshape(-1), xa.reshape(-1), 1, A, C, B, mean_d, s1, s2, nthreads)
+    # Raw pointers straight to the runners, as batch_norm_fast does.
+    g_p, x_p = cnp.PyArray_DATA(ga), cnp.PyArray_DATA(xa)
+    mean_dp, s1_p, s2_p = <double *>cnp.PyArray_DATA(mean_d), <double *>cnp.PyArray_DATA(s1), <double *>cnp.PyArray_DATA(s2)
+    if typenum == cnp.NPY_FLOAT32:
+        _dual_sums_run[float](<const float *>g_p, <const float *>x_p, 1, A, C, B, mean_dp, s1_p, s2_p, nthreads)
+    else:
+        _dual_sums_run[double](<const double *>g_p, <const double *>x_p, 1, A, C, B, mean_dp, s1_p, s2_p, nthreads)
     if typenum == cnp.NPY_FLOAT32:
         _bn_backward_channels[float](C, n, training is True, <const float *>_data_or_null(weight),
                                      <double *>cnp.PyArray_DATA(rstd_d), <double *>cnp.PyArray_DATA(s1),
@@ -1274,8 +1327,19 @@ def batch_norm_backward_fast(object grad_output, object x, object weight, object
                                       <double *>cnp.PyArray_DATA(rstd_d), <double *>cnp.PyArray_DATA(s1),
                                       <double *>cnp.PyArray_DATA(s2), <double *>cnp.PyArray_DATA(k1),
                                       <double *>cnp.PyArray_DATA(k2), <double *>cnp.PyArray_DATA(k3))
-    gx = pooled_empty(nd, dims, typenum, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(ga))
-    affine_grad(ga.reshape(-1), xa.reshape(-1), gx.reshape(-1), 1, A, C, B, k1, mean, k2, k3, nthreads)
+    gx = pooled_empty(nd, dims, typenum, x_p, g_p)
+    stream = streams(size * itemsize, 3 * size * itemsize, False)
+    gx_p, mean_p = cnp.PyArray_DATA(gx), cnp.PyArray_DATA(<cnp.ndarray>mean)
+    k1_p, k2_p, k3_p = cnp.PyArray_DATA(k1), cnp.PyArray_DATA(k2), cnp.PyArray_DATA(k3)
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            _affine_grad_run[float](<const float *>g_p, <const float *>x_p, <float *>gx_p, 1, A, C, B,
+                                    <const float *>k1_p, <const float *>mean_p, <const float *>k2_p,
+                                    <const float *>k3_p, nthreads, stream)
+        else:
+            _affine_grad_run[double](<const double *>g_p, <const double *>x_p, <double *>gx_p, 1, A, C, B,
+                                     <const double *>k1_p, <const double *>mean_p, <const double *>k2_p,
+                                     <const double *>k3_p, nthreads, stream)
     return (gx,) + _bn_param_grads(weight is not None, bias is not None, rstd_d, s1, s2, typenum)
 
 
