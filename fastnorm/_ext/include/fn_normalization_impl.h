@@ -268,9 +268,11 @@ static inline FN_LANES_INLINE void FN_NAME(run_dual, FN_SUF)(const T *dy, const 
 #ifdef FN_LANES16
     LANES a = FN_NAME(lanes_set1, FN_SUF)(0.0), b = a;
     for (; i + 16 <= n; i += 16) {
-        const LANES h = FN_NAME(lanes_load, FN_SUF)(dy, i);
-        const LANES d = FN_NAME(lanes_load_centered, FN_SUF)(x, i, center);
-        FN_NAME(lanes_add, FN_SUF)(h, d, &a, &b);
+        for (int q = 0; q < LANE_VECS; ++q) {
+            const VPD h = FN_NAME(vpd_load, FN_SUF)(dy + i + q * LANE_W);
+            const VPD d = VPD_SUB(FN_NAME(vpd_load, FN_SUF)(x + i + q * LANE_W), VPD_SET1(center));
+            FN_NAME(vpd_add, FN_SUF)(h, d, &a.v[q], &b.v[q]);
+        }
         if (next) {
             fn_prefetch_lines_l2(dy + next + i, 16 * (int64_t)sizeof(T));
             fn_prefetch_lines_l2(x + next + i, 16 * (int64_t)sizeof(T));
