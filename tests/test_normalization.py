@@ -609,7 +609,8 @@ def test_groups_same_bits_alone_and_in_a_block(dtype, backend, num_threads, rng)
     units before (fn_norm_group_forward), and the two must agree to the bit, for channel runs
     of 1-40 elements (0-15 after whole 16-element pieces), 1-3 channels per group, and units
     long enough for groups of units of 2 and 1.  Sample 1 has a large offset and sample 3 a
-    NaN."""
+    NaN.  The same for group norm backward's grad_x (its weighted channel sums once differed
+    in the last bit from one place in the batch to another)."""
     for hw in list(range(1, 41)) + [300, 700, 1500]:
         for cg in (1, 2, 3):
             x = (rng.standard_normal((11, 2 * cg, hw)) * 3 + 2).astype(dtype)
@@ -629,6 +630,13 @@ def test_groups_same_bits_alone_and_in_a_block(dtype, backend, num_threads, rng)
                     alone = call(x[i:i + 1].copy())
                     for a, b_ in zip(alone, block):
                         assert a.tobytes() == b_[i:i + 1].tobytes(), (hw, cg, i)
+            g = rng.standard_normal(x.shape).astype(dtype)
+            _, mean, rstd = fastnorm.group_norm(x, 2, w, b)
+            grad_x = fastnorm.group_norm_backward(g, x, 2, w, mean, rstd, bias=b)[0]
+            for i in range(11):
+                alone = fastnorm.group_norm_backward(g[i:i + 1].copy(), x[i:i + 1].copy(), 2, w,
+                                                     mean[i:i + 1].copy(), rstd[i:i + 1].copy(), bias=b)[0]
+                assert alone.tobytes() == grad_x[i:i + 1].tobytes(), ("backward", hw, cg, i)
 
 
 @pytest.mark.parametrize("path", ["fast", "general"])
