@@ -27,3 +27,14 @@ def test_readme_example_runs(code, tmp_path, monkeypatch):
     # Running without an exception is the test; the examples use the installed fastnorm.
     modules = [v for v in namespace.values() if isinstance(v, types.ModuleType)]
     assert any(m is fastnorm or m.__name__.startswith("fastnorm.") for m in modules)
+
+
+def test_readme_has_each_section_once():
+    """Every top-level section appears once: a botched edit once pasted a second copy of the
+    whole README into itself (every section twice, 3793 lines)."""
+    if not os.path.exists(README):
+        pytest.skip("README.md is not beside the tests (installed package)")
+    with open(README) as f:
+        headings = [line.rstrip() for line in f if line.startswith(("# ", "## "))]
+    assert headings and len(headings) == len(set(headings)), sorted(
+        h for h in set(headings) if headings.count(h) > 1)
