@@ -170,7 +170,8 @@ def norm_workloads(shapes, torch, small_shapes=None):
     """Batch/layer/group norm forward and backward; NumPy peer = the oracle module.  With
     small_shapes (SMALL_NORM_SHAPES), the small-shape section's rows follow: group, instance
     and batch norm, float32, PyTorch's instance norm as batch norm over the (1, N*C, H, W)
-    view, which is what torch.nn.functional.instance_norm runs."""
+    view, which is what torch.nn.functional.instance_norm runs (its weight and bias repeated
+    per sample once, outside the timing, where the functional repeats them per call)."""
     rng = np.random.default_rng(3)
     aten = torch.ops.aten if torch is not None else None
     T = torch.from_numpy if torch is not None else None

@@ -609,8 +609,10 @@ def test_groups_same_bits_alone_and_in_a_block(dtype, backend, num_threads, rng)
     units before (fn_norm_group_forward), and the two must agree to the bit, for channel runs
     of 1-40 elements (0-15 after whole 16-element pieces), 1-3 channels per group, and units
     long enough for groups of units of 2 and 1.  Sample 1 has a large offset and sample 3 a
-    NaN.  The same for group norm backward's grad_x (its weighted channel sums once differed
-    in the last bit from one place in the batch to another)."""
+    NaN.  The kernel called directly with 2 and 3 threads (ranges that start inside a group
+    of units) gives the bits of 1 thread.  The same for group norm backward's grad_x (a fused
+    backward tried and not kept had let gcc round its weighted channel sums differently from
+    one place in the batch to another)."""
     for hw in list(range(1, 41)) + [300, 700, 1500]:
         for cg in (1, 2, 3):
             x = (rng.standard_normal((11, 2 * cg, hw)) * 3 + 2).astype(dtype)
@@ -630,6 +632,15 @@ def test_groups_same_bits_alone_and_in_a_block(dtype, backend, num_threads, rng)
                     alone = call(x[i:i + 1].copy())
                     for a, b_ in zip(alone, block):
                         assert a.tobytes() == b_[i:i + 1].tobytes(), (hw, cg, i)
+            if backend[0] != "numpy":
+                ext = fastnorm._config._modules["normalization"]
+                results = []
+                for threads in (1, 2, 3):
+                    y, mean_d, m2 = np.empty_like(x), np.empty(22), np.empty(22)
+                    ext.group_forward(x.reshape(-1), y.reshape(-1), 2, cg, hw, w, b, 1e-5, mean_d, m2,
+                                      threads)
+                    results.append(y.tobytes() + mean_d.tobytes() + m2.tobytes())
+                assert results[1] == results[0] and results[2] == results[0], (hw, cg)
             g = rng.standard_normal(x.shape).astype(dtype)
             _, mean, rstd = fastnorm.group_norm(x, 2, w, b)
             grad_x = fastnorm.group_norm_backward(g, x, 2, w, mean, rstd, bias=b)[0]

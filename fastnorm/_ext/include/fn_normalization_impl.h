@@ -270,8 +270,8 @@ static inline FN_LANES_INLINE void FN_NAME(run_dual, FN_SUF)(const T *dy, const 
     for (; i + 16 <= n; i += 16) {
         /* Lane vector by lane vector, each loaded, centered and added before the next one's
          * loads: with all of dy's and then all of x's loaded first, gcc kept two of the eight
-         * accumulators on the stack in fn_norm_group_backward (a store-to-load round trip in
-         * every step; its backward 1.06-1.21x faster without). */
+         * AVX2 accumulators on the stack in fn_norm_group_backward (a store-to-load round trip
+         * in every step; its backward 1.06-1.21x faster without). */
         for (int q = 0; q < LANE_VECS; ++q) {
             const VPD h = FN_NAME(vpd_load, FN_SUF)(dy + i + q * LANE_W);
             const VPD d = VPD_SUB(FN_NAME(vpd_load, FN_SUF)(x + i + q * LANE_W), VPD_SET1(center));
@@ -315,10 +315,11 @@ static inline void FN_NAME(finish_moments, FN_SUF)(double shift, double s1, doub
  * gx = dy * a1 + (x - h) * a2 + a3 (backward); shared by the two-pass kernels and the
  * one-pass group kernels, which must give the same bits.  stream: non-temporal stores
  * (fn_stream.h), the same values. */
+#define AFFINE_Y(xv, h, s, t) (((xv) - (h)) * (s) + (t))   /* also unit_output's, same bits */
 static inline void FN_NAME(affine_run, FN_SUF)(const T *x, T *y, int64_t n, T h, T s, T t,
                                                int stream)
 {
-    FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, y, n, i, (x[i] - h) * s + t);
+    FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, y, n, i, AFFINE_Y(x[i], h, s, t));
 }
 
 static inline void FN_NAME(affine_grad_run, FN_SUF)(const T *dy, const T *x, T *gx, int64_t n,
@@ -435,12 +436,12 @@ static inline __attribute__((always_inline)) void FN_NAME(unit_output, FN_SUF)(
             FN_NAME(lanes_add, FN_SUF)(d, d, &pa, &pb);
 #pragma omp simd
             for (int64_t e = k; e < k + 16; ++e)
-                yr[e] = (xr[e] - h) * sc + t;
+                yr[e] = AFFINE_Y(xr[e], h, sc, t);
         }
 #endif
 #pragma omp simd
         for (int64_t e = k; e < hw; ++e)
-            yr[e] = (xr[e] - h) * sc + t;
+            yr[e] = AFFINE_Y(xr[e], h, sc, t);
     }
     if (!xn)
         return;
@@ -507,9 +508,12 @@ static inline __attribute__((always_inline)) void FN_NAME(units_by_groups, FN_SU
  * the group is still in cache: the input is read from memory once instead of twice, and no
  * per-(sample, channel) coefficient arrays exist.  w, b may be NULL.  Units go by groups
  * (units_by_groups) of up to 4, and of as many as let the group's units of x and y fit L1's
- * 32 KiB twice over.  Streamed units (stream) come from memory, where the sums wait on
- * loads, not on their chains: each unit's sums are taken just before its output, which then
- * finds the unit in cache. */
+ * 32 KiB twice over (larger units go one by one, still fused).  Streamed units (stream)
+ * come from memory, where the sums wait on loads, not on their chains: each unit's sums are
+ * taken just before its output, which then finds the unit in cache.  (Unstreamed calls from
+ * memory keep the fused loop: against sums-then-output per unit, results fresh from malloc,
+ * paired, float32, 1 / 2 threads: (16, 256, 32, 32) 1.50x / 0.98x, (8, 256, 64, 64) 1.08x /
+ * 1.08x, (4, 64, 128, 128) 1.28x / 1.04x, (2, 32, 256, 256) G = 8 1.33x / 1.01x.) */
 void FN_NAME(fn_norm_group_forward, FN_SUF)(const T *x, T *y, int64_t G, int64_t cg, int64_t hw,
                                             int64_t u0, int64_t u1, const T *w, const T *b,
                                             double eps, double *mean, double *m2, int stream)
