@@ -963,24 +963,22 @@ def batch_norm_fast(object x, object weight, object bias, object running_mean, o
     cdef cnp.ndarray shift = _empty_vector(C, typenum)
     cdef Py_ssize_t itemsize = cnp.PyArray_ITEMSIZE(xa)
     cdef Py_ssize_t nblk = _channel_blocks(A, C, B, itemsize, 1, nthreads) if training is True else 0
-    cdef int stream
-    cdef const void *x_p
-    cdef void *y_p
-    cdef void *rm_p
-    cdef void *rv_p
-    cdef const void *w_p
-    cdef void *mean_p
-    cdef void *rstd_p
-    cdef void *mhi_p
-    cdef void *scale_p
-    cdef void *shift_p
+    cdef int stream = streams(size * itemsize, 2 * size * itemsize, out is not None)
+    # Raw pointers for the runners, on either path (the non-block path's stats and affine
+    # without the def functions' typed memoryviews: about 2 us per call each, against a
+    # kernel of a few us for small arrays).
+    cdef const void *x_p = cnp.PyArray_DATA(xa)
+    cdef void *y_p = cnp.PyArray_DATA(y)
+    cdef void *rm_p = _data_or_null(running_mean)
+    cdef void *rv_p = _data_or_null(running_var)
+    cdef const void *w_p = _data_or_null(weight)
     cdef const void *b_p = _data_or_null(bias)
+    cdef void *mean_p = cnp.PyArray_DATA(mean_c)
+    cdef void *rstd_p = cnp.PyArray_DATA(rstd)
+    cdef void *mhi_p = cnp.PyArray_DATA(mhi)
+    cdef void *scale_p = cnp.PyArray_DATA(scale)
+    cdef void *shift_p = cnp.PyArray_DATA(shift)
     if nblk > 0:
-        stream = streams(size * itemsize, 2 * size * itemsize, out is not None)
-        x_p, y_p, w_p = cnp.PyArray_DATA(xa), cnp.PyArray_DATA(y), _data_or_null(weight)
-        rm_p, rv_p = _data_or_null(running_mean), _data_or_null(running_var)
-        mean_p, rstd_p = cnp.PyArray_DATA(mean_c), cnp.PyArray_DATA(rstd)
-        mhi_p, scale_p, shift_p = cnp.PyArray_DATA(mhi), cnp.PyArray_DATA(scale), cnp.PyArray_DATA(shift)
         with nogil:
             if typenum == cnp.NPY_FLOAT32:
                 _bn_forward_blocks[float](
@@ -994,30 +992,20 @@ def batch_norm_fast(object x, object weight, object bias, object running_mean, o
                     <double *>mean_p, <double *>rstd_p, <double *>mhi_p, <double *>scale_p,
                     <double *>shift_p, stream, nthreads)
         return y, mean_c, rstd
-    # Raw pointers straight to the runners (stats, affine without their typed memoryviews:
-    # about 2 us per call each, against a kernel of a few us for small arrays).
-    x_p, y_p = cnp.PyArray_DATA(xa), cnp.PyArray_DATA(y)
     if training is True:
         if typenum == cnp.NPY_FLOAT32:
             _stats_run[float](<const float *>x_p, 1, A, C, B, mp, m2p, nthreads)
         else:
             _stats_run[double](<const double *>x_p, 1, A, C, B, mp, m2p, nthreads)
     if typenum == cnp.NPY_FLOAT32:
-        _bn_channels[float](C, n, training is True, running, f, eps_d, mp, m2p,
-                            <float *>_data_or_null(running_mean), <float *>_data_or_null(running_var),
-                            <const float *>_data_or_null(weight), <const float *>b_p,
-                            <float *>cnp.PyArray_DATA(mean_c), <float *>cnp.PyArray_DATA(rstd),
-                            <float *>cnp.PyArray_DATA(mhi), <float *>cnp.PyArray_DATA(scale),
-                            <float *>cnp.PyArray_DATA(shift))
+        _bn_channels[float](C, n, training is True, running, f, eps_d, mp, m2p, <float *>rm_p,
+                            <float *>rv_p, <const float *>w_p, <const float *>b_p, <float *>mean_p,
+                            <float *>rstd_p, <float *>mhi_p, <float *>scale_p, <float *>shift_p)
     else:
-        _bn_channels[double](C, n, training is True, running, f, eps_d, mp, m2p,
-                             <double *>_data_or_null(running_mean), <double *>_data_or_null(running_var),
-                             <const double *>_data_or_null(weight), <const double *>b_p,
-                             <double *>cnp.PyArray_DATA(mean_c), <double *>cnp.PyArray_DATA(rstd),
-                             <double *>cnp.PyArray_DATA(mhi), <double *>cnp.PyArray_DATA(scale),
-                             <double *>cnp.PyArray_DATA(shift))
-    stream = streams(size * itemsize, 2 * size * itemsize, out is not None)
-    mhi_p, scale_p, shift_p = cnp.PyArray_DATA(mhi), cnp.PyArray_DATA(scale), cnp.PyArray_DATA(shift)
+        _bn_channels[double](C, n, training is True, running, f, eps_d, mp, m2p, <double *>rm_p,
+                             <double *>rv_p, <const double *>w_p, <const double *>b_p,
+                             <double *>mean_p, <double *>rstd_p, <double *>mhi_p,
+                             <double *>scale_p, <double *>shift_p)
     with nogil:
         if typenum == cnp.NPY_FLOAT32:
             _affine_run[float](<const float *>x_p, <float *>y_p, 1, A, C, B, <const float *>mhi_p,
@@ -1277,27 +1265,25 @@ def batch_norm_backward_fast(object grad_output, object x, object weight, object
     cdef int stream
     cdef Py_ssize_t itemsize = cnp.PyArray_ITEMSIZE(xa)
     cdef Py_ssize_t nblk = _channel_blocks(A, C, B, itemsize, 2, nthreads)
-    cdef const void *g_p
-    cdef const void *x_p
+    # Raw pointers for the runners, on either path (the non-block path's dual sums and
+    # gradient pass without the def functions' typed memoryviews, as in batch_norm_fast).
+    cdef const void *g_p = cnp.PyArray_DATA(ga)
+    cdef const void *x_p = cnp.PyArray_DATA(xa)
     cdef void *gx_p
-    cdef const void *w_p
-    cdef const void *mean_p
-    cdef double *mean_dp
-    cdef double *rstd_dp
-    cdef double *s1_p
-    cdef double *s2_p
-    cdef void *k1_p
-    cdef void *k2_p
-    cdef void *k3_p
+    cdef const void *w_p = _data_or_null(weight)
+    cdef const void *mean_p = cnp.PyArray_DATA(<cnp.ndarray>mean)
+    cdef double *mean_dp = <double *>cnp.PyArray_DATA(mean_d)
+    cdef double *rstd_dp = <double *>cnp.PyArray_DATA(rstd_d)
+    cdef double *s1_p = <double *>cnp.PyArray_DATA(s1)
+    cdef double *s2_p = <double *>cnp.PyArray_DATA(s2)
+    cdef void *k1_p = cnp.PyArray_DATA(k1)
+    cdef void *k2_p = cnp.PyArray_DATA(k2)
+    cdef void *k3_p = cnp.PyArray_DATA(k3)
     cdef bint train = training is True
     if nblk > 0:
-        gx = pooled_empty(nd, dims, typenum, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(ga))
+        gx = pooled_empty(nd, dims, typenum, x_p, g_p)
         stream = streams(size * itemsize, 3 * size * itemsize, False)
-        g_p, x_p, gx_p = cnp.PyArray_DATA(ga), cnp.PyArray_DATA(xa), cnp.PyArray_DATA(gx)
-        w_p, mean_p = _data_or_null(weight), cnp.PyArray_DATA(<cnp.ndarray>mean)
-        mean_dp, rstd_dp = <double *>cnp.PyArray_DATA(mean_d), <double *>cnp.PyArray_DATA(rstd_d)
-        s1_p, s2_p = <double *>cnp.PyArray_DATA(s1), <double *>cnp.PyArray_DATA(s2)
-        k1_p, k2_p, k3_p = cnp.PyArray_DATA(k1), cnp.PyArray_DATA(k2), cnp.PyArray_DATA(k3)
+        gx_p = cnp.PyArray_DATA(gx)
         with nogil:
             if typenum == cnp.NPY_FLOAT32:
                 _bn_backward_blocks[float](
@@ -1310,27 +1296,19 @@ def batch_norm_backward_fast(object grad_output, object x, object weight, object
                     <const double *>w_p, <const double *>mean_p, mean_dp, rstd_dp, s1_p, s2_p,
                     <double *>k1_p, <double *>k2_p, <double *>k3_p, stream, nthreads)
         return (gx,) + _bn_param_grads(weight is not None, bias is not None, rstd_d, s1, s2, typenum)
-    # Raw pointers straight to the runners, as batch_norm_fast does.
-    g_p, x_p = cnp.PyArray_DATA(ga), cnp.PyArray_DATA(xa)
-    mean_dp, s1_p, s2_p = <double *>cnp.PyArray_DATA(mean_d), <double *>cnp.PyArray_DATA(s1), <double *>cnp.PyArray_DATA(s2)
     if typenum == cnp.NPY_FLOAT32:
-        _dual_sums_run[float](<const float *>g_p, <const float *>x_p, 1, A, C, B, mean_dp, s1_p, s2_p, nthreads)
+        _dual_sums_run[float](<const float *>g_p, <const float *>x_p, 1, A, C, B, mean_dp, s1_p, s2_p,
+                              nthreads)
+        _bn_backward_channels[float](C, n, train, <const float *>w_p, rstd_dp, s1_p, s2_p,
+                                     <float *>k1_p, <float *>k2_p, <float *>k3_p)
     else:
-        _dual_sums_run[double](<const double *>g_p, <const double *>x_p, 1, A, C, B, mean_dp, s1_p, s2_p, nthreads)
-    if typenum == cnp.NPY_FLOAT32:
-        _bn_backward_channels[float](C, n, training is True, <const float *>_data_or_null(weight),
-                                     <double *>cnp.PyArray_DATA(rstd_d), <double *>cnp.PyArray_DATA(s1),
-                                     <double *>cnp.PyArray_DATA(s2), <float *>cnp.PyArray_DATA(k1),
-                                     <float *>cnp.PyArray_DATA(k2), <float *>cnp.PyArray_DATA(k3))
-    else:
-        _bn_backward_channels[double](C, n, training is True, <const double *>_data_or_null(weight),
-                                      <double *>cnp.PyArray_DATA(rstd_d), <double *>cnp.PyArray_DATA(s1),
-                                      <double *>cnp.PyArray_DATA(s2), <double *>cnp.PyArray_DATA(k1),
-                                      <double *>cnp.PyArray_DATA(k2), <double *>cnp.PyArray_DATA(k3))
+        _dual_sums_run[double](<const double *>g_p, <const double *>x_p, 1, A, C, B, mean_dp, s1_p,
+                               s2_p, nthreads)
+        _bn_backward_channels[double](C, n, train, <const double *>w_p, rstd_dp, s1_p, s2_p,
+                                      <double *>k1_p, <double *>k2_p, <double *>k3_p)
     gx = pooled_empty(nd, dims, typenum, x_p, g_p)
     stream = streams(size * itemsize, 3 * size * itemsize, False)
-    gx_p, mean_p = cnp.PyArray_DATA(gx), cnp.PyArray_DATA(<cnp.ndarray>mean)
-    k1_p, k2_p, k3_p = cnp.PyArray_DATA(k1), cnp.PyArray_DATA(k2), cnp.PyArray_DATA(k3)
+    gx_p = cnp.PyArray_DATA(gx)
     with nogil:
         if typenum == cnp.NPY_FLOAT32:
             _affine_grad_run[float](<const float *>g_p, <const float *>x_p, <float *>gx_p, 1, A, C, B,

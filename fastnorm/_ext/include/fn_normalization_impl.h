@@ -460,6 +460,20 @@ static inline __attribute__((always_inline)) void FN_NAME(unit_output, FN_SUF)(
     *s2 = sb;
 }
 
+/* Unit u's mean and M2 from its sums s1, s2 of x - shift over n elements, stored in mean[u]
+ * and m2[u]; its mean returned in *mu and its rstd, 1 / sqrt(M2 / n + eps), returned (the
+ * float64 formula of group_norm_fast and the general path's _rstd). */
+static inline double FN_NAME(unit_stats, FN_SUF)(double shift, double s1, double s2, double n,
+                                                 double eps, double *mean, double *m2, int64_t u,
+                                                 double *mu)
+{
+    double q;
+    FINISH_MOMENTS(shift, s1, s2, n, mu, &q);
+    mean[u] = *mu;
+    m2[u] = q;
+    return 1.0 / sqrt(q / n + eps);
+}
+
 #define UNIT_GROUP 4   /* most units per group of units_by_groups */
 
 /* Units [u0, u1) of fn_norm_group_forward below (not streamed) by groups of `group` units (at
@@ -485,13 +499,9 @@ static inline __attribute__((always_inline)) void FN_NAME(units_by_groups, FN_SU
     for (int64_t g = u0; g < u1; g += group) {
         const int64_t k = u1 - g < group ? u1 - g : group;
         double mu[UNIT_GROUP] = {0.0}, rs[UNIT_GROUP] = {0.0};   /* zeros: for gcc's warning */
-        for (int64_t j = 0; j < k; ++j) {
-            double q;
-            FINISH_MOMENTS(shift[j], s1[j], s2[j], n, &mu[j], &q);
-            mean[g + j] = mu[j];
-            m2[g + j] = q;
-            rs[j] = 1.0 / sqrt(q / n + eps);
-        }
+        for (int64_t j = 0; j < k; ++j)
+            rs[j] = FN_NAME(unit_stats, FN_SUF)(shift[j], s1[j], s2[j], n, eps, mean, m2, g + j,
+                                                &mu[j]);
         for (int64_t j = 0; j < k; ++j) {
             const int64_t u = g + j;
             const T *xn = u + group < u1 ? x + (u + group) * L : NULL;
@@ -524,13 +534,11 @@ void FN_NAME(fn_norm_group_forward, FN_SUF)(const T *x, T *y, int64_t G, int64_t
         for (int64_t u = u0; u < u1; ++u) {
             const T *xu = x + u * L;
             const double shift = (double)xu[0];
-            double s1 = 0.0, s2 = 0.0, mu, q;
+            double s1 = 0.0, s2 = 0.0, mu;
             RUN_SUMS(xu, L, shift, &s1, &s2, NULL);
-            FINISH_MOMENTS(shift, s1, s2, n, &mu, &q);
-            mean[u] = mu;
-            m2[u] = q;
-            FN_NAME(unit_output, FN_SUF)(xu, y + u * L, (u % G) * cg, cg, hw, mu,
-                                         1.0 / sqrt(q / n + eps), w, b, NULL, 0.0, NULL, NULL, 1);
+            const double rs = FN_NAME(unit_stats, FN_SUF)(shift, s1, s2, n, eps, mean, m2, u, &mu);
+            FN_NAME(unit_output, FN_SUF)(xu, y + u * L, (u % G) * cg, cg, hw, mu, rs, w, b, NULL,
+                                         0.0, NULL, NULL, 1);
         }
         fn_stream_fence();
         return;
