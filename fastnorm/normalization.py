@@ -610,22 +610,6 @@ def _apply_geometry(n, c, hw, channels_last):
     return (n, hw, c, 1) if channels_last else (1, 1, n * c, hw)
 
 
-def _group_stats(ext, xc, n, c, hw, groups, channels_last, nthreads):
-    """Per (sample, group): mean and M2 (float64, (N, G))."""
-    cg = c // groups
-    if not channels_last:  # groups are contiguous rows of the (N*G, C/G*HW) view
-        mean, m2 = np.empty(n * groups), np.empty(n * groups)
-        ext.stats(xc.reshape(-1), 1, 1, n * groups, cg * hw, mean, m2, nthreads)
-        return mean.reshape(n, groups), m2.reshape(n, groups)
-    mean_c, m2_c = np.empty(n * c), np.empty(n * c)
-    ext.stats(xc.reshape(-1), n, hw, c, 1, mean_c, m2_c, nthreads)
-    # Chan's merge of the channels of a group (equal counts), in channel order.
-    mean_c, m2_c = mean_c.reshape(n, groups, cg), m2_c.reshape(n, groups, cg)
-    mean = mean_c.mean(axis=2)
-    m2 = m2_c.sum(axis=2) + hw * ((mean_c - mean[:, :, None]) ** 2).sum(axis=2)
-    return mean, m2
-
-
 def _group_forward(ext, xc, out_buf, n, groups, cg, hw, weight, bias, eps, nthreads, callers_out):
     """NCHW group norm (instance norm: cg = 1) in one pass per group; (mean, M2) per
     (sample, group) as float64 (N, G).  callers_out: out_buf is the caller's out=."""
@@ -636,8 +620,8 @@ def _group_forward(ext, xc, out_buf, n, groups, cg, hw, weight, bias, eps, nthre
     return mean.reshape(n, groups), m2.reshape(n, groups)
 
 
-def _group_apply(ext, xc, out_buf, n, c, hw, groups, channels_last, mean, rstd, weight, bias, nthreads,
-                 callers_out):
+def _group_apply(ext, xc, out_buf, n, c, hw, groups, mean, rstd, weight, bias, nthreads, callers_out):
+    """NCHW output pass with given per-(sample, group) statistics (float64 (N, G))."""
     cd = xc.dtype
     cg = c // groups
     mean_nc = np.repeat(mean, cg, axis=1)
@@ -645,7 +629,7 @@ def _group_apply(ext, xc, out_buf, n, c, hw, groups, channels_last, mean, rstd, 
     if weight is not None:
         scale = scale * weight.astype(_F64)
     mhi, scale, shift = _affine_params(mean_nc, scale, bias, cd)
-    ext.affine(xc.reshape(-1), out_buf.reshape(-1), *_apply_geometry(n, c, hw, channels_last),
+    ext.affine(xc.reshape(-1), out_buf.reshape(-1), *_apply_geometry(n, c, hw, False),
                mhi.reshape(-1), scale.reshape(-1), shift.reshape(-1), nthreads, callers_out)
 
 
@@ -658,7 +642,15 @@ def _group_backward(ext, g, x, groups, channels_last, weight, bias, mean, rstd, 
     geometry = _apply_geometry(n, c, hw, channels_last)
     rstd_g = rstd.astype(_F64)
     rstd_nc = np.repeat(rstd_g, cg, axis=1)
-    if training and not channels_last:  # one visit per group (fn_norm_group_backward)
+    if training and channels_last:  # per-channel sums merged per group (group_backward_cl)
+        gx = _config.empty(x.shape, cd, like=xc)
+        gw, gb = ext.group_backward_cl(gc.reshape(-1), xc.reshape(-1), gx.reshape(-1), n, c, groups,
+                                       _vector(weight, cd), mean.astype(_F64).reshape(-1),
+                                       _vector(mean, cd), np.ascontiguousarray(rstd_g).reshape(-1),
+                                       weight is not None, bias is not None, nthreads)
+        return (gx.astype(x.dtype, copy=False), None if gw is None else gw.astype(weight.dtype),
+                None if gb is None else gb.astype(bias.dtype))
+    if training:  # channels first: one visit per group (fn_norm_group_backward)
         gx = _config.empty(x.shape, cd, like=xc)
         s1, s2 = np.empty(n * c), np.empty(n * c)
         ext.group_backward(gc.reshape(-1), xc.reshape(-1), gx.reshape(-1), groups, cg, hw,
@@ -668,20 +660,13 @@ def _group_backward(ext, g, x, groups, channels_last, weight, bias, mean, rstd, 
         gw = None if weight is None else (rstd_nc * s2).sum(axis=0).astype(weight.dtype)
         gb = None if bias is None else s1.sum(axis=0).astype(bias.dtype)
         return gx.astype(x.dtype, copy=False), gw, gb
+    # statistics given (instance norm with use_input_stats=False): constants in the gradient
     mean_nc = np.repeat(mean.astype(_F64), cg, axis=1)
     s1, s2 = np.empty(n * c), np.empty(n * c)
     ext.dual_sums(gc.reshape(-1), xc.reshape(-1), *geometry, mean_nc.reshape(-1), s1, s2, nthreads)
     s1, s2 = s1.reshape(n, c), s2.reshape(n, c)
-    w = np.ones(c) if weight is None else weight.astype(_F64)
-    k1 = rstd_nc * w
-    if training:
-        m = cg * hw
-        g1 = (w * s1).reshape(n, groups, cg).sum(axis=2)
-        g2 = (w * s2).reshape(n, groups, cg).sum(axis=2)
-        k2 = np.repeat(-(rstd_g * rstd_g * rstd_g) * g2 / m, cg, axis=1)
-        k3 = np.repeat(-rstd_g * g1 / m, cg, axis=1)
-    else:
-        k2 = k3 = np.zeros((n, c))
+    k1 = rstd_nc if weight is None else rstd_nc * weight.astype(_F64)
+    k2 = k3 = np.zeros((n, c))
     gx = _config.empty(x.shape, cd, like=xc)
     ext.affine_grad(gc.reshape(-1), xc.reshape(-1), gx.reshape(-1), *geometry, _vector(k1, cd),
                     _vector(np.repeat(mean, cg, axis=1), cd), _vector(k2, cd), _vector(k3, cd), nthreads)
@@ -721,16 +706,16 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, channels_last
     xc = _contiguous(x)
     nthreads = _threads(x)
     if channels_last:
-        mean, m2 = _group_stats(ext, xc, n, c, hw, groups, channels_last, nthreads)
-        rstd = _rstd(m2 / (c // groups * hw), eps)
         buf = _output_buffer(x, xc, out)
-        _group_apply(ext, xc, buf, n, c, hw, groups, channels_last, mean, rstd, weight, bias, nthreads,
-                     buf is out)
-    else:
-        buf = _output_buffer(x, xc, out, weight, bias)
-        mean, m2 = _group_forward(ext, xc, buf, n, groups, c // groups, hw, weight, bias, eps, nthreads,
-                                  buf is out)
-        rstd = _rstd(m2 / (c // groups * hw), eps)
+        mean, rstd = np.empty((n, groups), cd), np.empty((n, groups), cd)
+        ext.group_forward_cl(xc.reshape(-1), buf.reshape(-1), n, c, groups, _vector(weight, cd),
+                             _vector(bias, cd), eps, mean.reshape(-1), rstd.reshape(-1), nthreads,
+                             buf is out)
+        return _deliver(buf, x.dtype, out), mean, rstd
+    buf = _output_buffer(x, xc, out, weight, bias)
+    mean, m2 = _group_forward(ext, xc, buf, n, groups, c // groups, hw, weight, bias, eps, nthreads,
+                              buf is out)
+    rstd = _rstd(m2 / (c // groups * hw), eps)
     return _deliver(buf, x.dtype, out), mean.astype(cd), rstd.astype(cd)
 
 
@@ -818,7 +803,7 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
         mean = np.broadcast_to(rm.astype(_F64), (n, c))
         rstd = _rstd(np.broadcast_to(rv.astype(_F64), (n, c)), eps)
         buf = _output_buffer(x, xc, out)
-        _group_apply(ext, xc, buf, n, c, hw, c, False, mean, rstd, weight, bias, nthreads, buf is out)
+        _group_apply(ext, xc, buf, n, c, hw, c, mean, rstd, weight, bias, nthreads, buf is out)
     return _deliver(buf, x.dtype, out), mean.astype(cd), rstd.astype(cd)
 
 

@@ -424,10 +424,12 @@ def _two_pass_group_norm(x, groups, w, b, eps):
     from fastnorm import normalization as N
     n, c, hw = N._group_geometry(x, False)
     xc = N._contiguous(x)
-    mean, m2 = N._group_stats(ext(), xc, n, c, hw, groups, False, 1)
+    mean, m2 = np.empty(n * groups), np.empty(n * groups)  # groups: rows of the (N*G, C/G*HW) view
+    ext().stats(xc.reshape(-1), 1, 1, n * groups, c // groups * hw, mean, m2, 1)
+    mean, m2 = mean.reshape(n, groups), m2.reshape(n, groups)
     rstd = N._rstd(m2 / (c // groups * hw), eps)
     y = np.empty_like(xc)
-    N._group_apply(ext(), xc, y, n, c, hw, groups, False, mean, rstd, w, b, 1, False)
+    N._group_apply(ext(), xc, y, n, c, hw, groups, mean, rstd, w, b, 1, False)
     return y, mean.astype(x.dtype), rstd.astype(x.dtype)
 
 
@@ -596,6 +598,50 @@ def test_group_norm_fast_equals_general(dtype, shape, groups, affine, backend, n
         assert (fast[1] is None) == (w is None) and (fast[2] is None) == (bias is None)
 
 
+GN_CL_CASES = [((2, 6), 3), ((3, 5, 8), 4), ((2, 4, 4, 12), 1), ((2, 4, 4, 12), 12), ((5, 2, 3, 2, 4), 2),
+               ((300, 3, 8), 4), ((1, 7, 1), 1), ((4, 16, 16, 64), 32)]  # the last crosses the thread grain
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, groups", GN_CL_CASES, ids=str)
+@pytest.mark.parametrize("affine", [False, True])
+def test_group_norm_channels_last_fast_equals_general(dtype, shape, groups, affine, backend, num_threads,
+                                                      rng):
+    """Channels-last group norm, forward and backward, takes the fast path for plain arrays
+    and gives the general path's bits (the same code, group_forward_cl / group_backward_cl),
+    in place too; and the oracle's values."""
+    if backend[0] != "cython":
+        pytest.skip("the fast path exists only on the compiled backend")
+    x = (2 + 3 * rng.standard_normal(shape)).astype(dtype)
+    x.flat[::7] = 1e4  # a large offset within some groups
+    w, b = _params(rng, shape[-1], dtype, affine)
+    assert ext().group_norm_fast(x, groups, w, b, 1e-5, True, None, GRAIN) is not None
+    fast = fastnorm.group_norm(x, groups, w, b, eps=1e-5, channels_last=True)
+    assert_identical(fast, fastnorm.group_norm(_strided_any(x), groups, w, b, eps=1e-5, channels_last=True))
+    assert fast[1].shape == fast[2].shape == (shape[0], groups)
+    in_place = x.copy()
+    assert fastnorm.group_norm(in_place, groups, w, b, eps=1e-5, channels_last=True, out=in_place)[0] is in_place
+    assert in_place.tobytes() == fast[0].tobytes()
+    tol = dict(rtol=2e-4, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-9, atol=1e-9)
+    for got, want in zip(fast, fastnorm.reference.group_norm(x, groups, w, b, eps=1e-5, channels_last=True)):
+        np.testing.assert_allclose(got, want, **tol)
+    _, mean, rstd = fast
+    g = rng.standard_normal(shape).astype(dtype)
+    for bias in (None, b):
+        assert ext().group_norm_backward_fast(g, x, groups, w, mean, rstd, True, bias, GRAIN) is not None
+        fast_b = fastnorm.group_norm_backward(g, x, groups, w, mean, rstd, channels_last=True, bias=bias)
+        general_b = fastnorm.group_norm_backward(_strided_any(g), _strided_any(x), groups, w, mean, rstd,
+                                                 channels_last=True, bias=bias)
+        assert_identical(fast_b, general_b)
+        assert (fast_b[1] is None) == (w is None) and (fast_b[2] is None) == (bias is None)
+        want_b = fastnorm.reference.group_norm_backward(g, x, groups, w, mean, rstd, channels_last=True,
+                                                        bias=bias)
+        for got, want in zip(fast_b, want_b):
+            assert (got is None) == (want is None)
+            if got is not None:
+                np.testing.assert_allclose(got, want, **tol)
+
+
 def test_group_norm_fast_path_declines_unusual_calls(rng):
     x = rng.standard_normal((2, 6, 5)).astype(np.float32)
     w, b = np.ones(6, np.float32), np.zeros(6, np.float32)
@@ -608,8 +654,8 @@ def test_group_norm_fast_path_declines_unusual_calls(rng):
     declined = {
         "1-d x": dict(xx=x[0, 0]), "float16": dict(xx=x.astype(np.float16)),
         "strided": dict(xx=_strided_any(x)), "list": dict(xx=x.tolist()), "empty": dict(xx=x[:0]),
-        "channels_last": dict(last=True), "channels_last int": dict(last=0),
-        "groups not dividing": dict(groups=4), "groups 0": dict(groups=0), "groups > C": dict(groups=12),
+        "channels_last int": dict(last=0), "channels_last None": dict(last=None),
+        "groups not dividing": dict(groups=4), "channels_last, groups not dividing": dict(last=True), "groups 0": dict(groups=0), "groups > C": dict(groups=12),
         "groups float": dict(groups=3.0), "groups bool": dict(groups=True), "groups numpy int": dict(groups=np.int64(3)),
         "eps int": dict(eps=0), "eps negative": dict(eps=-1.0), "eps nan": dict(eps=float("nan")),
         "weight float64": dict(ww=w.astype(np.float64)), "bias length": dict(bb=b[:2]),
@@ -619,8 +665,10 @@ def test_group_norm_fast_path_declines_unusual_calls(rng):
     declined["out overlapping the weight"] = dict(ww=holder[:6], out=holder[5:].reshape(x.shape))
     for label, kwargs in declined.items():
         assert fast(**kwargs) is None, label
-    # what the fast path declines still works (numpy ints, channels_last) or raises there
+    # what the fast path declines still works (numpy ints) or raises there
     np.testing.assert_array_equal(fastnorm.group_norm(x, np.int64(3), w, b)[0], fast()[0])
+    # channels last, (2, 5, 6) with 3 groups of the 6 channels: taken
+    assert fast(last=True, ww=None, bb=None, xx=x.reshape(2, 5, 6)) is not None
 
     _, mean, rstd = fast()
     g = np.ones_like(x)
@@ -633,7 +681,8 @@ def test_group_norm_fast_path_declines_unusual_calls(rng):
     declined_b = {
         "strided x": dict(xx=_strided_any(x)), "strided grad": dict(gg=_strided_any(g)),
         "grad float64": dict(gg=g.astype(np.float64)), "grad shape": dict(gg=g[:1]),
-        "channels_last": dict(last=True), "groups not dividing": dict(groups=4),
+        "channels_last int": dict(last=1), "channels_last, groups not dividing": dict(last=True),
+        "groups not dividing": dict(groups=4),
         "groups numpy int": dict(groups=np.int64(3)), "mean shape": dict(mm=mean[:, :2]),
         "rstd float64": dict(rr=rstd.astype(np.float64)), "mean strided": dict(mm=_strided_any(mean)),
         "weight length": dict(ww=w[:2]), "bias float64": dict(bb=b.astype(np.float64)),
@@ -771,4 +820,7 @@ def test_group_and_instance_norm_calls_take_the_fast_paths(monkeypatch, backend,
     fastnorm.group_norm_backward(x, x, 2, w, mean, rstd, bias=b)
     _, mean, rstd = fastnorm.instance_norm(x, w, b)
     fastnorm.instance_norm_backward(x, x, w, mean, rstd, bias=b)
-    assert taken == [("group_norm_fast", True), ("group_norm_backward_fast", True)] * 2
+    xl = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    _, mean, rstd = fastnorm.group_norm(xl, 2, w, b, channels_last=True)
+    fastnorm.group_norm_backward(xl, xl, 2, w, mean, rstd, channels_last=True, bias=b)
+    assert taken == [("group_norm_fast", True), ("group_norm_backward_fast", True)] * 3

@@ -503,6 +503,167 @@ cdef void _group_backward_run(const floating *dy, const floating *x, floating *g
                                             mhi, rstd, s1, s2, stream)
 
 
+# Group norm of channels-last data, (N, hw, C) with a sample's groups runs of cg = C / G
+# columns: per (sample, channel) moments by the column kernels (stats, dual_sums), merged
+# per group here, then one output pass with per-(sample, channel) coefficients (affine,
+# affine_grad) -- batch norm's channels-last passes with the group merge between them.  The
+# fast paths and fastnorm.normalization's general path (through group_forward_cl and
+# group_backward_cl) run this same code, so they give the same bits.
+
+def group_forward_cl(const floating[::1] x, floating[::1] y, Py_ssize_t N, Py_ssize_t C,
+                     Py_ssize_t G, const floating[::1] w, const floating[::1] b, double eps,
+                     floating[::1] mean, floating[::1] rstd, int nthreads, bint callers_out=False):
+    """Group norm of channels-last data (_group_cl_forward_run).  IN x: (N*hw*C,), hw >= 1;
+    w, b: (C,) or None; OUT y: like x, mean and rstd: (N*G,)."""
+    _check(N >= 1 and C >= 1 and 1 <= G <= C and C % G == 0 and x.shape[0] >= N * C
+           and x.shape[0] % (N * C) == 0 and y.shape[0] == x.shape[0]
+           and mean.shape[0] == N * G == rstd.shape[0] and (w is None or w.shape[0] == C)
+           and (b is None or b.shape[0] == C), "group_forward_cl: inconsistent sizes")
+    cdef Py_ssize_t nbytes = x.shape[0] * sizeof(floating)
+    _group_cl_forward_run(&x[0], &y[0], N, x.shape[0] // (N * C), C, G,
+                          NULL if w is None else &w[0], NULL if b is None else &b[0], eps,
+                          &mean[0], &rstd[0], nthreads, streams(nbytes, 2 * nbytes, callers_out))
+
+
+cdef int _group_cl_forward_run(const floating *x, floating *y, Py_ssize_t N, Py_ssize_t hw,
+                               Py_ssize_t C, Py_ssize_t G, const floating *w, const floating *b,
+                               double eps, floating *mean_out, floating *rstd_out, int nthreads,
+                               int stream) except -1:
+    """Group norm of channels-last x (N, hw, C), all >= 1, G dividing C: y like x, and the
+    groups' mean and rstd = 1 / sqrt(M2 / (cg * hw) + eps) (N*G,) in x's type.  A group's
+    moments merge its channels' (Chan's formula, equal counts, channels in order): mean =
+    sum(mean_c) / cg, M2 = sum(M2_c) + hw * sum((mean_c - mean)^2)."""
+    cdef Py_ssize_t NC = N * C, cg = C // G, n, g, c, c0
+    # float64 moments per (sample, channel), then the output pass's coefficients (a
+    # floating fits a double's slot)
+    cdef cnp.ndarray keep = _scratch(5 * NC)
+    cdef double *mean_c = <double *>cnp.PyArray_DATA(keep)
+    cdef double *m2_c = mean_c + NC
+    cdef floating *mhi = <floating *>(m2_c + NC)
+    cdef floating *scale = mhi + NC
+    cdef floating *shift = scale + NC
+    cdef double count = <double>(cg * hw), s, q, d, mu, r
+    _stats_run(x, N, hw, C, 1, mean_c, m2_c, nthreads)
+    for n in range(N):
+        for g in range(G):
+            c0 = n * C + g * cg
+            s = 0.0
+            for c in range(c0, c0 + cg):
+                s = s + mean_c[c]
+            mu = s / <double>cg
+            s = 0.0
+            q = 0.0
+            for c in range(c0, c0 + cg):
+                d = mean_c[c] - mu
+                s = s + d * d
+                q = q + m2_c[c]
+            r = 1.0 / sqrt((q + <double>hw * s) / count + eps)
+            mean_out[n * G + g] = <floating>mu
+            rstd_out[n * G + g] = <floating>r
+            for c in range(c0, c0 + cg):
+                scale[c] = <floating>(r if w == NULL else r * <double>w[c - n * C])
+                mhi[c] = <floating>mu
+                shift[c] = <floating>fn_affine_shift(mu, <double>mhi[c], <double>scale[c],
+                                                     0.0 if b == NULL else <double>b[c - n * C])
+    with nogil:
+        _affine_run(x, y, N, hw, C, 1, mhi, scale, shift, nthreads, stream)
+    return 0
+
+
+def group_backward_cl(const floating[::1] dy, const floating[::1] x, floating[::1] gx,
+                      Py_ssize_t N, Py_ssize_t C, Py_ssize_t G, const floating[::1] w,
+                      const double[::1] center, const floating[::1] mhi, const double[::1] rstd,
+                      bint want_gw, bint want_gb, int nthreads):
+    """Group norm backward of channels-last data, training statistics
+    (_group_cl_backward_run).  IN dy, x: (N*hw*C,), hw >= 1; w: (C,) or None; center, mhi
+    (the mean as double and in x's type), rstd: (N*G,).  OUT gx: like x.  Returns (gw, gb):
+    float64 (C,) parameter gradients, or None where not wanted."""
+    _check(N >= 1 and C >= 1 and 1 <= G <= C and C % G == 0 and x.shape[0] >= N * C
+           and x.shape[0] % (N * C) == 0 and dy.shape[0] == x.shape[0] == gx.shape[0]
+           and center.shape[0] == N * G == mhi.shape[0] == rstd.shape[0]
+           and (w is None or w.shape[0] == C), "group_backward_cl: inconsistent sizes")
+    cdef Py_ssize_t nbytes = x.shape[0] * sizeof(floating)
+    gw = _empty_vector(C, cnp.NPY_FLOAT64) if want_gw else None
+    gb = _empty_vector(C, cnp.NPY_FLOAT64) if want_gb else None
+    _group_cl_backward_run(&dy[0], &x[0], &gx[0], N, x.shape[0] // (N * C), C, G,
+                           NULL if w is None else &w[0], &center[0], &mhi[0], &rstd[0],
+                           <double *>_data_or_null(gw), <double *>_data_or_null(gb), nthreads,
+                           streams(nbytes, 3 * nbytes, False))
+    return gw, gb
+
+
+cdef int _group_cl_backward_run(const floating *dy, const floating *x, floating *gx,
+                                Py_ssize_t N, Py_ssize_t hw, Py_ssize_t C, Py_ssize_t G,
+                                const floating *w, const double *center, const floating *mhi,
+                                const double *rstd, double *sum_w, double *sum_b, int nthreads,
+                                int stream) except -1:
+    """Gradients of _group_cl_forward_run with its statistics (center and mhi: the groups'
+    mean as double and in x's type; rstd: (N*G,)): gx = dy * w * rstd + (x - mean) * k2 + k3
+    with k2 = -rstd^3 * sum(dy * w * (x - mean)) / m, k3 = -rstd * sum(dy * w) / m over the
+    group's m = cg * hw elements; where not NULL, sum_w and sum_b (C,) get the parameter
+    gradients (_group_param_sums)."""
+    cdef Py_ssize_t NC = N * C, cg = C // G, n, g, c, c0, u
+    cdef cnp.ndarray keep = _scratch(7 * NC)
+    cdef double *center_c = <double *>cnp.PyArray_DATA(keep)
+    cdef double *s1 = center_c + NC
+    cdef double *s2 = s1 + NC
+    cdef floating *k1 = <floating *>(s2 + NC)
+    cdef floating *mhi_c = k1 + NC
+    cdef floating *k2 = mhi_c + NC
+    cdef floating *k3 = k2 + NC
+    cdef double m = <double>(cg * hw), r, g1, g2, wc
+    for c in range(NC):
+        center_c[c] = center[(c // C) * G + (c % C) // cg]
+    _dual_sums_run(dy, x, N, hw, C, 1, center_c, s1, s2, nthreads)
+    for n in range(N):
+        for g in range(G):
+            u = n * G + g
+            c0 = n * C + g * cg
+            r = rstd[u]
+            g1 = 0.0
+            g2 = 0.0
+            for c in range(c0, c0 + cg):
+                wc = 1.0 if w == NULL else <double>w[c - n * C]
+                g1 = g1 + wc * s1[c]
+                g2 = g2 + wc * s2[c]
+            for c in range(c0, c0 + cg):
+                k1[c] = <floating>(r if w == NULL else r * <double>w[c - n * C])
+                mhi_c[c] = mhi[u]
+                k2[c] = <floating>(-(r * r * r) * g2 / m)
+                k3[c] = <floating>(-r * g1 / m)
+    with nogil:
+        _affine_grad_run(dy, x, gx, N, hw, C, 1, k1, mhi_c, k2, k3, nthreads, stream)
+        _group_param_sums(N, C, cg, rstd, s1, s2, sum_w, sum_b)
+    return 0
+
+
+cdef void _group_param_sums(Py_ssize_t N, Py_ssize_t C, Py_ssize_t cg, const double *rstd,
+                            const double *s1, double *s2, double *sum_w,
+                            double *sum_b) noexcept nogil:
+    """Group norm's parameter gradients from the (N, C) float64 sums s1 = sum(dy) and s2 =
+    sum(dy * (x - mean)) of every (sample, channel): sum_w[c] = sum over samples of
+    rstd * s2 (s2 is overwritten by the products), sum_b[c] of s1, added sample after sample
+    to +0.0, as NumPy's sum over axis 0 of the general channels-first path adds them (the
+    products stored first, as NumPy rounds them, where a compiler could fuse them into the
+    sums).  Either may be NULL: not wanted."""
+    cdef Py_ssize_t u, c, r
+    cdef double a
+    if sum_w != NULL:
+        for u in range(N * C):
+            s2[u] = rstd[u // cg] * s2[u]
+        for c in range(C):
+            a = 0.0
+            for r in range(N):
+                a = a + s2[r * C + c]
+            sum_w[c] = a
+    if sum_b != NULL:
+        for c in range(C):
+            a = 0.0
+            for r in range(N):
+                a = a + s1[r * C + c]
+            sum_b[c] = a
+
+
 def affine_grad(const floating[::1] dy, const floating[::1] x, floating[::1] gx, Py_ssize_t P,
                 Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, const floating[::1] k1,
                 const floating[::1] mhi, const floating[::1] k2, const floating[::1] k3,
@@ -1095,23 +1256,26 @@ cdef void _bn_channels(Py_ssize_t C, Py_ssize_t n, bint training, bint running, 
 
 def group_norm_fast(object x, object num_groups, object weight, object bias, object eps,
                     object channels_last, object out, Py_ssize_t grain):
-    """(y, mean, rstd) of group norm of plain channels-first arrays (see above), num_groups an
-    int dividing the channels; the same kernel as fastnorm.normalization.group_norm and the
-    same float64 arithmetic for rstd, so the results are bit-identical.  None when the
-    general path is needed (which also raises every error)."""
+    """(y, mean, rstd) of group norm of plain arrays (see above), channels first or last,
+    num_groups an int dividing the channels; the same kernels as
+    fastnorm.normalization.group_norm and the same float64 arithmetic for rstd, so the
+    results are bit-identical.  None when the general path is needed (which also raises
+    every error)."""
     cdef int typenum = _fast_typenum(x)
-    if typenum < 0 or cnp.PyArray_NDIM(<cnp.ndarray>x) < 2 or channels_last is not False:
+    if typenum < 0 or cnp.PyArray_NDIM(<cnp.ndarray>x) < 2 or not _exact_bool(channels_last):
         return None
     if not (type(eps) is float and isfinite(<double>eps) and <double>eps >= 0):
         return None
     cdef cnp.ndarray xa = <cnp.ndarray>x
     cdef cnp.npy_intp *dims = cnp.PyArray_DIMS(xa)
-    cdef cnp.npy_intp N = dims[0], C = dims[1]
+    cdef bint last = channels_last is True
+    cdef cnp.npy_intp N = dims[0], C = dims[cnp.PyArray_NDIM(xa) - 1] if last else dims[1]
     if type(num_groups) is not int or not 1 <= num_groups <= C or C % num_groups != 0:
         return None
     if not (_plain_vector(weight, typenum, C) and _plain_vector(bias, typenum, C)):
         return None
-    y_obj = _fast_output(xa, out, weight, bias, None, None)
+    # (the channels-last output pass reads coefficients of its own, not weight and bias)
+    y_obj = _fast_output(xa, out, None if last else weight, None if last else bias, None, None)
     if y_obj is None:
         return None
     cdef cnp.ndarray y = <cnp.ndarray>y_obj
@@ -1120,10 +1284,6 @@ def group_norm_fast(object x, object num_groups, object weight, object bias, obj
     cdef int nthreads = threads_for(size, grain)
     cdef Py_ssize_t nbytes = size * cnp.PyArray_ITEMSIZE(xa)
     cdef int stream = streams(nbytes, 2 * nbytes, out is not None)
-    cdef cnp.ndarray mean_d = _empty_vector(U, cnp.NPY_FLOAT64)
-    cdef cnp.ndarray m2_d = _empty_vector(U, cnp.NPY_FLOAT64)
-    cdef double *mp = <double *>cnp.PyArray_DATA(mean_d)
-    cdef double *m2p = <double *>cnp.PyArray_DATA(m2_d)
     cdef cnp.npy_intp stat_dims[2]
     stat_dims[0], stat_dims[1] = N, G
     cdef cnp.ndarray mean = cnp.PyArray_EMPTY(2, stat_dims, typenum, 0)
@@ -1135,6 +1295,20 @@ def group_norm_fast(object x, object num_groups, object weight, object bias, obj
     cdef void *mean_p = cnp.PyArray_DATA(mean)
     cdef void *rstd_p = cnp.PyArray_DATA(rstd)
     cdef double eps_d = <double>eps, count = <double>(cg * hw)
+    if last:
+        if typenum == cnp.NPY_FLOAT32:
+            _group_cl_forward_run[float](<const float *>x_p, <float *>y_p, N, hw, C, G,
+                                         <const float *>w_p, <const float *>b_p, eps_d,
+                                         <float *>mean_p, <float *>rstd_p, nthreads, stream)
+        else:
+            _group_cl_forward_run[double](<const double *>x_p, <double *>y_p, N, hw, C, G,
+                                          <const double *>w_p, <const double *>b_p, eps_d,
+                                          <double *>mean_p, <double *>rstd_p, nthreads, stream)
+        return y, mean, rstd
+    cdef cnp.ndarray mean_d = _empty_vector(U, cnp.NPY_FLOAT64)
+    cdef cnp.ndarray m2_d = _empty_vector(U, cnp.NPY_FLOAT64)
+    cdef double *mp = <double *>cnp.PyArray_DATA(mean_d)
+    cdef double *m2p = <double *>cnp.PyArray_DATA(m2_d)
     with nogil:
         # rstd as normalization._rstd computes it: 1 / sqrt(M2 / count + eps) in float64
         if typenum == cnp.NPY_FLOAT32:
@@ -1157,20 +1331,23 @@ def group_norm_fast(object x, object num_groups, object weight, object bias, obj
 def group_norm_backward_fast(object grad_output, object x, object num_groups, object weight,
                              object mean, object rstd, object channels_last, object bias,
                              Py_ssize_t grain):
-    """(grad_x, grad_weight, grad_bias) of group_norm_fast for plain channels-first arrays:
-    mean and rstd (N, num_groups) as it returned them, grad_weight only with weight and
-    grad_bias only with bias (a marker of x's dtype here), by the same kernel and the same
-    float64 column sums, sample after sample, as fastnorm.normalization's general path (so
-    bit-identical).  None when the general path is needed."""
+    """(grad_x, grad_weight, grad_bias) of group_norm_fast for plain arrays, channels first
+    or last: mean and rstd (N, num_groups) as it returned them, grad_weight only with weight
+    and grad_bias only with bias (a marker of x's dtype here), by the same kernels and the
+    same float64 column sums, sample after sample, as fastnorm.normalization's general path
+    (so bit-identical).  None when the general path is needed."""
     cdef int typenum = _fast_typenum(x)
-    if typenum < 0 or cnp.PyArray_NDIM(<cnp.ndarray>x) < 2 or channels_last is not False:
+    if typenum < 0 or cnp.PyArray_NDIM(<cnp.ndarray>x) < 2 or not _exact_bool(channels_last):
         return None
     cdef cnp.ndarray xa = <cnp.ndarray>x
     cdef int nd = cnp.PyArray_NDIM(xa)
     cdef cnp.npy_intp *dims = cnp.PyArray_DIMS(xa)
-    cdef cnp.npy_intp N = dims[0], C = dims[1]
-    # (One channel: the general path's sums over samples are NumPy's pairwise 1-D sums.)
-    if type(num_groups) is not int or not 1 <= num_groups <= C or C % num_groups != 0 or C == 1:
+    cdef bint last = channels_last is True
+    cdef cnp.npy_intp N = dims[0], C = dims[nd - 1] if last else dims[1]
+    # (One channel, channels first: the general path's sums over samples are NumPy's
+    # pairwise 1-D sums.)
+    if (type(num_groups) is not int or not 1 <= num_groups <= C or C % num_groups != 0
+            or (C == 1 and not last)):
         return None
     cdef cnp.npy_intp stat_dims[2]
     stat_dims[0], stat_dims[1] = N, num_groups
@@ -1179,30 +1356,40 @@ def group_norm_backward_fast(object grad_output, object x, object num_groups, ob
             and _plain_shape(rstd, typenum, 2, stat_dims)):
         return None
     cdef Py_ssize_t size = cnp.PyArray_SIZE(xa), G = num_groups
-    cdef Py_ssize_t U = N * G, cg = C // G, hw = size // (N * C), u, r, c
+    cdef Py_ssize_t U = N * G, cg = C // G, hw = size // (N * C)
     cdef int nthreads = threads_for(size, grain)
     cdef Py_ssize_t nbytes = size * cnp.PyArray_ITEMSIZE(xa)
     cdef int stream = streams(nbytes, 3 * nbytes, False)
     cdef cnp.ndarray gx = pooled_empty(nd, dims, typenum, cnp.PyArray_DATA(xa))
     cdef cnp.ndarray center = cnp.PyArray_Cast(<cnp.ndarray>mean, cnp.NPY_FLOAT64)
     cdef cnp.ndarray rstd_d = cnp.PyArray_Cast(<cnp.ndarray>rstd, cnp.NPY_FLOAT64)
-    cdef cnp.ndarray s1 = _empty_vector(N * C, cnp.NPY_FLOAT64)
-    cdef cnp.ndarray s2 = _empty_vector(N * C, cnp.NPY_FLOAT64)
     cdef bint want_gw = weight is not None, want_gb = bias is not None
-    cdef cnp.ndarray sum_w = _empty_vector(C, cnp.NPY_FLOAT64)
-    cdef cnp.ndarray sum_b = _empty_vector(C, cnp.NPY_FLOAT64)
+    sum_w = _empty_vector(C, cnp.NPY_FLOAT64) if want_gw else None
+    sum_b = _empty_vector(C, cnp.NPY_FLOAT64) if want_gb else None
     cdef double *cp = <double *>cnp.PyArray_DATA(center)
     cdef double *rp = <double *>cnp.PyArray_DATA(rstd_d)
-    cdef double *s1p = <double *>cnp.PyArray_DATA(s1)
-    cdef double *s2p = <double *>cnp.PyArray_DATA(s2)
     cdef const void *g_p = cnp.PyArray_DATA(<cnp.ndarray>grad_output)
     cdef const void *x_p = cnp.PyArray_DATA(xa)
     cdef void *gx_p = cnp.PyArray_DATA(gx)
     cdef const void *w_p = _data_or_null(weight)
     cdef const void *mean_p = cnp.PyArray_DATA(<cnp.ndarray>mean)
-    cdef double *sw = <double *>cnp.PyArray_DATA(sum_w)
-    cdef double *sb = <double *>cnp.PyArray_DATA(sum_b)
-    cdef double aw, ab
+    cdef double *sw = <double *>_data_or_null(sum_w)
+    cdef double *sb = <double *>_data_or_null(sum_b)
+    if last:
+        if typenum == cnp.NPY_FLOAT32:
+            _group_cl_backward_run[float](<const float *>g_p, <const float *>x_p, <float *>gx_p, N, hw,
+                                          C, G, <const float *>w_p, cp, <const float *>mean_p, rp,
+                                          sw, sb, nthreads, stream)
+        else:
+            _group_cl_backward_run[double](<const double *>g_p, <const double *>x_p, <double *>gx_p, N,
+                                           hw, C, G, <const double *>w_p, cp, <const double *>mean_p,
+                                           rp, sw, sb, nthreads, stream)
+        return (gx, _cast_sums(sum_w, typenum) if want_gw else None,
+                _cast_sums(sum_b, typenum) if want_gb else None)
+    cdef cnp.ndarray s1 = _empty_vector(N * C, cnp.NPY_FLOAT64)
+    cdef cnp.ndarray s2 = _empty_vector(N * C, cnp.NPY_FLOAT64)
+    cdef double *s1p = <double *>cnp.PyArray_DATA(s1)
+    cdef double *s2p = <double *>cnp.PyArray_DATA(s2)
     with nogil:
         if typenum == cnp.NPY_FLOAT32:
             _group_backward_run[float](<const float *>g_p, <const float *>x_p, <float *>gx_p, G, cg,
@@ -1212,19 +1399,7 @@ def group_norm_backward_fast(object grad_output, object x, object num_groups, ob
             _group_backward_run[double](<const double *>g_p, <const double *>x_p, <double *>gx_p, G,
                                         cg, hw, U, <const double *>w_p, cp, <const double *>mean_p,
                                         rp, s1p, s2p, nthreads, stream)
-        # grad_weight = sum over samples of rstd * s2, grad_bias of s1, added sample after
-        # sample to +0.0 (NumPy's sum over axis 0 of the general path); the products stored
-        # first, as NumPy rounds them, where a compiler could fuse them into the sums
-        for u in range(N * C):
-            s2p[u] = rp[u // cg] * s2p[u]
-        for c in range(C):
-            aw = 0.0
-            ab = 0.0
-            for r in range(N):
-                aw = aw + s2p[r * C + c]
-                ab = ab + s1p[r * C + c]
-            sw[c] = aw
-            sb[c] = ab
+        _group_param_sums(N, C, cg, rp, s1p, s2p, sw, sb)
     return (gx, _cast_sums(sum_w, typenum) if want_gw else None,
             _cast_sums(sum_b, typenum) if want_gb else None)
 
