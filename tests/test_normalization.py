@@ -691,10 +691,13 @@ def test_wide_row_parameter_gradients(shape, dtype, backend, rng):
 
 
 @pytest.mark.parametrize("blocks, rows, channels", [(1, 11, 1025), (1, 9, 3001), (1, 5, 513), (1, 4, 1100),
-                                                    (2, 5, 1100), (3, 6, 600), (4, 1, 1100)], ids=str)
+                                                    (2, 5, 1100), (3, 6, 600), (4, 1, 1100),
+                                                    (1, 11, 64), (1, 9, 128), (2, 5, 33), (3, 6, 7),
+                                                    (4, 1, 16), (5, 4, 64)], ids=str)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_wide_channels_last_rows_same_bits(blocks, rows, channels, dtype, backend, rng):
-    """Channels-last output passes take rows wider than 4 KiB four at a time (one read of
+    """Channels-last output passes take rows wider than 4 KiB, and rows of at most 512 bytes
+    in ranges of at most 2 MiB, four at a time (one read of
     the per-channel vectors for four rows) when four whole rows of one parameter block are
     left in the range: the same bits as one row at a time (each row passed alone with its
     block's vectors), on every ISA and at 1-3 threads (ranges starting or ending inside a

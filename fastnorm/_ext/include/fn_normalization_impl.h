@@ -338,7 +338,7 @@ static inline void FN_NAME(affine_grad_run, FN_SUF)(const T *dy, const T *x, T *
 #define CHANNEL_VECTOR_LANES (32 / (int)sizeof(T))
 
 /* Channels-last rows wider than CHANNEL_ROW_BYTES are visited four at a time by the output
- * passes below (batch norm's, and group / instance norm's channels-last general path), where
+ * passes below (batch norm's and group norm's channels-last passes), where
  * four whole rows of one parameter block p are left in the range; the others one at a time.
  * The per-channel vectors of such rows (three in the forward pass, four in the gradient pass:
  * 12-32 bytes per channel) no longer fit in L1
@@ -347,9 +347,20 @@ static inline void FN_NAME(affine_grad_run, FN_SUF)(const T *dy, const T *x, T *
  * 1.24-1.57x faster for C = 2048-16384 float32 and 1.27-1.43x float64, the gradient pass
  * 1.11-1.40x and 1.12-1.18x (1 thread, kernels called through ctypes, interleaved with the
  * one-row loop).  Narrower rows stay one at a time: four side by side made C = 256-1024
- * float32 0.57-0.67x (eight streams from memory instead of two).  Same operations per
- * element either way, so the same bits. */
+ * float32 0.57-0.67x (eight streams from memory instead of two).  Rows of at most
+ * CHANNEL_ROW_NARROW bytes (four of them side by side in memory) go four at a time too where
+ * the range holds at most CHANNEL_NARROW_RANGE_BYTES of x, in cache: there a row's pass had
+ * loaded three (four) vectors for every vector of x.  Zen 3, through the def functions, both
+ * builds in one process, paired medians, 1 thread: forward pass (2, 1024, 64) float32 1.26x,
+ * (8, 64, 32) 1.38x, (1, 4096, 128) 1.18-1.24x, gradient pass 1.26x, 1.36x, 1.08x; group
+ * norm channels-last (2, 32, 32, 64) forward / backward 1.12x / 1.20x (2 threads 1.11x /
+ * 1.08x), batch norm channels-last (8, 8, 8, 32) 1.31x / 1.21x.  Beyond the range limit,
+ * from memory, they lost: forward (1, 8192, 128) float32 0.75x, (1, 16384, 128) 0.82-0.85x,
+ * gradient pass (1, 16384, 128) 0.66x.  Same operations per element either way, so the
+ * same bits. */
 #define CHANNEL_ROW_BYTES 4096
+#define CHANNEL_ROW_NARROW 512
+#define CHANNEL_NARROW_RANGE_BYTES ((int64_t)2 << 20)
 /* Channels-last output passes stream their rows (fn_stream.h) when asked to, but only rows
  * of 2 KiB up to CHANNEL_ROW_BYTES: each row is streamed on its own (FN_MAP_STREAMED), which
  * pays off where a row holds several whole chunks.  Kernels through ctypes, 1 thread,
@@ -365,8 +376,10 @@ static inline void FN_NAME(affine_grad_run, FN_SUF)(const T *dy, const T *x, T *
      && C * (int64_t)sizeof(T) <= CHANNEL_ROW_BYTES)
 /* Whether the visit at run u (row r, channel c0) of the range [u0, u1) takes four rows. */
 #define FOUR_ROWS_AT(u, r, c0)                                                               \
-    (C * (int64_t)sizeof(T) > CHANNEL_ROW_BYTES && (c0) == 0 && u1 - (u) >= 4 * C            \
-     && (r) / A == ((r) + 3) / A)
+    ((C * (int64_t)sizeof(T) > CHANNEL_ROW_BYTES                                               \
+      || (C * (int64_t)sizeof(T) <= CHANNEL_ROW_NARROW                                         \
+          && (u1 - u0) * (int64_t)sizeof(T) <= CHANNEL_NARROW_RANGE_BYTES))                     \
+     && (c0) == 0 && u1 - (u) >= 4 * C && (r) / A == ((r) + 3) / A)
 
 #define FINISH_MOMENTS FN_NAME(finish_moments, FN_SUF)
 #define AFFINE_RUN FN_NAME(affine_run, FN_SUF)
@@ -1265,6 +1278,8 @@ void FN_NAME(fn_norm_rows_backward, FN_SUF)(const T *dy, const T *x, T *gx, int6
 #undef FINISH_MOMENTS
 #undef CHANNEL_VECTOR_LANES
 #undef CHANNEL_ROW_BYTES
+#undef CHANNEL_ROW_NARROW
+#undef CHANNEL_NARROW_RANGE_BYTES
 #undef COLS_CHUNK
 #undef FOUR_ROWS_AT
 #undef AFFINE_RUN
