@@ -363,8 +363,13 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
     returned as mean and 1/sqrt(running_var + eps).
     """
     ext = _config.extension("normalization")
-    if ext is not None and num_batches_tracked is None:
-        result = ext.batch_norm_fast(x, weight, bias, running_mean, running_var, training, momentum,
+    if ext is not None:
+        # num_batches_tracked counts only for momentum=None: the factor 1 / num_batches_tracked
+        # (_momentum_factor), the one the layers pass with every training batch
+        factor = momentum
+        if momentum is None and type(num_batches_tracked) is int and 1 <= num_batches_tracked <= 2 ** 53:
+            factor = 1.0 / num_batches_tracked
+        result = ext.batch_norm_fast(x, weight, bias, running_mean, running_var, training, factor,
                                      eps, channels_last, out, _GRAIN)
         if result is not None:
             return result

@@ -282,6 +282,49 @@ def test_batch_norm_fast_equals_general(dtype, shape, channels_last, mode, affin
             assert not np.array_equal(rm_f, rm0)
 
 
+@pytest.mark.parametrize("momentum, num_batches_tracked, fast", [
+    (0.25, 3, True),            # the counter does not count with a momentum
+    (None, 3, True),            # the cumulative average: factor 1 / 3
+    (None, 1, True),
+    (None, np.int64(3), False),  # other counter types: the general path, the same values
+    (None, 2 ** 60, False),
+])
+def test_batch_norm_num_batches_tracked_takes_the_fast_path(momentum, num_batches_tracked, fast, monkeypatch,
+                                                             backend, rng):
+    """The batch norm layers pass num_batches_tracked with every training batch: the fast path
+    takes the call (the counter as the factor 1 / n where momentum is None), with the general
+    path's bits and running statistics."""
+    if backend[0] != "cython":
+        pytest.skip("the fast path exists only on the compiled backend")
+    taken = []
+    original = ext().batch_norm_fast
+
+    def counted(*args):
+        result = original(*args)
+        taken.append(result is not None)
+        return result
+
+    monkeypatch.setattr(ext(), "batch_norm_fast", counted)
+    x = (2 + 3 * rng.standard_normal((4, 3, 5, 2))).astype(np.float32)
+    w, b = _params(rng, 3, np.float32, True)
+    rm0, rv0 = rng.standard_normal(3).astype(np.float32), rng.uniform(0.5, 2, 3).astype(np.float32)
+    results = []
+    for xx in (x, _strided_any(x)):
+        rm, rv = rm0.copy(), rv0.copy()
+        got = fastnorm.batch_norm(xx, w, b, rm, rv, momentum=momentum, num_batches_tracked=num_batches_tracked)
+        results.append((got, rm, rv))
+    assert taken[0] == fast
+    (fast_r, rm_f, rv_f), (general, rm_g, rv_g) = results
+    assert_identical(fast_r, general)
+    assert_identical((rm_f, rv_f), (rm_g, rv_g))
+    factor = momentum if momentum is not None else 1.0 / int(num_batches_tracked)
+    np.testing.assert_allclose(rm_f, (1 - factor) * rm0 + factor * x.mean(axis=(0, 2, 3)), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="num_batches_tracked"):
+        fastnorm.batch_norm(x, w, b, rm0.copy(), rv0.copy(), momentum=None)
+    with pytest.raises(ValueError, match="num_batches_tracked must be >= 1"):
+        fastnorm.batch_norm(x, w, b, rm0.copy(), rv0.copy(), momentum=None, num_batches_tracked=0)
+
+
 def test_batch_norm_fast_path_declines_unusual_calls(rng):
     x = rng.standard_normal((4, 3, 5)).astype(np.float32)
     w, b = np.ones(3, np.float32), np.zeros(3, np.float32)
