@@ -79,6 +79,45 @@ def test_layer_norm_fast_equals_general(dtype, shape, affine, backend, num_threa
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, axes", [((2, 3, 4, 5), 2), ((2, 3, 4, 5), 3), ((3, 4, 5), 3), ((6, 1, 7), 2)],
+                         ids=str)
+@pytest.mark.parametrize("affine", [False, True])
+def test_layer_norm_over_several_axes_fast_equals_general(dtype, shape, axes, affine, backend, num_threads,
+                                                          rng):
+    """normalized_shape of several trailing axes (the LayerNorm layer's (C, H, W), say; all of
+    x's axes: 0-d statistics) takes the fast path: the general path's bits, parameter
+    gradients shaped as the parameters; layer and RMS norm."""
+    if backend[0] != "cython":
+        pytest.skip("the fast path exists only on the compiled backend")
+    ns = shape[len(shape) - axes:]
+    x = (3 + rng.standard_normal(shape)).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    w, b = ((rng.standard_normal(ns).astype(dtype), rng.standard_normal(ns).astype(dtype)) if affine
+            else (None, None))
+    assert ext().rows_forward_fast(x, ns, w, b, 1e-5, False, None, GRAIN) is not None
+    fast = fastnorm.layer_norm(x, ns, w, b)
+    assert_identical(fast, fastnorm.layer_norm(_strided_any(x), ns, w, b))
+    assert fast[1].shape == fast[2].shape == shape[:len(shape) - axes]
+    tol = dict(rtol=2e-4, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-9, atol=1e-9)
+    for got, want in zip(fast, fastnorm.reference.layer_norm(x, ns, w, b)):
+        np.testing.assert_allclose(got, want, **tol)
+    _, mean, rstd = fast
+    assert ext().rows_backward_fast(g, x, ns, w, mean, rstd, b, False, GRAIN) is not None
+    fast_b = fastnorm.layer_norm_backward(g, x, ns, w, mean, rstd, bias=b)
+    assert_identical(fast_b, fastnorm.layer_norm_backward(_strided_any(g), _strided_any(x), ns, w, mean, rstd,
+                                                          bias=b))
+    for got, want in zip(fast_b, fastnorm.reference.layer_norm_backward(g, x, ns, w, mean, rstd, bias=b)):
+        assert (got is None) == (want is None)
+        if got is not None:
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, **tol)
+    fast_r = fastnorm.rms_norm(x, ns, w)
+    assert_identical(fast_r, fastnorm.rms_norm(_strided_any(x), ns, w))
+    fast_rb = fastnorm.rms_norm_backward(g, x, ns, w, fast_r[1])
+    assert_identical(fast_rb, fastnorm.rms_norm_backward(_strided_any(g), _strided_any(x), ns, w, fast_r[1]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("eps", [None, 1e-6, 0.0])
 def test_rms_norm_fast_equals_general(dtype, shape, eps, backend, num_threads, rng):
@@ -133,7 +172,11 @@ def _unusual_forward_calls(x, w, b):
         ("empty", (x[:0], 5, w, b, 1e-5)),
         ("0-d", (np.float32(1.0) * np.ones((), x.dtype), 1, None, None, 1e-5)),
         ("ns mismatch", (x, 4, w, b, 1e-5)),
-        ("ns 2 dims", (x, (3, 5), None, None, 1e-5)),
+        ("ns 2 dims not x's", (x, (3, 4), None, None, 1e-5)),
+        ("ns 2 dims, weight 1-d", (x, (3, 5), np.ones(15, x.dtype), None, 1e-5)),
+        ("ns longer than x", (x, (1, 3, 5), None, None, 1e-5)),
+        ("ns empty", (x, (), None, None, 1e-5)),
+        ("ns list", (x, [5], w, b, 1e-5)),
         ("ns bool", (x[:, :1].copy(), True, None, None, 1e-5)),
         ("ns float", (x, 5.0, w, b, 1e-5)),
         ("ns huge", (x, 2 ** 80, w, b, 1e-5)),

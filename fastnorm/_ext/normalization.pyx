@@ -932,13 +932,29 @@ cdef inline bint _plain_vector(object a, int typenum, cnp.npy_intp k):
     return a is None or _plain_shape(a, typenum, 1, &k)
 
 
-cdef inline bint _last_dim_is(object normalized_shape, cnp.npy_intp k):
-    if type(normalized_shape) is tuple:
-        if len(<tuple>normalized_shape) != 1:
-            return False
-        normalized_shape = (<tuple>normalized_shape)[0]
-    # compared as Python ints: a huge value must not overflow a C integer
-    return type(normalized_shape) is int and normalized_shape == k
+cdef inline Py_ssize_t _product(int count, cnp.npy_intp *dims):
+    cdef Py_ssize_t p = 1
+    cdef int j
+    for j in range(count):
+        p *= dims[j]
+    return p
+
+
+cdef inline int _trailing_axes(object normalized_shape, int nd, cnp.npy_intp *dims):
+    """How many trailing axes of dims[:nd] normalized_shape (an int or a tuple of ints) names,
+    or 0 where it names none."""
+    cdef int nk, j
+    if type(normalized_shape) is not tuple:
+        normalized_shape = (normalized_shape,)
+    nk = len(<tuple>normalized_shape)
+    if nk == 0 or nk > nd:
+        return 0
+    for j in range(nk):
+        s = (<tuple>normalized_shape)[j]
+        # compared as Python ints: a huge value must not overflow a C integer
+        if type(s) is not int or s != dims[nd - nk + j]:
+            return 0
+    return nk
 
 
 cdef inline int _fast_typenum(object x):
@@ -986,10 +1002,10 @@ def rows_forward_fast(object x, object normalized_shape, object weight, object b
     cdef cnp.ndarray xa = <cnp.ndarray>x
     cdef int nd = cnp.PyArray_NDIM(xa)
     cdef cnp.npy_intp *dims = cnp.PyArray_DIMS(xa)
-    cdef cnp.npy_intp K = dims[nd - 1]
+    cdef int nk = _trailing_axes(normalized_shape, nd, dims), lead = nd - nk
     cdef double eps_d
-    if not (_last_dim_is(normalized_shape, K) and _plain_vector(weight, typenum, K)
-            and _plain_vector(bias, typenum, K)):
+    if not (nk > 0 and (weight is None or _plain_shape(weight, typenum, nk, dims + lead))
+            and (bias is None or _plain_shape(bias, typenum, nk, dims + lead))):
         return None
     if eps is None and rms:
         eps_d = FLT_EPSILON if typenum == cnp.NPY_FLOAT32 else DBL_EPSILON
@@ -997,15 +1013,15 @@ def rows_forward_fast(object x, object normalized_shape, object weight, object b
         eps_d = <double>eps
     else:
         return None
-    cdef Py_ssize_t n = cnp.PyArray_SIZE(xa), M = n // K
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(xa), K = _product(nk, dims + lead), M = n // K
     y_obj = _fast_output(xa, out, weight, bias, None, None)
     if y_obj is None:
         return None
     cdef cnp.ndarray y = <cnp.ndarray>y_obj
     cdef int nthreads = threads_for(n, grain)
     # RMS norm has no mean: the kernel does not write it, so none is allocated.
-    mean = None if rms else cnp.PyArray_EMPTY(nd - 1, dims, typenum, 0)
-    cdef cnp.ndarray rstd = cnp.PyArray_EMPTY(nd - 1, dims, typenum, 0)
+    mean = None if rms else cnp.PyArray_EMPTY(lead, dims, typenum, 0)
+    cdef cnp.ndarray rstd = cnp.PyArray_EMPTY(lead, dims, typenum, 0)
     cdef void *meanp = NULL if rms else cnp.PyArray_DATA(<cnp.ndarray>mean)
     cdef const void *wp = _data_or_null(weight)
     cdef const void *bp = _data_or_null(bias)
@@ -1035,14 +1051,15 @@ def rows_backward_fast(object grad_output, object x, object normalized_shape, ob
     cdef cnp.ndarray xa = <cnp.ndarray>x
     cdef int nd = cnp.PyArray_NDIM(xa)
     cdef cnp.npy_intp *dims = cnp.PyArray_DIMS(xa)
-    cdef cnp.npy_intp K = dims[nd - 1]
-    if not (_plain_shape(grad_output, typenum, nd, dims) and _last_dim_is(normalized_shape, K)
-            and _plain_vector(weight, typenum, K) and _plain_vector(bias, typenum, K)
-            and _plain_shape(rstd, typenum, nd - 1, dims)
-            and (_plain_shape(mean, typenum, nd - 1, dims) if not rms else mean is None)):
+    cdef int nk = _trailing_axes(normalized_shape, nd, dims), lead = nd - nk
+    if not (nk > 0 and _plain_shape(grad_output, typenum, nd, dims)
+            and (weight is None or _plain_shape(weight, typenum, nk, dims + lead))
+            and (bias is None or _plain_shape(bias, typenum, nk, dims + lead))
+            and _plain_shape(rstd, typenum, lead, dims)
+            and (_plain_shape(mean, typenum, lead, dims) if not rms else mean is None)):
         return None
     cdef bint want_gw = weight is not None, want_gb = bias is not None
-    cdef Py_ssize_t n = cnp.PyArray_SIZE(xa), M = n // K
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(xa), K = _product(nk, dims + lead), M = n // K
     cdef Py_ssize_t rb = _ln_param_rows(M, K, cnp.PyArray_ITEMSIZE(xa)), nblk = (M + rb - 1) // rb
     cdef int nthreads = threads_for(n, grain)
     cdef cnp.ndarray gx = pooled_empty(nd, dims, typenum, cnp.PyArray_DATA(xa),
@@ -1072,8 +1089,12 @@ def rows_backward_fast(object grad_output, object x, object normalized_shape, ob
                                        <const double *>cnp.PyArray_DATA(xa), <double *>cnp.PyArray_DATA(gx),
                                        M, K, <const double *>wp, <const double *>mp, <const double *>rp,
                                        rms, pwp, pbp, rb, nthreads, stream)
-    return (gx, _block_sum(pw, typenum) if want_gw else None,
-            _block_sum(pb, typenum) if want_gb else None)
+    gw = _block_sum(pw, typenum) if want_gw else None
+    gb = _block_sum(pb, typenum) if want_gb else None
+    if nk > 1:  # (K,) sums shaped as the parameters
+        gw = None if gw is None else gw.reshape(weight.shape)
+        gb = None if gb is None else gb.reshape(bias.shape)
+    return gx, gw, gb
 
 
 cdef inline bint _exact_bool(object v):
