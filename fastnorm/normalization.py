@@ -764,12 +764,21 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
     statistics normalize (they are then required).
     """
     ext = _config.extension("normalization")
-    if (ext is not None and use_input_stats is True and running_mean is None and running_var is None
-            and type(x) is np.ndarray and x.ndim >= 3 and x.size != x.shape[0] * x.shape[1]):
-        # group norm with a group per channel, the same kernel and arithmetic (bit-identical)
-        result = ext.group_norm_fast(x, x.shape[1], weight, bias, eps, False, out, _GRAIN)
-        if result is not None:
-            return result
+    if ext is not None and type(x) is np.ndarray and x.ndim >= 3:
+        if use_input_stats is True and x.size != x.shape[0] * x.shape[1]:
+            # group norm with a group per channel, the same kernel and arithmetic (bit-identical)
+            result = ext.group_norm_fast(x, x.shape[1], weight, bias, eps, False, out, _GRAIN,
+                                         running_mean, running_var, momentum)
+            if result is not None:
+                return result
+        elif use_input_stats is False and running_mean is not None:
+            # batch norm's evaluation with the statistics per (sample, channel)
+            result = ext.batch_norm_fast(x, weight, bias, running_mean, running_var, False, momentum,
+                                         eps, False, out, _GRAIN)
+            if result is not None:
+                y, mean, rstd = result
+                lead = (x.shape[0], x.shape[1])
+                return y, np.broadcast_to(mean, lead).copy(), np.broadcast_to(rstd, lead).copy()
     func = "instance_norm"
     x = _x(func, x, 2)
     use_input_stats = _flag(func, "use_input_stats", use_input_stats)
@@ -802,8 +811,9 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
         mean, m2 = _group_forward(ext, xc, buf, n, c, 1, hw, weight, bias, eps, nthreads, buf is out)
         rstd = _rstd(m2 / hw, eps)
         if rm is not None:
-            _update_running(rm, mean.mean(axis=0), momentum)
-            _update_running(rv, (m2 / (hw - 1)).mean(axis=0), momentum)
+            batch_mean, batch_var = ext.instance_batch_stats(mean.reshape(-1), m2.reshape(-1), n, c, hw)
+            _update_running(rm, batch_mean, momentum)
+            _update_running(rv, batch_var, momentum)
     else:
         mean = np.broadcast_to(rm.astype(_F64), (n, c))
         rstd = _rstd(np.broadcast_to(rv.astype(_F64), (n, c)), eps)

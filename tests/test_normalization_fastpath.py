@@ -816,13 +816,71 @@ def test_instance_norm_takes_the_group_norm_fast_path(dtype, shape, affine, back
                                                               fast[2], bias=bias))
 
 
-def test_instance_norm_errors_and_running_statistics_still_take_the_general_path(rng):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 5), (3, 4, 2, 3), (4, 64, 16, 16)], ids=str)
+@pytest.mark.parametrize("affine", [False, True])
+def test_instance_norm_with_running_statistics_takes_the_fast_paths(dtype, shape, affine, backend, num_threads,
+                                                                    rng):
+    """Instance norm with running statistics (the InstanceNorm layers with
+    track_running_stats): training updates them on the fast path (group norm's kernel, the
+    batch averages by instance_batch_stats), evaluation normalizes with them on batch norm's
+    evaluation path; both the general path's bits, running statistics included."""
+    if backend[0] != "cython":
+        pytest.skip("the fast path exists only on the compiled backend")
+    x = (1 + 2 * rng.standard_normal(shape)).astype(dtype)
+    c = shape[1]
+    w, b = _params(rng, c, dtype, affine)
+    rm0, rv0 = rng.standard_normal(c).astype(dtype), rng.uniform(0.5, 2, c).astype(dtype)
+    assert ext().group_norm_fast(x, c, w, b, 1e-5, False, None, GRAIN, rm0.copy(), rv0.copy(), 0.3) is not None
+    assert ext().batch_norm_fast(x, w, b, rm0.copy(), rv0.copy(), False, 0.3, 1e-5, False, None, GRAIN) is not None
+    for use_input_stats in (True, False):
+        results = []
+        for xx in (x, _strided_any(x)):
+            rm, rv = rm0.copy(), rv0.copy()
+            got = fastnorm.instance_norm(xx, w, b, rm, rv, use_input_stats=use_input_stats, momentum=0.3)
+            results.append((got, rm, rv))
+        (fast, rm_f, rv_f), (general, rm_g, rv_g) = results
+        assert_identical(fast, general)
+        assert fast[1].shape == fast[2].shape == shape[:2]
+        assert_identical((rm_f, rv_f), (rm_g, rv_g))
+        if use_input_stats:
+            hw = x[0, 0].size
+            want_rm = 0.7 * rm0 + 0.3 * x.reshape(shape[0], c, hw).mean(axis=(0, 2))
+            want_rv = 0.7 * rv0 + 0.3 * x.reshape(shape[0], c, hw).var(axis=2, ddof=1).mean(axis=0)
+            tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(rm_f, want_rm, **tol)
+            np.testing.assert_allclose(rv_f, want_rv, **tol)
+        else:
+            assert_identical((rm_f, rv_f), (rm0, rv0))
+    # declined: a running statistic alone, read-only, overlapping, momentum not a float, channels last
+    declined = {"rv missing": (rm0.copy(), None, 0.3), "momentum int": (rm0.copy(), rv0.copy(), 0),
+                "momentum nan": (rm0.copy(), rv0.copy(), float("nan")),
+                "read-only": (np.zeros(c, dtype), np.ones(c, dtype), 0.3), "overlapping": None}
+    declined["read-only"][0].flags.writeable = False
+    both = np.ones(2 * c, dtype)
+    declined["overlapping"] = (both[:c], both[:c], 0.3)
+    for label, (rm, rv, momentum) in declined.items():
+        assert ext().group_norm_fast(x, c, w, b, 1e-5, False, None, GRAIN, rm, rv, momentum) is None, label
+    assert ext().group_norm_fast(x, c, w, b, 1e-5, True, None, GRAIN, rm0.copy(), rv0.copy(), 0.3) is None
+    if c > 1:
+        assert ext().group_norm_fast(x, 1, w, b, 1e-5, False, None, GRAIN, rm0.copy(), rv0.copy(), 0.3) is None
+
+
+def test_instance_norm_errors_come_from_the_general_path_and_running_statistics_change_nothing_else(rng):
     x = rng.standard_normal((2, 3, 1)).astype(np.float32)
     with pytest.raises(ValueError, match="instance_norm: expected more than 1 spatial element"):
         fastnorm.instance_norm(x)
     with pytest.raises(ValueError, match="instance_norm: expected more than 1 spatial element"):
         fastnorm.instance_norm(x[:, :, 0])
+    with pytest.raises(ValueError, match="instance_norm: expected more than 1 spatial element"):
+        fastnorm.instance_norm(x, running_mean=np.zeros(3, np.float32), running_var=np.ones(3, np.float32))
     x = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match="instance_norm: running_mean and running_var are required"):
+        fastnorm.instance_norm(x, use_input_stats=False)
+    with pytest.raises(ValueError, match="instance_norm: out must not share memory with running_mean"):
+        rm = np.zeros(x.size + 3, np.float32)
+        fastnorm.instance_norm(x, running_mean=rm[:3], running_var=np.ones(3, np.float32),
+                               out=rm[:x.size].reshape(x.shape))
     rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
     y, mean, rstd = fastnorm.instance_norm(x, running_mean=rm, running_var=rv, momentum=0.5)
     np.testing.assert_allclose(rm, 0.5 * x.mean(axis=(0, 2)), rtol=1e-5, atol=1e-6)

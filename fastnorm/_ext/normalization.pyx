@@ -1280,8 +1280,8 @@ cdef void _bn_channels(Py_ssize_t C, Py_ssize_t n, bint training, bint running, 
         if training:
             var = m2[c] / <double>n
             if running:
-                rm[c] = <floating>((1.0 - f) * <double>rm[c] + f * mean_d[c])
-                rv[c] = <floating>((1.0 - f) * <double>rv[c] + f * (m2[c] / <double>(n - 1)))
+                rm[c] = <floating>_running_step(<double>rm[c], f, mean_d[c])
+                rv[c] = <floating>_running_step(<double>rv[c], f, m2[c] / <double>(n - 1))
         else:
             mean_d[c] = <double>rm[c]
             var = <double>rv[c]
@@ -1295,12 +1295,15 @@ cdef void _bn_channels(Py_ssize_t C, Py_ssize_t n, bint training, bint running, 
 
 
 def group_norm_fast(object x, object num_groups, object weight, object bias, object eps,
-                    object channels_last, object out, Py_ssize_t grain):
+                    object channels_last, object out, Py_ssize_t grain, object running_mean=None,
+                    object running_var=None, object momentum=None):
     """(y, mean, rstd) of group norm of plain arrays (see above), channels first or last,
     num_groups an int dividing the channels; the same kernels as
     fastnorm.normalization.group_norm and the same float64 arithmetic for rstd, so the
-    results are bit-identical.  None when the general path is needed (which also raises
-    every error)."""
+    results are bit-identical.  Instance norm (channels first, a group per channel, more
+    than one spatial element) may pass running statistics to update with factor momentum
+    (a float), as fastnorm.normalization.instance_norm does (_instance_running).  None when
+    the general path is needed (which also raises every error)."""
     cdef int typenum = _fast_typenum(x)
     if typenum < 0 or cnp.PyArray_NDIM(<cnp.ndarray>x) < 2 or not _exact_bool(channels_last):
         return None
@@ -1314,13 +1317,25 @@ def group_norm_fast(object x, object num_groups, object weight, object bias, obj
         return None
     if not (_plain_vector(weight, typenum, C) and _plain_vector(bias, typenum, C)):
         return None
+    cdef Py_ssize_t size = cnp.PyArray_SIZE(xa), G = num_groups
+    cdef Py_ssize_t U = N * G, cg = C // G, hw = size // (N * C), u
+    cdef bint running = running_mean is not None or running_var is not None
+    cdef double f = 0.0
+    if running:
+        if (last or G != C or hw < 2 or not (type(momentum) is float and isfinite(<double>momentum))
+                or running_mean is None or running_var is None
+                or not (_plain_shape(running_mean, typenum, 1, &C) and _plain_shape(running_var, typenum, 1, &C)
+                        and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>running_mean)
+                        and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>running_var)
+                        and not overlap(<cnp.ndarray>running_mean, <cnp.ndarray>running_var))):
+            return None
+        f = <double>momentum
     # (the channels-last output pass reads coefficients of its own, not weight and bias)
-    y_obj = _fast_output(xa, out, None if last else weight, None if last else bias, None, None)
+    y_obj = _fast_output(xa, out, None if last else weight, None if last else bias, running_mean,
+                         running_var)
     if y_obj is None:
         return None
     cdef cnp.ndarray y = <cnp.ndarray>y_obj
-    cdef Py_ssize_t size = cnp.PyArray_SIZE(xa), G = num_groups
-    cdef Py_ssize_t U = N * G, cg = C // G, hw = size // (N * C), u
     cdef int nthreads = threads_for(size, grain)
     cdef Py_ssize_t nbytes = size * cnp.PyArray_ITEMSIZE(xa)
     cdef int stream = streams(nbytes, 2 * nbytes, out is not None)
@@ -1365,7 +1380,69 @@ def group_norm_fast(object x, object num_groups, object weight, object bias, obj
             for u in range(U):
                 (<double *>mean_p)[u] = mp[u]
                 (<double *>rstd_p)[u] = 1.0 / sqrt(m2p[u] / count + eps_d)
+    if running:
+        _instance_running_update(typenum, N, C, hw, mp, m2p, f, running_mean, running_var)
     return y, mean, rstd
+
+
+def instance_batch_stats(const double[::1] mean, const double[::1] m2, Py_ssize_t N, Py_ssize_t C,
+                         Py_ssize_t hw):
+    """Instance norm's batch statistics for its running statistics: the average over the N
+    samples of the instance means and of the unbiased instance variances M2 / (hw - 1),
+    float64 (C,) each.  IN mean, m2: (N*C,) float64; hw >= 2."""
+    _check(N >= 1 and hw >= 2 and mean.shape[0] == N * C == m2.shape[0], "instance_batch_stats: inconsistent sizes")
+    a = _empty_vector(C, cnp.NPY_FLOAT64)
+    v = _empty_vector(C, cnp.NPY_FLOAT64)
+    _instance_batch_stats(N, C, hw, &mean[0], &m2[0], <double *>cnp.PyArray_DATA(a),
+                          <double *>cnp.PyArray_DATA(v))
+    return a, v
+
+
+cdef void _instance_batch_stats(Py_ssize_t N, Py_ssize_t C, Py_ssize_t hw, const double *mean,
+                                const double *m2, double *avg_mean, double *avg_var) noexcept nogil:
+    """instance_batch_stats on raw pointers: sums over the samples in order from +0.0, then
+    divided by N."""
+    cdef Py_ssize_t n, c
+    cdef double a, v
+    for c in range(C):
+        a = 0.0
+        v = 0.0
+        for n in range(N):
+            a = a + mean[n * C + c]
+            v = v + m2[n * C + c] / <double>(hw - 1)
+        avg_mean[c] = a / <double>N
+        avg_var[c] = v / <double>N
+
+
+cdef void _instance_running_update(int typenum, Py_ssize_t N, Py_ssize_t C, Py_ssize_t hw,
+                                   const double *mean, const double *m2, double f,
+                                   cnp.ndarray running_mean, cnp.ndarray running_var):
+    """The running statistics updated with instance_batch_stats (_running_step)."""
+    cdef cnp.ndarray keep = _scratch(2 * C)
+    cdef double *avg = <double *>cnp.PyArray_DATA(keep)
+    cdef Py_ssize_t c
+    _instance_batch_stats(N, C, hw, mean, m2, avg, avg + C)
+    if typenum == cnp.NPY_FLOAT32:
+        _running_update[float](C, f, avg, avg + C, <float *>cnp.PyArray_DATA(running_mean),
+                               <float *>cnp.PyArray_DATA(running_var))
+    else:
+        _running_update[double](C, f, avg, avg + C, <double *>cnp.PyArray_DATA(running_mean),
+                                <double *>cnp.PyArray_DATA(running_var))
+
+
+cdef void _running_update(Py_ssize_t C, double f, const double *batch_mean, const double *batch_var,
+                          floating *rm, floating *rv) noexcept nogil:
+    cdef Py_ssize_t c
+    for c in range(C):
+        rm[c] = <floating>_running_step(<double>rm[c], f, batch_mean[c])
+        rv[c] = <floating>_running_step(<double>rv[c], f, batch_var[c])
+
+
+cdef inline double _running_step(double r, double f, double s) noexcept nogil:
+    """A running statistic's update, (1 - f) * r + f * s in float64, as
+    normalization._update_running computes it (this module's C is compiled for baseline
+    x86-64, without fused multiply-add to contract it into)."""
+    return (1.0 - f) * r + f * s
 
 
 def group_norm_backward_fast(object grad_output, object x, object num_groups, object weight,
