@@ -7,9 +7,9 @@ run, interleaved (A at 1 thread, A at 2, B at 1, B at 2, fastnorm at 1, ..., in 
 that rotates from round to round), and reported as medians and ratios:
 NumPy/fastnorm, torch/fastnorm (allocating and writing into a preallocated output)
 and fastnorm/copy-floor, where the floor is ``np.copyto`` of the same bytes
-measured in the same run.  A small-shape section (group, instance and batch norm
-on arrays of 64-256 KiB, rows named "small: ...") follows the standard suite and
-has geometric means of its own.  ``--quick`` runs small shapes for a few seconds (a
+measured in the same run.  A small-shape section (group norm, channels first and
+last, instance and batch norm on arrays of 64-256 KiB, rows named "small: ...") follows
+the standard suite and has geometric means of its own.  ``--quick`` runs small shapes for a few seconds (a
 smoke test; its numbers mean little).
 """
 import argparse
@@ -162,14 +162,18 @@ QUICK_NORM_SHAPES = {"bn2d": (8, 16, 28, 28), "bn1d": (512, 256), "ln": (1024, 7
 
 # Small normalization calls, where per-call overhead and each group's chain of divisions count
 # rather than memory: the standard suite's norms are all several MiB, and a group norm
-# slower than PyTorch at (4, 64, 16, 16) went unseen by it (2026-12-02).
-SMALL_NORM_SHAPES = {"gn": (4, 64, 16, 16), "in": (8, 32, 8, 8), "bn2d": (8, 32, 8, 8)}
+# slower than PyTorch at (4, 64, 16, 16) went unseen by it (2026-12-02), and so did
+# channels-last group norm at 0.4-0.5x of PyTorch (NumPy glue on the general path,
+# 2026-12-03).  "gn-cl": an (N, C, H, W) shape, laid out (N, H, W, C).
+SMALL_NORM_SHAPES = {"gn": (4, 64, 16, 16), "gn-cl": (8, 32, 8, 8), "in": (8, 32, 8, 8),
+                     "bn2d": (8, 32, 8, 8)}
 
 
 def norm_workloads(shapes, torch, small_shapes=None):
     """Batch/layer/group norm forward and backward; NumPy peer = the oracle module.  With
-    small_shapes (SMALL_NORM_SHAPES), the small-shape section's rows follow: group, instance
-    and batch norm, float32, PyTorch's instance norm as batch norm over the (1, N*C, H, W)
+    small_shapes (SMALL_NORM_SHAPES), the small-shape section's rows follow: group norm
+    (channels first, then last), instance and batch norm, float32, PyTorch's instance norm
+    as batch norm over the (1, N*C, H, W)
     view, which is what torch.nn.functional.instance_norm runs (its weight and bias repeated
     per sample once, outside the timing, where the functional repeats them per call)."""
     rng = np.random.default_rng(3)
@@ -235,25 +239,31 @@ def norm_workloads(shapes, torch, small_shapes=None):
         rows.extend([Workload(f"{tag('layer_norm', shape, dtype)} fwd", fwd, x.nbytes),
                      Workload(f"{tag('layer_norm', shape, dtype)} bwd", bwd, x.nbytes)])
 
-    def group_norm_rows(shape, groups, small=False):
+    def group_norm_rows(shape, groups, small=False, last=False):
         n, c = shape[:2]
         hw = int(np.prod(shape[2:]))
-        x, g, w, b = arrays(shape, c, np.float32)
-        _, mean, rstd = fastnorm.group_norm(x, groups, w, b)
+        layout = (n,) + tuple(shape[2:]) + (c,) if last else shape  # last: channels last
+        x, g, w, b = arrays(layout, c, np.float32)
+        _, mean, rstd = fastnorm.group_norm(x, groups, w, b, channels_last=last)
         out = np.empty_like(x)
-        fwd = {"numpy": lambda: ref.group_norm(x, groups, w, b),
-               "fastnorm": lambda: fastnorm.group_norm(x, groups, w, b),
-               "fastnorm-out": lambda: fastnorm.group_norm(x, groups, w, b, out=out)}
-        bwd = {"numpy": lambda: ref.group_norm_backward(g, x, groups, w, mean, rstd, bias=b),
-               "fastnorm": lambda: fastnorm.group_norm_backward(g, x, groups, w, mean, rstd, bias=b)}
+        fwd = {"numpy": lambda: ref.group_norm(x, groups, w, b, channels_last=last),
+               "fastnorm": lambda: fastnorm.group_norm(x, groups, w, b, channels_last=last),
+               "fastnorm-out": lambda: fastnorm.group_norm(x, groups, w, b, channels_last=last, out=out)}
+        bwd = {"numpy": lambda: ref.group_norm_backward(g, x, groups, w, mean, rstd, channels_last=last, bias=b),
+               "fastnorm": lambda: fastnorm.group_norm_backward(g, x, groups, w, mean, rstd, channels_last=last,
+                                                                bias=b)}
         if torch is not None:
-            tx, tg, tw, tb = map(T, (x, g, w, b))
+            # channels last: NCHW tensors whose memory is (N, H, W, C), PyTorch's channels_last format
+            to_torch = (lambda a: T(a).movedim(-1, 1)) if last else T
+            tx, tg = to_torch(x), to_torch(g)
+            tw, tb = T(w), T(b)
             saved = aten.native_group_norm(tx, tw, tb, n, c, hw, groups, 1e-5)
             fwd["torch"] = lambda: aten.native_group_norm(tx, tw, tb, n, c, hw, groups, 1e-5)
             bwd["torch"] = lambda: aten.native_group_norm_backward(tg, tx, saved[1], saved[2], tw, n, c, hw,
                                                                    groups, mask3)
-        rows.extend([Workload(f"{tag('group_norm', shape, np.float32, small)} G={groups} fwd", fwd, x.nbytes, small),
-                     Workload(f"{tag('group_norm', shape, np.float32, small)} G={groups} bwd", bwd, x.nbytes, small)])
+        name = tag("group_norm channels-last" if last else "group_norm", layout, np.float32, small)
+        rows.extend([Workload(f"{name} G={groups} fwd", fwd, x.nbytes, small),
+                     Workload(f"{name} G={groups} bwd", bwd, x.nbytes, small)])
 
     def instance_norm_rows(shape, small=False):
         x, g, w, b = arrays(shape, shape[1], np.float32)
@@ -283,6 +293,7 @@ def norm_workloads(shapes, torch, small_shapes=None):
     group_norm_rows(shapes["gn"], 32)
     if small_shapes:
         group_norm_rows(small_shapes["gn"], 32, small=True)
+        group_norm_rows(small_shapes["gn-cl"], 8, small=True, last=True)
         instance_norm_rows(small_shapes["in"], small=True)
         batch_norm_rows(small_shapes["bn2d"], np.float32, small=True)
     return rows

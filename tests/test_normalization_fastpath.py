@@ -968,3 +968,46 @@ def test_group_and_instance_norm_calls_take_the_fast_paths(monkeypatch, backend,
     _, mean, rstd = fastnorm.group_norm(xl, 2, w, b, channels_last=True)
     fastnorm.group_norm_backward(xl, xl, 2, w, mean, rstd, channels_last=True, bias=b)
     assert taken == [("group_norm_fast", True), ("group_norm_backward_fast", True)] * 3
+
+
+LAYER_CASES = [
+    ("BatchNorm1d", lambda L: L.BatchNorm1d(6), (5, 6)),
+    ("BatchNorm1d momentum=None", lambda L: L.BatchNorm1d(6, momentum=None), (5, 6, 3)),
+    ("BatchNorm2d", lambda L: L.BatchNorm2d(6), (3, 6, 4, 4)),
+    ("BatchNorm2d untracked", lambda L: L.BatchNorm2d(6, track_running_stats=False), (3, 6, 4, 4)),
+    ("BatchNorm3d no affine", lambda L: L.BatchNorm3d(6, affine=False), (2, 6, 2, 3, 2)),
+    ("LayerNorm", lambda L: L.LayerNorm(6), (4, 5, 6)),
+    ("LayerNorm several axes", lambda L: L.LayerNorm((6, 4, 4)), (3, 6, 4, 4)),
+    ("RMSNorm", lambda L: L.RMSNorm((5, 6)), (4, 5, 6)),
+    ("GroupNorm", lambda L: L.GroupNorm(3, 6), (3, 6, 4, 4)),
+    ("InstanceNorm2d", lambda L: L.InstanceNorm2d(6), (3, 6, 4, 4)),
+    ("InstanceNorm2d tracked", lambda L: L.InstanceNorm2d(6, affine=True, track_running_stats=True), (3, 6, 4, 4)),
+]
+
+
+@pytest.mark.parametrize("name, make, shape", LAYER_CASES, ids=[c[0] for c in LAYER_CASES])
+def test_norm_layers_take_the_fast_paths(name, make, shape, monkeypatch, backend, rng):
+    """The normalization layers' training forward and backward and their evaluation forward
+    reach the C-level fast paths with the arguments they pass (the batch norm layers'
+    num_batches_tracked, LayerNorm's normalized_shape tuple, tracked instance statistics),
+    not the general path's NumPy glue, which costs about 100 us at these sizes."""
+    if backend[0] != "cython":
+        pytest.skip("the fast path exists only on the compiled backend")
+    import fastnorm.layers as L
+    calls = []
+    for fast in [n for n in dir(ext()) if n.endswith("_fast")]:
+        original = getattr(ext(), fast)
+
+        def counted(*args, _original=original, _name=fast):
+            result = _original(*args)
+            calls.append((_name, result is not None))
+            return result
+
+        monkeypatch.setattr(ext(), fast, counted)
+    layer = make(L)
+    x = (1 + rng.standard_normal(shape)).astype(np.float32)
+    y = layer.forward(x)
+    layer.backward(np.ones_like(y))
+    layer.eval()
+    layer.forward(x)
+    assert len(calls) == 3 and all(taken for _, taken in calls), calls
