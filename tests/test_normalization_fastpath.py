@@ -41,6 +41,21 @@ def assert_identical(fast, general):
         assert f.tobytes() == g.tobytes()  # bit for bit, signed zeros and NaN payloads included
 
 
+def _count_fast_calls(monkeypatch, names):
+    """A list that receives (name, taken) for every call of the named fast paths."""
+    calls = []
+    for name in names:
+        original = getattr(ext(), name)
+
+        def counted(*args, _original=original, _name=name):
+            result = _original(*args)
+            calls.append((_name, result is not None))
+            return result
+
+        monkeypatch.setattr(ext(), name, counted)
+    return calls
+
+
 def _params(rng, k, dtype, affine):
     if not affine:
         return None, None
@@ -339,15 +354,7 @@ def test_batch_norm_num_batches_tracked_takes_the_fast_path(momentum, num_batche
     path's bits and running statistics."""
     if backend[0] != "cython":
         pytest.skip("the fast path exists only on the compiled backend")
-    taken = []
-    original = ext().batch_norm_fast
-
-    def counted(*args):
-        result = original(*args)
-        taken.append(result is not None)
-        return result
-
-    monkeypatch.setattr(ext(), "batch_norm_fast", counted)
+    calls = _count_fast_calls(monkeypatch, ["batch_norm_fast"])
     x = (2 + 3 * rng.standard_normal((4, 3, 5, 2))).astype(np.float32)
     w, b = _params(rng, 3, np.float32, True)
     rm0, rv0 = rng.standard_normal(3).astype(np.float32), rng.uniform(0.5, 2, 3).astype(np.float32)
@@ -356,7 +363,7 @@ def test_batch_norm_num_batches_tracked_takes_the_fast_path(momentum, num_batche
         rm, rv = rm0.copy(), rv0.copy()
         got = fastnorm.batch_norm(xx, w, b, rm, rv, momentum=momentum, num_batches_tracked=num_batches_tracked)
         results.append((got, rm, rv))
-    assert taken[0] == fast
+    assert calls[0] == ("batch_norm_fast", fast)
     (fast_r, rm_f, rv_f), (general, rm_g, rv_g) = results
     assert_identical(fast_r, general)
     assert_identical((rm_f, rv_f), (rm_g, rv_g))
@@ -948,16 +955,7 @@ def test_batch_norm_backward_fast_float32_parameter_gradient_overflow_warns(rng)
 def test_group_and_instance_norm_calls_take_the_fast_paths(monkeypatch, backend, rng):
     if backend[0] != "cython":
         pytest.skip("the fast path exists only on the compiled backend")
-    taken = []
-    for name in ("group_norm_fast", "group_norm_backward_fast"):
-        original = getattr(ext(), name)
-
-        def counted(*args, _original=original, _name=name):
-            result = _original(*args)
-            taken.append((_name, result is not None))
-            return result
-
-        monkeypatch.setattr(ext(), name, counted)
+    taken = _count_fast_calls(monkeypatch, ["group_norm_fast", "group_norm_backward_fast"])
     x = rng.standard_normal((2, 4, 3, 3)).astype(np.float32)
     w, b = np.ones(4, np.float32), np.zeros(4, np.float32)
     _, mean, rstd = fastnorm.group_norm(x, 2, w, b)
@@ -994,16 +992,7 @@ def test_norm_layers_take_the_fast_paths(name, make, shape, monkeypatch, backend
     if backend[0] != "cython":
         pytest.skip("the fast path exists only on the compiled backend")
     import fastnorm.layers as L
-    calls = []
-    for fast in [n for n in dir(ext()) if n.endswith("_fast")]:
-        original = getattr(ext(), fast)
-
-        def counted(*args, _original=original, _name=fast):
-            result = _original(*args)
-            calls.append((_name, result is not None))
-            return result
-
-        monkeypatch.setattr(ext(), fast, counted)
+    calls = _count_fast_calls(monkeypatch, [n for n in dir(ext()) if n.endswith("_fast")])
     layer = make(L)
     x = (1 + rng.standard_normal(shape)).astype(np.float32)
     y = layer.forward(x)
