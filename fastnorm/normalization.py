@@ -365,7 +365,8 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
     ext = _config.extension("normalization")
     if ext is not None:
         # num_batches_tracked counts only for momentum=None: the factor 1 / num_batches_tracked
-        # (_momentum_factor), the one the layers pass with every training batch
+        # (_momentum_factor), the one the layers pass with every training batch.  (Counters
+        # beyond 2**53, where 1.0 / n may raise OverflowError, are left to the general path.)
         factor = momentum
         if momentum is None and type(num_batches_tracked) is int and 1 <= num_batches_tracked <= 2 ** 53:
             factor = 1.0 / num_batches_tracked
@@ -649,7 +650,7 @@ def _group_backward(ext, g, x, groups, channels_last, weight, bias, mean, rstd, 
     rstd_nc = np.repeat(rstd_g, cg, axis=1)
     if training and channels_last:  # per-channel sums merged per group (group_backward_cl)
         gx = _config.empty(x.shape, cd, like=xc)
-        gw, gb = ext.group_backward_cl(gc.reshape(-1), xc.reshape(-1), gx.reshape(-1), n, c, groups,
+        gw, gb = ext.group_backward_cl(gc.reshape(-1), xc.reshape(-1), gx.reshape(-1), c, groups,
                                        _vector(weight, cd), mean.astype(_F64).reshape(-1),
                                        _vector(mean, cd), np.ascontiguousarray(rstd_g).reshape(-1),
                                        weight is not None, bias is not None, nthreads)
@@ -713,7 +714,7 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, channels_last
     if channels_last:
         buf = _output_buffer(x, xc, out)
         mean, rstd = np.empty((n, groups), cd), np.empty((n, groups), cd)
-        ext.group_forward_cl(xc.reshape(-1), buf.reshape(-1), n, c, groups, _vector(weight, cd),
+        ext.group_forward_cl(xc.reshape(-1), buf.reshape(-1), c, groups, _vector(weight, cd),
                              _vector(bias, cd), eps, mean.reshape(-1), rstd.reshape(-1), nthreads,
                              buf is out)
         return _deliver(buf, x.dtype, out), mean, rstd
@@ -772,7 +773,8 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
             if result is not None:
                 return result
         elif use_input_stats is False and running_mean is not None:
-            # batch norm's evaluation with the statistics per (sample, channel)
+            # batch norm's evaluation: the running statistics are per channel, the returned
+            # mean and rstd broadcast to (N, C) as the general path returns them
             result = ext.batch_norm_fast(x, weight, bias, running_mean, running_var, False, momentum,
                                          eps, False, out, _GRAIN)
             if result is not None:
@@ -811,7 +813,7 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
         mean, m2 = _group_forward(ext, xc, buf, n, c, 1, hw, weight, bias, eps, nthreads, buf is out)
         rstd = _rstd(m2 / hw, eps)
         if rm is not None:
-            batch_mean, batch_var = ext.instance_batch_stats(mean.reshape(-1), m2.reshape(-1), n, c, hw)
+            batch_mean, batch_var = ext.instance_batch_stats(mean.reshape(-1), m2.reshape(-1), c, hw)
             _update_running(rm, batch_mean, momentum)
             _update_running(rv, batch_var, momentum)
     else:

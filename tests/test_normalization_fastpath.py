@@ -827,7 +827,7 @@ def test_instance_norm_takes_the_group_norm_fast_path(dtype, shape, affine, back
 @pytest.mark.parametrize("shape", [(2, 3, 5), (3, 4, 2, 3), (4, 64, 16, 16)], ids=str)
 @pytest.mark.parametrize("affine", [False, True])
 def test_instance_norm_with_running_statistics_takes_the_fast_paths(dtype, shape, affine, backend, num_threads,
-                                                                    rng):
+                                                                    monkeypatch, rng):
     """Instance norm with running statistics (the InstanceNorm layers with
     track_running_stats): training updates them on the fast path (group norm's kernel, the
     batch averages by instance_batch_stats), evaluation normalizes with them on batch norm's
@@ -840,13 +840,16 @@ def test_instance_norm_with_running_statistics_takes_the_fast_paths(dtype, shape
     rm0, rv0 = rng.standard_normal(c).astype(dtype), rng.uniform(0.5, 2, c).astype(dtype)
     assert ext().group_norm_fast(x, c, w, b, 1e-5, False, None, GRAIN, rm0.copy(), rv0.copy(), 0.3) is not None
     assert ext().batch_norm_fast(x, w, b, rm0.copy(), rv0.copy(), False, 0.3, 1e-5, False, None, GRAIN) is not None
+    calls = _count_fast_calls(monkeypatch, ["group_norm_fast", "batch_norm_fast"])
     for use_input_stats in (True, False):
         results = []
         for xx in (x, _strided_any(x)):
             rm, rv = rm0.copy(), rv0.copy()
+            calls.clear()
             got = fastnorm.instance_norm(xx, w, b, rm, rv, use_input_stats=use_input_stats, momentum=0.3)
-            results.append((got, rm, rv))
-        (fast, rm_f, rv_f), (general, rm_g, rv_g) = results
+            results.append((got, rm, rv, list(calls)))
+        (fast, rm_f, rv_f, taken), (general, rm_g, rv_g, _) = results
+        assert taken == [("group_norm_fast" if use_input_stats else "batch_norm_fast", True)]
         assert_identical(fast, general)
         assert fast[1].shape == fast[2].shape == shape[:2]
         assert_identical((rm_f, rv_f), (rm_g, rv_g))

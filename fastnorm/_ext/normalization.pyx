@@ -47,6 +47,7 @@ cdef extern from "fn_normalization.h" nogil:
     int FN_ISA_COUNT
     int FN_ISA_AVX512
     double fn_affine_shift(double mean, double mhi, double scale, double bias)
+    double fn_running_step(double r, double f, double s)
 
 cdef const fn_norm_kernels *_kernels = fn_norm_kernels_by_isa[0]
 
@@ -529,14 +530,15 @@ cdef void _group_backward_run(const floating *dy, const floating *x, floating *g
 # fast paths and fastnorm.normalization's general path (through group_forward_cl and
 # group_backward_cl) run this same code, so they give the same bits.
 
-def group_forward_cl(const floating[::1] x, floating[::1] y, Py_ssize_t N, Py_ssize_t C,
-                     Py_ssize_t G, const floating[::1] w, const floating[::1] b, double eps,
-                     floating[::1] mean, floating[::1] rstd, int nthreads, bint callers_out=False):
+def group_forward_cl(const floating[::1] x, floating[::1] y, Py_ssize_t C, Py_ssize_t G,
+                     const floating[::1] w, const floating[::1] b, double eps, floating[::1] mean,
+                     floating[::1] rstd, int nthreads, bint callers_out=False):
     """Group norm of channels-last data (_group_cl_forward_run).  IN x: (N*hw*C,), hw >= 1;
-    w, b: (C,) or None; OUT y: like x, mean and rstd: (N*G,)."""
-    _check(N >= 1 and C >= 1 and 1 <= G <= C and C % G == 0 and x.shape[0] >= N * C
-           and x.shape[0] % (N * C) == 0 and y.shape[0] == x.shape[0]
-           and mean.shape[0] == N * G == rstd.shape[0] and (w is None or w.shape[0] == C)
+    w, b: (C,) or None; OUT y: like x, mean and rstd: (N*G,), which give N."""
+    _check(C >= 1 and 1 <= G <= C and C % G == 0 and mean.shape[0] % G == 0, "group_forward_cl: inconsistent sizes")
+    cdef Py_ssize_t N = mean.shape[0] // G
+    _check(1 <= N <= x.shape[0] // C and x.shape[0] % (N * C) == 0 and y.shape[0] == x.shape[0]
+           and rstd.shape[0] == N * G and (w is None or w.shape[0] == C)
            and (b is None or b.shape[0] == C), "group_forward_cl: inconsistent sizes")
     cdef Py_ssize_t nbytes = x.shape[0] * sizeof(floating)
     _group_cl_forward_run(&x[0], &y[0], N, x.shape[0] // (N * C), C, G,
@@ -590,16 +592,18 @@ cdef int _group_cl_forward_run(const floating *x, floating *y, Py_ssize_t N, Py_
 
 
 def group_backward_cl(const floating[::1] dy, const floating[::1] x, floating[::1] gx,
-                      Py_ssize_t N, Py_ssize_t C, Py_ssize_t G, const floating[::1] w,
-                      const double[::1] center, const floating[::1] mhi, const double[::1] rstd,
-                      bint want_gw, bint want_gb, int nthreads):
+                      Py_ssize_t C, Py_ssize_t G, const floating[::1] w, const double[::1] center,
+                      const floating[::1] mhi, const double[::1] rstd, bint want_gw, bint want_gb,
+                      int nthreads):
     """Group norm backward of channels-last data, training statistics
     (_group_cl_backward_run).  IN dy, x: (N*hw*C,), hw >= 1; w: (C,) or None; center, mhi
-    (the mean as double and in x's type), rstd: (N*G,).  OUT gx: like x.  Returns (gw, gb):
-    float64 (C,) parameter gradients, or None where not wanted."""
-    _check(N >= 1 and C >= 1 and 1 <= G <= C and C % G == 0 and x.shape[0] >= N * C
-           and x.shape[0] % (N * C) == 0 and dy.shape[0] == x.shape[0] == gx.shape[0]
-           and center.shape[0] == N * G == mhi.shape[0] == rstd.shape[0]
+    (the mean as double and in x's type), rstd: (N*G,), which give N.  OUT gx: like x.
+    Returns (gw, gb): float64 (C,) parameter gradients, or None where not wanted."""
+    _check(C >= 1 and 1 <= G <= C and C % G == 0 and center.shape[0] % G == 0,
+           "group_backward_cl: inconsistent sizes")
+    cdef Py_ssize_t N = center.shape[0] // G
+    _check(1 <= N <= x.shape[0] // C and x.shape[0] % (N * C) == 0
+           and dy.shape[0] == x.shape[0] == gx.shape[0] and mhi.shape[0] == N * G == rstd.shape[0]
            and (w is None or w.shape[0] == C), "group_backward_cl: inconsistent sizes")
     cdef Py_ssize_t nbytes = x.shape[0] * sizeof(floating)
     gw = _empty_vector(C, cnp.NPY_FLOAT64) if want_gw else None
@@ -910,10 +914,10 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] g
 # Small layer/RMS, batch and group norm calls are dominated by Python-level validation and
 # temporaries.  The common call -- aligned, C-contiguous, native float32/float64 arrays of
 # exactly matching shapes and dtypes, arguments of the exact Python types expected (an int
-# normalized_shape or num_groups, a finite float eps >= 0, bool flags), out= only where the
-# kernel can write into it directly -- is checked here at C level and run on the same
-# runners as the general path, with the same float64 arithmetic around them (so results are
-# bit-identical).  Anything else returns None, and fastnorm.normalization takes the general
+# or a tuple of ints for normalized_shape, an int num_groups, a finite float eps >= 0, bool
+# flags), out= only where the kernel can write into it directly -- is checked here at C
+# level and run on the same runners as the general path, with the same float64 arithmetic
+# around them (so results are bit-identical).  Anything else returns None, and fastnorm.normalization takes the general
 # path, which validates everything and produces every error message.
 
 cdef inline bint _plain_shape(object a, int typenum, int ndim, cnp.npy_intp *dims):
@@ -993,9 +997,10 @@ cdef inline void *_data_or_null(object a):
 
 def rows_forward_fast(object x, object normalized_shape, object weight, object bias, object eps,
                       bint rms, object out, Py_ssize_t grain):
-    """(y, mean, rstd) of layer norm (rms=False; mean is None for RMS) over the last
-    axis for plain arrays (see above); eps None means the machine epsilon of x's dtype;
-    y is out when given.  None when the general path is needed."""
+    """(y, mean, rstd) of layer norm (rms=False; mean is None for RMS) over the trailing
+    axes normalized_shape names, for plain arrays (see above), mean and rstd of x's leading
+    shape (0-d over all of x's axes); eps None means the machine epsilon of x's dtype; y
+    is out when given.  None when the general path is needed."""
     cdef int typenum = _fast_typenum(x)
     if typenum < 0:
         return None
@@ -1042,9 +1047,9 @@ def rows_forward_fast(object x, object normalized_shape, object weight, object b
 def rows_backward_fast(object grad_output, object x, object normalized_shape, object weight,
                        object mean, object rstd, object bias, bint rms, Py_ssize_t grain):
     """(grad_x, grad_weight, grad_bias) of rows_forward_fast for plain arrays: mean and
-    rstd of shape x.shape[:-1] (mean None for RMS), grad_weight only with weight and
-    grad_bias only with bias (which is only a marker), both in x's dtype.  None when the
-    general path is needed."""
+    rstd of x's shape without the normalized axes (mean None for RMS), grad_weight only
+    with weight and grad_bias only with bias (which is only a marker), both in x's dtype
+    and the parameters' shape.  None when the general path is needed."""
     cdef int typenum = _fast_typenum(x)
     if typenum < 0:
         return None
@@ -1108,8 +1113,9 @@ cdef inline cnp.ndarray _empty_vector(cnp.npy_intp n, int typenum):
 def batch_norm_fast(object x, object weight, object bias, object running_mean, object running_var,
                     object training, object momentum, object eps, object channels_last,
                     object out, Py_ssize_t grain):
-    """(y, mean, rstd) of batch norm for plain arrays (see above) with momentum a float
-    (not the cumulative average); the same kernels and the same float64 per-channel
+    """(y, mean, rstd) of batch norm for plain arrays (see above) with momentum a float (the
+    cumulative average's factor 1 / num_batches_tracked as fastnorm.normalization.batch_norm
+    passes it, or the momentum itself); the same kernels and the same float64 per-channel
     arithmetic, operation for operation, as fastnorm.normalization.batch_norm, so the
     results are bit-identical.  None when the general path is needed."""
     cdef int typenum = _fast_typenum(x)
@@ -1280,8 +1286,8 @@ cdef void _bn_channels(Py_ssize_t C, Py_ssize_t n, bint training, bint running, 
         if training:
             var = m2[c] / <double>n
             if running:
-                rm[c] = <floating>_running_step(<double>rm[c], f, mean_d[c])
-                rv[c] = <floating>_running_step(<double>rv[c], f, m2[c] / <double>(n - 1))
+                rm[c] = <floating>fn_running_step(<double>rm[c], f, mean_d[c])
+                rv[c] = <floating>fn_running_step(<double>rv[c], f, m2[c] / <double>(n - 1))
         else:
             mean_d[c] = <double>rm[c]
             var = <double>rv[c]
@@ -1302,7 +1308,7 @@ def group_norm_fast(object x, object num_groups, object weight, object bias, obj
     fastnorm.normalization.group_norm and the same float64 arithmetic for rstd, so the
     results are bit-identical.  Instance norm (channels first, a group per channel, more
     than one spatial element) may pass running statistics to update with factor momentum
-    (a float), as fastnorm.normalization.instance_norm does (_instance_running).  None when
+    (a float), as fastnorm.normalization.instance_norm does (_instance_running_update).  None when
     the general path is needed (which also raises every error)."""
     cdef int typenum = _fast_typenum(x)
     if typenum < 0 or cnp.PyArray_NDIM(<cnp.ndarray>x) < 2 or not _exact_bool(channels_last):
@@ -1385,12 +1391,13 @@ def group_norm_fast(object x, object num_groups, object weight, object bias, obj
     return y, mean, rstd
 
 
-def instance_batch_stats(const double[::1] mean, const double[::1] m2, Py_ssize_t N, Py_ssize_t C,
-                         Py_ssize_t hw):
+def instance_batch_stats(const double[::1] mean, const double[::1] m2, Py_ssize_t C, Py_ssize_t hw):
     """Instance norm's batch statistics for its running statistics: the average over the N
     samples of the instance means and of the unbiased instance variances M2 / (hw - 1),
-    float64 (C,) each.  IN mean, m2: (N*C,) float64; hw >= 2."""
-    _check(N >= 1 and hw >= 2 and mean.shape[0] == N * C == m2.shape[0], "instance_batch_stats: inconsistent sizes")
+    float64 (C,) each.  IN mean, m2: (N*C,) float64, which give N; hw >= 2."""
+    _check(C >= 1 and hw >= 2 and mean.shape[0] % C == 0 and mean.shape[0] >= C
+           and m2.shape[0] == mean.shape[0], "instance_batch_stats: inconsistent sizes")
+    cdef Py_ssize_t N = mean.shape[0] // C
     a = _empty_vector(C, cnp.NPY_FLOAT64)
     v = _empty_vector(C, cnp.NPY_FLOAT64)
     _instance_batch_stats(N, C, hw, &mean[0], &m2[0], <double *>cnp.PyArray_DATA(a),
@@ -1434,15 +1441,8 @@ cdef void _running_update(Py_ssize_t C, double f, const double *batch_mean, cons
                           floating *rm, floating *rv) noexcept nogil:
     cdef Py_ssize_t c
     for c in range(C):
-        rm[c] = <floating>_running_step(<double>rm[c], f, batch_mean[c])
-        rv[c] = <floating>_running_step(<double>rv[c], f, batch_var[c])
-
-
-cdef inline double _running_step(double r, double f, double s) noexcept nogil:
-    """A running statistic's update, (1 - f) * r + f * s in float64, as
-    normalization._update_running computes it (this module's C is compiled for baseline
-    x86-64, without fused multiply-add to contract it into)."""
-    return (1.0 - f) * r + f * s
+        rm[c] = <floating>fn_running_step(<double>rm[c], f, batch_mean[c])
+        rv[c] = <floating>fn_running_step(<double>rv[c], f, batch_var[c])
 
 
 def group_norm_backward_fast(object grad_output, object x, object num_groups, object weight,

@@ -35,6 +35,17 @@ static inline double fn_affine_shift(double mean, double mhi, double scale, doub
     return bias - product;
 }
 
+/* A running statistic's update, (1 - f) * r + f * s in float64, rounded as NumPy's
+ * elementwise (1.0 - f) * r + f * s rounds it (normalization._update_running): each product
+ * rounded on its own, as above, wherever a compiler could contract them into a multiply-add
+ * (an FMA target, or -march in CFLAGS). */
+static inline double fn_running_step(double r, double f, double s)
+{
+    volatile double kept = (1.0 - f) * r;
+    volatile double added = f * s;
+    return kept + added;
+}
+
 #define FN_DECLARE_NORM_T(T, suf, isa) \
     void fn_norm_stats_runs_##suf##_##isa(const T *x, int64_t A, int64_t C, int64_t B, \
         int64_t u0, int64_t u1, double *mean, double *m2); \
