@@ -241,9 +241,28 @@ def test_batch_group_instance_norm_match_oracle(data, backend):
         wy, _, _ = reference.group_norm(dense.astype(F64), groups, f64(w), f64(b), eps=1e-3,
                                         channels_last=channels_last)
         assert_close(y, wy.astype(dtype), dtype, scale=_norm_tolerance_scale(wy))
+        got = fastnorm.group_norm_backward(g, x, groups, w, mean, rstd, channels_last=channels_last, bias=b)
+        want = reference.group_norm_backward(gd.astype(F64), dense.astype(F64), groups, f64(w),
+                                             mean.astype(F64), rstd.astype(F64), channels_last=channels_last,
+                                             bias=f64(b))
+        for a, e in zip(got, want):
+            assert (a is None) == (e is None)
+            if a is not None:
+                assert_close(a, e.astype(a.dtype), a.dtype, scale=10 * _backward_scale(gd, rstd, w, e))
     if not channels_last and x.ndim > 2 and math.prod(x.shape[2:]) > 1:
         y, _, _ = fastnorm.instance_norm(x, w, b, eps=1e-3)
         wy, _, _ = reference.instance_norm(dense.astype(F64), f64(w), f64(b), eps=1e-3)
+        assert_close(y, wy.astype(dtype), dtype, scale=_norm_tolerance_scale(wy))
+        # with running statistics: updated in training, normalizing in evaluation
+        rm, rv = np.zeros(c, pd), np.ones(c, pd)
+        wrm, wrv = np.zeros(c), np.ones(c)
+        fastnorm.instance_norm(x, w, b, rm, rv, momentum=0.25, eps=1e-3)
+        reference.instance_norm(dense.astype(F64), f64(w), f64(b), wrm, wrv, momentum=0.25, eps=1e-3)
+        assert_close(rm, wrm.astype(pd), pd, scale=_norm_tolerance_scale(wrm))
+        assert_close(rv, wrv.astype(pd), pd, scale=_norm_tolerance_scale(wrv))
+        y, _, _ = fastnorm.instance_norm(x, w, b, rm, rv, use_input_stats=False, eps=1e-3)
+        wy, _, _ = reference.instance_norm(dense.astype(F64), f64(w), f64(b), rm.astype(F64), rv.astype(F64),
+                                           use_input_stats=False, eps=1e-3)
         assert_close(y, wy.astype(dtype), dtype, scale=_norm_tolerance_scale(wy))
 
 
