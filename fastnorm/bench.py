@@ -9,8 +9,8 @@ NumPy/fastnorm, torch/fastnorm (allocating and writing into a preallocated outpu
 and fastnorm/copy-floor, where the floor is ``np.copyto`` of the same bytes
 measured in the same run.  A small-shape section (group norm, channels first and
 last, instance and batch norm on arrays of 64-256 KiB, rows named "small: ...") follows
-the standard suite and has geometric means of its own.  ``--quick`` runs small shapes for a few seconds (a
-smoke test; its numbers mean little).
+the standard suite and has geometric means of its own.  ``--quick`` runs small shapes for
+a few seconds (a smoke test; its numbers mean little).
 """
 import argparse
 import ctypes
@@ -173,9 +173,9 @@ def norm_workloads(shapes, torch, small_shapes=None):
     """Batch/layer/group norm forward and backward; NumPy peer = the oracle module.  With
     small_shapes (SMALL_NORM_SHAPES), the small-shape section's rows follow: group norm
     (channels first, then last), instance and batch norm, float32, PyTorch's instance norm
-    as batch norm over the (1, N*C, H, W)
-    view, which is what torch.nn.functional.instance_norm runs (its weight and bias repeated
-    per sample once, outside the timing, where the functional repeats them per call)."""
+    as batch norm over the (1, N*C, H, W) view, which is what
+    torch.nn.functional.instance_norm runs (its weight and bias repeated per sample once,
+    outside the timing, where the functional repeats them per call)."""
     rng = np.random.default_rng(3)
     aten = torch.ops.aten if torch is not None else None
     T = torch.from_numpy if torch is not None else None
@@ -249,7 +249,8 @@ def norm_workloads(shapes, torch, small_shapes=None):
         fwd = {"numpy": lambda: ref.group_norm(x, groups, w, b, channels_last=last),
                "fastnorm": lambda: fastnorm.group_norm(x, groups, w, b, channels_last=last),
                "fastnorm-out": lambda: fastnorm.group_norm(x, groups, w, b, channels_last=last, out=out)}
-        bwd = {"numpy": lambda: ref.group_norm_backward(g, x, groups, w, mean, rstd, channels_last=last, bias=b),
+        bwd = {"numpy": lambda: ref.group_norm_backward(g, x, groups, w, mean, rstd, channels_last=last,
+                                                        bias=b),
                "fastnorm": lambda: fastnorm.group_norm_backward(g, x, groups, w, mean, rstd, channels_last=last,
                                                                 bias=b)}
         if torch is not None:

@@ -645,9 +645,7 @@ def _group_backward(ext, g, x, groups, channels_last, weight, bias, mean, rstd, 
     cg = c // groups
     xc, gc = _contiguous(x), _contiguous(g)
     nthreads = _threads(x)
-    geometry = _apply_geometry(n, c, hw, channels_last)
     rstd_g = rstd.astype(_F64)
-    rstd_nc = np.repeat(rstd_g, cg, axis=1)
     if training and channels_last:  # per-channel sums merged per group (group_backward_cl)
         gx = _config.empty(x.shape, cd, like=xc)
         gw, gb = ext.group_backward_cl(gc.reshape(-1), xc.reshape(-1), gx.reshape(-1), c, groups,
@@ -659,6 +657,7 @@ def _group_backward(ext, g, x, groups, channels_last, weight, bias, mean, rstd, 
     if training:  # channels first: one visit per group (fn_norm_group_backward)
         gx = _config.empty(x.shape, cd, like=xc)
         s1, s2 = np.empty(n * c), np.empty(n * c)
+        rstd_nc = np.repeat(rstd_g, cg, axis=1)
         ext.group_backward(gc.reshape(-1), xc.reshape(-1), gx.reshape(-1), groups, cg, hw,
                            _vector(weight, cd), mean.astype(_F64).reshape(-1), _vector(mean, cd),
                            np.ascontiguousarray(rstd_g).reshape(-1), s1, s2, nthreads)
@@ -667,6 +666,8 @@ def _group_backward(ext, g, x, groups, channels_last, weight, bias, mean, rstd, 
         gb = None if bias is None else s1.sum(axis=0).astype(bias.dtype)
         return gx.astype(x.dtype, copy=False), gw, gb
     # statistics given (instance norm with use_input_stats=False): constants in the gradient
+    geometry = _apply_geometry(n, c, hw, channels_last)
+    rstd_nc = np.repeat(rstd_g, cg, axis=1)
     mean_nc = np.repeat(mean.astype(_F64), cg, axis=1)
     s1, s2 = np.empty(n * c), np.empty(n * c)
     ext.dual_sums(gc.reshape(-1), xc.reshape(-1), *geometry, mean_nc.reshape(-1), s1, s2, nthreads)

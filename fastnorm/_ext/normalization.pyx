@@ -634,7 +634,7 @@ cdef int _group_cl_backward_run(const floating *dy, const floating *x, floating 
     cdef floating *mhi_c = k1 + NC
     cdef floating *k2 = mhi_c + NC
     cdef floating *k3 = k2 + NC
-    cdef double m = <double>(cg * hw), r, g1, g2, wc
+    cdef double m = <double>(cg * hw), r, g1, g2, wc, k2g, k3g
     for c in range(NC):
         center_c[c] = center[(c // C) * G + (c % C) // cg]
     _dual_sums_run(dy, x, N, hw, C, 1, center_c, s1, s2, nthreads)
@@ -649,11 +649,13 @@ cdef int _group_cl_backward_run(const floating *dy, const floating *x, floating 
                 wc = 1.0 if w == NULL else <double>w[c - n * C]
                 g1 = g1 + wc * s1[c]
                 g2 = g2 + wc * s2[c]
+            k2g = -(r * r * r) * g2 / m
+            k3g = -r * g1 / m
             for c in range(c0, c0 + cg):
                 k1[c] = <floating>(r if w == NULL else r * <double>w[c - n * C])
                 mhi_c[c] = mhi[u]
-                k2[c] = <floating>(-(r * r * r) * g2 / m)
-                k3[c] = <floating>(-r * g1 / m)
+                k2[c] = <floating>k2g
+                k3[c] = <floating>k3g
     with nogil:
         _affine_grad_run(dy, x, gx, N, hw, C, 1, k1, mhi_c, k2, k3, nthreads, stream)
         _group_param_sums(N, C, cg, rstd, s1, s2, sum_w, sum_b)
@@ -917,8 +919,9 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] g
 # or a tuple of ints for normalized_shape, an int num_groups, a finite float eps >= 0, bool
 # flags), out= only where the kernel can write into it directly -- is checked here at C
 # level and run on the same runners as the general path, with the same float64 arithmetic
-# around them (so results are bit-identical).  Anything else returns None, and fastnorm.normalization takes the general
-# path, which validates everything and produces every error message.
+# around them (so results are bit-identical).  Anything else returns None, and
+# fastnorm.normalization takes the general path, which validates everything and produces
+# every error message.
 
 cdef inline bint _plain_shape(object a, int typenum, int ndim, cnp.npy_intp *dims):
     """a is a plain array of typenum with exactly the shape dims[:ndim]."""
@@ -1308,8 +1311,8 @@ def group_norm_fast(object x, object num_groups, object weight, object bias, obj
     fastnorm.normalization.group_norm and the same float64 arithmetic for rstd, so the
     results are bit-identical.  Instance norm (channels first, a group per channel, more
     than one spatial element) may pass running statistics to update with factor momentum
-    (a float), as fastnorm.normalization.instance_norm does (_instance_running_update).  None when
-    the general path is needed (which also raises every error)."""
+    (a float), as fastnorm.normalization.instance_norm does (_instance_running_update).
+    None when the general path is needed (which also raises every error)."""
     cdef int typenum = _fast_typenum(x)
     if typenum < 0 or cnp.PyArray_NDIM(<cnp.ndarray>x) < 2 or not _exact_bool(channels_last):
         return None
@@ -1427,7 +1430,6 @@ cdef void _instance_running_update(int typenum, Py_ssize_t N, Py_ssize_t C, Py_s
     """The running statistics updated with instance_batch_stats (_running_step)."""
     cdef cnp.ndarray keep = _scratch(2 * C)
     cdef double *avg = <double *>cnp.PyArray_DATA(keep)
-    cdef Py_ssize_t c
     _instance_batch_stats(N, C, hw, mean, m2, avg, avg + C)
     if typenum == cnp.NPY_FLOAT32:
         _running_update[float](C, f, avg, avg + C, <float *>cnp.PyArray_DATA(running_mean),
@@ -1492,7 +1494,9 @@ def group_norm_backward_fast(object grad_output, object x, object num_groups, ob
     cdef const void *mean_p = cnp.PyArray_DATA(<cnp.ndarray>mean)
     cdef double *sw = <double *>_data_or_null(sum_w)
     cdef double *sb = <double *>_data_or_null(sum_b)
-    if last:
+    cdef double *s1p
+    cdef double *s2p
+    if last:  # its per-(sample, channel) sums in a scratch of its own
         if typenum == cnp.NPY_FLOAT32:
             _group_cl_backward_run[float](<const float *>g_p, <const float *>x_p, <float *>gx_p, N, hw,
                                           C, G, <const float *>w_p, cp, <const float *>mean_p, rp,
@@ -1501,22 +1505,20 @@ def group_norm_backward_fast(object grad_output, object x, object num_groups, ob
             _group_cl_backward_run[double](<const double *>g_p, <const double *>x_p, <double *>gx_p, N,
                                            hw, C, G, <const double *>w_p, cp, <const double *>mean_p,
                                            rp, sw, sb, nthreads, stream)
-        return (gx, _cast_sums(sum_w, typenum) if want_gw else None,
-                _cast_sums(sum_b, typenum) if want_gb else None)
-    cdef cnp.ndarray s1 = _empty_vector(N * C, cnp.NPY_FLOAT64)
-    cdef cnp.ndarray s2 = _empty_vector(N * C, cnp.NPY_FLOAT64)
-    cdef double *s1p = <double *>cnp.PyArray_DATA(s1)
-    cdef double *s2p = <double *>cnp.PyArray_DATA(s2)
-    with nogil:
-        if typenum == cnp.NPY_FLOAT32:
-            _group_backward_run[float](<const float *>g_p, <const float *>x_p, <float *>gx_p, G, cg,
-                                       hw, U, <const float *>w_p, cp, <const float *>mean_p, rp,
-                                       s1p, s2p, nthreads, stream)
-        else:
-            _group_backward_run[double](<const double *>g_p, <const double *>x_p, <double *>gx_p, G,
-                                        cg, hw, U, <const double *>w_p, cp, <const double *>mean_p,
-                                        rp, s1p, s2p, nthreads, stream)
-        _group_param_sums(N, C, cg, rp, s1p, s2p, sw, sb)
+    else:
+        sums = _scratch(2 * N * C)
+        s1p = <double *>cnp.PyArray_DATA(<cnp.ndarray>sums)
+        s2p = s1p + N * C
+        with nogil:
+            if typenum == cnp.NPY_FLOAT32:
+                _group_backward_run[float](<const float *>g_p, <const float *>x_p, <float *>gx_p, G,
+                                           cg, hw, U, <const float *>w_p, cp, <const float *>mean_p,
+                                           rp, s1p, s2p, nthreads, stream)
+            else:
+                _group_backward_run[double](<const double *>g_p, <const double *>x_p, <double *>gx_p,
+                                            G, cg, hw, U, <const double *>w_p, cp,
+                                            <const double *>mean_p, rp, s1p, s2p, nthreads, stream)
+            _group_param_sums(N, C, cg, rp, s1p, s2p, sw, sb)
     return (gx, _cast_sums(sum_w, typenum) if want_gw else None,
             _cast_sums(sum_b, typenum) if want_gb else None)
 
