@@ -601,15 +601,19 @@ def test_rows_same_bits_alone_and_in_a_block(dtype, backend, rng):
                     assert a.tobytes() == b_[i:i + 1].tobytes(), (k, i)
 
 
-@pytest.mark.parametrize("k", [15, 16, 127, 128, 129, 144, 300, 1000, 4100])
+@pytest.mark.parametrize("k", [1, 15, 16, 127, 128, 129, 144, 256, 300, 1000, 4100])
 def test_rows_backward_sums_without_parameter_gradients(k, backend, num_threads, rng):
     """Float32 layer and RMS norm backward without parameter gradients take each row's two
     sums (of g = dy * w and of g * (x - mean)) in float over stretches of at most 128
     elements, then in double (rows_grad_sums): grad_x stays within a few float roundings of
-    the float64 oracle's for rows of one to 33 stretches with a part-stretch left over and a
-    tail of 0-15 elements, with an offset of 1e4 on one row (its centred values rounded to
-    float32, as x - mean everywhere else) and with a weight, and a row gives the same bits
-    alone and among others."""
+    the float64 oracle's for rows without a whole 16-element piece (1, 15), of whole
+    stretches (128, 256), of stretches and a part-stretch, with and without a tail of 1-15
+    elements, and with an offset of 1e4 on one row (its centred values rounded to float32, as
+    x - mean everywhere else); a row gives the same bits alone and among others.  The same
+    sums with a weight (no public call has a weight without its gradient: the kernel's own
+    entry point).  Rows whose float sums overflow (dy near 1e38) or hold a NaN take the double
+    sums instead: finite where the double sums are, and the bits of the call with a parameter
+    gradient, which always takes the double sums."""
     x = (rng.standard_normal((9, k)) * 3 + 2).astype(np.float32)
     x[2] += 1e4
     g = rng.standard_normal((9, k)).astype(np.float32)
@@ -617,30 +621,49 @@ def test_rows_backward_sums_without_parameter_gradients(k, backend, num_threads,
     _, mean, rstd = fastnorm.layer_norm(x, k)
     _, rms_rstd = fastnorm.rms_norm(x, k)
     f64 = {name: a.astype(np.float64) for name, a in
-           {"x": x, "g": g, "mean": mean, "rstd": rstd, "rms_rstd": rms_rstd}.items()}
+           {"x": x, "g": g, "w": w, "mean": mean, "rstd": rstd, "rms_rstd": rms_rstd}.items()}
+
+    def within(got, expected, gscale, r):
+        # the largest term of a row's grad_x, |rstd * g|, sets the scale of its roundings
+        scale = gscale.max(axis=1, keepdims=True) * r[:, None]
+        err = np.abs(got.astype(np.float64) - expected) / scale
+        assert err.max() < 3e-6, float(err.max())
+
     calls = {
         "layer": (lambda x, g, m, r, r2: fastnorm.layer_norm_backward(g, x, k, None, m, r)[0],
-                  lambda: ref.layer_norm_backward(f64["g"], f64["x"], k, None, f64["mean"], f64["rstd"])[0]),
+                  lambda: ref.layer_norm_backward(f64["g"], f64["x"], k, None, f64["mean"], f64["rstd"])[0],
+                  f64["rstd"]),
         "rms": (lambda x, g, m, r, r2: fastnorm.rms_norm_backward(g, x, k, None, r2)[0],
-                lambda: ref.rms_norm_backward(f64["g"], f64["x"], k, None, f64["rms_rstd"])[0]),
+                lambda: ref.rms_norm_backward(f64["g"], f64["x"], k, None, f64["rms_rstd"])[0],
+                f64["rms_rstd"]),
     }
-    for name, (ours, oracle) in calls.items():
+    for name, (ours, oracle, r) in calls.items():
         got = ours(x, g, mean, rstd, rms_rstd)
-        expected = oracle()
-        # the largest term of a row's grad_x, |rstd * g|, sets the scale of its roundings
-        scale = np.abs(f64["g"]).max(axis=1, keepdims=True) * (f64["rms_rstd"] if name == "rms" else f64["rstd"])[:, None]
-        err = np.abs(got.astype(np.float64) - expected) / scale
-        assert err.max() < 3e-6, (name, float(err.max()))
+        within(got, oracle(), np.abs(f64["g"]), r)
         for i in (0, 2, 8):
             alone = ours(x[i:i + 1], g[i:i + 1], mean[i:i + 1], rstd[i:i + 1], rms_rstd[i:i + 1])
             assert alone.tobytes() == got[i:i + 1].tobytes(), (name, i)
-    # a weight (g = dy * w rounded to float32 in the sums): against the oracle through the
-    # weighted backward's grad_x, whose parameter gradients take the double sums
-    weighted = fastnorm.layer_norm_backward(g, x, k, w, mean, rstd)[0]
-    gw = (g * w).astype(np.float32)
-    unweighted = fastnorm.layer_norm_backward(gw, x, k, None, mean, rstd)[0]
-    scale = np.abs(gw.astype(np.float64)).max(axis=1, keepdims=True) * f64["rstd"][:, None]
-    assert (np.abs(weighted.astype(np.float64) - unweighted) / scale).max() < 3e-6
+    bias = np.zeros(k, np.float32)
+    huge = g.copy()
+    huge[1] = np.float32(1e38) * np.sign(g[1])
+    huge[4, k // 2] = np.nan
+    without = fastnorm.layer_norm_backward(huge, x, k, None, mean, rstd)[0]
+    with_bias = fastnorm.layer_norm_backward(huge, x, k, None, mean, rstd, bias=bias)[0]
+    assert np.isnan(without[4]).all()
+    assert np.isfinite(without[1]).all() or k == 1   # one element: rstd = eps**-0.5 overflows dy * rstd
+    for i in (1, 4):
+        assert without[i].tobytes() == with_bias[i].tobytes(), i
+    if backend[0] != "cython":
+        return
+    ext = fastnorm._config._modules["normalization"]
+    gx = np.empty(x.size, np.float32)
+    sums = ext.rows_backward(g.ravel(), x.ravel(), gx, 9, k, w, mean, rstd, False, False, False,
+                             fastnorm.get_num_threads())
+    assert sums == (None, None)
+    within(gx.reshape(x.shape),
+           ref.layer_norm_backward(f64["g"], f64["x"], k, f64["w"], f64["mean"], f64["rstd"])[0],
+           np.abs(f64["g"] * f64["w"]), f64["rstd"])
+
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_groups_same_bits_alone_and_in_a_block(dtype, backend, num_threads, rng):

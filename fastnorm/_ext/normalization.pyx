@@ -1052,7 +1052,9 @@ def rows_backward_fast(object grad_output, object x, object normalized_shape, ob
     """(grad_x, grad_weight, grad_bias) of rows_forward_fast for plain arrays: mean and
     rstd of x's shape without the normalized axes (mean None for RMS), grad_weight only
     with weight and grad_bias only with bias (which is only a marker), both in x's dtype
-    and the parameters' shape.  None when the general path is needed."""
+    and the parameters' shape.  Float32 rows without either take their sums in float
+    stretches (rows_grad_sums), so grad_x may differ in the last bit from a call with a
+    parameter gradient.  None when the general path is needed."""
     cdef int typenum = _fast_typenum(x)
     if typenum < 0:
         return None

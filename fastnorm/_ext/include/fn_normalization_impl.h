@@ -1094,11 +1094,17 @@ static inline __attribute__((always_inline)) void FN_NAME(rows_grad_sums, FN_SUF
     /* float_sums (float32, no column terms): the sums go in float vectors over stretches of
      * up to ROW_SUM_STRETCH 16-element pieces (a lane adds at most that many terms, g * xc
      * fused), then into the double lanes, instead of converting every element to double:
-     * the conversions limited this loop (backward without parameter gradients, Zen 3, 1
-     * thread, paired medians: (512, 768) 1.20x, (2048, 256) 1.13x, (32, 768) 1.12x, (8192,
-     * 768) from memory level).  a1 and a2 then carry a few float roundings of a stretch's
-     * size, not of the row's.  The column terms need d and xc as doubles anyway (done here
-     * alongside the float sums, 0.92-0.95x), so rows with them keep the double sums below. */
+     * the conversions limited this loop (backward without parameter gradients, Zen 3,
+     * paired medians, 1 / 2 threads: (512, 768) 1.23x / 1.14x, (2048, 256) 1.21x / 1.10x,
+     * (64, 4096) 1.17x / 1.12x, (32, 768) 1.22x, (8192, 768) from memory level).  a1 and a2
+     * then carry a few float roundings of a stretch's size, not of the row's.  Float sums
+     * overflow where double ones do not (|dy| near 1e38, or |dy * xc| above 3.4e38): a row
+     * whose sums come out inf or NaN (also a row with an inf or a NaN) takes the double sums
+     * below instead, which give the bits it had before.  The column terms need d and xc as
+     * doubles anyway (done here alongside the float sums, 0.92-0.95x), so rows with them
+     * keep the double sums; grad_x of a call with parameter gradients can therefore differ
+     * in the last bit from the same call without them. */
+    int double_sums = 1;
     if (float_sums && !gw && !gb) {
         const VPS muv = VPS_SET1(mu);
         LANES pl = FN_NAME(lanes_set1, FN_SUF)(0.0), ql = pl;
@@ -1127,12 +1133,17 @@ static inline __attribute__((always_inline)) void FN_NAME(rows_grad_sums, FN_SUF
         }
         p = FN_NAME(lanes_tree_sum, FN_SUF)(pl);
         q = FN_NAME(lanes_tree_sum, FN_SUF)(ql);
-    } else
+        double_sums = !(isfinite(p) && isfinite(q));
+        if (double_sums)
+            p = q = 0.0, k0 = 0;
+    }
 #else
     (void)float_sums;
+    const int double_sums = 1;
+    (void)double_sums;
 #endif
 #ifdef FN_LANES16
-    {
+    if (double_sums) {
         /* Whole 16-element pieces in the lanes, as run_dual (gcc's reduction converted the upper
          * halves by extracts and reduced through the stack), the column terms alongside with the
          * per-element operations of the loop below (one fused multiply-add into gw, as
