@@ -1095,8 +1095,9 @@ static inline __attribute__((always_inline)) void FN_NAME(rows_grad_sums, FN_SUF
      * up to ROW_SUM_STRETCH 16-element pieces (a lane adds at most that many terms, g * xc
      * fused), then into the double lanes, instead of converting every element to double:
      * the conversions limited this loop (backward without parameter gradients, Zen 3,
-     * paired medians, 1 / 2 threads: (512, 768) 1.23x / 1.14x, (2048, 256) 1.21x / 1.10x,
-     * (64, 4096) 1.17x / 1.12x, (32, 768) 1.22x, (8192, 768) from memory level).  a1 and a2
+     * paired medians of the final build, 1 / 2 threads: (512, 768) 1.10x / 1.14x, (2048,
+     * 256) 1.08x / 1.20x, (32, 768) 1.12x / 1.11x, (64, 4096) 1.13x / 1.13x, (4, 50000)
+     * 1.18x / 1.16x, (8192, 768) from memory level; earlier runs up to 1.23x).  a1 and a2
      * then carry a few float roundings of a stretch's size, not of the row's.  Float sums
      * overflow where double ones do not (|dy| near 1e38, or |dy * xc| above 3.4e38): a row
      * whose sums come out inf or NaN (also a row with an inf or a NaN) takes the double sums
