@@ -103,3 +103,21 @@ def test_normalization_allocates_only_its_outputs(compiled, dtype, shape):
         if not name.endswith("_backward"):
             small = returned - x.nbytes
             assert peak_allocation(lambda: call(out=out)) <= small + stats + scratch, name + " with out="
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(4, 50000), (16, 50000), (3, 70000), (64, 8192), (2048, 256)], ids=str)
+def test_layer_norm_backward_parameter_sums_stay_small(compiled, dtype, shape):
+    """Layer norm backward's parameter gradients are float64 column sums over blocks of at
+    least eight rows (normalization.pyx, _ln_param_rows): one partial row per block, 16 bytes
+    per column for the two sums.  Blocks of one wide row each had made them four times x's
+    bytes at (4, 50000) float32, in fresh pages on every call (750 page faults, 12x slower)."""
+    x = _x(dtype, shape)
+    g = _x(dtype, shape)
+    k = shape[-1]
+    w, b = x[0].copy(), g[0].copy()
+    _, mean, rstd = fastnorm.layer_norm(x, k, w, b)
+    call = lambda: fastnorm.layer_norm_backward(g, x, k, w, mean, rstd, bias=b)
+    returned = _returned_bytes(call())
+    blocks = -(-shape[0] // 8)
+    assert peak_allocation(call) <= returned + 16 * k * blocks + SLACK

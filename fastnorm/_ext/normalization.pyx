@@ -189,13 +189,21 @@ def _row_block(Py_ssize_t rows, Py_ssize_t min_rows):
 # level, (2048, 256), (8192, 768) level.  (One block for the whole array ran 1.04-1.12x
 # faster at 1 thread than 256 KiB blocks but 0.56-0.67x at 2; 1 MiB blocks came out between.)
 cdef Py_ssize_t _LN_PARAM_BLOCK_BYTES = 256 << 10
+# And at least 8 rows: rows wider than the 256 KiB had a block each, so that the partial rows
+# (16 bytes per column and block) came to four times x's bytes at (4, 50000) float32 (2 per
+# element of x), allocated in fresh pages call after call (750 page faults per call): paired
+# medians, 1 / 2 threads, against blocks of one row: (4, 50000) 12.6x / 11.0x, (16, 50000)
+# 7.5x / 14.7x, (2, 100000) 11.0x / 9.8x, (32, 32768) 5.8x / 11.3x, (128, 16384) 1.36x /
+# 1.52x, (64, 8192) 1.18x / 1.41x; (384, 16384), with 12 rows per block before and after,
+# level.  Fewer than 16 rows now leave the parameter sums to one thread.
+cdef Py_ssize_t _LN_PARAM_MIN_ROWS = 8
 
 
 cdef Py_ssize_t _ln_param_rows(Py_ssize_t M, Py_ssize_t K, Py_ssize_t itemsize):
     """Rows per block of layer norm backward's parameter-gradient partials: from the shape
     only, so that the sums do not depend on the thread count."""
     cdef Py_ssize_t row_bytes = 2 * K * itemsize
-    return max(1, (_LN_PARAM_BLOCK_BYTES + row_bytes - 1) // row_bytes, (M + 31) // 32)
+    return max(_LN_PARAM_MIN_ROWS, (_LN_PARAM_BLOCK_BYTES + row_bytes - 1) // row_bytes, (M + 31) // 32)
 
 
 def _check(cond, what):
