@@ -121,3 +121,19 @@ def test_layer_norm_backward_parameter_sums_stay_small(compiled, dtype, shape):
     returned = _returned_bytes(call())
     blocks = -(-shape[0] // 8)
     assert peak_allocation(call) <= returned + 16 * k * blocks + SLACK
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(8, 50000), (64, 4096), (2, 100000)], ids=str)
+def test_batch_norm_few_rows_scratch_per_channel(compiled, dtype, shape):
+    """Batch norm 1-D with few rows: besides its outputs, the forward keeps at most four
+    float64 and two of x's type per channel (statistics, the first row as each channel's
+    shift, the output pass's coefficients).  The column sums of one block of rows go
+    straight into the statistics (_stats_run, _dual_sums_run); through scratch they had
+    cost two more float64 per channel."""
+    x = _x(dtype, shape)
+    c = shape[1]
+    w, b = x[0].copy(), x[1].copy()
+    call = lambda: fastnorm.batch_norm(x, w, b)
+    returned = _returned_bytes(call())
+    assert peak_allocation(call) <= returned + (32 + 2 * x.itemsize) * c + SLACK

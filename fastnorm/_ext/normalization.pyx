@@ -233,6 +233,7 @@ cdef int _stats_run(const floating *x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C,
     cdef double *s1p
     cdef double *s2p
     cdef double n, t1, t2, v
+    cdef bint direct
     if B >= RUN_MIN or A == 1:
         with nogil:
             if nthreads <= 1 or U == 1:
@@ -256,7 +257,11 @@ cdef int _stats_run(const floating *x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C,
     rb = _row_block(A, 64)
     nblk = (A + rb - 1) // rb
     fetch = _cols_fetch(P * A * W * <Py_ssize_t>sizeof(floating))
-    keep = _scratch(W + 2 * nblk * W)
+    # One block of one-element runs (batch norm 1-D, channels-last data): the column sums
+    # are the channels' sums, so they go into mean and m2 and are finished there (the same
+    # bits: _channel_total adds one partial to +0.0), without scratch of twice W.
+    direct = B == 1 and nblk == 1
+    keep = _scratch(W if direct else W + 2 * nblk * W)
     shift_p = <double *>cnp.PyArray_DATA(keep)
     s1p = shift_p + W
     s2p = s1p + nblk * W
@@ -266,7 +271,10 @@ cdef int _stats_run(const floating *x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C,
         for c in range(C):
             for j in range(B):
                 shift_p[c * B + j] = <double>xp[c * B]
-        memset(s1p, 0, 2 * nblk * W * sizeof(double))
+        if direct:
+            s1p, s2p = mean + p * C, m2 + p * C
+        memset(s1p, 0, nblk * W * sizeof(double))
+        memset(s2p, 0, nblk * W * sizeof(double))
         with nogil:
             if nthreads <= 1 or nblk == 1:
                 for blk in range(nblk):
@@ -339,6 +347,7 @@ cdef int _dual_sums_run(const floating *dy, const floating *x, Py_ssize_t P, Py_
     cdef double *cen_p
     cdef double *s1p
     cdef double *s2p
+    cdef bint direct
     if B >= RUN_MIN or A == 1:
         with nogil:
             if nthreads <= 1 or U == 1:
@@ -362,15 +371,25 @@ cdef int _dual_sums_run(const floating *dy, const floating *x, Py_ssize_t P, Py_
     rb = _row_block(A, 64)
     nblk = (A + rb - 1) // rb
     fetch = _cols_fetch(P * A * W * <Py_ssize_t>sizeof(floating))
-    keep = _scratch(W + 2 * nblk * W)
+    # One-element runs take their centres straight from center, and with one block their
+    # column sums are the channels' sums, written straight into s1_out and s2_out (as
+    # _stats_run): no scratch at all for batch norm 1-D's usual shapes.
+    direct = B == 1 and nblk == 1
+    keep = _scratch(0 if direct else (0 if B == 1 else W) + 2 * nblk * W)
     cen_p = <double *>cnp.PyArray_DATA(keep)
-    s1p = cen_p + W
+    s1p = cen_p + (0 if B == 1 else W)
     s2p = s1p + nblk * W
     for p in range(P):
-        for c in range(C):
-            for j in range(B):
-                cen_p[c * B + j] = center[p * C + c]
-        memset(s1p, 0, 2 * nblk * W * sizeof(double))
+        if B == 1:
+            cen_p = <double *>center + p * C
+        else:
+            for c in range(C):
+                for j in range(B):
+                    cen_p[c * B + j] = center[p * C + c]
+        if direct:
+            s1p, s2p = s1_out + p * C, s2_out + p * C
+        memset(s1p, 0, nblk * W * sizeof(double))
+        memset(s2p, 0, nblk * W * sizeof(double))
         xp = x + p * A * W
         gp = dy + p * A * W
         with nogil:
@@ -388,9 +407,10 @@ cdef int _dual_sums_run(const floating *dy, const floating *x, Py_ssize_t P, Py_
                         _kernels.dual_cols_f32(gp + blk * rb * W, xp + blk * rb * W, rows, W, cen_p, s1p + blk * W, s2p + blk * W, fetch)
                     else:
                         _kernels.dual_cols_f64(gp + blk * rb * W, xp + blk * rb * W, rows, W, cen_p, s1p + blk * W, s2p + blk * W, fetch)
-        for c in range(C):
-            s1_out[p * C + c] = _channel_total(s1p, nblk, W, c * B, B)
-            s2_out[p * C + c] = _channel_total(s2p, nblk, W, c * B, B)
+        if not direct:
+            for c in range(C):
+                s1_out[p * C + c] = _channel_total(s1p, nblk, W, c * B, B)
+                s2_out[p * C + c] = _channel_total(s2p, nblk, W, c * B, B)
     return 0
 
 
