@@ -126,14 +126,14 @@ def test_layer_norm_backward_parameter_sums_stay_small(compiled, dtype, shape):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(8, 50000), (64, 4096), (2, 100000)], ids=str)
 def test_batch_norm_few_rows_scratch_per_channel(compiled, dtype, shape):
-    """Batch norm 1-D with few rows: besides its outputs, the forward keeps at most four
-    float64 and two of x's type per channel (statistics, the first row as each channel's
-    shift, the output pass's coefficients).  The column sums of one block of rows go
-    straight into the statistics (_stats_run, _dual_sums_run); through scratch they had
-    cost two more float64 per channel."""
+    """Batch norm 1-D with few rows: besides its outputs, the forward keeps three float64
+    per channel (mean, M2, the first row as each channel's shift) and three of x's type (the
+    output pass's coefficients).  The column sums of one block of rows go straight into the
+    statistics (_stats_run); through scratch they had cost two more float64 per channel
+    (the build before fails at every shape here)."""
     x = _x(dtype, shape)
     c = shape[1]
     w, b = x[0].copy(), x[1].copy()
     call = lambda: fastnorm.batch_norm(x, w, b)
     returned = _returned_bytes(call())
-    assert peak_allocation(call) <= returned + (32 + 2 * x.itemsize) * c + SLACK
+    assert peak_allocation(call) <= returned + (24 + 3 * x.itemsize) * c + SLACK

@@ -195,7 +195,9 @@ cdef Py_ssize_t _LN_PARAM_BLOCK_BYTES = 256 << 10
 # medians, 1 / 2 threads, against blocks of one row: (4, 50000) 12.6x / 11.0x, (16, 50000)
 # 7.5x / 14.7x, (2, 100000) 11.0x / 9.8x, (32, 32768) 5.8x / 11.3x, (128, 16384) 1.36x /
 # 1.52x, (64, 8192) 1.18x / 1.41x; (384, 16384), with 12 rows per block before and after,
-# level.  Fewer than 16 rows now leave the parameter sums to one thread.
+# level; the same float32 bits at the shapes checked (float64 gradients may differ in the last
+# bit: their sums' order changed).  Rows up to one block (at most 8 rows for rows this wide) now
+# leave the whole backward to one thread.
 cdef Py_ssize_t _LN_PARAM_MIN_ROWS = 8
 
 
@@ -214,7 +216,8 @@ def _check(cond, what):
 def stats(const floating[::1] x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B,
           double[::1] mean, double[::1] m2, int nthreads):
     """Per unit (p, c) of the (P, A, C, B) array x: mean and M2 = sum((x - mean)^2), in
-    double.  OUT mean, m2: (P*C,).  A*B must be >= 1."""
+    double.  OUT mean, m2: (P*C,), two distinct arrays (they may hold partial sums on the
+    way).  A*B must be >= 1."""
     _check(x.shape[0] == P * A * C * B and mean.shape[0] == P * C == m2.shape[0] and A * B >= 1,
            "stats: inconsistent sizes")
     if P * C > 0:
@@ -263,8 +266,9 @@ cdef int _stats_run(const floating *x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C,
     direct = B == 1 and nblk == 1
     keep = _scratch(W if direct else W + 2 * nblk * W)
     shift_p = <double *>cnp.PyArray_DATA(keep)
-    s1p = shift_p + W
-    s2p = s1p + nblk * W
+    if not direct:
+        s1p = shift_p + W
+        s2p = s1p + nblk * W
     n = <double>(A * B)
     for p in range(P):
         xp = x + p * A * W
@@ -323,7 +327,8 @@ def dual_sums(const floating[::1] dy, const floating[::1] x, Py_ssize_t P, Py_ss
               Py_ssize_t C, Py_ssize_t B, const double[::1] center, double[::1] s1_out,
               double[::1] s2_out, int nthreads):
     """Per unit (p, c): s1 = sum(dy), s2 = sum(dy * (x - center)).  IN center: (P*C,);
-    OUT s1_out, s2_out: (P*C,)."""
+    OUT s1_out, s2_out: (P*C,), distinct and apart from center (they are zeroed before the
+    sums, which may read center after)."""
     _check(x.shape[0] == P * A * C * B == dy.shape[0] and center.shape[0] == P * C
            and s1_out.shape[0] == P * C == s2_out.shape[0], "dual_sums: inconsistent sizes")
     if P * C == 0:
@@ -377,8 +382,9 @@ cdef int _dual_sums_run(const floating *dy, const floating *x, Py_ssize_t P, Py_
     direct = B == 1 and nblk == 1
     keep = _scratch(0 if direct else (0 if B == 1 else W) + 2 * nblk * W)
     cen_p = <double *>cnp.PyArray_DATA(keep)
-    s1p = cen_p + (0 if B == 1 else W)
-    s2p = s1p + nblk * W
+    if not direct:
+        s1p = cen_p + (0 if B == 1 else W)
+        s2p = s1p + nblk * W
     for p in range(P):
         if B == 1:
             cen_p = <double *>center + p * C
