@@ -294,6 +294,9 @@ cdef int _stats_run(const floating *x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C,
                         _kernels.stats_cols_f32(xp + blk * rb * W, rows, W, shift_p, s1p + blk * W, s2p + blk * W, fetch)
                     else:
                         _kernels.stats_cols_f64(xp + blk * rb * W, rows, W, shift_p, s1p + blk * W, s2p + blk * W, fetch)
+        if direct:
+            _finish_moments_in_place(C, shift_p, n, s1p, s2p)
+            continue
         for c in range(C):
             t1 = _channel_total(s1p, nblk, W, c * B, B)
             t2 = _channel_total(s2p, nblk, W, c * B, B)
@@ -301,6 +304,20 @@ cdef int _stats_run(const floating *x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C,
             v = t2 - t1 * (t1 / n)
             m2[p * C + c] = 0.0 if v < 0 else v  # NaN stays NaN
     return 0
+
+
+cdef void _finish_moments_in_place(Py_ssize_t C, const double *shift, double n, double *s1,
+                                   double *s2) noexcept nogil:
+    """_stats_run's moments from one block's sums of one-element runs, in place (s1 -> mean,
+    s2 -> M2), as its general loop computes them: a plain loop that gcc vectorizes, where the
+    general loop's per-channel totals kept it scalar."""
+    cdef Py_ssize_t c
+    cdef double t1, v
+    for c in range(C):
+        t1 = s1[c]
+        v = s2[c] - t1 * (t1 / n)
+        s1[c] = shift[c] + t1 / n
+        s2[c] = 0.0 if v < 0 else v  # NaN stays NaN
 
 
 cdef cnp.ndarray _scratch(Py_ssize_t count):
