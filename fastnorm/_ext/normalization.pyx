@@ -235,7 +235,7 @@ cdef int _stats_run(const floating *x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C,
     cdef double *shift_p
     cdef double *s1p
     cdef double *s2p
-    cdef double n, t1, t2, v
+    cdef double n
     cdef bint direct
     if B >= RUN_MIN or A == 1:
         with nogil:
@@ -298,12 +298,17 @@ cdef int _stats_run(const floating *x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C,
             _finish_moments_in_place(C, shift_p, n, s1p, s2p)
             continue
         for c in range(C):
-            t1 = _channel_total(s1p, nblk, W, c * B, B)
-            t2 = _channel_total(s2p, nblk, W, c * B, B)
-            mean[p * C + c] = shift_p[c * B] + t1 / n
-            v = t2 - t1 * (t1 / n)
-            m2[p * C + c] = 0.0 if v < 0 else v  # NaN stays NaN
+            _moments(shift_p[c * B], _channel_total(s1p, nblk, W, c * B, B),
+                     _channel_total(s2p, nblk, W, c * B, B), n, &mean[p * C + c], &m2[p * C + c])
     return 0
+
+
+cdef inline void _moments(double shift, double t1, double t2, double n, double *mean,
+                          double *m2) noexcept nogil:
+    """A unit's mean and M2 from the sums t1, t2 of its n values less shift."""
+    cdef double v = t2 - t1 * (t1 / n)
+    mean[0] = shift + t1 / n
+    m2[0] = 0.0 if v < 0 else v  # NaN stays NaN
 
 
 cdef void _finish_moments_in_place(Py_ssize_t C, const double *shift, double n, double *s1,
@@ -312,12 +317,8 @@ cdef void _finish_moments_in_place(Py_ssize_t C, const double *shift, double n, 
     s2 -> M2), as its general loop computes them: a plain loop that gcc vectorizes, where the
     general loop's per-channel totals kept it scalar."""
     cdef Py_ssize_t c
-    cdef double t1, v
     for c in range(C):
-        t1 = s1[c]
-        v = s2[c] - t1 * (t1 / n)
-        s1[c] = shift[c] + t1 / n
-        s2[c] = 0.0 if v < 0 else v  # NaN stays NaN
+        _moments(shift[c], s1[c], s2[c], n, &s1[c], &s2[c])
 
 
 cdef cnp.ndarray _scratch(Py_ssize_t count):
@@ -370,6 +371,7 @@ cdef int _dual_sums_run(const floating *dy, const floating *x, Py_ssize_t P, Py_
     cdef double *s1p
     cdef double *s2p
     cdef bint direct
+    cdef Py_ssize_t cen_words
     if B >= RUN_MIN or A == 1:
         with nogil:
             if nthreads <= 1 or U == 1:
@@ -397,10 +399,11 @@ cdef int _dual_sums_run(const floating *dy, const floating *x, Py_ssize_t P, Py_
     # column sums are the channels' sums, written straight into s1_out and s2_out (as
     # _stats_run): no scratch at all for batch norm 1-D's usual shapes.
     direct = B == 1 and nblk == 1
-    keep = _scratch(0 if direct else (0 if B == 1 else W) + 2 * nblk * W)
+    cen_words = 0 if B == 1 else W   # the copied centres' part of the scratch
+    keep = _scratch(0 if direct else cen_words + 2 * nblk * W)
     cen_p = <double *>cnp.PyArray_DATA(keep)
     if not direct:
-        s1p = cen_p + (0 if B == 1 else W)
+        s1p = cen_p + cen_words
         s2p = s1p + nblk * W
     for p in range(P):
         if B == 1:
