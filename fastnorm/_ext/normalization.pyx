@@ -33,6 +33,8 @@ cdef extern from "fn_normalization.h" nogil:
         void (*rows_backward_f32)(const float *, const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, const float *, int, double *, double *, int, int) noexcept nogil
         void (*group_forward_f32)(const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, double, double *, double *, int) noexcept nogil
         void (*group_backward_f32)(const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const double *, const float *, const double *, double *, double *, int) noexcept nogil
+        void (*bn_channels_f32)(int64_t, int64_t, int, int, double, double, double *, const double *, float *, float *, const float *, const float *, float *, float *, float *, float *, float *) noexcept nogil
+        void (*bn_backward_channels_f32)(int64_t, int64_t, int, const float *, const double *, const double *, const double *, float *, float *, float *) noexcept nogil
         void (*stats_runs_f64)(const double *, int64_t, int64_t, int64_t, int64_t, int64_t, double *, double *) noexcept nogil
         void (*stats_cols_f64)(const double *, int64_t, int64_t, const double *, double *, double *, int) noexcept nogil
         void (*dual_runs_f64)(const double *, const double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, double *, double *) noexcept nogil
@@ -43,6 +45,8 @@ cdef extern from "fn_normalization.h" nogil:
         void (*rows_backward_f64)(const double *, const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, const double *, int, double *, double *, int, int) noexcept nogil
         void (*group_forward_f64)(const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, double, double *, double *, int) noexcept nogil
         void (*group_backward_f64)(const double *, const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *, double *, double *, int) noexcept nogil
+        void (*bn_channels_f64)(int64_t, int64_t, int, int, double, double, double *, const double *, double *, double *, const double *, const double *, double *, double *, double *, double *, double *) noexcept nogil
+        void (*bn_backward_channels_f64)(int64_t, int64_t, int, const double *, const double *, const double *, const double *, double *, double *, double *) noexcept nogil
     const fn_norm_kernels *fn_norm_kernels_by_isa[]
     int FN_ISA_COUNT
     int FN_ISA_AVX512
@@ -1335,28 +1339,16 @@ cdef void _bn_channels(Py_ssize_t C, Py_ssize_t n, bint training, bint running, 
                        const floating *w, const floating *b, floating *mean_out,
                        floating *rstd_out, floating *mhi, floating *scale,
                        floating *shift) noexcept nogil:
-    """Per-channel statistics of batch norm in float64, written exactly as the NumPy
-    expressions of fastnorm.normalization.batch_norm (same operations, same order), so
-    both paths round identically: running update, rstd, and the output pass's (mhi, scale,
-    shift) (normalization._affine_params; b may be NULL)."""
-    cdef Py_ssize_t c
-    cdef double var, r
-    for c in range(C):
-        if training:
-            var = m2[c] / <double>n
-            if running:
-                rm[c] = <floating>fn_running_step(<double>rm[c], f, mean_d[c])
-                rv[c] = <floating>fn_running_step(<double>rv[c], f, m2[c] / <double>(n - 1))
-        else:
-            mean_d[c] = <double>rm[c]
-            var = <double>rv[c]
-        r = 1.0 / sqrt(var + eps)
-        rstd_out[c] = <floating>r
-        mean_out[c] = <floating>mean_d[c]
-        scale[c] = <floating>(r if w == NULL else r * <double>w[c])
-        mhi[c] = <floating>mean_d[c]
-        shift[c] = <floating>fn_affine_shift(mean_d[c], <double>mhi[c], <double>scale[c],
-                                             0.0 if b == NULL else <double>b[c])
+    """Per-channel statistics of batch norm in float64 (the kernel fn_norm_bn_channels),
+    rounded as the NumPy expressions of fastnorm.normalization.batch_norm round them:
+    running update, rstd, and the output pass's (mhi, scale, shift)
+    (normalization._affine_params; b may be NULL)."""
+    if floating is float:
+        _kernels.bn_channels_f32(C, n, training, running, f, eps, mean_d, m2, rm, rv, w, b,
+                                 mean_out, rstd_out, mhi, scale, shift)
+    else:
+        _kernels.bn_channels_f64(C, n, training, running, f, eps, mean_d, m2, rm, rv, w, b,
+                                 mean_out, rstd_out, mhi, scale, shift)
 
 
 def group_norm_fast(object x, object num_groups, object weight, object bias, object eps,
@@ -1732,18 +1724,10 @@ cdef void _bn_backward_block(const floating *dy, const floating *x, floating *gx
 cdef void _bn_backward_channels(Py_ssize_t C, Py_ssize_t n, bint training, const floating *w,
                                 const double *rstd_d, const double *s1, const double *s2,
                                 floating *k1, floating *k2, floating *k3) noexcept nogil:
-    """Per-channel coefficients of batch norm backward in float64, written exactly as the
-    NumPy expressions of fastnorm.normalization.batch_norm_backward (same operations,
-    same order): gx = dy * k1 + (x - mean) * k2 + k3."""
-    cdef Py_ssize_t c
-    cdef double wc, r
-    for c in range(C):
-        wc = 1.0 if w == NULL else <double>w[c]
-        r = rstd_d[c]
-        k1[c] = <floating>(wc * r)
-        if training:
-            k2[c] = <floating>((-wc) * (r * r * r) * s2[c] / <double>n)
-            k3[c] = <floating>((-wc) * r * s1[c] / <double>n)
-        else:
-            k2[c] = 0
-            k3[c] = 0
+    """Per-channel coefficients of batch norm backward in float64 (the kernel
+    fn_norm_bn_backward_channels), rounded as the NumPy expressions of
+    fastnorm.normalization.batch_norm_backward: gx = dy * k1 + (x - mean) * k2 + k3."""
+    if floating is float:
+        _kernels.bn_backward_channels_f32(C, n, training, w, rstd_d, s1, s2, k1, k2, k3)
+    else:
+        _kernels.bn_backward_channels_f64(C, n, training, w, rstd_d, s1, s2, k1, k2, k3)

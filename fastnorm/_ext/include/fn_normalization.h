@@ -70,7 +70,12 @@ static inline double fn_running_step(double r, double f, double s)
         int stream); \
     void fn_norm_group_backward_##suf##_##isa(const T *dy, const T *x, T *gx, int64_t G, int64_t cg, \
         int64_t hw, int64_t u0, int64_t u1, const T *w, const double *center, const T *mhi, \
-        const double *rstd, double *s1, double *s2, int stream);
+        const double *rstd, double *s1, double *s2, int stream); \
+    void fn_norm_bn_channels_##suf##_##isa(int64_t C, int64_t n, int training, int running, \
+        double f, double eps, double *mean_d, const double *m2, T *rm, T *rv, const T *w, \
+        const T *b, T *mean_out, T *rstd_out, T *mhi, T *scale, T *shift); \
+    void fn_norm_bn_backward_channels_##suf##_##isa(int64_t C, int64_t n, int training, \
+        const T *w, const double *rstd_d, const double *s1, const double *s2, T *k1, T *k2, T *k3);
 
 #define FN_DECLARE_NORM(isa) \
     FN_DECLARE_NORM_T(float, f32, isa) \
@@ -98,7 +103,11 @@ FN_DECLARE_NORM(avx512)
                                 const T *, const T *, double, double *, double *, int); \
     void (*group_backward_##suf)(const T *, const T *, T *, int64_t, int64_t, int64_t, int64_t, \
                                  int64_t, const T *, const double *, const T *, const double *, \
-                                 double *, double *, int);
+                                 double *, double *, int); \
+    void (*bn_channels_##suf)(int64_t, int64_t, int, int, double, double, double *, const double *, \
+                              T *, T *, const T *, const T *, T *, T *, T *, T *, T *); \
+    void (*bn_backward_channels_##suf)(int64_t, int64_t, int, const T *, const double *, \
+                                       const double *, const double *, T *, T *, T *);
 
 typedef struct fn_norm_kernels {
     FN_NORM_KERNEL_FIELDS(float, f32)
@@ -114,7 +123,8 @@ extern const fn_norm_kernels *const fn_norm_kernels_by_isa[FN_ISA_COUNT];
     fn_norm_dual_runs_##suf##_##impl, fn_norm_dual_cols_##suf##_##impl, \
     fn_norm_affine_##suf##_##impl, fn_norm_affine_grad_##suf##_##impl, \
     fn_norm_rows_forward_##suf##_##impl, fn_norm_rows_backward_##suf##_##impl, \
-    fn_norm_group_forward_##suf##_##impl, fn_norm_group_backward_##suf##_##impl
+    fn_norm_group_forward_##suf##_##impl, fn_norm_group_backward_##suf##_##impl, \
+    fn_norm_bn_channels_##suf##_##impl, fn_norm_bn_backward_channels_##suf##_##impl
 #define FN_DEFINE_NORM_KERNELS(isa, impl) FN_DEFINE_NORM_KERNELS_(isa, impl)
 #define FN_DEFINE_NORM_KERNELS_(isa, impl) \
     const fn_norm_kernels fn_norm_kernels_##isa = { \

@@ -1332,6 +1332,113 @@ void FN_NAME(fn_norm_rows_backward, FN_SUF)(const T *dy, const T *x, T *gx, int6
 }
 #undef GRAD_ROW_SUMS
 
+/* Batch norm's per-channel arithmetic in float64, vectorized: every operation is one IEEE
+ * operation (+, -, *, /, sqrt, a conversion), each correctly rounded in a vector lane as in
+ * a scalar, so the results have the bits of the NumPy expressions in
+ * fastnorm.normalization (batch_norm, batch_norm_backward, _affine_params, _update_running)
+ * as long as no product is fused with an addition: hence contraction is off here (gcc:
+ * the optimize pragma; clang: STDC FP_CONTRACT), where fn_running_step and fn_affine_shift
+ * use a volatile, which keeps a loop scalar.  With few rows per channel this arithmetic
+ * is a large part of a call: scalar, it took half of a (8, 4096) float32 forward. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#endif
+#define BN_CHUNK 256   /* channels per pass through the stack buffers below */
+
+/* Training: the running statistics' update (fn_running_step, unbiased variance) for C
+ * channels, and (mean, var) of the batch; eval: (mean, var) from the running statistics,
+ * the mean also written to mean_d.  Then per channel rstd = 1 / sqrt(var + eps), the
+ * outputs mean and rstd rounded to T, and the output pass's mhi, scale = rstd [* w],
+ * shift = b - (mean - mhi) * scale (fn_affine_shift; w, b, rm, rv may be NULL where unused). */
+void FN_NAME(fn_norm_bn_channels, FN_SUF)(int64_t C, int64_t n, int training, int running,
+                                          double f, double eps, double *mean_d, const double *m2,
+                                          T *rm, T *rv, const T *w, const T *b, T *mean_out,
+                                          T *rstd_out, T *mhi, T *scale, T *shift)
+{
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF
+#endif
+    const double nd = (double)n, unbiased = (double)(n - 1), kept = 1.0 - f;
+    double mu[BN_CHUNK], var[BN_CHUNK], wt[BN_CHUNK], bs[BN_CHUNK];
+    for (int64_t c0 = 0; c0 < C; c0 += BN_CHUNK) {
+        const int64_t m = C - c0 < BN_CHUNK ? C - c0 : BN_CHUNK;
+        if (training) {
+            for (int64_t i = 0; i < m; ++i) {
+                mu[i] = mean_d[c0 + i];
+                var[i] = m2[c0 + i] / nd;
+            }
+            if (running) {
+                for (int64_t i = 0; i < m; ++i) {
+                    const double a = kept * (double)rm[c0 + i], d = f * mu[i];
+                    const double e = kept * (double)rv[c0 + i], g = f * (m2[c0 + i] / unbiased);
+                    rm[c0 + i] = (T)(a + d);
+                    rv[c0 + i] = (T)(e + g);
+                }
+            }
+        } else {
+            for (int64_t i = 0; i < m; ++i) {
+                mu[i] = mean_d[c0 + i] = (double)rm[c0 + i];
+                var[i] = (double)rv[c0 + i];
+            }
+        }
+        for (int64_t i = 0; i < m; ++i) {
+            wt[i] = w ? (double)w[c0 + i] : 1.0;   /* r * 1.0 is r */
+            bs[i] = b ? (double)b[c0 + i] : 0.0;
+        }
+        for (int64_t i = 0; i < m; ++i) {
+            const double r = 1.0 / sqrt(var[i] + eps);
+            const T h = (T)mu[i], s = (T)(r * wt[i]);
+            const double lo = mu[i] - (double)h, product = lo * (double)s;
+            const double folded = (lo == 0.0 || isinf((double)s)) ? 0.0 : product;
+            rstd_out[c0 + i] = (T)r;
+            mean_out[c0 + i] = h;
+            mhi[c0 + i] = h;
+            scale[c0 + i] = s;
+            shift[c0 + i] = (T)(bs[i] - folded);   /* b - 0.0 is b */
+        }
+    }
+}
+
+/* Batch norm backward's coefficients of gx = dy * k1 + (x - mean) * k2 + k3 from the
+ * float64 rstd and the channel sums s1 = sum(dy), s2 = sum(dy * (x - mean)) over n
+ * elements, as normalization.batch_norm_backward's NumPy expressions (w may be NULL: 1;
+ * eval: k2 = k3 = 0). */
+void FN_NAME(fn_norm_bn_backward_channels, FN_SUF)(int64_t C, int64_t n, int training,
+                                                   const T *w, const double *rstd_d,
+                                                   const double *s1, const double *s2,
+                                                   T *k1, T *k2, T *k3)
+{
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF
+#endif
+    const double nd = (double)n;
+    double wt[BN_CHUNK];
+    for (int64_t c0 = 0; c0 < C; c0 += BN_CHUNK) {
+        const int64_t m = C - c0 < BN_CHUNK ? C - c0 : BN_CHUNK;
+        for (int64_t i = 0; i < m; ++i)
+            wt[i] = w ? (double)w[c0 + i] : 1.0;
+        if (training) {
+            for (int64_t i = 0; i < m; ++i) {
+                const double r = rstd_d[c0 + i];
+                k1[c0 + i] = (T)(wt[i] * r);
+                k2[c0 + i] = (T)((-wt[i]) * (r * r * r) * s2[c0 + i] / nd);
+                k3[c0 + i] = (T)((-wt[i]) * r * s1[c0 + i] / nd);
+            }
+        } else {
+            for (int64_t i = 0; i < m; ++i) {
+                k1[c0 + i] = (T)(wt[i] * rstd_d[c0 + i]);
+                k2[c0 + i] = 0;
+                k3[c0 + i] = 0;
+            }
+        }
+    }
+}
+#undef BN_CHUNK
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
+
 #undef RUN_SUMS
 #undef SUMS_OF_PIECES
 #undef RUN_DUAL
