@@ -296,7 +296,8 @@ def test_errors_come_from_the_general_path(call, exc, message, backend):
 BN_SHAPES = [((6, 5), False), ((4, 3, 7), False), ((2, 3, 4, 5), False), ((2, 4, 5, 3), True),
              ((30, 200), False),  # enough channels for a float64 rounding difference to show
              ((64, 8, 9, 9), False),  # crosses the thread grain
-             ((9, 1100), False), ((2, 3, 2, 1030), True)]  # rows over 4 KiB: four at a time
+             ((9, 1100), False), ((2, 3, 2, 1030), True),  # rows over 4 KiB: four at a time
+             ((2, 600, 3, 3), False)]  # per-channel arithmetic in 256-channel chunks, blocks of channels
 
 
 def _strided_any(a):
