@@ -35,6 +35,7 @@ cdef extern from "fn_normalization.h" nogil:
         void (*group_backward_f32)(const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const double *, const float *, const double *, double *, double *, int) noexcept nogil
         void (*bn_channels_f32)(int64_t, int64_t, int, int, double, double, double *, const double *, float *, float *, const float *, const float *, float *, float *, float *, float *, float *) noexcept nogil
         void (*bn_backward_channels_f32)(int64_t, int64_t, int, const float *, const double *, const double *, const double *, float *, float *, float *) noexcept nogil
+        void (*channel_affine_f32)(int64_t, const double *, const double *, const float *, const float *, float *, float *, float *) noexcept nogil
         void (*stats_runs_f64)(const double *, int64_t, int64_t, int64_t, int64_t, int64_t, double *, double *) noexcept nogil
         void (*stats_cols_f64)(const double *, int64_t, int64_t, const double *, double *, double *, int) noexcept nogil
         void (*dual_runs_f64)(const double *, const double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, double *, double *) noexcept nogil
@@ -47,6 +48,7 @@ cdef extern from "fn_normalization.h" nogil:
         void (*group_backward_f64)(const double *, const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *, double *, double *, int) noexcept nogil
         void (*bn_channels_f64)(int64_t, int64_t, int, int, double, double, double *, const double *, double *, double *, const double *, const double *, double *, double *, double *, double *, double *) noexcept nogil
         void (*bn_backward_channels_f64)(int64_t, int64_t, int, const double *, const double *, const double *, const double *, double *, double *, double *) noexcept nogil
+        void (*channel_affine_f64)(int64_t, const double *, const double *, const double *, const double *, double *, double *, double *) noexcept nogil
     const fn_norm_kernels *fn_norm_kernels_by_isa[]
     int FN_ISA_COUNT
     int FN_ISA_AVX512
@@ -613,8 +615,8 @@ cdef int _group_cl_forward_run(const floating *x, floating *y, Py_ssize_t N, Py_
     moments merge its channels' (Chan's formula, equal counts, channels in order): mean =
     sum(mean_c) / cg, M2 = sum(M2_c) + hw * sum((mean_c - mean)^2)."""
     cdef Py_ssize_t NC = N * C, cg = C // G, n, g, c, c0
-    # float64 moments per (sample, channel), then the output pass's coefficients (a
-    # floating fits a double's slot)
+    # float64 moments per (sample, channel) (later the channel's group's mean and rstd),
+    # then the output pass's coefficients (a floating fits a double's slot)
     cdef cnp.ndarray keep = _scratch(5 * NC)
     cdef double *mean_c = <double *>cnp.PyArray_DATA(keep)
     cdef double *m2_c = mean_c + NC
@@ -639,11 +641,16 @@ cdef int _group_cl_forward_run(const floating *x, floating *y, Py_ssize_t N, Py_
             r = 1.0 / sqrt((q + <double>hw * s) / count + eps)
             mean_out[n * G + g] = <floating>mu
             rstd_out[n * G + g] = <floating>r
+            # the group's channels' moments are read: their slots take the group's mean and rstd
             for c in range(c0, c0 + cg):
-                scale[c] = <floating>(r if w == NULL else r * <double>w[c - n * C])
-                mhi[c] = <floating>mu
-                shift[c] = <floating>fn_affine_shift(mu, <double>mhi[c], <double>scale[c],
-                                                     0.0 if b == NULL else <double>b[c - n * C])
+                mean_c[c] = mu
+                m2_c[c] = r
+        if floating is float:
+            _kernels.channel_affine_f32(C, mean_c + n * C, m2_c + n * C, w, b, mhi + n * C,
+                                        scale + n * C, shift + n * C)
+        else:
+            _kernels.channel_affine_f64(C, mean_c + n * C, m2_c + n * C, w, b, mhi + n * C,
+                                        scale + n * C, shift + n * C)
     with nogil:
         _affine_run(x, y, N, hw, C, 1, mhi, scale, shift, nthreads, stream)
     return 0

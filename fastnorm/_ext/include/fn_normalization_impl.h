@@ -1346,11 +1346,54 @@ void FN_NAME(fn_norm_rows_backward, FN_SUF)(const T *dy, const T *x, T *gx, int6
 #endif
 #define BN_CHUNK 256   /* channels per pass through the stack buffers below */
 
+/* The weight and bias of m <= BN_CHUNK channels in float64, 1 and 0 where absent
+ * (r * 1.0 is r, b - 0.0 is b). */
+static inline void FN_NAME(weight_bias_span, FN_SUF)(int64_t m, const T *w, const T *b, double *wt,
+                                                     double *bs)
+{
+    for (int64_t i = 0; i < m; ++i) {
+        wt[i] = w ? (double)w[i] : 1.0;
+        bs[i] = b ? (double)b[i] : 0.0;
+    }
+}
+
+/* One channel's (mhi, scale, shift) of the output pass from its float64 mean mu, rstd r,
+ * weight wt and bias bs: mhi = mu rounded to T, scale = r * wt, shift = bs - (mu - mhi) *
+ * scale (fn_affine_shift).  Inlined into the vectorized loops below. */
+static inline __attribute__((always_inline)) void FN_NAME(affine_params, FN_SUF)(
+    double mu, double r, double wt, double bs, T *mhi, T *scale, T *shift)
+{
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF
+#endif
+    const T h = (T)mu, s = (T)(r * wt);
+    const double lo = mu - (double)h, product = lo * (double)s;
+    *mhi = h;
+    *scale = s;
+    *shift = (T)(bs - ((lo == 0.0 || isinf((double)s)) ? 0.0 : product));
+}
+
+/* The output pass's parameters (affine_params) of C channels from their float64 mean and
+ * rstd (channels-last group norm: per sample, its groups' mean and rstd repeated per
+ * channel; w, b may be NULL). */
+void FN_NAME(fn_norm_channel_affine, FN_SUF)(int64_t C, const double *mean, const double *rstd,
+                                             const T *w, const T *b, T *mhi, T *scale, T *shift)
+{
+    double wt[BN_CHUNK], bs[BN_CHUNK];
+    for (int64_t c0 = 0; c0 < C; c0 += BN_CHUNK) {
+        const int64_t m = C - c0 < BN_CHUNK ? C - c0 : BN_CHUNK;
+        FN_NAME(weight_bias_span, FN_SUF)(m, w ? w + c0 : NULL, b ? b + c0 : NULL, wt, bs);
+        for (int64_t i = 0; i < m; ++i)
+            FN_NAME(affine_params, FN_SUF)(mean[c0 + i], rstd[c0 + i], wt[i], bs[i], &mhi[c0 + i],
+                                           &scale[c0 + i], &shift[c0 + i]);
+    }
+}
+
 /* Training: the running statistics' update (fn_running_step, unbiased variance) for C
  * channels, and (mean, var) of the batch; eval: (mean, var) from the running statistics,
  * the mean also written to mean_d.  Then per channel rstd = 1 / sqrt(var + eps), the
- * outputs mean and rstd rounded to T, and the output pass's mhi, scale = rstd [* w],
- * shift = b - (mean - mhi) * scale (fn_affine_shift; w, b, rm, rv may be NULL where unused). */
+ * outputs mean and rstd rounded to T, and the output pass's parameters (affine_params;
+ * w, b, rm, rv may be NULL where unused). */
 void FN_NAME(fn_norm_bn_channels, FN_SUF)(int64_t C, int64_t n, int training, int running,
                                           double f, double eps, double *mean_d, const double *m2,
                                           T *rm, T *rv, const T *w, const T *b, T *mean_out,
@@ -1382,20 +1425,13 @@ void FN_NAME(fn_norm_bn_channels, FN_SUF)(int64_t C, int64_t n, int training, in
                 var[i] = (double)rv[c0 + i];
             }
         }
-        for (int64_t i = 0; i < m; ++i) {
-            wt[i] = w ? (double)w[c0 + i] : 1.0;   /* r * 1.0 is r */
-            bs[i] = b ? (double)b[c0 + i] : 0.0;
-        }
+        FN_NAME(weight_bias_span, FN_SUF)(m, w ? w + c0 : NULL, b ? b + c0 : NULL, wt, bs);
         for (int64_t i = 0; i < m; ++i) {
             const double r = 1.0 / sqrt(var[i] + eps);
-            const T h = (T)mu[i], s = (T)(r * wt[i]);
-            const double lo = mu[i] - (double)h, product = lo * (double)s;
-            const double folded = (lo == 0.0 || isinf((double)s)) ? 0.0 : product;
             rstd_out[c0 + i] = (T)r;
-            mean_out[c0 + i] = h;
-            mhi[c0 + i] = h;
-            scale[c0 + i] = s;
-            shift[c0 + i] = (T)(bs[i] - folded);   /* b - 0.0 is b */
+            mean_out[c0 + i] = (T)mu[i];
+            FN_NAME(affine_params, FN_SUF)(mu[i], r, wt[i], bs[i], &mhi[c0 + i], &scale[c0 + i],
+                                           &shift[c0 + i]);
         }
     }
 }
