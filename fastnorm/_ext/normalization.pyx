@@ -700,8 +700,9 @@ cdef int _group_cl_backward_run(const floating *dy, const floating *x, floating 
     cdef floating *k2 = mhi_c + NC
     cdef floating *k3 = k2 + NC
     cdef double m = <double>(cg * hw), r, g1, g2, wc, k2g, k3g
-    for c in range(NC):
-        center_c[c] = center[(c // C) * G + (c % C) // cg]
+    for u in range(N * G):  # each group's centre for its channels (no division per channel)
+        for c in range(u * cg, u * cg + cg):
+            center_c[c] = center[u]
     _dual_sums_run(dy, x, N, hw, C, 1, center_c, s1, s2, nthreads)
     for n in range(N):
         for g in range(G):
@@ -736,11 +737,12 @@ cdef void _group_param_sums(Py_ssize_t N, Py_ssize_t C, Py_ssize_t cg, const dou
     to +0.0, as NumPy's sum over axis 0 of the general channels-first path adds them (the
     products stored first, as NumPy rounds them, where a compiler could fuse them into the
     sums).  Either may be NULL: not wanted."""
-    cdef Py_ssize_t u, c, r
+    cdef Py_ssize_t u, c, r, v
     cdef double a
     if sum_w != NULL:
-        for u in range(N * C):
-            s2[u] = rstd[u // cg] * s2[u]
+        for v in range(N * C // cg):  # group v's channels (no division per channel)
+            for u in range(v * cg, v * cg + cg):
+                s2[u] = rstd[v] * s2[u]
         for c in range(C):
             a = 0.0
             for r in range(N):
