@@ -11,7 +11,7 @@ import numpy as np
 from libc.stdint cimport int64_t
 from libc.float cimport FLT_EPSILON, DBL_EPSILON
 from libc.math cimport isfinite, isinf, sqrt
-from libc.string cimport memcpy, memset
+from libc.string cimport memset
 from cpython.pyport cimport PY_SSIZE_T_MAX
 cimport numpy as cnp
 from fastnorm._ext._shared cimport isa_level, threads_for, plain, overlap, output_for
@@ -36,6 +36,7 @@ cdef extern from "fn_normalization.h" nogil:
         void (*bn_channels_f32)(int64_t, int64_t, int, int, double, double, double *, const double *, float *, float *, const float *, const float *, float *, float *, float *, float *, float *) noexcept nogil
         void (*bn_backward_channels_f32)(int64_t, int64_t, int, const float *, const double *, const double *, const double *, float *, float *, float *) noexcept nogil
         void (*channel_affine_f32)(int64_t, const double *, const double *, const float *, const float *, float *, float *, float *) noexcept nogil
+        int (*narrow_f32)(int64_t, const double *, float *) noexcept nogil
         void (*stats_runs_f64)(const double *, int64_t, int64_t, int64_t, int64_t, int64_t, double *, double *) noexcept nogil
         void (*stats_cols_f64)(const double *, int64_t, int64_t, const double *, double *, double *, int) noexcept nogil
         void (*dual_runs_f64)(const double *, const double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, double *, double *) noexcept nogil
@@ -49,6 +50,7 @@ cdef extern from "fn_normalization.h" nogil:
         void (*bn_channels_f64)(int64_t, int64_t, int, int, double, double, double *, const double *, double *, double *, const double *, const double *, double *, double *, double *, double *, double *) noexcept nogil
         void (*bn_backward_channels_f64)(int64_t, int64_t, int, const double *, const double *, const double *, const double *, double *, double *, double *) noexcept nogil
         void (*channel_affine_f64)(int64_t, const double *, const double *, const double *, const double *, double *, double *, double *) noexcept nogil
+        int (*narrow_f64)(int64_t, const double *, double *) noexcept nogil
     const fn_norm_kernels *fn_norm_kernels_by_isa[]
     int FN_ISA_COUNT
     int FN_ISA_AVX512
@@ -916,24 +918,14 @@ cdef object _cast_sums(cnp.ndarray sums, int typenum):
     """The contiguous float64 (K,) sums as a new array of typenum.  A float32 cast that
     overflows is left to NumPy, for its warning (or error, under np.errstate) as the general
     path's astype gives."""
-    cdef Py_ssize_t K = cnp.PyArray_DIM(sums, 0), k
+    cdef Py_ssize_t K = cnp.PyArray_DIM(sums, 0)
     cdef double *src = <double *>cnp.PyArray_DATA(sums)
     cdef cnp.npy_intp dim = K
     cdef cnp.ndarray total = cnp.PyArray_EMPTY(1, &dim, typenum, 0)
-    cdef double *tp
-    cdef float *tf
-    cdef int overflow = 0
     if typenum == cnp.NPY_FLOAT64:
-        tp = <double *>cnp.PyArray_DATA(total)
-        memcpy(tp, src, K * sizeof(double))
-    else:
-        tf = <float *>cnp.PyArray_DATA(total)
-        # An OR over the channels rather than a flag set in a branch: gcc vectorizes it.
-        for k in range(K):
-            tf[k] = <float>src[k]
-            overflow |= (isinf(tf[k]) != 0) & (isinf(src[k]) == 0)
-        if overflow:
-            return sums.astype(np.float32)
+        _kernels.narrow_f64(K, src, <double *>cnp.PyArray_DATA(total))
+    elif _kernels.narrow_f32(K, src, <float *>cnp.PyArray_DATA(total)):
+        return sums.astype(np.float32)
     return total
 
 

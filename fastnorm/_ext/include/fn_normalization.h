@@ -77,7 +77,8 @@ static inline double fn_running_step(double r, double f, double s)
     void fn_norm_bn_backward_channels_##suf##_##isa(int64_t C, int64_t n, int training, \
         const T *w, const double *rstd_d, const double *s1, const double *s2, T *k1, T *k2, T *k3); \
     void fn_norm_channel_affine_##suf##_##isa(int64_t C, const double *mean, const double *rstd, \
-        const T *w, const T *b, T *mhi, T *scale, T *shift);
+        const T *w, const T *b, T *mhi, T *scale, T *shift); \
+    int fn_norm_narrow_##suf##_##isa(int64_t K, const double *src, T *dst);
 
 #define FN_DECLARE_NORM(isa) \
     FN_DECLARE_NORM_T(float, f32, isa) \
@@ -111,7 +112,8 @@ FN_DECLARE_NORM(avx512)
     void (*bn_backward_channels_##suf)(int64_t, int64_t, int, const T *, const double *, \
                                        const double *, const double *, T *, T *, T *); \
     void (*channel_affine_##suf)(int64_t, const double *, const double *, const T *, const T *, \
-                                 T *, T *, T *);
+                                 T *, T *, T *); \
+    int (*narrow_##suf)(int64_t, const double *, T *);
 
 typedef struct fn_norm_kernels {
     FN_NORM_KERNEL_FIELDS(float, f32)
@@ -129,7 +131,7 @@ extern const fn_norm_kernels *const fn_norm_kernels_by_isa[FN_ISA_COUNT];
     fn_norm_rows_forward_##suf##_##impl, fn_norm_rows_backward_##suf##_##impl, \
     fn_norm_group_forward_##suf##_##impl, fn_norm_group_backward_##suf##_##impl, \
     fn_norm_bn_channels_##suf##_##impl, fn_norm_bn_backward_channels_##suf##_##impl, \
-    fn_norm_channel_affine_##suf##_##impl
+    fn_norm_channel_affine_##suf##_##impl, fn_norm_narrow_##suf##_##impl
 #define FN_DEFINE_NORM_KERNELS(isa, impl) FN_DEFINE_NORM_KERNELS_(isa, impl)
 #define FN_DEFINE_NORM_KERNELS_(isa, impl) \
     const fn_norm_kernels fn_norm_kernels_##isa = { \

@@ -1471,6 +1471,19 @@ void FN_NAME(fn_norm_bn_backward_channels, FN_SUF)(int64_t C, int64_t n, int tra
     }
 }
 #undef BN_CHUNK
+
+/* dst = src rounded to T (float64 sums as the parameter gradients' type); 1 where a finite
+ * sum became infinite (a float32 overflow, which the caller reports as NumPy's cast would),
+ * else 0.  The flag is an OR over the elements, not a branch, so that the loop vectorizes. */
+int FN_NAME(fn_norm_narrow, FN_SUF)(int64_t K, const double *src, T *dst)
+{
+    int overflow = 0;
+    for (int64_t k = 0; k < K; ++k) {
+        dst[k] = (T)src[k];
+        overflow |= (isinf((double)dst[k]) != 0) & (isinf(src[k]) == 0);
+    }
+    return overflow;
+}
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC pop_options
 #endif
