@@ -51,6 +51,7 @@ cdef extern from "fn_normalization.h" nogil:
         void (*bn_backward_channels_f64)(int64_t, int64_t, int, const double *, const double *, const double *, const double *, double *, double *, double *) noexcept nogil
         void (*channel_affine_f64)(int64_t, const double *, const double *, const double *, const double *, double *, double *, double *) noexcept nogil
         int (*narrow_f64)(int64_t, const double *, double *) noexcept nogil
+        void (*finish_moments)(int64_t, const double *, double, double *, double *) noexcept nogil
     const fn_norm_kernels *fn_norm_kernels_by_isa[]
     int FN_ISA_COUNT
     int FN_ISA_AVX512
@@ -317,7 +318,7 @@ cdef int _stats_run(const floating *x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C,
                     else:
                         _kernels.stats_cols_f64(xp + blk * rb * W, rows, W, shift_p, s1p + blk * W, s2p + blk * W, fetch)
         if direct:
-            _finish_moments_in_place(C, shift_p, n, s1p, s2p)
+            _kernels.finish_moments(C, shift_p, n, s1p, s2p)  # the same as _moments, vectorized
             continue
         for c in range(C):
             _moments(shift_p[c * B], _channel_total(s1p, nblk, W, c * B, B),
@@ -331,16 +332,6 @@ cdef inline void _moments(double shift, double t1, double t2, double n, double *
     cdef double v = t2 - t1 * (t1 / n)
     mean[0] = shift + t1 / n
     m2[0] = 0.0 if v < 0 else v  # NaN stays NaN
-
-
-cdef void _finish_moments_in_place(Py_ssize_t C, const double *shift, double n, double *s1,
-                                   double *s2) noexcept nogil:
-    """_stats_run's moments from one block's sums of one-element runs, in place (s1 -> mean,
-    s2 -> M2), as its general loop computes them: a plain loop that gcc vectorizes, where the
-    general loop's per-channel totals kept it scalar."""
-    cdef Py_ssize_t c
-    for c in range(C):
-        _moments(shift[c], s1[c], s2[c], n, &s1[c], &s2[c])
 
 
 cdef cnp.ndarray _scratch(Py_ssize_t count):

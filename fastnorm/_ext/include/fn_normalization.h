@@ -82,7 +82,9 @@ static inline double fn_running_step(double r, double f, double s)
 
 #define FN_DECLARE_NORM(isa) \
     FN_DECLARE_NORM_T(float, f32, isa) \
-    FN_DECLARE_NORM_T(double, f64, isa)
+    FN_DECLARE_NORM_T(double, f64, isa) \
+    void fn_norm_finish_moments_##isa(int64_t C, const double *shift, double n, double *s1, \
+        double *s2);
 
 FN_DECLARE_NORM(base)
 FN_DECLARE_NORM(avx2)
@@ -118,6 +120,7 @@ FN_DECLARE_NORM(avx512)
 typedef struct fn_norm_kernels {
     FN_NORM_KERNEL_FIELDS(float, f32)
     FN_NORM_KERNEL_FIELDS(double, f64)
+    void (*finish_moments)(int64_t, const double *, double, double *, double *);
 } fn_norm_kernels;
 
 /* Indexed by FN_ISA_BASE / FN_ISA_AVX2 / FN_ISA_AVX512 (defined in normalization_base.c). */
@@ -135,7 +138,8 @@ extern const fn_norm_kernels *const fn_norm_kernels_by_isa[FN_ISA_COUNT];
 #define FN_DEFINE_NORM_KERNELS(isa, impl) FN_DEFINE_NORM_KERNELS_(isa, impl)
 #define FN_DEFINE_NORM_KERNELS_(isa, impl) \
     const fn_norm_kernels fn_norm_kernels_##isa = { \
-        FN_NORM_KERNEL_INIT(f32, impl), FN_NORM_KERNEL_INIT(f64, impl) };
+        FN_NORM_KERNEL_INIT(f32, impl), FN_NORM_KERNEL_INIT(f64, impl), \
+        fn_norm_finish_moments_##impl };
 extern const fn_norm_kernels fn_norm_kernels_base, fn_norm_kernels_avx2, fn_norm_kernels_avx512;
 
 #endif /* FN_NORMALIZATION_H */

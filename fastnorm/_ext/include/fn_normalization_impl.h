@@ -1470,6 +1470,24 @@ void FN_NAME(fn_norm_bn_backward_channels, FN_SUF)(int64_t C, int64_t n, int tra
         }
     }
 }
+#if FN_REAL == 64   /* float64 only: one copy per variant */
+/* The moments of C channels from their shifted sums over n elements, in place: s1 -> mean =
+ * shift + s1 / n, s2 -> M2 = s2 - s1 * (s1 / n), clamped at 0 (a NaN stays NaN), as
+ * normalization.pyx's _moments computes them for several blocks of rows (the same bits:
+ * contraction is off here; finish_moments above is the runs kernels' own, contracted). */
+void FN_CAT3(fn_norm, finish_moments, FN_ISA)(int64_t C, const double *shift, double n, double *s1,
+                                            double *s2)
+{
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF
+#endif
+    for (int64_t c = 0; c < C; ++c) {
+        const double t1 = s1[c], v = s2[c] - t1 * (t1 / n);
+        s1[c] = shift[c] + t1 / n;
+        s2[c] = v < 0.0 ? 0.0 : v;
+    }
+}
+#endif
 #undef BN_CHUNK
 
 /* dst = src rounded to T (float64 sums as the parameter gradients' type); 1 where a finite
