@@ -1230,14 +1230,16 @@ def batch_norm_fast(object x, object weight, object bias, object running_mean, o
         return None
     cdef cnp.ndarray y = <cnp.ndarray>y_obj
     cdef int nthreads = threads_for(size, grain)
-    cdef cnp.ndarray mean_d = _empty_vector(C, cnp.NPY_FLOAT64)
-    cdef cnp.ndarray m2 = _empty_vector(C, cnp.NPY_FLOAT64)
-    cdef double *mp = <double *>cnp.PyArray_DATA(mean_d)
-    cdef double *m2p = <double *>cnp.PyArray_DATA(m2)
-    cdef cnp.ndarray rstd = _empty_vector(C, typenum), mean_c = _empty_vector(C, typenum)
-    cdef cnp.ndarray mhi = _empty_vector(C, typenum), scale = _empty_vector(C, typenum)
-    cdef cnp.ndarray shift = _empty_vector(C, typenum)
     cdef Py_ssize_t itemsize = cnp.PyArray_ITEMSIZE(xa)
+    # One scratch block per call: float64 mean and M2 per channel, then the output pass's
+    # (mhi, scale, shift) in x's type.
+    cdef cnp.ndarray keep = _scratch(2 * C + (3 * C * itemsize + 7) // 8)
+    cdef double *mp = <double *>cnp.PyArray_DATA(keep)
+    cdef double *m2p = mp + C
+    cdef void *mhi_p = m2p + C
+    cdef void *scale_p = <char *>mhi_p + C * itemsize
+    cdef void *shift_p = <char *>scale_p + C * itemsize
+    cdef cnp.ndarray rstd = _empty_vector(C, typenum), mean_c = _empty_vector(C, typenum)
     if training is True and B == 1 and A <= _WARM_SERIAL_ROWS and size * itemsize < _WARM_SERIAL_BYTES:
         nthreads = 1
     cdef Py_ssize_t nblk = _channel_blocks(A, C, B, itemsize, 1, nthreads) if training is True else 0
@@ -1253,9 +1255,6 @@ def batch_norm_fast(object x, object weight, object bias, object running_mean, o
     cdef const void *b_p = _data_or_null(bias)
     cdef void *mean_p = cnp.PyArray_DATA(mean_c)
     cdef void *rstd_p = cnp.PyArray_DATA(rstd)
-    cdef void *mhi_p = cnp.PyArray_DATA(mhi)
-    cdef void *scale_p = cnp.PyArray_DATA(scale)
-    cdef void *shift_p = cnp.PyArray_DATA(shift)
     if nblk > 0:
         with nogil:
             if typenum == cnp.NPY_FLOAT32:
