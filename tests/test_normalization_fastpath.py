@@ -57,9 +57,12 @@ def _count_fast_calls(monkeypatch, names):
 
 
 def _params(rng, k, dtype, affine):
+    """(weight, bias) of k elements: both (affine True), neither (False), or one of them
+    ("weight", "bias")."""
     if not affine:
         return None, None
-    return rng.standard_normal(k).astype(dtype), rng.standard_normal(k).astype(dtype)
+    w, b = rng.standard_normal(k).astype(dtype), rng.standard_normal(k).astype(dtype)
+    return (w if affine != "bias" else None), (b if affine != "weight" else None)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -297,7 +300,7 @@ BN_SHAPES = [((6, 5), False), ((4, 3, 7), False), ((2, 3, 4, 5), False), ((2, 4,
              ((30, 200), False),  # enough channels for a float64 rounding difference to show
              ((64, 8, 9, 9), False),  # crosses the thread grain
              ((9, 1100), False), ((2, 3, 2, 1030), True),  # rows over 4 KiB: four at a time
-             ((2, 600, 3, 3), False)]  # per-channel arithmetic in 256-channel chunks, blocks of channels
+             ((2, 600, 3, 3), False)]  # per-channel arithmetic in 256-channel chunks
 
 
 def _strided_any(a):
@@ -311,7 +314,7 @@ def _strided_any(a):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape, channels_last", BN_SHAPES, ids=str)
 @pytest.mark.parametrize("mode", ["train", "train+running", "eval"])
-@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("affine", [False, True, "weight", "bias"])
 def test_batch_norm_fast_equals_general(dtype, shape, channels_last, mode, affine, backend, num_threads,
                                         rng):
     if backend[0] != "cython":
@@ -693,12 +696,13 @@ def test_group_norm_fast_equals_general(dtype, shape, groups, affine, backend, n
 
 
 GN_CL_CASES = [((2, 6), 3), ((3, 5, 8), 4), ((2, 4, 4, 12), 1), ((2, 4, 4, 12), 12), ((5, 2, 3, 2, 4), 2),
-               ((300, 3, 8), 4), ((1, 7, 1), 1), ((4, 16, 16, 64), 32)]  # the last crosses the thread grain
+               ((300, 3, 8), 4), ((1, 7, 1), 1), ((4, 16, 16, 64), 32),  # the last crosses the thread grain
+               ((2, 3, 520), 4), ((2, 3, 600), 600)]  # coefficients in 256-channel chunks
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape, groups", GN_CL_CASES, ids=str)
-@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("affine", [False, True, "weight", "bias"])
 def test_group_norm_channels_last_fast_equals_general(dtype, shape, groups, affine, backend, num_threads,
                                                       rng):
     """Channels-last group norm, forward and backward, takes the fast path for plain arrays
@@ -734,6 +738,56 @@ def test_group_norm_channels_last_fast_equals_general(dtype, shape, groups, affi
             assert (got is None) == (want is None)
             if got is not None:
                 np.testing.assert_allclose(got, want, **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nan_signs_where_two_nans_add(dtype, backend, num_threads, rng):
+    """Where two NaNs meet in an addition the fast path keeps the first operand's, as x86's
+    scalar add does, in every lane of its vector loops (whose adds gcc may commute): a NaN
+    running statistic updated with a batch of the other NaN sign keeps its own, and a
+    parameter gradient's sum over samples keeps the first NaN sample's.  (NumPy's own vector
+    loops do so too, except in some tail lanes (n = 37 float64: the last five take the second
+    operand's NaN), so the general path is compared by value here, not by bits.)"""
+    if backend[0] != "cython":
+        pytest.skip("the fast path exists only on the compiled backend")
+    neg_nan, pos_nan = np.copysign(np.nan, -1.0), np.nan
+    C = 37  # every lane position, and a tail
+    channels = np.arange(C)
+    x = rng.standard_normal((4, C)).astype(dtype)
+    x[1, 0::3] = neg_nan  # batch mean -NaN in channels 0, 3, 6, ...
+    rm0 = rng.standard_normal(C).astype(dtype)
+    rv0 = rng.uniform(0.5, 2, C).astype(dtype)
+    rm0[0::2] = rv0[0::2] = pos_nan  # running statistics +NaN in the even channels
+    runs = []
+    for xx in (x, _strided_any(x)):
+        rm, rv = rm0.copy(), rv0.copy()
+        out = fastnorm.batch_norm(xx, None, None, rm, rv, momentum=0.25)
+        runs.append((out, rm, rv))
+    (fast, rm_f, rv_f), (general, rm_g, rv_g) = runs
+    for f, g in zip(fast + (rm_f, rv_f), general + (rm_g, rv_g)):
+        np.testing.assert_array_equal(f, g)
+    own = channels % 2 == 0
+    assert not np.signbit(rm_f[own]).any() and not np.signbit(rv_f[own]).any()
+    batch = ~own & (channels % 3 == 0)
+    assert np.isnan(rm_f[batch]).all() and np.signbit(rm_f[batch]).all()
+
+    # channels-last group norm backward: in the even channels sample 0 sums to +NaN and
+    # sample 1 to -NaN; in channels 1, 5, 9, ... only sample 2 is NaN, -NaN
+    xg = rng.standard_normal((3, 5, 2 * C)).astype(dtype)
+    w = rng.standard_normal(2 * C).astype(dtype)
+    _, mean, rstd = fastnorm.group_norm(xg, 2, w, None, channels_last=True)
+    g = rng.standard_normal(xg.shape).astype(dtype)
+    g[0, 1, 0::2] = pos_nan
+    g[1, 2, 0::2] = neg_nan
+    g[2, 3, 1::4] = neg_nan
+    fast_b = fastnorm.group_norm_backward(g, xg, 2, w, mean, rstd, channels_last=True, bias=w)
+    general_b = fastnorm.group_norm_backward(_strided_any(g), _strided_any(xg), 2, w, mean, rstd,
+                                             channels_last=True, bias=w)
+    for f, gg in zip(fast_b, general_b):
+        np.testing.assert_array_equal(f, gg)
+    grad_bias = fast_b[2]
+    assert not np.signbit(grad_bias[0::2]).any() and np.isnan(grad_bias[0::2]).all()
+    assert np.signbit(grad_bias[1::4]).all() and np.isnan(grad_bias[1::4]).all()
 
 
 def test_group_norm_fast_path_declines_unusual_calls(rng):

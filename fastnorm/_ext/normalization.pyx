@@ -10,7 +10,7 @@ partials added in block order afterwards.
 import numpy as np
 from libc.stdint cimport int64_t
 from libc.float cimport FLT_EPSILON, DBL_EPSILON
-from libc.math cimport isfinite, isinf, sqrt
+from libc.math cimport isfinite, isinf, isnan, sqrt
 from libc.string cimport memset
 from cpython.pyport cimport PY_SSIZE_T_MAX
 cimport numpy as cnp
@@ -55,7 +55,6 @@ cdef extern from "fn_normalization.h" nogil:
     const fn_norm_kernels *fn_norm_kernels_by_isa[]
     int FN_ISA_COUNT
     int FN_ISA_AVX512
-    double fn_affine_shift(double mean, double mhi, double scale, double bias)
     double fn_running_step(double r, double f, double s)
 
 cdef const fn_norm_kernels *_kernels = fn_norm_kernels_by_isa[0]
@@ -196,8 +195,11 @@ cdef inline Py_ssize_t _row_block(Py_ssize_t rows, Py_ssize_t min_rows) noexcept
 # _WARM_SERIAL_BYTES, the call runs on one thread.  Zen 4 (1 MiB L2 per core), float32, 2
 # threads against 1 through the API, interleaved medians, forward / backward: (8, 4096) 0.81x /
 # 0.83x, (16, 2048) 0.51x / 1.07x, (8, 8192) 0.81x / 0.83x, (8, 16384) 0.83x / 1.14x, (8, 32768)
-# 0.88x / 1.09x, (8, 65536) 1.01x / 1.16x; and one thread against two for the output pass
-# alone: (32, 2048) 0.92x / 0.97x, (32, 4096) 0.92x, (64, 2048) 0.91x, (64, 1024) 0.98x / 0.88x.
+# 0.88x / 1.09x, (8, 65536) 1.01x / 1.16x; the rule's build against the one before, both at 2
+# threads, in a later window: (8, 4096) 2.68x / 2.39x, (16, 2048) 2.18x / 1.95x (so the 1.07x
+# above is not the rule: the second core's speed varies on this VM); and one thread against
+# two for the output pass alone: (32, 2048) 0.92x / 0.97x, (32, 4096) 0.92x, (64, 2048) 0.91x,
+# (64, 1024) 0.98x / 0.88x: from 32 rows on the second thread pays.
 cdef Py_ssize_t _WARM_SERIAL_ROWS = 16
 cdef Py_ssize_t _WARM_SERIAL_BYTES = 1 << 20
 
@@ -756,12 +758,14 @@ cdef void _group_param_sums(Py_ssize_t N, Py_ssize_t C, Py_ssize_t cg, const dou
 
 cdef void _sum_rows(Py_ssize_t N, Py_ssize_t C, const double *rows, double *total) noexcept nogil:
     """total[c] = the sum over r of rows[r * C + c], added row after row to +0.0: the columns
-    side by side, a loop gcc vectorizes (one column at a time strides through the rows)."""
+    side by side, a loop gcc vectorizes (one column at a time strides through the rows).  A
+    NaN total stays as it is, as a scalar add (and NumPy's) returns its first operand's NaN
+    where gcc may swap a vector add's operands."""
     cdef Py_ssize_t r, c
     memset(total, 0, C * sizeof(double))
     for r in range(N):
         for c in range(C):
-            total[c] = total[c] + rows[r * C + c]
+            total[c] = total[c] if isnan(total[c]) else total[c] + rows[r * C + c]
 
 
 def affine_grad(const floating[::1] dy, const floating[::1] x, floating[::1] gx, Py_ssize_t P,
@@ -1349,7 +1353,7 @@ cdef void _bn_channels(Py_ssize_t C, Py_ssize_t n, bint training, bint running, 
     """Per-channel statistics of batch norm in float64 (the kernel fn_norm_bn_channels),
     rounded as the NumPy expressions of fastnorm.normalization.batch_norm round them:
     running update, rstd, and the output pass's (mhi, scale, shift)
-    (normalization._affine_params; b may be NULL)."""
+    (normalization._affine_params; w and b may be NULL, rm and rv where not read)."""
     if floating is float:
         _kernels.bn_channels_f32(C, n, training, running, f, eps, mean_d, m2, rm, rv, w, b,
                                  mean_out, rstd_out, mhi, scale, shift)

@@ -20,8 +20,10 @@
  * mean - mhi is 0 or the scale infinite (variance + eps == 0, an infinite weight): the
  * pass then gives what (x - mean) * scale + bias gives, +-inf away from the mean (except
  * at x == mhi exactly, NaN, where the mean is not a value of the compute type), and not
- * inf - inf.  Shared by the kernels and normalization.pyx; normalization._affine_params
- * computes the same in NumPy, and all must round alike: the product goes through a
+ * inf - inf.  The scalar form, for the kernels' per-unit loops; the per-channel loops of
+ * batch norm and channels-last group norm compute the same vectorized (affine_params in
+ * fn_normalization_impl.h, contraction off there); normalization._affine_params computes
+ * the same in NumPy, and all must round alike: the product goes through a
  * volatile so that no compiler fuses it with the subtraction (gcc contracts a * b + c into
  * an FMA where the target has one, as the AVX2 and AVX-512 variants do, and NumPy rounds
  * the product first; no test can see the difference, which survives the rounding of the

@@ -1415,8 +1415,10 @@ void FN_NAME(fn_norm_bn_channels, FN_SUF)(int64_t C, int64_t n, int training, in
                 for (int64_t i = 0; i < m; ++i) {
                     const double a = kept * (double)rm[c0 + i], d = f * mu[i];
                     const double e = kept * (double)rv[c0 + i], g = f * (m2[c0 + i] / unbiased);
-                    rm[c0 + i] = (T)(a + d);
-                    rv[c0 + i] = (T)(e + g);
+                    /* a NaN a kept as it is: a scalar a + d returns it (the first
+                     * operand's NaN, as NumPy's add), gcc may swap a vector add's operands */
+                    rm[c0 + i] = (T)(isnan(a) ? a : a + d);
+                    rv[c0 + i] = (T)(isnan(e) ? e : e + g);
                 }
             }
         } else {
