@@ -746,7 +746,7 @@ cdef void _group_param_sums(Py_ssize_t N, Py_ssize_t C, Py_ssize_t cg, const dou
     to +0.0, as NumPy's sum over axis 0 of the general channels-first path adds them (the
     products stored first, as NumPy rounds them, where a compiler could fuse them into the
     sums).  Either may be NULL: not wanted."""
-    cdef Py_ssize_t u, c, r, v
+    cdef Py_ssize_t u, v
     if sum_w != NULL:
         for v in range(N * C // cg):  # group v's channels (no division per channel)
             for u in range(v * cg, v * cg + cg):
