@@ -281,7 +281,8 @@ def get_num_threads():
 
     Precedence: :func:`set_num_threads`, then ``FASTNORM_NUM_THREADS``, then OpenMP's
     own setting (``OMP_NUM_THREADS``, a threadpoolctl limit, else the CPUs available
-    to the process).  Always 1 when built without OpenMP and in a forked child process.
+    to the process).  Always 1 in a forked child process.  Built without OpenMP, the
+    kernels run on one thread whatever the setting, and the default is 1.
     """
     if _forked_child:
         return 1

@@ -293,7 +293,7 @@ static void FN_NAME(act_forward_span, FN_SUF)(int op, const T *x, T *y, int64_t 
     }
 }
 
-#if defined(__AVX512F__) && defined(__AVX512DQ__)
+#if FN_TARGET_AVX512
 /* relu backward, gx = v <= 0 ? 0 : d, n a multiple of the vector width.  From the C select
  * gcc makes a zero-masking load of g (vmovups with {k}{z}), and a masked load from an
  * address off a 64-byte line -- NumPy's arrays start 16 bytes past one -- ran 25-30 % slower
@@ -332,7 +332,7 @@ static void FN_NAME(act_backward_span, FN_SUF)(int op, const T *g, const T *s, T
     switch (op) {
     /* Derivatives at kinks follow PyTorch: relu'(0) = 0, relu6' = 0 at 0 and 6. */
     case FN_ACT_RELU:
-#if defined(__AVX512F__) && defined(__AVX512DQ__)
+#if FN_TARGET_AVX512
         FN_NAME(relu_grad_avx512, FN_SUF)(g, s, gx, n, stream);
 #else
         MAP_GRAD(v <= 0 ? (T)0 : d);

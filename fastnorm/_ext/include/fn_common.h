@@ -34,16 +34,36 @@
 #define FN_HAVE_X86_VARIANTS 0
 #endif
 
-/* The best variant this CPU runs.  AVX2 needs FMA; AVX-512 needs F, VL, BW and DQ
- * (libgcc also checks that the OS saves the vector state, XGETBV). */
+/* The best variant this CPU runs.  AVX2 needs FMA; AVX-512 needs F, VL, BW and DQ; and each
+ * needs the OS to save its registers (XCR0: the YMM state, and for AVX-512 the mask and ZMM
+ * states).  Asked of CPUID and XGETBV directly rather than through __builtin_cpu_supports,
+ * whose answers come from the runtime library's CPU model: zig's compiler_rt (zig cc, clang)
+ * answered "no" to everything, and such a build ran the baseline variant alone. */
+#if FN_HAVE_X86_VARIANTS
+#include <cpuid.h>
+static inline uint64_t fn__xcr0(void)
+{
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((uint64_t)hi << 32) | lo;
+}
+#endif
+
 static inline int fn_cpu_isa(void)
 {
 #if FN_HAVE_X86_VARIANTS
-    __builtin_cpu_init();
-    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d))
         return FN_ISA_BASE;
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
-        && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+    const unsigned fma = 1u << 12, osxsave = 1u << 27, avx = 1u << 28;
+    if ((c & (fma | osxsave | avx)) != (fma | osxsave | avx) || __get_cpuid_max(0, NULL) < 7)
+        return FN_ISA_BASE;
+    const uint64_t xcr0 = fn__xcr0(), ymm_state = 0x6, zmm_state = 0xe6;
+    __cpuid_count(7, 0, a, b, c, d);
+    if (!(b & (1u << 5)) || (xcr0 & ymm_state) != ymm_state)   /* AVX2 */
+        return FN_ISA_BASE;
+    const unsigned avx512 = (1u << 16) | (1u << 17) | (1u << 30) | (1u << 31);  /* F DQ BW VL */
+    if ((b & avx512) == avx512 && (xcr0 & zmm_state) == zmm_state)
         return FN_ISA_AVX512;
     return FN_ISA_AVX2;
 #else

@@ -41,14 +41,14 @@ static inline void FN_NAME(fn_dropout_pack, any)(const uint16_t *field, int32_t 
         memset(bytes, 0, (size_t)nbytes);
         return;
     }
-#if defined(__AVX512BW__)
+#if FN_TARGET_AVX512
     /* 32 fields compared straight into a mask register: its 32 bits are 4 mask bytes. */
     const __m512i tv = _mm512_set1_epi16((short)(uint16_t)t);
     for (; j + 4 <= nbytes; j += 4) {
         const uint32_t bits = (uint32_t)_mm512_cmpge_epu16_mask(_mm512_loadu_si512(field + 8 * j), tv);
         memcpy(bytes + j, &bits, 4);  /* little-endian: byte j holds elements 8j .. 8j+7 */
     }
-#elif defined(__AVX2__)
+#elif FN_TARGET_AVX2
     /* A bytewise loop over bits does not vectorize well (it cost as much as the
      * generator); here: compare 32 fields, narrow to bytes, movemask -> 4 mask bytes. */
     const __m256i tv = _mm256_set1_epi16((short)(uint16_t)t);
@@ -119,7 +119,7 @@ void FN_NAME(fn_dropout_backward, FN_SUF)(const T *g, const uint8_t *mask, T *gx
     const T kept_factor = (T)scale;
     const int64_t full = n / 8;
     int64_t j0 = 0;
-#if defined(__AVX2__)
+#if FN_TARGET_AVX2
     /* Per mask byte: broadcast it, test one bit per lane, and the lane mask selects
      * the factor (gcc's own vectorization of the bit loop was slower than SSE2's). */
 #if FN_REAL == 32

@@ -57,7 +57,7 @@
  * norm (32, 768) with AVX-512), converted the upper half of 16 floats by an extract where a
  * second 8-float load converts directly, and kept one of the AVX2 float32 variant's partial
  * sums on the stack (statistics 1.7-3.4x slower).  gcc's own reductions, which the SSE2
- * variant (and a compiler that ignores the target pragma, clang) keeps, carry one vector of
+ * variant keeps, carry one vector of
  * partial sums per sum: on Zen 3 (AVX2) the float32 statistics then wait on the latency of
  * one add or multiply-add per 8 elements, and the tree went through the stack.
  * AVX-512 on Zen 4, through the API, both builds in one process, paired medians, 1 / 2
@@ -65,8 +65,7 @@
  * 1.22x, (8192, 768) 1.08x / level, batch norm (256, 64, 14, 14) 1.10x / 1.09x; the direct
  * conversions on top of it, layer norm (32, 768) 1.05x / 1.05x, (8192, 768) 1.10x / level,
  * group norm (16, 256, 32, 32) 1.05x / 1.05x, batch norm (256, 64, 14, 14) 1.04x / 1.05x. */
-#if (FN_ISA_LEVEL == FN_ISA_AVX512 && defined(__AVX512F__)) \
-    || (FN_ISA_LEVEL == FN_ISA_AVX2 && defined(__AVX2__) && defined(__FMA__))
+#if FN_TARGET_AVX2
 #define FN_LANES16 1
 /* Always inlined, like the reductions built from them: left to gcc, it kept some of the
  * reductions as calls, and the AVX-512 kernels then compiled otherwise than before. */

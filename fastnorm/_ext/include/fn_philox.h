@@ -100,7 +100,7 @@ static inline void fn_philox_words_to_fields(const uint64_t *words, int nwords, 
  * vector multiplies there; taking the low half from the 32-bit products too, instead of
  * vpmullq, was not faster (0.98-1.06x), nor were other splits between vector and scalar
  * blocks. */
-#if defined(__AVX512F__) && defined(__AVX512DQ__)
+#if FN_TARGET_AVX512
 /* AVX-512: as the AVX2 group below, with eight blocks per vector and the low half of each
  * product from vpmullq.  24 vector blocks (three vectors) and 8 scalar ones per group:
  * 2.5 ns per block against 4.3 for the AVX2 group of then (8 vector + 8 scalar blocks), one
@@ -180,7 +180,7 @@ static inline void fn_philox_group_fields(const fn_philox_keys *ks, unsigned __i
     fn_philox_words_to_fields(words, 4 * NS, fields + 16 * 8 * NV);
 }
 
-#elif defined(__AVX2__)
+#elif FN_TARGET_AVX2
 /* AVX2 has no 64x64->128 multiply, but four 32x32->64 products (vpmuludq) per lane
  * build one, four lanes at a time, on the vector pipes.  A group is FN_PHILOX_GROUP blocks
  * in two vectors of four.  Until 2026-12 the group also ran eight blocks in scalar

@@ -22,7 +22,8 @@
  * last whole chunk, except that in FN_MAP_STREAMED the whole lines there stream one by one
  * when they are at least a sixteenth of the run (see there).
  *
- * Included from the kernel templates after fn_instantiate.h's target pragma, so the copy
+ * Included from the kernel templates after fn_instantiate.h's target pragma (or clang's
+ * target attribute), so the copy
  * uses the widest stores of the variant being compiled; one definition per translation
  * unit (the include guard), as every unit is compiled for one ISA.
  */
@@ -41,10 +42,10 @@
 /* fn_stream_copy_f32 / _f64: n floats / doubles from src to dst, both 64-byte aligned, n a
  * multiple of 64 bytes.  Typed loads and stores (not a byte copy): gcc then keeps a short
  * chunk in registers and drops the buffer altogether (relu), which the byte copy prevented. */
-#if defined(__AVX512F__)
+#if FN_TARGET_AVX512
 #define FN_STREAM_VEC(p) _mm512_##p
 #define FN_STREAM_BYTES_PER_VEC 64
-#elif defined(__AVX__)
+#elif FN_TARGET_AVX2
 #define FN_STREAM_VEC(p) _mm256_##p
 #define FN_STREAM_BYTES_PER_VEC 32
 #else
