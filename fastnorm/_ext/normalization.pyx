@@ -320,20 +320,16 @@ cdef int _stats_run(const floating *x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C,
                     else:
                         _kernels.stats_cols_f64(xp + blk * rb * W, rows, W, shift_p, s1p + blk * W, s2p + blk * W, fetch)
         if direct:
-            _kernels.finish_moments(C, shift_p, n, s1p, s2p)  # the same as _moments, vectorized
+            _kernels.finish_moments(C, shift_p, n, s1p, s2p)
             continue
+        # The channels' totals into mean and m2, and their shifts to slots 0 .. C - 1 (slot
+        # c from slot c * B, upwards: no slot is read after it is written), then the same.
         for c in range(C):
-            _moments(shift_p[c * B], _channel_total(s1p, nblk, W, c * B, B),
-                     _channel_total(s2p, nblk, W, c * B, B), n, &mean[p * C + c], &m2[p * C + c])
+            mean[p * C + c] = _channel_total(s1p, nblk, W, c * B, B)
+            m2[p * C + c] = _channel_total(s2p, nblk, W, c * B, B)
+            shift_p[c] = shift_p[c * B]
+        _kernels.finish_moments(C, shift_p, n, mean + p * C, m2 + p * C)
     return 0
-
-
-cdef inline void _moments(double shift, double t1, double t2, double n, double *mean,
-                          double *m2) noexcept nogil:
-    """A unit's mean and M2 from the sums t1, t2 of its n values less shift."""
-    cdef double v = t2 - t1 * (t1 / n)
-    mean[0] = shift + t1 / n
-    m2[0] = 0.0 if v < 0 else v  # NaN stays NaN
 
 
 cdef cnp.ndarray _scratch(Py_ssize_t count):

@@ -1473,9 +1473,9 @@ void FN_NAME(fn_norm_bn_backward_channels, FN_SUF)(int64_t C, int64_t n, int tra
 }
 #if FN_REAL == 64   /* float64 only: one copy per variant */
 /* The moments of C channels from their shifted sums over n elements, in place: s1 -> mean =
- * shift + s1 / n, s2 -> M2 = s2 - s1 * (s1 / n), clamped at 0 (a NaN stays NaN), as
- * normalization.pyx's _moments computes them for several blocks of rows (the same bits:
- * contraction is off here; finish_moments above is the runs kernels' own, contracted). */
+ * shift + s1 / n, s2 -> M2 = s2 - s1 * (s1 / n), clamped at 0 (a NaN stays NaN): the
+ * statistics of short runs by column sums (normalization.pyx's _stats_run).  Contraction is
+ * off here; finish_moments above is the runs kernels' own, contracted. */
 void FN_CAT3(fn_norm, finish_moments, FN_ISA)(int64_t C, const double *shift, double n, double *s1,
                                             double *s2)
 {
