@@ -471,6 +471,7 @@ static inline __attribute__((always_inline)) void FN_NAME(unit_output, FN_SUF)(
             const LANES d = FN_NAME(lanes_load_centered, FN_SUF)(xn, i, shift);
             FN_NAME(lanes_add, FN_SUF)(d, d, &pa, &pb);
 #pragma omp simd
+            FN_KEEP_LOOP
             for (int64_t e = k; e < k + 16; ++e)
                 yr[e] = AFFINE_Y(xr[e], h, sc, t);
         }
@@ -926,7 +927,8 @@ static inline __attribute__((always_inline)) void FN_NAME(row_output, FN_SUF)(
     double sa = 0.0, sb = 0.0;
     int64_t k0 = 0;
     SUMS_OF_PIECES(xn, K, shift, sa, sb, k0,
-                   _Pragma("omp simd") for (int64_t k = k0; k < k0 + 16; ++k) yr[k] = ROW_Y(k););
+                   _Pragma("omp simd") FN_KEEP_LOOP for (int64_t k = k0; k < k0 + 16; ++k)
+                       yr[k] = ROW_Y(k););
     FN_NAME(run_sums_tail, FN_SUF)(xn, k0, K, shift, &sa, &sb);
 #pragma omp simd
     for (int64_t k = k0; k < K; ++k)
