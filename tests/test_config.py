@@ -78,6 +78,23 @@ def test_subnormals_survive_import_and_kernels():
 
 
 @compiled
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo") or os.uname().machine != "x86_64",
+                    reason="reads Linux's x86-64 CPU flags")
+def test_best_variant_matches_the_kernels_cpu_flags():
+    """fn_cpu_isa (CPUID and XGETBV) against the flags Linux lists, which it clears for
+    what the OS does not save: avx512 needs F, VL, BW and DQ, avx2 needs AVX2 and FMA."""
+    with open("/proc/cpuinfo") as f:
+        flags = next(line for line in f if line.startswith("flags")).split(":", 1)[1].split()
+    if {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= set(flags):
+        expected = "avx512"
+    elif {"avx2", "fma"} <= set(flags):
+        expected = "avx2"
+    else:
+        expected = "base"
+    assert _config._runtime.best_isa() == expected
+
+
+@compiled
 @pytest.mark.parametrize("env, expected", [
     ({"FASTNORM_NUM_THREADS": "1", "OMP_NUM_THREADS": "2"}, 1),
     ({"OMP_NUM_THREADS": "1"}, 1),
