@@ -58,12 +58,20 @@ static inline int fn_cpu_isa(void)
     const unsigned fma = 1u << 12, osxsave = 1u << 27, avx = 1u << 28;
     if ((c & (fma | osxsave | avx)) != (fma | osxsave | avx) || __get_cpuid_max(0, NULL) < 7)
         return FN_ISA_BASE;
-    const uint64_t xcr0 = fn__xcr0(), ymm_state = 0x6, zmm_state = 0xe6;
+    const uint64_t xcr0 = fn__xcr0(), ymm_state = 0x6;
     __cpuid_count(7, 0, a, b, c, d);
     if (!(b & (1u << 5)) || (xcr0 & ymm_state) != ymm_state)   /* AVX2 */
         return FN_ISA_BASE;
     const unsigned avx512 = (1u << 16) | (1u << 17) | (1u << 30) | (1u << 31);  /* F DQ BW VL */
-    if ((b & avx512) == avx512 && (xcr0 & zmm_state) == zmm_state)
+#ifdef __APPLE__
+    /* macOS turns the AVX-512 state on at a thread's first use, so XCR0 may not show it
+     * yet (LLVM's compiler-rt takes it as saved there too).  Not tested on a Mac. */
+    const int zmm_saved = 1;
+#else
+    const uint64_t zmm_state = 0xe6;   /* opmask, ZMM_Hi256, Hi16_ZMM, and the YMM state */
+    const int zmm_saved = (xcr0 & zmm_state) == zmm_state;
+#endif
+    if ((b & avx512) == avx512 && zmm_saved)
         return FN_ISA_AVX512;
     return FN_ISA_AVX2;
 #else

@@ -13,8 +13,7 @@
 
 /* What the variant's code may use, for the templates' #if's: FN_TARGET_AVX2 (AVX2 and FMA)
  * and FN_TARGET_AVX512 (F, VL, BW and DQ).  Not __AVX2__ and the like: clang's target
- * attribute below does not define them, and flags a user adds (-march=native) would
- * define them in the baseline variant too, which must run on any x86-64 CPU. */
+ * attribute below does not define them. */
 #define FN_TARGET_AVX2 (FN_HAVE_X86_VARIANTS && FN_ISA_LEVEL >= FN_ISA_AVX2)
 #define FN_TARGET_AVX512 (FN_HAVE_X86_VARIANTS && FN_ISA_LEVEL >= FN_ISA_AVX512)
 

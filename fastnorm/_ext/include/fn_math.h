@@ -222,7 +222,7 @@ static inline float fn_exp_neg2f(float x, float lo)
 static inline float fn__two_prodf(float a, float b, float *err)
 {
     const float p = a * b;
-#if FN_TARGET_AVX2 || defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+#if (defined(FN_TARGET_AVX2) && FN_TARGET_AVX2) || defined(__FMA__) || defined(__ARM_FEATURE_FMA)
     *err = fmaf(a, b, -p);
 #else
     const float ah = fn__head12f(a), al = a - ah;
