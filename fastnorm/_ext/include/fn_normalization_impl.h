@@ -57,9 +57,9 @@
  * norm (32, 768) with AVX-512), converted the upper half of 16 floats by an extract where a
  * second 8-float load converts directly, and kept one of the AVX2 float32 variant's partial
  * sums on the stack (statistics 1.7-3.4x slower).  gcc's own reductions, which the SSE2
- * variant keeps, carry one vector of
- * partial sums per sum: on Zen 3 (AVX2) the float32 statistics then wait on the latency of
- * one add or multiply-add per 8 elements, and the tree went through the stack.
+ * variant keeps, carry one vector of partial sums per sum: on Zen 3 (AVX2) the float32
+ * statistics then wait on the latency of one add or multiply-add per 8 elements, and the
+ * tree went through the stack.
  * AVX-512 on Zen 4, through the API, both builds in one process, paired medians, 1 / 2
  * threads, against gcc's reduction: the tree in registers alone, layer norm (32, 768) 1.23x /
  * 1.22x, (8192, 768) 1.08x / level, batch norm (256, 64, 14, 14) 1.10x / 1.09x; the direct

@@ -23,9 +23,8 @@
  * when they are at least a sixteenth of the run (see there).
  *
  * Included from the kernel templates after fn_instantiate.h's target pragma (or clang's
- * target attribute), so the copy
- * uses the widest stores of the variant being compiled; one definition per translation
- * unit (the include guard), as every unit is compiled for one ISA.
+ * target attribute), so the copy uses the widest stores of the variant being compiled; one
+ * definition per translation unit (the include guard), as every unit is compiled for one ISA.
  */
 #ifndef FN_STREAM_H
 #define FN_STREAM_H
