@@ -204,6 +204,13 @@ cdef Py_ssize_t _WARM_SERIAL_ROWS = 16
 cdef Py_ssize_t _WARM_SERIAL_BYTES = 1 << 20
 
 
+cdef inline bint _warm_serial(bint training, Py_ssize_t A, Py_ssize_t B,
+                              Py_ssize_t pass_bytes) noexcept:
+    """Whether a batch norm call runs on one thread by the rule above (pass_bytes: what its
+    output pass reads)."""
+    return training and B == 1 and A <= _WARM_SERIAL_ROWS and pass_bytes < _WARM_SERIAL_BYTES
+
+
 # Layer norm backward's parameter gradients are column sums over row blocks of at least
 # _LN_PARAM_BLOCK_BYTES of dy and x (and at most ~32 blocks): each block has a partial row
 # of its own to zero, fill (its first rows reading it from L2) and add up afterwards: with
@@ -1240,7 +1247,7 @@ def batch_norm_fast(object x, object weight, object bias, object running_mean, o
     cdef void *scale_p = <char *>mhi_p + C * itemsize
     cdef void *shift_p = <char *>scale_p + C * itemsize
     cdef cnp.ndarray rstd = _empty_vector(C, typenum), mean_c = _empty_vector(C, typenum)
-    if training is True and B == 1 and A <= _WARM_SERIAL_ROWS and size * itemsize < _WARM_SERIAL_BYTES:
+    if _warm_serial(training is True, A, B, size * itemsize):
         nthreads = 1
     cdef Py_ssize_t nblk = _channel_blocks(A, C, B, itemsize, 1, nthreads) if training is True else 0
     cdef int stream = streams(size * itemsize, 2 * size * itemsize, out is not None)
@@ -1613,7 +1620,7 @@ def batch_norm_backward_fast(object grad_output, object x, object weight, object
     cdef cnp.ndarray gx
     cdef int stream
     cdef Py_ssize_t itemsize = cnp.PyArray_ITEMSIZE(xa)
-    if training is True and B == 1 and A <= _WARM_SERIAL_ROWS and 2 * size * itemsize < _WARM_SERIAL_BYTES:
+    if _warm_serial(training is True, A, B, 2 * size * itemsize):
         nthreads = 1
     cdef Py_ssize_t nblk = _channel_blocks(A, C, B, itemsize, 2, nthreads)
     # Raw pointers for the runners, on either path (the non-block path's dual sums and
