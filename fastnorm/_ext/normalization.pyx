@@ -331,9 +331,11 @@ cdef int _stats_run(const floating *x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C,
             continue
         # The channels' totals into mean and m2, and their shifts to slots 0 .. C - 1 (slot
         # c from slot c * B, upwards: no slot is read after it is written), then the same.
+        _fold_blocks(s1p, nblk, W)
+        _fold_blocks(s2p, nblk, W)
         for c in range(C):
-            mean[p * C + c] = _channel_total(s1p, nblk, W, c * B, B)
-            m2[p * C + c] = _channel_total(s2p, nblk, W, c * B, B)
+            mean[p * C + c] = _channel_total(s1p, 1, W, c * B, B)
+            m2[p * C + c] = _channel_total(s2p, 1, W, c * B, B)
             shift_p[c] = shift_p[c * B]
         _kernels.finish_moments(C, shift_p, n, mean + p * C, m2 + p * C)
     return 0
@@ -357,6 +359,25 @@ cdef inline double _channel_total(const double *partial, Py_ssize_t nblk, Py_ssi
             col += partial[blk * W + w0 + j]
         total += col
     return total
+
+
+cdef void _fold_blocks(double *partial, Py_ssize_t nblk, Py_ssize_t W) noexcept nogil:
+    """Adds the (nblk, W) block partials up, in block order, into block 0's row: a loop along
+    the rows that the compiler vectorizes.  The same bits as a sum from zero (as
+    _channel_total's over the blocks): a partial, itself a sum from +0.0, is never -0.0, so
+    starting a column at its first partial is starting it at 0.0 + that partial.
+      Batch norm's column statistics used _channel_total over all nblk blocks, which goes down
+    the columns one load at a time (1024 columns of 32 blocks: twice 32K dependent additions
+    of loads a row apart per call); folded first, then _channel_total over the one row: 1
+    / 2 threads, Zen 4, interleaved, against that build, the statistics alone (4096, 1024)
+    float32 1.20x / 1.35x, (1024, 1024) 1.42x / 1.67x, (8192, 512) 1.11x / 1.20x; see
+    _stats_run's comment for the whole calls."""
+    cdef Py_ssize_t blk, w
+    cdef double *row
+    for blk in range(1, nblk):
+        row = partial + blk * W
+        for w in range(W):
+            partial[w] += row[w]
 
 
 def dual_sums(const floating[::1] dy, const floating[::1] x, Py_ssize_t P, Py_ssize_t A,
@@ -452,9 +473,11 @@ cdef int _dual_sums_run(const floating *dy, const floating *x, Py_ssize_t P, Py_
                     else:
                         _kernels.dual_cols_f64(gp + blk * rb * W, xp + blk * rb * W, rows, W, cen_p, s1p + blk * W, s2p + blk * W, fetch)
         if not direct:
+            _fold_blocks(s1p, nblk, W)
+            _fold_blocks(s2p, nblk, W)
             for c in range(C):
-                s1_out[p * C + c] = _channel_total(s1p, nblk, W, c * B, B)
-                s2_out[p * C + c] = _channel_total(s2p, nblk, W, c * B, B)
+                s1_out[p * C + c] = _channel_total(s1p, 1, W, c * B, B)
+                s2_out[p * C + c] = _channel_total(s2p, 1, W, c * B, B)
     return 0
 
 
@@ -902,13 +925,8 @@ cdef cnp.ndarray _zeroed(int nd, cnp.npy_intp *dims):
 
 cdef object _block_sum(cnp.ndarray partial, int typenum):
     """Column sums of the (nblk, K) float64 block partials, added in block order, as a new
-    (K,) array of typenum (_cast_sums).  The sums go into the first block's row in place: the
-    same bits as a sum from zero, since a partial (itself a sum from +0.0) is never -0.0."""
-    cdef Py_ssize_t nblk = cnp.PyArray_DIM(partial, 0), K = cnp.PyArray_DIM(partial, 1), blk, k
-    cdef double *first = <double *>cnp.PyArray_DATA(partial)
-    for blk in range(1, nblk):
-        for k in range(K):
-            first[k] += first[blk * K + k]
+    (K,) array of typenum (_cast_sums), by _fold_blocks."""
+    _fold_blocks(<double *>cnp.PyArray_DATA(partial), cnp.PyArray_DIM(partial, 0), cnp.PyArray_DIM(partial, 1))
     return _cast_sums(partial[0], typenum)
 
 
