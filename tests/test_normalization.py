@@ -824,18 +824,21 @@ def test_wide_channels_last_group_norm(shape, dtype, backend, rng):
 
 
 @pytest.mark.parametrize("rows, channels", [(9, 1100), (23, 600), (70, 520), (150, 300), (13, 100),
-                                           (200, 7), (17, 2048), (23, 512), (23, 256)], ids=str)
+                                           (200, 7), (17, 2048), (23, 512), (23, 256), (2, 1100),
+                                           (3, 600), (7, 300)], ids=str)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_column_statistics_same_bits(rows, channels, dtype, backend, num_threads, rng):
     """Batch norm's per-feature statistics of (N, C) data (column sums over blocks of rows,
-    eight rows per visit for rows of 2 KiB and more, four for narrower ones, then one at a
-    time): every row is added after the one before, so the mean is exactly that of a plain
-    row-by-row sum of each block in float64 (blocks of max(64, ceil(N / 32)) rows, their sums
-    added in order), and mean and M2 of a column are the same bits whether its rows went
-    eight or four at a time (the same columns taken narrower than 2 KiB, also from an odd
-    offset, which moves them between the vector body and the scalar remainder), on every
-    ISA and thread count.  Values spread over 7 decades, so that the float64 sums round and
-    a different order would show."""
+    eight rows per visit for rows of 2 KiB and more, four for narrower ones, the last two or
+    three of a block in one visit, a last one alone): every row is added after the one
+    before, so the mean is exactly that of a plain row-by-row sum of each block in float64
+    (blocks of max(64, ceil(N / 32)) rows, their sums added in order), and mean and M2 of a
+    column are the same bits whether its rows went eight or four at a time (the same columns
+    taken narrower than 2 KiB, also from an odd offset, which moves them between the vector
+    body and the scalar remainder), on every ISA and thread count.  The backward's column
+    sums (dual_sums: four rows per visit, then two or three, then one) add the gradient the
+    same way, so their sum of dy is that plain sum too.  Values spread over 7 decades, so
+    that the float64 sums round and a different order would show."""
     if backend[0] != "cython":
         pytest.skip("compiled kernels only")
     ext = fastnorm._config._modules["normalization"]
@@ -857,6 +860,16 @@ def test_column_statistics_same_bits(rows, channels, dtype, backend, num_threads
             partial = partial + (x[r].astype(np.float64) - shift)
         total = total + partial
     np.testing.assert_array_equal(mean, shift + total / rows)
+    g = (rng.standard_normal((rows, channels)) * spread).astype(dtype)
+    s1, s2 = np.empty(channels), np.empty(channels)
+    ext.dual_sums(g.reshape(-1), x.reshape(-1), 1, rows, channels, 1, shift, s1, s2, num_threads)
+    total_g = np.zeros(channels)
+    for b0 in range(0, rows, block):
+        partial = np.zeros(channels)
+        for r in range(b0, min(b0 + block, rows)):
+            partial = partial + g[r].astype(np.float64)
+        total_g = total_g + partial
+    np.testing.assert_array_equal(s1, total_g)
     narrow = 2048 // x.itemsize - 1       # columns of a row under 2 KiB: four rows per visit
     if channels > narrow:
         for lo in (0, 1):

@@ -723,6 +723,13 @@ void FN_NAME(fn_norm_stats_cols, FN_SUF)(const T *x, int64_t rows, int64_t W, co
     int64_t r = W * (int64_t)sizeof(T) >= 2048 ? FN_NAME(stats_cols_by8, FN_SUF)(x, rows, W, shift, s1, s2, fetch)
                                                : 0;
     r = FN_NAME(stats_cols_visits, FN_SUF)(x, r, rows, W, shift, s1, s2, 4, fetch);
+    /* The last two or three rows in one visit too, not one pass over the sums each: with few
+     * rows (a small batch) and wide rows, the passes over the float64 sums and shifts (24
+     * bytes a column) outweigh the rows' own bytes. */
+    if (rows - r == 3)
+        r = FN_NAME(stats_cols_visits, FN_SUF)(x, r, rows, W, shift, s1, s2, 3, fetch);
+    else if (rows - r == 2)
+        r = FN_NAME(stats_cols_visits, FN_SUF)(x, r, rows, W, shift, s1, s2, 2, fetch);
     for (; r < rows; ++r) {
         const T *row = x + r * W;
 #pragma omp simd
@@ -753,6 +760,28 @@ void FN_NAME(fn_norm_dual_runs, FN_SUF)(const T *dy, const T *x, int64_t A, int6
                          fetch && a + 1 < A ? C * B : 0);
             }
         u = p * C + c1;
+    }
+}
+
+/* One visit of rows [r, r + k) of fn_norm_dual_cols below: their terms added to each column's
+ * sums row after row, as the four-row visits and the one-row loop add them (the same bits). */
+static inline __attribute__((always_inline)) void FN_NAME(dual_cols_visit, FN_SUF)(
+    const T *dy, const T *x, int64_t r, int64_t W, const double *center, double *s1, double *s2,
+    const int k)
+{
+    const T *xr = x + r * W, *gr = dy + r * W;
+#pragma omp simd
+    for (int64_t w = 0; w < W; ++w) {
+        const double c = center[w];
+        double a = s1[w], b = s2[w];
+#pragma GCC unroll 4
+        for (int j = 0; j < k; ++j) {
+            const double h = (double)gr[j * W + w];
+            a += h;
+            b += h * ((double)xr[j * W + w] - c);
+        }
+        s1[w] = a;
+        s2[w] = b;
     }
 }
 
@@ -795,6 +824,11 @@ void FN_NAME(fn_norm_dual_cols, FN_SUF)(const T *dy, const T *x, int64_t rows, i
             }
         }
     }
+    /* The last two or three rows in one visit (as fn_norm_stats_cols). */
+    if (rows - r == 3)
+        FN_NAME(dual_cols_visit, FN_SUF)(dy, x, r, W, center, s1, s2, 3), r += 3;
+    else if (rows - r == 2)
+        FN_NAME(dual_cols_visit, FN_SUF)(dy, x, r, W, center, s1, s2, 2), r += 2;
     for (; r < rows; ++r) {
         const T *xr = x + r * W, *gr = dy + r * W;
 #pragma omp simd
