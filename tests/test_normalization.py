@@ -850,26 +850,25 @@ def test_column_statistics_same_bits(rows, channels, dtype, backend, num_threads
         ext.stats(np.ascontiguousarray(a).reshape(-1), 1, rows, a.shape[1], 1, mean, m2, num_threads)
         return mean, m2
 
+    def row_by_row(terms):
+        """The float64 rows of terms added one after the other in each block of rows, the
+        blocks' sums added in order."""
+        block = max(64, (rows + 31) // 32)
+        total = np.zeros(channels)
+        for b0 in range(0, rows, block):
+            partial = np.zeros(channels)
+            for r in range(b0, min(b0 + block, rows)):
+                partial = partial + terms[r]
+            total = total + partial
+        return total
+
     mean, m2 = stats(x)
     shift = x[0].astype(np.float64)
-    block = max(64, (rows + 31) // 32)
-    total = np.zeros(channels)
-    for b0 in range(0, rows, block):
-        partial = np.zeros(channels)
-        for r in range(b0, min(b0 + block, rows)):
-            partial = partial + (x[r].astype(np.float64) - shift)
-        total = total + partial
-    np.testing.assert_array_equal(mean, shift + total / rows)
+    np.testing.assert_array_equal(mean, shift + row_by_row(x.astype(np.float64) - shift) / rows)
     g = (rng.standard_normal((rows, channels)) * spread).astype(dtype)
     s1, s2 = np.empty(channels), np.empty(channels)
     ext.dual_sums(g.reshape(-1), x.reshape(-1), 1, rows, channels, 1, shift, s1, s2, num_threads)
-    total_g = np.zeros(channels)
-    for b0 in range(0, rows, block):
-        partial = np.zeros(channels)
-        for r in range(b0, min(b0 + block, rows)):
-            partial = partial + g[r].astype(np.float64)
-        total_g = total_g + partial
-    np.testing.assert_array_equal(s1, total_g)
+    np.testing.assert_array_equal(s1, row_by_row(g.astype(np.float64)))
     narrow = 2048 // x.itemsize - 1       # columns of a row under 2 KiB: four rows per visit
     if channels > narrow:
         for lo in (0, 1):
