@@ -4,6 +4,7 @@ parameters; finite differences of every backward; running statistics against han
 updates; large offsets; thread-count bit-identity; errors; optional parity with torch."""
 import math
 import warnings
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -823,6 +824,18 @@ def test_wide_channels_last_group_norm(shape, dtype, backend, rng):
         assert_close(a, e, dtype)
 
 
+def _fused_multiply_add(a, b, c):
+    """a * b + c rounded once, elementwise (float64 arrays): what a fused multiply-add gives."""
+    return np.array([float(Fraction(p) * Fraction(q) + Fraction(s))
+                     for p, q, s in zip(a.tolist(), b.tolist(), c.tolist())])
+
+
+# The fused references of test_column_statistics_same_bits by (rows, channels, dtype, data):
+# exact rational arithmetic per element is slow, and every ISA and thread count of a case
+# compares against the same ones.
+_FUSED_COLUMN_SUMS = {}
+
+
 @pytest.mark.parametrize("rows, channels", [(9, 1100), (23, 600), (70, 520), (150, 300), (13, 100),
                                            (200, 7), (17, 2048), (23, 512), (23, 256), (2, 1100),
                                            (3, 600), (7, 300)], ids=str)
@@ -830,45 +843,63 @@ def test_wide_channels_last_group_norm(shape, dtype, backend, rng):
 def test_column_statistics_same_bits(rows, channels, dtype, backend, num_threads, rng):
     """Batch norm's per-feature statistics of (N, C) data (column sums over blocks of rows,
     eight rows per visit for rows of 2 KiB and more, four for narrower ones, the last two or
-    three of a block in one visit, a last one alone): every row is added after the one
-    before, so the mean is exactly that of a plain row-by-row sum of each block in float64
-    (blocks of max(64, ceil(N / 32)) rows, their sums added in order), and mean and M2 of a
-    column are the same bits whether its rows went eight or four at a time (the same columns
-    taken narrower than 2 KiB, also from an odd offset, which moves them between the vector
-    body and the scalar remainder), on every ISA and thread count.  The backward's column
-    sums (dual_sums: four rows per visit, then two or three, then one) add the gradient the
-    same way, so their sum of dy is that plain sum too.  Values spread over 7 decades, so
-    that the float64 sums round and a different order would show."""
+    three of a block in one visit, or a last one alone): every row is added after the one
+    before, so mean and M2 are exactly those of a plain row-by-row sum of each block in
+    float64 (blocks of max(64, ceil(N / 32)) rows, their sums added in order; each square
+    added by a multiply-add that the build fuses or not, the same way in every column and
+    visit), and mean and M2 of a column are the same bits whether its rows went eight or
+    four at a time (the same columns taken narrower than 2 KiB, also from an odd offset,
+    which moves them between the vector body and the scalar remainder), on every ISA and
+    thread count.  The backward's column sums (dual_sums: four rows per visit, then the last
+    two or three in one visit, or a last one alone) add sum(dy) and sum(dy * (x - center))
+    the same way; their centre is x's last row, so that no row's terms are zero.  Values
+    spread over 7 decades, so that the float64 sums round and a different order would show
+    (in float64 data; float32 terms mostly add exactly)."""
     if backend[0] != "cython":
         pytest.skip("compiled kernels only")
     ext = fastnorm._config._modules["normalization"]
     spread = np.exp(rng.uniform(-8, 8, (rows, channels)))
     x = (3 + rng.standard_normal((rows, channels)) * spread).astype(dtype)
+    g = (rng.standard_normal((rows, channels)) * spread).astype(dtype)
 
     def stats(a):
         mean, m2 = np.empty(a.shape[1]), np.empty(a.shape[1])
         ext.stats(np.ascontiguousarray(a).reshape(-1), 1, rows, a.shape[1], 1, mean, m2, num_threads)
         return mean, m2
 
-    def row_by_row(terms):
-        """The float64 rows of terms added one after the other in each block of rows, the
-        blocks' sums added in order."""
+    def row_by_row(add_row):
+        """Each block's rows added one after the other, partial = add_row(partial, r) from
+        +0.0, and the blocks' sums added in order."""
         block = max(64, (rows + 31) // 32)
         total = np.zeros(channels)
         for b0 in range(0, rows, block):
             partial = np.zeros(channels)
             for r in range(b0, min(b0 + block, rows)):
-                partial = partial + terms[r]
+                partial = add_row(partial, r)
             total = total + partial
         return total
 
+    xd, gd = x.astype(np.float64), g.astype(np.float64)
+    shift, center = xd[0], xd[-1]
+    d, e = xd - shift, xd - center
     mean, m2 = stats(x)
-    shift = x[0].astype(np.float64)
-    np.testing.assert_array_equal(mean, shift + row_by_row(x.astype(np.float64) - shift) / rows)
-    g = (rng.standard_normal((rows, channels)) * spread).astype(dtype)
+    sum_d = row_by_row(lambda p, r: p + d[r])
+    np.testing.assert_array_equal(mean, shift + sum_d / rows)
     s1, s2 = np.empty(channels), np.empty(channels)
-    ext.dual_sums(g.reshape(-1), x.reshape(-1), 1, rows, channels, 1, shift, s1, s2, num_threads)
-    np.testing.assert_array_equal(s1, row_by_row(g.astype(np.float64)))
+    ext.dual_sums(g.reshape(-1), x.reshape(-1), 1, rows, channels, 1, center, s1, s2, num_threads)
+    np.testing.assert_array_equal(s1, row_by_row(lambda p, r: p + gd[r]))
+
+    def products(madd):
+        """(M2, sum(dy * (x - center))) with every product added by madd(a, b, partial)."""
+        squares = row_by_row(lambda p, r: madd(d[r], d[r], p))
+        m2_ref = squares - sum_d * (sum_d / rows)      # the moments' own arithmetic: not fused
+        return np.where(m2_ref < 0, 0.0, m2_ref), row_by_row(lambda p, r: madd(gd[r], e[r], p))
+
+    key = (rows, channels, np.dtype(dtype).str, hash(x.tobytes()), hash(g.tobytes()))
+    if key not in _FUSED_COLUMN_SUMS:
+        _FUSED_COLUMN_SUMS[key] = products(_fused_multiply_add)
+    models = (_FUSED_COLUMN_SUMS[key], products(lambda a, b, c: c + a * b))
+    assert any(np.array_equal(m2, m2_ref) and np.array_equal(s2, s2_ref) for m2_ref, s2_ref in models)
     narrow = 2048 // x.itemsize - 1       # columns of a row under 2 KiB: four rows per visit
     if channels > narrow:
         for lo in (0, 1):
@@ -974,7 +1005,8 @@ def test_column_sums_fetch_same_bits(rows, channels, dtype, backend, num_threads
     next rows for large arrays (_set_cols_fetch_from; forced on here for small ones): the
     same bits as over whole rows, forward (statistics, running statistics, output) and
     backward, for widths that are and are not multiples of the chunk and row counts that
-    leave remainders to the four- and one-row loops, on every ISA and thread count."""
+    leave remainders to the two- or three-row visits and the one-row loop, on every ISA and
+    thread count."""
     if backend[0] != "cython":
         pytest.skip("compiled kernels only")
     ext = fastnorm._config._modules["normalization"]

@@ -764,8 +764,9 @@ void FN_NAME(fn_norm_dual_runs, FN_SUF)(const T *dy, const T *x, int64_t A, int6
 }
 
 /* One visit of rows [r, r + k) of fn_norm_dual_cols below: their terms added to each column's
- * sums row after row, as the four-row visits and the one-row loop add them (the same bits). */
-static inline __attribute__((always_inline)) void FN_NAME(dual_cols_visit, FN_SUF)(
+ * sums row after row, as the four-row visits and the one-row loop add them (the same bits).
+ * Returns the next row, r + k. */
+static inline __attribute__((always_inline)) int64_t FN_NAME(dual_cols_visit, FN_SUF)(
     const T *dy, const T *x, int64_t r, int64_t W, const double *center, double *s1, double *s2,
     const int k)
 {
@@ -783,6 +784,7 @@ static inline __attribute__((always_inline)) void FN_NAME(dual_cols_visit, FN_SU
         s1[w] = a;
         s2[w] = b;
     }
+    return r + k;
 }
 
 void FN_NAME(fn_norm_dual_cols, FN_SUF)(const T *dy, const T *x, int64_t rows, int64_t W,
@@ -826,9 +828,9 @@ void FN_NAME(fn_norm_dual_cols, FN_SUF)(const T *dy, const T *x, int64_t rows, i
     }
     /* The last two or three rows in one visit (as fn_norm_stats_cols). */
     if (rows - r == 3)
-        FN_NAME(dual_cols_visit, FN_SUF)(dy, x, r, W, center, s1, s2, 3), r += 3;
+        r = FN_NAME(dual_cols_visit, FN_SUF)(dy, x, r, W, center, s1, s2, 3);
     else if (rows - r == 2)
-        FN_NAME(dual_cols_visit, FN_SUF)(dy, x, r, W, center, s1, s2, 2), r += 2;
+        r = FN_NAME(dual_cols_visit, FN_SUF)(dy, x, r, W, center, s1, s2, 2);
     for (; r < rows; ++r) {
         const T *xr = x + r * W, *gr = dy + r * W;
 #pragma omp simd
