@@ -725,11 +725,12 @@ void FN_NAME(fn_norm_stats_cols, FN_SUF)(const T *x, int64_t rows, int64_t W, co
     r = FN_NAME(stats_cols_visits, FN_SUF)(x, r, rows, W, shift, s1, s2, 4, fetch);
     /* The last two or three rows in one visit too, not one pass over the sums each: with few
      * rows (a small batch) and wide rows, the passes over the float64 sums and shifts (24
-     * bytes a column) outweigh the rows' own bytes. */
+     * bytes a column) outweigh the rows' own bytes.  The last visit: no rows after it to
+     * fetch. */
     if (rows - r == 3)
-        r = FN_NAME(stats_cols_visits, FN_SUF)(x, r, rows, W, shift, s1, s2, 3, fetch);
+        r = FN_NAME(stats_cols_visits, FN_SUF)(x, r, rows, W, shift, s1, s2, 3, 0);
     else if (rows - r == 2)
-        r = FN_NAME(stats_cols_visits, FN_SUF)(x, r, rows, W, shift, s1, s2, 2, fetch);
+        r = FN_NAME(stats_cols_visits, FN_SUF)(x, r, rows, W, shift, s1, s2, 2, 0);
     for (; r < rows; ++r) {
         const T *row = x + r * W;
 #pragma omp simd
@@ -763,74 +764,63 @@ void FN_NAME(fn_norm_dual_runs, FN_SUF)(const T *dy, const T *x, int64_t A, int6
     }
 }
 
-/* One visit of rows [r, r + k) of fn_norm_dual_cols below: their terms added to each column's
- * sums row after row, as the four-row visits and the one-row loop add them (the same bits).
- * Returns the next row, r + k. */
-static inline __attribute__((always_inline)) int64_t FN_NAME(dual_cols_visit, FN_SUF)(
-    const T *dy, const T *x, int64_t r, int64_t W, const double *center, double *s1, double *s2,
-    const int k)
+/* Visits of k rows from row r of fn_norm_dual_cols below while k whole rows are left, as
+ * stats_cols_visits (with `fetch`, the columns in chunks and the same columns of the next
+ * visit's rows of both arrays fetched into L2); each row's terms added to each column's sums
+ * row after row, as the one-row loop adds them (the same bits).  Returns the first row not
+ * done. */
+static inline __attribute__((always_inline)) int64_t FN_NAME(dual_cols_visits, FN_SUF)(
+    const T *dy, const T *x, int64_t r, int64_t rows, int64_t W, const double *center,
+    double *s1, double *s2, const int k, int fetch)
 {
-    const T *xr = x + r * W, *gr = dy + r * W;
-#pragma omp simd
-    for (int64_t w = 0; w < W; ++w) {
-        const double c = center[w];
-        double a = s1[w], b = s2[w];
-#pragma GCC unroll 4
-        for (int j = 0; j < k; ++j) {
-            const double h = (double)gr[j * W + w];
-            a += h;
-            b += h * ((double)xr[j * W + w] - c);
-        }
-        s1[w] = a;
-        s2[w] = b;
-    }
-    return r + k;
-}
-
-void FN_NAME(fn_norm_dual_cols, FN_SUF)(const T *dy, const T *x, int64_t rows, int64_t W,
-                                        const double *center, double *s1, double *s2, int fetch)
-{
-    /* The next visit's rows of both arrays fetched chunk by chunk, as in stats_cols_visits:
-     * from memory, 1 thread, Zen 4, kernels through ctypes interleaved with no prefetch
-     * ((4096, 1024) float32: 1.21x, 2.37 -> 1.96 ms), (8192, 512) 2.00x, (16384, 256) 2.02x,
-     * (2048, 2048) 1.21x; from L3 1.13-2.35x.  Chunks of 32 and 128 columns: 1.08-2.30x and
-     * 1.10-2.13x.  (On Zen 5, a burst of the next four rows into L1 before each visit had
-     * made these sums slower, 1.27-1.30 -> 1.43-1.46 ms.) */
-    int64_t r = 0;
-    for (; r + 4 <= rows; r += 4) {  /* four rows per visit (fn_norm_stats_cols: eight from 2 KiB rows) */
-        const T *x0 = x + r * W, *x1 = x0 + W, *x2 = x1 + W, *x3 = x2 + W;
-        const T *g0 = dy + r * W, *g1 = g0 + W, *g2 = g1 + W, *g3 = g2 + W;
-        const int fetch_next = fetch && r + 8 <= rows;
+    for (; r + k <= rows; r += k) {
+        const T *xr = x + r * W, *gr = dy + r * W;
+        const int fetch_next = fetch && r + 2 * k <= rows;
         const int64_t chunk = fetch_next ? COLS_CHUNK : W;
         for (int64_t w0 = 0; w0 < W; w0 += chunk) {
             const int64_t w1 = W - w0 > chunk ? w0 + chunk : W;
             if (fetch_next) {
-                FN_NAME(cols_fetch, FN_SUF)(x0 + 4 * W, 4, W, w0, w1);
-                FN_NAME(cols_fetch, FN_SUF)(g0 + 4 * W, 4, W, w0, w1);
+                FN_NAME(cols_fetch, FN_SUF)(xr + k * W, k, W, w0, w1);
+                FN_NAME(cols_fetch, FN_SUF)(gr + k * W, k, W, w0, w1);
             }
 #pragma omp simd
             for (int64_t w = w0; w < w1; ++w) {
                 const double c = center[w];
-                const double h0 = (double)g0[w], h1 = (double)g1[w], h2 = (double)g2[w], h3 = (double)g3[w];
                 double a = s1[w], b = s2[w];
-                a += h0;
-                b += h0 * ((double)x0[w] - c);
-                a += h1;
-                b += h1 * ((double)x1[w] - c);
-                a += h2;
-                b += h2 * ((double)x2[w] - c);
-                a += h3;
-                b += h3 * ((double)x3[w] - c);
+                double h[4];  /* k <= 4; each row's dy converted first, as gcc scheduled the
+                                 four-row visit when it was written out (1-4 % faster than
+                                 with each conversion beside its use) */
+#pragma GCC unroll 4
+                for (int j = 0; j < k; ++j)
+                    h[j] = (double)gr[j * W + w];
+#pragma GCC unroll 4
+                for (int j = 0; j < k; ++j) {
+                    a += h[j];
+                    b += h[j] * ((double)xr[j * W + w] - c);
+                }
                 s1[w] = a;
                 s2[w] = b;
             }
         }
     }
-    /* The last two or three rows in one visit (as fn_norm_stats_cols). */
+    return r;
+}
+
+void FN_NAME(fn_norm_dual_cols, FN_SUF)(const T *dy, const T *x, int64_t rows, int64_t W,
+                                        const double *center, double *s1, double *s2, int fetch)
+{
+    /* Four rows per visit (fn_norm_stats_cols: eight from 2 KiB rows), the next visit's rows
+     * of both arrays fetched chunk by chunk: from memory, 1 thread, Zen 4, kernels through
+     * ctypes interleaved with no prefetch ((4096, 1024) float32: 1.21x, 2.37 -> 1.96 ms),
+     * (8192, 512) 2.00x, (16384, 256) 2.02x, (2048, 2048) 1.21x; from L3 1.13-2.35x.  Chunks
+     * of 32 and 128 columns: 1.08-2.30x and 1.10-2.13x.  (On Zen 5, a burst of the next four
+     * rows into L1 before each visit had made these sums slower, 1.27-1.30 -> 1.43-1.46 ms.) */
+    int64_t r = FN_NAME(dual_cols_visits, FN_SUF)(dy, x, 0, rows, W, center, s1, s2, 4, fetch);
+    /* The last two or three rows in one visit (as fn_norm_stats_cols, nothing to fetch). */
     if (rows - r == 3)
-        r = FN_NAME(dual_cols_visit, FN_SUF)(dy, x, r, W, center, s1, s2, 3);
+        r = FN_NAME(dual_cols_visits, FN_SUF)(dy, x, r, rows, W, center, s1, s2, 3, 0);
     else if (rows - r == 2)
-        r = FN_NAME(dual_cols_visit, FN_SUF)(dy, x, r, W, center, s1, s2, 2);
+        r = FN_NAME(dual_cols_visits, FN_SUF)(dy, x, r, rows, W, center, s1, s2, 2, 0);
     for (; r < rows; ++r) {
         const T *xr = x + r * W, *gr = dy + r * W;
 #pragma omp simd
