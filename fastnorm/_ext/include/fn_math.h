@@ -355,7 +355,8 @@ static inline float fn_tanhf(float x) { return fn_tanh_fromf(x, fn__tanh_qf(x));
  * large a each Horner step keeps its rounding, and in float the ratio was up to 5 ulp off
  * (so was a float split into Horner on a below 2 and on 1/a above); in double it is exact to
  * float precision.  This replaced two float fits with per-lane selection and two divisions
- * (README, second Zen 3 session: faster and more accurate; accuracy in the table above).
+ * (docs/performance-log.md, second Zen 3 session: faster and more accurate; accuracy in the
+ * table above).
  * Its argument is x itself: erfc(-x/sqrt2) would amplify the rounding of x/sqrt2 by ~x^2
  * (GELU had to carry it as a compensated pair), while here x^2 is formed exactly
  * (fn__two_prodf) and e^{-x^2/2} keeps full relative accuracy down to its underflow.  k
