@@ -758,17 +758,19 @@ def test_wide_row_parameter_gradients(shape, dtype, backend, rng):
 @pytest.mark.parametrize("blocks, rows, channels", [(1, 11, 1025), (1, 9, 3001), (1, 5, 513), (1, 4, 1100),
                                                     (2, 5, 1100), (3, 6, 600), (4, 1, 1100),
                                                     (1, 11, 64), (1, 9, 128), (2, 5, 33), (3, 6, 7),
-                                                    (4, 1, 16), (5, 4, 64), (1, 4200, 128)], ids=str)
+                                                    (4, 1, 16), (5, 4, 64), (1, 4200, 128),
+                                                    (1, 9, 700), (2, 5, 300), (1, 6, 1024),
+                                                    (1, 7, 1023)], ids=str)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_wide_channels_last_rows_same_bits(blocks, rows, channels, dtype, backend, rng):
-    """Channels-last output passes take rows wider than 4 KiB, and rows of at most 512 bytes
+    """Channels-last output passes take rows wider than 4 KiB, and rows narrower than 4 KiB
     in ranges of at most 2 MiB (float32 (4200, 128): one row at a time on 1 thread, four on
-    2 and 3), four at a time (one read of
-    the per-channel vectors for four rows) when four whole rows of one parameter block are
-    left in the range: the same bits as one row at a time (each row passed alone with its
-    block's vectors), on every ISA and at 1-3 threads (ranges starting or ending inside a
-    row), with 1-3 rows left over, rows of 4 KiB + one element ((5, 513) float64, (11, 1025)
-    float32), several parameter blocks (group norm's per-sample geometry: a visit must not
+    2 and 3; rows of exactly 4 KiB, (6, 1024) float32, one at a time), four at a time (one
+    read of the per-channel vectors for four rows) when four whole rows of one parameter
+    block are left in the range: the same bits as one row at a time (each row passed alone
+    with its block's vectors), on every ISA and at 1-3 threads (ranges starting or ending
+    inside a row), with 1-3 rows left over, rows of 4 KiB + one element ((5, 513) float64,
+    (11, 1025) float32) and one element less ((7, 1023) float32), several parameter blocks (group norm's per-sample geometry: a visit must not
     span two), and in place (y is x), where a visit past the range's end would read rows
     another thread already wrote."""
     if backend[0] != "cython":

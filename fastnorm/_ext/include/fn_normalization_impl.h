@@ -369,20 +369,30 @@ static inline void FN_NAME(affine_grad_run, FN_SUF)(const T *dy, const T *x, T *
  * twice as long per element as (6144, 1024).  Read once for four rows: the forward pass
  * 1.24-1.57x faster for C = 2048-16384 float32 and 1.27-1.43x float64, the gradient pass
  * 1.11-1.40x and 1.12-1.18x (1 thread, kernels called through ctypes, interleaved with the
- * one-row loop).  Narrower rows stay one at a time: four side by side made C = 256-1024
- * float32 0.57-0.67x (eight streams from memory instead of two).  Rows of at most
- * CHANNEL_ROW_NARROW bytes (four of them side by side in memory) go four at a time too where
- * the range holds at most CHANNEL_NARROW_RANGE_BYTES of x, in cache: there a row's pass had
- * loaded three (four) vectors for every vector of x.  Zen 3, through the def functions, both
- * builds in one process, paired medians, 1 thread: forward pass (2, 1024, 64) float32 1.26x,
- * (8, 64, 32) 1.38x, (1, 4096, 128) 1.18-1.24x, gradient pass 1.26x, 1.36x, 1.08x; group
- * norm channels-last (2, 32, 32, 64) forward / backward 1.12x / 1.20x (2 threads 1.11x /
- * 1.08x), batch norm channels-last (8, 8, 8, 32) 1.31x / 1.21x.  Beyond the range limit,
- * from memory, they lost: forward (1, 8192, 128) float32 0.75x, (1, 16384, 128) 0.82-0.85x,
- * gradient pass (1, 16384, 128) 0.66x.  Same operations per element either way, so the
- * same bits. */
+ * one-row loop).  Narrower rows from memory stay one at a time: four side by side made
+ * C = 256-1024 float32 0.57-0.67x (eight streams from memory instead of two).  Rows narrower
+ * than CHANNEL_ROW_BYTES go four at a time too where the range holds at most
+ * CHANNEL_NARROW_RANGE_BYTES of x, in cache: there a row's pass had loaded three (four)
+ * vectors for every vector of x.  Zen 3, through the def functions, both builds in one
+ * process, paired medians, 1 thread, rows of at most 512 bytes: forward pass (2, 1024, 64)
+ * float32 1.26x, (8, 64, 32) 1.38x, (1, 4096, 128) 1.18-1.24x, gradient pass 1.26x, 1.36x,
+ * 1.08x; group norm channels-last (2, 32, 32, 64) forward / backward 1.12x / 1.20x (2
+ * threads 1.11x / 1.08x), batch norm channels-last (8, 8, 8, 32) 1.31x / 1.21x.  Rows of
+ * 512 bytes to 4 KiB, Zen 4, batch norm 1-D training forward / backward through the API,
+ * both builds in one process, interleaved, 1 / 2 threads: float32 (256, 160) 1.17x / 1.08x and
+ * 1.12x / 1.10x, (256, 384) 1.14x / 1.04x and 1.02x / 1.05x, (512, 512) 1.07-1.14x / 1.05-1.09x
+ * and 1.02-1.03x / 1.00-1.01x, (256, 600) 1.05x / 1.05x and 1.02x / 1.03x, (128, 768)
+ * 1.07-1.15x / 1.03-1.09x and 1.05-1.07x / 1.04x, (256, 896) 1.02x / 1.03x and 1.05x / 1.06x,
+ * (512, 896) 1.22x / 1.10x and 1.05x / 1.11x; float64 (128, 200) 1.32x / 1.11x and 1.18x /
+ * 1.07x, (256, 256) 1.20x / 1.00x and 1.06x / 1.04x, (256, 384) 1.13x / 0.99x and 1.02x /
+ * 1.03x; channels-last group norm (8, 16, 16,
+ * 256), (4, 8, 8, 512), (8, 8, 8, 768) 0.99-1.06x.  Rows of exactly 4 KiB stay one at a time:
+ * four of them lie at one page offset, where each row's stores wait for the next rows' loads
+ * (4 KiB aliasing; (256, 1024) float32 backward 0.62x / 0.68x four at a time).  Beyond the
+ * range limit, from memory, narrow rows lost: forward (1, 8192, 128) float32 0.75x, (1, 16384,
+ * 128) 0.82-0.85x, gradient pass (1, 16384, 128) 0.66x; (1024, 768) was level.  Same
+ * operations per element either way, so the same bits. */
 #define CHANNEL_ROW_BYTES 4096
-#define CHANNEL_ROW_NARROW 512
 #define CHANNEL_NARROW_RANGE_BYTES ((int64_t)2 << 20)
 /* Channels-last output passes stream their rows (fn_stream.h) when asked to, but only rows
  * of 2 KiB up to CHANNEL_ROW_BYTES: each row is streamed on its own (FN_MAP_STREAMED), which
@@ -400,7 +410,7 @@ static inline void FN_NAME(affine_grad_run, FN_SUF)(const T *dy, const T *x, T *
 /* Whether the visit at run u (row r, channel c0) of the range [u0, u1) takes four rows. */
 #define FOUR_ROWS_AT(u, r, c0)                                                               \
     ((C * (int64_t)sizeof(T) > CHANNEL_ROW_BYTES                                               \
-      || (C * (int64_t)sizeof(T) <= CHANNEL_ROW_NARROW                                         \
+      || (C * (int64_t)sizeof(T) < CHANNEL_ROW_BYTES                                           \
           && (u1 - u0) * (int64_t)sizeof(T) <= CHANNEL_NARROW_RANGE_BYTES))                     \
      && (c0) == 0 && u1 - (u) >= 4 * C && (r) / A == ((r) + 3) / A)
 
@@ -1575,7 +1585,6 @@ int FN_NAME(fn_norm_narrow, FN_SUF)(int64_t K, const double *src, T *dst)
 #undef FINISH_MOMENTS
 #undef CHANNEL_VECTOR_LANES
 #undef CHANNEL_ROW_BYTES
-#undef CHANNEL_ROW_NARROW
 #undef CHANNEL_NARROW_RANGE_BYTES
 #undef COLS_CHUNK
 #undef FOUR_ROWS_AT
