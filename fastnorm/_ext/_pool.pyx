@@ -102,10 +102,26 @@ cdef inline bint _trails(uintptr_t result, uintptr_t source) noexcept:
     return 0 < distance < _ALIAS_WINDOW
 
 
-cdef unsigned _placement(uintptr_t like, uintptr_t like2, Py_ssize_t itemsize) noexcept:
+cdef inline bint _clear_of(unsigned offset, uintptr_t source, Py_ssize_t itemsize) noexcept:
+    """offset lies at least the alias window away from source's page offset, either way."""
+    cdef unsigned distance = (offset - _page_offset(source, itemsize)) % 4096
+    return _ALIAS_WINDOW <= distance <= 4096 - _ALIAS_WINDOW
+
+
+cdef unsigned _placement(uintptr_t like, uintptr_t like2, Py_ssize_t itemsize,
+                         bint apart) noexcept:
     """The page offset for a result of inputs at like and like2 (0: none): like's own,
-    unless that trails like2, then like2's (which then is before like's, outside the window)."""
+    unless that trails like2, then like2's (which then is before like's, outside the window).
+    With apart, a quarter page after like's (else three quarters, else half, whichever is
+    first clear of like2's too): for passes that visit four rows of a whole number of pages
+    side by side in each of their arrays, where arrays at one offset put all their rows'
+    lines in one L1 set (see normalization.pyx, _whole_page_rows)."""
     cdef unsigned offset = _page_offset(like, itemsize)
+    cdef unsigned shift
+    if apart:
+        for shift in (1024, 3072, 2048):
+            if like2 == 0 or _clear_of((offset + shift) % 4096, like2, itemsize):
+                return (offset + shift) % 4096
     if like2 != 0 and _trails(offset, like2):
         offset = _page_offset(like2, itemsize)
     return offset
@@ -129,15 +145,15 @@ cdef int _leave(object previous) except -1:
 
 
 cdef object pooled_empty(int nd, cnp.npy_intp *dims, int typenum, const void *like,
-                         const void *like2=NULL):
+                         const void *like2=NULL, bint apart=False):
     """PyArray_EMPTY(nd, dims, typenum, 0) for a result computed from the inputs at like and
     like2 (NULL: none): from the cache when the size qualifies, at like's offset within a
-    page (_placement); else from NumPy."""
+    page, or apart from the inputs (_placement); else from NumPy."""
     cdef Py_ssize_t itemsize = cnp.PyDataType_ELSIZE(cnp.PyArray_DescrFromType(typenum))
     cdef cnp.npy_intp nbytes = cnp.PyArray_MultiplyList(dims, nd) * itemsize
     if not pooled(nbytes):
         return cnp.PyArray_EMPTY(nd, dims, typenum, 0)
-    previous = _enter(_placement(<uintptr_t>like, <uintptr_t>like2, itemsize))
+    previous = _enter(_placement(<uintptr_t>like, <uintptr_t>like2, itemsize, apart))
     try:
         return cnp.PyArray_EMPTY(nd, dims, typenum, 0)
     finally:
@@ -158,7 +174,7 @@ def empty(shape, dtype, order="C", like=None, like2=None):
         n *= d
     if not pooled(n):
         return np.empty(shape, dtype, order)
-    previous = _enter(_placement(_address(like), _address(like2), dtype.itemsize))
+    previous = _enter(_placement(_address(like), _address(like2), dtype.itemsize, False))
     try:
         return np.empty(shape, dtype, order)
     finally:
