@@ -770,9 +770,9 @@ def test_wide_channels_last_rows_same_bits(blocks, rows, channels, dtype, backen
     block are left in the range: the same bits as one row at a time (each row passed alone
     with its block's vectors), on every ISA and at 1-3 threads (ranges starting or ending
     inside a row), with 1-3 rows left over, rows of 4 KiB + one element ((5, 513) float64,
-    (11, 1025) float32) and one element less ((7, 1023) float32), several parameter blocks (group norm's per-sample geometry: a visit must not
-    span two), and in place (y is x), where a visit past the range's end would read rows
-    another thread already wrote."""
+    (11, 1025) float32) and one element less ((7, 1023) float32), several parameter blocks
+    (group norm's per-sample geometry: a visit must not span two), and in place (y is x),
+    where a visit past the range's end would read rows another thread already wrote."""
     if backend[0] != "cython":
         pytest.skip("compiled kernels only")
     ext = fastnorm._config._modules["normalization"]

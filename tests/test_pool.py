@@ -67,44 +67,56 @@ def test_results_sit_at_their_inputs_offset_within_a_page(small_pool):
 
 @pytest.mark.parametrize("call", ["batch_norm", "group_norm_channels_last"])
 @pytest.mark.parametrize("shape, dtype", [((128, 2048), np.float32), ((64, 4096), np.float32),
-                                          ((128, 1024), np.float64)], ids=str)
+                                          ((128, 1024), np.float64), ((176, 1536), np.float32)],
+                         ids=str)
 def test_gradients_of_whole_page_rows_sit_apart_from_their_inputs(small_pool, call, shape, dtype):
     """Channels-last gradient passes visit four rows at a time in dy, x and gx; rows a whole
     number of 4 KiB pages long put all twelve lines of a visit in one L1 set when the three
     arrays share an offset within a page, so the cache places such a gx at least the alias
-    window (256 bytes) from both inputs' offsets, either way (normalization.pyx,
-    _whole_page_rows).  The same bits wherever it lies; rows of one page stay at x's offset
-    (test_results_sit_at_their_inputs_offset_within_a_page)."""
+    window (256 bytes) from both inputs' offsets, either way: a quarter page from x's, or
+    three quarters where dy is near a quarter (normalization.pyx, _whole_page_rows; dy 16
+    bytes after x's offset, after a quarter page and after three quarters).  The same bits
+    wherever gx lies; rows of one page (test_results_sit_at_their_inputs_offset_within_a_page)
+    and rows over a page that are not whole pages ((176, 1536) float32: 6 KiB) stay at x's
+    offset."""
     from fastnorm._ext import normalization as ext
     rng = np.random.default_rng(3)
-    raw = np.zeros(2 * int(np.prod(shape)) * 8 + 3 * 4096, np.uint8)
     n = int(np.prod(shape))
+    nbytes = n * np.dtype(dtype).itemsize
+    whole_pages = shape[-1] * np.dtype(dtype).itemsize % 4096 == 0
+    raw = np.zeros(2 * nbytes + 4 * 4096, np.uint8)
     for shift in (0, 16, 1008, 3072):
-        x = np.frombuffer(raw.data, dtype, n, shift).reshape(shape)
-        g = np.frombuffer(raw.data, dtype, n, shift + (n * np.dtype(dtype).itemsize + 4095) // 4096 * 4096 + 16)
-        g = g.reshape(shape)
-        x[...] = rng.standard_normal(shape)
-        g[...] = rng.standard_normal(shape)
-        c = shape[-1]
-        w = rng.standard_normal(c).astype(dtype)
-        if call == "batch_norm":
-            _, mean, rstd = fastnorm.batch_norm(x, w)
-            run = lambda: fastnorm.batch_norm_backward(g, x, w, mean, rstd)[0]
-        else:
-            x4, g4 = x.reshape(2, 2, -1, c), g.reshape(2, 2, -1, c)
-            _, mean, rstd = fastnorm.group_norm(x4, 4, w, channels_last=True)
-            run = lambda: fastnorm.group_norm_backward(g4, x4, 4, w, mean, rstd, channels_last=True)[0]
-        gx = run()
-        for source in (x, g):
-            distance = (gx.ctypes.data - source.ctypes.data) % 4096
-            assert 256 <= distance <= 4096 - 256, (shift, distance)
-        previous = ext._set_rows_apart(False)
-        try:
-            at_offset = run()
-        finally:
-            ext._set_rows_apart(previous)
-        assert at_offset.ctypes.data % 4096 == x.ctypes.data % 4096
-        assert gx.tobytes() == at_offset.tobytes(), shift
+        for dy_after in (16, 1024 + 16, 3072 + 16):
+            x = np.frombuffer(raw.data, dtype, n, shift).reshape(shape)
+            g_start = shift + (nbytes + 4095) // 4096 * 4096 + dy_after
+            g = np.frombuffer(raw.data, dtype, n, g_start).reshape(shape)
+            x[...] = rng.standard_normal(shape)
+            g[...] = rng.standard_normal(shape)
+            c = shape[-1]
+            w = rng.standard_normal(c).astype(dtype)
+            if call == "batch_norm":
+                _, mean, rstd = fastnorm.batch_norm(x, w)
+                run = lambda: fastnorm.batch_norm_backward(g, x, w, mean, rstd)[0]
+            else:
+                x4, g4 = x.reshape(2, 2, -1, c), g.reshape(2, 2, -1, c)
+                _, mean, rstd = fastnorm.group_norm(x4, 4, w, channels_last=True)
+                run = lambda: fastnorm.group_norm_backward(g4, x4, 4, w, mean, rstd,
+                                                           channels_last=True)[0]
+            gx = run()
+            where = (shift, dy_after)
+            if whole_pages:
+                for source in (x, g):
+                    distance = (gx.ctypes.data - source.ctypes.data) % 4096
+                    assert 256 <= distance <= 4096 - 256, (where, distance)
+            else:
+                assert gx.ctypes.data % 4096 == x.ctypes.data % 4096, where
+            previous = ext._set_rows_apart(False)
+            try:
+                at_offset = run()
+            finally:
+                ext._set_rows_apart(previous)
+            assert at_offset.ctypes.data % 4096 == x.ctypes.data % 4096, where
+            assert gx.tobytes() == at_offset.tobytes(), where
 
 
 def test_a_misaligned_input_still_gets_an_aligned_result(small_pool):

@@ -112,16 +112,16 @@ cdef unsigned _placement(uintptr_t like, uintptr_t like2, Py_ssize_t itemsize,
                          bint apart) noexcept:
     """The page offset for a result of inputs at like and like2 (0: none): like's own,
     unless that trails like2, then like2's (which then is before like's, outside the window).
-    With apart, a quarter page after like's (else three quarters, else half, whichever is
-    first clear of like2's too): for passes that visit four rows of a whole number of pages
-    side by side in each of their arrays, where arrays at one offset put all their rows'
-    lines in one L1 set (see normalization.pyx, _whole_page_rows)."""
+    With apart, a quarter page after like's, or three quarters where a quarter is not clear
+    of like2's (like2 blocks less than a quarter page, so one of the two is): for passes that
+    visit four rows of a whole number of pages side by side in each of their arrays, where
+    arrays at one offset put all their rows' lines in one L1 set (see normalization.pyx,
+    _whole_page_rows)."""
     cdef unsigned offset = _page_offset(like, itemsize)
-    cdef unsigned shift
     if apart:
-        for shift in (1024, 3072, 2048):
-            if like2 == 0 or _clear_of((offset + shift) % 4096, like2, itemsize):
-                return (offset + shift) % 4096
+        if like2 == 0 or _clear_of((offset + 1024) % 4096, like2, itemsize):
+            return (offset + 1024) % 4096
+        return (offset + 3072) % 4096
     if like2 != 0 and _trails(offset, like2):
         offset = _page_offset(like2, itemsize)
     return offset

@@ -211,7 +211,8 @@ cdef inline bint _warm_serial(bint training, Py_ssize_t A, Py_ssize_t B,
     return training and B == 1 and A <= _WARM_SERIAL_ROWS and pass_bytes < _WARM_SERIAL_BYTES
 
 
-# The gradient passes of batch norm 1-D and channels-last group norm visit four rows at a time
+# The gradient passes of batch norm over channels-last rows (1-D, or channels_last=True) and of
+# channels-last group norm visit four rows at a time
 # (fn_normalization_impl.h, FOUR_ROWS_AT) in three arrays: dy, x and the result gx.  Where a
 # row is a whole number of 4 KiB pages (more than one) and the three arrays start at one offset
 # within a page, as the buffer cache places a result at its input's (and NumPy's arrays of
@@ -1593,10 +1594,10 @@ def group_norm_backward_fast(object grad_output, object x, object num_groups, ob
     cdef Py_ssize_t U = N * G, cg = C // G, hw = size // (N * C)
     cdef int nthreads = threads_for(size, grain)
     cdef Py_ssize_t nbytes = size * cnp.PyArray_ITEMSIZE(xa)
-    cdef int stream = streams(nbytes, 3 * nbytes, False)
     cdef cnp.ndarray gx = pooled_empty(nd, dims, typenum, cnp.PyArray_DATA(xa),
                                        cnp.PyArray_DATA(<cnp.ndarray>grad_output),
                                        last and _whole_page_rows(C * cnp.PyArray_ITEMSIZE(xa)))
+    cdef int stream = streams(nbytes, 3 * nbytes, False)  # after the allocation it asks about
     cdef cnp.ndarray center = cnp.PyArray_Cast(<cnp.ndarray>mean, cnp.NPY_FLOAT64)
     cdef cnp.ndarray rstd_d = cnp.PyArray_Cast(<cnp.ndarray>rstd, cnp.NPY_FLOAT64)
     cdef bint want_gw = weight is not None, want_gb = bias is not None

@@ -385,13 +385,13 @@ static inline void FN_NAME(affine_grad_run, FN_SUF)(const T *dy, const T *x, T *
  * 1.07-1.15x / 1.03-1.09x and 1.05-1.07x / 1.04x, (256, 896) 1.02x / 1.03x and 1.05x / 1.06x,
  * (512, 896) 1.22x / 1.10x and 1.05x / 1.11x; float64 (128, 200) 1.32x / 1.11x and 1.18x /
  * 1.07x, (256, 256) 1.20x / 1.00x and 1.06x / 1.04x, (256, 384) 1.13x / 0.99x and 1.02x /
- * 1.03x; channels-last group norm (8, 16, 16,
- * 256), (4, 8, 8, 512), (8, 8, 8, 768) 0.99-1.06x.  Rows of exactly 4 KiB stay one at a time:
- * four of them lie at one page offset, where each row's stores wait for the next rows' loads
- * (4 KiB aliasing; (256, 1024) float32 backward 0.62x / 0.68x four at a time).  Beyond the
- * range limit, from memory, narrow rows lost: forward (1, 8192, 128) float32 0.75x, (1, 16384,
- * 128) 0.82-0.85x, gradient pass (1, 16384, 128) 0.66x; (1024, 768) was level.  Same
- * operations per element either way, so the same bits. */
+ * 1.03x; channels-last group norm (8, 16, 16, 256), (4, 8, 8, 512), (8, 8, 8, 768)
+ * 0.99-1.06x.  Rows of exactly 4 KiB stay one at a time: four of them lie at one page offset,
+ * where the lines a visit touches in each array share one L1 set (as for wider rows of whole
+ * pages, normalization.pyx's _whole_page_rows; (256, 1024) float32 backward 0.62x / 0.68x
+ * four at a time).  Beyond the range limit, from memory, narrow rows lost: forward (1, 8192,
+ * 128) float32 0.75x, (1, 16384, 128) 0.82-0.85x, gradient pass (1, 16384, 128) 0.66x;
+ * (1024, 768) was level.  Same operations per element either way, so the same bits. */
 #define CHANNEL_ROW_BYTES 4096
 #define CHANNEL_NARROW_RANGE_BYTES ((int64_t)2 << 20)
 /* Channels-last output passes stream their rows (fn_stream.h) when asked to, but only rows
