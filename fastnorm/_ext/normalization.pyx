@@ -22,6 +22,7 @@ from cython cimport floating
 cnp.import_array()
 
 cdef extern from "fn_normalization.h" nogil:
+    enum: FN_NORM_CHANNEL_ROW_BYTES
     ctypedef struct fn_norm_kernels:
         void (*stats_runs_f32)(const float *, int64_t, int64_t, int64_t, int64_t, int64_t, double *, double *) noexcept nogil
         void (*stats_cols_f32)(const float *, int64_t, int64_t, const double *, double *, double *, int) noexcept nogil
@@ -211,9 +212,9 @@ cdef inline bint _warm_serial(bint training, Py_ssize_t A, Py_ssize_t B,
     return training and B == 1 and A <= _WARM_SERIAL_ROWS and pass_bytes < _WARM_SERIAL_BYTES
 
 
-# The gradient passes of batch norm over channels-last rows (1-D, or channels_last=True) and of
-# channels-last group norm visit four rows at a time
-# (fn_normalization_impl.h, FOUR_ROWS_AT) in three arrays: dy, x and the result gx.  Where a
+# The gradient passes of batch norm over channels-last rows (1-D, or channels_last=True) and
+# of channels-last group norm visit four rows at a time (fn_normalization_impl.h,
+# FOUR_ROWS_AT) in three arrays: dy, x and the result gx.  Where a
 # row is a whole number of 4 KiB pages (more than one) and the three arrays start at one offset
 # within a page, as the buffer cache places a result at its input's (and NumPy's arrays of
 # one size mostly are), the twelve lines a visit touches at each column all fall in one set of
@@ -244,9 +245,10 @@ def _set_rows_apart(bint apart):
 
 
 cdef inline bint _whole_page_rows(Py_ssize_t row_bytes) noexcept:
-    """Rows of row_bytes take four-row visits and lie a whole number of pages apart (the
-    first test is FOUR_ROWS_AT's CHANNEL_ROW_BYTES)."""
-    return _rows_apart and row_bytes > 4096 and row_bytes % 4096 == 0
+    """Rows of row_bytes take four-row visits (wider than the kernels' FOUR_ROWS_AT bound) and
+    lie a whole number of 4 KiB pages apart (the span of L1's sets)."""
+    return (_rows_apart and row_bytes > FN_NORM_CHANNEL_ROW_BYTES
+            and row_bytes % 4096 == 0)
 
 
 # Layer norm backward's parameter gradients are column sums over row blocks of at least

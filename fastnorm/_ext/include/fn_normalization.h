@@ -13,6 +13,11 @@
 #include <math.h>
 #include "fn_common.h"
 
+/* Channels-last rows wider than this go four at a time through the output passes
+ * (fn_normalization_impl.h, FOUR_ROWS_AT); normalization.pyx places the gradient of such rows
+ * that are whole pages apart from its inputs (_whole_page_rows). */
+#define FN_NORM_CHANNEL_ROW_BYTES 4096
+
 /* The shift of the output passes' y = (x - mhi) * scale + shift (fn_normalization_impl.h):
  * bias - (mean - mhi) * scale in double, mhi the mean rounded to the compute type and scale
  * the scale as the pass uses it (rounded to the compute type), so that (x - mhi) * scale +

@@ -372,7 +372,7 @@ static inline void FN_NAME(affine_grad_run, FN_SUF)(const T *dy, const T *x, T *
  * one-row loop).  Narrower rows from memory stay one at a time: four side by side made
  * C = 256-1024 float32 0.57-0.67x (eight streams from memory instead of two).  Rows narrower
  * than CHANNEL_ROW_BYTES go four at a time too where the range holds at most
- * CHANNEL_NARROW_RANGE_BYTES of x, in cache: there a row's pass had loaded three (four)
+ * CHANNEL_CACHED_RANGE_BYTES of x, in cache: there a row's pass had loaded three (four)
  * vectors for every vector of x.  Zen 3, through the def functions, both builds in one
  * process, paired medians, 1 thread, rows of at most 512 bytes: forward pass (2, 1024, 64)
  * float32 1.26x, (8, 64, 32) 1.38x, (1, 4096, 128) 1.18-1.24x, gradient pass 1.26x, 1.36x,
@@ -392,8 +392,8 @@ static inline void FN_NAME(affine_grad_run, FN_SUF)(const T *dy, const T *x, T *
  * four at a time).  Beyond the range limit, from memory, narrow rows lost: forward (1, 8192,
  * 128) float32 0.75x, (1, 16384, 128) 0.82-0.85x, gradient pass (1, 16384, 128) 0.66x;
  * (1024, 768) was level.  Same operations per element either way, so the same bits. */
-#define CHANNEL_ROW_BYTES 4096
-#define CHANNEL_NARROW_RANGE_BYTES ((int64_t)2 << 20)
+#define CHANNEL_ROW_BYTES FN_NORM_CHANNEL_ROW_BYTES
+#define CHANNEL_CACHED_RANGE_BYTES ((int64_t)2 << 20)
 /* Channels-last output passes stream their rows (fn_stream.h) when asked to, but only rows
  * of 2 KiB up to CHANNEL_ROW_BYTES: each row is streamed on its own (FN_MAP_STREAMED), which
  * pays off where a row holds several whole chunks.  Kernels through ctypes, 1 thread,
@@ -411,7 +411,7 @@ static inline void FN_NAME(affine_grad_run, FN_SUF)(const T *dy, const T *x, T *
 #define FOUR_ROWS_AT(u, r, c0)                                                               \
     ((C * (int64_t)sizeof(T) > CHANNEL_ROW_BYTES                                               \
       || (C * (int64_t)sizeof(T) < CHANNEL_ROW_BYTES                                           \
-          && (u1 - u0) * (int64_t)sizeof(T) <= CHANNEL_NARROW_RANGE_BYTES))                     \
+          && (u1 - u0) * (int64_t)sizeof(T) <= CHANNEL_CACHED_RANGE_BYTES))                     \
      && (c0) == 0 && u1 - (u) >= 4 * C && (r) / A == ((r) + 3) / A)
 
 #define FINISH_MOMENTS FN_NAME(finish_moments, FN_SUF)
@@ -1585,7 +1585,7 @@ int FN_NAME(fn_norm_narrow, FN_SUF)(int64_t K, const double *src, T *dst)
 #undef FINISH_MOMENTS
 #undef CHANNEL_VECTOR_LANES
 #undef CHANNEL_ROW_BYTES
-#undef CHANNEL_NARROW_RANGE_BYTES
+#undef CHANNEL_CACHED_RANGE_BYTES
 #undef COLS_CHUNK
 #undef FOUR_ROWS_AT
 #undef AFFINE_RUN
