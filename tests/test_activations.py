@@ -544,6 +544,16 @@ def test_op_table_matches_the_kernels():
     assert set(activations._FORWARD_GRAIN) == set(activations._BACKWARD_GRAIN) == set(ext.OPS)
 
 
+def _forward_backward_bits(name, params, x, g, out):
+    """The bytes of op `name`'s forward of x and of its backward of g, both computed into out
+    (the backward's saved array as _activation_cases says)."""
+    getattr(fastnorm, name)(x, out=out, **params)
+    y = out.copy()
+    saved = y if CASES[name][1] == "y" else x
+    getattr(fastnorm, name + "_backward")(g, saved, out=out, **params)
+    return y.tobytes(), out.tobytes()
+
+
 @pytest.mark.skipif(not fastnorm._config.compiled_available(), reason="compiled kernels only")
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_streamed_results_are_the_same_bits(dtype, rng):
@@ -561,8 +571,6 @@ def test_streamed_results_are_the_same_bits(dtype, rng):
         for isa in config._runnable_isas():
             fastnorm.set_isa(isa)
             for name, params in PARAM_CASES:
-                fwd = getattr(fastnorm, name)
-                bwd = getattr(fastnorm, name + "_backward")
                 for shift in (0, 3, 8):
                     xs, gs = x[shift:shift + n], g[shift:shift + n]
                     o = out[shift:shift + n]
@@ -570,11 +578,7 @@ def test_streamed_results_are_the_same_bits(dtype, rng):
                     for threshold, threads in ((None, 1), (0, 1), (0, 2)):
                         config.set_stream_min_bytes(threshold)
                         fastnorm.set_num_threads(threads)
-                        fwd(xs, out=o, **params)
-                        y = o.copy()
-                        saved = y if CASES[name][1] == "y" else xs
-                        bwd(gs, saved, out=o, **params)
-                        results.append((y.tobytes(), o.tobytes()))
+                        results.append(_forward_backward_bits(name, params, xs, gs, o))
                     assert results[0] == results[1] == results[2], (isa, name, params, shift)
     finally:
         config.set_stream_min_bytes(None)
@@ -624,6 +628,50 @@ def test_staged_maps_in_place(dtype, stream, rng):
             assert s.tobytes() == gx.tobytes(), (name, params, "out=saved")
     finally:
         config.set_stream_min_bytes(None)
+
+
+def _page_placed(count, dtype, offset):
+    """An array of count items whose data starts `offset` bytes into a 4 KiB page."""
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.empty(count * itemsize + 2 * 4096, np.uint8)
+    start = (-raw.ctypes.data) % 4096 + offset
+    return raw[start:start + count * itemsize].view(dtype)
+
+
+@pytest.mark.skipif(not fastnorm._config.compiled_available(), reason="compiled kernels only")
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_outputs_trailing_an_input_are_the_same_bits(dtype, rng):
+    """An output that starts 1-255 bytes after an input (modulo 4 KiB) is stored by chunks
+    (fn_activations_impl.h, trails): the same bits as one stored plainly.  Every op, forward
+    and backward, every ISA variant, 1 and 2 threads (n above the threading grain of the
+    transcendental ops; odd, so that the chunks have a lead and a tail); the output after
+    x, after grad_output, at the window's ends and just outside it."""
+    config = fastnorm._config
+    n = 20_011
+    itemsize = np.dtype(dtype).itemsize
+    x = _page_placed(n, dtype, 64)
+    x[...] = spread_values(rng, n, dtype)
+    g = _page_placed(n, dtype, 2048)
+    g[...] = rng.standard_normal(n)
+    # (where, what it trails): clear of both inputs is the plain path every other compares to
+    placements = [(1024, None), (64 + itemsize, "x"), (64 + 48, "x"), (64 + 248, "x"),
+                  (64 + 256, None), (2048 + 16, "g"), (2048 + 128, "g")]
+    outs = {where: _page_placed(n, dtype, where) for where, _ in placements}
+    previous_isa = fastnorm.isa()
+    try:
+        for isa in config._runnable_isas():
+            fastnorm.set_isa(isa)
+            for name, params in PARAM_CASES:
+                for threads in (1, 2):
+                    fastnorm.set_num_threads(threads)
+                    results = {where: _forward_backward_bits(name, params, x, g, outs[where])
+                               for where, _ in placements}
+                    for where, trailed in placements:
+                        assert results[where] == results[1024], (isa, name, params, threads,
+                                                                  where, trailed)
+    finally:
+        fastnorm.set_num_threads(None)
+        fastnorm.set_isa(previous_isa)
 
 
 def test_stream_threshold_setting():

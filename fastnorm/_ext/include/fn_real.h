@@ -14,6 +14,7 @@
 #undef FN_SQRT
 #undef FN_FABS
 #undef FN_STREAM_COPY
+#undef FN_CHUNK_COPY
 #if FN_REAL == 32
 #define FN_T float
 #define FN_SUF f32
@@ -28,6 +29,7 @@
 #define FN_SQRT sqrtf
 #define FN_FABS fabsf
 #define FN_STREAM_COPY fn_stream_copy_f32   /* fn_stream.h */
+#define FN_CHUNK_COPY fn_chunk_copy_f32
 #elif FN_REAL == 64
 #define FN_T double
 #define FN_SUF f64
@@ -42,6 +44,7 @@
 #define FN_SQRT sqrt
 #define FN_FABS fabs
 #define FN_STREAM_COPY fn_stream_copy_f64
+#define FN_CHUNK_COPY fn_chunk_copy_f64
 #else
 #error "FN_REAL must be 32 or 64"
 #endif

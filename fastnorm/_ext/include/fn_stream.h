@@ -40,7 +40,9 @@
 
 /* fn_stream_copy_f32 / _f64: n floats / doubles from src to dst, both 64-byte aligned, n a
  * multiple of 64 bytes.  Typed loads and stores (not a byte copy): gcc then keeps a short
- * chunk in registers and drops the buffer altogether (relu), which the byte copy prevented. */
+ * chunk in registers and drops the buffer altogether (relu), which the byte copy prevented.
+ * fn_chunk_copy_f32 / _f64: the same with plain stores (src aligned, dst anywhere, n a whole
+ * number of vectors), for the kernels that store by chunks (fn_activations_impl.h). */
 #if FN_TARGET_AVX512
 #define FN_STREAM_VEC(p) _mm512_##p
 #define FN_STREAM_BYTES_PER_VEC 64
@@ -51,14 +53,16 @@
 #define FN_STREAM_VEC(p) _mm_##p
 #define FN_STREAM_BYTES_PER_VEC 16
 #endif
-#define FN_DEFINE_STREAM_COPY(suffix, T, ps)                                            \
-    static inline void fn_stream_copy_##suffix(T *dst, const T *src, int64_t n)         \
+#define FN_DEFINE_COPY(name, store, suffix, T, ps)                                      \
+    static inline void name##_##suffix(T *dst, const T *src, int64_t n)                 \
     {                                                                                   \
         for (int64_t i = 0; i < n; i += FN_STREAM_BYTES_PER_VEC / (int64_t)sizeof(T))   \
-            FN_STREAM_VEC(stream_##ps)(dst + i, FN_STREAM_VEC(load_##ps)(src + i));     \
+            FN_STREAM_VEC(store##_##ps)(dst + i, FN_STREAM_VEC(load_##ps)(src + i));    \
     }
-FN_DEFINE_STREAM_COPY(f32, float, ps)
-FN_DEFINE_STREAM_COPY(f64, double, pd)
+FN_DEFINE_COPY(fn_stream_copy, stream, f32, float, ps)
+FN_DEFINE_COPY(fn_stream_copy, stream, f64, double, pd)
+FN_DEFINE_COPY(fn_chunk_copy, storeu, f32, float, ps)
+FN_DEFINE_COPY(fn_chunk_copy, storeu, f64, double, pd)
 
 /* Orders the streamed stores before whatever follows (another thread, or Python, reads
  * the output next): non-temporal stores are weakly ordered. */
@@ -75,6 +79,14 @@ static inline void fn_stream_copy_f64(double *dst, const double *src, int64_t n)
     memcpy(dst, src, (size_t)n * sizeof(double));
 }
 static inline void fn_stream_fence(void) {}
+static inline void fn_chunk_copy_f32(float *dst, const float *src, int64_t n)
+{
+    memcpy(dst, src, (size_t)n * sizeof(float));
+}
+static inline void fn_chunk_copy_f64(double *dst, const double *src, int64_t n)
+{
+    memcpy(dst, src, (size_t)n * sizeof(double));
+}
 #endif
 
 /* How n elements of `size` bytes at out split for streaming: returns the number of elements
