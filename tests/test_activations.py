@@ -642,12 +642,13 @@ def _page_placed(count, dtype, offset):
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_outputs_trailing_an_input_are_the_same_bits(dtype, rng):
     """An output that starts 1-255 bytes after an input (modulo 4 KiB) is stored by chunks
-    (fn_activations_impl.h, trails): the same bits as one stored plainly.  Every op, forward
-    and backward, every ISA variant, 1 and 2 threads (n above the threading grain of the
-    transcendental ops; odd, so that the chunks have a lead and a tail); the output after
-    x, after grad_output, at the window's ends and just outside it."""
+    (fn_activations_impl.h, trails; spans of 64 KiB to 8 MiB): the same bits as one stored
+    plainly.  Every op, forward and backward, every ISA variant, 1 and 2 threads (n above
+    the threading grain of the transcendental ops, each thread's span still over 64 KiB;
+    odd, so that the chunks have a lead and a tail); the output after x, after grad_output,
+    at the window's ends and just outside it."""
     config = fastnorm._config
-    n = 20_011
+    n = 40_011
     itemsize = np.dtype(dtype).itemsize
     x = _page_placed(n, dtype, 64)
     x[...] = spread_values(rng, n, dtype)

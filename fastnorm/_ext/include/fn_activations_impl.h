@@ -486,10 +486,19 @@ static void FN_NAME(act_backward_plain, FN_SUF)(int op, const T *g, const T *s, 
  * 1.17x / 1.11x, elu 1.02x / 1.31x / 1.22x / 1.03x, relu_backward 1.02x / 1.14x / 1.18x /
  * 1.09x, leaky_relu 1.10x / 1.37x / 1.35x / 1.15x (2 threads and float64 alike); (1024,
  * 1024) relu 1.07x / 1.39x at 16 / 48, sigmoid 1.14x / 1.27x; at other offsets level.  Only
- * spans of at most CHUNKED_MAX_BYTES of output: from memory the plain loop was the faster
- * ((4096, 4096) relu 0.88-0.89x chunked at 16 and 48, relu_backward 0.93-0.96x; at (2048,
- * 1024) relu 1.03x / 1.16x).  Same bits (the same vector code computes every element). */
+ * spans of CHUNKED_MIN_BYTES to CHUNKED_MAX_BYTES of output: from memory the plain loop was
+ * the faster ((4096, 4096) relu 0.88-0.89x chunked at 16 and 48, relu_backward 0.93-0.96x;
+ * at (2048, 1024) relu 1.03x / 1.16x), and short spans gain nothing (relu and leaky_relu
+ * through the API, results 16 bytes after x: (32, 128) 0.96-0.99x, (64, 128) and (32, 256)
+ * 0.91-1.06x; (64, 256) through the def functions 1.04-1.07x).  Same bits (the same vector
+ * code computes every element). */
+#define CHUNKED_MIN_BYTES ((int64_t)64 << 10)
 #define CHUNKED_MAX_BYTES ((int64_t)8 << 20)
+static inline int FN_NAME(chunked_span, FN_SUF)(int64_t n)
+{
+    const int64_t bytes = n * (int64_t)sizeof(T);
+    return bytes >= CHUNKED_MIN_BYTES && bytes <= CHUNKED_MAX_BYTES;
+}
 static inline int FN_NAME(trails, FN_SUF)(const void *out, const void *in)
 {
     const uintptr_t d = ((uintptr_t)out - (uintptr_t)in) % 4096;
@@ -498,7 +507,7 @@ static inline int FN_NAME(trails, FN_SUF)(const void *out, const void *in)
 
 void FN_NAME(fn_act_forward, FN_SUF)(int op, const T *x, T *y, int64_t n, double a, double b, int stream)
 {
-    if (!stream && n * (int64_t)sizeof(T) <= CHUNKED_MAX_BYTES && FN_NAME(trails, FN_SUF)(y, x))
+    if (!stream && FN_NAME(chunked_span, FN_SUF)(n) && FN_NAME(trails, FN_SUF)(y, x))
         stream = FN_STORE_CHUNKED;
     int64_t lead;
     const int64_t chunks = fn_stream_split(y, n, sizeof(T), STREAM_CHUNK, stream, &lead);
@@ -516,7 +525,7 @@ void FN_NAME(fn_act_forward, FN_SUF)(int op, const T *x, T *y, int64_t n, double
 void FN_NAME(fn_act_backward, FN_SUF)(int op, const T *g, const T *s, T *gx, int64_t n, double a, double b,
                                       int stream)
 {
-    if (!stream && n * (int64_t)sizeof(T) <= CHUNKED_MAX_BYTES
+    if (!stream && FN_NAME(chunked_span, FN_SUF)(n)
         && (FN_NAME(trails, FN_SUF)(gx, g) || FN_NAME(trails, FN_SUF)(gx, s)))
         stream = FN_STORE_CHUNKED;
     int64_t lead;
@@ -538,6 +547,7 @@ void FN_NAME(fn_act_backward, FN_SUF)(int op, const T *g, const T *s, T *gx, int
 #undef FN_STORE_STREAMED
 #undef FN_STORE_CHUNKED
 #undef CHUNK_OUT
+#undef CHUNKED_MIN_BYTES
 #undef CHUNKED_MAX_BYTES
 #undef MAP_GRAD_BY
 #undef T
