@@ -456,9 +456,9 @@ def test_matches_pytorch(case, backend, rng):
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_result_does_not_depend_on_position(dtype, backend, rng):
     """An element's result is the same wherever it sits: in the vector body, in the
-    remainder, in an unaligned view, alone, on either side of the 1 KiB blocks of the
-    staged maps -- so splitting an array into threads, blocks (Dask) or views never
-    changes a bit."""
+    remainder, in an unaligned view, alone, in the whole 512-byte chunks of the staged maps
+    or in what follows them -- so splitting an array into threads, blocks (Dask) or views
+    never changes a bit."""
     x = spread_values(rng, 1135, dtype)
     g = rng.standard_normal(x.shape).astype(dtype)
     for name, params in PARAM_CASES:
@@ -646,7 +646,7 @@ def test_outputs_trailing_an_input_are_the_same_bits(dtype, rng):
     plainly.  Every op, forward and backward, every ISA variant, 1 and 2 threads (n above
     the threading grain of the transcendental ops, each thread's span still over 64 KiB;
     odd, so that the chunks have a lead and a tail); the output after x, after grad_output,
-    at the window's ends and just outside it."""
+    at the window's ends and just outside it; nothing written past the output's end."""
     config = fastnorm._config
     n = 40_011
     itemsize = np.dtype(dtype).itemsize
@@ -655,9 +655,13 @@ def test_outputs_trailing_an_input_are_the_same_bits(dtype, rng):
     g = _page_placed(n, dtype, 2048)
     g[...] = rng.standard_normal(n)
     # (where, what it trails): clear of both inputs is the plain path every other compares to
-    placements = [(1024, None), (64 + itemsize, "x"), (64 + 48, "x"), (64 + 248, "x"),
-                  (64 + 256, None), (2048 + 16, "g"), (2048 + 128, "g")]
-    outs = {where: _page_placed(n, dtype, where) for where, _ in placements}
+    placements = [(1024, None), (64 + itemsize, "x"), (64 + 48, "x"),
+                  (64 + 256 - itemsize, "x"), (64 + 256, None), (2048 + 16, "g"),
+                  (2048 + 128, "g")]
+    guarded = {where: _page_placed(n + 16, dtype, where) for where, _ in placements}
+    for a in guarded.values():
+        a[n:] = -7.0
+    outs = {where: a[:n] for where, a in guarded.items()}
     previous_isa = fastnorm.isa()
     try:
         for isa in config._runnable_isas():
@@ -670,6 +674,7 @@ def test_outputs_trailing_an_input_are_the_same_bits(dtype, rng):
                     for where, trailed in placements:
                         assert results[where] == results[1024], (isa, name, params, threads,
                                                                   where, trailed)
+                        assert (guarded[where][n:] == -7.0).all(), (isa, name, where)
     finally:
         fastnorm.set_num_threads(None)
         fastnorm.set_isa(previous_isa)

@@ -88,10 +88,10 @@
  * Until 2026-12-04 the plain branch took 1 KiB blocks of a variable trip count and stored
  * into dst: AMD Zen 4, AVX-512, (256, 1024) float32, 1 thread, kernels through the def
  * functions, the output at x's offset, 16 bytes before it or a quarter page after, against
- * that branch: sigmoid 1.08-1.10x, tanh 1.06-1.09x, silu 1.05-1.06x, mish 1.08-1.10x,
- * softplus 1.00-1.03x, GELU's tanh form level, backward of softplus 1.06-1.07x and of GELU's
- * tanh form 1.05-1.07x (of silu level); float64 1.02-1.09x, (32, 128) 1.03-1.06x; streamed
- * (4096, 4096) level.  The buffer and the constant trip count go together: variable-length
+ * that branch, two runs: sigmoid 1.08-1.13x, tanh 1.06-1.09x, silu 1.05-1.10x, mish
+ * 1.08-1.10x, softplus 1.00-1.03x, GELU's tanh form 0.96-1.01x (2 threads 0.97-0.98x), backward
+ * of softplus 1.06-1.11x, of GELU's tanh form 0.93-1.07x, of silu 0.99-1.03x; float64
+ * 1.02-1.09x, (32, 128) 1.03-1.06x; streamed (4096, 4096) level.  The buffer and the constant trip count go together: variable-length
  * loops into the buffer ran 0.74-0.88x, and 512-byte blocks straight into dst 0.92-1.03x.
  * Blocks hold a multiple of FN_ACT_PAD elements, so that no block ends in gcc's scalar
  * remainder loop (an element's result must not depend on its position, see FN_ACT_PAD).
@@ -291,9 +291,6 @@ static void FN_NAME(act_forward_span, FN_SUF)(int op, const T *x, T *y, int64_t 
         MAP(v > 0 ? v : pa * FN_EXPM1(v * inv_alpha));
         break;
     }
-    /* x Phi(x) = 0.5 x erfc(-x/sqrt2), not 0.5 x (1 + erf(x/sqrt2)): the latter cancels for
-     * x << 0.  float: Phi from x itself (fn_normal_tailf: no rounded x/sqrt2 whose error
-     * erfc would amplify by ~x^2), and x (1 - T) as x - x T. */
     case FN_ACT_GELU:        MAP(FN_NAME(gelu, FN_SUF)(v)); break;
     /* 0.5 x (1 + tanh(u)) = x sigmoid(2u): same function, no cancellation for x << 0. */
     case FN_ACT_GELU_TANH:
@@ -327,7 +324,9 @@ static void FN_NAME(act_forward_span, FN_SUF)(int op, const T *x, T *y, int64_t 
 }
 
 #if FN_TARGET_AVX512
-/* relu backward, gx = v <= 0 ? 0 : d, n a multiple of the vector width.  From the C select
+/* relu backward, gx = v <= 0 ? 0 : d, n a multiple of the vector width (of STREAM_CHUNK when
+ * stream is FN_STORE_CHUNKED: a chunk's vectors are loaded and computed, then stored, as
+ * CHUNK_OUT's callers do).  From the C select
  * gcc makes a zero-masking load of g (vmovups with {k}{z}), and a masked load from an
  * address off a 64-byte line -- NumPy's arrays start 16 bytes past one -- ran 25-30 % slower
  * on this machine than an unconditional load (4096x4096 float32, streamed, 1 thread: 4.5 ms
@@ -353,7 +352,7 @@ static inline void FN_NAME(relu_grad_avx512, FN_SUF)(const T *g, const T *s, T *
             for (int64_t j = 0; j < STREAM_CHUNK / w; ++j)
                 r[j] = RELU_GRAD_AT(i0 + j * w);
             for (int64_t j = 0; j < STREAM_CHUNK / w; ++j)
-                RELU_VEC(store)(gx + i0 + j * w, r[j]);
+                RELU_VEC(storeu)(gx + i0 + j * w, r[j]);
         }
         return;
     }
@@ -491,7 +490,10 @@ static void FN_NAME(act_backward_plain, FN_SUF)(int op, const T *g, const T *s, 
  * at (2048, 1024) relu 1.03x / 1.16x), and short spans gain nothing (relu and leaky_relu
  * through the API, results 16 bytes after x: (32, 128) 0.96-0.99x, (64, 128) and (32, 256)
  * 0.91-1.06x; (64, 256) through the def functions 1.04-1.07x).  Same bits (the same vector
- * code computes every element). */
+ * code computes every element).  tanh's backward, by chunks of one line, gains nothing
+ * (1.00-1.04x) and mish's backward, a loop of its own, stores plainly in any mode.  The
+ * bounds are per thread's span: with many threads a large output could still be chunked
+ * from memory (two cores here). */
 #define CHUNKED_MIN_BYTES ((int64_t)64 << 10)
 #define CHUNKED_MAX_BYTES ((int64_t)8 << 20)
 static inline int FN_NAME(chunked_span, FN_SUF)(int64_t n)

@@ -89,11 +89,12 @@ static inline void fn_chunk_copy_f64(double *dst, const double *src, int64_t n)
 }
 #endif
 
-/* How n elements of `size` bytes at out split for streaming: returns the number of elements
- * stored in whole chunks of `chunk` elements, from out's first 64-byte boundary on, and sets
- * *head to where they start; the elements before *head and after the chunks are stored
- * plainly.  0 (and *head = n) where nothing streams: stream unset, no streaming stores on
- * this target, out not aligned to its element size, or no whole chunk. */
+/* How n elements of `size` bytes at out split for streaming (or for the activations' chunked
+ * plain stores, stream = 2): returns the number of elements stored in whole chunks of
+ * `chunk` elements, from out's first 64-byte boundary on, and sets *head to where they start;
+ * the elements before *head and after the chunks are stored plainly.  0 (and *head = n)
+ * where nothing goes by chunks: stream unset, no vector stores on this target (no SSE2, as
+ * MSVC builds count), out not aligned to its element size, or no whole chunk. */
 static inline int64_t fn_stream_split(const void *out, int64_t n, size_t size, int64_t chunk,
                                       int stream, int64_t *head)
 {
