@@ -630,56 +630,6 @@ def test_staged_maps_in_place(dtype, stream, rng):
         config.set_stream_min_bytes(None)
 
 
-def _page_placed(count, dtype, offset):
-    """An array of count items whose data starts `offset` bytes into a 4 KiB page."""
-    itemsize = np.dtype(dtype).itemsize
-    raw = np.empty(count * itemsize + 2 * 4096, np.uint8)
-    start = (-raw.ctypes.data) % 4096 + offset
-    return raw[start:start + count * itemsize].view(dtype)
-
-
-@pytest.mark.skipif(not fastnorm._config.compiled_available(), reason="compiled kernels only")
-@pytest.mark.parametrize("dtype", FLOATS)
-def test_outputs_trailing_an_input_are_the_same_bits(dtype, rng):
-    """An output that starts 1-255 bytes after an input (modulo 4 KiB) is stored by chunks
-    (fn_activations_impl.h, trails; spans of 64 KiB to 8 MiB): the same bits as one stored
-    plainly.  Every op, forward and backward, every ISA variant, 1 and 2 threads (n above
-    the threading grain of the transcendental ops, each thread's span still over 64 KiB;
-    odd, so that the chunks have a lead and a tail); the output after x, after grad_output,
-    at the window's ends and just outside it; nothing written past the output's end."""
-    config = fastnorm._config
-    n = 40_011
-    itemsize = np.dtype(dtype).itemsize
-    x = _page_placed(n, dtype, 64)
-    x[...] = spread_values(rng, n, dtype)
-    g = _page_placed(n, dtype, 2048)
-    g[...] = rng.standard_normal(n)
-    # (where, what it trails): clear of both inputs is the plain path every other compares to
-    placements = [(1024, None), (64 + itemsize, "x"), (64 + 48, "x"),
-                  (64 + 256 - itemsize, "x"), (64 + 256, None), (2048 + 16, "g"),
-                  (2048 + 128, "g")]
-    guarded = {where: _page_placed(n + 16, dtype, where) for where, _ in placements}
-    for a in guarded.values():
-        a[n:] = -7.0
-    outs = {where: a[:n] for where, a in guarded.items()}
-    previous_isa = fastnorm.isa()
-    try:
-        for isa in config._runnable_isas():
-            fastnorm.set_isa(isa)
-            for name, params in PARAM_CASES:
-                for threads in (1, 2):
-                    fastnorm.set_num_threads(threads)
-                    results = {where: _forward_backward_bits(name, params, x, g, outs[where])
-                               for where, _ in placements}
-                    for where, trailed in placements:
-                        assert results[where] == results[1024], (isa, name, params, threads,
-                                                                  where, trailed)
-                        assert (guarded[where][n:] == -7.0).all(), (isa, name, where)
-    finally:
-        fastnorm.set_num_threads(None)
-        fastnorm.set_isa(previous_isa)
-
-
 def test_stream_threshold_setting():
     config = fastnorm._config
     assert config.stream_min_bytes() == config.STREAM_MIN_BYTES

@@ -5,8 +5,7 @@
  * backward: gx[i] = g[i] * f'(s[i])             s = saved forward input, or the
  *                                               forward output for sigmoid/tanh
  * a, b are the op's parameters (see fn_activations_impl.h); unused ones are ignored.
- * stream = 1 writes the result with non-temporal stores (fn_stream.h), 0 lets the kernel
- * choose plain stores (by chunks where the output trails an input); the same values.
+ * stream != 0 writes the result with non-temporal stores (fn_stream.h; same values).
  */
 #ifndef FN_ACTIVATIONS_H
 #define FN_ACTIVATIONS_H

@@ -21,22 +21,9 @@
 
 #define T FN_T
 #define STREAM_CHUNK FN_STREAM_CHUNK(T)
-/* How a span's results are stored (the kernels' `stream` argument): plainly, element by
- * element (0); by chunks of STREAM_CHUNK computed into a stack buffer and copied out with
- * non-temporal stores (FN_STORE_STREAMED, fn_stream.h); or by such chunks copied out with
- * plain stores (FN_STORE_CHUNKED), for outputs that trail an input (trails below). */
-#define FN_STORE_STREAMED 1
-#define FN_STORE_CHUNKED 2
-#define CHUNK_OUT(dst, src, count) \
-    do { \
-        if (stream == FN_STORE_STREAMED) \
-            FN_STREAM_COPY(dst, src, count); \
-        else \
-            FN_CHUNK_COPY(dst, src, count); \
-    } while (0)
 /* The loops of the simple maps.  With stream set (n is then a whole number of chunks and
- * y 64-byte aligned) each chunk goes through a stack buffer to non-temporal or plain stores
- * (CHUNK_OUT); the chunk loop sits inside each case so that gcc can keep the chunk in
+ * y 64-byte aligned) each chunk goes through a stack buffer to non-temporal stores
+ * (fn_stream.h); the chunk loop sits inside each case so that gcc can keep the chunk in
  * registers.  The loop written out below (mish's backward) always stores plainly: it is
  * compute-bound, where streaming saves nothing. */
 #define MAP(EXPR) \
@@ -46,7 +33,7 @@
                 _Alignas(FN_STREAM_ALIGN) T buf[STREAM_CHUNK]; \
                 _Pragma("omp simd") for (int64_t i = 0; i < STREAM_CHUNK; ++i) { \
                     const T v = x[i0 + i]; buf[i] = (EXPR); } \
-                CHUNK_OUT(y + i0, buf, STREAM_CHUNK); \
+                FN_STREAM_COPY(y + i0, buf, STREAM_CHUNK); \
             } \
         } else { \
             _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) { const T v = x[i]; y[i] = (EXPR); } \
@@ -59,7 +46,7 @@
                 _Alignas(FN_STREAM_ALIGN) T buf[(CHUNK)]; \
                 _Pragma("omp simd") for (int64_t i = 0; i < (CHUNK); ++i) { \
                     const T v = s[i0 + i]; const T d = g[i0 + i]; buf[i] = (EXPR); } \
-                CHUNK_OUT(gx + i0, buf, (CHUNK)); \
+                FN_STREAM_COPY(gx + i0, buf, (CHUNK)); \
             } \
         } else { \
             _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) { \
@@ -89,10 +76,15 @@
  * into dst: AMD Zen 4, AVX-512, (256, 1024) float32, 1 thread, kernels through the def
  * functions, the output at x's offset, 16 bytes before it or a quarter page after, against
  * that branch, two runs: sigmoid 1.08-1.13x, tanh 1.06-1.09x, silu 1.05-1.10x, mish
- * 1.08-1.10x, softplus 1.00-1.03x, GELU's tanh form 0.96-1.01x (2 threads 0.97-0.98x), backward
- * of softplus 1.06-1.11x, of GELU's tanh form 0.93-1.07x, of silu 0.99-1.03x; float64
- * 1.02-1.09x, (32, 128) 1.03-1.06x; streamed (4096, 4096) level.  The buffer and the constant trip count go together: variable-length
- * loops into the buffer ran 0.74-0.88x, and 512-byte blocks straight into dst 0.92-1.03x.
+ * 1.08-1.10x, softplus 1.00-1.03x, GELU's tanh form 0.96-1.01x (2 threads 0.97-0.98x),
+ * backward of softplus 1.06-1.11x, of GELU's tanh form 0.93-1.07x, of silu 0.99-1.03x;
+ * float64 1.02-1.09x, (32, 128) 1.03-1.06x; streamed (4096, 4096) level.  An output 1-255
+ * bytes after its input modulo 4 KiB, where a plain loop's stores stall the loads that
+ * follow (the CPU compares the low 12 bits of addresses; relu 0.63-0.86x there), costs these
+ * maps little now: 16 / 48 bytes after x against the old branch, sigmoid 1.16x / 1.34x, tanh
+ * 1.13x / 1.25x, silu 1.13x / 1.25x, mish 1.19x / 1.18x, softplus backward 1.19x / 1.24x.
+ * The buffer and the constant trip count go together: variable-length loops into the buffer
+ * ran 0.74-0.88x, and 512-byte blocks straight into dst 0.92-1.03x.
  * Blocks hold a multiple of FN_ACT_PAD elements, so that no block ends in gcc's scalar
  * remainder loop (an element's result must not depend on its position, see FN_ACT_PAD).
  *   Same operations, so the same values (against the single loop over every 61st float32 and
@@ -116,9 +108,16 @@
         _Alignas(FN_STREAM_ALIGN) T wb[STREAM_CHUNK]; \
         _Alignas(FN_STREAM_ALIGN) T ub[STREAM_CHUNK]; \
         (void)wb; \
-        for (int64_t i0 = 0; i0 < whole; i0 += STREAM_CHUNK) { \
-            STAGE_LOOPS(src, STREAM_CHUNK, DECL, FIRST, SECOND, EXPR, buf[i]) \
-            CHUNK_OUT(dst + i0, buf, STREAM_CHUNK); \
+        if (stream) { \
+            for (int64_t i0 = 0; i0 < whole; i0 += STREAM_CHUNK) { \
+                STAGE_LOOPS(src, STREAM_CHUNK, DECL, FIRST, SECOND, EXPR, buf[i]) \
+                FN_STREAM_COPY(dst + i0, buf, STREAM_CHUNK); \
+            } \
+        } else { \
+            for (int64_t i0 = 0; i0 < whole; i0 += STREAM_CHUNK) { \
+                STAGE_LOOPS(src, STREAM_CHUNK, DECL, FIRST, SECOND, EXPR, buf[i]) \
+                FN_CHUNK_COPY(dst + i0, buf, STREAM_CHUNK); \
+            } \
         } \
         if (whole < n) { \
             const int64_t i0 = whole, m = n - whole; \
@@ -324,9 +323,7 @@ static void FN_NAME(act_forward_span, FN_SUF)(int op, const T *x, T *y, int64_t 
 }
 
 #if FN_TARGET_AVX512
-/* relu backward, gx = v <= 0 ? 0 : d, n a multiple of the vector width (of STREAM_CHUNK when
- * stream is FN_STORE_CHUNKED: a chunk's vectors are loaded and computed, then stored, as
- * CHUNK_OUT's callers do).  From the C select
+/* relu backward, gx = v <= 0 ? 0 : d, n a multiple of the vector width.  From the C select
  * gcc makes a zero-masking load of g (vmovups with {k}{z}), and a masked load from an
  * address off a 64-byte line -- NumPy's arrays start 16 bytes past one -- ran 25-30 % slower
  * on this machine than an unconditional load (4096x4096 float32, streamed, 1 thread: 4.5 ms
@@ -343,27 +340,15 @@ static void FN_NAME(act_forward_span, FN_SUF)(int op, const T *x, T *y, int64_t 
 static inline void FN_NAME(relu_grad_avx512, FN_SUF)(const T *g, const T *s, T *gx, int64_t n,
                                                      int stream)
 {
-#define RELU_GRAD_AT(i) RELU_VEC(and)(RELU_VEC(loadu)(g + (i)), RELU_ABOVE_ZERO(RELU_VEC(loadu)(s + (i))))
     const __typeof__(RELU_VEC(setzero)()) zero = RELU_VEC(setzero)();
-    const int64_t w = 64 / (int64_t)sizeof(T);
-    if (stream == FN_STORE_CHUNKED) {   /* a chunk's loads before its stores (trails) */
-        for (int64_t i0 = 0; i0 < n; i0 += STREAM_CHUNK) {
-            __typeof__(RELU_VEC(setzero)()) r[STREAM_CHUNK * (int64_t)sizeof(T) / 64];
-            for (int64_t j = 0; j < STREAM_CHUNK / w; ++j)
-                r[j] = RELU_GRAD_AT(i0 + j * w);
-            for (int64_t j = 0; j < STREAM_CHUNK / w; ++j)
-                RELU_VEC(storeu)(gx + i0 + j * w, r[j]);
-        }
-        return;
-    }
-    for (int64_t i = 0; i < n; i += w) {
-        const __typeof__(zero) r = RELU_GRAD_AT(i);   /* !(v <= 0) keeps d */
-        if (stream == FN_STORE_STREAMED)
+    for (int64_t i = 0; i < n; i += 64 / (int64_t)sizeof(T)) {
+        const __typeof__(zero) keep = RELU_ABOVE_ZERO(RELU_VEC(loadu)(s + i));  /* !(v <= 0) */
+        const __typeof__(zero) r = RELU_VEC(and)(RELU_VEC(loadu)(g + i), keep);
+        if (stream)
             RELU_VEC(stream)(gx + i, r);
         else
             RELU_VEC(storeu)(gx + i, r);
     }
-#undef RELU_GRAD_AT
 }
 #undef RELU_VEC
 #undef RELU_ABOVE_ZERO
@@ -470,47 +455,10 @@ static void FN_NAME(act_backward_plain, FN_SUF)(int op, const T *g, const T *s, 
 }
 
 /* stream: write the result with non-temporal stores (fn_stream.h) from the output's first
- * 64-byte boundary to its last whole chunk (FN_STORE_STREAMED; without it, chunked plain
- * stores there where the output trails an input); the same vector code computes every
- * element either way, so the results are the same bits. */
-/* Whether out starts 1-255 bytes after in, modulo 4 KiB.  The CPU then takes each store of
- * a plain loop for a writer of one of the loads that come next (memory disambiguation
- * compares the low 12 bits of addresses), and the load waits for it; _pool.pyx places the
- * results it serves away from that window, but a caller's out= and NumPy's smaller results
- * (malloc puts a block 16 bytes after the one before) land in it.  Such calls store by chunks
- * (FN_STORE_CHUNKED): a chunk's loads all come before its stores, which then block only
- * the first loads of the next chunk.  AMD Zen 4, AVX-512, (256, 1024) float32, 1 thread,
- * kernels through the def functions, the output 16 / 48 / 64 / 128 bytes after x, against
- * the plain loop, interleaved: relu 1.11x / 1.36x / 1.31x / 1.05x, sigmoid 1.14x / 1.26x /
- * 1.17x / 1.11x, elu 1.02x / 1.31x / 1.22x / 1.03x, relu_backward 1.02x / 1.14x / 1.18x /
- * 1.09x, leaky_relu 1.10x / 1.37x / 1.35x / 1.15x (2 threads and float64 alike); (1024,
- * 1024) relu 1.07x / 1.39x at 16 / 48, sigmoid 1.14x / 1.27x; at other offsets level.  Only
- * spans of CHUNKED_MIN_BYTES to CHUNKED_MAX_BYTES of output: from memory the plain loop was
- * the faster ((4096, 4096) relu 0.88-0.89x chunked at 16 and 48, relu_backward 0.93-0.96x;
- * at (2048, 1024) relu 1.03x / 1.16x), and short spans gain nothing (relu and leaky_relu
- * through the API, results 16 bytes after x: (32, 128) 0.96-0.99x, (64, 128) and (32, 256)
- * 0.91-1.06x; (64, 256) through the def functions 1.04-1.07x).  Same bits (the same vector
- * code computes every element).  tanh's backward, by chunks of one line, gains nothing
- * (1.00-1.04x) and mish's backward, a loop of its own, stores plainly in any mode.  The
- * bounds are per thread's span: with many threads a large output could still be chunked
- * from memory (two cores here). */
-#define CHUNKED_MIN_BYTES ((int64_t)64 << 10)
-#define CHUNKED_MAX_BYTES ((int64_t)8 << 20)
-static inline int FN_NAME(chunked_span, FN_SUF)(int64_t n)
-{
-    const int64_t bytes = n * (int64_t)sizeof(T);
-    return bytes >= CHUNKED_MIN_BYTES && bytes <= CHUNKED_MAX_BYTES;
-}
-static inline int FN_NAME(trails, FN_SUF)(const void *out, const void *in)
-{
-    const uintptr_t d = ((uintptr_t)out - (uintptr_t)in) % 4096;
-    return d > 0 && d < 256;
-}
-
+ * 64-byte boundary to its last whole chunk; the same vector code computes every element
+ * either way, so the results are the same bits. */
 void FN_NAME(fn_act_forward, FN_SUF)(int op, const T *x, T *y, int64_t n, double a, double b, int stream)
 {
-    if (!stream && FN_NAME(chunked_span, FN_SUF)(n) && FN_NAME(trails, FN_SUF)(y, x))
-        stream = FN_STORE_CHUNKED;
     int64_t lead;
     const int64_t chunks = fn_stream_split(y, n, sizeof(T), STREAM_CHUNK, stream, &lead);
     if (chunks == 0) {
@@ -518,18 +466,14 @@ void FN_NAME(fn_act_forward, FN_SUF)(int op, const T *x, T *y, int64_t n, double
         return;
     }
     FN_NAME(act_forward_plain, FN_SUF)(op, x, y, lead, a, b);
-    FN_NAME(act_forward_span, FN_SUF)(op, x + lead, y + lead, chunks, a, b, stream);
-    if (stream == FN_STORE_STREAMED)
-        fn_stream_fence();
+    FN_NAME(act_forward_span, FN_SUF)(op, x + lead, y + lead, chunks, a, b, 1);
+    fn_stream_fence();
     FN_NAME(act_forward_plain, FN_SUF)(op, x + lead + chunks, y + lead + chunks, n - lead - chunks, a, b);
 }
 
 void FN_NAME(fn_act_backward, FN_SUF)(int op, const T *g, const T *s, T *gx, int64_t n, double a, double b,
                                       int stream)
 {
-    if (!stream && FN_NAME(chunked_span, FN_SUF)(n)
-        && (FN_NAME(trails, FN_SUF)(gx, g) || FN_NAME(trails, FN_SUF)(gx, s)))
-        stream = FN_STORE_CHUNKED;
     int64_t lead;
     const int64_t chunks = fn_stream_split(gx, n, sizeof(T), STREAM_CHUNK, stream, &lead);
     if (chunks == 0) {
@@ -537,20 +481,14 @@ void FN_NAME(fn_act_backward, FN_SUF)(int op, const T *g, const T *s, T *gx, int
         return;
     }
     FN_NAME(act_backward_plain, FN_SUF)(op, g, s, gx, lead, a, b);
-    FN_NAME(act_backward_span, FN_SUF)(op, g + lead, s + lead, gx + lead, chunks, a, b, stream);
-    if (stream == FN_STORE_STREAMED)
-        fn_stream_fence();
+    FN_NAME(act_backward_span, FN_SUF)(op, g + lead, s + lead, gx + lead, chunks, a, b, 1);
+    fn_stream_fence();
     FN_NAME(act_backward_plain, FN_SUF)(op, g + lead + chunks, s + lead + chunks, gx + lead + chunks,
                                         n - lead - chunks, a, b);
 }
 
 #undef FN_ACT_PAD
 #undef STREAM_CHUNK
-#undef FN_STORE_STREAMED
-#undef FN_STORE_CHUNKED
-#undef CHUNK_OUT
-#undef CHUNKED_MIN_BYTES
-#undef CHUNKED_MAX_BYTES
 #undef MAP_GRAD_BY
 #undef T
 #undef MAP

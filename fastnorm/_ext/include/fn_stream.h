@@ -42,7 +42,8 @@
  * multiple of 64 bytes.  Typed loads and stores (not a byte copy): gcc then keeps a short
  * chunk in registers and drops the buffer altogether (relu), which the byte copy prevented.
  * fn_chunk_copy_f32 / _f64: the same with plain stores (src aligned, dst anywhere, n a whole
- * number of vectors), for the kernels that store by chunks (fn_activations_impl.h). */
+ * number of vectors), for the staged maps' chunks that are not streamed
+ * (fn_activations_impl.h, MAP_STAGES). */
 #if FN_TARGET_AVX512
 #define FN_STREAM_VEC(p) _mm512_##p
 #define FN_STREAM_BYTES_PER_VEC 64
@@ -89,12 +90,11 @@ static inline void fn_chunk_copy_f64(double *dst, const double *src, int64_t n)
 }
 #endif
 
-/* How n elements of `size` bytes at out split for streaming (or for the activations' chunked
- * plain stores, stream = 2): returns the number of elements stored in whole chunks of
- * `chunk` elements, from out's first 64-byte boundary on, and sets *head to where they start;
- * the elements before *head and after the chunks are stored plainly.  0 (and *head = n)
- * where nothing goes by chunks: stream unset, no vector stores on this target (no SSE2, as
- * MSVC builds count), out not aligned to its element size, or no whole chunk. */
+/* How n elements of `size` bytes at out split for streaming: returns the number of elements
+ * stored in whole chunks of `chunk` elements, from out's first 64-byte boundary on, and sets
+ * *head to where they start; the elements before *head and after the chunks are stored
+ * plainly.  0 (and *head = n) where nothing streams: stream unset, no streaming stores on
+ * this target, out not aligned to its element size, or no whole chunk. */
 static inline int64_t fn_stream_split(const void *out, int64_t n, size_t size, int64_t chunk,
                                       int stream, int64_t *head)
 {
