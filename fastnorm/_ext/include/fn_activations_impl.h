@@ -24,8 +24,8 @@
 /* The loops of the simple maps.  With stream set (n is then a whole number of chunks and
  * y 64-byte aligned) each chunk goes through a stack buffer to non-temporal stores
  * (fn_stream.h); the chunk loop sits inside each case so that gcc can keep the chunk in
- * registers.  The loop written out below (mish's backward) always stores plainly: it is
- * compute-bound, where streaming saves nothing. */
+ * registers.  The loop written out below (mish's backward) always stores plainly (its
+ * streamed form was not measured). */
 #define MAP(EXPR) \
     do { \
         if (stream) { \
@@ -80,9 +80,10 @@
  * backward of softplus 1.06-1.11x, of GELU's tanh form 0.93-1.07x, of silu 0.99-1.03x;
  * float64 1.02-1.09x, (32, 128) 1.03-1.06x; streamed (4096, 4096) level.  An output 1-255
  * bytes after its input modulo 4 KiB, where a plain loop's stores stall the loads that
- * follow (the CPU compares the low 12 bits of addresses; relu 0.63-0.86x there), costs these
- * maps little now: 16 / 48 bytes after x against the old branch, sigmoid 1.16x / 1.34x, tanh
- * 1.13x / 1.25x, silu 1.13x / 1.25x, mish 1.19x / 1.18x, softplus backward 1.19x / 1.24x.
+ * follow (the CPU compares the low 12 bits of addresses; relu 0.63-0.91x there), costs these
+ * maps less now: at x's offset / 16 / 48 bytes after x, this build against the one before,
+ * sigmoid 1.11x / 1.11x / 1.23x, tanh 1.03x / 1.04x / 1.10x, softplus backward 1.08x / 1.11x /
+ * 1.21x.
  * The buffer and the constant trip count go together: variable-length loops into the buffer
  * ran 0.74-0.88x, and 512-byte blocks straight into dst 0.92-1.03x.
  * Blocks hold a multiple of FN_ACT_PAD elements, so that no block ends in gcc's scalar
