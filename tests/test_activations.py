@@ -471,6 +471,8 @@ def test_result_does_not_depend_on_position(dtype, backend, rng):
             np.testing.assert_array_equal(b(g[k:], s[k:], **params), gx[k:], err_msg=f"{name}{params}")
         singles = np.array([f(x[i:i + 1], **params)[0] for i in range(0, 1135, 10)])
         np.testing.assert_array_equal(singles, y[::10], err_msg=f"{name}{params} alone")
+        singles = np.array([b(g[i:i + 1], s[i:i + 1], **params)[0] for i in range(0, 1135, 10)])
+        np.testing.assert_array_equal(singles, gx[::10], err_msg=f"{name}{params} backward alone")
 
 
 @pytest.mark.skipif(not fastnorm._config.compiled_available(), reason="compiled kernels only")
