@@ -75,7 +75,7 @@ cdef bint streams(Py_ssize_t out_bytes, Py_ssize_t moved_bytes, bint callers_out
 # the 64-byte vectors and unrolled loops of the AVX-512 kernels too (Zen 4, AVX-512, (256,
 # 1024) float32 through out=, the result 16 / 48 / 64 bytes after x: relu 0.86x / 0.63x /
 # 0.74x, elu 0.68x at 48, sigmoid 0.83x, relu_backward 0.79x; the staged maps now lose
-# little there, fn_activations_impl.h).
+# less there, fn_activations_impl.h).
 #   Only the cache's results are placed (_placement): they cost nothing to put anywhere in
 # their block.  Results the cache does not serve (smaller ones, or any with the cache off)
 # stay where NumPy's malloc puts them.  Placing those too (a result from 64 KiB on that
