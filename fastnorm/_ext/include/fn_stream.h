@@ -60,10 +60,6 @@
         for (int64_t i = 0; i < n; i += FN_STREAM_BYTES_PER_VEC / (int64_t)sizeof(T))   \
             FN_STREAM_VEC(store##_##ps)(dst + i, FN_STREAM_VEC(load_##ps)(src + i));    \
     }
-FN_DEFINE_COPY(fn_stream_copy, stream, f32, float, ps)
-FN_DEFINE_COPY(fn_stream_copy, stream, f64, double, pd)
-FN_DEFINE_COPY(fn_chunk_copy, storeu, f32, float, ps)
-FN_DEFINE_COPY(fn_chunk_copy, storeu, f64, double, pd)
 
 /* Orders the streamed stores before whatever follows (another thread, or Python, reads
  * the output next): non-temporal stores are weakly ordered. */
@@ -71,24 +67,17 @@ static inline void fn_stream_fence(void) { _mm_sfence(); }
 
 #else
 #define FN_CAN_STREAM 0
-static inline void fn_stream_copy_f32(float *dst, const float *src, int64_t n)
-{
-    memcpy(dst, src, (size_t)n * sizeof(float));
-}
-static inline void fn_stream_copy_f64(double *dst, const double *src, int64_t n)
-{
-    memcpy(dst, src, (size_t)n * sizeof(double));
-}
+#define FN_DEFINE_COPY(name, store, suffix, T, ps)                                      \
+    static inline void name##_##suffix(T *dst, const T *src, int64_t n)                 \
+    {                                                                                   \
+        memcpy(dst, src, (size_t)n * sizeof(T));                                        \
+    }
 static inline void fn_stream_fence(void) {}
-static inline void fn_chunk_copy_f32(float *dst, const float *src, int64_t n)
-{
-    memcpy(dst, src, (size_t)n * sizeof(float));
-}
-static inline void fn_chunk_copy_f64(double *dst, const double *src, int64_t n)
-{
-    memcpy(dst, src, (size_t)n * sizeof(double));
-}
 #endif
+FN_DEFINE_COPY(fn_stream_copy, stream, f32, float, ps)
+FN_DEFINE_COPY(fn_stream_copy, stream, f64, double, pd)
+FN_DEFINE_COPY(fn_chunk_copy, storeu, f32, float, ps)
+FN_DEFINE_COPY(fn_chunk_copy, storeu, f64, double, pd)
 
 /* How n elements of `size` bytes at out split for streaming: returns the number of elements
  * stored in whole chunks of `chunk` elements, from out's first 64-byte boundary on, and sets
