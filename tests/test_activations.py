@@ -475,6 +475,45 @@ def test_result_does_not_depend_on_position(dtype, backend, rng):
         np.testing.assert_array_equal(singles, gx[::10], err_msg=f"{name}{params} backward alone")
 
 
+def _placed(page, start, offset, n, dtype):
+    """n elements of page (a byte buffer) from start + offset bytes on, as dtype."""
+    itemsize = np.dtype(dtype).itemsize
+    return page[start + offset:start + offset + n * itemsize].view(dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_result_does_not_depend_on_where_the_output_lies(dtype, backend, rng):
+    """An out= array 1-511 bytes after an input modulo 4 KiB makes the simple maps run from
+    the end down (fn_trails, fn_stream.h); the results are the same bits as in an array
+    of their own, forward and backward, whichever inputs the output trails or leads."""
+    n, itemsize = 1135, np.dtype(dtype).itemsize
+    page = np.zeros(64 * 4096, np.uint8)
+    base = (-page.ctypes.data) % 4096 + 16   # 16 bytes past a page, as NumPy's own arrays
+    x = _placed(page, base, 0, n, dtype)
+    x[:] = spread_values(rng, n, dtype)
+    g = _placed(page, base, 4 * 4096 + 8 * itemsize, n, dtype)   # g 8 elements after x
+    g[:] = rng.standard_normal(n)
+    after = [itemsize, 48, 256, 512 - itemsize, 512, 1024]
+    places = [8 * 4096 + d for d in after + [-d for d in after]]
+    for name, params in PARAM_CASES:
+        f, b = getattr(fastnorm, name), getattr(fastnorm, name + "_backward")
+        y = f(x, **params)
+        s = saved_for_backward(fastnorm, name, params, x)
+        s_placed = _placed(page, base, 12 * 4096, n, dtype)   # s at x's offset
+        s_placed[:] = s
+        gx = b(g, s_placed, **params)
+        for place in places:
+            out = _placed(page, base, place, n, dtype)
+            out[:] = np.nan
+            f(x, out=out, **params)
+            np.testing.assert_array_equal(out, y, err_msg=f"{name}{params} out at x + {place}")
+            # g lies 8 elements after x and s: the output trails both, trails one and
+            # leads the other, or neither, by the place
+            out[:] = np.nan
+            b(g, s_placed, out=out, **params)
+            np.testing.assert_array_equal(out, gx, err_msg=f"{name}{params} grad at x + {place}")
+
+
 @pytest.mark.skipif(not fastnorm._config.compiled_available(), reason="compiled kernels only")
 def test_fast_path_takes_plain_float_parameters_only_when_valid():
     # Plain float parameters skip the Python checks and go straight to the C fast path,

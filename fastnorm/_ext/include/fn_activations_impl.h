@@ -54,6 +54,20 @@
         } \
     } while (0)
 #define MAP_GRAD(EXPR) MAP_GRAD_BY(STREAM_CHUNK, EXPR)
+/* The simple maps' loops from the last vector down to the first, one vector at a time (for
+ * an output that trails its input, fn_trails in fn_stream.h); n a multiple of the step.
+ * The same vector code per element as the loops upwards, so the same bits. */
+#define DESCENDING_STEP (FN_VEC_BYTES / (int64_t)sizeof(T))
+#define MAP_DESCENDING(EXPR) \
+    for (int64_t i0 = n - DESCENDING_STEP; i0 >= 0; i0 -= DESCENDING_STEP) { \
+        _Pragma("omp simd") for (int64_t i = 0; i < DESCENDING_STEP; ++i) { \
+            const T v = x[i0 + i]; y[i0 + i] = (EXPR); } \
+    }
+#define MAP_GRAD_DESCENDING(EXPR) \
+    for (int64_t i0 = n - DESCENDING_STEP; i0 >= 0; i0 -= DESCENDING_STEP) { \
+        _Pragma("omp simd") for (int64_t i = 0; i < DESCENDING_STEP; ++i) { \
+            const T v = s[i0 + i]; const T d = g[i0 + i]; gx[i0 + i] = (EXPR); } \
+    }
 /* Staged maps for the logistic family: the exponential of a block of elements first (u,
  * STAGE, into a stack buffer), then the rest (EXPR, of v and u).  One loop body from x to y
  * is a chain of about 65 cycles (range reduction, polynomial, scaling, division, selects)
@@ -276,16 +290,27 @@ static inline T FN_NAME(gelu_slope, FN_SUF)(T v)
 #endif
 }
 
+/* The maps of a single loop that cost little per element besides their loads and stores,
+ * so that the aliasing stall of fn_trails dominates them: X(op, expression of v, pa). */
+#define SIMPLE_FORWARD_MAPS(X) \
+    X(FN_ACT_RELU,        v < 0 ? (T)0 : v) \
+    X(FN_ACT_RELU6,       v < 0 ? (T)0 : (v > 6 ? (T)6 : v)) \
+    X(FN_ACT_LEAKY_RELU,  v > 0 ? v : v * pa) \
+    X(FN_ACT_ELU,         v > 0 ? v : pa * FN_EXPM1_NEG(v)) \
+    X(FN_ACT_SELU,        SELU_SCALE * (v > 0 ? v : SELU_ALPHA * FN_EXPM1_NEG(v))) \
+    /* PyTorch's order of operations: min(max(x+3, 0), 6) / 6, times x for hardswish. */ \
+    X(FN_ACT_HARDSIGMOID, ((v + 3) < 0 ? (T)0 : ((v + 3) > 6 ? (T)6 : (v + 3))) / 6) \
+    X(FN_ACT_HARDSWISH,   v * ((v + 3) < 0 ? (T)0 : ((v + 3) > 6 ? (T)6 : (v + 3))) / 6) \
+    X(FN_ACT_SOFTSIGN,    v / (1 + FN_FABS(v)))
+
 static void FN_NAME(act_forward_span, FN_SUF)(int op, const T *x, T *y, int64_t n, double a, double b,
                                              int stream)
 {
     const T pa = (T)a, pb = (T)b;
     switch (op) {
-    case FN_ACT_RELU:        MAP(v < 0 ? (T)0 : v); break;
-    case FN_ACT_RELU6:       MAP(v < 0 ? (T)0 : (v > 6 ? (T)6 : v)); break;
-    case FN_ACT_LEAKY_RELU:  MAP(v > 0 ? v : v * pa); break;
-    case FN_ACT_ELU:         MAP(v > 0 ? v : pa * FN_EXPM1_NEG(v)); break;
-    case FN_ACT_SELU:        MAP(SELU_SCALE * (v > 0 ? v : SELU_ALPHA * FN_EXPM1_NEG(v))); break;
+#define UPWARDS(OP, EXPR) case OP: MAP(EXPR); break;
+    SIMPLE_FORWARD_MAPS(UPWARDS)
+#undef UPWARDS
     case FN_ACT_CELU: {
         const T inv_alpha = (T)1 / pa;
         MAP(v > 0 ? v : pa * FN_EXPM1(v * inv_alpha));
@@ -315,11 +340,22 @@ static void FN_NAME(act_forward_span, FN_SUF)(int op, const T *x, T *y, int64_t 
 #else
     case FN_ACT_TANH:        MAP2(fn__tanh_e(v), fn_tanh_from(v, u)); break;
 #endif
-    /* PyTorch's order of operations: min(max(x+3, 0), 6) / 6, times x for hardswish. */
-    case FN_ACT_HARDSIGMOID: MAP(((v + 3) < 0 ? (T)0 : ((v + 3) > 6 ? (T)6 : (v + 3))) / 6); break;
-    case FN_ACT_HARDSWISH:   MAP(v * ((v + 3) < 0 ? (T)0 : ((v + 3) > 6 ? (T)6 : (v + 3))) / 6); break;
-    case FN_ACT_SOFTSIGN:    MAP(v / (1 + FN_FABS(v))); break;
     default: break;
+    }
+}
+
+/* act_forward_span's simple maps downwards (MAP_DESCENDING), never streamed; n a multiple
+ * of DESCENDING_STEP.  Returns 0, having done nothing, for the other maps.  A function of
+ * its own: a third branch in MAP made gcc compile relu's streamed loop 0.65x slower. */
+static int FN_NAME(act_forward_descending, FN_SUF)(int op, const T *x, T *y, int64_t n, double a)
+{
+    const T pa = (T)a;
+    (void)pa;
+    switch (op) {
+#define DOWNWARDS(OP, EXPR) case OP: MAP_DESCENDING(EXPR); return 1;
+    SIMPLE_FORWARD_MAPS(DOWNWARDS)
+#undef DOWNWARDS
+    default: return 0;
     }
 }
 
@@ -338,46 +374,71 @@ static void FN_NAME(act_forward_span, FN_SUF)(int op, const T *x, T *y, int64_t 
 #define RELU_VEC(op) _mm512_##op##_pd
 #define RELU_ABOVE_ZERO(v) _mm512_castsi512_pd(_mm512_movm_epi64(_mm512_cmp_pd_mask(v, zero, _CMP_NLE_UQ)))
 #endif
+#define RELU_GRAD_AT(i) RELU_VEC(and)(RELU_VEC(loadu)(g + (i)), RELU_ABOVE_ZERO(RELU_VEC(loadu)(s + (i))))
 static inline void FN_NAME(relu_grad_avx512, FN_SUF)(const T *g, const T *s, T *gx, int64_t n,
                                                      int stream)
 {
     const __typeof__(RELU_VEC(setzero)()) zero = RELU_VEC(setzero)();
     for (int64_t i = 0; i < n; i += 64 / (int64_t)sizeof(T)) {
-        const __typeof__(zero) keep = RELU_ABOVE_ZERO(RELU_VEC(loadu)(s + i));  /* !(v <= 0) */
-        const __typeof__(zero) r = RELU_VEC(and)(RELU_VEC(loadu)(g + i), keep);
+        const __typeof__(zero) r = RELU_GRAD_AT(i);
         if (stream)
             RELU_VEC(stream)(gx + i, r);
         else
             RELU_VEC(storeu)(gx + i, r);
     }
 }
+
+/* The same downwards (MAP_DESCENDING), never streamed. */
+static inline void FN_NAME(relu_grad_avx512_descending, FN_SUF)(const T *g, const T *s, T *gx, int64_t n)
+{
+    const __typeof__(RELU_VEC(setzero)()) zero = RELU_VEC(setzero)();
+    for (int64_t i = n - 64 / (int64_t)sizeof(T); i >= 0; i -= 64 / (int64_t)sizeof(T))
+        RELU_VEC(storeu)(gx + i, RELU_GRAD_AT(i));
+}
+#undef RELU_GRAD_AT
 #undef RELU_VEC
 #undef RELU_ABOVE_ZERO
 #endif
+
+/* The backward passes of the simple maps (SIMPLE_FORWARD_MAPS; sigmoid's and tanh's of their
+ * output): X(op, elements per streamed chunk, expression of v, d and pa).  relu's is apart
+ * (relu_grad_avx512).  Derivatives at kinks follow PyTorch: relu'(0) = 0, relu6' = 0 at 0
+ * and 6; hardswish'(-3) = 0 and hardswish'(3) = 1 (PyTorch 2.x: the outer pieces own the
+ * kinks).
+ * ELU, SELU: FN_EXP_NEG is for arguments <= 0, so it gets -|v| (the lanes with v > 0
+ * discard it).  Passing v itself, or (v > 0 ? 0 : v), gave the same values but made ELU's
+ * streamed backward (4096 x 4096 float32, 1 thread) take 6.7-7.3 ms instead of 3.3-3.6 in
+ * the Python process -- not in a C harness running the same object code; not explained.
+ * A NaN input gives a NaN whose sign is not the input's on every variant (+NaN with
+ * AVX2/AVX-512, -NaN on SSE2; before, it kept the input's sign). */
+#define SIMPLE_BACKWARD_MAPS(X) \
+    X(FN_ACT_RELU6,       STREAM_CHUNK, (v <= 0 || v >= 6) ? (T)0 : d) \
+    X(FN_ACT_LEAKY_RELU,  STREAM_CHUNK, v > 0 ? d : d * pa) \
+    X(FN_ACT_ELU,         STREAM_CHUNK, v > 0 ? d : d * pa * FN_EXP_NEG(-FN_FABS(v))) \
+    X(FN_ACT_SELU,        STREAM_CHUNK, \
+      v > 0 ? d * SELU_SCALE : d * (SELU_SCALE * SELU_ALPHA) * FN_EXP_NEG(-FN_FABS(v))) \
+    X(FN_ACT_SIGMOID,     STREAM_CHUNK, d * (1 - v) * v)   /* v = forward output */ \
+    X(FN_ACT_TANH,        FN_STREAM_LINE(T), d * (1 - v * v))   /* v = output */ \
+    X(FN_ACT_HARDSIGMOID, STREAM_CHUNK, (v > -3 && v < 3) ? d * ((T)1 / 6) : (T)0) \
+    X(FN_ACT_HARDSWISH,   STREAM_CHUNK, v <= -3 ? (T)0 : (v < 3 ? d * (v / 3 + (T)0.5) : d)) \
+    X(FN_ACT_SOFTSIGN,    STREAM_CHUNK, d / ((1 + FN_FABS(v)) * (1 + FN_FABS(v))))
+#define RELU_GRAD (v <= 0 ? (T)0 : d)
 
 static void FN_NAME(act_backward_span, FN_SUF)(int op, const T *g, const T *s, T *gx, int64_t n,
                                               double a, double b, int stream)
 {
     const T pa = (T)a, pb = (T)b;
     switch (op) {
-    /* Derivatives at kinks follow PyTorch: relu'(0) = 0, relu6' = 0 at 0 and 6. */
     case FN_ACT_RELU:
 #if FN_TARGET_AVX512
         FN_NAME(relu_grad_avx512, FN_SUF)(g, s, gx, n, stream);
 #else
-        MAP_GRAD(v <= 0 ? (T)0 : d);
+        MAP_GRAD(RELU_GRAD);
 #endif
         break;
-    case FN_ACT_RELU6:       MAP_GRAD((v <= 0 || v >= 6) ? (T)0 : d); break;
-    case FN_ACT_LEAKY_RELU:  MAP_GRAD(v > 0 ? d : d * pa); break;
-    /* FN_EXP_NEG is for arguments <= 0, so it gets -|v| (the lanes with v > 0 discard it).
-     * Passing v itself, or (v > 0 ? 0 : v), gave the same values but made ELU's streamed
-     * backward (4096 x 4096 float32, 1 thread) take 6.7-7.3 ms instead of 3.3-3.6 in the
-     * Python process -- not in a C harness running the same object code; not explained.
-     * A NaN input gives a NaN whose sign is not the input's on every variant (+NaN with
-     * AVX2/AVX-512, -NaN on SSE2; before, it kept the input's sign). */
-    case FN_ACT_ELU:         MAP_GRAD(v > 0 ? d : d * pa * FN_EXP_NEG(-FN_FABS(v))); break;
-    case FN_ACT_SELU:        MAP_GRAD(v > 0 ? d * SELU_SCALE : d * (SELU_SCALE * SELU_ALPHA) * FN_EXP_NEG(-FN_FABS(v))); break;
+#define UPWARDS(OP, CHUNK, EXPR) case OP: MAP_GRAD_BY(CHUNK, EXPR); break;
+    SIMPLE_BACKWARD_MAPS(UPWARDS)
+#undef UPWARDS
     case FN_ACT_CELU: {
         const T inv_alpha = (T)1 / pa;
         MAP_GRAD(v > 0 ? d : d * FN_EXP(v * inv_alpha));
@@ -410,13 +471,28 @@ static void FN_NAME(act_backward_span, FN_SUF)(int op, const T *g, const T *s, T
         }
         break;
     }
-    case FN_ACT_SIGMOID:     MAP_GRAD(d * (1 - v) * v); break;   /* v = forward output */
-    case FN_ACT_TANH:        MAP_GRAD_BY(FN_STREAM_LINE(T), d * (1 - v * v)); break;   /* v = output */
-    case FN_ACT_HARDSIGMOID: MAP_GRAD((v > -3 && v < 3) ? d * ((T)1 / 6) : (T)0); break;
-    /* PyTorch 2.x: hardswish'(-3) = 0 and hardswish'(3) = 1 (the outer pieces own the kinks). */
-    case FN_ACT_HARDSWISH:   MAP_GRAD(v <= -3 ? (T)0 : (v < 3 ? d * (v / 3 + (T)0.5) : d)); break;
-    case FN_ACT_SOFTSIGN:    MAP_GRAD(d / ((1 + FN_FABS(v)) * (1 + FN_FABS(v)))); break;
     default: break;
+    }
+}
+
+/* act_backward_span's simple maps downwards, as act_forward_descending. */
+static int FN_NAME(act_backward_descending, FN_SUF)(int op, const T *g, const T *s, T *gx, int64_t n,
+                                                   double a)
+{
+    const T pa = (T)a;
+    (void)pa;
+    switch (op) {
+    case FN_ACT_RELU:
+#if FN_TARGET_AVX512
+        FN_NAME(relu_grad_avx512_descending, FN_SUF)(g, s, gx, n);
+#else
+        MAP_GRAD_DESCENDING(RELU_GRAD);
+#endif
+        return 1;
+#define DOWNWARDS(OP, CHUNK, EXPR) case OP: MAP_GRAD_DESCENDING(EXPR); return 1;
+    SIMPLE_BACKWARD_MAPS(DOWNWARDS)
+#undef DOWNWARDS
+    default: return 0;
     }
 }
 
@@ -428,11 +504,14 @@ static void FN_NAME(act_backward_span, FN_SUF)(int op, const T *g, const T *s, T
 #define FN_ACT_PAD 16
 _Static_assert(STREAM_CHUNK % FN_ACT_PAD == 0,
                "staged blocks must hold whole FN_ACT_PAD pieces");
+_Static_assert(FN_ACT_PAD % DESCENDING_STEP == 0,
+               "the descending loops must cover whole FN_ACT_PAD pieces");
 
 static void FN_NAME(act_forward_plain, FN_SUF)(int op, const T *x, T *y, int64_t n, double a, double b)
 {
     const int64_t body = n - n % FN_ACT_PAD;
-    FN_NAME(act_forward_span, FN_SUF)(op, x, y, body, a, b, 0);
+    if (!fn_trails(y, x) || !FN_NAME(act_forward_descending, FN_SUF)(op, x, y, body, a))
+        FN_NAME(act_forward_span, FN_SUF)(op, x, y, body, a, b, 0);
     if (body < n) {
         T xt[FN_ACT_PAD] = {0}, yt[FN_ACT_PAD];
         memcpy(xt, x + body, (size_t)(n - body) * sizeof(T));
@@ -445,7 +524,10 @@ static void FN_NAME(act_backward_plain, FN_SUF)(int op, const T *g, const T *s, 
                                                 double a, double b)
 {
     const int64_t body = n - n % FN_ACT_PAD;
-    FN_NAME(act_backward_span, FN_SUF)(op, g, s, gx, body, a, b, 0);
+    /* downwards where that moves the stall of fn_trails out of the way of both inputs */
+    const int down = (fn_trails(gx, g) || fn_trails(gx, s)) && !fn_trails(g, gx) && !fn_trails(s, gx);
+    if (!down || !FN_NAME(act_backward_descending, FN_SUF)(op, g, s, gx, body, a))
+        FN_NAME(act_backward_span, FN_SUF)(op, g, s, gx, body, a, b, 0);
     if (body < n) {
         T gt[FN_ACT_PAD] = {0}, st[FN_ACT_PAD] = {0}, gxt[FN_ACT_PAD];
         memcpy(gt, g + body, (size_t)(n - body) * sizeof(T));
@@ -494,6 +576,12 @@ void FN_NAME(fn_act_backward, FN_SUF)(int op, const T *g, const T *s, T *gx, int
 #undef T
 #undef MAP
 #undef MAP_GRAD
+#undef DESCENDING_STEP
+#undef MAP_DESCENDING
+#undef MAP_GRAD_DESCENDING
+#undef SIMPLE_FORWARD_MAPS
+#undef SIMPLE_BACKWARD_MAPS
+#undef RELU_GRAD
 #undef SELU_ALPHA
 #undef SELU_SCALE
 #undef GELU_CLAMP
