@@ -54,7 +54,7 @@
         } \
     } while (0)
 #define MAP_GRAD(EXPR) MAP_GRAD_BY(STREAM_CHUNK, EXPR)
-/* The simple maps' loops from the last vector down to the first, one vector at a time (for
+/* MAP's and MAP_GRAD's loops from the last vector down to the first, one vector at a time (for
  * an output that trails its input, fn_trails in fn_stream.h); n a multiple of the step.
  * The same vector code per element as the loops upwards, so the same bits. */
 #define DESCENDING_STEP (FN_VEC_BYTES / (int64_t)sizeof(T))
@@ -290,14 +290,16 @@ static inline T FN_NAME(gelu_slope, FN_SUF)(T v)
 #endif
 }
 
-/* The maps of a single loop that cost little per element besides their loads and stores,
- * so that the aliasing stall of fn_trails dominates them: X(op, expression of v, pa). */
-#define SIMPLE_FORWARD_MAPS(X) \
+/* The maps of a single loop (MAP), which run in either direction: X(op, expression of v,
+ * pa and inv_alpha). */
+#define ONE_LOOP_FORWARD_MAPS(X) \
     X(FN_ACT_RELU,        v < 0 ? (T)0 : v) \
     X(FN_ACT_RELU6,       v < 0 ? (T)0 : (v > 6 ? (T)6 : v)) \
     X(FN_ACT_LEAKY_RELU,  v > 0 ? v : v * pa) \
     X(FN_ACT_ELU,         v > 0 ? v : pa * FN_EXPM1_NEG(v)) \
     X(FN_ACT_SELU,        SELU_SCALE * (v > 0 ? v : SELU_ALPHA * FN_EXPM1_NEG(v))) \
+    X(FN_ACT_CELU,        v > 0 ? v : pa * FN_EXPM1(v * inv_alpha)) \
+    X(FN_ACT_GELU,        FN_NAME(gelu, FN_SUF)(v)) \
     /* PyTorch's order of operations: min(max(x+3, 0), 6) / 6, times x for hardswish. */ \
     X(FN_ACT_HARDSIGMOID, ((v + 3) < 0 ? (T)0 : ((v + 3) > 6 ? (T)6 : (v + 3))) / 6) \
     X(FN_ACT_HARDSWISH,   v * ((v + 3) < 0 ? (T)0 : ((v + 3) > 6 ? (T)6 : (v + 3))) / 6) \
@@ -306,17 +308,11 @@ static inline T FN_NAME(gelu_slope, FN_SUF)(T v)
 static void FN_NAME(act_forward_span, FN_SUF)(int op, const T *x, T *y, int64_t n, double a, double b,
                                              int stream)
 {
-    const T pa = (T)a, pb = (T)b;
+    const T pa = (T)a, pb = (T)b, inv_alpha = (T)1 / pa;   /* CELU's */
     switch (op) {
 #define UPWARDS(OP, EXPR) case OP: MAP(EXPR); break;
-    SIMPLE_FORWARD_MAPS(UPWARDS)
+    ONE_LOOP_FORWARD_MAPS(UPWARDS)
 #undef UPWARDS
-    case FN_ACT_CELU: {
-        const T inv_alpha = (T)1 / pa;
-        MAP(v > 0 ? v : pa * FN_EXPM1(v * inv_alpha));
-        break;
-    }
-    case FN_ACT_GELU:        MAP(FN_NAME(gelu, FN_SUF)(v)); break;
     /* 0.5 x (1 + tanh(u)) = x sigmoid(2u): same function, no cancellation for x << 0. */
     case FN_ACT_GELU_TANH:
         MAP3(wb[i] = FN_NAME(gelu_tanh_arg, FN_SUF)(v, &ub[i]);,
@@ -344,16 +340,17 @@ static void FN_NAME(act_forward_span, FN_SUF)(int op, const T *x, T *y, int64_t 
     }
 }
 
-/* act_forward_span's simple maps downwards (MAP_DESCENDING), never streamed; n a multiple
- * of DESCENDING_STEP.  Returns 0, having done nothing, for the other maps.  A function of
- * its own: a third branch in MAP made gcc compile relu's streamed loop 0.65x slower. */
+/* act_forward_span's maps of one loop downwards (MAP_DESCENDING), never streamed; n a
+ * multiple of DESCENDING_STEP.  Returns 0, having done nothing, for the staged maps (their
+ * chunks go through a buffer, which keeps them out of the stall: level at every offset).
+ * A function of its own: a third branch in MAP made gcc compile relu's streamed loop 0.65x
+ * slower. */
 static int FN_NAME(act_forward_descending, FN_SUF)(int op, const T *x, T *y, int64_t n, double a)
 {
-    const T pa = (T)a;
-    (void)pa;
+    const T pa = (T)a, inv_alpha = (T)1 / pa;
     switch (op) {
 #define DOWNWARDS(OP, EXPR) case OP: MAP_DESCENDING(EXPR); return 1;
-    SIMPLE_FORWARD_MAPS(DOWNWARDS)
+    ONE_LOOP_FORWARD_MAPS(DOWNWARDS)
 #undef DOWNWARDS
     default: return 0;
     }
@@ -400,8 +397,9 @@ static inline void FN_NAME(relu_grad_avx512_descending, FN_SUF)(const T *g, cons
 #undef RELU_ABOVE_ZERO
 #endif
 
-/* The backward passes of the simple maps (SIMPLE_FORWARD_MAPS; sigmoid's and tanh's of their
- * output): X(op, elements per streamed chunk, expression of v, d and pa).  relu's is apart
+/* The backward passes of one loop (those of ONE_LOOP_FORWARD_MAPS; sigmoid's and tanh's, of
+ * their output): X(op, elements per streamed chunk, expression of v, d, pa and inv_alpha).
+ * relu's is apart
  * (relu_grad_avx512).  Derivatives at kinks follow PyTorch: relu'(0) = 0, relu6' = 0 at 0
  * and 6; hardswish'(-3) = 0 and hardswish'(3) = 1 (PyTorch 2.x: the outer pieces own the
  * kinks).
@@ -411,12 +409,14 @@ static inline void FN_NAME(relu_grad_avx512_descending, FN_SUF)(const T *g, cons
  * the Python process -- not in a C harness running the same object code; not explained.
  * A NaN input gives a NaN whose sign is not the input's on every variant (+NaN with
  * AVX2/AVX-512, -NaN on SSE2; before, it kept the input's sign). */
-#define SIMPLE_BACKWARD_MAPS(X) \
+#define ONE_LOOP_BACKWARD_MAPS(X) \
     X(FN_ACT_RELU6,       STREAM_CHUNK, (v <= 0 || v >= 6) ? (T)0 : d) \
     X(FN_ACT_LEAKY_RELU,  STREAM_CHUNK, v > 0 ? d : d * pa) \
     X(FN_ACT_ELU,         STREAM_CHUNK, v > 0 ? d : d * pa * FN_EXP_NEG(-FN_FABS(v))) \
     X(FN_ACT_SELU,        STREAM_CHUNK, \
       v > 0 ? d * SELU_SCALE : d * (SELU_SCALE * SELU_ALPHA) * FN_EXP_NEG(-FN_FABS(v))) \
+    X(FN_ACT_CELU,        STREAM_CHUNK, v > 0 ? d : d * FN_EXP(v * inv_alpha)) \
+    X(FN_ACT_GELU,        STREAM_CHUNK, d * FN_NAME(gelu_slope, FN_SUF)(v)) \
     X(FN_ACT_SIGMOID,     STREAM_CHUNK, d * (1 - v) * v)   /* v = forward output */ \
     X(FN_ACT_TANH,        FN_STREAM_LINE(T), d * (1 - v * v))   /* v = output */ \
     X(FN_ACT_HARDSIGMOID, STREAM_CHUNK, (v > -3 && v < 3) ? d * ((T)1 / 6) : (T)0) \
@@ -427,7 +427,7 @@ static inline void FN_NAME(relu_grad_avx512_descending, FN_SUF)(const T *g, cons
 static void FN_NAME(act_backward_span, FN_SUF)(int op, const T *g, const T *s, T *gx, int64_t n,
                                               double a, double b, int stream)
 {
-    const T pa = (T)a, pb = (T)b;
+    const T pa = (T)a, pb = (T)b, inv_alpha = (T)1 / pa;   /* CELU's */
     switch (op) {
     case FN_ACT_RELU:
 #if FN_TARGET_AVX512
@@ -437,17 +437,11 @@ static void FN_NAME(act_backward_span, FN_SUF)(int op, const T *g, const T *s, T
 #endif
         break;
 #define UPWARDS(OP, CHUNK, EXPR) case OP: MAP_GRAD_BY(CHUNK, EXPR); break;
-    SIMPLE_BACKWARD_MAPS(UPWARDS)
+    ONE_LOOP_BACKWARD_MAPS(UPWARDS)
 #undef UPWARDS
-    case FN_ACT_CELU: {
-        const T inv_alpha = (T)1 / pa;
-        MAP_GRAD(v > 0 ? d : d * FN_EXP(v * inv_alpha));
-        break;
-    }
     /* The GELU derivatives are exactly 1 or 0 (in either precision) beyond |x| = 1e6:
      * GELU_CLAMP keeps Inf * 0 out of them (x = +-Inf, and x^3 overflowing in the tanh
      * form at |x| > 1.8e19 in float32, gave NaN). */
-    case FN_ACT_GELU:        MAP_GRAD(d * FN_NAME(gelu_slope, FN_SUF)(v)); break;
     case FN_ACT_GELU_TANH:
         MAP_GRAD3(wb[i] = FN_NAME(gelu_tanh_grad_arg, FN_SUF)(GELU_CLAMP(v));,
                   EXP_NEG_ABS(wb[i]),
@@ -475,12 +469,11 @@ static void FN_NAME(act_backward_span, FN_SUF)(int op, const T *g, const T *s, T
     }
 }
 
-/* act_backward_span's simple maps downwards, as act_forward_descending. */
+/* act_backward_span's loops of one map downwards, as act_forward_descending. */
 static int FN_NAME(act_backward_descending, FN_SUF)(int op, const T *g, const T *s, T *gx, int64_t n,
                                                    double a)
 {
-    const T pa = (T)a;
-    (void)pa;
+    const T pa = (T)a, inv_alpha = (T)1 / pa;
     switch (op) {
     case FN_ACT_RELU:
 #if FN_TARGET_AVX512
@@ -490,7 +483,7 @@ static int FN_NAME(act_backward_descending, FN_SUF)(int op, const T *g, const T 
 #endif
         return 1;
 #define DOWNWARDS(OP, CHUNK, EXPR) case OP: MAP_GRAD_DESCENDING(EXPR); return 1;
-    SIMPLE_BACKWARD_MAPS(DOWNWARDS)
+    ONE_LOOP_BACKWARD_MAPS(DOWNWARDS)
 #undef DOWNWARDS
     default: return 0;
     }
@@ -579,8 +572,8 @@ void FN_NAME(fn_act_backward, FN_SUF)(int op, const T *g, const T *s, T *gx, int
 #undef DESCENDING_STEP
 #undef MAP_DESCENDING
 #undef MAP_GRAD_DESCENDING
-#undef SIMPLE_FORWARD_MAPS
-#undef SIMPLE_BACKWARD_MAPS
+#undef ONE_LOOP_FORWARD_MAPS
+#undef ONE_LOOP_BACKWARD_MAPS
 #undef RELU_GRAD
 #undef SELU_ALPHA
 #undef SELU_SCALE
