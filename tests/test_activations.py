@@ -11,6 +11,7 @@ from hypothesis.extra import numpy as hnp
 import fastnorm
 from fastnorm import reference as ref
 
+from _placement import Pages
 from _activation_cases import (CASES, PARAM_CASES, case_id, kinks, saved_for_backward,
                                spread_values)
 
@@ -475,23 +476,16 @@ def test_result_does_not_depend_on_position(dtype, backend, rng):
         np.testing.assert_array_equal(singles, gx[::10], err_msg=f"{name}{params} backward alone")
 
 
-def _placed(page, start, offset, n, dtype):
-    """n elements of page (a byte buffer) from start + offset bytes on, as dtype."""
-    itemsize = np.dtype(dtype).itemsize
-    return page[start + offset:start + offset + n * itemsize].view(dtype)
-
-
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_result_does_not_depend_on_where_the_output_lies(dtype, backend, rng):
     """An out= array 1-511 bytes after an input modulo 4 KiB makes the simple maps run from
     the end down (fn_trails, fn_stream.h); the results are the same bits as in an array
     of their own, forward and backward, whichever inputs the output trails or leads."""
     n, itemsize = 1135, np.dtype(dtype).itemsize
-    page = np.zeros(64 * 4096, np.uint8)
-    base = (-page.ctypes.data) % 4096 + 16   # 16 bytes past a page, as NumPy's own arrays
-    x = _placed(page, base, 0, n, dtype)
+    pages = Pages(16)
+    x = pages.at(0, n, dtype)
     x[:] = spread_values(rng, n, dtype)
-    g = _placed(page, base, 4 * 4096 + 8 * itemsize, n, dtype)   # g 8 elements after x
+    g = pages.at(4 * 4096 + 8 * itemsize, n, dtype)   # g 8 elements after x
     g[:] = rng.standard_normal(n)
     after = [itemsize, 48, 256, 512 - itemsize, 512, 1024]
     places = [8 * 4096 + d for d in after + [-d for d in after]]
@@ -499,11 +493,11 @@ def test_result_does_not_depend_on_where_the_output_lies(dtype, backend, rng):
         f, b = getattr(fastnorm, name), getattr(fastnorm, name + "_backward")
         y = f(x, **params)
         s = saved_for_backward(fastnorm, name, params, x)
-        s_placed = _placed(page, base, 12 * 4096, n, dtype)   # s at x's offset
+        s_placed = pages.at(12 * 4096, n, dtype)   # s at x's offset
         s_placed[:] = s
         gx = b(g, s_placed, **params)
         for place in places:
-            out = _placed(page, base, place, n, dtype)
+            out = pages.at(place, n, dtype)
             out[:] = np.nan
             f(x, out=out, **params)
             np.testing.assert_array_equal(out, y, err_msg=f"{name}{params} out at x + {place}")

@@ -15,6 +15,8 @@ from fastnorm import DropoutMask, dropout, dropout_backward
 from fastnorm import reference as ref
 from fastnorm import _config
 
+from _placement import Pages
+
 SEED = (0x1234 << 64) | 0xDEADBEEF
 NUMPY_ONLY = os.environ.get("FASTNORM_BACKEND", "").strip().lower() == "numpy"
 
@@ -325,6 +327,24 @@ def test_out_and_in_place(dtype, backend, rng):
     r = dropout_backward(g, mask, out=g)
     assert r is g
     np.testing.assert_array_equal(g, g_expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_backward_does_not_depend_on_where_the_output_lies(dtype, backend, rng):
+    """dropout_backward runs from the end down when out= starts 1-511 bytes after the
+    gradient modulo 4 KiB (fn_trails, fn_stream.h): the same values either way."""
+    n, itemsize = 1135, np.dtype(dtype).itemsize
+    pages = Pages(8)
+    g = pages.at(0, n, dtype)
+    g[:] = rng.standard_normal(n)
+    _, mask = dropout(g, 0.5, seed=7)
+    expected = ref.dropout_backward(g, mask)
+    for d in (itemsize, 48, 256, 512 - itemsize, 512, 1024):
+        for place in (4 * 4096 + d, 4 * 4096 - d):
+            out = pages.at(place, n, dtype)
+            out[:] = np.nan
+            assert dropout_backward(g, mask, out=out) is out
+            np.testing.assert_array_equal(out, expected, err_msg=f"out at g + {place}")
 
 
 @pytest.mark.skipif(not _config.compiled_available() or NUMPY_ONLY, reason="compiled kernels only")

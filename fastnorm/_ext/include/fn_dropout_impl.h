@@ -121,32 +121,43 @@ void FN_NAME(fn_dropout_backward, FN_SUF)(const T *g, const uint8_t *mask, T *gx
     int64_t j0 = 0;
 #if FN_TARGET_AVX2
     /* Per mask byte: broadcast it, test one bit per lane, and the lane mask selects
-     * the factor (gcc's own vectorization of the bit loop was slower than SSE2's). */
+     * the factor (gcc's own vectorization of the bit loop was slower than SSE2's).  From the
+     * last byte down where gx trails g (fn_trails, fn_stream.h).  AMD Zen 4, float32, 1 thread,
+     * kernel through ctypes against the upward loop alone: gx 16 / 48 / 64 bytes after g
+     * modulo 4 KiB, (4096, 4096) 1.27x / 1.46x / 1.42x, (256, 1024) 0.94-0.97x / 1.21-1.43x /
+     * 0.97-1.00x; elsewhere 0.97-1.02x. */
 #if FN_REAL == 32
-    {
-        const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-        const __m256 factor = _mm256_set1_ps(kept_factor);
-        for (; j0 < full; ++j0) {
-            const __m256i b = _mm256_and_si256(_mm256_set1_epi32(mask[j0]), lane_bit);
-            const __m256 f = _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(b, lane_bit)), factor);
-            _mm256_storeu_ps(gx + 8 * j0, _mm256_mul_ps(_mm256_loadu_ps(g + 8 * j0), f));
-        }
-    }
+    const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256 factor = _mm256_set1_ps(kept_factor);
+#define GRAD_OF_BYTE(j)                                                                          \
+    do {                                                                                         \
+        const __m256i b = _mm256_and_si256(_mm256_set1_epi32(mask[j]), lane_bit);               \
+        const __m256 f = _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(b, lane_bit)), factor); \
+        _mm256_storeu_ps(gx + 8 * (j), _mm256_mul_ps(_mm256_loadu_ps(g + 8 * (j)), f));           \
+    } while (0)
 #else
-    {
-        const __m256i bit_lo = _mm256_setr_epi64x(1, 2, 4, 8), bit_hi = _mm256_setr_epi64x(16, 32, 64, 128);
-        const __m256d factor = _mm256_set1_pd(kept_factor);
-        for (; j0 < full; ++j0) {
-            const __m256i v = _mm256_set1_epi64x(mask[j0]);
-            const __m256d f_lo = _mm256_and_pd(_mm256_castsi256_pd(
-                _mm256_cmpeq_epi64(_mm256_and_si256(v, bit_lo), bit_lo)), factor);
-            const __m256d f_hi = _mm256_and_pd(_mm256_castsi256_pd(
-                _mm256_cmpeq_epi64(_mm256_and_si256(v, bit_hi), bit_hi)), factor);
-            _mm256_storeu_pd(gx + 8 * j0, _mm256_mul_pd(_mm256_loadu_pd(g + 8 * j0), f_lo));
-            _mm256_storeu_pd(gx + 8 * j0 + 4, _mm256_mul_pd(_mm256_loadu_pd(g + 8 * j0 + 4), f_hi));
-        }
-    }
+    const __m256i bit_lo = _mm256_setr_epi64x(1, 2, 4, 8), bit_hi = _mm256_setr_epi64x(16, 32, 64, 128);
+    const __m256d factor = _mm256_set1_pd(kept_factor);
+#define GRAD_OF_BYTE(j)                                                                          \
+    do {                                                                                         \
+        const __m256i v = _mm256_set1_epi64x(mask[j]);                                           \
+        const __m256d f_lo = _mm256_and_pd(_mm256_castsi256_pd(                                  \
+            _mm256_cmpeq_epi64(_mm256_and_si256(v, bit_lo), bit_lo)), factor);                   \
+        const __m256d f_hi = _mm256_and_pd(_mm256_castsi256_pd(                                  \
+            _mm256_cmpeq_epi64(_mm256_and_si256(v, bit_hi), bit_hi)), factor);                   \
+        _mm256_storeu_pd(gx + 8 * (j), _mm256_mul_pd(_mm256_loadu_pd(g + 8 * (j)), f_lo));         \
+        _mm256_storeu_pd(gx + 8 * (j) + 4, _mm256_mul_pd(_mm256_loadu_pd(g + 8 * (j) + 4), f_hi)); \
+    } while (0)
 #endif
+    if (fn_trails(gx, g)) {
+        for (int64_t j = full - 1; j >= 0; --j)
+            GRAD_OF_BYTE(j);
+    } else {
+        for (int64_t j = 0; j < full; ++j)
+            GRAD_OF_BYTE(j);
+    }
+    j0 = full;
+#undef GRAD_OF_BYTE
 #endif
 #pragma omp simd
     for (int64_t j = j0; j < full; ++j) {
