@@ -13,6 +13,7 @@ from hypothesis import given, strategies as st
 import fastnorm
 from fastnorm import reference as ref
 from _gradcheck import numeric_gradient
+from _placement import Pages
 
 FLOATS = [np.float16, np.float32, np.float64]
 # Tolerance relative to the largest expected magnitude, by input dtype: float16 output is
@@ -584,9 +585,13 @@ def test_rows_same_bits_alone_and_in_a_block(dtype, backend, rng):
     themselves and every later row's while it writes the row one group before
     (fn_norm_rows_forward), and the two must agree to the bit, for row lengths 1-40 (0-15
     elements after whole 16-element pieces) and rows long enough for groups of 3, 2 and 1.
-    Row 1 has a large offset and row 3 a NaN."""
+    Row 1 has a large offset and row 3 a NaN.  Also into an out= array 1-511 bytes after x
+    modulo 4 KiB, where a row's output runs from its end down (row_output, fn_trails)."""
+    itemsize = np.dtype(dtype).itemsize
+    pages = Pages(80)
     for k in list(range(1, 41)) + [500, 600, 1000, 1200, 1500]:
-        x = (rng.standard_normal((11, k)) * 3 + 2).astype(dtype)
+        x = pages.at(0, 11 * k, dtype).reshape(11, k)
+        x[:] = rng.standard_normal((11, k)) * 3 + 2
         x[1] += 1e4
         x[3, k // 2] = np.nan
         w, b = rng.standard_normal(k).astype(dtype), rng.standard_normal(k).astype(dtype)
@@ -596,6 +601,11 @@ def test_rows_same_bits_alone_and_in_a_block(dtype, backend, rng):
             in_place = x.copy()
             call(in_place, out=in_place)
             assert in_place.tobytes() == block[0].tobytes(), k
+            for d in (itemsize, 48, 256, 512 - itemsize, 512, -48):
+                out = pages.at(40 * 4096 + d, 11 * k, dtype).reshape(11, k)   # x: < 33 pages
+                out[:] = np.inf
+                call(x, out=out)
+                assert out.tobytes() == block[0].tobytes(), (k, d)
             for i in range(11):
                 alone = call(x[i:i + 1].copy())
                 for a, b_ in zip(alone, block):
