@@ -604,12 +604,22 @@ def test_rows_same_bits_alone_and_in_a_block(dtype, backend, rng):
             for d in (itemsize, 48, 256, 512 - itemsize, 512, -48):
                 out = pages.at(40 * 4096 + d, 11 * k, dtype).reshape(11, k)   # x: < 33 pages
                 out[:] = np.inf
-                call(x, out=out)
+                pages.write_into(out, lambda: call(x, out=out))
                 assert out.tobytes() == block[0].tobytes(), (k, d)
             for i in range(11):
                 alone = call(x[i:i + 1].copy())
                 for a, b_ in zip(alone, block):
                     assert a.tobytes() == b_[i:i + 1].tobytes(), (k, i)
+        # the output pass without weight or bias (other compiled variants of it)
+        for call in (lambda a, **o: fastnorm.layer_norm(a, k, **o),
+                     lambda a, **o: fastnorm.layer_norm(a, k, None, b, **o),
+                     lambda a, **o: fastnorm.rms_norm(a, k, **o)):
+            block = call(x)
+            for d in (48, 512 - itemsize):
+                out = pages.at(40 * 4096 + d, 11 * k, dtype).reshape(11, k)
+                out[:] = np.inf
+                pages.write_into(out, lambda: call(x, out=out))
+                assert out.tobytes() == block[0].tobytes(), (k, d)
 
 
 @pytest.mark.parametrize("k", [1, 15, 16, 127, 128, 129, 144, 256, 300, 1000, 4100])

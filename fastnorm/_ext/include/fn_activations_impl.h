@@ -21,7 +21,7 @@
 
 #define T FN_T
 #define STREAM_CHUNK FN_STREAM_CHUNK(T)
-/* The loops of the simple maps.  With stream set (n is then a whole number of chunks and
+/* The loops of the maps of one loop (ONE_LOOP_FORWARD_MAPS, ONE_LOOP_BACKWARD_MAPS).  With stream set (n is then a whole number of chunks and
  * y 64-byte aligned) each chunk goes through a stack buffer to non-temporal stores
  * (fn_stream.h); the chunk loop sits inside each case so that gcc can keep the chunk in
  * registers.  The loop written out below (mish's backward) always stores plainly (its
@@ -389,7 +389,7 @@ static inline void FN_NAME(relu_grad_avx512, FN_SUF)(const T *g, const T *s, T *
 static inline void FN_NAME(relu_grad_avx512_descending, FN_SUF)(const T *g, const T *s, T *gx, int64_t n)
 {
     const __typeof__(RELU_VEC(setzero)()) zero = RELU_VEC(setzero)();
-    for (int64_t i = n - 64 / (int64_t)sizeof(T); i >= 0; i -= 64 / (int64_t)sizeof(T))
+    for (int64_t i = n - DESCENDING_STEP; i >= 0; i -= DESCENDING_STEP)   /* one vector */
         RELU_VEC(storeu)(gx + i, RELU_GRAD_AT(i));
 }
 #undef RELU_GRAD_AT
@@ -399,10 +399,9 @@ static inline void FN_NAME(relu_grad_avx512_descending, FN_SUF)(const T *g, cons
 
 /* The backward passes of one loop (those of ONE_LOOP_FORWARD_MAPS; sigmoid's and tanh's, of
  * their output): X(op, elements per streamed chunk, expression of v, d, pa and inv_alpha).
- * relu's is apart
- * (relu_grad_avx512).  Derivatives at kinks follow PyTorch: relu'(0) = 0, relu6' = 0 at 0
- * and 6; hardswish'(-3) = 0 and hardswish'(3) = 1 (PyTorch 2.x: the outer pieces own the
- * kinks).
+ * relu's is apart (relu_grad_avx512).  Derivatives at kinks follow PyTorch: relu'(0) = 0,
+ * relu6' = 0 at 0 and 6; hardswish'(-3) = 0 and hardswish'(3) = 1 (PyTorch 2.x: the outer
+ * pieces own the kinks).
  * ELU, SELU: FN_EXP_NEG is for arguments <= 0, so it gets -|v| (the lanes with v > 0
  * discard it).  Passing v itself, or (v > 0 ? 0 : v), gave the same values but made ELU's
  * streamed backward (4096 x 4096 float32, 1 thread) take 6.7-7.3 ms instead of 3.3-3.6 in
@@ -469,7 +468,9 @@ static void FN_NAME(act_backward_span, FN_SUF)(int op, const T *g, const T *s, T
     }
 }
 
-/* act_backward_span's loops of one map downwards, as act_forward_descending. */
+/* act_backward_span's loops of one map downwards, as act_forward_descending.  Not mish's
+ * backward, a loop of its own with a division and two exponentials per element (not
+ * measured in the window). */
 static int FN_NAME(act_backward_descending, FN_SUF)(int op, const T *g, const T *s, T *gx, int64_t n,
                                                    double a)
 {
@@ -506,7 +507,10 @@ static void FN_NAME(act_forward_plain, FN_SUF)(int op, const T *x, T *y, int64_t
     if (!fn_trails(y, x) || !FN_NAME(act_forward_descending, FN_SUF)(op, x, y, body, a))
         FN_NAME(act_forward_span, FN_SUF)(op, x, y, body, a, b, 0);
     if (body < n) {
-        T xt[FN_ACT_PAD] = {0}, yt[FN_ACT_PAD];
+        /* aligned as declared, not only as gcc's vectorizer chooses (which AddressSanitizer's
+         * relocated stack frames did not honour: a segfault on an aligned store) */
+        _Alignas(FN_STREAM_ALIGN) T xt[FN_ACT_PAD] = {0};
+        _Alignas(FN_STREAM_ALIGN) T yt[FN_ACT_PAD];
         memcpy(xt, x + body, (size_t)(n - body) * sizeof(T));
         FN_NAME(act_forward_span, FN_SUF)(op, xt, yt, FN_ACT_PAD, a, b, 0);
         memcpy(y + body, yt, (size_t)(n - body) * sizeof(T));
@@ -522,7 +526,9 @@ static void FN_NAME(act_backward_plain, FN_SUF)(int op, const T *g, const T *s, 
     if (!down || !FN_NAME(act_backward_descending, FN_SUF)(op, g, s, gx, body, a))
         FN_NAME(act_backward_span, FN_SUF)(op, g, s, gx, body, a, b, 0);
     if (body < n) {
-        T gt[FN_ACT_PAD] = {0}, st[FN_ACT_PAD] = {0}, gxt[FN_ACT_PAD];
+        _Alignas(FN_STREAM_ALIGN) T gt[FN_ACT_PAD] = {0};   /* as in act_forward_plain */
+        _Alignas(FN_STREAM_ALIGN) T st[FN_ACT_PAD] = {0};
+        _Alignas(FN_STREAM_ALIGN) T gxt[FN_ACT_PAD];
         memcpy(gt, g + body, (size_t)(n - body) * sizeof(T));
         memcpy(st, s + body, (size_t)(n - body) * sizeof(T));
         FN_NAME(act_backward_span, FN_SUF)(op, gt, st, gxt, FN_ACT_PAD, a, b, 0);

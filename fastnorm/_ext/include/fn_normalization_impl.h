@@ -961,29 +961,24 @@ static inline __attribute__((always_inline)) void FN_NAME(row_output, FN_SUF)(
 #define ROW_PIECE(k0) _Pragma("omp simd") FN_KEEP_LOOP for (int64_t k = (k0); k < (k0) + 16; ++k) \
                           yr[k] = ROW_Y(k);
     /* down (never with stream): the output from its end down, see rows_by_groups. */
-    const int64_t whole = K / 16 * 16;
-    if (!xn) {
-        if (!down) {
-            FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, yr, K, k, ROW_Y(k));
-            return;
-        }
-#pragma omp simd
-        for (int64_t k = whole; k < K; ++k)
-            yr[k] = ROW_Y(k);
-        for (int64_t k0 = whole - 16; k0 >= 0; k0 -= 16)
-            ROW_PIECE(k0)
+    if (!xn && !down) {
+        FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, yr, K, k, ROW_Y(k));
         return;
     }
     double sa = 0.0, sb = 0.0;
     int64_t k0 = 0;
     if (down) {
+        const int64_t whole = K / 16 * 16;
 #pragma omp simd
         for (int64_t k = whole; k < K; ++k)
             yr[k] = ROW_Y(k);
-        /* piece k0 of the sums beside piece whole - 16 - k0 of the output */
-        SUMS_OF_PIECES(xn, K, shift, sa, sb, k0, ROW_PIECE(whole - 16 - k0));
-        FN_NAME(run_sums_tail, FN_SUF)(xn, k0, K, shift, &sa, &sb);
-        for (int64_t j0 = whole - 16 - k0; j0 >= 0; j0 -= 16)   /* none where the lanes exist */
+        if (xn) {
+            /* piece k0 of the sums beside piece whole - 16 - k0 of the output */
+            SUMS_OF_PIECES(xn, K, shift, sa, sb, k0, ROW_PIECE(whole - 16 - k0));
+            FN_NAME(run_sums_tail, FN_SUF)(xn, k0, K, shift, &sa, &sb);
+        }
+        /* the pieces the sums did not take along (all of them without xn or the lanes) */
+        for (int64_t j0 = whole - 16 - k0; j0 >= 0; j0 -= 16)
             ROW_PIECE(j0)
     } else {
         SUMS_OF_PIECES(xn, K, shift, sa, sb, k0, ROW_PIECE(k0));
@@ -992,8 +987,10 @@ static inline __attribute__((always_inline)) void FN_NAME(row_output, FN_SUF)(
         for (int64_t k = k0; k < K; ++k)
             yr[k] = ROW_Y(k);
     }
-    *s1 = sa;
-    *s2 = sb;
+    if (xn) {
+        *s1 = sa;
+        *s2 = sb;
+    }
 #undef ROW_PIECE
 #undef ROW_Y
 }
@@ -1053,7 +1050,7 @@ static inline FN_NAME(row_coefs, FN_SUF) FN_NAME(row_stats, FN_SUF)(
     } while (0)
 
 #define ROW_GROUP 4   /* most rows per group of rows_by_groups */
-#define ROWS_DOWN_BYTES (4 << 20)   /* most bytes of x per call whose rows' outputs go down */
+#define ROWS_DOWN_BYTES (4 << 20)   /* most bytes of x per call (per thread) whose rows go down */
 
 /* Rows [r0, r1) of fn_norm_rows_forward below (not streamed) by groups of `group` rows (at
  * most ROW_GROUP): each row's output is written while the sums of the row one group further
@@ -1074,7 +1071,7 @@ static inline __attribute__((always_inline)) void FN_NAME(rows_by_groups, FN_SUF
      * modulo 4 KiB, 1 thread, kernel through ctypes, downwards against upwards: (1024, 768)
      * 1.16-1.25x / 1.09-1.18x / 1.06x, (32, 768) 1.05-1.07x / 1.05-1.09x / 1.04x; from memory,
      * where the row-by-row descent confuses the prefetchers, (8192, 768) 0.82x / 0.76-0.83x /
-     * 0.74x. */
+     * 0.74x.  The bound is on this call's rows, a thread's share where the rows are split. */
     const int down = (r1 - r0) * K * (int64_t)sizeof(T) <= ROWS_DOWN_BYTES && fn_trails(y, x);
     /* The sums of the rows of the next group (the first group's: a pass of their own). */
     double shift[ROW_GROUP], s1[ROW_GROUP], s2[ROW_GROUP];
