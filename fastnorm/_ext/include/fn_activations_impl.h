@@ -21,11 +21,11 @@
 
 #define T FN_T
 #define STREAM_CHUNK FN_STREAM_CHUNK(T)
-/* The loops of the maps of one loop (ONE_LOOP_FORWARD_MAPS, ONE_LOOP_BACKWARD_MAPS).  With stream set (n is then a whole number of chunks and
- * y 64-byte aligned) each chunk goes through a stack buffer to non-temporal stores
- * (fn_stream.h); the chunk loop sits inside each case so that gcc can keep the chunk in
- * registers.  The loop written out below (mish's backward) always stores plainly (its
- * streamed form was not measured). */
+/* The loops upwards of the maps of one loop (ONE_LOOP_FORWARD_MAPS, ONE_LOOP_BACKWARD_MAPS
+ * below).  With stream set (n is then a whole number of chunks and y 64-byte aligned) each
+ * chunk goes through a stack buffer to non-temporal stores (fn_stream.h); the chunk loop
+ * sits inside each case so that gcc can keep the chunk in registers.  The loop written out
+ * below (mish's backward) always stores plainly (its streamed form was not measured). */
 #define MAP(EXPR) \
     do { \
         if (stream) { \
