@@ -1069,9 +1069,10 @@ static inline __attribute__((always_inline)) void FN_NAME(rows_by_groups, FN_SUF
      * still go upwards, in the order that gives their bits), but only for rows that stay in
      * the caches (ROWS_DOWN_BYTES).  AMD Zen 4, float32, out= 48 / 64 / 128 bytes after x
      * modulo 4 KiB, 1 thread, kernel through ctypes, downwards against upwards: (1024, 768)
-     * 1.16-1.25x / 1.09-1.18x / 1.06x, (32, 768) 1.05-1.07x / 1.05-1.09x / 1.04x; from memory,
-     * where the row-by-row descent confuses the prefetchers, (8192, 768) 0.82x / 0.76-0.83x /
-     * 0.74x.  The bound is on this call's rows, a thread's share where the rows are split. */
+     * 1.10-1.25x / 1.09-1.18x / 1.06x, (32, 768) 1.04-1.07x / 1.05-1.09x / 1.04x; from memory
+     * (each row downwards, the rows upwards: a pattern the prefetchers may not follow; not
+     * measured further), (8192, 768) 0.82x / 0.76-0.83x / 0.74x.  The bound is on this
+     * call's rows, a thread's share where the rows are split. */
     const int down = (r1 - r0) * K * (int64_t)sizeof(T) <= ROWS_DOWN_BYTES && fn_trails(y, x);
     /* The sums of the rows of the next group (the first group's: a pass of their own). */
     double shift[ROW_GROUP], s1[ROW_GROUP], s2[ROW_GROUP];
