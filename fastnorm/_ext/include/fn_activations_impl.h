@@ -58,16 +58,13 @@
  * an output that trails its input, fn_trails in fn_stream.h); n a multiple of the step.
  * The same vector code per element as the loops upwards, so the same bits. */
 #define DESCENDING_STEP (FN_VEC_BYTES / (int64_t)sizeof(T))
-#define MAP_DESCENDING(EXPR) \
+#define DESCENDING(src, dst, DECL, EXPR) \
     for (int64_t i0 = n - DESCENDING_STEP; i0 >= 0; i0 -= DESCENDING_STEP) { \
         _Pragma("omp simd") for (int64_t i = 0; i < DESCENDING_STEP; ++i) { \
-            const T v = x[i0 + i]; y[i0 + i] = (EXPR); } \
+            const T v = src[i0 + i]; DECL dst[i0 + i] = (EXPR); } \
     }
-#define MAP_GRAD_DESCENDING(EXPR) \
-    for (int64_t i0 = n - DESCENDING_STEP; i0 >= 0; i0 -= DESCENDING_STEP) { \
-        _Pragma("omp simd") for (int64_t i = 0; i < DESCENDING_STEP; ++i) { \
-            const T v = s[i0 + i]; const T d = g[i0 + i]; gx[i0 + i] = (EXPR); } \
-    }
+#define MAP_DESCENDING(EXPR) DESCENDING(x, y, , EXPR)
+#define MAP_GRAD_DESCENDING(EXPR) DESCENDING(s, gx, GRAD_DECL, EXPR)   /* GRAD_DECL: below */
 /* Staged maps for the logistic family: the exponential of a block of elements first (u,
  * STAGE, into a stack buffer), then the rest (EXPR, of v and u).  One loop body from x to y
  * is a chain of about 65 cycles (range reduction, polynomial, scaling, division, selects)
@@ -576,6 +573,7 @@ void FN_NAME(fn_act_backward, FN_SUF)(int op, const T *g, const T *s, T *gx, int
 #undef MAP
 #undef MAP_GRAD
 #undef DESCENDING_STEP
+#undef DESCENDING
 #undef MAP_DESCENDING
 #undef MAP_GRAD_DESCENDING
 #undef ONE_LOOP_FORWARD_MAPS
