@@ -334,21 +334,56 @@ static inline void FN_NAME(finish_moments, FN_SUF)(double shift, double s1, doub
     *m2 = q < 0.0 ? 0.0 : q;
 }
 
+/* Outputs written from their end down, where they start just after an input (fn_trails,
+ * fn_stream.h): a loop running upwards then has its stores hold up the loads of the input
+ * that follow them.  PIECE16(j0, i, STMT) does STMT for the 16 elements from j0 on,
+ * MAP_DOWN(n, i, STMT) for i in [0, n): first the elements past the last whole piece, then
+ * the pieces from the last down.  Only where the output passes of one call (one thread's
+ * share) cover at most DOWN_MAX_BYTES of x: from memory the run-by-run descent lost (the
+ * runs themselves still go upwards; layer norm (8192, 768) 0.74-0.83x, see rows_by_groups).
+ * Same operations per element either way, so the same bits. */
+#define DOWN_MAX_BYTES ((int64_t)4 << 20)
+#define PIECE16(j0, i, STMT) _Pragma("omp simd") FN_KEEP_LOOP for (int64_t i = (j0); i < (j0) + 16; ++i) STMT;
+#define MAP_DOWN(n, i, STMT)                                                                   \
+    do {                                                                                       \
+        const int64_t md_whole = (n) / 16 * 16;                                                \
+        _Pragma("omp simd") for (int64_t i = md_whole; i < (n); ++i) STMT;                     \
+        for (int64_t md_j = md_whole - 16; md_j >= 0; md_j -= 16)                              \
+            PIECE16(md_j, i, STMT)                                                          \
+    } while (0)
+/* Whether a backward output gx goes down: it trails dy or x and leads neither (as the
+ * activations' backward decides, fn_activations_impl.h). */
+#define GRAD_DOWN(gx, dy, x)                                                                   \
+    ((fn_trails(gx, dy) || fn_trails(gx, x)) && !fn_trails(dy, gx) && !fn_trails(x, gx))
+
 /* One contiguous run with scalar parameters: y = (x - h) * s + t (forward) and
  * gx = dy * a1 + (x - h) * a2 + a3 (backward); shared by the two-pass kernels and the
  * one-pass group kernels, which must give the same bits.  stream: non-temporal stores
- * (fn_stream.h), the same values. */
+ * (fn_stream.h), the same values; down (never with stream): MAP_DOWN. */
 #define AFFINE_Y(xv, h, s, t) (((xv) - (h)) * (s) + (t))   /* also unit_output's, same bits */
 static inline void FN_NAME(affine_run, FN_SUF)(const T *x, T *y, int64_t n, T h, T s, T t,
-                                               int stream)
+                                               int stream, int down)
 {
-    FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, y, n, i, AFFINE_Y(x[i], h, s, t));
+    if (down)
+        MAP_DOWN(n, i, y[i] = AFFINE_Y(x[i], h, s, t));
+    else
+        FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, y, n, i, AFFINE_Y(x[i], h, s, t));
 }
 
 static inline void FN_NAME(affine_grad_run, FN_SUF)(const T *dy, const T *x, T *gx, int64_t n,
-                                                    T a1, T h, T a2, T a3, int stream)
+                                                    T a1, T h, T a2, T a3, int stream, int down)
 {
-    FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, gx, n, i, dy[i] * a1 + (x[i] - h) * a2 + a3);
+    /* A NaN a2 or a3 (a unit or channel with a NaN or infinity) makes every element NaN;
+     * written as one NaN here, since the sign of a NaN computed from several depends on the
+     * operand order gcc chose for each loop (the downward loops chose otherwise). */
+    if (isnan(a2) || isnan(a3)) {
+        FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, gx, n, i, (T)NAN);
+        return;
+    }
+    if (down)
+        MAP_DOWN(n, i, gx[i] = dy[i] * a1 + (x[i] - h) * a2 + a3);
+    else
+        FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, gx, n, i, dy[i] * a1 + (x[i] - h) * a2 + a3);
 }
 
 /* The channels-last loops below read five or six streams (x, dy, the per-channel
@@ -458,37 +493,50 @@ void FN_NAME(fn_norm_stats_runs, FN_SUF)(const T *x, int64_t A, int64_t C, int64
  * layer norm; a unit holds at least as many pieces as its channels hold whole ones). */
 static inline __attribute__((always_inline)) void FN_NAME(unit_output, FN_SUF)(
     const T *xu, T *yu, int64_t c0, int64_t cg, int64_t hw, double mu, double rs, const T *w,
-    const T *b, const T *xn, double shift, double *s1, double *s2, int stream)
+    const T *b, const T *xn, double shift, double *s1, double *s2, int stream, int down)
 {
     const T h = (T)mu;
     int64_t i = 0;   /* the next piece of xn */
 #ifdef FN_LANES16
     LANES pa = FN_NAME(lanes_set1, FN_SUF)(0.0), pb = pa;
 #endif
-    for (int64_t j = 0; j < cg; ++j) {
+    /* down (never with stream): the channels from the last down, each from its end down
+     * (MAP_DOWN), while xn's pieces still go upwards, in the order that gives their bits */
+    for (int64_t jj = 0; jj < cg; ++jj) {
+        const int64_t j = down ? cg - 1 - jj : jj;
         const int64_t c = c0 + j;
         const T sc = w ? (T)(rs * (double)w[c]) : (T)rs;
         const T t = (T)fn_affine_shift(mu, (double)h, (double)sc, b ? (double)b[c] : 0.0);
         const T *xr = xu + j * hw;
         T *yr = yu + j * hw;
         if (!xn) {
-            AFFINE_RUN(xr, yr, hw, h, sc, t, stream);
+            AFFINE_RUN(xr, yr, hw, h, sc, t, stream, down);
             continue;
         }
+        /* one loop for both directions (with the downward pieces in a branch of their own,
+         * gcc kept one of the lanes on the stack, upwards too: instance norm 0.55-0.66x) */
+        const int64_t whole = hw / 16 * 16;
         int64_t k = 0;
+        if (down) {
+#pragma omp simd
+            for (int64_t e = whole; e < hw; ++e)
+                yr[e] = AFFINE_Y(xr[e], h, sc, t);
+        }
 #ifdef FN_LANES16
         for (; k + 16 <= hw; k += 16, i += 16) {
             const LANES d = FN_NAME(lanes_load_centered, FN_SUF)(xn, i, shift);
             FN_NAME(lanes_add, FN_SUF)(d, d, &pa, &pb);
-#pragma omp simd
-            FN_KEEP_LOOP
-            for (int64_t e = k; e < k + 16; ++e)
-                yr[e] = AFFINE_Y(xr[e], h, sc, t);
+            PIECE16(down ? whole - 16 - k : k, e, yr[e] = AFFINE_Y(xr[e], h, sc, t))
         }
 #endif
+        if (down) {
+            for (int64_t e0 = whole - 16 - k; e0 >= 0; e0 -= 16)
+                PIECE16(e0, e, yr[e] = AFFINE_Y(xr[e], h, sc, t))
+        } else {
 #pragma omp simd
-        for (int64_t e = k; e < hw; ++e)
-            yr[e] = AFFINE_Y(xr[e], h, sc, t);
+            for (int64_t e = k; e < hw; ++e)
+                yr[e] = AFFINE_Y(xr[e], h, sc, t);
+        }
     }
     if (!xn)
         return;
@@ -534,6 +582,7 @@ static inline __attribute__((always_inline)) void FN_NAME(units_by_groups, FN_SU
 {
     const int64_t L = cg * hw;
     const double n = (double)L;
+    const int down = (u1 - u0) * L * (int64_t)sizeof(T) <= DOWN_MAX_BYTES && fn_trails(y, x);
     /* The sums of the units of the next group (the first group's: a pass of their own). */
     double shift[UNIT_GROUP], s1[UNIT_GROUP], s2[UNIT_GROUP];
     for (int64_t u = u0; u < u1 && u < u0 + group; ++u) {
@@ -553,8 +602,14 @@ static inline __attribute__((always_inline)) void FN_NAME(units_by_groups, FN_SU
             const int64_t u = g + j;
             const T *xn = u + group < u1 ? x + (u + group) * L : NULL;
             shift[j] = xn ? (double)xn[0] : 0.0;
-            FN_NAME(unit_output, FN_SUF)(x + u * L, y + u * L, (u % G) * cg, cg, hw, mu[j], rs[j],
-                                         w, b, xn, shift[j], &s1[j], &s2[j], 0);
+            /* down as a literal: compiled in, the choice made instance norm's loop (group 2)
+             * 0.66-0.96x slower also where it went upwards */
+            if (down)
+                FN_NAME(unit_output, FN_SUF)(x + u * L, y + u * L, (u % G) * cg, cg, hw, mu[j],
+                                             rs[j], w, b, xn, shift[j], &s1[j], &s2[j], 0, 1);
+            else
+                FN_NAME(unit_output, FN_SUF)(x + u * L, y + u * L, (u % G) * cg, cg, hw, mu[j],
+                                             rs[j], w, b, xn, shift[j], &s1[j], &s2[j], 0, 0);
         }
     }
 }
@@ -585,7 +640,7 @@ void FN_NAME(fn_norm_group_forward, FN_SUF)(const T *x, T *y, int64_t G, int64_t
             RUN_SUMS(xu, L, shift, &s1, &s2, NULL);
             const double rs = FN_NAME(unit_stats, FN_SUF)(shift, s1, s2, n, eps, mean, m2, u, &mu);
             FN_NAME(unit_output, FN_SUF)(xu, y + u * L, (u % G) * cg, cg, hw, mu, rs, w, b, NULL,
-                                         0.0, NULL, NULL, 1);
+                                         0.0, NULL, NULL, 1, 0);
         }
         fn_stream_fence();
         return;
@@ -615,6 +670,8 @@ void FN_NAME(fn_norm_group_backward, FN_SUF)(const T *dy, const T *x, T *gx, int
 {
     const int64_t L = cg * hw;
     const double m = (double)L;
+    const int down = !stream && (u1 - u0) * L * (int64_t)sizeof(T) <= DOWN_MAX_BYTES
+                     && GRAD_DOWN(gx, dy, x);
     for (int64_t u = u0; u < u1; ++u) {
         const T *xu = x + u * L, *gu = dy + u * L;
         T *ou = gx + u * L;
@@ -633,7 +690,7 @@ void FN_NAME(fn_norm_group_backward, FN_SUF)(const T *dy, const T *x, T *gx, int
         const T k2 = (T)(-(rs * rs * rs) * g2 / m), k3 = (T)(-rs * g1 / m), h = mhi[u];
         for (int64_t j = 0; j < cg; ++j) {
             const T k1 = (T)(rs * (w ? (double)w[c0 + j] : 1.0));
-            AFFINE_GRAD_RUN(gu + j * hw, xu + j * hw, ou + j * hw, hw, k1, h, k2, k3, stream);
+            AFFINE_GRAD_RUN(gu + j * hw, xu + j * hw, ou + j * hw, hw, k1, h, k2, k3, stream, down);
         }
     }
     if (stream)
@@ -885,9 +942,11 @@ void FN_NAME(fn_norm_affine, FN_SUF)(const T *x, T *y, int64_t A, int64_t C, int
             u = r * C + c1;
         }
     } else {
+        const int down = !stream && (u1 - u0) * B * (int64_t)sizeof(T) <= DOWN_MAX_BYTES
+                         && fn_trails(y, x);
         for (int64_t u = u0; u < u1; ++u) {
             const int64_t k = (u / (A * C)) * C + u % C;
-            AFFINE_RUN(x + u * B, y + u * B, B, mhi[k], scale[k], shift[k], stream);
+            AFFINE_RUN(x + u * B, y + u * B, B, mhi[k], scale[k], shift[k], stream, down);
         }
     }
     if (stream)
@@ -936,9 +995,12 @@ void FN_NAME(fn_norm_affine_grad, FN_SUF)(const T *dy, const T *x, T *gx, int64_
             u = r * C + c1;
         }
     } else {
+        const int down = !stream && (u1 - u0) * B * (int64_t)sizeof(T) <= DOWN_MAX_BYTES
+                         && GRAD_DOWN(gx, dy, x);
         for (int64_t u = u0; u < u1; ++u) {
             const int64_t k = (u / (A * C)) * C + u % C;
-            AFFINE_GRAD_RUN(dy + u * B, x + u * B, gx + u * B, B, k1[k], mhi[k], k2[k], k3[k], stream);
+            AFFINE_GRAD_RUN(dy + u * B, x + u * B, gx + u * B, B, k1[k], mhi[k], k2[k], k3[k],
+                            stream, down);
         }
     }
     if (stream)
@@ -958,8 +1020,7 @@ static inline __attribute__((always_inline)) void FN_NAME(row_output, FN_SUF)(
 {
 #define ROW_Y(k) (w ? (b ? ((xr[k] - h) * s + o) * w[k] + b[k] : ((xr[k] - h) * s + o) * w[k])  \
                     : (b ? ((xr[k] - h) * s + o) + b[k] : (xr[k] - h) * s + o))
-#define ROW_PIECE(k0) _Pragma("omp simd") FN_KEEP_LOOP for (int64_t k = (k0); k < (k0) + 16; ++k) \
-                          yr[k] = ROW_Y(k);
+#define ROW_PIECE(k0) PIECE16(k0, k, yr[k] = ROW_Y(k))
     /* down (never with stream): the output from its end down, see rows_by_groups. */
     if (!xn && !down) {
         FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, yr, K, k, ROW_Y(k));
@@ -1050,7 +1111,6 @@ static inline FN_NAME(row_coefs, FN_SUF) FN_NAME(row_stats, FN_SUF)(
     } while (0)
 
 #define ROW_GROUP 4   /* most rows per group of rows_by_groups */
-#define ROWS_DOWN_BYTES (4 << 20)   /* most bytes of x per call (per thread) whose rows go down */
 
 /* Rows [r0, r1) of fn_norm_rows_forward below (not streamed) by groups of `group` rows (at
  * most ROW_GROUP): each row's output is written while the sums of the row one group further
@@ -1067,13 +1127,13 @@ static inline __attribute__((always_inline)) void FN_NAME(rows_by_groups, FN_SUF
     /* Each row's output from its end down where it trails the row (fn_trails, fn_stream.h):
      * its stores then no longer hold up the loads of x that follow them (the next rows' sums
      * still go upwards, in the order that gives their bits), but only for rows that stay in
-     * the caches (ROWS_DOWN_BYTES).  AMD Zen 4, float32, out= 48 / 64 / 128 bytes after x
+     * the caches (DOWN_MAX_BYTES).  AMD Zen 4, float32, out= 48 / 64 / 128 bytes after x
      * modulo 4 KiB, 1 thread, kernel through ctypes, downwards against upwards: (1024, 768)
      * 1.10-1.25x / 1.09-1.18x / 1.06x, (32, 768) 1.04-1.07x / 1.05-1.09x / 1.04x; from memory
      * (each row downwards, the rows upwards: a pattern the prefetchers may not follow; not
      * measured further), (8192, 768) 0.82x / 0.76-0.83x / 0.74x.  The bound is on this
      * call's rows, a thread's share where the rows are split. */
-    const int down = (r1 - r0) * K * (int64_t)sizeof(T) <= ROWS_DOWN_BYTES && fn_trails(y, x);
+    const int down = (r1 - r0) * K * (int64_t)sizeof(T) <= DOWN_MAX_BYTES && fn_trails(y, x);
     /* The sums of the rows of the next group (the first group's: a pass of their own). */
     double shift[ROW_GROUP], s1[ROW_GROUP], s2[ROW_GROUP];
     for (int64_t r = r0; r < r1 && r < r0 + group; ++r) {
@@ -1139,7 +1199,6 @@ void FN_NAME(fn_norm_rows_forward, FN_SUF)(const T *x, T *y, int64_t K, int64_t 
         FN_NAME(rows_by_groups, FN_SUF)(x, y, K, r0, r1, w, b, eps, rms, mean, rstd, group);
 }
 #undef ROW_GROUP
-#undef ROWS_DOWN_BYTES
 #undef ROW_OUTPUT
 
 /* The sums of one row of the backward, a1 = sum(g) and a2 = sum(g * xc) with
@@ -1621,4 +1680,8 @@ int FN_NAME(fn_norm_narrow, FN_SUF)(int64_t K, const double *src, T *dst)
 #undef FOUR_ROWS_AT
 #undef AFFINE_RUN
 #undef AFFINE_GRAD_RUN
+#undef DOWN_MAX_BYTES
+#undef PIECE16
+#undef MAP_DOWN
+#undef GRAD_DOWN
 #undef T
