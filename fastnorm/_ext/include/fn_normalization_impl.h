@@ -359,10 +359,12 @@ static inline void FN_NAME(finish_moments, FN_SUF)(double shift, double s1, doub
 /* One contiguous run with scalar parameters: y = (x - h) * s + t (forward) and
  * gx = dy * a1 + (x - h) * a2 + a3 (backward); shared by the two-pass kernels and the
  * one-pass group kernels, which must give the same bits.  stream: non-temporal stores
- * (fn_stream.h), the same values; down (never with stream): MAP_DOWN. */
+ * (fn_stream.h), the same values; down (never with stream): MAP_DOWN.  Every caller passes
+ * down as a literal, branching outside its loop over runs, so that each loop is compiled for
+ * one direction (see unit_output for what a choice inside cost there). */
 #define AFFINE_Y(xv, h, s, t) (((xv) - (h)) * (s) + (t))   /* also unit_output's, same bits */
-static inline void FN_NAME(affine_run, FN_SUF)(const T *x, T *y, int64_t n, T h, T s, T t,
-                                               int stream, int down)
+static inline __attribute__((always_inline)) void FN_NAME(affine_run, FN_SUF)(
+    const T *x, T *y, int64_t n, T h, T s, T t, int stream, const int down)
 {
     if (down)
         MAP_DOWN(n, i, y[i] = AFFINE_Y(x[i], h, s, t));
@@ -370,10 +372,11 @@ static inline void FN_NAME(affine_run, FN_SUF)(const T *x, T *y, int64_t n, T h,
         FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, y, n, i, AFFINE_Y(x[i], h, s, t));
 }
 
-static inline void FN_NAME(affine_grad_run, FN_SUF)(const T *dy, const T *x, T *gx, int64_t n,
-                                                    T a1, T h, T a2, T a3, int stream, int down)
+static inline __attribute__((always_inline)) void FN_NAME(affine_grad_run, FN_SUF)(
+    const T *dy, const T *x, T *gx, int64_t n, T a1, T h, T a2, T a3, int stream, const int down)
 {
-    /* A NaN a2 or a3 (a unit or channel with a NaN or infinity) makes every element NaN;
+    /* A NaN a2 or a3 (from a NaN in the run's unit or channel of x or dy, an infinite x
+     * there, or a NaN weight) makes every element NaN;
      * written as one NaN here, since the sign of a NaN computed from several depends on the
      * operand order gcc chose for each loop (the downward loops chose otherwise). */
     if (isnan(a2) || isnan(a3)) {
@@ -602,8 +605,7 @@ static inline __attribute__((always_inline)) void FN_NAME(units_by_groups, FN_SU
             const int64_t u = g + j;
             const T *xn = u + group < u1 ? x + (u + group) * L : NULL;
             shift[j] = xn ? (double)xn[0] : 0.0;
-            /* down as a literal: compiled in, the choice made instance norm's loop (group 2)
-             * 0.66-0.96x slower also where it went upwards */
+            /* down as a literal, so that each copy is compiled for one direction */
             if (down)
                 FN_NAME(unit_output, FN_SUF)(x + u * L, y + u * L, (u % G) * cg, cg, hw, mu[j],
                                              rs[j], w, b, xn, shift[j], &s1[j], &s2[j], 0, 1);
@@ -690,7 +692,10 @@ void FN_NAME(fn_norm_group_backward, FN_SUF)(const T *dy, const T *x, T *gx, int
         const T k2 = (T)(-(rs * rs * rs) * g2 / m), k3 = (T)(-rs * g1 / m), h = mhi[u];
         for (int64_t j = 0; j < cg; ++j) {
             const T k1 = (T)(rs * (w ? (double)w[c0 + j] : 1.0));
-            AFFINE_GRAD_RUN(gu + j * hw, xu + j * hw, ou + j * hw, hw, k1, h, k2, k3, stream, down);
+            if (down)
+                AFFINE_GRAD_RUN(gu + j * hw, xu + j * hw, ou + j * hw, hw, k1, h, k2, k3, 0, 1);
+            else
+                AFFINE_GRAD_RUN(gu + j * hw, xu + j * hw, ou + j * hw, hw, k1, h, k2, k3, stream, 0);
         }
     }
     if (stream)
@@ -944,10 +949,16 @@ void FN_NAME(fn_norm_affine, FN_SUF)(const T *x, T *y, int64_t A, int64_t C, int
     } else {
         const int down = !stream && (u1 - u0) * B * (int64_t)sizeof(T) <= DOWN_MAX_BYTES
                          && fn_trails(y, x);
-        for (int64_t u = u0; u < u1; ++u) {
-            const int64_t k = (u / (A * C)) * C + u % C;
-            AFFINE_RUN(x + u * B, y + u * B, B, mhi[k], scale[k], shift[k], stream, down);
-        }
+        if (down)
+            for (int64_t u = u0; u < u1; ++u) {
+                const int64_t k = (u / (A * C)) * C + u % C;
+                AFFINE_RUN(x + u * B, y + u * B, B, mhi[k], scale[k], shift[k], 0, 1);
+            }
+        else
+            for (int64_t u = u0; u < u1; ++u) {
+                const int64_t k = (u / (A * C)) * C + u % C;
+                AFFINE_RUN(x + u * B, y + u * B, B, mhi[k], scale[k], shift[k], stream, 0);
+            }
     }
     if (stream)
         fn_stream_fence();
@@ -997,11 +1008,18 @@ void FN_NAME(fn_norm_affine_grad, FN_SUF)(const T *dy, const T *x, T *gx, int64_
     } else {
         const int down = !stream && (u1 - u0) * B * (int64_t)sizeof(T) <= DOWN_MAX_BYTES
                          && GRAD_DOWN(gx, dy, x);
-        for (int64_t u = u0; u < u1; ++u) {
-            const int64_t k = (u / (A * C)) * C + u % C;
-            AFFINE_GRAD_RUN(dy + u * B, x + u * B, gx + u * B, B, k1[k], mhi[k], k2[k], k3[k],
-                            stream, down);
-        }
+        if (down)
+            for (int64_t u = u0; u < u1; ++u) {
+                const int64_t k = (u / (A * C)) * C + u % C;
+                AFFINE_GRAD_RUN(dy + u * B, x + u * B, gx + u * B, B, k1[k], mhi[k], k2[k], k3[k],
+                                0, 1);
+            }
+        else
+            for (int64_t u = u0; u < u1; ++u) {
+                const int64_t k = (u / (A * C)) * C + u % C;
+                AFFINE_GRAD_RUN(dy + u * B, x + u * B, gx + u * B, B, k1[k], mhi[k], k2[k], k3[k],
+                                stream, 0);
+            }
     }
     if (stream)
         fn_stream_fence();
