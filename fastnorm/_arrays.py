@@ -1,9 +1,9 @@
 """Argument validation and memory-layout handling shared by the public functions.
 
-Kernels see only contiguous 1-D buffers of float32 or float64.  Everything else a
-caller may pass (lists, float16, Fortran order, strided or negative-stride views,
-``out=`` that aliases an input) is resolved here, and every rejection names the
-function, the argument, what was expected and what was given.
+Kernels see only contiguous, aligned 1-D buffers of float32 or float64.  Everything
+else a caller may pass (lists, float16, Fortran order, strided or negative-stride views,
+data misaligned for its dtype, ``out=`` that aliases an input) is resolved here, and
+every rejection names the function, the argument, what was expected and what was given.
 """
 import math
 import numbers
@@ -77,6 +77,22 @@ def compute_dtype(dtype):
     return _F32 if dtype == _F16 else dtype
 
 
+def aligned_contiguous(a, dtype=None, order="C"):
+    """``a`` in the layout a kernel may read and write through a typed pointer: ``a`` itself
+    when it is already contiguous in ``order`` ('C' or 'F'), of ``dtype`` (None: a's own)
+    and aligned for that dtype, else a new contiguous, aligned copy of those values.
+
+    Alignment matters because a misaligned ``T*`` is undefined behaviour in C (vectorized
+    loops may assume it), and ``np.ascontiguousarray`` hands back a contiguous but
+    misaligned array (e.g. from ``np.frombuffer`` at an odd offset) without copying it."""
+    if dtype is None:
+        dtype = a.dtype
+    flags = a.flags
+    if (flags.c_contiguous if order == "C" else flags.f_contiguous) and flags.aligned and a.dtype == dtype:
+        return a
+    return np.array(a, dtype=dtype, order=order)  # always a fresh buffer, which NumPy aligns
+
+
 def _common_order(arrays):
     if all(a.flags.c_contiguous for a in arrays):
         return "C"
@@ -109,7 +125,7 @@ def elementwise(func, inputs, out, kernel, *, c_order=False):
         return np.empty_like(ref) if out is None else out
 
     if ctype != dtype:  # float16: convert once, compute in float32, round once
-        flat = [np.ascontiguousarray(a, dtype=ctype).reshape(-1) for a in inputs]
+        flat = [aligned_contiguous(a, ctype).reshape(-1) for a in inputs]
         result = np.empty(ref.shape, dtype=ctype)
         kernel(flat, result.reshape(-1))
         if out is None:
@@ -118,10 +134,10 @@ def elementwise(func, inputs, out, kernel, *, c_order=False):
         return out
 
     order = "C" if c_order else (_common_order(inputs) or "C")
-    if order == "C":
-        inputs = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in inputs]
+    inputs = [aligned_contiguous(a, order=order) for a in inputs]
     flat = [a.reshape(-1, order=order) for a in inputs]
-    direct = out is not None and (out.flags.c_contiguous if order == "C" else out.flags.f_contiguous)
+    direct = out is not None and out.flags.aligned and (
+        out.flags.c_contiguous if order == "C" else out.flags.f_contiguous)
     if direct:
         for a in inputs:
             if np.may_share_memory(out, a) and not _same_view(out, a):

@@ -28,7 +28,8 @@ import operator
 import numpy as np
 
 from . import _config, reference
-from ._arrays import as_float_array, check_out, check_real, compute_dtype, same_array_spec
+from ._arrays import (aligned_contiguous, as_float_array, check_out, check_real, compute_dtype,
+                      same_array_spec)
 from .reference._normalization import PartialMoments
 
 __all__ = ["moments", "merge_moments", "PartialMoments", "batch_norm", "batch_norm_backward",
@@ -166,19 +167,20 @@ def _momentum_factor(func, momentum, num_batches_tracked):
 # ---------------------------------------------------------------------------- kernel glue
 
 def _contiguous(a):
-    """a as a C-contiguous array of the compute dtype (copied only when needed)."""
-    return np.ascontiguousarray(a, dtype=compute_dtype(a.dtype))
+    """a as a C-contiguous, aligned array of the compute dtype (copied only when needed)."""
+    return aligned_contiguous(a, compute_dtype(a.dtype))
 
 
 def _vector(p, cd):
-    return None if p is None else np.ascontiguousarray(p, dtype=cd).reshape(-1)
+    """p (None passes through) as a flat, C-contiguous, aligned array of dtype cd."""
+    return None if p is None else aligned_contiguous(p, cd).reshape(-1)
 
 
 def _output_buffer(x, xc, out, *params):
-    """Where the kernel writes y: ``out`` itself when it can (C-contiguous, compute dtype,
-    not partially overlapping the input, and disjoint from the parameter vectors the
+    """Where the kernel writes y: ``out`` itself when it can (C-contiguous, aligned, compute
+    dtype, not partially overlapping the input, and disjoint from the parameter vectors the
     kernel reads while it writes), else a new array."""
-    if (out is not None and out.dtype == xc.dtype and out.flags.c_contiguous
+    if (out is not None and out.dtype == xc.dtype and out.flags.c_contiguous and out.flags.aligned
             and (not np.may_share_memory(out, xc)
                  or (out.__array_interface__["data"][0] == xc.__array_interface__["data"][0]))
             and not any(p is not None and np.may_share_memory(out, p) for p in params)):
@@ -210,13 +212,13 @@ def _affine_params(mean_d, scale_d, bias, cd):
     error is 0 or the scale infinite), so the kernels that fold it themselves give the
     same bits."""
     mhi = mean_d.astype(cd)
-    scale = np.ascontiguousarray(scale_d, cd)
+    scale = aligned_contiguous(scale_d, cd)
     scale_r = scale.astype(_F64)
     bias_d = 0.0 if bias is None else np.asarray(bias).astype(cd).astype(_F64)
     with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN means: NaN flows on, silently
         lo = mean_d - mhi
         shift = bias_d - np.where((lo != 0) & ~np.isinf(scale_r), lo * scale_r, 0.0)
-    return mhi, scale, np.ascontiguousarray(shift, cd)
+    return mhi, scale, aligned_contiguous(shift, cd)
 
 
 def _rstd(var, eps):
@@ -650,7 +652,7 @@ def _group_backward(ext, g, x, groups, channels_last, weight, bias, mean, rstd, 
         gx = _config.empty(x.shape, cd, like=xc)
         gw, gb = ext.group_backward_cl(gc.reshape(-1), xc.reshape(-1), gx.reshape(-1), c, groups,
                                        _vector(weight, cd), mean.astype(_F64).reshape(-1),
-                                       _vector(mean, cd), np.ascontiguousarray(rstd_g).reshape(-1),
+                                       _vector(mean, cd), _vector(rstd_g, _F64),
                                        weight is not None, bias is not None, nthreads)
         return (gx.astype(x.dtype, copy=False), None if gw is None else gw.astype(weight.dtype),
                 None if gb is None else gb.astype(bias.dtype))
@@ -660,7 +662,7 @@ def _group_backward(ext, g, x, groups, channels_last, weight, bias, mean, rstd, 
         rstd_nc = np.repeat(rstd_g, cg, axis=1)
         ext.group_backward(gc.reshape(-1), xc.reshape(-1), gx.reshape(-1), groups, cg, hw,
                            _vector(weight, cd), mean.astype(_F64).reshape(-1), _vector(mean, cd),
-                           np.ascontiguousarray(rstd_g).reshape(-1), s1, s2, nthreads)
+                           _vector(rstd_g, _F64), s1, s2, nthreads)
         s1, s2 = s1.reshape(n, c), s2.reshape(n, c)
         gw = None if weight is None else (rstd_nc * s2).sum(axis=0).astype(weight.dtype)
         gb = None if bias is None else s1.sum(axis=0).astype(bias.dtype)
