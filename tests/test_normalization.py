@@ -735,6 +735,94 @@ def test_groups_same_bits_alone_and_in_a_block(dtype, backend, num_threads, rng)
                 assert alone.tobytes() == grad_x[i:i + 1].tobytes(), ("backward", hw, cg, i)
 
 
+# Byte distances of an output from an input modulo 4 KiB: 1-511 after it the per-channel
+# output passes run from the end of each run down (fn_trails, MAP_DOWN), elsewhere upwards.
+_PLACES = (8, 48, 256, 504, 512, -48)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_channel_outputs_same_bits_wherever_they_lie(dtype, backend, rng):
+    """Batch norm (training and eval), group norm and instance norm write the same bits into
+    an out= array wherever it lies from x (1-511 bytes after it their output passes go down:
+    affine_run, unit_output), and nothing outside it; channel runs of 1-40 elements (0-15
+    after whole 16-element pieces) and longer, 1-3 channels per group, a NaN in one channel
+    and a large offset in another."""
+    pages = Pages(100)
+    for hw in (1, 7, 16, 23, 40, 300):
+        for cg in (1, 2, 3):
+            shape = (3, 2 * cg, hw)
+            n = math.prod(shape)
+            x = pages.at(0, n, dtype).reshape(shape)
+            x[:] = rng.standard_normal(shape) * 3 + 2
+            x[1, 0] += 1e4
+            x[2, cg, hw // 2] = np.nan
+            w, b = rng.standard_normal(2 * cg).astype(dtype), rng.standard_normal(2 * cg).astype(dtype)
+            calls = [lambda a, **o: fastnorm.group_norm(a, 2, w, b, **o),
+                     lambda a, **o: fastnorm.group_norm(a, 2, **o),
+                     lambda a, **o: fastnorm.batch_norm(a, w, b, **o),
+                     lambda a, **o: fastnorm.batch_norm(a, None, b, np.zeros(2 * cg, dtype),
+                                                        np.ones(2 * cg, dtype), training=False, **o)]
+            if hw > 1:
+                calls.append(lambda a, **o: fastnorm.instance_norm(a, w, b, **o))
+            for call in calls:
+                expected = call(x)[0].tobytes()
+                for d in _PLACES:
+                    out = pages.at(50 * 4096 + d, n, dtype).reshape(shape)   # x: < 45 pages
+                    out[:] = np.inf
+                    pages.write_into(out, lambda: call(x, out=out))
+                    assert out.tobytes() == expected, (hw, cg, d)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_channel_gradients_same_bits_wherever_they_lie(dtype, backend, rng):
+    """The gradient passes of batch norm (affine_grad) and group norm (group_backward), called
+    with grad_x 1-511 bytes after dy or after x (they then go down, unless grad_x also
+    leads one of them by as much: GRAD_DOWN) and elsewhere, give the same bits and write
+    nothing outside grad_x; a channel whose coefficients are NaN (a NaN in its x) is NaN
+    throughout, with one sign wherever grad_x lies."""
+    if backend[0] == "numpy":
+        pytest.skip("compiled kernels only")
+    ext = fastnorm._config._modules["normalization"]
+    pages = Pages(160)
+    for hw in (1, 7, 16, 23, 40, 300):
+        for cg in (1, 2, 3):
+            groups, n_samples = 2, 3
+            c = groups * cg
+            n = n_samples * c * hw
+            x = pages.at(0, n, dtype)
+            x[:] = rng.standard_normal(n) * 3 + 2
+            dy = pages.at(50 * 4096 + 256, n, dtype)   # 256 bytes after x modulo 4 KiB
+            dy[:] = rng.standard_normal(n)
+            w = rng.standard_normal(c).astype(dtype)
+            k1, mhi, k2, k3 = (rng.standard_normal(c).astype(dtype) for _ in range(4))
+            k2[1] = np.nan
+            units = n_samples * groups
+            center = rng.standard_normal(units)
+            mhi_g = center.astype(dtype)
+            rstd = np.abs(rng.standard_normal(units)) + 0.5
+            rstd[3] = np.nan
+            s_shape = units * cg
+
+            def affine_grad(gx):
+                ext.affine_grad(dy, x, gx, 1, n_samples, c, hw, k1, mhi, k2, k3, 1)
+
+            def group_backward(gx):
+                ext.group_backward(dy, x, gx, groups, cg, hw, w, center, mhi_g, rstd,
+                                   np.empty(s_shape), np.empty(s_shape), 1)
+
+            for kernel in (affine_grad, group_backward):
+                expected = np.empty(n, dtype)
+                kernel(expected)
+                assert np.isnan(expected).any() and not np.isnan(expected).all()
+                # from x: 8 and 48 (just before dy), 256 (at dy), 504 and 512 (after both
+                # or after dy alone), 304 (48 after dy), -48 (before both)
+                for d in _PLACES + (304,):
+                    gx = pages.at(100 * 4096 + d, n, dtype)
+                    gx[:] = np.inf
+                    pages.write_into(gx, lambda: kernel(gx))
+                    assert gx.tobytes() == expected.tobytes(), (kernel.__name__, hw, cg, d)
+
+
 @pytest.mark.parametrize("path", ["fast", "general"])
 def test_float32_parameter_gradient_overflow_warns(path):
     """A float32 weight/bias gradient beyond float32's range is inf with NumPy's overflow
