@@ -363,34 +363,47 @@ static inline void FN_NAME(finish_moments, FN_SUF)(double shift, double s1, doub
 /* One contiguous run with scalar parameters: y = (x - h) * s + t (forward) and
  * gx = dy * a1 + (x - h) * a2 + a3 (backward); shared by the two-pass kernels and the
  * one-pass group kernels, which must give the same bits.  stream: non-temporal stores
- * (fn_stream.h), the same values; down (never with stream): MAP_DOWN.  Every caller passes
- * down as a literal, branching outside its loop over runs, so that each loop is compiled for
- * one direction (see unit_output for what a choice inside cost there). */
+ * (fn_stream.h), the same values.  The _down variants run from the end down (MAP_DOWN;
+ * never streamed). */
 #define AFFINE_Y(xv, h, s, t) (((xv) - (h)) * (s) + (t))   /* also unit_output's, same bits */
-static inline __attribute__((always_inline)) void FN_NAME(affine_run, FN_SUF)(
-    const T *x, T *y, int64_t n, T h, T s, T t, int stream, const int down)
+static inline void FN_NAME(affine_run, FN_SUF)(const T *x, T *y, int64_t n, T h, T s, T t,
+                                               int stream)
 {
-    if (down)
-        MAP_DOWN(n, i, y[i] = AFFINE_Y(x[i], h, s, t));
-    else
-        FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, y, n, i, AFFINE_Y(x[i], h, s, t));
+    FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, y, n, i, AFFINE_Y(x[i], h, s, t));
 }
 
-static inline __attribute__((always_inline)) void FN_NAME(affine_grad_run, FN_SUF)(
-    const T *dy, const T *x, T *gx, int64_t n, T a1, T h, T a2, T a3, int stream, const int down)
+static inline void FN_NAME(affine_run_down, FN_SUF)(const T *x, T *y, int64_t n, T h, T s, T t)
 {
-    /* A NaN a2 or a3 (from a NaN in the run's unit or channel of x or dy, an infinite x
-     * there, or a NaN weight) makes every element NaN;
-     * written as one NaN here, since the sign of a NaN computed from several depends on the
-     * operand order gcc chose for each loop (the downward loops chose otherwise). */
-    if (isnan(a2) || isnan(a3)) {
-        FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, gx, n, i, (T)NAN);
-        return;
-    }
-    if (down)
-        MAP_DOWN(n, i, gx[i] = dy[i] * a1 + (x[i] - h) * a2 + a3);
-    else
+    MAP_DOWN(n, i, y[i] = AFFINE_Y(x[i], h, s, t));
+}
+
+/* A NaN a2 or a3 (from a NaN in the run's unit or channel of x or dy, an infinite x there,
+ * or a NaN weight) makes every element of a gradient run NaN: written as one NaN (plain
+ * stores: a rare case), since the sign of a NaN computed from several depends on the operand
+ * order gcc chose for each loop (the downward loops chose otherwise).  Returns whether it
+ * did. */
+static inline int FN_NAME(nan_grad_run, FN_SUF)(T *gx, int64_t n, T a2, T a3)
+{
+    if (!(isnan(a2) || isnan(a3)))
+        return 0;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i)
+        gx[i] = (T)NAN;
+    return 1;
+}
+
+static inline void FN_NAME(affine_grad_run, FN_SUF)(const T *dy, const T *x, T *gx, int64_t n,
+                                                    T a1, T h, T a2, T a3, int stream)
+{
+    if (!FN_NAME(nan_grad_run, FN_SUF)(gx, n, a2, a3))
         FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, gx, n, i, dy[i] * a1 + (x[i] - h) * a2 + a3);
+}
+
+static inline void FN_NAME(affine_grad_run_down, FN_SUF)(const T *dy, const T *x, T *gx,
+                                                         int64_t n, T a1, T h, T a2, T a3)
+{
+    if (!FN_NAME(nan_grad_run, FN_SUF)(gx, n, a2, a3))
+        MAP_DOWN(n, i, gx[i] = dy[i] * a1 + (x[i] - h) * a2 + a3);
 }
 
 /* The channels-last loops below read five or six streams (x, dy, the per-channel
@@ -458,7 +471,9 @@ static inline __attribute__((always_inline)) void FN_NAME(affine_grad_run, FN_SU
 
 #define FINISH_MOMENTS FN_NAME(finish_moments, FN_SUF)
 #define AFFINE_RUN FN_NAME(affine_run, FN_SUF)
+#define AFFINE_RUN_DOWN FN_NAME(affine_run_down, FN_SUF)
 #define AFFINE_GRAD_RUN FN_NAME(affine_grad_run, FN_SUF)
+#define AFFINE_GRAD_RUN_DOWN FN_NAME(affine_grad_run_down, FN_SUF)
 
 /* Mean and M2 = sum((x - mean)^2) of units [u0, u1) (each: A runs of B).  The units are
  * taken as spans of consecutive channels c0 <= c < c1 of one p, and a span's runs are
@@ -517,7 +532,10 @@ static inline __attribute__((always_inline)) void FN_NAME(unit_output, FN_SUF)(
         const T *xr = xu + j * hw;
         T *yr = yu + j * hw;
         if (!xn) {
-            AFFINE_RUN(xr, yr, hw, h, sc, t, stream, down);
+            if (down)
+                AFFINE_RUN_DOWN(xr, yr, hw, h, sc, t);
+            else
+                AFFINE_RUN(xr, yr, hw, h, sc, t, stream);
             continue;
         }
         /* one loop for both directions (with the downward pieces in a branch of their own,
@@ -705,9 +723,9 @@ void FN_NAME(fn_norm_group_backward, FN_SUF)(const T *dy, const T *x, T *gx, int
         for (int64_t j = 0; j < cg; ++j) {
             const T k1 = (T)(rs * (w ? (double)w[c0 + j] : 1.0));
             if (down)
-                AFFINE_GRAD_RUN(gu + j * hw, xu + j * hw, ou + j * hw, hw, k1, h, k2, k3, 0, 1);
+                AFFINE_GRAD_RUN_DOWN(gu + j * hw, xu + j * hw, ou + j * hw, hw, k1, h, k2, k3);
             else
-                AFFINE_GRAD_RUN(gu + j * hw, xu + j * hw, ou + j * hw, hw, k1, h, k2, k3, stream, 0);
+                AFFINE_GRAD_RUN(gu + j * hw, xu + j * hw, ou + j * hw, hw, k1, h, k2, k3, stream);
         }
     }
     if (stream)
@@ -918,11 +936,32 @@ void FN_NAME(fn_norm_dual_cols, FN_SUF)(const T *dy, const T *x, int64_t rows, i
     }
 }
 
-/* y = (x - mhi) * scale + shift with parameters per (p, c), for the runs
- * u in [u0, u1) of the (P*A*C) run index (run u starts at u*B, p = u / (A*C)). */
-void FN_NAME(fn_norm_affine, FN_SUF)(const T *x, T *y, int64_t A, int64_t C, int64_t B,
-                                     int64_t u0, int64_t u1, const T *mhi, const T *scale,
-                                     const T *shift, int stream)
+/* The runs [u0, u1) of fn_norm_affine (B > 1) and of fn_norm_affine_grad, from the last down
+ * (see fn_norm_affine). */
+static __attribute__((noinline)) void FN_NAME(affine_runs_down, FN_SUF)(
+    const T *x, T *y, int64_t A, int64_t C, int64_t B, int64_t u0, int64_t u1, const T *mhi,
+    const T *scale, const T *shift)
+{
+    for (int64_t u = u1 - 1; u >= u0; --u) {
+        const int64_t k = (u / (A * C)) * C + u % C;
+        AFFINE_RUN_DOWN(x + u * B, y + u * B, B, mhi[k], scale[k], shift[k]);
+    }
+}
+
+static __attribute__((noinline)) void FN_NAME(affine_grad_runs_down, FN_SUF)(
+    const T *dy, const T *x, T *gx, int64_t A, int64_t C, int64_t B, int64_t u0, int64_t u1,
+    const T *k1, const T *mhi, const T *k2, const T *k3)
+{
+    for (int64_t u = u1 - 1; u >= u0; --u) {
+        const int64_t k = (u / (A * C)) * C + u % C;
+        AFFINE_GRAD_RUN_DOWN(dy + u * B, x + u * B, gx + u * B, B, k1[k], mhi[k], k2[k], k3[k]);
+    }
+}
+
+/* fn_norm_affine below, upwards (and channels-last: B == 1). */
+static __attribute__((noinline)) void FN_NAME(affine_up, FN_SUF)(
+    const T *x, T *y, int64_t A, int64_t C, int64_t B, int64_t u0, int64_t u1, const T *mhi,
+    const T *scale, const T *shift, int stream)
 {
     if (B == 1) {  /* channels-last: vectorize along the channels of a row */
         int64_t u = u0;
@@ -959,32 +998,19 @@ void FN_NAME(fn_norm_affine, FN_SUF)(const T *x, T *y, int64_t A, int64_t C, int
             u = r * C + c1;
         }
     } else {
-        const int down = !stream && fn_trails(y, x);
-        /* down: the runs from the last down as well, the whole range in one descent: with
-         * runs of less than 4 KiB the stores of one run otherwise hold up the loads of the
-         * runs above it that share their page offsets.  A whole descent needs no size bound
-         * (DOWN_MAX_BYTES is for runs descending one by one): kernel through ctypes, 1
-         * thread, (64, 64, 1024) float32 (16 MiB, from memory) 48 / 64 bytes after x, this
-         * pass 1.09-1.15x / 1.22x faster than upwards, the gradient pass 1.19x / 1.23x. */
-        if (down)
-            for (int64_t u = u1 - 1; u >= u0; --u) {
-                const int64_t k = (u / (A * C)) * C + u % C;
-                AFFINE_RUN(x + u * B, y + u * B, B, mhi[k], scale[k], shift[k], 0, 1);
-            }
-        else
-            for (int64_t u = u0; u < u1; ++u) {
-                const int64_t k = (u / (A * C)) * C + u % C;
-                AFFINE_RUN(x + u * B, y + u * B, B, mhi[k], scale[k], shift[k], stream, 0);
-            }
+        for (int64_t u = u0; u < u1; ++u) {
+            const int64_t k = (u / (A * C)) * C + u % C;
+            AFFINE_RUN(x + u * B, y + u * B, B, mhi[k], scale[k], shift[k], stream);
+        }
     }
     if (stream)
         fn_stream_fence();
 }
 
-/* gx = dy * k1 + (x - mhi) * k2 + k3 with parameters per (p, c); same indexing as affine. */
-void FN_NAME(fn_norm_affine_grad, FN_SUF)(const T *dy, const T *x, T *gx, int64_t A, int64_t C,
-                                          int64_t B, int64_t u0, int64_t u1, const T *k1,
-                                          const T *mhi, const T *k2, const T *k3, int stream)
+/* fn_norm_affine_grad below, upwards (and channels-last). */
+static __attribute__((noinline)) void FN_NAME(affine_grad_up, FN_SUF)(
+    const T *dy, const T *x, T *gx, int64_t A, int64_t C, int64_t B, int64_t u0, int64_t u1,
+    const T *k1, const T *mhi, const T *k2, const T *k3, int stream)
 {
     if (B == 1) {
         int64_t u = u0;
@@ -1023,22 +1049,47 @@ void FN_NAME(fn_norm_affine_grad, FN_SUF)(const T *dy, const T *x, T *gx, int64_
             u = r * C + c1;
         }
     } else {
-        const int down = !stream && GRAD_DOWN(gx, dy, x);
-        if (down)   /* the runs from the last down, as in fn_norm_affine */
-            for (int64_t u = u1 - 1; u >= u0; --u) {
-                const int64_t k = (u / (A * C)) * C + u % C;
-                AFFINE_GRAD_RUN(dy + u * B, x + u * B, gx + u * B, B, k1[k], mhi[k], k2[k], k3[k],
-                                0, 1);
-            }
-        else
-            for (int64_t u = u0; u < u1; ++u) {
-                const int64_t k = (u / (A * C)) * C + u % C;
-                AFFINE_GRAD_RUN(dy + u * B, x + u * B, gx + u * B, B, k1[k], mhi[k], k2[k], k3[k],
-                                stream, 0);
-            }
+        for (int64_t u = u0; u < u1; ++u) {
+            const int64_t k = (u / (A * C)) * C + u % C;
+            AFFINE_GRAD_RUN(dy + u * B, x + u * B, gx + u * B, B, k1[k], mhi[k], k2[k], k3[k],
+                            stream);
+        }
     }
     if (stream)
         fn_stream_fence();
+}
+
+/* y = (x - mhi) * scale + shift with parameters per (p, c), for the runs u in [u0, u1) of
+ * the (P*A*C) run index (run u starts at u*B, p = u / (A*C)): affine_up, or, where y trails
+ * x (B > 1, not streamed), affine_runs_down: the runs from the last down, each from its end
+ * down, the whole range in one descent (with runs of less than 4 KiB descending one by one,
+ * the stores of a run still held up the loads of the runs above it that share their page
+ * offsets).  A whole descent needs no size bound (DOWN_MAX_BYTES is for runs descending one
+ * by one): kernel through ctypes, 1 thread, (64, 64, 1024) float32 (16 MiB, from memory)
+ * 48 / 64 bytes after x, this pass 1.09-1.15x / 1.22x faster than upwards, the gradient pass
+ * 1.19x / 1.23x.  The three are functions of their own: with the downward branch inside it,
+ * the upward pass compiled otherwise and ran its streamed batch norm 2-D eval (64, 64, 56, 56)
+ * float32 2.5-4% slower (kernel through ctypes, 1 thread). */
+void FN_NAME(fn_norm_affine, FN_SUF)(const T *x, T *y, int64_t A, int64_t C, int64_t B,
+                                     int64_t u0, int64_t u1, const T *mhi, const T *scale,
+                                     const T *shift, int stream)
+{
+    if (B > 1 && !stream && fn_trails(y, x))
+        FN_NAME(affine_runs_down, FN_SUF)(x, y, A, C, B, u0, u1, mhi, scale, shift);
+    else
+        FN_NAME(affine_up, FN_SUF)(x, y, A, C, B, u0, u1, mhi, scale, shift, stream);
+}
+
+/* gx = dy * k1 + (x - mhi) * k2 + k3 with parameters per (p, c); same indexing and the same
+ * split as fn_norm_affine, downwards where gx trails dy or x and leads neither (GRAD_DOWN). */
+void FN_NAME(fn_norm_affine_grad, FN_SUF)(const T *dy, const T *x, T *gx, int64_t A, int64_t C,
+                                          int64_t B, int64_t u0, int64_t u1, const T *k1,
+                                          const T *mhi, const T *k2, const T *k3, int stream)
+{
+    if (B > 1 && !stream && GRAD_DOWN(gx, dy, x))
+        FN_NAME(affine_grad_runs_down, FN_SUF)(dy, x, gx, A, C, B, u0, u1, k1, mhi, k2, k3);
+    else
+        FN_NAME(affine_grad_up, FN_SUF)(dy, x, gx, A, C, B, u0, u1, k1, mhi, k2, k3, stream);
 }
 
 /* One row of layer / RMS norm's output, y = ((x - h) * s + o) [* w] [+ b] (w, b NULL: absent;
@@ -1713,7 +1764,9 @@ int FN_NAME(fn_norm_narrow, FN_SUF)(int64_t K, const double *src, T *dst)
 #undef COLS_CHUNK
 #undef FOUR_ROWS_AT
 #undef AFFINE_RUN
+#undef AFFINE_RUN_DOWN
 #undef AFFINE_GRAD_RUN
+#undef AFFINE_GRAD_RUN_DOWN
 #undef DOWN_MAX_BYTES
 #undef PIECE16
 #undef MAP_DOWN
