@@ -1066,8 +1066,8 @@ static __attribute__((noinline)) void FN_NAME(affine_grad_up, FN_SUF)(
  * the stores of a run still held up the loads of the runs above it that share their page
  * offsets).  A whole descent needs no size bound (DOWN_MAX_BYTES is for runs descending one
  * by one): kernel through ctypes, 1 thread, (64, 64, 1024) float32 (16 MiB, from memory)
- * 48 / 64 bytes after x, this pass 1.09-1.15x / 1.22x faster than upwards, the gradient pass
- * 1.19x / 1.23x.  The three are functions of their own: with the downward branch inside it,
+ * 48 / 64 bytes after x, this pass 1.09-1.18x / 1.18-1.22x faster than upwards, the gradient
+ * pass 1.19x / 1.23x.  The three are functions of their own: with the downward branch inside it,
  * the upward pass compiled otherwise and ran its streamed batch norm 2-D eval (64, 64, 56, 56)
  * float32 2.5-4% slower (kernel through ctypes, 1 thread). */
 void FN_NAME(fn_norm_affine, FN_SUF)(const T *x, T *y, int64_t A, int64_t C, int64_t B,
