@@ -65,4 +65,7 @@ echo "== pytest under ASan+UBSan (fastnorm from $imported)"
 if [ $# -eq 0 ]; then
     set -- tests -m "not slow"
 fi
-exec "$python" -m pytest -q -p no:cacheprovider "$@"
+# --capture=sys: pytest captures Python's writes only, so that a sanitizer's report (written to
+# file descriptor 2 by the C runtime, after which the process exits) is not lost with the
+# captured output; with the default fd capture a failure showed as rc=1 and nothing else.
+exec "$python" -m pytest -q -p no:cacheprovider --capture=sys "$@"
