@@ -735,18 +735,21 @@ def test_groups_same_bits_alone_and_in_a_block(dtype, backend, num_threads, rng)
                 assert alone.tobytes() == grad_x[i:i + 1].tobytes(), ("backward", hw, cg, i)
 
 
-# Byte distances of an output from an input modulo 4 KiB: 1-511 after it the per-channel
-# output passes run from the end of each run down (fn_trails, MAP_DOWN), elsewhere upwards.
+# Byte distances of an output from an input modulo 4 KiB: 1-511 after it the channels-first
+# output passes run downwards (fn_trails, MAP_DOWN), elsewhere upwards.
 _PLACES = (8, 48, 256, 504, 512, -48)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_channel_outputs_same_bits_wherever_they_lie(dtype, backend, rng):
+def test_channel_outputs_same_bits_wherever_they_lie(dtype, backend, num_threads, rng):
     """Batch norm (training and eval), group norm and instance norm write the same bits into
     an out= array wherever it lies from x (1-511 bytes after it their output passes go down:
-    affine_run, unit_output), and nothing outside it; channel runs of 1-40 elements (0-15
-    after whole 16-element pieces) and longer, 1-3 channels per group, a NaN in one channel
-    and a large offset in another."""
+    affine_runs_down, unit_output), and nothing outside it; channel runs of 1-40 elements
+    (0-15 after whole 16-element pieces) and longer, 1-3 channels per group, a NaN in one
+    channel and a large offset in another.  Batch norm training also by blocks of channels
+    (_set_channel_blocks: the output pass called once per sample and block, ranges that start
+    past the first run)."""
+    ext = fastnorm._config.compiled_module("normalization")
     pages = Pages(100)
     for hw in (1, 7, 16, 23, 40, 300):
         for cg in (1, 2, 3):
@@ -764,22 +767,35 @@ def test_channel_outputs_same_bits_wherever_they_lie(dtype, backend, rng):
                                                         np.ones(2 * cg, dtype), training=False, **o)]
             if hw > 1:
                 calls.append(lambda a, **o: fastnorm.instance_norm(a, w, b, **o))
-            for call in calls:
+            for i, call in enumerate(calls):
                 expected = call(x)[0].tobytes()
-                for d in _PLACES:
-                    out = pages.at(50 * 4096 + d, n, dtype).reshape(shape)   # x: < 45 pages
-                    out[:] = np.inf
-                    pages.write_into(out, lambda: call(x, out=out))
-                    assert out.tobytes() == expected, (hw, cg, d)
+                # blocks of one channel (3 runs of hw): the pass called per sample and channel
+                blocks = (None,) if ext is None or i != 2 else (None, (3 * hw * x.itemsize, 0, 0))
+                for block in blocks:
+                    previous = None if block is None else ext._set_channel_blocks(*block)
+                    try:
+                        for d in _PLACES:
+                            out = pages.at(50 * 4096 + d, n, dtype).reshape(shape)   # x: < 45 pages
+                            out[:] = np.inf
+                            pages.write_into(out, lambda: call(x, out=out))
+                            assert out.tobytes() == expected, (hw, cg, i, block, d)
+                    finally:
+                        if previous is not None:
+                            ext._set_channel_blocks(*previous)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_channel_gradients_same_bits_wherever_they_lie(dtype, backend, rng):
+def test_channel_gradients_same_bits_wherever_they_lie(dtype, threads, backend, rng):
     """The gradient passes of batch norm (affine_grad) and group norm (group_backward), called
-    with grad_x 1-511 bytes after dy or after x (they then go down, unless grad_x also
-    leads one of them by as much: GRAD_DOWN) and elsewhere, give the same bits and write
-    nothing outside grad_x; a channel whose coefficients are NaN (a NaN in its x) is NaN
-    throughout, with one sign wherever grad_x lies."""
+    with grad_x 1-511 bytes after dy or after x (they then go down, unless grad_x also leads
+    one of them by as much: fn_trails_one_of) and elsewhere, with 1 and 2 threads (ranges that
+    start past the first run or unit), give the same bits and write nothing outside grad_x.
+    A run whose coefficients hold a NaN is NaN throughout, with one NaN's bits wherever
+    grad_x lies (nan_grad_run): batch norm's channel 1 with a NaN k2, channel 2 with a NaN
+    k1 and k2 = k3 = 0 (as in eval mode with a NaN weight), group norm's unit 3 with a NaN
+    rstd (so NaN k1, k2, k3 of both signs).  (Batch norm's runs of one element go by the
+    channels-last loop, which computes its NaNs.)"""
     if backend[0] == "numpy":
         pytest.skip("compiled kernels only")
     ext = fastnorm._config._modules["normalization"]
@@ -796,6 +812,11 @@ def test_channel_gradients_same_bits_wherever_they_lie(dtype, backend, rng):
             w = rng.standard_normal(c).astype(dtype)
             k1, mhi, k2, k3 = (rng.standard_normal(c).astype(dtype) for _ in range(4))
             k2[1] = np.nan
+            nan_runs = np.zeros((n_samples, c, hw), bool)
+            nan_runs[:, 1] = True
+            if c > 2:
+                k1[2], k2[2], k3[2] = -np.nan, 0, 0
+                nan_runs[:, 2] = True
             units = n_samples * groups
             center = rng.standard_normal(units)
             mhi_g = center.astype(dtype)
@@ -804,16 +825,21 @@ def test_channel_gradients_same_bits_wherever_they_lie(dtype, backend, rng):
             s_shape = units * cg
 
             def affine_grad(gx):
-                ext.affine_grad(dy, x, gx, 1, n_samples, c, hw, k1, mhi, k2, k3, 1)
+                ext.affine_grad(dy, x, gx, 1, n_samples, c, hw, k1, mhi, k2, k3, threads)
 
             def group_backward(gx):
                 ext.group_backward(dy, x, gx, groups, cg, hw, w, center, mhi_g, rstd,
-                                   np.empty(s_shape), np.empty(s_shape), 1)
+                                   np.empty(s_shape), np.empty(s_shape), threads)
 
-            for kernel in (affine_grad, group_backward):
+            unit_3 = np.zeros((units, cg * hw), bool)
+            unit_3[3] = True
+            for kernel, nan_at in ((affine_grad, nan_runs), (group_backward, unit_3)):
                 expected = np.empty(n, dtype)
                 kernel(expected)
-                assert np.isnan(expected).any() and not np.isnan(expected).all()
+                assert np.array_equal(np.isnan(expected), nan_at.reshape(-1)), (kernel.__name__, hw, cg)
+                if kernel is group_backward or hw > 1:   # runs of 1: the channels-last loop
+                    nan_bits = expected[np.isnan(expected)].view(f"u{expected.itemsize}")
+                    assert np.all(nan_bits == nan_bits[0]), (kernel.__name__, hw, cg)
                 # from x: 8 and 48 (just before dy), 256 (at dy), 504 and 512 (after both
                 # or after dy alone), 304 (48 after dy), -48 (before both)
                 for d in _PLACES + (304,):

@@ -518,8 +518,7 @@ static void FN_NAME(act_backward_plain, FN_SUF)(int op, const T *g, const T *s, 
                                                 double a, double b)
 {
     const int64_t body = n - n % FN_ACT_PAD;
-    /* downwards where that moves the stall of fn_trails out of the way of both inputs */
-    const int down = (fn_trails(gx, g) || fn_trails(gx, s)) && !fn_trails(g, gx) && !fn_trails(s, gx);
+    const int down = fn_trails_one_of(gx, g, s);
     if (!down || !FN_NAME(act_backward_descending, FN_SUF)(op, g, s, gx, body, a))
         FN_NAME(act_backward_span, FN_SUF)(op, g, s, gx, body, a, b, 0);
     if (body < n) {

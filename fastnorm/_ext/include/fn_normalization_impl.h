@@ -338,14 +338,19 @@ static inline void FN_NAME(finish_moments, FN_SUF)(double shift, double s1, doub
  * fn_stream.h): a loop running upwards then has its stores hold up the loads of the input
  * that follow them.  PIECE16(j0, i, STMT) does STMT for the 16 elements from j0 on,
  * MAP_DOWN(n, i, STMT) for i in [0, n): first the elements past the last whole piece, then
- * the pieces from the last down.  Where the rows or units of a call go upwards one after the
- * other, each descending (layer norm's rows, group norm's units, whose sums of the next one
- * go upwards beside the output), only while the call (one thread's share) covers at most
- * DOWN_MAX_BYTES of x: from memory those descents lost (layer norm (8192, 768) 0.74-0.83x,
- * see rows_by_groups; group norm (64, 32, 2, 1024) float32 16 MiB, kernel through ctypes, 1
- * thread, forward 0.93-0.96x, backward 0.80-0.82x at +48 / +64).  Whole ranges that descend in one
- * go (fn_norm_affine, fn_norm_affine_grad) need no bound.  Same operations per element
- * either way, so the same bits. */
+ * the pieces from the last down.  Where a call goes upwards through rows or units that each
+ * descend (layer norm's rows and group norm's units forward, whose next row's or unit's sums
+ * go upwards beside the output; group norm's backward, whose runs descend after each unit's
+ * sums), only while the call (one thread's share) covers at most DOWN_MAX_BYTES of x: from
+ * memory those descents lost (layer norm (8192, 768) 0.74-0.83x, see rows_by_groups; group
+ * norm (64, 32, 2, 1024) float32 16 MiB, kernel through ctypes, 1 thread, forward
+ * 0.93-0.96x, backward 0.80-0.82x at +48 / +64).  Batch norm's affine passes
+ * (fn_norm_affine, fn_norm_affine_grad) descend a call's whole range in one go and need no
+ * bound; batch norm 2-D's blocked training path calls them once per sample and block of
+ * channels, upwards from call to call, each call a block's stretch of at most
+ * _channel_block_bytes (4 MiB, normalization.pyx) (through the API, (16, 64, 56, 56) float32
+ * 1.15-1.16x at +48 / +64, from memory).  Same operations per element either way, so the
+ * same bits. */
 #define DOWN_MAX_BYTES ((int64_t)4 << 20)
 #define PIECE16(j0, i, STMT) _Pragma("omp simd") FN_KEEP_LOOP for (int64_t i = (j0); i < (j0) + 16; ++i) STMT;
 #define MAP_DOWN(n, i, STMT)                                                                   \
@@ -355,10 +360,6 @@ static inline void FN_NAME(finish_moments, FN_SUF)(double shift, double s1, doub
         for (int64_t md_j = md_whole - 16; md_j >= 0; md_j -= 16)                              \
             PIECE16(md_j, i, STMT)                                                          \
     } while (0)
-/* Whether a backward output gx goes down: it trails dy or x and leads neither (as the
- * activations' backward decides, fn_activations_impl.h). */
-#define GRAD_DOWN(gx, dy, x)                                                                   \
-    ((fn_trails(gx, dy) || fn_trails(gx, x)) && !fn_trails(dy, gx) && !fn_trails(x, gx))
 
 /* One contiguous run with scalar parameters: y = (x - h) * s + t (forward) and
  * gx = dy * a1 + (x - h) * a2 + a3 (backward); shared by the two-pass kernels and the
@@ -377,14 +378,14 @@ static inline void FN_NAME(affine_run_down, FN_SUF)(const T *x, T *y, int64_t n,
     MAP_DOWN(n, i, y[i] = AFFINE_Y(x[i], h, s, t));
 }
 
-/* A NaN a2 or a3 (from a NaN in the run's unit or channel of x or dy, an infinite x there,
- * or a NaN weight) makes every element of a gradient run NaN: written as one NaN (plain
- * stores: a rare case), since the sign of a NaN computed from several depends on the operand
- * order gcc chose for each loop (the downward loops chose otherwise).  Returns whether it
- * did. */
-static inline int FN_NAME(nan_grad_run, FN_SUF)(T *gx, int64_t n, T a2, T a3)
+/* A NaN among a gradient run's coefficients a1, h, a2, a3 (from a NaN in the data, weight or
+ * statistics of its unit or channel, or an infinite x there) makes every element NaN (dy * a1
+ * and (x - h) * a2 are NaN whatever dy and a2): written as one NaN (plain stores: a rare
+ * case), since the sign of a NaN computed from several depends on the operand order gcc chose
+ * for each loop (the downward loops chose otherwise).  Returns whether it did. */
+static inline int FN_NAME(nan_grad_run, FN_SUF)(T *gx, int64_t n, T a1, T h, T a2, T a3)
 {
-    if (!(isnan(a2) || isnan(a3)))
+    if (!(isnan(a1) || isnan(h) || isnan(a2) || isnan(a3)))
         return 0;
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i)
@@ -395,14 +396,14 @@ static inline int FN_NAME(nan_grad_run, FN_SUF)(T *gx, int64_t n, T a2, T a3)
 static inline void FN_NAME(affine_grad_run, FN_SUF)(const T *dy, const T *x, T *gx, int64_t n,
                                                     T a1, T h, T a2, T a3, int stream)
 {
-    if (!FN_NAME(nan_grad_run, FN_SUF)(gx, n, a2, a3))
+    if (!FN_NAME(nan_grad_run, FN_SUF)(gx, n, a1, h, a2, a3))
         FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, gx, n, i, dy[i] * a1 + (x[i] - h) * a2 + a3);
 }
 
 static inline void FN_NAME(affine_grad_run_down, FN_SUF)(const T *dy, const T *x, T *gx,
                                                          int64_t n, T a1, T h, T a2, T a3)
 {
-    if (!FN_NAME(nan_grad_run, FN_SUF)(gx, n, a2, a3))
+    if (!FN_NAME(nan_grad_run, FN_SUF)(gx, n, a1, h, a2, a3))
         MAP_DOWN(n, i, gx[i] = dy[i] * a1 + (x[i] - h) * a2 + a3);
 }
 
@@ -686,11 +687,12 @@ void FN_NAME(fn_norm_group_forward, FN_SUF)(const T *x, T *y, int64_t G, int64_t
  * then, while the group is in cache, gx = dy * k1 + (x - mhi[u]) * k2 + k3 with
  * k1 = rstd * w[c], k2 = -rstd^3 sum_c(w s2) / m, k3 = -rstd sum_c(w s1) / m, m = cg * hw
  * (the two-pass path's coefficients; the channel sums of a group are added in channel
- * order).  w may be NULL.  Where gx trails dy or x (GRAD_DOWN) and the call is within
+ * order).  w may be NULL.  Where gx trails dy or x and leads neither (fn_trails_one_of,
+ * fn_stream.h) and the call is within
  * DOWN_MAX_BYTES, each run of the output goes from its end down; the units and their
  * channels still go upwards.  Kernel through ctypes, 1 thread, float32, gx 16-256 bytes
  * after x, against the units and channels downwards too (each unit's output in one
- * descent after its sums upwards): (4, 32, 2, 1024) 1.06-1.45x against 0.97-1.18x faster
+ * descent after its sums upwards): (4, 32, 2, 1024) 1.06-1.48x against 0.97-1.18x faster
  * than upwards, (4, 64, 1, 256) 1.00-1.15x against 0.83-1.01x, (8, 32, 8, 256) 0.98-1.16x
  * against 0.85-1.02x.  (Choosing the unit order per unit inside the loop made instance norm
  * (4, 64, 16, 16) 0.87-0.94x as fast upwards too; the unit's body in a function called from
@@ -703,7 +705,7 @@ void FN_NAME(fn_norm_group_backward, FN_SUF)(const T *dy, const T *x, T *gx, int
     const int64_t L = cg * hw;
     const double m = (double)L;
     const int down = !stream && (u1 - u0) * L * (int64_t)sizeof(T) <= DOWN_MAX_BYTES
-                     && GRAD_DOWN(gx, dy, x);
+                     && fn_trails_one_of(gx, dy, x);
     for (int64_t u = u0; u < u1; ++u) {
         const T *xu = x + u * L, *gu = dy + u * L;
         T *ou = gx + u * L;
@@ -1062,9 +1064,10 @@ static __attribute__((noinline)) void FN_NAME(affine_grad_up, FN_SUF)(
 /* y = (x - mhi) * scale + shift with parameters per (p, c), for the runs u in [u0, u1) of
  * the (P*A*C) run index (run u starts at u*B, p = u / (A*C)): affine_up, or, where y trails
  * x (B > 1, not streamed), affine_runs_down: the runs from the last down, each from its end
- * down, the whole range in one descent (with runs of less than 4 KiB descending one by one,
- * the stores of a run still held up the loads of the runs above it that share their page
- * offsets).  A whole descent needs no size bound (DOWN_MAX_BYTES is for runs descending one
+ * down, the whole range in one descent (with runs of up to 4 KiB descending one by one but
+ * the runs upwards, the stores of a run still held up the loads of the runs above it that
+ * share their page offsets: 1 KiB runs 1.02-1.05x, 4 KiB runs 1.13-1.38x faster than
+ * upwards, against 1.37-1.65x and 1.30-1.74x in one descent, kernel through ctypes).  A whole descent needs no size bound (DOWN_MAX_BYTES is for runs descending one
  * by one): kernel through ctypes, 1 thread, (64, 64, 1024) float32 (16 MiB, from memory)
  * 48 / 64 bytes after x, this pass 1.09-1.18x / 1.18-1.22x faster than upwards, the gradient
  * pass 1.19x / 1.23x.  The three are functions of their own: with the downward branch inside it,
@@ -1081,12 +1084,13 @@ void FN_NAME(fn_norm_affine, FN_SUF)(const T *x, T *y, int64_t A, int64_t C, int
 }
 
 /* gx = dy * k1 + (x - mhi) * k2 + k3 with parameters per (p, c); same indexing and the same
- * split as fn_norm_affine, downwards where gx trails dy or x and leads neither (GRAD_DOWN). */
+ * split as fn_norm_affine, downwards where gx trails dy or x and leads neither
+ * (fn_trails_one_of). */
 void FN_NAME(fn_norm_affine_grad, FN_SUF)(const T *dy, const T *x, T *gx, int64_t A, int64_t C,
                                           int64_t B, int64_t u0, int64_t u1, const T *k1,
                                           const T *mhi, const T *k2, const T *k3, int stream)
 {
-    if (B > 1 && !stream && GRAD_DOWN(gx, dy, x))
+    if (B > 1 && !stream && fn_trails_one_of(gx, dy, x))
         FN_NAME(affine_grad_runs_down, FN_SUF)(dy, x, gx, A, C, B, u0, u1, k1, mhi, k2, k3);
     else
         FN_NAME(affine_grad_up, FN_SUF)(dy, x, gx, A, C, B, u0, u1, k1, mhi, k2, k3, stream);
@@ -1770,5 +1774,4 @@ int FN_NAME(fn_norm_narrow, FN_SUF)(int64_t K, const double *src, T *dst)
 #undef DOWN_MAX_BYTES
 #undef PIECE16
 #undef MAP_DOWN
-#undef GRAD_DOWN
 #undef T

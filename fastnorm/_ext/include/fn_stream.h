@@ -97,6 +97,13 @@ static inline int fn_trails(const void *out, const void *in)
     return d != 0 && d < FN_TRAIL_BYTES;
 }
 
+/* Whether an output of two inputs runs downwards: it trails one of them and leads neither
+ * (downwards, an output that leads an input by as much stalls on that one instead). */
+static inline int fn_trails_one_of(const void *out, const void *a, const void *b)
+{
+    return (fn_trails(out, a) || fn_trails(out, b)) && !fn_trails(a, out) && !fn_trails(b, out);
+}
+
 /* How n elements of `size` bytes at out split for streaming: returns the number of elements
  * stored in whole chunks of `chunk` elements, from out's first 64-byte boundary on, and sets
  * *head to where they start; the elements before *head and after the chunks are stored
