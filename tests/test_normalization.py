@@ -849,6 +849,48 @@ def test_channel_gradients_same_bits_wherever_they_lie(dtype, threads, backend, 
                     assert gx.tobytes() == expected.tobytes(), (kernel.__name__, hw, cg, d)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_gradients_same_bits_wherever_they_lie(dtype, threads, backend, rng):
+    """Layer and RMS norm's backward kernel (rows_backward), called with grad_x 1-511 bytes
+    after dy or x (each row's output then goes down, rows_backward_down) and elsewhere, with
+    and without weight and parameter gradients, 1 and 2 threads: the same bits (grad_x and
+    the parameter gradients) and nothing written outside grad_x; row lengths 1-40 and longer,
+    a large offset in one row and a NaN in another."""
+    if backend[0] == "numpy":
+        pytest.skip("compiled kernels only")
+    ext = fastnorm._config._modules["normalization"]
+    pages = Pages(120)
+    rows = 5
+    for k in (1, 7, 16, 23, 40, 300, 1000):
+        n = rows * k
+        x = pages.at(0, n, dtype)
+        x[:] = rng.standard_normal(n) * 3 + 2
+        x[k: 2 * k] += 1e4
+        x[3 * k + k // 2] = np.nan
+        dy = pages.at(40 * 4096 + 256, n, dtype)   # 256 bytes after x modulo 4 KiB
+        dy[:] = rng.standard_normal(n)
+        w = rng.standard_normal(k).astype(dtype)
+        for rms in (False, True):
+            _, mean, rstd = fastnorm.layer_norm(x.reshape(rows, k), k, w)
+            if rms:
+                _, rstd = fastnorm.rms_norm(x.reshape(rows, k), k, w)
+                mean = rstd
+            for weight, want in ((w, True), (w, False), (None, False)):
+                def kernel(gx):
+                    return ext.rows_backward(dy, x, gx, rows, k, weight, mean, rstd, rms,
+                                             want and weight is not None, want, threads)
+
+                expected = np.empty(n, dtype)
+                expected_sums = [a.tobytes() for a in kernel(expected) if a is not None]
+                for d in _PLACES + (304,):
+                    gx = pages.at(80 * 4096 + d, n, dtype)
+                    gx[:] = np.inf
+                    sums = pages.write_into(gx, lambda: kernel(gx))
+                    assert gx.tobytes() == expected.tobytes(), (k, rms, weight is None, want, d)
+                    assert [a.tobytes() for a in sums if a is not None] == expected_sums
+
+
 @pytest.mark.parametrize("path", ["fast", "general"])
 def test_float32_parameter_gradient_overflow_warns(path):
     """A float32 weight/bias gradient beyond float32's range is inf with NumPy's overflow

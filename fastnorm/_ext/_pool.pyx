@@ -89,12 +89,12 @@ cdef bint streams(Py_ssize_t out_bytes, Py_ssize_t moved_bytes, bint callers_out
 # silu_backward 1.38-1.78 against 0.64-0.70 ms (its 4 MiB blocks got huge pages, zeroed
 # anew each call).  The placement had gained 1.01-1.08x where malloc put a result in the
 # window (tests/test_pool.py checks that such results are malloc's blocks).
-#   Since 2026-12-04 the single-loop activations, dropout's backward, layer norm's output pass
-# and the channels-first output and gradient passes of batch, group and instance norm turn
-# downwards where their output trails an input by 1-511 bytes (fn_trails, fn_stream.h), which
-# removes the stall for them wherever the output lies (a caller's out=, malloc's blocks); this
-# placement still keeps the cache's results clear for the other kernels (the staged maps,
-# layer norm's backward, the channels-last passes), with the window measured for it.
+#   Since 2026-12-04 the single-loop activations, dropout's backward and the channels-first
+# output and gradient passes of layer, batch, group and instance norm turn downwards where
+# their output trails an input by 1-511 bytes (fn_trails, fn_stream.h), which removes the
+# stall for them wherever the output lies (a caller's out=, malloc's blocks); this placement
+# still keeps the cache's results clear for the other kernels (the staged maps, the
+# channels-last passes), with the window measured for it.
 cdef uintptr_t _ALIAS_WINDOW = 256
 
 
