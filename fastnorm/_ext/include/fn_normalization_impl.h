@@ -340,8 +340,9 @@ static inline void FN_NAME(finish_moments, FN_SUF)(double shift, double s1, doub
  * MAP_DOWN(n, i, STMT) for i in [0, n): first the elements past the last whole piece, then
  * the pieces from the last down.  Where a call goes upwards through rows or units that each
  * descend (layer norm's rows and group norm's units forward, whose next row's or unit's sums
- * go upwards beside the output; group norm's backward, whose runs descend after each unit's
- * sums), only while the call (one thread's share) covers at most DOWN_MAX_BYTES of x: from
+ * go upwards beside the output; layer norm's rows and group norm's runs backward, written
+ * after each row's or unit's sums), only while the call (one thread's share) covers at most
+ * DOWN_MAX_BYTES of x: from
  * memory those descents lost (layer norm (8192, 768) 0.74-0.83x, see rows_by_groups; group
  * norm (64, 32, 2, 1024) float32 16 MiB, kernel through ctypes, 1 thread, forward
  * 0.93-0.96x, backward 0.80-0.82x at +48 / +64).  Batch norm's affine passes
@@ -352,7 +353,8 @@ static inline void FN_NAME(finish_moments, FN_SUF)(double shift, double s1, doub
  * 1.15-1.16x at +48 / +64, from memory).  Same operations per element either way, so the
  * same bits. */
 #define DOWN_MAX_BYTES ((int64_t)4 << 20)
-#define PIECE16(j0, i, STMT) _Pragma("omp simd") FN_KEEP_LOOP for (int64_t i = (j0); i < (j0) + 16; ++i) STMT;
+#define PIECE16(j0, i, STMT)                                                                   \
+    _Pragma("omp simd") FN_KEEP_LOOP for (int64_t i = (j0); i < (j0) + 16; ++i) STMT;
 #define MAP_DOWN(n, i, STMT)                                                                   \
     do {                                                                                       \
         const int64_t md_whole = (n) / 16 * 16;                                                \
@@ -688,13 +690,12 @@ void FN_NAME(fn_norm_group_forward, FN_SUF)(const T *x, T *y, int64_t G, int64_t
  * k1 = rstd * w[c], k2 = -rstd^3 sum_c(w s2) / m, k3 = -rstd sum_c(w s1) / m, m = cg * hw
  * (the two-pass path's coefficients; the channel sums of a group are added in channel
  * order).  w may be NULL.  Where gx trails dy or x and leads neither (fn_trails_one_of,
- * fn_stream.h) and the call is within
- * DOWN_MAX_BYTES, each run of the output goes from its end down; the units and their
- * channels still go upwards.  Kernel through ctypes, 1 thread, float32, gx 16-256 bytes
- * after x, against the units and channels downwards too (each unit's output in one
- * descent after its sums upwards): (4, 32, 2, 1024) 1.06-1.48x against 0.97-1.18x faster
- * than upwards, (4, 64, 1, 256) 1.00-1.15x against 0.83-1.01x, (8, 32, 8, 256) 0.98-1.16x
- * against 0.85-1.02x.  (Choosing the unit order per unit inside the loop made instance norm
+ * fn_stream.h) and the call is within DOWN_MAX_BYTES, each run of the output goes from its
+ * end down; the units and their channels still go upwards.  Kernel through ctypes, 1
+ * thread, float32, gx 16-256 bytes after x, against the units and channels downwards too
+ * (each unit's output in one descent after its sums upwards): (4, 32, 2, 1024) 1.06-1.48x
+ * against 0.97-1.18x faster than upwards, (4, 64, 1, 256) 1.00-1.15x against 0.83-1.01x,
+ * (8, 32, 8, 256) 0.98-1.16x against 0.85-1.02x.  (Choosing the unit order per unit inside the loop made instance norm
  * (4, 64, 16, 16) 0.87-0.94x as fast upwards too; the unit's body in a function called from
  * one loop per direction gave 0.86-1.08x in the window where this form gave 0.99-1.15x.) */
 void FN_NAME(fn_norm_group_backward, FN_SUF)(const T *dy, const T *x, T *gx, int64_t G, int64_t cg,
@@ -1067,12 +1068,13 @@ static __attribute__((noinline)) void FN_NAME(affine_grad_up, FN_SUF)(
  * down, the whole range in one descent (with runs of up to 4 KiB descending one by one but
  * the runs upwards, the stores of a run still held up the loads of the runs above it that
  * share their page offsets: 1 KiB runs 1.02-1.05x, 4 KiB runs 1.13-1.38x faster than
- * upwards, against 1.37-1.65x and 1.30-1.74x in one descent, kernel through ctypes).  A whole descent needs no size bound (DOWN_MAX_BYTES is for runs descending one
- * by one): kernel through ctypes, 1 thread, (64, 64, 1024) float32 (16 MiB, from memory)
- * 48 / 64 bytes after x, this pass 1.09-1.18x / 1.18-1.22x faster than upwards, the gradient
- * pass 1.19x / 1.23x.  The three are functions of their own: with the downward branch inside it,
- * the upward pass compiled otherwise and ran its streamed batch norm 2-D eval (64, 64, 56, 56)
- * float32 2.5-4% slower (kernel through ctypes, 1 thread). */
+ * upwards, against 1.37-1.65x and 1.30-1.74x in one descent, kernel through ctypes).  A
+ * whole descent needs no size bound (DOWN_MAX_BYTES is for runs descending one by one):
+ * kernel through ctypes, 1 thread, (64, 64, 1024) float32 (16 MiB, from memory) 48 / 64
+ * bytes after x, this pass 1.09-1.18x / 1.18-1.22x faster than upwards, the gradient pass
+ * 1.19x / 1.23x.  The three are functions of their own: with the downward branch inside
+ * it, the upward pass compiled otherwise and ran its streamed batch norm 2-D eval (64, 64,
+ * 56, 56) float32 2.5-4% slower (kernel through ctypes, 1 thread). */
 void FN_NAME(fn_norm_affine, FN_SUF)(const T *x, T *y, int64_t A, int64_t C, int64_t B,
                                      int64_t u0, int64_t u1, const T *mhi, const T *scale,
                                      const T *shift, int stream)
