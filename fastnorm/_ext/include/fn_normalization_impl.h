@@ -1577,9 +1577,9 @@ static __attribute__((noinline)) void FN_NAME(rows_backward_down, FN_SUF)(
  * (nan_grad_run), in both directions.  The module's rows_backward, both builds in one
  * process, 1 thread, float32, gx 48 / 64 / 128 bytes after x: without parameter gradients
  * (32, 768) 1.17x / 1.19x / 1.08x, (256, 768) 1.09x / 1.10x / 1.07x faster than upwards;
- * with them (256, 768) 1.03-1.06x, (32, 768) 0.99-1.06x over two runs.  Functions of their
- * own, so that the upward one compiles as this function did before the other existed (its
- * disassembly is the old function's but for the NaN check). */
+ * with them (256, 768) 1.03-1.06x, (32, 768) 1.03-1.06x (0.98x at 16 bytes).  Functions of
+ * their own, so that the upward one compiles as this function did before the other
+ * existed (its disassembly is the old function's but for the NaN check). */
 void FN_NAME(fn_norm_rows_backward, FN_SUF)(const T *dy, const T *x, T *gx, int64_t K, int64_t r0,
                                             int64_t r1, const T *w, const T *mean, const T *rstd,
                                             int rms, double *gw, double *gb, int param_pass,
