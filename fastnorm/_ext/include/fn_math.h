@@ -416,11 +416,15 @@ static inline double fn__expm1_poly(double r)
 }
 
 /* k>>1 without a 64-bit arithmetic shift (SSE2/AVX2 have none): bias to
- * non-negative, shift logically.  Valid for |k| < 2^40. */
+ * non-negative, shift logically.  Valid for |k| < 2^40.  The arithmetic is in uint64: the
+ * meaningless k of a huge or non-finite argument (whose result the callers select away)
+ * then wraps instead of overflowing int64, which is undefined without -fwrapv (UBSan in
+ * tests/test_robust_nonfinite.py); the same bits wherever nothing overflows. */
 static inline double fn__scale(double p, int64_t k)
 {
-    const int64_t k1 = (int64_t)((uint64_t)(k + 0x10000000000ll) >> 1) - 0x8000000000ll;
-    return p * fn__pow2(k1) * fn__pow2(k - k1);
+    const uint64_t ku = (uint64_t)k;
+    const uint64_t k1 = ((ku + 0x10000000000ull) >> 1) - 0x8000000000ull;
+    return p * fn__pow2((int64_t)k1) * fn__pow2((int64_t)(ku - k1));
 }
 
 /* expm1(r) from the reduced argument, as fn__expm1_reducedf. */
@@ -444,7 +448,7 @@ static inline double fn_expm1(double x)
     const double e = fn__expm1_reduced(r);
     /* SSE2 has no 64-bit integer compare, so the clamp of k is a select on x:
      * above x = 40 (k >= 57) 1 - 2^-k rounds to 1 anyway. */
-    const double c = x > 40.0 ? 1.0 : 1.0 - fn__pow2(-k);
+    const double c = x > 40.0 ? 1.0 : 1.0 - fn__pow2((int64_t)(0 - (uint64_t)k));   /* as fn__scale */
     double y = fn__scale(e + c, k);
     y = x > 720.0 ? FN__INF : y;
     y = x < -40.0 ? -1.0 : y;       /* e^x < 2^-57 */
