@@ -1,5 +1,6 @@
-"""Arrays placed at chosen byte offsets from one another modulo 4 KiB, where the kernels'
-direction of travel depends on it (fn_trails in fn_stream.h)."""
+"""Arrays placed at chosen byte offsets: from one another modulo 4 KiB, where the kernels'
+direction of travel depends on it (fn_trails in fn_stream.h), and off their dtype's
+alignment, which no kernel may receive."""
 import numpy as np
 
 
@@ -25,3 +26,14 @@ class Pages:
         changed[start:start + out.nbytes] = False
         assert not changed.any(), f"bytes written outside out= at {np.flatnonzero(changed)[:8] - start}"
         return result
+
+
+def misaligned_copy(a, offset):
+    """A C-contiguous array of a's values whose data starts `offset` bytes past an
+    itemsize boundary (1 <= offset < itemsize), writeable."""
+    raw = np.zeros(a.nbytes + 64, np.uint8)
+    start = (-raw.ctypes.data) % 64 + offset
+    view = np.frombuffer(raw.data, a.dtype, a.size, start).reshape(a.shape)
+    view[...] = a
+    assert view.flags.c_contiguous and view.flags.writeable and not view.flags.aligned
+    return view

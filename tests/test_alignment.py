@@ -12,21 +12,12 @@ import fastnorm
 from fastnorm import _config
 from fastnorm._arrays import aligned_contiguous
 
+from _placement import misaligned_copy
+
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 # Arguments that a kernel receives only to compare its address with the buffer it writes:
 # dropout's forward gets the caller's out= to know whether its result goes to the caller.
 _ADDRESS_ONLY = {("dropout", "forward"): 9}
-
-
-def misaligned_copy(a, offset):
-    """A C-contiguous array of a's values whose data starts `offset` bytes past an
-    itemsize boundary (1 <= offset < itemsize), writeable."""
-    raw = np.zeros(a.nbytes + 64, np.uint8)
-    start = (-raw.ctypes.data) % 64 + offset
-    view = np.frombuffer(raw.data, a.dtype, a.size, start).reshape(a.shape)
-    view[...] = a
-    assert view.flags.c_contiguous and view.flags.writeable and not view.flags.aligned
-    return view
 
 
 def _offsets(dtype):
