@@ -351,7 +351,8 @@ static inline void FN_NAME(finish_moments, FN_SUF)(double shift, double s1, doub
  * channels, upwards from call to call, each call a block's stretch of at most
  * _channel_block_bytes (4 MiB, normalization.pyx) (through the API, (16, 64, 56, 56) float32
  * 1.15-1.16x at +48 / +64, from memory).  Same operations per element either way, so the
- * same bits. */
+ * same bits.  (The activations' DESCENDING loops index from each piece's start instead; why
+ * the two forms are kept apart: there.) */
 #define DOWN_MAX_BYTES ((int64_t)4 << 20)
 #define PIECE16(j0, i, STMT)                                                                   \
     _Pragma("omp simd") FN_KEEP_LOOP for (int64_t i = (j0); i < (j0) + 16; ++i) STMT;
