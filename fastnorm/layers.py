@@ -15,10 +15,13 @@ raises RuntimeError.  ``backward`` may be called more than once after one forwar
 
 inplace=True (where PyTorch has it) overwrites the input.  As in PyTorch, the array
 must not be one another layer keeps for its backward -- the output of Sigmoid or Tanh,
-or of an inplace ReLU-family layer, possibly seen through Flatten -- which PyTorch
-detects and this package cannot.  ReLU, ReLU6 and LeakyReLU (slope >= 0) then
-differentiate from their output and keep nothing extra; the other inplace layers keep a
-copy of the input in training mode, so there inplace saves an allocation, not memory.
+or of an inplace ReLU-family layer, possibly seen through Flatten, or an input that
+another layer also received: an inplace layer marks every layer whose kept arrays share
+memory with the one it overwrites, and that layer's ``backward`` then raises
+RuntimeError, where PyTorch's version counters raise (writes by other code than these
+layers are not seen).  ReLU, ReLU6 and LeakyReLU (slope >= 0) differentiate from their
+output and keep nothing extra; the other inplace layers keep a copy of the input in
+training mode, so there inplace saves an allocation, not memory.
 
 dtypes: parameters are float32 unless the constructor's ``dtype=`` says otherwise
 (``layer.to(numpy.float64)`` converts an existing layer); inputs of layers with
@@ -29,6 +32,7 @@ import math
 import numbers
 import operator
 import secrets
+import weakref
 
 import numpy as np
 
@@ -133,6 +137,37 @@ class Parameter:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
 
 
+# Layers whose last training-mode forward kept something for backward: an inplace layer
+# looks through them for arrays that share memory with the one it is about to overwrite.
+_keepers = weakref.WeakSet()
+
+
+def _kept_arrays(saved):
+    if isinstance(saved, np.ndarray):
+        return (saved,)
+    if isinstance(saved, tuple):
+        return tuple(a for a in saved if isinstance(a, np.ndarray))
+    return ()
+
+
+def _overlap(a, b):
+    if not np.may_share_memory(a, b):   # disjoint bounds: the common case, and cheap
+        return False
+    try:
+        return np.shares_memory(a, b, max_work=1 << 16)   # interleaved views need not overlap
+    except np.exceptions.TooHardError:
+        return True
+
+
+def _before_inplace_write(writer, x):
+    """Marks the layers whose kept arrays share memory with x, which `writer` overwrites
+    next: their backward would read the new values."""
+    for layer in list(_keepers):
+        if layer is not writer and layer._overwritten_by is None \
+                and any(_overlap(a, x) for a in _kept_arrays(layer._saved)):
+            layer._overwritten_by = type(writer).__name__
+
+
 class Layer:
     """Base class: holds parameters, buffers (non-trainable state such as running
     statistics) and child layers, each in registration order -- the order of
@@ -149,6 +184,7 @@ class Layer:
         self._children = {}
         self._saved = None
         self._out_spec = None
+        self._overwritten_by = None
 
     # -- registration ---------------------------------------------------------
     def _add_parameter(self, name, data):
@@ -169,8 +205,12 @@ class Layer:
     def forward(self, x):
         """The layer's output for ``x``; in training mode also keeps what backward needs."""
         self._saved = None
+        self._overwritten_by = None
+        _keepers.discard(self)
         y = self._forward(x)
         self._out_spec = (y.shape, y.dtype) if self._saved is not None else None
+        if self._saved is not None:
+            _keepers.add(self)
         return y
 
     def __call__(self, x):
@@ -184,6 +224,10 @@ class Layer:
             raise RuntimeError(f"{name}.backward: there is no training-mode forward to differentiate "
                                "(call the layer on an input in training mode first; an eval-mode "
                                "forward keeps nothing for backward)")
+        if self._overwritten_by is not None:
+            raise RuntimeError(f"{name}.backward: an array this layer kept for backward was overwritten "
+                               f"by an inplace {self._overwritten_by} that ran after it (use "
+                               "inplace=False there)")
         g = as_float_array(f"{name}.backward", "grad_output", grad_output)
         shape, dtype = self._out_spec
         if g.shape != shape:
@@ -458,6 +502,7 @@ class _Activation(Layer):
             raise ValueError(f"{name}: inplace=True needs a writeable x, got a read-only array")
         from_output = self._saves_output or self._output_backward()
         keep = x.copy() if self.training and not from_output else None
+        _before_inplace_write(self, x)
         y = forward(x, **self._kwargs(), out=x)
         if self.training:
             self._saved = y if from_output else keep
@@ -583,8 +628,10 @@ class Dropout(Layer):
             if self.training:
                 self._saved = False  # identity: backward passes grad_output through
             return x
-        if self.inplace and not x.flags.writeable:
-            raise ValueError("Dropout: inplace=True needs a writeable x, got a read-only array")
+        if self.inplace:
+            if not x.flags.writeable:
+                raise ValueError("Dropout: inplace=True needs a writeable x, got a read-only array")
+            _before_inplace_write(self, x)
         y, mask = dropout(x, self.p, seed=self.seed, offset=self.offset,
                           out=x if self.inplace else None)
         self.offset = mask.next_offset

@@ -530,6 +530,61 @@ def test_error_inplace_on_read_only_input():
     np.testing.assert_array_equal(L.ReLU()(x), x)  # read-only input is fine otherwise
 
 
+# Chains in which an inplace layer overwrites an array that an earlier layer kept for its
+# backward (PyTorch raises "modified by an inplace operation" for each of these).
+OVERWRITING_CHAINS = [
+    ("Tanh", lambda: L.Sequential(L.Tanh(), L.LeakyReLU(0.1, inplace=True))),
+    ("Sigmoid", lambda: L.Sequential(L.Sigmoid(), L.Flatten(), L.ReLU(inplace=True))),
+    ("ReLU", lambda: L.Sequential(L.ReLU(inplace=True), L.Dropout(0.5, inplace=True, seed=0))),
+    ("ReLU6", lambda: L.Sequential(L.ReLU6(inplace=True), L.Dropout(0.5, inplace=True, seed=0))),
+    ("ReLU", lambda: L.Sequential(L.ReLU(inplace=True), L.ReLU(inplace=True))),
+    ("Tanh", lambda: L.Sequential(L.Tanh(), L.ELU(inplace=True))),
+]
+
+
+@pytest.mark.parametrize("victim, make", OVERWRITING_CHAINS, ids=lambda v: v if isinstance(v, str) else "")
+def test_backward_raises_where_an_inplace_layer_overwrote_a_kept_array(victim, make, rng):
+    """The overwritten layer's backward raises instead of differentiating the new values
+    (which gave silently wrong gradients: Tanh -> LeakyReLU(inplace) returned 0.0991 for
+    0.0071); the same chain in eval mode keeps nothing and runs."""
+    x = rng.uniform(-3, 8, size=(2, 3, 4))
+    model = make()
+    y = model(x.copy())
+    with pytest.raises(RuntimeError, match=f"{victim}.backward: an array this layer kept for backward "
+                                           "was overwritten by an inplace"):
+        model.backward(np.ones_like(y))
+    model.eval()
+    model(x.copy())
+    model.train()   # a fresh forward forgets the mark: the chain without inplace differentiates
+    for layer in model:
+        layer.inplace = False
+    y = model(x.copy())
+    assert np.isfinite(model.backward(np.ones_like(y))).all()
+
+
+def test_inplace_layers_that_overwrite_nothing_kept_run_as_before(rng):
+    """Kept arrays elsewhere in memory are left alone: Linear keeps its input, not the output
+    that ReLU(inplace) overwrites; interleaved views of one buffer do not overlap; a second
+    model's kept arrays are not the first one's."""
+    x = rng.standard_normal((4, 6))
+    g = rng.standard_normal((4, 3))
+    plain = L.Sequential(L.Linear(6, 3, seed=2, dtype=F64), L.ReLU())
+    inplace = L.Sequential(L.Linear(6, 3, seed=2, dtype=F64), L.ReLU(inplace=True))
+    np.testing.assert_array_equal(inplace(x), plain(x))
+    np.testing.assert_array_equal(inplace.backward(g), plain.backward(g))
+    buffer = rng.standard_normal((4, 6))
+    tanh = L.Tanh()
+    tanh(buffer[:, ::2].copy())            # keeps its own output
+    even = buffer[:, ::2]
+    kept = L.Sigmoid()
+    kept._saved = even                     # as if it had kept a view of the even columns
+    L._keepers.add(kept)
+    L.ReLU(inplace=True)(buffer[:, 1::2])  # writes the odd columns only
+    assert kept._overwritten_by is None and tanh._overwritten_by is None
+    L.ReLU(inplace=True)(buffer[:, ::4])   # writes into the kept view
+    assert kept._overwritten_by == "ReLU"
+
+
 # ---------------------------------------------------------------------------- PyTorch parity
 
 def torch_state(module):
