@@ -20,7 +20,8 @@ the running variance, as PyTorch.  ``eps`` (>= 0) sits inside the square root.
 Backward functions return ``grad_weight`` only when ``weight`` is given and
 ``grad_bias`` only when the keyword ``bias`` is given (the forward's bias or anything
 of its shape), else None.  Any strides are accepted (non-contiguous input is copied
-once); inputs are never modified, except the running statistics, updated in place.
+once); inputs are never modified, except the running statistics, updated in place in
+training.
 """
 import math
 import operator
@@ -65,12 +66,18 @@ def _param(func, name, p, shape, x):
     return p
 
 
-def _running(func, running_mean, running_var, c, x):
+def _running(func, running_mean, running_var, c, x, *, updated=True):
+    """The running statistics: when ``updated`` (training), the caller's own writeable
+    arrays, which are written in place; else (evaluation) only read, so checked and
+    converted as weight is (read-only arrays, e.g. memory-mapped, and lists are fine)."""
     if (running_mean is None) != (running_var is None):
         missing = "running_var" if running_var is None else "running_mean"
         raise ValueError(f"{func}: running_mean and running_var must be given together, {missing} is None")
     if running_mean is None:
         return None, None
+    if not updated:
+        return (_param(func, "running_mean", running_mean, (c,), x),
+                _param(func, "running_var", running_var, (c,), x))
     out = []
     for name, r in (("running_mean", running_mean), ("running_var", running_var)):
         if not isinstance(r, np.ndarray):
@@ -361,8 +368,10 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
     unbiased batch variance for running_var, where f = momentum, or
     1 / num_batches_tracked when momentum is None (cumulative average; pass the
     counter already incremented for this batch).  One value per channel raises
-    ValueError.  Evaluation (training=False): the running statistics normalize and are
-    returned as mean and 1/sqrt(running_var + eps).
+    ValueError; none gives an empty y, NaN mean and rstd (0/0) and leaves the running
+    statistics alone, as PyTorch.  Evaluation (training=False): the running statistics
+    (only read, so read-only arrays and array-likes do) normalize and are returned as
+    mean and 1/sqrt(running_var + eps).
     """
     ext = _config.extension("normalization")
     if ext is not None:
@@ -384,11 +393,12 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
     weight = _param(func, "weight", weight, (c,), x)
     bias = _param(func, "bias", bias, (c,), x)
     eps = _eps(func, eps)
-    rm, rv = _running(func, running_mean, running_var, c, x)
+    rm, rv = _running(func, running_mean, running_var, c, x, updated=training)
     factor = None
     if training:
         n = _count_per_channel(x, channels_last)
-        if n <= 1:
+        # none is fine, as in PyTorch: x is then empty, for the reference below
+        if n == 1:
             raise ValueError(f"{func}: expected more than 1 value per channel when training, "
                              f"got x of shape {x.shape}")
         if rm is not None:
@@ -397,7 +407,8 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
         raise ValueError(f"{func}: running_mean and running_var are required when training=False")
     if out is not None:
         check_out(func, out, x.shape, x.dtype)
-        _check_out_disjoint(func, out, (rm, rv))
+        if training:
+            _check_out_disjoint(func, out, (rm, rv))
     ext = _config.extension("normalization")
     if ext is None or x.size == 0:
         return reference.batch_norm(x, weight, bias, rm, rv, training=training,
@@ -762,10 +773,11 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
 
     x: (N, C, *spatial); weight, bias, running_mean, running_var: (C,).  Returns
     ``(y, mean, rstd)``, mean/rstd (N, C).  With use_input_stats (the default) the
-    instance statistics normalize (more than one spatial element required) and running
+    instance statistics normalize (one spatial element raises ValueError; none gives an
+    empty y, NaN mean and rstd and leaves the running statistics alone) and running
     statistics, when given, are updated in place with the batch average of the
     instance mean and unbiased variance (factor momentum); without it the running
-    statistics normalize (they are then required).
+    statistics normalize (they are then required, and only read).
     """
     ext = _config.extension("normalization")
     if ext is not None and type(x) is np.ndarray and x.ndim >= 3:
@@ -791,10 +803,11 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
     weight = _param(func, "weight", weight, (c,), x)
     bias = _param(func, "bias", bias, (c,), x)
     eps = _eps(func, eps)
-    rm, rv = _running(func, running_mean, running_var, c, x)
+    rm, rv = _running(func, running_mean, running_var, c, x, updated=use_input_stats)
     n, _, hw = (x.shape[0], c, math.prod(x.shape[2:]))
     if use_input_stats:
-        if hw <= 1:
+        # none is fine, as in PyTorch: x is then empty, for the reference below
+        if hw == 1:
             raise ValueError(f"{func}: expected more than 1 spatial element when use_input_stats=True, "
                              f"got x of shape {x.shape}")
         if rm is not None:
@@ -803,7 +816,8 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
         raise ValueError(f"{func}: running_mean and running_var are required when use_input_stats=False")
     if out is not None:
         check_out(func, out, x.shape, x.dtype)
-        _check_out_disjoint(func, out, (rm, rv))
+        if use_input_stats:
+            _check_out_disjoint(func, out, (rm, rv))
     ext = _config.extension("normalization")
     if ext is None or x.size == 0:
         return reference.instance_norm(x, weight, bias, rm, rv, use_input_stats=use_input_stats,

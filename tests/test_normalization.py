@@ -315,6 +315,150 @@ def test_group_norm_empty_batch(shape, channels_last, backend):
     np.testing.assert_array_equal(gb, 0)
 
 
+EMPTY_BN = [((0, 3), False), ((2, 3, 0, 4), False), ((0, 3, 4), False), ((0, 3), True), ((2, 0, 4, 3), True)]
+
+
+@pytest.mark.parametrize("shape, channels_last", EMPTY_BN, ids=str)
+@pytest.mark.parametrize("affine, running", [(True, True), (False, False)], ids=["affine-running", "bare"])
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_batch_norm_no_values_per_channel(shape, channels_last, affine, running, dtype, backend):
+    """No values per channel in training (PyTorch: an empty output, running statistics
+    unchanged, zero parameter gradients): y empty (into out=), mean and rstd (C,) NaN (0/0),
+    the running statistics untouched, as the oracle, without a warning."""
+    c = shape[-1] if channels_last else shape[1]
+    x = np.empty(shape, dtype)
+    w, b = (np.full(c, 2, dtype), np.ones(c, dtype)) if affine else (None, None)
+    rm, rv = (np.arange(c, dtype=dtype), np.full(c, 3, dtype)) if running else (None, None)
+    before = None if rm is None else (rm.copy(), rv.copy())
+    out = np.empty_like(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y, mean, rstd = fastnorm.batch_norm(x, w, b, rm, rv, channels_last=channels_last, out=out)
+        momentum_none = fastnorm.batch_norm(x, w, b, rm, rv, channels_last=channels_last, momentum=None,
+                                            num_batches_tracked=3)
+        gx, gw, gb = fastnorm.batch_norm_backward(x, x, w, mean, rstd, channels_last=channels_last, bias=b)
+    assert y is out and momentum_none[0].shape == shape
+    assert mean.shape == rstd.shape == (c,) and mean.dtype == rstd.dtype == compute_dtype(dtype)
+    assert np.isnan(mean).all() and np.isnan(rstd).all()
+    if running:
+        np.testing.assert_array_equal(rm, before[0])
+        np.testing.assert_array_equal(rv, before[1])
+    assert gx.shape == shape and gx.dtype == dtype
+    if affine:
+        assert gw.dtype == gb.dtype == dtype
+        np.testing.assert_array_equal(gw, np.zeros(c))
+        np.testing.assert_array_equal(gb, np.zeros(c))
+    else:
+        assert gw is None and gb is None
+    expected = ref.batch_norm(x, w, b, None if rm is None else rm.copy(), None if rv is None else rv.copy(),
+                              channels_last=channels_last)
+    for got, want in zip((y, mean, rstd), expected):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 0), (2, 3, 0, 5), (0, 3, 4), (0, 3, 0)], ids=str)
+def test_instance_norm_no_spatial_elements(shape, backend):
+    """No spatial elements (or no samples): y empty (into out=), mean and rstd (N, C) NaN
+    (0/0), the running statistics untouched (PyTorch returns an empty output), zero
+    parameter gradients, as the oracle, without a warning; evaluation too."""
+    x = np.empty(shape, np.float32)
+    w, b = np.full(3, 2, np.float32), np.ones(3, np.float32)
+    rm, rv = np.arange(3, dtype=np.float32), np.full(3, 3, np.float32)
+    out = np.empty_like(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y, mean, rstd = fastnorm.instance_norm(x, w, b, rm, rv, out=out)
+        gx, gw, gb = fastnorm.instance_norm_backward(x, x, w, mean, rstd, bias=b)
+        y_eval, mean_eval, _ = fastnorm.instance_norm(x, w, b, rm, rv, use_input_stats=False)
+        gx_eval, gw_eval, _ = fastnorm.instance_norm_backward(x, x, w, mean_eval, rstd, use_input_stats=False)
+    assert y is out and y_eval.shape == gx.shape == gx_eval.shape == shape
+    assert mean.shape == rstd.shape == mean_eval.shape == shape[:2]
+    assert np.isnan(mean).all() and np.isnan(rstd).all()
+    np.testing.assert_array_equal(rm, np.arange(3))
+    np.testing.assert_array_equal(rv, 3)
+    for grad in (gw, gb, gw_eval):
+        np.testing.assert_array_equal(grad, np.zeros(3))
+    expected = ref.instance_norm(x, w, b, rm.copy(), rv.copy())
+    for got, want in zip((y, mean, rstd), expected):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("call", [
+    lambda rm, rv: fastnorm.batch_norm(np.ones((1, 3)), None, None, rm, rv),
+    lambda rm, rv: fastnorm.batch_norm(np.ones((1, 3, 1, 1)), None, None, rm, rv),
+    lambda rm, rv: fastnorm.batch_norm(np.ones((1, 1, 3)), None, None, rm, rv, channels_last=True),
+    lambda rm, rv: fastnorm.instance_norm(np.ones((2, 3, 1)), None, None, rm, rv),
+    lambda rm, rv: fastnorm.instance_norm(np.ones((2, 3, 1, 1)), None, None, rm, rv),
+], ids=["bn-2d", "bn-4d", "bn-channels-last", "in-3d", "in-4d"])
+def test_one_value_per_channel_still_raises(call, backend):
+    rm, rv = np.zeros(3), np.ones(3)
+    with pytest.raises(ValueError, match="expected more than 1"):
+        call(rm, rv)
+    assert (rm == 0).all() and (rv == 1).all()
+
+
+@pytest.mark.parametrize("shape, num_groups, channels_last", [((2, 4, 0), 2, False), ((2, 0, 4), 2, True)],
+                         ids=str)
+def test_group_norm_empty_groups(shape, num_groups, channels_last, backend):
+    """Groups without elements: y empty, mean and rstd (N, G) NaN (0/0), zero parameter
+    gradients, without a warning (PyTorch returns an empty output)."""
+    x = np.empty(shape, np.float32)
+    w, b = np.ones(4, np.float32), np.zeros(4, np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y, mean, rstd = fastnorm.group_norm(x, num_groups, w, b, channels_last=channels_last)
+        gx, gw, gb = fastnorm.group_norm_backward(x, x, num_groups, w, mean, rstd,
+                                                  channels_last=channels_last, bias=b)
+    assert y.shape == gx.shape == shape and mean.shape == rstd.shape == (2, num_groups)
+    assert np.isnan(mean).all() and np.isnan(rstd).all()
+    np.testing.assert_array_equal(gw, np.zeros(4))
+    np.testing.assert_array_equal(gb, np.zeros(4))
+
+
+@pytest.mark.parametrize("shape", [(3, 0), (0, 5)], ids=str)
+def test_layer_and_rms_norm_empty(shape, backend):
+    """Empty rows give NaN mean and rstd (0/0), no rows empty statistics; no warning."""
+    x = np.empty(shape)
+    w = np.ones(shape[1:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y, mean, rstd = fastnorm.layer_norm(x, shape[1:], w, w)
+        gx, gw, gb = fastnorm.layer_norm_backward(x, x, shape[1:], w, mean, rstd, bias=w)
+        y_rms, rstd_rms = fastnorm.rms_norm(x, shape[1:], w)
+        gx_rms, gw_rms = fastnorm.rms_norm_backward(x, x, shape[1:], w, rstd_rms)
+    assert y.shape == gx.shape == y_rms.shape == gx_rms.shape == shape
+    assert mean.shape == rstd.shape == rstd_rms.shape == shape[:1]
+    assert np.isnan(mean).all() and np.isnan(rstd).all() and np.isnan(rstd_rms).all()
+    for grad in (gw, gb, gw_rms):
+        np.testing.assert_array_equal(grad, np.zeros(shape[1:]))
+
+
+@pytest.mark.parametrize("kind, shape", [("batch", (0, 3)), ("batch", (2, 3, 0, 4)), ("instance", (2, 3, 0))],
+                         ids=str)
+def test_empty_batch_parity_with_torch(kind, shape, backend):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    x = np.empty(shape, np.float32)
+    w, b = np.full(3, 2, np.float32), np.ones(3, np.float32)
+    rm, rv = np.arange(3, dtype=np.float32), np.full(3, 3, np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    wt, bt = torch.tensor(w, requires_grad=True), torch.tensor(b, requires_grad=True)
+    rmt, rvt = torch.tensor(rm), torch.tensor(rv)
+    if kind == "batch":
+        yt = F.batch_norm(xt, rmt, rvt, wt, bt, training=True)
+        y, mean, rstd = fastnorm.batch_norm(x, w, b, rm, rv)
+        gx, gw, gb = fastnorm.batch_norm_backward(x, x, w, mean, rstd, bias=b)
+    else:
+        yt = F.instance_norm(xt, rmt, rvt, wt, bt, use_input_stats=True)
+        y, mean, rstd = fastnorm.instance_norm(x, w, b, rm, rv)
+        gx, gw, gb = fastnorm.instance_norm_backward(x, x, w, mean, rstd, bias=b)
+    yt.backward(torch.tensor(x))
+    assert y.shape == tuple(yt.shape) and gx.shape == tuple(xt.grad.shape)
+    for got, t in ((rm, rmt), (rv, rvt), (gw, wt.grad), (gb, bt.grad)):
+        np.testing.assert_array_equal(got, t.numpy())
+
+
 def test_moments_degenerate(backend):
     x = np.arange(12.0).reshape(3, 4)
     mean, var = fastnorm.moments(x, 0, ddof=3)
@@ -1249,6 +1393,52 @@ def test_read_only_inputs_and_lists(backend, rng):
     fastnorm.batch_norm(x, w, w)
     y, m, r = fastnorm.batch_norm([[1.0, 2.0], [3.0, 5.0]])
     np.testing.assert_allclose(y, [[-1, -1], [1, 1]], rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_evaluation_reads_read_only_running_statistics(dtype, backend, rng):
+    """Evaluation only reads the running statistics: read-only ones (memory-mapped, frozen)
+    and lists give the same bits as writeable arrays; training, which writes them, still
+    requires writeable arrays."""
+    x = rng.standard_normal((4, 3, 5)).astype(dtype)
+    rm, rv = rng.standard_normal(3).astype(dtype), rng.uniform(0.5, 2, 3).astype(dtype)
+    frozen_m, frozen_v = rm.copy(), rv.copy()
+    frozen_m.flags.writeable = frozen_v.flags.writeable = False
+    calls = [lambda m, v: fastnorm.batch_norm(x, None, None, m, v, training=False),
+             lambda m, v: fastnorm.batch_norm(np.moveaxis(x, 1, -1), x[0, :, 0], None, m, v, training=False,
+                                              channels_last=True),
+             lambda m, v: fastnorm.instance_norm(x, None, x[0, :, 0], m, v, use_input_stats=False)]
+    for call in calls:
+        expected = call(rm, rv)
+        others = [call(frozen_m, frozen_v)] + ([call(rm.tolist(), rv.tolist())] if dtype == np.float64 else [])
+        for got in others:
+            for a, e in zip(got, expected):
+                assert a.dtype == e.dtype
+                np.testing.assert_array_equal(a, e)
+    with pytest.raises(ValueError, match="batch_norm: running_mean must be writeable"):
+        fastnorm.batch_norm(x, None, None, frozen_m, frozen_v)
+    with pytest.raises(ValueError, match="instance_norm: running_mean must be writeable"):
+        fastnorm.instance_norm(x, None, None, frozen_m, frozen_v)
+    with pytest.raises(TypeError, match="batch_norm: running_mean must be a numpy.ndarray"):
+        fastnorm.batch_norm(x, None, None, rm.tolist(), rv.tolist())
+    with pytest.raises(TypeError, match="batch_norm: running_var must have dtype"):
+        fastnorm.batch_norm(x, None, None, rm, rv.astype(np.int64), training=False)
+
+
+def test_evaluation_out_may_share_memory_with_running_statistics(backend, rng):
+    """Only read in evaluation, the running statistics may share memory with out (one
+    arena): the results are those of separate arrays."""
+    x = rng.standard_normal((4, 3, 5))
+    rm, rv = rng.standard_normal(3), rng.uniform(0.5, 2, 3)
+    for call in (lambda m, o: fastnorm.batch_norm(x, None, None, m, rv, training=False, out=o),
+                 lambda m, o: fastnorm.instance_norm(x, None, None, m, rv, use_input_stats=False, out=o)):
+        expected = call(rm.copy(), None)
+        arena = np.empty(x.size)
+        arena[:3] = rm
+        got = call(arena[:3], arena.reshape(x.shape))
+        assert got[0].base is arena
+        for a, e in zip(got, expected):
+            np.testing.assert_array_equal(a, e)
 
 
 def test_inputs_not_modified(backend, rng):

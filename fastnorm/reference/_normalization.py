@@ -38,6 +38,14 @@ def _d(a):
     return None if a is None else np.asarray(a, dtype=_F64)
 
 
+def _mean(a, axis, keepdims=False):
+    """a.mean(axis), the same sum and division (the same bits), but NaN (0/0) over empty axes
+    without NumPy's "Mean of empty slice" warning: undefined statistics flow on silently,
+    as on the compiled backend."""
+    axis = (axis,) if np.ndim(axis) == 0 else axis
+    return a.sum(axis=axis, keepdims=keepdims) / math.prod(a.shape[i] for i in axis)
+
+
 def _finish(y, dtype, out):
     if out is None:
         return y.astype(dtype)
@@ -148,17 +156,18 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
     Returns ``(y, mean, rstd)``, mean/rstd of shape (C,).  Training normalizes with the
     batch statistics (biased variance) and, when running statistics are given, updates
     them in place: ``r = (1 - f) r + f * stat`` with the unbiased batch variance, where
-    ``f = momentum``, or ``1 / num_batches_tracked`` when momentum is None.  Evaluation
-    normalizes with the running statistics (and returns them as mean/rstd).
+    ``f = momentum``, or ``1 / num_batches_tracked`` when momentum is None; no values per
+    channel give NaN mean/rstd and leave them alone.  Evaluation normalizes with the
+    running statistics (and returns them as mean/rstd).
     """
     x = np.asarray(x)
     axes, shape = _channel_geometry(x, channels_last)
     xd = x.astype(_F64)
     if training:
-        mean = xd.mean(axis=axes)
-        var = ((xd - mean.reshape(shape)) ** 2).mean(axis=axes)
-        if running_mean is not None:
-            n = x.size // x.shape[x.ndim - 1 if channels_last else 1]
+        mean = _mean(xd, axes)
+        var = _mean((xd - mean.reshape(shape)) ** 2, axes)
+        n = math.prod(x.shape[a] for a in axes)
+        if running_mean is not None and n > 0:  # no values: nothing to average in (PyTorch)
             factor = momentum if momentum is not None else 1.0 / num_batches_tracked
             _update_running(running_mean, mean, factor)
             _update_running(running_var, var * n / (n - 1), factor)
@@ -167,7 +176,9 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
     rstd = 1.0 / np.sqrt(var + eps)
     y = _affine((xd - mean.reshape(shape)) * rstd.reshape(shape), weight, bias, shape)
     cd = _cdtype(x.dtype)
-    return _finish(y, x.dtype, out), mean.astype(cd), rstd.astype(cd)
+    # the statistics first: in evaluation out may share memory with the running ones
+    mean, rstd = mean.astype(cd), rstd.astype(cd)
+    return _finish(y, x.dtype, out), mean, rstd
 
 
 def _param_grads(g, xhat, axes, weight, bias):
@@ -189,7 +200,7 @@ def batch_norm_backward(grad_output, x, weight, mean, rstd, *, training=True, ch
     xhat = (xd - mean) * rstd
     w = 1.0 if weight is None else _d(weight).reshape(shape)
     if training:
-        n = x.size // x.shape[x.ndim - 1 if channels_last else 1]
+        n = math.prod(x.shape[a] for a in axes)
         gx = (w * rstd / n) * (n * g - g.sum(axis=axes, keepdims=True)
                                - xhat * (g * xhat).sum(axis=axes, keepdims=True))
     else:
@@ -209,8 +220,8 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, out=Non
     x = np.asarray(x)
     axes = tuple(range(x.ndim - len(_normalized_shape(normalized_shape)), x.ndim))
     xd = x.astype(_F64)
-    mean = xd.mean(axis=axes, keepdims=True)
-    rstd = 1.0 / np.sqrt(((xd - mean) ** 2).mean(axis=axes, keepdims=True) + eps)
+    mean = _mean(xd, axes, keepdims=True)
+    rstd = 1.0 / np.sqrt(_mean((xd - mean) ** 2, axes, keepdims=True) + eps)
     y = _affine((xd - mean) * rstd, weight, bias, None)
     cd = _cdtype(x.dtype)
     return _finish(y, x.dtype, out), np.squeeze(mean, axes).astype(cd), np.squeeze(rstd, axes).astype(cd)
@@ -228,8 +239,8 @@ def layer_norm_backward(grad_output, x, normalized_shape, weight, mean, rstd, *,
     rstd = _d(rstd).reshape(mean.shape)
     xhat = (xd - mean) * rstd
     gy = g if weight is None else g * _d(weight)
-    gx = rstd * (gy - gy.mean(axis=axes, keepdims=True)
-                 - xhat * (gy * xhat).mean(axis=axes, keepdims=True))
+    gx = rstd * (gy - _mean(gy, axes, keepdims=True)
+                 - xhat * _mean(gy * xhat, axes, keepdims=True))
     return (gx.astype(x.dtype), *_param_grads(g, xhat, lead, weight, bias))
 
 
@@ -251,8 +262,8 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, channels_last
     x = np.asarray(x)
     xc = _to_channels_first(x) if channels_last else x
     xg = _grouped(xc.astype(_F64), num_groups)
-    mean = xg.mean(axis=2)
-    rstd = 1.0 / np.sqrt(((xg - mean[:, :, None]) ** 2).mean(axis=2) + eps)
+    mean = _mean(xg, 2)
+    rstd = 1.0 / np.sqrt(_mean((xg - mean[:, :, None]) ** 2, 2) + eps)
     y = ((xg - mean[:, :, None]) * rstd[:, :, None]).reshape(xc.shape)
     shape = (1, -1) + (1,) * (x.ndim - 2)
     y = _affine(y, weight, bias, shape)
@@ -281,7 +292,7 @@ def group_norm_backward(grad_output, x, num_groups, weight, mean, rstd, *, chann
     xhat = (xd - mean_c) * rstd_c
     gy = g if weight is None else g * _d(weight).reshape((1, c) + spatial)
     gyg, xhg = _grouped(gy, num_groups), _grouped(xhat, num_groups)
-    gxg = (gyg - gyg.mean(axis=2, keepdims=True) - xhg * (gyg * xhg).mean(axis=2, keepdims=True))
+    gxg = (gyg - _mean(gyg, 2, keepdims=True) - xhg * _mean(gyg * xhg, 2, keepdims=True))
     gx = gxg.reshape(xd.shape) * rstd_c
     gw, gb = _param_grads(g, xhat, (0,) + tuple(range(2, xd.ndim)), weight, bias)
     if channels_last:
@@ -296,8 +307,8 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
 
     Returns ``(y, mean, rstd)`` of shape (N, C).  With use_input_stats, running
     statistics (shape (C,)), when given, are updated in place with the average over
-    the batch of the per-instance statistics (unbiased variance), as PyTorch does;
-    without it the running statistics normalize.
+    the batch of the per-instance statistics (unbiased variance), as PyTorch does (an
+    empty x leaves them alone); without it the running statistics normalize.
     """
     x = np.asarray(x)
     n, c = x.shape[:2]
@@ -305,9 +316,9 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
     axes = tuple(range(2, x.ndim))
     spatial = (1,) * (x.ndim - 2)
     if use_input_stats:
-        mean = xd.mean(axis=axes)
-        var = ((xd - mean.reshape((n, c) + spatial)) ** 2).mean(axis=axes)
-        if running_mean is not None:
+        mean = _mean(xd, axes)
+        var = _mean((xd - mean.reshape((n, c) + spatial)) ** 2, axes)
+        if running_mean is not None and x.size:  # no values: nothing to average in
             m = x.size // (n * c)
             _update_running(running_mean, mean.mean(axis=0), momentum)
             _update_running(running_var, (var * m / (m - 1)).mean(axis=0), momentum)
@@ -318,7 +329,9 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
     y = (xd - mean.reshape((n, c) + spatial)) * rstd.reshape((n, c) + spatial)
     y = _affine(y, weight, bias, (1, c) + spatial)
     cd = _cdtype(x.dtype)
-    return _finish(y, x.dtype, out), mean.astype(cd), rstd.astype(cd)
+    # the statistics first: without use_input_stats out may share memory with the running ones
+    mean, rstd = mean.astype(cd), rstd.astype(cd)
+    return _finish(y, x.dtype, out), mean, rstd
 
 
 @_silent_on_nonfinite
@@ -348,7 +361,7 @@ def rms_norm(x, normalized_shape, weight=None, *, eps=None, out=None):
     if eps is None:
         eps = float(np.finfo(cd).eps)
     xd = x.astype(_F64)
-    rstd = 1.0 / np.sqrt((xd * xd).mean(axis=axes, keepdims=True) + eps)
+    rstd = 1.0 / np.sqrt(_mean(xd * xd, axes, keepdims=True) + eps)
     y = _affine(xd * rstd, weight, None, None)
     return _finish(y, x.dtype, out), np.squeeze(rstd, axes).astype(cd)
 
@@ -363,7 +376,7 @@ def rms_norm_backward(grad_output, x, normalized_shape, weight, rstd):
     rstd = _d(rstd).reshape(x.shape[:x.ndim - k] + (1,) * k)
     xhat = xd * rstd
     gy = g if weight is None else g * _d(weight)
-    gx = rstd * (gy - xhat * (gy * xhat).mean(axis=axes, keepdims=True))
+    gx = rstd * (gy - xhat * _mean(gy * xhat, axes, keepdims=True))
     gw = None if weight is None else (g * xhat).sum(axis=tuple(range(x.ndim - k))).astype(
         np.asarray(weight).dtype)
     return gx.astype(x.dtype), gw
