@@ -562,6 +562,17 @@ def test_backward_raises_where_an_inplace_layer_overwrote_a_kept_array(victim, m
     assert np.isfinite(model.backward(np.ones_like(y))).all()
 
 
+def test_backward_raises_where_an_inplace_layer_overwrote_an_input_kept_elsewhere(rng):
+    """A branch: Linear keeps its input h, then ReLU(inplace) overwrites h (a residual
+    block written by hand); Linear's backward raises, as in PyTorch."""
+    h = rng.standard_normal((4, 6))
+    linear = L.Linear(6, 3, seed=0, dtype=F64)
+    y = linear(h)
+    L.ReLU(inplace=True)(h[1:])
+    with pytest.raises(RuntimeError, match="Linear.backward: .* overwritten by an inplace ReLU"):
+        linear.backward(np.ones_like(y))
+
+
 def test_inplace_layers_that_overwrite_nothing_kept_run_as_before(rng):
     """Kept arrays elsewhere in memory are left alone: Linear keeps its input, not the output
     that ReLU(inplace) overwrites; interleaved views of one buffer do not overlap; a second
@@ -577,12 +588,22 @@ def test_inplace_layers_that_overwrite_nothing_kept_run_as_before(rng):
     tanh(buffer[:, ::2].copy())            # keeps its own output
     even = buffer[:, ::2]
     kept = L.Sigmoid()
-    kept._saved = even                     # as if it had kept a view of the even columns
-    L._keepers.add(kept)
+    kept._saved = even                     # as if it had kept its input, the even columns
+    L._register_kept(kept, even, even.copy())
     L.ReLU(inplace=True)(buffer[:, 1::2])  # writes the odd columns only
     assert kept._overwritten_by is None and tanh._overwritten_by is None
     L.ReLU(inplace=True)(buffer[:, ::4])   # writes into the kept view
     assert kept._overwritten_by == "ReLU"
+
+
+def test_the_watch_on_kept_arrays_does_not_grow_with_dropped_models(rng):
+    """Models that are dropped after a forward leave entries behind until a prune, which
+    keeps the registry bounded."""
+    x = rng.standard_normal((2, 3))
+    for _ in range(3 * L._prune_at):
+        model = L.Sequential(L.Tanh(), L.Linear(3, 3, seed=0, dtype=F64), L.ReLU(inplace=True))
+        model(x)
+    assert len(L._keepers_by_buffer) <= L._prune_at + 4
 
 
 # ---------------------------------------------------------------------------- PyTorch parity
