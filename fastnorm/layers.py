@@ -141,11 +141,16 @@ class Parameter:
 # arrays live in (id of its owner), so that an inplace layer finds those it is about to
 # overwrite without looking at every layer (a training step of 10 Linear / BatchNorm1d /
 # ReLU(inplace) blocks at (32, 128) took 1.75x as long when every inplace forward checked
-# every layer).  Nothing registers until an inplace layer exists.
+# every layer).  Nothing is filed until an inplace layer exists (constructed, unpickled or
+# switched to inplace).  Models may train in threads: every step is one atomic dict or set
+# operation (setdefault, pop with a default), so none raises; a filing that races with
+# another thread's emptying of the same set can be lost, which only loses a detection
+# (a lock around them cost 0.35 us per forward).
 _keepers_by_buffer = {}                       # id of a buffer's owner -> ids of layers
 _layers_by_id = weakref.WeakValueDictionary()  # layer id -> layer, while it lives
 _watching = False
-_prune_at = 4096   # entries (some left by layers since freed) before the dead are dropped
+_filed_since_prune = 0
+_prune_every = 4096   # filings between prunes of the ids of layers since freed
 
 
 def _watch():
@@ -173,33 +178,32 @@ def _register_kept(layer, x, y):
     layer can reach lies there (its copies, statistics and masks are its own).  Sets of
     layer ids, two keys at most: looking at every kept array, and a WeakSet per buffer,
     cost about 2 us per forward."""
-    if len(_keepers_by_buffer) > _prune_at:
-        _prune()
+    global _filed_since_prune
     lid = id(layer)
-    if _layers_by_id.get(lid) is not layer:
-        _layers_by_id[lid] = layer
     ky = id(_owner(y))
     kx = id(_owner(x)) if isinstance(x, np.ndarray) else ky
     keys = (ky,) if kx == ky else (kx, ky)
+    _filed_since_prune += 1
+    if _filed_since_prune >= _prune_every:
+        _prune()
+    if _layers_by_id.get(lid) is not layer:
+        _layers_by_id[lid] = layer
     for key in keys:
-        ids = _keepers_by_buffer.get(key)
-        if ids is None:
-            _keepers_by_buffer[key] = {lid}
-        else:
-            ids.add(lid)
+        _keepers_by_buffer.setdefault(key, set()).add(lid)
     layer._kept_keys = keys
 
 
 def _prune():
-    """Drops the ids of layers that died without a next forward, and the keys left empty."""
-    global _prune_at
+    """Drops the ids of layers freed since they were filed, and the keys left empty."""
+    global _filed_since_prune, _prune_every
+    _filed_since_prune = 0
     for key in list(_keepers_by_buffer):
-        ids = {lid for lid in _keepers_by_buffer[key] if lid in _layers_by_id}
-        if ids:
-            _keepers_by_buffer[key] = ids
-        else:
-            del _keepers_by_buffer[key]
-    _prune_at = max(4096, 2 * len(_keepers_by_buffer))
+        ids = _keepers_by_buffer.get(key)
+        if ids is not None:
+            ids.intersection_update([lid for lid in list(ids) if lid in _layers_by_id])
+            if not ids:
+                _keepers_by_buffer.pop(key, None)
+    _prune_every = max(4096, 2 * sum(len(ids) for ids in list(_keepers_by_buffer.values())))
 
 
 def _forget_kept(layer):
@@ -209,7 +213,7 @@ def _forget_kept(layer):
         if ids is not None:
             ids.discard(lid)
             if not ids:
-                del _keepers_by_buffer[key]
+                _keepers_by_buffer.pop(key, None)
     layer._kept_keys = ()
 
 
@@ -253,6 +257,11 @@ class Layer:
         self._overwritten_by = None
         self._kept_keys = ()
 
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if state.get("_inplace"):   # an unpickled inplace layer: __init__ did not run
+            _watch()
+
     # -- registration ---------------------------------------------------------
     def _add_parameter(self, name, data):
         setattr(self, name, Parameter(data))
@@ -277,7 +286,7 @@ class Layer:
             _forget_kept(self)
         y = self._forward(x)
         self._out_spec = (y.shape, y.dtype) if self._saved is not None else None
-        if _watching and self._saved is not None:
+        if _watching and _kept_arrays(self._saved):   # not Flatten's shape, Dropout's mask
             _register_kept(self, x, y)
         return y
 
@@ -526,7 +535,21 @@ class Flatten(Layer):
 
 # ---------------------------------------------------------------------------- activations
 
-class _Activation(Layer):
+class _InplaceOption:
+    """``inplace`` as a property: switching it on starts the watch on kept arrays."""
+
+    @property
+    def inplace(self):
+        return self._inplace
+
+    @inplace.setter
+    def inplace(self, value):
+        self._inplace = value
+        if value:
+            _watch()
+
+
+class _Activation(_InplaceOption, Layer):
     """Elementwise layer over ``fastnorm.<fn>`` / ``<fn>_backward``.
 
     ``_saves_output``: the backward kernel takes the forward output (sigmoid, tanh).
@@ -544,8 +567,6 @@ class _Activation(Layer):
         self.inplace = False
         if self._has_inplace:
             self.inplace = _bool_arg(type(self).__name__, "inplace", kwargs.pop("inplace", False))
-            if self.inplace:
-                _watch()
         elif "inplace" in kwargs:
             raise TypeError(f"{type(self).__name__}: has no inplace option (PyTorch has none)")
         for name, _ in self._params:
@@ -673,7 +694,7 @@ for _cls in (ReLU, ReLU6, LeakyReLU, ELU, SELU, CELU, GELU, SiLU, Softplus, Mish
 
 # ---------------------------------------------------------------------------- dropout, linear
 
-class Dropout(Layer):
+class Dropout(_InplaceOption, Layer):
     """Inverted dropout (``torch.nn.Dropout``): in training mode each element is zeroed
     with probability p and the rest scaled by 1 / (1 - p); identity in eval mode.
 
@@ -689,8 +710,6 @@ class Dropout(Layer):
         super().__init__()
         self.p = _real_arg("Dropout", "p", p, 0.0, 1.0)
         self.inplace = _bool_arg("Dropout", "inplace", inplace)
-        if self.inplace:
-            _watch()
         self.seed = _seed_arg("Dropout", seed)
         self.offset = 0
 

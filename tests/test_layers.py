@@ -597,13 +597,72 @@ def test_inplace_layers_that_overwrite_nothing_kept_run_as_before(rng):
 
 
 def test_the_watch_on_kept_arrays_does_not_grow_with_dropped_models(rng):
-    """Models that are dropped after a forward leave entries behind until a prune, which
-    keeps the registry bounded."""
+    """Models dropped after a forward leave their ids behind until a prune, which runs every
+    so many filings: the registry stays bounded."""
     x = rng.standard_normal((2, 3))
-    for _ in range(3 * L._prune_at):
+    hold = []
+    for _ in range(3 * L._prune_every):
         model = L.Sequential(L.Tanh(), L.Linear(3, 3, seed=0, dtype=F64), L.ReLU(inplace=True))
-        model(x)
-    assert len(L._keepers_by_buffer) <= L._prune_at + 4
+        model(x)                       # Tanh filed under x's buffer, the same every time
+        hold.append(L.Tanh())          # takes the dropped layers' memory: new ids each time
+    filed = sum(len(ids) for ids in L._keepers_by_buffer.values())
+    assert filed <= 2 * L._prune_every
+
+
+@pytest.mark.parametrize("build", ["pickle.loads(BLOB)", "L.Sequential(L.Sigmoid(), L.ReLU())"],
+                         ids=["unpickled", "switched-on"])
+def test_the_watch_starts_in_a_process_whose_inplace_layers_were_unpickled_or_switched_on(build):
+    """__init__ does not run for an unpickled layer, and inplace may be set after it: either
+    way the first training step already catches the overwrite (in a fresh process, where
+    no inplace layer was constructed)."""
+    import pickle
+    import subprocess
+    import sys
+    blob = pickle.dumps(L.Sequential(L.Tanh(), L.LeakyReLU(0.1, inplace=True)))
+    child = f"""
+import pickle, numpy as np, fastnorm.layers as L
+BLOB = {blob!r}
+model = {build}
+model[1].inplace = True
+y = model(np.linspace(-2, 2, 8).reshape(2, 4))
+try:
+    model.backward(np.ones_like(y))
+except RuntimeError as exc:
+    assert "overwritten by an inplace" in str(exc), exc
+    print("raised")
+"""
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "raised", (done.stdout, done.stderr)
+
+
+def test_layers_train_in_threads_on_one_input(rng):
+    """The watch's registry is shared: layers of separate models filed under one input's
+    buffer from several threads, with the interpreter switching threads as often as it can
+    (a first form raised KeyError there, emptying one set twice)."""
+    import sys
+    import threading
+    x = rng.standard_normal((1, 1))
+    L.ReLU(inplace=True)          # starts the watch
+    errors = []
+
+    def train():
+        layer = L.Flatten()
+        try:
+            for _ in range(20000):
+                layer(x)
+        except Exception as exc:  # noqa: BLE001 -- any error fails the test below
+            errors.append(repr(exc))
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=train) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
 
 
 # ---------------------------------------------------------------------------- PyTorch parity
