@@ -635,6 +635,19 @@ except RuntimeError as exc:
     assert done.returncode == 0 and done.stdout.strip() == "raised", (done.stdout, done.stderr)
 
 
+def test_inplace_layers_pickled_by_the_previous_version_load(rng):
+    """Their state has ``inplace`` (now a property over ``_inplace``)."""
+    import pickle
+    for layer in (L.ReLU(inplace=True), L.Dropout(0.3, inplace=True, seed=1)):
+        state = dict(layer.__dict__)
+        state["inplace"] = state.pop("_inplace")
+        old = type(layer).__new__(type(layer))
+        old.__setstate__(state)
+        assert old.inplace is True and "inplace" not in old.__dict__
+        x = rng.standard_normal((2, 3))
+        np.testing.assert_array_equal(pickle.loads(pickle.dumps(old))(x.copy()), layer(x.copy()))
+
+
 def test_layers_train_in_threads_on_one_input(rng):
     """The watch's registry is shared: layers of separate models filed under one input's
     buffer from several threads, with the interpreter switching threads as often as it can
