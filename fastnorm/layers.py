@@ -257,11 +257,6 @@ class Layer:
         self._overwritten_by = None
         self._kept_keys = ()
 
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        if state.get("_inplace"):   # an unpickled inplace layer: __init__ did not run
-            _watch()
-
     # -- registration ---------------------------------------------------------
     def _add_parameter(self, name, data):
         setattr(self, name, Parameter(data))
@@ -552,7 +547,17 @@ class _InplaceOption:
         if "inplace" in state:   # pickled before inplace became a property
             state = dict(state, _inplace=state["inplace"])
             del state["inplace"]
-        super().__setstate__(state)
+        self.__dict__.update(state)
+        if self._inplace:   # an unpickled inplace layer: __init__ did not run
+            _watch()
+
+    def _before_overwriting(self, x):
+        """Checks that x, which this inplace layer writes next, may be written, and marks
+        the layers that kept it for backward."""
+        if not x.flags.writeable:
+            raise ValueError(f"{type(self).__name__}: inplace=True needs a writeable x, got a "
+                             "read-only array")
+        _before_inplace_write(self, x)
 
 
 class _Activation(_InplaceOption, Layer):
@@ -595,11 +600,9 @@ class _Activation(_InplaceOption, Layer):
             if self.training:
                 self._saved = y if self._saves_output else x
             return y
-        if not x.flags.writeable:
-            raise ValueError(f"{name}: inplace=True needs a writeable x, got a read-only array")
+        self._before_overwriting(x)
         from_output = self._saves_output or self._output_backward()
         keep = x.copy() if self.training and not from_output else None
-        _before_inplace_write(self, x)
         y = forward(x, **self._kwargs(), out=x)
         if self.training:
             self._saved = y if from_output else keep
@@ -726,9 +729,7 @@ class Dropout(_InplaceOption, Layer):
                 self._saved = False  # identity: backward passes grad_output through
             return x
         if self.inplace:
-            if not x.flags.writeable:
-                raise ValueError("Dropout: inplace=True needs a writeable x, got a read-only array")
-            _before_inplace_write(self, x)
+            self._before_overwriting(x)
         y, mask = dropout(x, self.p, seed=self.seed, offset=self.offset,
                           out=x if self.inplace else None)
         self.offset = mask.next_offset

@@ -609,7 +609,8 @@ def test_the_watch_on_kept_arrays_does_not_grow_with_dropped_models(rng):
     assert filed <= 2 * L._prune_every
 
 
-@pytest.mark.parametrize("build", ["pickle.loads(BLOB)", "L.Sequential(L.Sigmoid(), L.ReLU())"],
+@pytest.mark.parametrize("build", ["pickle.loads(BLOB)",
+                                   "L.Sequential(L.Sigmoid(), L.ReLU()); model[1].inplace = True"],
                          ids=["unpickled", "switched-on"])
 def test_the_watch_starts_in_a_process_whose_inplace_layers_were_unpickled_or_switched_on(build):
     """__init__ does not run for an unpickled layer, and inplace may be set after it: either
@@ -623,7 +624,7 @@ def test_the_watch_starts_in_a_process_whose_inplace_layers_were_unpickled_or_sw
 import pickle, numpy as np, fastnorm.layers as L
 BLOB = {blob!r}
 model = {build}
-model[1].inplace = True
+assert model[1].inplace
 y = model(np.linspace(-2, 2, 8).reshape(2, 4))
 try:
     model.backward(np.ones_like(y))
