@@ -90,6 +90,95 @@ def test_layer_rms_group_instance_norm_poison_only_their_unit(bad, backend, num_
     np.testing.assert_array_equal(np.delete(var, 5), np.delete(var0, 5))
 
 
+def _statistics_cases():
+    """(name, shape, call, unit's first / inner / last index, the unit's index in mean and
+    rstd, its part of y): call(x, out) -> (y, mean, rstd, running_mean or None).  The
+    shapes reach the kernels' paths: batch norm's runs and column sums (and its one-block
+    column sums for 1-D), channels-last, units and rows taken one by one and by groups (the
+    first group's sums on their own, a later group's beside the previous one's output
+    pass); into out=, large enough calls stream (their units' sums and output one by one)."""
+    def bn(shape, channels_last=False):
+        c = shape[-1] if channels_last or len(shape) == 2 else shape[1]
+
+        def call(x, out):
+            rm, rv = np.zeros(c, F32), np.ones(c, F32)
+            y, mean, rstd = fastnorm.batch_norm(x, None, None, rm, rv, channels_last=channels_last,
+                                                out=out)
+            return y, mean, rstd, rm
+        return call
+
+    def stats_only(fn, *args, **kwargs):
+        def call(x, out):
+            return (*fn(x, *args, out=out, **kwargs), None)
+        return call
+
+    def moments(axis):
+        def call(x, out):
+            mean, var = fastnorm.moments(x, axis=axis)
+            return None, mean, 1 / np.sqrt(var), None
+        return call
+
+    return [
+        ("batch_norm runs", (4, 3, 8, 8), bn((4, 3, 8, 8)),
+         [(0, 1, 0, 0), (2, 1, 3, 5), (3, 1, 7, 7)], 1, np.s_[:, 1]),
+        ("batch_norm columns", (6, 3, 2, 3), bn((6, 3, 2, 3)),
+         [(0, 1, 0, 0), (2, 1, 1, 1), (5, 1, 1, 2)], 1, np.s_[:, 1]),
+        ("batch_norm 1-D", (64, 5), bn((64, 5)), [(0, 2), (30, 2), (63, 2)], 2, np.s_[:, 2]),
+        ("batch_norm channels-last", (4, 3, 5, 6), bn((4, 3, 5, 6), True),
+         [(0, 0, 0, 4), (1, 2, 3, 4), (3, 2, 4, 4)], 4, np.s_[..., 4]),
+        ("layer_norm rows by groups, first", (9, 40), stats_only(fastnorm.layer_norm, 40),
+         [(1, 0), (1, 17), (1, 39)], 1, np.s_[1]),
+        ("layer_norm rows by groups, later", (9, 40), stats_only(fastnorm.layer_norm, 40),
+         [(5, 0), (5, 17), (5, 39)], 5, np.s_[5]),
+        ("layer_norm wide rows", (3, 9000), stats_only(fastnorm.layer_norm, 9000),
+         [(1, 0), (1, 4500), (1, 8999)], 1, np.s_[1]),
+        ("group_norm units by groups, first", (3, 8, 5, 4), stats_only(fastnorm.group_norm, 4),
+         [(0, 2, 0, 0), (0, 3, 1, 2), (0, 3, 4, 3)], (0, 1), np.s_[0, 2:4]),
+        ("group_norm units by groups, later", (3, 8, 5, 4), stats_only(fastnorm.group_norm, 4),
+         [(2, 2, 0, 0), (2, 3, 1, 2), (2, 3, 4, 3)], (2, 1), np.s_[2, 2:4]),
+        ("group_norm large units", (2, 4, 64, 64), stats_only(fastnorm.group_norm, 2),
+         [(1, 2, 0, 0), (1, 2, 9, 9), (1, 3, 63, 63)], (1, 1), np.s_[1, 2:4]),
+        ("group_norm channels-last", (3, 5, 4, 8), stats_only(fastnorm.group_norm, 4, channels_last=True),
+         [(1, 0, 0, 6), (1, 2, 3, 7), (1, 4, 3, 7)], (1, 3), np.s_[1, ..., 6:8]),
+        ("instance_norm", (3, 4, 6, 5), stats_only(fastnorm.instance_norm),
+         [(2, 1, 0, 0), (2, 1, 3, 3), (2, 1, 5, 4)], (2, 1), np.s_[2, 1]),
+        ("moments over all but axis 1", (4, 3, 8, 8), moments((0, 2, 3)),
+         [(0, 1, 0, 0), (2, 1, 3, 5), (3, 1, 7, 7)], 1, None),
+        ("moments over axis 0", (64, 5), moments(0), [(0, 2), (30, 2), (63, 2)], 2, None),
+    ]
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf])
+@pytest.mark.parametrize("stream", [False, True], ids=["cached", "streamed"])
+@pytest.mark.parametrize("case", _statistics_cases(), ids=lambda case: case[0])
+def test_an_infinity_gives_its_unit_the_same_statistics_wherever_it_lies(case, stream, bad, backend,
+                                                                         num_threads, rng):
+    """The mean is the infinity (as np.mean), the variance NaN (inf - inf) and the output
+    NaN, whether the infinity is the unit's first element or not: the kernels' one-pass
+    sums are centered on the first element, and centered on an infinity they had given a
+    NaN mean (fn_sums_center)."""
+    _, shape, call, positions, unit, y_part = case
+    x = rng.standard_normal(shape).astype(F32)
+    out = np.empty_like(x) if stream else None
+    try:
+        fastnorm._config.set_stream_min_bytes(0 if stream else None)
+        clean = [a if a is None else a.copy() for a in call(x, out)]
+        for index in positions:
+            y, mean, rstd, running_mean = call(_with(x, index, bad), out)
+            assert mean[unit] == bad, index
+            assert np.isnan(rstd[unit]), index
+            if y is not None:
+                assert np.isnan(y[y_part]).all(), index
+            if running_mean is not None:
+                assert running_mean[unit] == bad, index
+            others = np.ones(mean.shape, bool)
+            others[unit] = False
+            np.testing.assert_array_equal(mean[others], clean[1][others])
+            np.testing.assert_array_equal(rstd[others], clean[2][others])
+    finally:
+        fastnorm._config.set_stream_min_bytes(None)
+
+
 def test_nan_in_weight_or_bias_poisons_only_that_feature(backend, rng):
     x = rng.standard_normal((16, 6)).astype(F32)
     w = _with(np.ones(6, F32), 4, np.nan)

@@ -57,6 +57,7 @@ cdef extern from "fn_normalization.h" nogil:
     int FN_ISA_COUNT
     int FN_ISA_AVX512
     double fn_running_step(double r, double f, double s)
+    double fn_sums_center(double first) noexcept nogil
 
 cdef const fn_norm_kernels *_kernels = fn_norm_kernels_by_isa[0]
 
@@ -327,7 +328,8 @@ cdef int _stats_run(const floating *x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C,
                             _kernels.stats_runs_f64(x, A, C, B, u0, min(u0 + ch, U), mean, m2)
         return 0
     # Short runs: column sums over fixed row blocks, every column of a channel shifted
-    # by the channel's first element so the columns' sums can simply be added.
+    # by the channel's first element (fn_sums_center), so the columns' sums can simply be
+    # added.
     W = C * B
     rb = _row_block(A, 64)
     nblk = (A + rb - 1) // rb
@@ -346,7 +348,7 @@ cdef int _stats_run(const floating *x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C,
         xp = x + p * A * W
         for c in range(C):
             for j in range(B):
-                shift_p[c * B + j] = <double>xp[c * B]
+                shift_p[c * B + j] = fn_sums_center(<double>xp[c * B])
         if direct:
             s1p, s2p = mean + p * C, m2 + p * C
         memset(s1p, 0, nblk * W * sizeof(double))

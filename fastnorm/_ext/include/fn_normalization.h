@@ -18,6 +18,15 @@
  * that are whole pages apart from its inputs (_whole_page_rows). */
 #define FN_NORM_CHANNEL_ROW_BYTES 4096
 
+/* The center of a unit's one-pass sums (fn_normalization_impl.h): its first element, or 0
+ * where that is +-inf or NaN.  Centered on an infinity, every difference is NaN or an
+ * infinity of the other sign and the mean inf - inf = NaN, where np.mean (and an infinity
+ * anywhere else in the unit) gives the infinity; a NaN reaches the sums either way. */
+static inline double fn_sums_center(double first)
+{
+    return isfinite(first) ? first : 0.0;
+}
+
 /* The shift of the output passes' y = (x - mhi) * scale + shift (fn_normalization_impl.h):
  * bias - (mean - mhi) * scale in double, mhi the mean rounded to the compute type and scale
  * the scale as the pass uses it (rounded to the compute type), so that (x - mhi) * scale +

@@ -2,8 +2,8 @@
  * fn_normalization.h for the (P, A, C, B) geometry of the per-channel kernels.
  *
  * Statistics.  Mean and variance come from ONE pass of sums of the data shifted by the
- * unit's first element, accumulated in double: s1 = sum(x - x0), s2 = sum((x - x0)^2),
- * mean = x0 + s1/n, M2 = s2 - s1^2/n.  Measured on this machine (shared/notes) as fast
+ * unit's first element x0 (0 where that is not finite: fn_sums_center), accumulated in
+ * double: s1 = sum(x - x0), s2 = sum((x - x0)^2), mean = x0 + s1/n, M2 = s2 - s1^2/n.  Measured on this machine (shared/notes) as fast
  * as a plain one-pass sum/sum-of-squares and as accurate as float64 two-pass (~6e-8
  * relative) even for 1e4 + randn float32 data, where a float32 E[x^2] - E[x]^2 is
  * off by O(1); Welford was 10x slower (one division per element).  The shift makes
@@ -501,10 +501,11 @@ void FN_NAME(fn_norm_stats_runs, FN_SUF)(const T *x, int64_t A, int64_t C, int64
         for (int64_t a = 0; a < A; ++a)
             for (int64_t c = c0; c < c1; ++c) {
                 const T *run = xp + (a * C + c) * B;
-                RUN_SUMS(run, B, (double)xp[c * B], &s1[c], &s2[c], fetch && a + 1 < A ? run + C * B : NULL);
+                RUN_SUMS(run, B, fn_sums_center((double)xp[c * B]), &s1[c], &s2[c],
+                         fetch && a + 1 < A ? run + C * B : NULL);
             }
         for (int64_t c = c0; c < c1; ++c)
-            FINISH_MOMENTS((double)xp[c * B], s1[c], s2[c], n, &s1[c], &s2[c]);
+            FINISH_MOMENTS(fn_sums_center((double)xp[c * B]), s1[c], s2[c], n, &s1[c], &s2[c]);
         u = p * C + c1;
     }
 }
@@ -616,7 +617,7 @@ static inline __attribute__((always_inline)) void FN_NAME(units_by_groups, FN_SU
     double shift[UNIT_GROUP], s1[UNIT_GROUP], s2[UNIT_GROUP];
     for (int64_t u = u0; u < u1 && u < u0 + group; ++u) {
         const int64_t j = u - u0;
-        shift[j] = (double)x[u * L];
+        shift[j] = fn_sums_center((double)x[u * L]);
         s1[j] = 0.0;
         s2[j] = 0.0;
         RUN_SUMS(x + u * L, L, shift[j], &s1[j], &s2[j], NULL);
@@ -630,7 +631,7 @@ static inline __attribute__((always_inline)) void FN_NAME(units_by_groups, FN_SU
         for (int64_t j = 0; j < k; ++j) {
             const int64_t u = g + j;
             const T *xn = u + group < u1 ? x + (u + group) * L : NULL;
-            shift[j] = xn ? (double)xn[0] : 0.0;
+            shift[j] = xn ? fn_sums_center((double)xn[0]) : 0.0;
             /* down as a literal, so that each copy is compiled for one direction */
             if (down)
                 FN_NAME(unit_output, FN_SUF)(x + u * L, y + u * L, (u % G) * cg, cg, hw, mu[j],
@@ -663,7 +664,7 @@ void FN_NAME(fn_norm_group_forward, FN_SUF)(const T *x, T *y, int64_t G, int64_t
         const double n = (double)L;
         for (int64_t u = u0; u < u1; ++u) {
             const T *xu = x + u * L;
-            const double shift = (double)xu[0];
+            const double shift = fn_sums_center((double)xu[0]);
             double s1 = 0.0, s2 = 0.0, mu;
             RUN_SUMS(xu, L, shift, &s1, &s2, NULL);
             const double rs = FN_NAME(unit_stats, FN_SUF)(shift, s1, s2, n, eps, mean, m2, u, &mu);
@@ -1230,7 +1231,7 @@ static inline __attribute__((always_inline)) void FN_NAME(rows_by_groups, FN_SUF
     double shift[ROW_GROUP], s1[ROW_GROUP], s2[ROW_GROUP];
     for (int64_t r = r0; r < r1 && r < r0 + group; ++r) {
         const int64_t j = r - r0;
-        shift[j] = rms ? 0.0 : (double)x[r * K];
+        shift[j] = rms ? 0.0 : fn_sums_center((double)x[r * K]);
         s1[j] = 0.0;
         s2[j] = 0.0;
         RUN_SUMS(x + r * K, K, shift[j], &s1[j], &s2[j], NULL);
@@ -1246,7 +1247,7 @@ static inline __attribute__((always_inline)) void FN_NAME(rows_by_groups, FN_SUF
             const T *xr = x + r * K;
             T *yr = y + r * K;
             const T *xn = r + group < r1 ? xr + group * K : NULL;
-            shift[j] = (xn && !rms) ? (double)xn[0] : 0.0;
+            shift[j] = (xn && !rms) ? fn_sums_center((double)xn[0]) : 0.0;
             const FN_NAME(row_coefs, FN_SUF) c = coefs[j];
             ROW_OUTPUT(xn, shift[j], &s1[j], &s2[j], down);
         }
@@ -1271,7 +1272,7 @@ void FN_NAME(fn_norm_rows_forward, FN_SUF)(const T *x, T *y, int64_t K, int64_t 
         for (int64_t r = r0; r < r1; ++r) {
             const T *xr = x + r * K;
             T *yr = y + r * K;
-            const double shift = rms ? 0.0 : (double)xr[0];
+            const double shift = rms ? 0.0 : fn_sums_center((double)xr[0]);
             double s1 = 0.0, s2 = 0.0;
             RUN_SUMS(xr, K, shift, &s1, &s2, NULL);
             const FN_NAME(row_coefs, FN_SUF) c =
