@@ -276,8 +276,11 @@ def partial_moments(x, axis=None, *, split_every=8):
 
 def _bn_statistics(total, eps):
     n = total.count
-    if n <= 1:
+    if n == 1:
         raise ValueError(f"batch_norm: expected more than 1 value per channel when training, got {n}")
+    if n == 0:  # an empty batch, as fastnorm.batch_norm: NaN statistics (0/0), y empty
+        nan = np.full(np.shape(total.mean), np.nan)
+        return nan, nan
     return total.mean, _norm._rstd(total.m2 / n, eps)
 
 
@@ -297,7 +300,7 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
 
     training=True: phase 1 reduces the blocks' partial moments (over N and the spatial
     axes, per channel) in a tree; phase 2 normalizes every block with the global
-    statistics.  The running statistics are not updated here (that would be a side
+    statistics (NaN for an empty batch, as the in-memory function).  The running statistics are not updated here (that would be a side
     effect of a lazy graph): compute ``partial_moments(x, axes)`` and update them from
     its mean and ``var(ddof=1)``.  training=False: running_mean/running_var (C,)
     normalize, blockwise.

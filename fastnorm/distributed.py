@@ -167,7 +167,8 @@ def sync_batch_norm(x, weight=None, bias=None, running_mean=None, running_var=No
     in training mode).
 
     x: this rank's (N_r, C, *spatial) (or (N_r, *spatial, C) with ``channels_last``);
-    N_r may differ between ranks, and be 0.  Returns ``(y, mean, rstd)``: y for this
+    N_r may differ between ranks, and be 0 (0 on every rank: as batch_norm of an empty
+    batch, an empty y, NaN mean and rstd, the running statistics untouched).  Returns ``(y, mean, rstd)``: y for this
     rank's x, mean/rstd (C,) the global statistics (identical on every rank).  Running
     statistics (given on every rank or on none) are updated with the global mean and
     unbiased global variance, as single-process batch_norm over the concatenation.
@@ -194,14 +195,18 @@ def sync_batch_norm(x, weight=None, bias=None, running_mean=None, running_var=No
     local = _norm.moments(x, _reduce_axes(x, channels_last), partial=True)
     total = allreduce_moments(local, comm, stats_reduction=stats_reduction)
     n = total.count
-    if n <= 1:
+    if n == 1:
         raise ValueError(f"{func}: expected more than 1 value per channel over all ranks when "
                          f"training, got {n} (this rank's x has shape {x.shape})")
     mean_d, m2 = total.mean, total.m2
-    if rm is not None:
+    if n == 0:
+        # No values on any rank, as batch_norm over an empty batch (and PyTorch): every
+        # rank's y is empty, mean and rstd NaN (0/0), the running statistics untouched.
+        mean_d = m2 = np.full(c, np.nan)
+    elif rm is not None:
         _norm._update_running(rm, mean_d, factor)
         _norm._update_running(rv, m2 / (n - 1), factor)
-    rstd_d = _norm._rstd(m2 / n, eps)
+    rstd_d = _norm._rstd(m2 / max(n, 1), eps)
     y = _normalize(x, mean_d, rstd_d, weight, bias, channels_last, out)
     cd = compute_dtype(x.dtype)
     return y, mean_d.astype(cd), rstd_d.astype(cd)

@@ -132,6 +132,20 @@ def test_batch_norm_two_phases(backend, num_threads, scheduler, rng, chunks, dty
     _close(rstd, rstd_ref, dtype)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_batch_norm_of_an_empty_batch(backend, dtype, channels_last):
+    """As fastnorm.batch_norm: an empty y and NaN mean and rstd in the compute dtype."""
+    x_np = np.zeros((0, 4, 3, 3) if channels_last else (0, 3, 4), dtype)
+    y, mean, rstd = dask.compute(*fd.batch_norm(da.from_array(x_np, chunks=2),
+                                                channels_last=channels_last))
+    y_ref, mean_ref, rstd_ref = fastnorm.batch_norm(x_np, channels_last=channels_last)
+    assert y.shape == x_np.shape and y.dtype == y_ref.dtype
+    for got, want in [(mean, mean_ref), (rstd, rstd_ref)]:
+        assert got.shape == want.shape == (3,) and got.dtype == want.dtype
+        assert np.isnan(got).all() and np.isnan(want).all()
+
+
 def test_running_statistics_from_partial_moments(rng):
     x_np = _data(rng, np.float32)
     x = da.from_array(x_np, chunks=(8, 3, 5, 4))

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -378,6 +379,36 @@ def test_sync_batch_norm_finite_differences(rng):
             w2[ch] += dw
             return sum(per_rank(x, lambda comm, xs, gs: float((sync_batch_norm(xs, w2, b, comm=comm)[0] * gs).sum())))
         assert abs((loss_w(h) - loss_w(-h)) / (2 * h) - gw[ch]) < 1e-6
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_sync_batch_norm_with_no_values_on_any_rank_is_batch_norm_of_an_empty_batch(backend, channels_last):
+    """As fastnorm.batch_norm (and PyTorch): empty y, NaN mean and rstd, the running
+    statistics untouched; the backward gives empty grad_x and zero parameter gradients."""
+    x = np.zeros((0, 5, 3, 3) if channels_last else (0, 3, 5), np.float32)
+    ref_y, ref_mean, ref_rstd = fastnorm.batch_norm(x, channels_last=channels_last)
+    ref_grads = fastnorm.batch_norm_backward(x, x, np.ones(3, np.float32), ref_mean, ref_rstd,
+                                             channels_last=channels_last, bias=np.zeros(3, np.float32))
+
+    def rank(comm):
+        rm, rv = np.full(3, 0.5, np.float32), np.full(3, 2.0, np.float32)
+        y, mean, rstd = sync_batch_norm(x, None, None, rm, rv, comm=comm, channels_last=channels_last)
+        grads = sync_batch_norm_backward(x, x, np.ones(3, np.float32), mean, rstd, comm=comm,
+                                         channels_last=channels_last, bias=np.zeros(3, np.float32))
+        return y, mean, rstd, rm, rv, grads
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        results, _ = run_ranks(2, rank)
+    for y, mean, rstd, rm, rv, grads in results:
+        assert y.shape == x.shape and y.dtype == x.dtype
+        for got, want in [(mean, ref_mean), (rstd, ref_rstd)]:
+            assert got.dtype == want.dtype and np.isnan(got).all() and np.isnan(want).all()
+        np.testing.assert_array_equal(rm, np.full(3, 0.5, np.float32))
+        np.testing.assert_array_equal(rv, np.full(3, 2.0, np.float32))
+        for got, want in zip(grads, ref_grads):
+            assert got.shape == want.shape and got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want)
 
 
 def test_sync_batch_norm_errors(rng):
