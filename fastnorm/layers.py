@@ -368,8 +368,10 @@ class Layer:
         ``np.savez`` file, or a PyTorch state dict converted to NumPy) into this layer.
 
         Values are cast to the layer's dtypes; Parameter objects are kept (optimizers
-        holding them stay valid).  Missing or unexpected keys (unexpected only when
-        ``strict``) and wrong shapes raise ValueError before anything is changed.
+        holding them stay valid).  ``strict``: missing or unexpected keys raise ValueError;
+        ``strict=False`` loads the keys the layer has and leaves the others (as PyTorch,
+        which returns the missing and unexpected keys where this returns the layer).  Wrong
+        shapes and non-numeric values raise before anything is changed.
         """
         name = type(self).__name__
         try:
@@ -381,16 +383,18 @@ class Layer:
         expected = [key for key, *_ in items]
         missing = [k for k in expected if k not in state_dict]
         unexpected = [k for k in keys if k not in set(expected)]
-        if missing or (strict and unexpected):
+        if strict and (missing or unexpected):
             parts = []
             if missing:
                 parts.append(f"missing keys {missing}")
-            if strict and unexpected:
+            if unexpected:
                 parts.append(f"unexpected keys {unexpected}")
             raise ValueError(f"{name}.load_state_dict: state_dict does not match the layer: "
                              f"{'; '.join(parts)} (expected keys {expected})")
         staged = []
         for key, owner, attr, is_param in items:
+            if key in missing:
+                continue
             current = getattr(owner, attr)
             target = current.data if is_param else current
             try:

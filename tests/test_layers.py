@@ -484,6 +484,13 @@ def test_error_state_dict_mismatch():
     with pytest.raises(ValueError, match=r"unexpected keys \['9.weight'\]"):
         model.load_state_dict(extra)
     model.load_state_dict(extra, strict=False)
+    # strict=False loads what is there and leaves the rest (a new head, as in PyTorch)
+    partial = {k: np.full(np.shape(v), 0.25) for k, v in state.items() if k.startswith("0.")}
+    running_var = model[1].running_var.copy()
+    assert model.load_state_dict(dict(partial, extra=np.zeros(1)), strict=False) is model
+    assert (model[0].weight.data == 0.25).all() and (model[0].bias.data == 0.25).all()
+    np.testing.assert_array_equal(model[1].running_var, running_var)
+    model.load_state_dict(state)
     bad_shape = dict(state)
     bad_shape["0.weight"] = np.zeros((4, 6), np.float32)
     bad_shape["0.bias"] = np.full(6, 7.0, np.float32)
