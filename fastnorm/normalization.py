@@ -69,7 +69,8 @@ def _param(func, name, p, shape, x):
 def _running(func, running_mean, running_var, c, x, *, updated=True):
     """The running statistics: when ``updated`` (training), the caller's own writeable
     arrays, which are written in place; else (evaluation) only read, so checked and
-    converted as weight is (read-only arrays, e.g. memory-mapped, and lists are fine)."""
+    converted as weight is: read-only arrays (memory-mapped, say) do, and array-likes
+    that convert to x's dtype (a list of floats converts to float64: float64 x only)."""
     if (running_mean is None) != (running_var is None):
         missing = "running_var" if running_var is None else "running_mean"
         raise ValueError(f"{func}: running_mean and running_var must be given together, {missing} is None")
@@ -370,8 +371,8 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
     counter already incremented for this batch).  One value per channel raises
     ValueError; none gives an empty y, NaN mean and rstd (0/0) and leaves the running
     statistics alone, as PyTorch.  Evaluation (training=False): the running statistics
-    (only read, so read-only arrays and array-likes do) normalize and are returned as
-    mean and 1/sqrt(running_var + eps).
+    (only read, so read-only arrays do, and array-likes that convert to x's dtype)
+    normalize and are returned as mean and 1/sqrt(running_var + eps).
     """
     ext = _config.extension("normalization")
     if ext is not None:

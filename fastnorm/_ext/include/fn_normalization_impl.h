@@ -3,11 +3,12 @@
  *
  * Statistics.  Mean and variance come from ONE pass of sums of the data shifted by the
  * unit's first element x0 (0 where that is not finite: fn_sums_center), accumulated in
- * double: s1 = sum(x - x0), s2 = sum((x - x0)^2), mean = x0 + s1/n, M2 = s2 - s1^2/n.  Measured on this machine (shared/notes) as fast
- * as a plain one-pass sum/sum-of-squares and as accurate as float64 two-pass (~6e-8
- * relative) even for 1e4 + randn float32 data, where a float32 E[x^2] - E[x]^2 is
- * off by O(1); Welford was 10x slower (one division per element).  The shift makes
- * s1/n of the order of the spread, so the subtraction in M2 does not cancel.
+ * double: s1 = sum(x - x0), s2 = sum((x - x0)^2), mean = x0 + s1/n, M2 = s2 - s1^2/n.
+ * Measured on this machine (shared/notes) as fast as a plain one-pass sum/sum-of-squares
+ * and as accurate as float64 two-pass (~6e-8 relative) even for 1e4 + randn float32 data,
+ * where a float32 E[x^2] - E[x]^2 is off by O(1); Welford was 10x slower (one division per
+ * element).  The shift makes s1/n of the order of the spread, so the subtraction in M2 does
+ * not cancel.
  *
  * Determinism.  Every reduction here covers a fixed set of elements in a fixed order
  * (one unit, one row, or one caller-chosen block of rows); the callers (normalization.pyx)
@@ -274,11 +275,12 @@ static inline int FN_NAME(fetch_next_sample, FN_SUF)(int64_t B, int64_t channels
 /* s1 += sum(dy), s2 += sum(dy * (x - center)) over one contiguous run; the lines of the runs
  * `next` elements further on in dy and x (0: none) are fetched into L2 meanwhile where the
  * lanes exist, as run_sums does; fn_norm_dual_runs asks for it with AVX-512 only, under the
- * statistics' bounds (adopted, not tuned for two arrays).  (With gcc's reduction, fetching had measured 0.68-0.99x; with the AVX-512 lanes,
- * batch norm backward (64, 64, 56, 56) float32 by channel blocks, through the API, paired,
- * three runs: 1.07-1.16x at 1 thread and, as it happens, 1.07-1.16x at 2.  With the AVX2
- * lanes on Zen 3, against the same lanes without it, paired, 1 thread: float64 0.90-0.91x
- * in two runs, float32 1.03-1.07x; so AVX2 does not ask, DUAL_FETCH.)  The lanes against
+ * statistics' bounds (adopted, not tuned for two arrays).  (With gcc's reduction, fetching
+ * had measured 0.68-0.99x; with the AVX-512 lanes, batch norm backward (64, 64, 56, 56)
+ * float32 by channel blocks, through the API, paired, three runs: 1.07-1.16x at 1 thread
+ * and, as it happens, 1.07-1.16x at 2.  With the AVX2 lanes on Zen 3, against the same
+ * lanes without it, paired, 1 thread: float64 0.90-0.91x in two runs, float32 1.03-1.07x;
+ * so AVX2 does not ask, DUAL_FETCH.)  The lanes against
  * gcc's reduction, whose order differs (so the last bits may), AVX-512 through the API,
  * paired, 1 / 2 threads: batch norm backward (256, 64, 14, 14) 1.14x / 1.18x, (64, 64, 56, 56)
  * 1.03x / 1.01x, group norm backward (16, 256, 32, 32) 1.07x / 1.09x. */
@@ -697,9 +699,10 @@ void FN_NAME(fn_norm_group_forward, FN_SUF)(const T *x, T *y, int64_t G, int64_t
  * thread, float32, gx 16-256 bytes after x, against the units and channels downwards too
  * (each unit's output in one descent after its sums upwards): (4, 32, 2, 1024) 1.06-1.48x
  * against 0.97-1.18x faster than upwards, (4, 64, 1, 256) 1.00-1.15x against 0.83-1.01x,
- * (8, 32, 8, 256) 0.98-1.16x against 0.85-1.02x.  (Choosing the unit order per unit inside the loop made instance norm
- * (4, 64, 16, 16) 0.87-0.94x as fast upwards too; the unit's body in a function called from
- * one loop per direction gave 0.86-1.08x in the window where this form gave 0.99-1.15x.) */
+ * (8, 32, 8, 256) 0.98-1.16x against 0.85-1.02x.  (Choosing the unit order per unit inside
+ * the loop made instance norm (4, 64, 16, 16) 0.87-0.94x as fast upwards too; the unit's
+ * body in a function called from one loop per direction gave 0.86-1.08x in the window where
+ * this form gave 0.99-1.15x.) */
 void FN_NAME(fn_norm_group_backward, FN_SUF)(const T *dy, const T *x, T *gx, int64_t G, int64_t cg,
                                              int64_t hw, int64_t u0, int64_t u1, const T *w,
                                              const double *center, const T *mhi, const double *rstd,
