@@ -300,9 +300,11 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
 
     training=True: phase 1 reduces the blocks' partial moments (over N and the spatial
     axes, per channel) in a tree; phase 2 normalizes every block with the global
-    statistics (NaN for an empty batch, as the in-memory function).  The running statistics are not updated here (that would be a side
-    effect of a lazy graph): compute ``partial_moments(x, axes)`` and update them from
-    its mean and ``var(ddof=1)``.  training=False: running_mean/running_var (C,)
+    statistics (NaN for an empty batch, as the in-memory function).  The running
+    statistics are not updated here (that would be a side effect of a lazy graph):
+    compute ``partial_moments(x, axes)`` and update them from its mean and
+    ``var(ddof=1)`` (unless its count is 0: batch_norm leaves them alone for an empty
+    batch).  training=False: running_mean/running_var (C,)
     normalize, blockwise.
     """
     func = "batch_norm"

@@ -125,7 +125,8 @@ def allreduce_moments(partial, comm=None, *, stats_reduction=None):
     if n == 0:
         return _norm.PartialMoments(0, np.zeros(shape), np.zeros(shape))
     mu = totals[1:] / n
-    local = m2.reshape(-1) + count * (mean.reshape(-1) - mu) ** 2 if count else np.zeros(c)
+    with np.errstate(invalid="ignore"):  # inf - inf where a channel holds an infinity: NaN
+        local = m2.reshape(-1) + count * (mean.reshape(-1) - mu) ** 2 if count else np.zeros(c)
     m2_total = _allreduce_sum(comm, np.concatenate(([0.0], local)))[1:]
     return _norm.PartialMoments(n, mu.reshape(shape), m2_total.reshape(shape))
 
@@ -145,7 +146,8 @@ def _normalize(x, mean_d, rstd_d, weight, bias, channels_last, out):
     if ext is None or x.size == 0:
         shape = [1] * x.ndim
         shape[x.ndim - 1 if channels_last else 1] = c
-        y = (x.astype(_F64) - mean_d.reshape(shape)) * rstd_d.reshape(shape)
+        with np.errstate(invalid="ignore"):  # inf - inf at an infinity: NaN, as the kernels
+            y = (x.astype(_F64) - mean_d.reshape(shape)) * rstd_d.reshape(shape)
         if weight is not None:
             y = y * weight.astype(_F64).reshape(shape)
         if bias is not None:
@@ -167,8 +169,9 @@ def sync_batch_norm(x, weight=None, bias=None, running_mean=None, running_var=No
     in training mode).
 
     x: this rank's (N_r, C, *spatial) (or (N_r, *spatial, C) with ``channels_last``);
-    N_r may differ between ranks, and be 0 (0 on every rank: as batch_norm of an empty
-    batch, an empty y, NaN mean and rstd, the running statistics untouched).  Returns ``(y, mean, rstd)``: y for this
+    N_r may differ between ranks, and be 0.  No values over all ranks (N_r = 0 on every
+    rank, or a zero spatial size) is batch_norm of an empty batch: an empty y, NaN mean
+    and rstd, the running statistics untouched.  Returns ``(y, mean, rstd)``: y for this
     rank's x, mean/rstd (C,) the global statistics (identical on every rank).  Running
     statistics (given on every rank or on none) are updated with the global mean and
     unbiased global variance, as single-process batch_norm over the concatenation.
@@ -206,7 +209,7 @@ def sync_batch_norm(x, weight=None, bias=None, running_mean=None, running_var=No
     elif rm is not None:
         _norm._update_running(rm, mean_d, factor)
         _norm._update_running(rv, m2 / (n - 1), factor)
-    rstd_d = _norm._rstd(m2 / max(n, 1), eps)
+    rstd_d = _norm._rstd(m2 / max(n, 1), eps)  # n = 0: NaN / 1, without 0/0's warning
     y = _normalize(x, mean_d, rstd_d, weight, bias, channels_last, out)
     cd = compute_dtype(x.dtype)
     return y, mean_d.astype(cd), rstd_d.astype(cd)

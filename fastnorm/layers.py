@@ -382,7 +382,8 @@ class Layer:
         items = self._state_items("")
         expected = [key for key, *_ in items]
         missing = [k for k in expected if k not in state_dict]
-        unexpected = [k for k in keys if k not in set(expected)]
+        known = set(expected)
+        unexpected = [k for k in keys if k not in known]
         if strict and (missing or unexpected):
             parts = []
             if missing:
@@ -393,7 +394,7 @@ class Layer:
                              f"{'; '.join(parts)} (expected keys {expected})")
         staged = []
         for key, owner, attr, is_param in items:
-            if key in missing:
+            if key not in state_dict:  # missing, with strict=False
                 continue
             current = getattr(owner, attr)
             target = current.data if is_param else current

@@ -1,6 +1,8 @@
 """fastnorm.dask: results on Dask arrays equal the in-memory fastnorm functions for
 several chunkings (regular, irregular, cut along trailing axes), on a local scheduler
 (synchronous and threads)."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -144,6 +146,18 @@ def test_batch_norm_of_an_empty_batch(backend, dtype, channels_last):
     for got, want in [(mean, mean_ref), (rstd, rstd_ref)]:
         assert got.shape == want.shape == (3,) and got.dtype == want.dtype
         assert np.isnan(got).all() and np.isnan(want).all()
+
+
+def test_batch_norm_of_a_channel_with_an_infinity_in_any_block(backend, rng):
+    """Its mean is the infinity, as the in-memory function gives it (not the NaN of Chan's
+    update where the infinity was not in the last block merged)."""
+    x_np = rng.standard_normal((12, 3, 4)).astype(np.float32)
+    x_np[1, 0, 1], x_np[10, 1, 2] = np.inf, -np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mean = fd.batch_norm(da.from_array(x_np, chunks=(4, 3, 4)))[1].compute()
+    np.testing.assert_array_equal(mean, fastnorm.batch_norm(x_np)[1])
+    np.testing.assert_array_equal(mean[:2], [np.inf, -np.inf])
 
 
 def test_running_statistics_from_partial_moments(rng):

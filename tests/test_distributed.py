@@ -55,8 +55,9 @@ class ThreadComm:
         self.bytes_sent += group.slots[self.rank].nbytes
         group.barrier.wait()
         total = group.slots[0].copy()
-        for part in group.slots[1:]:
-            total += part
+        with np.errstate(all="ignore"):  # as MPI's sum, in C: inf + -inf is NaN, no warning
+            for part in group.slots[1:]:
+                total += part
         recvbuf[...] = total
         group.barrier.wait()  # nobody overwrites a slot before everyone has summed
 
@@ -409,6 +410,35 @@ def test_sync_batch_norm_with_no_values_on_any_rank_is_batch_norm_of_an_empty_ba
         for got, want in zip(grads, ref_grads):
             assert got.shape == want.shape and got.dtype == want.dtype
             np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("reduction", ["gather", "two_step"])
+def test_an_infinity_on_any_rank_gives_the_single_process_statistics(backend, rng, reduction):
+    """A channel with infinities of one sign has that infinity as its mean, as batch_norm
+    over the whole batch (and np.mean), whichever rank holds it; Chan's update alone gave
+    inf - inf = NaN where the infinity was not in the last part merged."""
+    x = rng.standard_normal((8, 4, 3)).astype(np.float32)
+    x[1, 0, 1] = np.inf        # rank 0
+    x[6, 1, 2] = -np.inf       # rank 1
+    x[2, 2, 0], x[7, 2, 2] = np.inf, -np.inf
+    x[5, 3, 0] = np.nan
+    _, want_mean, want_rstd = fastnorm.batch_norm(x)
+
+    def rank(comm):
+        part = x[4 * comm.Get_rank():4 * comm.Get_rank() + 4]
+        return sync_batch_norm(part, comm=comm, stats_reduction=reduction)[1:]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        results, _ = run_ranks(2, rank)
+        parts = [fastnorm.moments(x[i:i + 2], (0, 2), partial=True) for i in range(0, 8, 2)]
+        merged = fastnorm.merge_moments(parts)
+    np.testing.assert_array_equal(want_mean, [np.inf, -np.inf, np.nan, np.nan])
+    for mean, rstd in results:
+        np.testing.assert_array_equal(mean, want_mean)
+        np.testing.assert_array_equal(rstd, want_rstd)
+    np.testing.assert_array_equal(merged.mean, want_mean)
+    assert np.isnan(merged.var()).all()
 
 
 def test_sync_batch_norm_errors(rng):

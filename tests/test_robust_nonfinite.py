@@ -2,9 +2,11 @@
 
 Normalization: a NaN or an Inf poisons exactly the statistics it enters -- its batch-norm
 channel, its layer-norm row, its group-norm (sample, group), its instance -- whose
-output (and mean/rstd) become NaN; every other channel/row/group is unaffected, bit for
-bit.  In training, a poisoned channel's running statistics become NaN, the others update
-normally.  Activations map NaN to NaN and +-Inf to the function's limit, and their
+output and rstd become NaN (RMS norm: an Inf gives rstd 0), and whose mean NaN, or the
+infinity where the unit's only non-finite values are infinities of one sign (as
+np.mean); every other channel/row/group is unaffected, bit for bit.  In training, a
+poisoned channel's running statistics become NaN (or that infinity for running_mean),
+the others update normally.  Activations map NaN to NaN and +-Inf to the function's limit, and their
 backward passes at +-Inf give what PyTorch gives.  Where torch is installed the results
 are compared with it.
 """

@@ -79,15 +79,22 @@ class PartialMoments(NamedTuple):
 
 def _merge_two(a, b):
     """Chan, Golub & LeVeque's pairwise update: exact in exact arithmetic, and
-    without the cancellation of sum(x**2) - n * mean**2."""
+    without the cancellation of sum(x**2) - n * mean**2.  Where a part's mean is not
+    finite (an infinity or NaN in it), the update's a.mean + (b.mean - a.mean) * w would
+    be inf - inf = NaN; the count-weighted sum of the means is taken there, which is the
+    infinity (NaN for infinities of both signs or a NaN), as np.mean over the union."""
     if b.count == 0:
         return a
     if a.count == 0:
         return b
     n = a.count + b.count
-    delta = b.mean - a.mean
-    mean = a.mean + delta * (b.count / n)
-    m2 = a.m2 + b.m2 + delta * delta * (a.count * (b.count / n))
+    with np.errstate(invalid="ignore"):
+        delta = b.mean - a.mean
+        mean = a.mean + delta * (b.count / n)
+        m2 = a.m2 + b.m2 + delta * delta * (a.count * (b.count / n))
+        finite = np.isfinite(a.mean) & np.isfinite(b.mean)
+        if not finite.all():
+            mean = np.where(finite, mean, a.mean * (a.count / n) + b.mean * (b.count / n))
     return PartialMoments(n, mean, m2)
 
 
@@ -117,7 +124,8 @@ def moments(x, axis=None, *, ddof=0, partial=False):
             zeros = np.zeros([s for i, s in enumerate(x.shape) if i not in axes])
             return PartialMoments(0, zeros, zeros.copy())
         mean = xd.mean(axis=axes, keepdims=True)
-        m2 = ((xd - mean) ** 2).sum(axis=axes)
+        with np.errstate(invalid="ignore"):  # inf - inf: NaN, as in the compiled kernels
+            m2 = ((xd - mean) ** 2).sum(axis=axes)
         return PartialMoments(n, np.asarray(np.squeeze(mean, axis=axes)), np.asarray(m2))
     with np.errstate(all="ignore"):
         mean = xd.mean(axis=axes, keepdims=True) if n else np.full(
