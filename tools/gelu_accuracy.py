@@ -7,7 +7,7 @@ References in float64: x Phi(x) with scipy's ndtr (erf form; its argument roundi
 ~2^-45 relative), and x sigmoid(z), z = 2 sqrt(2/pi) (x + 0.044715 x^3) (tanh form); both far
 below a float32 ulp.  Error in float32 ulps of the reference, less (1 + |x|) 2^-148 absolute
 where an intermediate underflows to a subnormal (as in tests/test_activations.py).  About 4
-minutes per form and vectorized variant, 20 for the SSE2 one.
+minutes per form and vectorized variant, 10-20 for the SSE2 one.
 """
 import sys
 
