@@ -278,10 +278,9 @@ def _bn_statistics(total, eps):
     n = total.count
     if n == 1:
         raise ValueError(f"batch_norm: expected more than 1 value per channel when training, got {n}")
-    if n == 0:  # an empty batch, as fastnorm.batch_norm: NaN statistics (0/0), y empty
-        nan = np.full(np.shape(total.mean), np.nan)
-        return nan, nan
-    return total.mean, _norm._rstd(total.m2 / n, eps)
+    # an empty batch, as fastnorm.batch_norm: NaN mean, and NaN rstd from total.var()
+    mean = total.mean if n else np.full(np.shape(total.mean), np.nan)
+    return mean, _norm._rstd(total.var(), eps)
 
 
 def _bn_block(block, stats, weight, bias, channels_last, block_info=None):

@@ -201,15 +201,16 @@ def sync_batch_norm(x, weight=None, bias=None, running_mean=None, running_var=No
     if n == 1:
         raise ValueError(f"{func}: expected more than 1 value per channel over all ranks when "
                          f"training, got {n} (this rank's x has shape {x.shape})")
-    mean_d, m2 = total.mean, total.m2
+    mean_d = total.mean
     if n == 0:
         # No values on any rank, as batch_norm over an empty batch (and PyTorch): every
-        # rank's y is empty, mean and rstd NaN (0/0), the running statistics untouched.
-        mean_d = m2 = np.full(c, np.nan)
+        # rank's y is empty, mean and rstd NaN (total.var() is NaN for no values), the
+        # running statistics untouched.
+        mean_d = np.full(c, np.nan)
     elif rm is not None:
         _norm._update_running(rm, mean_d, factor)
-        _norm._update_running(rv, m2 / (n - 1), factor)
-    rstd_d = _norm._rstd(m2 / max(n, 1), eps)  # n = 0: NaN / 1, without 0/0's warning
+        _norm._update_running(rv, total.var(ddof=1), factor)
+    rstd_d = _norm._rstd(total.var(), eps)
     y = _normalize(x, mean_d, rstd_d, weight, bias, channels_last, out)
     cd = compute_dtype(x.dtype)
     return y, mean_d.astype(cd), rstd_d.astype(cd)
