@@ -40,6 +40,11 @@ __all__ = ["moments", "merge_moments", "PartialMoments", "batch_norm", "batch_no
 # Below this many elements a call runs on one thread: starting an OpenMP region (~1 us
 # plus waking a thread) costs more than the second core saves (bench/norm_speed.py).
 _GRAIN = 1 << 15
+# The compiled kernels whatever the backend.  The public functions take their C fast path
+# (the *_fast functions, which return None where the general path is needed) while
+# `_config._backend == "cython"`: read as an attribute, since calling _config.extension()
+# there cost about 0.1 us, 3 % of a (32, 768) layer norm.
+_ext = _config.compiled_module("normalization")
 _F64 = np.dtype(np.float64)
 _F16 = np.dtype(np.float16)
 
@@ -374,16 +379,15 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
     (only read, so read-only arrays do, and array-likes that convert to x's dtype)
     normalize and are returned as mean and 1/sqrt(running_var + eps).
     """
-    ext = _config.extension("normalization")
-    if ext is not None:
+    if _config._backend == "cython":
         # num_batches_tracked counts only for momentum=None: the factor 1 / num_batches_tracked
         # (_momentum_factor), the one the layers pass with every training batch.  (Counters
         # beyond 2**53, where 1.0 / n may raise OverflowError, are left to the general path.)
         factor = momentum
         if momentum is None and type(num_batches_tracked) is int and 1 <= num_batches_tracked <= 2 ** 53:
             factor = 1.0 / num_batches_tracked
-        result = ext.batch_norm_fast(x, weight, bias, running_mean, running_var, training, factor,
-                                     eps, channels_last, out, _GRAIN)
+        result = _ext.batch_norm_fast(x, weight, bias, running_mean, running_var, training, factor,
+                                      eps, channels_last, out, _GRAIN)
         if result is not None:
             return result
     func = "batch_norm"
@@ -452,10 +456,9 @@ def batch_norm_backward(grad_output, x, weight, mean, rstd, *, training=True, ch
     are constants (grad_x = grad_output * weight * rstd).  grad_weight is None without
     weight; grad_bias is None unless ``bias`` is given.
     """
-    ext = _config.extension("normalization")
-    if ext is not None:
-        result = ext.batch_norm_backward_fast(grad_output, x, weight, mean, rstd, training, channels_last,
-                                              bias, _GRAIN)
+    if _config._backend == "cython":
+        result = _ext.batch_norm_backward_fast(grad_output, x, weight, mean, rstd, training, channels_last,
+                                               bias, _GRAIN)
         if result is not None:
             return result
     func = "batch_norm_backward"
@@ -534,9 +537,8 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, out=Non
     weight, bias: normalized_shape.  Returns ``(y, mean, rstd)``, mean/rstd of shape
     ``x.shape[:-len(normalized_shape)]``.
     """
-    ext = _config.extension("normalization")
-    if ext is not None:
-        result = ext.rows_forward_fast(x, normalized_shape, weight, bias, eps, False, out, _GRAIN)
+    if _config._backend == "cython":
+        result = _ext.rows_forward_fast(x, normalized_shape, weight, bias, eps, False, out, _GRAIN)
         if result is not None:
             return result
     func = "layer_norm"
@@ -554,10 +556,9 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, out=Non
 
 def layer_norm_backward(grad_output, x, normalized_shape, weight, mean, rstd, *, bias=None):
     """Gradients of :func:`layer_norm`: ``(grad_x, grad_weight, grad_bias)``."""
-    ext = _config.extension("normalization")
-    if ext is not None:
-        result = ext.rows_backward_fast(grad_output, x, normalized_shape, weight, mean, rstd, bias,
-                                        False, _GRAIN)
+    if _config._backend == "cython":
+        result = _ext.rows_backward_fast(grad_output, x, normalized_shape, weight, mean, rstd, bias,
+                                         False, _GRAIN)
         if result is not None:
             return result
     func = "layer_norm_backward"
@@ -579,9 +580,8 @@ def rms_norm(x, normalized_shape, weight=None, *, eps=None, out=None):
     """RMS normalization: ``x / sqrt(mean(x**2) + eps) * weight`` over the trailing
     ``normalized_shape`` axes; eps=None means the machine epsilon of the compute dtype
     (float32's for float16/float32 input), as torch.  Returns ``(y, rstd)``."""
-    ext = _config.extension("normalization")
-    if ext is not None:
-        result = ext.rows_forward_fast(x, normalized_shape, weight, None, eps, True, out, _GRAIN)
+    if _config._backend == "cython":
+        result = _ext.rows_forward_fast(x, normalized_shape, weight, None, eps, True, out, _GRAIN)
         if result is not None:
             return result[0], result[2]
     func = "rms_norm"
@@ -599,10 +599,9 @@ def rms_norm(x, normalized_shape, weight=None, *, eps=None, out=None):
 
 def rms_norm_backward(grad_output, x, normalized_shape, weight, rstd):
     """Gradients of :func:`rms_norm`: ``(grad_x, grad_weight)`` (None without weight)."""
-    ext = _config.extension("normalization")
-    if ext is not None:
-        result = ext.rows_backward_fast(grad_output, x, normalized_shape, weight, None, rstd, None,
-                                        True, _GRAIN)
+    if _config._backend == "cython":
+        result = _ext.rows_backward_fast(grad_output, x, normalized_shape, weight, None, rstd, None,
+                                         True, _GRAIN)
         if result is not None:
             return result[:2]
     func = "rms_norm_backward"
@@ -704,9 +703,8 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, channels_last
     x: (N, C, *spatial), or (N, *spatial, C) with ``channels_last``; num_groups divides
     C; weight, bias: (C,).  Returns ``(y, mean, rstd)``, mean/rstd of shape (N, num_groups).
     """
-    ext = _config.extension("normalization")
-    if ext is not None:
-        result = ext.group_norm_fast(x, num_groups, weight, bias, eps, channels_last, out, _GRAIN)
+    if _config._backend == "cython":
+        result = _ext.group_norm_fast(x, num_groups, weight, bias, eps, channels_last, out, _GRAIN)
         if result is not None:
             return result
     func = "group_norm"
@@ -744,10 +742,9 @@ def group_norm_backward(grad_output, x, num_groups, weight, mean, rstd, *, chann
                         bias=None):
     """Gradients of :func:`group_norm`: ``(grad_x, grad_weight, grad_bias)``; mean/rstd
     (N, num_groups) as the forward returned them."""
-    ext = _config.extension("normalization")
-    if ext is not None:
-        result = ext.group_norm_backward_fast(grad_output, x, num_groups, weight, mean, rstd,
-                                              channels_last, bias, _GRAIN)
+    if _config._backend == "cython":
+        result = _ext.group_norm_backward_fast(grad_output, x, num_groups, weight, mean, rstd,
+                                               channels_last, bias, _GRAIN)
         if result is not None:
             return result
     func = "group_norm_backward"
@@ -780,19 +777,18 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
     instance mean and unbiased variance (factor momentum); without it the running
     statistics normalize (they are then required, and only read).
     """
-    ext = _config.extension("normalization")
-    if ext is not None and type(x) is np.ndarray and x.ndim >= 3:
+    if _config._backend == "cython" and type(x) is np.ndarray and x.ndim >= 3:
         if use_input_stats is True and x.size != x.shape[0] * x.shape[1]:
             # group norm with a group per channel, the same kernel and arithmetic (bit-identical)
-            result = ext.group_norm_fast(x, x.shape[1], weight, bias, eps, False, out, _GRAIN,
-                                         running_mean, running_var, momentum)
+            result = _ext.group_norm_fast(x, x.shape[1], weight, bias, eps, False, out, _GRAIN,
+                                          running_mean, running_var, momentum)
             if result is not None:
                 return result
         elif use_input_stats is False and running_mean is not None:
             # batch norm's evaluation: the running statistics are per channel, the returned
             # mean and rstd broadcast to (N, C) as the general path returns them
-            result = ext.batch_norm_fast(x, weight, bias, running_mean, running_var, False, momentum,
-                                         eps, False, out, _GRAIN)
+            result = _ext.batch_norm_fast(x, weight, bias, running_mean, running_var, False, momentum,
+                                          eps, False, out, _GRAIN)
             if result is not None:
                 y, mean, rstd = result
                 lead = (x.shape[0], x.shape[1])
@@ -845,10 +841,10 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
 def instance_norm_backward(grad_output, x, weight, mean, rstd, *, use_input_stats=True, bias=None):
     """Gradients of :func:`instance_norm`: ``(grad_x, grad_weight, grad_bias)``; mean/rstd
     (N, C) as the forward returned them; constants when use_input_stats=False."""
-    ext = _config.extension("normalization")
-    if ext is not None and use_input_stats is True and type(x) is np.ndarray and x.ndim >= 2:
-        result = ext.group_norm_backward_fast(grad_output, x, x.shape[1], weight, mean, rstd, False,
-                                              bias, _GRAIN)
+    if (_config._backend == "cython" and use_input_stats is True and type(x) is np.ndarray
+            and x.ndim >= 2):
+        result = _ext.group_norm_backward_fast(grad_output, x, x.shape[1], weight, mean, rstd, False,
+                                               bias, _GRAIN)
         if result is not None:
             return result
     func = "instance_norm_backward"

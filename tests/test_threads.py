@@ -1,6 +1,7 @@
 """Thread and process safety: concurrent calls from Python threads (the kernels release
-the GIL) give exactly the serial results, dropout with explicit seeds stays
-deterministic, and a forked child can still run every kernel family."""
+the GIL, the activations' from their threading grain on) give exactly the serial results,
+dropout with explicit seeds stays deterministic, and a forked child can still run every
+kernel family."""
 import os
 import subprocess
 import sys

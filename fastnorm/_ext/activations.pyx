@@ -168,14 +168,23 @@ cdef object _forward_fast(int op, object x, object out, double a, double b, Py_s
     cdef int stream = streams(nbytes, 2 * nbytes, out is not None)
     if n == 0:
         return y
-    with nogil:
-        if typenum == cnp.NPY_FLOAT32:
-            _forward[float](op, <const float *>cnp.PyArray_DATA(xa), <float *>cnp.PyArray_DATA(ya),
-                            n, a, b, nthreads, stream)
-        else:
-            _forward[double](op, <const double *>cnp.PyArray_DATA(xa), <double *>cnp.PyArray_DATA(ya),
-                             n, a, b, nthreads, stream)
+    # Below the threading grain the call runs on one thread in microseconds and keeps the GIL:
+    # releasing and retaking it cost 35-50 ns, 3-6 % of a (32, 128) forward or backward.
+    if n < grain:
+        _forward_typed(typenum, op, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(ya), n, a, b, 1, stream)
+    else:
+        with nogil:
+            _forward_typed(typenum, op, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(ya), n, a, b,
+                           nthreads, stream)
     return y
+
+
+cdef inline void _forward_typed(int typenum, int op, const void *x, void *y, Py_ssize_t n,
+                                double a, double b, int nthreads, int stream) noexcept nogil:
+    if typenum == cnp.NPY_FLOAT32:
+        _forward[float](op, <const float *>x, <float *>y, n, a, b, nthreads, stream)
+    else:
+        _forward[double](op, <const double *>x, <double *>y, n, a, b, nthreads, stream)
 
 
 def backward_fast(int op, object g, object s, object out, double a, double b, Py_ssize_t grain):
@@ -205,15 +214,25 @@ cdef object _backward_fast(int op, object g, object s, object out, double a, dou
     cdef int stream = streams(nbytes, 3 * nbytes, out is not None)
     if n == 0:
         return gx
-    with nogil:
-        if typenum == cnp.NPY_FLOAT32:
-            _backward[float](op, <const float *>cnp.PyArray_DATA(ga), <const float *>cnp.PyArray_DATA(sa),
-                             <float *>cnp.PyArray_DATA(gxa), n, a, b, nthreads, stream)
-        else:
-            _backward[double](op, <const double *>cnp.PyArray_DATA(ga),
-                              <const double *>cnp.PyArray_DATA(sa),
-                              <double *>cnp.PyArray_DATA(gxa), n, a, b, nthreads, stream)
+    if n < grain:
+        _backward_typed(typenum, op, cnp.PyArray_DATA(ga), cnp.PyArray_DATA(sa), cnp.PyArray_DATA(gxa),
+                        n, a, b, 1, stream)
+    else:
+        with nogil:
+            _backward_typed(typenum, op, cnp.PyArray_DATA(ga), cnp.PyArray_DATA(sa),
+                            cnp.PyArray_DATA(gxa), n, a, b, nthreads, stream)
     return gx
+
+
+cdef inline void _backward_typed(int typenum, int op, const void *g, const void *s, void *gx,
+                                 Py_ssize_t n, double a, double b, int nthreads,
+                                 int stream) noexcept nogil:
+    if typenum == cnp.NPY_FLOAT32:
+        _backward[float](op, <const float *>g, <const float *>s, <float *>gx, n, a, b, nthreads,
+                         stream)
+    else:
+        _backward[double](op, <const double *>g, <const double *>s, <double *>gx, n, a, b,
+                          nthreads, stream)
 
 
 # ---------------------------------------------------------------------------- dispatch
