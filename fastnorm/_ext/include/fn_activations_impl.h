@@ -286,7 +286,7 @@ static inline T FN_NAME(gelu_tanh_slope_from, FN_SUF)(T v, T z, T e)
 /* x Phi(x) = 0.5 x erfc(-x/sqrt2), not 0.5 x (1 + erf(x/sqrt2)): the latter cancels for
  * x << 0.  float: Phi from x itself (fn_normal_tailf: no rounded x/sqrt2 whose error
  * erfc would amplify by ~x^2), and x (1 - T) as x - x T. */
-static inline T FN_NAME(gelu, FN_SUF)(T v)
+FN_ELEMENT T FN_NAME(gelu, FN_SUF)(T v)
 {
 #if FN_REAL == 32
     T gauss;
@@ -299,7 +299,7 @@ static inline T FN_NAME(gelu, FN_SUF)(T v)
 
 /* GELU's derivative Phi(x) + x phi(x).  float: fn_normal_tailf's e^{-x^2/2} is phi's, from
  * the exact x^2. */
-static inline T FN_NAME(gelu_slope, FN_SUF)(T v)
+FN_ELEMENT T FN_NAME(gelu_slope, FN_SUF)(T v)
 {
 #if FN_REAL == 32
     T gauss;
