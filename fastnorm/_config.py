@@ -343,6 +343,9 @@ def show_config(file=None):
         f"  streaming:      results of calls moving >= {_stream_min_bytes} bytes",
         f"  buffer cache:   up to {_pool_bytes} bytes of freed results >= 8 MiB"
         + ("" if _pool is None or _pool.AVAILABLE else " (not in this build)"),
+        f"  float16:        converted by "
+        + ("F16C on the compiled backend" if _runtime is not None and _runtime.HALF_CONVERSION
+           else "NumPy's casts"),
         f"  NumPy:          {np.__version__}",
         f"  Python:         {platform.python_version()} on {platform.machine()} {platform.system()}",
     ]

@@ -29,8 +29,8 @@ import operator
 import numpy as np
 
 from . import _config, reference
-from ._arrays import (aligned_contiguous, as_float_array, check_out, check_real, compute_dtype,
-                      same_array_spec)
+from ._arrays import (aligned_contiguous, as_float_array, cast, check_out, check_real, compute_dtype,
+                      copy_cast, same_array_spec)
 from .reference._normalization import PartialMoments
 
 __all__ = ["moments", "merge_moments", "PartialMoments", "batch_norm", "batch_norm_backward",
@@ -210,9 +210,9 @@ def _check_out_disjoint(func, out, running):
 
 def _deliver(buf, dtype, out):
     if out is None:
-        return buf if buf.dtype == dtype else buf.astype(dtype)
+        return cast(buf, dtype)
     if buf is not out:
-        np.copyto(out, buf, casting="unsafe")
+        copy_cast(out, buf)
     return out
 
 
@@ -495,7 +495,7 @@ def batch_norm_backward(grad_output, x, weight, mean, rstd, *, training=True, ch
                     _vector(mean, cd), _vector(k2, cd), _vector(k3, cd), nthreads)
     gw = None if weight is None else (rstd_d * s2).astype(weight.dtype)
     gb = None if bias is None else s1.astype(bias.dtype)
-    return gx.astype(x.dtype, copy=False), gw, gb
+    return cast(gx, x.dtype), gw, gb
 
 
 # ---------------------------------------------------------------------------- layer / RMS norm
@@ -528,7 +528,7 @@ def _rows_backward(func, g, x, ns, weight, mean, rstd, rms, want_gb):
                                _vector(weight, cd), mean_c, rstd_c, rms, weight is not None,
                                want_gb, _threads(x))
     gw = None if gw is None else gw.reshape(ns).astype(weight.dtype)
-    return gx.astype(x.dtype, copy=False), gw, gb
+    return cast(gx, x.dtype), gw, gb
 
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, out=None):
@@ -665,7 +665,7 @@ def _group_backward(ext, g, x, groups, channels_last, weight, bias, mean, rstd, 
                                        _vector(weight, cd), mean.astype(_F64).reshape(-1),
                                        _vector(mean, cd), _vector(rstd_g, _F64),
                                        weight is not None, bias is not None, nthreads)
-        return (gx.astype(x.dtype, copy=False), None if gw is None else gw.astype(weight.dtype),
+        return (cast(gx, x.dtype), None if gw is None else gw.astype(weight.dtype),
                 None if gb is None else gb.astype(bias.dtype))
     if training:  # channels first: one visit per group (fn_norm_group_backward)
         gx = _config.empty(x.shape, cd, like=xc)
@@ -677,7 +677,7 @@ def _group_backward(ext, g, x, groups, channels_last, weight, bias, mean, rstd, 
         s1, s2 = s1.reshape(n, c), s2.reshape(n, c)
         gw = None if weight is None else (rstd_nc * s2).sum(axis=0).astype(weight.dtype)
         gb = None if bias is None else s1.sum(axis=0).astype(bias.dtype)
-        return gx.astype(x.dtype, copy=False), gw, gb
+        return cast(gx, x.dtype), gw, gb
     # statistics given (instance norm with use_input_stats=False): constants in the gradient
     geometry = _apply_geometry(n, c, hw, channels_last)
     rstd_nc = np.repeat(rstd_g, cg, axis=1)
@@ -692,7 +692,7 @@ def _group_backward(ext, g, x, groups, channels_last, weight, bias, mean, rstd, 
                     _vector(np.repeat(mean, cg, axis=1), cd), _vector(k2, cd), _vector(k3, cd), nthreads)
     gw = None if weight is None else (rstd_nc * s2).sum(axis=0).astype(weight.dtype)
     gb = None if bias is None else s1.sum(axis=0).astype(bias.dtype)
-    return gx.astype(x.dtype, copy=False), gw, gb
+    return cast(gx, x.dtype), gw, gb
 
 
 def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, channels_last=False, out=None):

@@ -48,3 +48,39 @@ def omp_set_num_threads(int n):
 def best_isa():
     """The best kernel variant this CPU runs and this build has compiled."""
     return ISA_NAMES[fn_cpu_isa()] if FN_HAVE_X86_VARIANTS else "base"
+
+
+from libc.stdint cimport uint16_t, int64_t
+
+cdef extern from "fn_half.h" nogil:
+    int fn_cpu_has_f16c()
+    void fn_half_to_float(const uint16_t *src, float *dst, int64_t n)
+    void fn_float_to_half(const float *src, uint16_t *dst, int64_t n)
+
+#: float16 <-> float32 conversion by the CPU's F16C instructions is available (fn_half.h).
+HALF_CONVERSION = bool(fn_cpu_has_f16c())
+
+
+cdef int _conversion_checked(str func, Py_ssize_t n_src, Py_ssize_t n_dst) except -1:
+    if n_src != n_dst:
+        raise ValueError(f"{func}: src and dst differ in length")
+    if not HALF_CONVERSION:
+        raise RuntimeError(f"{func}: this CPU has no F16C conversion")
+    return 0
+
+
+def half_to_float(const uint16_t[::1] src, float[::1] dst):
+    """dst = src as float32.  IN src: (n,) float16 data viewed as uint16; OUT dst: (n,)."""
+    _conversion_checked("half_to_float", src.shape[0], dst.shape[0])
+    if src.shape[0]:
+        with nogil:
+            fn_half_to_float(&src[0], &dst[0], src.shape[0])
+
+
+def float_to_half(const float[::1] src, uint16_t[::1] dst):
+    """dst = src rounded to float16 (nearest even).  IN src: (n,); OUT dst: (n,) float16 data
+    viewed as uint16."""
+    _conversion_checked("float_to_half", src.shape[0], dst.shape[0])
+    if src.shape[0]:
+        with nogil:
+            fn_float_to_half(&src[0], &dst[0], src.shape[0])
