@@ -80,14 +80,28 @@ def compute_dtype(dtype):
 # float16 <-> float32 by the CPU's F16C instructions (fn_half.h, through _runtime) on the
 # compiled backend: NumPy 2.4's casts between the two took 1.6-2.4 ns per element on AMD
 # Zen 4 (1.1 ms of a 1.8 ms float16 relu of (256, 1024)).  Below _HALF_MIN elements NumPy's
-# cast is the cheaper call.  Same values (fn_half.h); no overflow warning, as the kernels
-# give none in float32 either.
+# cast is the cheaper call.  Same values (fn_half.h), and overflow / underflow are reported
+# as NumPy's cast reports them (_half_flags).  Not with the baseline variant forced
+# (FASTNORM_ISA=base), which runs no AVX instruction.
 _HALF_MIN = 1 << 12
+_F16_OVERFLOWS = np.array(65536.0, _F32)      # NumPy's cast of these raises the same floating-
+_F16_UNDERFLOWS = np.array(1e-10, _F32)       # point condition, handled by np.errstate's settings
 
 
 def _fast_half(n):
     return (n >= _HALF_MIN and _config._backend == "cython" and _config._runtime is not None
-            and _config._runtime.HALF_CONVERSION)
+            and _config._runtime.HALF_CONVERSION and _config._isa != "base")
+
+
+def _to_half(a, out):
+    """out (float16, C-contiguous) = a (float32, C-contiguous) rounded, through F16C; an overflow
+    or underflow on the way is reported by NumPy's own cast, so warnings and errors follow
+    np.errstate as for ``a.astype(np.float16)``."""
+    overflowed, underflowed = _config._runtime.float_to_half(a.reshape(-1), out.reshape(-1).view(np.uint16))
+    if overflowed:
+        _F16_OVERFLOWS.astype(_F16)
+    if underflowed:
+        _F16_UNDERFLOWS.astype(_F16)
 
 
 def cast(a, dtype):
@@ -98,7 +112,7 @@ def cast(a, dtype):
     if (dtype == _F16 and a.dtype == _F32 and a.flags.c_contiguous and a.flags.aligned
             and _fast_half(a.size)):
         out = np.empty(a.shape, _F16)
-        _config._runtime.float_to_half(a.reshape(-1), out.reshape(-1).view(np.uint16))
+        _to_half(a, out)
         return out
     return a.astype(dtype)
 
@@ -108,7 +122,7 @@ def copy_cast(out, a):
     if (out.dtype == _F16 and a.dtype == _F32 and out.flags.c_contiguous and out.flags.aligned
             and a.flags.c_contiguous and a.flags.aligned and not np.may_share_memory(out, a)
             and _fast_half(a.size)):
-        _config._runtime.float_to_half(a.reshape(-1), out.reshape(-1).view(np.uint16))
+        _to_half(a, out)
     else:
         np.copyto(out, a, casting="unsafe")
 

@@ -1,7 +1,10 @@
 """float16 data: the compiled backend converts it to and from float32 with the CPU's F16C
 instructions (fastnorm/_ext/include/fn_half.h) where NumPy's casts are slow.  The conversions
-give NumPy's values bit for bit (a signaling NaN comes out quiet), and every family's float16
-results are the NumPy backend's, in any layout."""
+give NumPy's values bit for bit (a signaling NaN comes out quiet) and report overflow and
+underflow as NumPy's cast does, and every family's float16 result is its float32 result
+rounded by NumPy, in any layout."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -141,4 +144,58 @@ def test_the_compiled_backend_converts_through_f16c_and_the_numpy_backend_does_n
     fastnorm.sigmoid(x[:8])  # below _HALF_MIN: NumPy's casts are cheaper there
     with fastnorm.use_backend("numpy"):
         fastnorm.sigmoid(x)
+    assert calls == []
+
+
+@needs_f16c
+def test_rounding_reports_overflow_and_underflow():
+    h = np.empty(3, np.uint16)
+    assert _runtime.float_to_half(np.array([1.0, -2.0, 65504.0], np.float32), h) == (False, False)
+    assert _runtime.float_to_half(np.array([1.0, 65520.0, np.inf], np.float32), h) == (True, False)
+    assert _runtime.float_to_half(np.array([np.inf, np.nan, 0.0], np.float32), h) == (False, False)
+    assert _runtime.float_to_half(np.array([1e-10, 1.0, 2.0], np.float32), h) == (False, True)
+    assert _runtime.float_to_half(np.array([2.0 ** -24, 2.0 ** -14, 0.0], np.float32), h) == (False, False)
+
+
+@needs_f16c
+@pytest.mark.parametrize("n", [128, 8192])   # NumPy's cast below _HALF_MIN, F16C above
+def test_float16_overflow_warns_and_raises_as_numpys_cast(n):
+    x = np.full(n, 65000.0, np.float16)      # selu(x) = 1.0507 x: past float16's largest
+    with pytest.warns(RuntimeWarning, match="overflow encountered in cast"):
+        y = fastnorm.selu(x)
+    assert np.isposinf(y).all()
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError, match="overflow"):
+        fastnorm.selu(x)
+    with np.errstate(over="ignore"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            fastnorm.selu(x)
+    tiny = np.full(n, 1e-4, np.float16)      # gelu(1e-4) = 5e-5: a float16 subnormal, inexact
+    with np.errstate(under="raise"), pytest.raises(FloatingPointError, match="underflow"):
+        fastnorm.gelu(tiny)
+
+
+@needs_f16c
+def test_float16_in_place_and_into_an_overlapping_out(rng):
+    x = (rng.standard_normal(10000) * 3).astype(np.float16)
+    want = fastnorm.relu(x.astype(np.float32)).astype(np.float16)
+    y = x.copy()
+    assert fastnorm.relu(y, out=y) is y
+    assert np.array_equal(y.view(np.uint16), want.view(np.uint16))
+    buf = np.concatenate([x, np.zeros(8, np.float16)])
+    out = fastnorm.relu(buf[:-8], out=buf[8:])       # out overlaps the input, shifted
+    assert np.array_equal(out.view(np.uint16), want.view(np.uint16))
+
+
+@needs_f16c
+def test_the_forced_baseline_variant_keeps_numpys_casts(rng, monkeypatch):
+    calls = []
+    monkeypatch.setattr(_runtime, "half_to_float", lambda *a: calls.append(a))
+    x = rng.standard_normal((64, 100)).astype(np.float16)
+    previous = fastnorm.isa()
+    fastnorm.set_isa("base")
+    try:
+        fastnorm.sigmoid(x)
+    finally:
+        fastnorm.set_isa(previous)
     assert calls == []

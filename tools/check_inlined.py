@@ -47,18 +47,14 @@ def main():
         sys.exit(f"check_inlined: no extension modules under {package}/_ext")
     # gcc names its specialized copies name.constprop.0, name.isra.0, ...
     pattern = re.compile(r"^(%s)(\.[\w.]+)?$" % "|".join(element_functions()))
-    out_of_line, kernels_seen = [], 0
+    out_of_line = []
     for module in modules:
         symbols = subprocess.run(["nm", module], capture_output=True, text=True, check=True).stdout
-        for line in symbols.splitlines():
-            parts = line.split()
-            if len(parts) != 3 or parts[1] not in "tT":
-                continue
-            kernels_seen += parts[2].startswith("act_forward_span_")
-            if pattern.match(parts[2]):
-                out_of_line.append(f"{os.path.basename(module)}: {parts[2]}")
-    if not kernels_seen:  # a stripped module would pass for want of symbols
-        sys.exit("check_inlined: the modules have no local symbols (stripped?): nothing to check")
+        local = [parts[2] for parts in map(str.split, symbols.splitlines())
+                 if len(parts) == 3 and parts[1] == "t"]
+        if not local:  # a stripped module would pass for want of symbols
+            sys.exit(f"check_inlined: {module} has no local symbols (stripped?): nothing to check")
+        out_of_line += [f"{os.path.basename(module)}: {name}" for name in local if pattern.match(name)]
     if out_of_line:
         print("element functions compiled out of line (their loops stay scalar):")
         print("\n".join("  " + s for s in out_of_line))

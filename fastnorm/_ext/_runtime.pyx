@@ -55,7 +55,9 @@ from libc.stdint cimport uint16_t, int64_t
 cdef extern from "fn_half.h" nogil:
     int fn_cpu_has_f16c()
     void fn_half_to_float(const uint16_t *src, float *dst, int64_t n)
-    void fn_float_to_half(const float *src, uint16_t *dst, int64_t n)
+    int fn_float_to_half(const float *src, uint16_t *dst, int64_t n)
+    int FN_HALF_OVERFLOW
+    int FN_HALF_UNDERFLOW
 
 #: float16 <-> float32 conversion by the CPU's F16C instructions is available (fn_half.h).
 HALF_CONVERSION = bool(fn_cpu_has_f16c())
@@ -79,8 +81,11 @@ def half_to_float(const uint16_t[::1] src, float[::1] dst):
 
 def float_to_half(const float[::1] src, uint16_t[::1] dst):
     """dst = src rounded to float16 (nearest even).  IN src: (n,); OUT dst: (n,) float16 data
-    viewed as uint16."""
+    viewed as uint16.  Returns (overflowed, underflowed): whether a finite value became
+    infinite, or a value lost precision below float16's normal range."""
+    cdef int raised = 0
     _conversion_checked("float_to_half", src.shape[0], dst.shape[0])
     if src.shape[0]:
         with nogil:
-            fn_float_to_half(&src[0], &dst[0], src.shape[0])
+            raised = fn_float_to_half(&src[0], &dst[0], src.shape[0])
+    return bool(raised & FN_HALF_OVERFLOW), bool(raised & FN_HALF_UNDERFLOW)

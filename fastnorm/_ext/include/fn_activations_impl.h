@@ -609,6 +609,7 @@ void FN_NAME(fn_act_backward, FN_SUF)(int op, const T *g, const T *s, T *gx, int
 #undef MAP
 #undef MAP_GRAD
 #undef DESCENDING_STEP
+#undef DESCENDING_KEEP
 #undef DESCENDING
 #undef MAP_DESCENDING
 #undef MAP_GRAD_DESCENDING

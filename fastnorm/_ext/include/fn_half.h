@@ -4,8 +4,10 @@
  * float16 array spent 1.1 of its 1.8 ms in them); F16C converts 8 elements per instruction.
  * IEEE conversions, rounding to nearest even (not MXCSR's mode): the same values as NumPy's
  * casts, infinities and overflow to infinity included.  A signaling NaN comes out quiet
- * (NumPy keeps its payload as it is).  Without F16C (no x86, no AVX state) there is no
- * converter: fn_cpu_has_f16c() is 0 and the callers keep NumPy's casts. */
+ * (NumPy keeps its payload as it is).  fn_float_to_half reports overflow and underflow (from
+ * MXCSR's flags, which it leaves as it found them), so that the caller can warn as NumPy's
+ * cast does.  Without F16C (no x86, no AVX state) there is no converter: fn_cpu_has_f16c()
+ * is 0 and the callers keep NumPy's casts. */
 #ifndef FN_HALF_H
 #define FN_HALF_H
 
@@ -43,9 +45,13 @@ static void fn_half_to_float(const uint16_t *src, float *dst, int64_t n)
     }
 }
 
+#define FN_HALF_OVERFLOW 1
+#define FN_HALF_UNDERFLOW 2
 __attribute__((target("avx,f16c")))
-static void fn_float_to_half(const float *src, uint16_t *dst, int64_t n)
+static int fn_float_to_half(const float *src, uint16_t *dst, int64_t n)
 {
+    const unsigned csr = _mm_getcsr();
+    _mm_setcsr(csr & ~0x3fu);   /* the exception flags, cleared */
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
         _mm_storeu_si128((__m128i *)(dst + i),
@@ -57,11 +63,14 @@ static void fn_float_to_half(const float *src, uint16_t *dst, int64_t n)
         _mm_storeu_si128((__m128i *)h, _mm256_cvtps_ph(_mm256_loadu_ps(f), _MM_FROUND_TO_NEAREST_INT));
         memcpy(dst + i, h, (size_t)(n - i) * sizeof *h);
     }
+    const unsigned raised = _mm_getcsr();
+    _mm_setcsr(csr);
+    return ((raised & 0x8u) ? FN_HALF_OVERFLOW : 0) | ((raised & 0x10u) ? FN_HALF_UNDERFLOW : 0);
 }
 #else
 static inline int fn_cpu_has_f16c(void) { return 0; }
 static void fn_half_to_float(const uint16_t *src, float *dst, int64_t n) { (void)src; (void)dst; (void)n; }
-static void fn_float_to_half(const float *src, uint16_t *dst, int64_t n) { (void)src; (void)dst; (void)n; }
+static int fn_float_to_half(const float *src, uint16_t *dst, int64_t n) { (void)src; (void)dst; (void)n; return 0; }
 #endif
 
 #endif
