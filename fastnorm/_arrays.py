@@ -81,7 +81,7 @@ def compute_dtype(dtype):
 # compiled backend: NumPy 2.4's casts between the two took 1.6-2.4 ns per element on AMD
 # Zen 4 (1.1 ms of a 1.8 ms float16 relu of (256, 1024)).  Below _HALF_MIN elements NumPy's
 # cast is the cheaper call.  Same values (fn_half.h), and overflow / underflow are reported
-# as NumPy's cast reports them (_half_flags).  Not with the baseline variant forced
+# as NumPy's cast reports them (_to_half).  Not with the baseline variant forced
 # (FASTNORM_ISA=base), which runs no AVX instruction.
 _HALF_MIN = 1 << 12
 _F16_OVERFLOWS = np.array(65536.0, _F32)      # NumPy's cast of these raises the same floating-

@@ -1,7 +1,9 @@
-"""Process-wide facts the kernels need: OpenMP thread counts and the CPU's ISA variant.
+"""Process-wide facts the kernels need: OpenMP thread counts and the CPU's ISA variant;
+and the float16 <-> float32 conversions of every family (fn_half.h).
 
 Built without OpenMP, every query answers as a single-threaded runtime would.
 """
+from libc.stdint cimport uint16_t, int64_t
 
 cdef extern from "fn_common.h" nogil:
     int fn_cpu_isa()
@@ -49,8 +51,6 @@ def best_isa():
     """The best kernel variant this CPU runs and this build has compiled."""
     return ISA_NAMES[fn_cpu_isa()] if FN_HAVE_X86_VARIANTS else "base"
 
-
-from libc.stdint cimport uint16_t, int64_t
 
 cdef extern from "fn_half.h" nogil:
     int fn_cpu_has_f16c()

@@ -14,6 +14,10 @@
 #include <string.h>
 #include "fn_common.h"
 
+/* What fn_float_to_half returns: the conditions its rounding raised. */
+#define FN_HALF_OVERFLOW 1
+#define FN_HALF_UNDERFLOW 2
+
 #if FN_HAVE_X86_VARIANTS
 #include <immintrin.h>
 
@@ -45,8 +49,6 @@ static void fn_half_to_float(const uint16_t *src, float *dst, int64_t n)
     }
 }
 
-#define FN_HALF_OVERFLOW 1
-#define FN_HALF_UNDERFLOW 2
 __attribute__((target("avx,f16c")))
 static int fn_float_to_half(const float *src, uint16_t *dst, int64_t n)
 {
