@@ -89,8 +89,9 @@ _F16_UNDERFLOWS = np.array(1e-10, _F32)       # point condition, handled by np.e
 
 
 def _fast_half(n):
-    return (n >= _HALF_MIN and _config._backend == "cython" and _config._runtime is not None
-            and _config._runtime.HALF_CONVERSION and _config._isa != "base")
+    # (the "cython" backend is only ever set with _config._runtime imported)
+    return (n >= _HALF_MIN and _config._backend == "cython" and _config._runtime.HALF_CONVERSION
+            and _config._isa != "base")
 
 
 def _to_half(a, out):

@@ -43,7 +43,7 @@ _GRAIN = 1 << 15
 # The compiled kernels whatever the backend.  The public functions take their C fast path
 # (the *_fast functions, which return None where the general path is needed) while
 # `_config._backend == "cython"`: read as an attribute, since calling _config.extension()
-# there cost about 0.1 us, 3 % of a (32, 768) layer norm.
+# there cost about 0.06 us, 1.3 % of a (32, 768) layer norm (old and new alternated).
 _ext = _config.compiled_module("normalization")
 _F64 = np.dtype(np.float64)
 _F16 = np.dtype(np.float16)
