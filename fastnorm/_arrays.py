@@ -128,6 +128,31 @@ def copy_cast(out, a):
         np.copyto(out, a, casting="unsafe")
 
 
+# Fortran-order arrays into C order (and C-order ones into Fortran order) through fn_layout.h
+# on the compiled backend: NumPy copies them reading one element per cache line of the
+# source, (8192, 768) float32 in 29.5 ms against 3.7 ms there (Zen 4, 1 thread; a layer norm
+# of such an array spent 30 of its 31 ms in NumPy's copy).  Below _REORDER_MIN elements
+# NumPy's copy is as fast; from _REORDER_GRAIN on the copy runs on every thread.
+_REORDER_MIN = 1 << 14
+_REORDER_GRAIN = 1 << 15
+
+
+def _reordered(a, order):
+    """A copy of ``a`` contiguous in ``order`` by fn_layout.h, or None where NumPy's copy is
+    the one to make (small arrays, one dimension, misaligned data, other layouts)."""
+    if a.size < _REORDER_MIN or a.ndim < 2 or _config._backend != "cython" or not a.flags.aligned:
+        return None
+    if order == "C" and a.flags.f_contiguous:
+        out = _config.empty(a.shape, a.dtype)
+        _config._runtime.to_c_order(a, out, _config.threads_for(a.size, _REORDER_GRAIN), True)
+        return out
+    if order == "F" and a.flags.c_contiguous:  # the same copy, of the transposes
+        out = _config.empty(a.shape, a.dtype, "F")
+        _config._runtime.to_c_order(a.T, out.T, _config.threads_for(a.size, _REORDER_GRAIN), True)
+        return out
+    return None
+
+
 def aligned_contiguous(a, dtype=None, order="C"):
     """``a`` in the layout a kernel may read and write through a typed pointer: ``a`` itself
     when it is already contiguous in ``order`` ('C' or 'F'), of ``dtype`` (None: a's own)
@@ -142,13 +167,18 @@ def aligned_contiguous(a, dtype=None, order="C"):
     if (flags.c_contiguous if order == "C" else flags.f_contiguous) and flags.aligned and a.dtype == dtype:
         return a
     if a.dtype == _F16 and dtype == _F32 and _fast_half(a.size):
-        # float16 copied into the layout first where needed (a plain copy, cheap), then widened
-        a = np.asarray(a, order=order)
+        # float16 copied into the layout first where needed, then widened
+        reordered = _reordered(a, order)
+        a = np.asarray(a, order=order) if reordered is None else reordered
         a = a if a.flags.aligned else a.copy(order=order)
         out = np.empty(a.shape, _F32, order=order)
         _config._runtime.half_to_float(a.reshape(-1, order=order).view(np.uint16),
                                        out.reshape(-1, order=order))
         return out
+    if a.dtype == dtype:
+        reordered = _reordered(a, order)
+        if reordered is not None:
+            return reordered
     return np.array(a, dtype=dtype, order=order)  # always a fresh buffer, which NumPy aligns
 
 

@@ -1,9 +1,14 @@
 """Process-wide facts the kernels need: OpenMP thread counts and the CPU's ISA variant;
-and the float16 <-> float32 conversions of every family (fn_half.h).
+and what every family's inputs may need before a kernel reads them: the float16 <-> float32
+conversions (fn_half.h) and the copy of a Fortran-order array into C order (fn_layout.h).
 
 Built without OpenMP, every query answers as a single-threaded runtime would.
 """
+cimport numpy as cnp
+from cython.parallel cimport prange
 from libc.stdint cimport uint16_t, int64_t
+
+cnp.import_array()
 
 cdef extern from "fn_common.h" nogil:
     int fn_cpu_isa()
@@ -89,3 +94,62 @@ def float_to_half(const float[::1] src, uint16_t[::1] dst):
         with nogil:
             raised = fn_float_to_half(&src[0], &dst[0], src.shape[0])
     return bool(raised & FN_HALF_OVERFLOW), bool(raised & FN_HALF_UNDERFLOW)
+
+
+cdef extern from "fn_layout.h" nogil:
+    int FN_LAYOUT_MAX_DIMS
+    int fn_layout_has_vector()
+    int64_t fn_layout_tasks(int64_t rows, int64_t mid)
+    void fn_to_c_order(const void *src, void *dst, int size, int64_t rows, int64_t cols,
+                       const int64_t *mid_dims, int mid_count, int64_t task0, int64_t task1,
+                       int vector)
+
+#: The Fortran-to-C-order copy has its vector blocks on this CPU (fn_layout.h).
+LAYOUT_VECTOR = bool(fn_layout_has_vector())
+
+
+def to_c_order(cnp.ndarray src not None, cnp.ndarray dst not None, int nthreads, bint vector):
+    """dst[...] = src, element bits copied as they are.  IN src: Fortran-contiguous, at least
+    2-d; OUT dst: C-contiguous, src's shape and item size (2, 4 or 8 bytes), not overlapping
+    src; both aligned for their item size.  vector: use the vector blocks (where
+    LAYOUT_VECTOR)."""
+    cdef int nd = src.ndim, a, mid_count, size = <int>src.itemsize
+    cdef int64_t mid_dims[64]
+    cdef int64_t rows, cols, mid = 1, tasks, part, t
+    cdef const void *s = cnp.PyArray_DATA(src)
+    cdef void *d = cnp.PyArray_DATA(dst)
+    cdef Py_ssize_t nbytes
+    if nd < 2 or nd > FN_LAYOUT_MAX_DIMS or dst.ndim != nd:
+        raise ValueError(f"to_c_order: src and dst must have one number of dimensions in [2, "
+                         f"{FN_LAYOUT_MAX_DIMS}], got {nd} and {dst.ndim}")
+    for a in range(nd):
+        if src.shape[a] != dst.shape[a]:
+            raise ValueError(f"to_c_order: shapes differ, {(<object>src).shape} and {(<object>dst).shape}")
+    if size not in (2, 4, 8) or dst.itemsize != size:
+        raise ValueError(f"to_c_order: item sizes must be one of 2, 4, 8, got {size} and "
+                         f"{dst.itemsize}")
+    if not (cnp.PyArray_IS_F_CONTIGUOUS(src) and cnp.PyArray_ISALIGNED(src)
+            and cnp.PyArray_IS_C_CONTIGUOUS(dst) and cnp.PyArray_ISALIGNED(dst)
+            and cnp.PyArray_ISWRITEABLE(dst)):
+        raise ValueError("to_c_order: src must be Fortran-contiguous and dst C-contiguous and "
+                         "writeable, both aligned")
+    nbytes = src.size * size
+    if nbytes and <char *>s < <char *>d + nbytes and <char *>d < <char *>s + nbytes:
+        raise ValueError("to_c_order: src and dst overlap")
+    vector = vector and LAYOUT_VECTOR
+    rows, cols, mid_count = src.shape[0], src.shape[nd - 1], nd - 2
+    for a in range(mid_count):
+        mid_dims[a] = src.shape[a + 1]
+        mid *= mid_dims[a]
+    if nbytes == 0:
+        return
+    tasks = fn_layout_tasks(rows, mid)
+    nthreads = <int>max(1, min(nthreads, tasks))
+    with nogil:
+        if nthreads == 1:
+            fn_to_c_order(s, d, size, rows, cols, mid_dims, mid_count, 0, tasks, vector)
+        else:
+            part = (tasks + nthreads - 1) // nthreads
+            for t in prange(nthreads, num_threads=nthreads, schedule="static"):
+                fn_to_c_order(s, d, size, rows, cols, mid_dims, mid_count, t * part,
+                              min(tasks, (t + 1) * part), vector)

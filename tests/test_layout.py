@@ -1,0 +1,176 @@
+"""The copy of Fortran-order arrays into C order (and back) that every family makes of such
+inputs: fn_layout.h through _runtime.to_c_order, used by _arrays.aligned_contiguous from
+_REORDER_MIN elements on (NumPy's own copy below that)."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import fastnorm
+from fastnorm import _arrays, _config
+from fastnorm._arrays import aligned_contiguous
+
+from conftest import NUMPY_ONLY
+
+pytestmark = pytest.mark.skipif(NUMPY_ONLY, reason="the compiled copy is not part of the NumPy backend")
+
+UINTS = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+FLOATS = (np.float16, np.float32, np.float64)
+
+
+def _runtime():
+    return _config._runtime
+
+
+def _bits(shape, size, seed):
+    """Random bit patterns (NaN payloads, signed zeros, subnormals among them as floats)."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, np.iinfo(UINTS[size]).max, shape, dtype=UINTS[size], endpoint=True)
+
+
+def _copies(src, vector, threads):
+    dst = np.full(src.shape, 0x5A, src.dtype)
+    _runtime().to_c_order(src, dst, threads, vector)
+    return dst
+
+
+# ---------------------------------------------------------------------------- the kernel
+
+@given(shape=st.lists(st.integers(1, 23), min_size=2, max_size=5).map(tuple),
+       size=st.sampled_from([2, 4, 8]), vector=st.booleans(), threads=st.integers(1, 3),
+       seed=st.integers(0, 2**32 - 1))
+def test_every_shape_copies_every_bit(shape, size, vector, threads, seed):
+    src = np.asfortranarray(_bits(shape, size, seed))
+    dst = _copies(src, vector, threads)
+    assert dst.flags.c_contiguous
+    np.testing.assert_array_equal(dst, src)
+
+
+@pytest.mark.parametrize("size", [2, 4, 8])
+@pytest.mark.parametrize("vector", [True, False], ids=["vector", "plain"])
+@pytest.mark.parametrize("shape", [(255, 17), (256, 16), (257, 15), (600, 33), (513, 2, 3, 9),
+                                   (1, 700), (700, 1), (31, 1, 1, 40), (8, 8), (3, 5)])
+def test_blocks_and_edges(shape, size, vector, rng):
+    """Rows around the tasks' block of 256 and columns around the blocks' M x M and a line."""
+    src = np.asfortranarray(_bits(shape, size, 7))
+    for threads in (1, 2, 4):
+        np.testing.assert_array_equal(_copies(src, vector, threads), src)
+
+
+def test_nothing_outside_the_destination_is_written():
+    src = np.asfortranarray(_bits((37, 19), 4, 3))
+    guard = np.full(37 * 19 + 32, 0xDEADBEEF, np.uint32)
+    dst = guard[16:16 + src.size].reshape(src.shape)
+    _runtime().to_c_order(src, dst, 2, True)
+    np.testing.assert_array_equal(dst, src)
+    assert (guard[:16] == 0xDEADBEEF).all() and (guard[16 + src.size:] == 0xDEADBEEF).all()
+
+
+def test_float_values_come_through_as_they_were():
+    values = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 5e-324, 1.0], np.float64)
+    src = np.asfortranarray(np.resize(values, (40, 30)))
+    src.view(np.uint64)[0, 0] = 0x7FF0000000000001  # a signaling NaN
+    for vector in (True, False):
+        dst = _copies(src, vector, 1)
+        assert dst.tobytes() == np.ascontiguousarray(src).tobytes()
+
+
+def test_empty_arrays():
+    for shape in [(0, 5), (5, 0), (3, 0, 4)]:
+        src = np.asfortranarray(np.empty(shape, np.float32))
+        dst = np.empty(shape, np.float32)
+        _runtime().to_c_order(src, dst, 2, True)
+
+
+def test_arguments_a_kernel_cannot_take_are_refused():
+    to_c_order = _runtime().to_c_order
+    f = np.asfortranarray(np.zeros((4, 6), np.float32))
+    c = np.zeros((4, 6), np.float32)
+    cases = [
+        (np.zeros(5, np.float32), np.zeros(5, np.float32), "dimensions"),
+        (f, np.zeros((4, 7), np.float32), "shapes differ"),
+        (f, np.zeros((4, 6), np.float64), "item sizes"),
+        (f.astype(np.complex128, order="F"), np.zeros((4, 6), np.complex128), "item sizes"),
+        (c, np.zeros((4, 6), np.float32), "Fortran-contiguous"),
+        (f, np.zeros((6, 4), np.float32).T, "C-contiguous"),
+        (f, np.zeros((4, 6, 2), np.float32)[..., 0], "C-contiguous"),
+    ]
+    readonly = np.zeros((4, 6), np.float32)
+    readonly.flags.writeable = False
+    cases.append((f, readonly, "writeable"))
+    overlapping = np.zeros(30, np.float32)
+    cases.append((overlapping[:24].reshape(6, 4).T, overlapping[4:28].reshape(4, 6), "overlap"))
+    for src, dst, message in cases:
+        with pytest.raises(ValueError, match=message):
+            to_c_order(src, dst, 1, True)
+    with pytest.raises(TypeError):
+        to_c_order([[1.0]], c, 1, True)
+
+
+# ---------------------------------------------------------------------------- where it is used
+
+@pytest.fixture
+def copies(monkeypatch):
+    """Counts the calls of the compiled copy."""
+    calls = []
+    original = _runtime().to_c_order
+    monkeypatch.setattr(_runtime(), "to_c_order",
+                        lambda *a: (calls.append(a[0].shape), original(*a))[1])
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_aligned_contiguous_reorders_large_arrays_through_the_kernel(dtype, copies, rng):
+    x = rng.standard_normal((300, 70)).astype(dtype)
+    for source, order in ((np.asfortranarray(x), "C"), (x, "F"), (np.asfortranarray(x.reshape(30, 10, 70)), "C")):
+        result = aligned_contiguous(source, order=order)
+        assert result.flags.c_contiguous if order == "C" else result.flags.f_contiguous
+        assert not np.shares_memory(result, source) and result.dtype == dtype
+        np.testing.assert_array_equal(result, source)
+    assert len(copies) == 3
+    copies.clear()
+    aligned_contiguous(np.asfortranarray(x[:100, :50]))  # 5000 elements: NumPy's copy
+    aligned_contiguous(x[:, ::2])                        # neither order: NumPy's copy
+    assert copies == []
+
+
+def test_float16_is_reordered_before_it_is_widened(copies, rng):
+    x = rng.standard_normal((300, 70)).astype(np.float16)
+    result = aligned_contiguous(np.asfortranarray(x), np.float32)
+    assert result.flags.c_contiguous and result.dtype == np.float32
+    np.testing.assert_array_equal(result, x.astype(np.float32))
+    assert copies == [(300, 70)]
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_the_families_give_the_same_bits_for_fortran_order_input(dtype, copies, rng):
+    """Large Fortran-order inputs go through the compiled copy and come out as their C-order
+    twins do."""
+    x = (3 + rng.standard_normal((400, 96))).astype(dtype)
+    g = rng.standard_normal((400, 96)).astype(dtype)
+    w = rng.standard_normal(96).astype(dtype)
+    xf, gf = np.asfortranarray(x), np.asfortranarray(g)
+
+    def same(a, b):
+        for u, v in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+            if u is None:
+                assert v is None
+            else:
+                assert u.shape == v.shape and u.dtype == v.dtype
+                assert np.ascontiguousarray(u).tobytes() == np.ascontiguousarray(v).tobytes()
+
+    y, mean, rstd = fastnorm.layer_norm(x, 96, w, w)
+    same(fastnorm.layer_norm(xf, 96, w, w), (y, mean, rstd))
+    same(fastnorm.layer_norm_backward(gf, xf, 96, w, mean, rstd),
+         fastnorm.layer_norm_backward(g, x, 96, w, mean, rstd))
+    y, rstd = fastnorm.rms_norm(x, 96, w)
+    same(fastnorm.rms_norm(xf, 96, w), (y, rstd))
+    same(fastnorm.rms_norm_backward(gf, xf, 96, w, rstd), fastnorm.rms_norm_backward(g, x, 96, w, rstd))
+    same(fastnorm.batch_norm(xf, w, w), fastnorm.batch_norm(x, w, w))
+    same(fastnorm.group_norm(xf, 8, w, w), fastnorm.group_norm(x, 8, w, w))
+    # elementwise maps run in whichever order their inputs share; mixed orders are copied
+    same(fastnorm.silu_backward(g, xf), fastnorm.silu_backward(g, x))
+    (yf, mask_f), (y, mask) = fastnorm.dropout(xf, 0.3, seed=5), fastnorm.dropout(x, 0.3, seed=5)
+    same(yf, y)
+    assert mask_f.packed.tobytes() == mask.packed.tobytes()
+    assert copies, "the compiled copy was not used"
