@@ -251,6 +251,20 @@ def _channel_geometry(x, channels_last):
     return (1, x.shape[0], c, x.size // (x.shape[0] * c))
 
 
+def _fortran_only(x):
+    """x is Fortran-contiguous and not C-contiguous (x.T is a C-contiguous array)."""
+    return x.flags.f_contiguous and not x.flags.c_contiguous
+
+
+def _transposed_channel_geometry(x, channels_last):
+    """(P, A, C, B) of batch norm over x.T for a Fortran-order x: its channels, with every
+    other axis reversed, are the same channels as x's (NCHW's x.T is (W, H, C, N))."""
+    c = _channels(x, channels_last)
+    if channels_last:
+        return (1, 1, c, x.size // c)
+    return (1, x.size // (x.shape[0] * c), c, x.shape[0])
+
+
 def _threads(x):
     return _config.threads_for(x.size, _GRAIN)
 
@@ -420,8 +434,13 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
                                     momentum=factor if factor is not None else momentum, eps=eps,
                                     channels_last=channels_last, out=out)
     cd = compute_dtype(x.dtype)
-    xc = _contiguous(x)
-    geometry = _channel_geometry(x, channels_last)
+    # A Fortran-order x is read as the C-order x.T (its channels the same, the other axes
+    # reversed), and y written in x's layout: no copy into C order (fn_layout.h) needed.
+    if _fortran_only(x):
+        xk, outk, geometry = x.T, None if out is None else out.T, _transposed_channel_geometry(x, channels_last)
+    else:
+        xk, outk, geometry = x, out, _channel_geometry(x, channels_last)
+    xc = _contiguous(xk)
     nthreads = _threads(x)
     if training:
         mean_d, m2 = np.empty(c), np.empty(c)
@@ -433,7 +452,8 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
     else:
         mean_d, var = rm.astype(_F64), rv.astype(_F64)
     rstd_d = _rstd(var, eps)
-    y = _channel_affine(ext, x, xc, out, mean_d, rstd_d, weight, bias, geometry, nthreads)
+    y = _channel_affine(ext, xk, xc, outk, mean_d, rstd_d, weight, bias, geometry, nthreads)
+    y = out if out is not None else y if xk is x else y.T
     return y, mean_d.astype(cd), rstd_d.astype(cd)
 
 
@@ -476,8 +496,13 @@ def batch_norm_backward(grad_output, x, weight, mean, rstd, *, training=True, ch
         return reference.batch_norm_backward(g, x, weight, mean, rstd, training=training,
                                              channels_last=channels_last, bias=bias)
     cd = compute_dtype(x.dtype)
-    xc, gc = _contiguous(x), _contiguous(g)
-    geometry = _channel_geometry(x, channels_last)
+    # as in batch_norm: a Fortran-order x read as x.T (g taken in that layout), and grad_x
+    # given x's layout
+    if _fortran_only(x):
+        xk, gk, geometry = x.T, g.T, _transposed_channel_geometry(x, channels_last)
+    else:
+        xk, gk, geometry = x, g, _channel_geometry(x, channels_last)
+    xc, gc = _contiguous(xk), _contiguous(gk)
     n = _count_per_channel(x, channels_last)
     nthreads = _threads(x)
     mean_d, rstd_d = mean.astype(_F64), rstd.astype(_F64)
@@ -490,12 +515,13 @@ def batch_norm_backward(grad_output, x, weight, mean, rstd, *, training=True, ch
         k3 = -w * rstd_d * s1 / n
     else:
         k2 = k3 = np.zeros(c)
-    gx = _config.empty(x.shape, cd, like=xc)
+    gx = _config.empty(xk.shape, cd, like=xc)
     ext.affine_grad(gc.reshape(-1), xc.reshape(-1), gx.reshape(-1), *geometry, _vector(k1, cd),
                     _vector(mean, cd), _vector(k2, cd), _vector(k3, cd), nthreads)
     gw = None if weight is None else (rstd_d * s2).astype(weight.dtype)
     gb = None if bias is None else s1.astype(bias.dtype)
-    return cast(gx, x.dtype), gw, gb
+    gx = cast(gx, x.dtype)
+    return gx if xk is x else gx.T, gw, gb
 
 
 # ---------------------------------------------------------------------------- layer / RMS norm

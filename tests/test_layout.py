@@ -110,6 +110,12 @@ def test_arguments_a_kernel_cannot_take_are_refused():
 # ---------------------------------------------------------------------------- where it is used
 
 @pytest.fixture
+def backend_cython():
+    with fastnorm.use_backend("cython"):
+        yield
+
+
+@pytest.fixture
 def copies(monkeypatch):
     """Counts the calls of the compiled copy."""
     calls = []
@@ -166,7 +172,6 @@ def test_the_families_give_the_same_bits_for_fortran_order_input(dtype, copies, 
     y, rstd = fastnorm.rms_norm(x, 96, w)
     same(fastnorm.rms_norm(xf, 96, w), (y, rstd))
     same(fastnorm.rms_norm_backward(gf, xf, 96, w, rstd), fastnorm.rms_norm_backward(g, x, 96, w, rstd))
-    same(fastnorm.batch_norm(xf, w, w), fastnorm.batch_norm(x, w, w))
     same(fastnorm.group_norm(xf, 8, w, w), fastnorm.group_norm(x, 8, w, w))
     # elementwise maps run in whichever order their inputs share; mixed orders are copied
     same(fastnorm.silu_backward(g, xf), fastnorm.silu_backward(g, x))
@@ -174,3 +179,39 @@ def test_the_families_give_the_same_bits_for_fortran_order_input(dtype, copies, 
     same(yf, y)
     assert mask_f.packed.tobytes() == mask.packed.tobytes()
     assert copies, "the compiled copy was not used"
+
+
+def _close(a, b, dtype):
+    tol = {np.float16: 1e-3, np.float32: 1e-6, np.float64: 1e-13}[dtype]
+    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape,channels_last", [((400, 96), False), ((30, 12, 7, 5), False),
+                                                 ((30, 7, 5, 12), True), ((3, 5), False)])
+def test_batch_norm_reads_fortran_order_in_place(shape, channels_last, dtype, copies, backend_cython, rng):
+    """A Fortran-order x is read as x.T (no copy into C order), y and grad_x come out in its
+    layout, with the C-order call's values (summed in another order: not always its bits)."""
+    c = shape[-1] if channels_last else shape[1]
+    x = (3 + rng.standard_normal(shape)).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    w, b = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    xf, gf = np.asfortranarray(x), np.asfortranarray(g)
+    rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+    rm_f, rv_f = rm.copy(), rv.copy()
+    y, mean, rstd = fastnorm.batch_norm(x, w, b, rm, rv, channels_last=channels_last)
+    yf, mean_f, rstd_f = fastnorm.batch_norm(xf, w, b, rm_f, rv_f, channels_last=channels_last)
+    assert yf.flags.f_contiguous and yf.dtype == dtype
+    for u, v in ((yf, y), (mean_f, mean), (rstd_f, rstd), (rm_f, rm), (rv_f, rv)):
+        _close(u, v, dtype)
+    for out in (np.empty(shape, dtype), np.empty(shape, dtype, order="F")):
+        assert fastnorm.batch_norm(xf, w, b, channels_last=channels_last, out=out)[0] is out
+        _close(out, y, dtype)
+    grads = fastnorm.batch_norm_backward(g, x, w, mean, rstd, channels_last=channels_last, bias=b)
+    for grad_output in (gf, g):  # the C-order one is copied into x's layout
+        grads_f = fastnorm.batch_norm_backward(grad_output, xf, w, mean, rstd, channels_last=channels_last, bias=b)
+        assert grads_f[0].flags.f_contiguous and grads_f[0].dtype == dtype
+        for u, v in zip(grads_f, grads):
+            _close(u, v, dtype)
+    x_copies = [s for s in copies if s in (shape, shape[::-1])]
+    assert len(x_copies) == (1 if x.size >= _arrays._REORDER_MIN else 0), copies  # g's, once
