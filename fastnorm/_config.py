@@ -246,10 +246,10 @@ POOL_BYTES = 512 << 20
 def pool_bytes():
     """Bytes of freed large buffers fastnorm keeps for its next results (0: none).
 
-    Results of 8 MiB and more are allocated through this cache (fastnorm/_ext/_pool.pyx):
-    glibc returns such blocks to the kernel when they are freed, and a fresh block is
-    page-faulted and zeroed as it is first written, which cost as much as relu itself on
-    64 MiB.  The arrays are ordinary NumPy arrays.  ``FASTNORM_POOL_BYTES`` sets it at import."""
+    Results of 1 MiB and more are allocated through this cache (fastnorm/_ext/_pool.pyx):
+    glibc returns such blocks to the kernel when they are freed (or trims its heap of them),
+    and a fresh block is page-faulted and zeroed as it is first written, which cost as much
+    as relu itself on 64 MiB and 5-10x a layer norm of 1.5 MiB.  The arrays are ordinary NumPy arrays.  ``FASTNORM_POOL_BYTES`` sets it at import."""
     return _pool_bytes
 
 
@@ -341,7 +341,8 @@ def show_config(file=None):
         + (f" (set_num_threads)" if _requested_threads is not None
            else " (FASTNORM_NUM_THREADS)" if _env_threads is not None else ""),
         f"  streaming:      results of calls moving >= {_stream_min_bytes} bytes",
-        f"  buffer cache:   up to {_pool_bytes} bytes of freed results >= 8 MiB"
+        f"  buffer cache:   up to {_pool_bytes} bytes of freed results"
+        + (f" >= {_pool.stats()['min_bytes']} bytes" if _pool is not None else "")
         + ("" if _pool is None or _pool.AVAILABLE else " (not in this build)"),
         f"  float16:        converted by "
         + ("F16C on the compiled backend" if _runtime is not None and _runtime.HALF_CONVERSION

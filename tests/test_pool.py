@@ -23,8 +23,10 @@ MIB = 1 << 20
 
 def block(nbytes):
     """The cached block that serves nbytes: a 64-byte header and up to a page of lead
-    (fn_pool.h) on top, in whole 2 MiB granules."""
-    return -(-(nbytes + 4096 + 64) // (2 * MIB)) * (2 * MIB)
+    (fn_pool.h) on top, in whole 2 MiB granules, or whole 64 KiB units below a granule."""
+    need = nbytes + 4096 + 64
+    unit = 64 * 1024 if need < 2 * MIB else 2 * MIB
+    return -(-need // unit) * unit
 
 
 @pytest.fixture
@@ -198,6 +200,25 @@ def test_sizes_share_blocks_by_whole_granules(small_pool):
     # the same block (fn_pool.h: it starts at the page holding data - 64), at this input's offset
     assert (y.ctypes.data - 64) // 4096 == (address - 64) // 4096
     del y
+
+
+def test_blocks_below_a_granule_are_cached_in_64_kib_units(small_pool):
+    """Results of 1-2 MiB (the default threshold is 1 MiB) are kept too: in a loop that frees
+    a few such buffers per step, glibc's malloc trims its heap and faults them in again
+    (_pool.pyx)."""
+    assert small_pool.MIN_BYTES == MIB
+    x = np.ones((384, 1024), np.float32)  # 1.5 MiB
+    y = fastnorm.silu(x)
+    address = y.ctypes.data
+    del y
+    assert small_pool.stats()["cached"] == block(x.nbytes) == 25 * 64 * 1024
+    y = fastnorm.layer_norm(np.ones((383, 1024), np.float32), 1024)[0]  # 4 KiB less: the same block
+    assert (y.ctypes.data - 64) // 4096 == (address - 64) // 4096
+    assert small_pool.stats()["cached"] == 0
+    del y
+    z = fastnorm.relu(np.ones((400, 1024), np.float32))  # 64 KiB more: another block
+    assert small_pool.stats()["cached"] == block(x.nbytes)
+    np.testing.assert_array_equal(z, 1.0)
 
 
 def test_frees_from_many_threads(small_pool):

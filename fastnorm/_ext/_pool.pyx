@@ -1,5 +1,5 @@
 """Where large results live: a cache of freed buffers (fn_pool.h) that fastnorm allocates
-its results of at least 8 MiB from, through NumPy's memory-handler API (the arrays are
+its results of at least 1 MiB from, through NumPy's memory-handler API (the arrays are
 ordinary NumPy arrays; only where their memory comes from differs), and the rule for when
 kernels write results with non-temporal stores (fn_stream.h).  fastnorm._config holds
 the settings: pool_bytes() (``FASTNORM_POOL_BYTES``), stream_min_bytes()
@@ -35,10 +35,18 @@ cdef extern from "numpy/arrayobject.h":
 
 fn_pool_init()
 cdef object _handler = fn_pool_new_capsule()
-# From 8 MiB: glibc's malloc returned 25 MiB results as fresh pages too (layer norm
-# 8192x768: 1.93 ms with a fresh result, 1.40 ms into a reused one); blocks are whole 2 MiB
-# granules, so at most a fifth of a cached block goes unused.
-cdef Py_ssize_t _min_bytes = 8 << 20
+# From 1 MiB (8 MiB until 2026-12-05): glibc's malloc returned 25 MiB results as fresh pages
+# (layer norm 8192x768: 1.93 ms with a fresh result, 1.40 ms into a reused one), and in a
+# loop that allocates and frees a few buffers of 1-8 MiB per step it trims the top of its
+# heap and page-faults them afresh, or not, depending on the sizes the process freed
+# before: a (512, 768) float32 step of copy, layer norm, its backward and SiLU (Zen 4,
+# 1 thread, default malloc settings) took 590 + 543 + 667 + 602 us with results from
+# malloc and 40 + 70 + 141 + 118 us from the cache (NumPy's copy among them: it no longer
+# shared a churning heap).  Below 1 MiB the handler's cost (about 0.3 us a result, two
+# switches of NumPy's handler) is a larger share of a call and the trap was not seen
+# (256-512 KiB results level); fn_pool.h sizes blocks below 2 MiB in 64 KiB units, so at
+# most about a sixteenth of such a block goes unused (a fifth above).
+cdef Py_ssize_t _min_bytes = 1 << 20
 #: The default of set_min_bytes: results from this size on come from the cache.
 MIN_BYTES = _min_bytes
 cdef size_t _limit = 0

@@ -12,11 +12,11 @@
  * (fastnorm/_ext/_pool.pyx); the arrays are ordinary NumPy arrays that own their data
  * and remember the handler, so NumPy calls fn_pool_free when they die, and tracemalloc
  * sees them as it sees any array.  Every block carries a small header (below, at
- * FN_POOL_HEADER); blocks of at least FN_POOL_GRANULE bytes are rounded up to whole
- * granules (so that near sizes share blocks) and kept, most recently freed first, while
- * the cached total stays within the limit (fn_pool_set_limit; 0 disables caching); a
- * larger total frees the oldest.  Smaller blocks are freed at once.  Every block comes
- * from posix_memalign and goes back with free(), so a block may leave the cache at any time.
+ * FN_POOL_HEADER); blocks are rounded up to whole granules (FN_POOL_GRANULE), or below a
+ * granule to whole units (FN_POOL_UNIT), so that near sizes share blocks, and kept, most
+ * recently freed first, while the cached total stays within the limit (fn_pool_set_limit;
+ * 0 disables caching) and a slot is free; otherwise the oldest go.  Every block comes from
+ * posix_memalign and goes back with free(), so a block may leave the cache at any time.
  */
 #ifndef FN_POOL_H
 #define FN_POOL_H
@@ -25,7 +25,8 @@
 #include <stdint.h>
 
 #define FN_POOL_GRANULE ((size_t)2 << 20)    /* 2 MiB: one huge page */
-#define FN_POOL_SLOTS 64
+#define FN_POOL_UNIT ((size_t)64 << 10)      /* blocks below a granule: multiples of 64 KiB */
+#define FN_POOL_SLOTS 128
 
 #if defined(_WIN32)
 /* No cache (no pthreads here): the handler passes everything to libc. */
@@ -64,11 +65,12 @@ static struct {
     uint64_t hits, misses;
 } fn_pool = { PTHREAD_MUTEX_INITIALIZER, {{0}}, 0, 0, 0, 0, 0 };
 
-/* The capacity of a block serving `bytes`: whole granules from one granule on. */
+/* The capacity of a block serving `bytes`: whole granules from one granule on, whole
+ * units below (at most a quarter of a block of 256 KiB or more unused). */
 static inline size_t fn_pool_capacity(size_t bytes)
 {
-    return bytes < FN_POOL_GRANULE ? bytes
-                                   : (bytes + FN_POOL_GRANULE - 1) / FN_POOL_GRANULE * FN_POOL_GRANULE;
+    const size_t unit = bytes < FN_POOL_GRANULE ? FN_POOL_UNIT : FN_POOL_GRANULE;
+    return (bytes + unit - 1) / unit * unit;
 }
 
 /* A cached block of capacity cap, or NULL. */
@@ -145,16 +147,14 @@ static inline size_t fn_pool_lead(unsigned page_offset)
 }
 
 /* A block for `bytes` of data at any page offset; returns its base (its capacity in the
- * header).  Every block of whole granules may come from and go back to the cache: the
- * handler serves only results of at least the cache's size threshold (_pool.pyx) and their
- * reallocations. */
+ * header).  Every block may come from and go back to the cache: the handler serves only
+ * results of at least the cache's size threshold (_pool.pyx) and their reallocations. */
 static char *fn_pool_new_block(size_t bytes)
 {
     if (bytes > SIZE_MAX - FN_POOL_PAGE - FN_POOL_HEADER - FN_POOL_GRANULE)
         return NULL;
     const size_t cap = fn_pool_capacity(bytes + FN_POOL_PAGE + FN_POOL_HEADER);
-    const int cacheable = cap >= FN_POOL_GRANULE;
-    void *p = cacheable ? fn_pool_take(cap) : NULL;
+    void *p = fn_pool_take(cap);
     fn_pool_last_fresh = p == NULL;
     if (p == NULL) {
         if (posix_memalign(&p, cap >= FN_POOL_GRANULE ? FN_POOL_GRANULE : FN_POOL_PAGE, cap) != 0)
@@ -213,14 +213,10 @@ static void fn_pool_free(void *ctx, void *ptr, size_t bytes)
         fn_pool_release(fn_pool_block_of(ptr));
 }
 
-/* Caches a block of whole granules (the oldest go when the limit is passed), frees the rest. */
+/* Caches a block (the oldest go when the limit is passed or every slot is taken). */
 static void fn_pool_release(char *block)
 {
     const size_t cap = ((size_t *)block)[0];
-    if (cap < FN_POOL_GRANULE) {
-        free(block);
-        return;
-    }
     void *ptr = block;
     void *evicted[FN_POOL_SLOTS + 1];
     int n = 0;
