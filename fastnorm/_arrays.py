@@ -128,29 +128,29 @@ def copy_cast(out, a):
         np.copyto(out, a, casting="unsafe")
 
 
-# Fortran-order arrays into C order (and C-order ones into Fortran order) through fn_layout.h
-# on the compiled backend: NumPy copies them reading one element per cache line of the
-# source, (8192, 768) float32 in 29.5 ms against 3.7 ms there (Zen 4, 1 thread; a layer norm
-# of such an array spent 30 of its 31 ms in NumPy's copy).  Below _REORDER_MIN elements
-# NumPy's copy is as fast; from _REORDER_GRAIN on the copy runs on every thread.
+# Arrays whose contiguous axis is not their last (Fortran order, x.swapaxes(-1, -2), ...) into
+# C order, and C-order arrays into Fortran order, through fn_layout.h on the compiled backend:
+# NumPy copies them reading one element per cache line of the source, a Fortran-order
+# (8192, 768) float32 array in 29.5 ms against 3.7 ms there (Zen 4, 1 thread; a layer norm of
+# it spent 30 of its 31 ms in NumPy's copy).  Below _REORDER_MIN elements NumPy's copy is as
+# fast; from _REORDER_GRAIN on the copy runs on every thread.
 _REORDER_MIN = 1 << 14
 _REORDER_GRAIN = 1 << 15
 
 
 def _reordered(a, order):
     """A copy of ``a`` contiguous in ``order`` by fn_layout.h, or None where NumPy's copy is
-    the one to make (small arrays, one dimension, misaligned data, other layouts)."""
-    if a.size < _REORDER_MIN or a.ndim < 2 or _config._backend != "cython" or not a.flags.aligned:
+    the one to make (small arrays, misaligned data, layouts that read along the last axis
+    anyway, negative strides)."""
+    if a.size < _REORDER_MIN or _config._backend != "cython" or not a.flags.aligned:
         return None
-    if order == "C" and a.flags.f_contiguous:
-        out = _config.empty(a.shape, a.dtype)
-        _config._runtime.to_c_order(a, out, _config.threads_for(a.size, _REORDER_GRAIN), True)
-        return out
-    if order == "F" and a.flags.c_contiguous:  # the same copy, of the transposes
-        out = _config.empty(a.shape, a.dtype, "F")
-        _config._runtime.to_c_order(a.T, out.T, _config.threads_for(a.size, _REORDER_GRAIN), True)
-        return out
-    return None
+    source = a if order == "C" else a.T  # into Fortran order: the transposes into C order
+    if not _config._runtime.transposable(source):
+        return None
+    out = _config.empty(a.shape, a.dtype, order)
+    _config._runtime.to_c_order(source, out if order == "C" else out.T,
+                                _config.threads_for(a.size, _REORDER_GRAIN), True)
+    return out
 
 
 def aligned_contiguous(a, dtype=None, order="C"):

@@ -41,6 +41,10 @@ def _copies(src, vector, threads):
        seed=st.integers(0, 2**32 - 1))
 def test_every_shape_copies_every_bit(shape, size, vector, threads, seed):
     src = np.asfortranarray(_bits(shape, size, seed))
+    # (one axis longer than 1: C order as well, nothing to transpose)
+    assert _runtime().transposable(src) == (not src.flags.c_contiguous)
+    if src.flags.c_contiguous:
+        return
     dst = _copies(src, vector, threads)
     assert dst.flags.c_contiguous
     np.testing.assert_array_equal(dst, src)
@@ -49,7 +53,7 @@ def test_every_shape_copies_every_bit(shape, size, vector, threads, seed):
 @pytest.mark.parametrize("size", [2, 4, 8])
 @pytest.mark.parametrize("vector", [True, False], ids=["vector", "plain"])
 @pytest.mark.parametrize("shape", [(255, 17), (256, 16), (257, 15), (600, 33), (513, 2, 3, 9),
-                                   (1, 700), (700, 1), (31, 1, 1, 40), (8, 8), (3, 5)])
+                                   (2, 700), (700, 2), (31, 1, 1, 40), (8, 8), (3, 5)])
 def test_blocks_and_edges(shape, size, vector, rng):
     """Rows around the tasks' block of 256 and columns around the blocks' M x M and a line."""
     src = np.asfortranarray(_bits(shape, size, 7))
@@ -82,24 +86,53 @@ def test_empty_arrays():
         _runtime().to_c_order(src, dst, 2, True)
 
 
+@given(shape=st.lists(st.integers(1, 9), min_size=2, max_size=5).map(tuple), data=st.data(),
+       size=st.sampled_from([2, 4, 8]), seed=st.integers(0, 2**32 - 1))
+def test_any_view_with_a_contiguous_axis_besides_its_last(shape, data, size, seed):
+    """Permuted and sliced views (x.swapaxes(-1, -2), NCHW views of NHWC data, ...): those
+    with an axis of unit stride other than their last are copied (one plane per index of the
+    other axes), the others refused, as transposable() says."""
+    base = _bits(shape, size, seed)
+    perm = data.draw(st.permutations(range(len(shape))))
+    view = base.transpose(perm)
+    steps = tuple(data.draw(st.sampled_from([1, 1, 2])) if i != perm.index(len(shape) - 1) else 1
+                  for i in range(len(shape)))
+    view = view[tuple(slice(None, None, step) for step in steps)]
+    real = [a for a in range(view.ndim) if view.shape[a] > 1]
+    expected = (len(real) >= 2 and view.strides[real[-1]] != size
+                and any(view.strides[a] == size for a in real[:-1]))
+    assert _runtime().transposable(view) == expected
+    if expected:
+        for vector in (True, False):
+            np.testing.assert_array_equal(_copies(view, vector, 2), view)
+    elif view.size:
+        with pytest.raises(ValueError, match="unit stride"):
+            _copies(view, True, 1)
+
+
 def test_arguments_a_kernel_cannot_take_are_refused():
     to_c_order = _runtime().to_c_order
     f = np.asfortranarray(np.zeros((4, 6), np.float32))
     c = np.zeros((4, 6), np.float32)
-    cases = [
-        (np.zeros(5, np.float32), np.zeros(5, np.float32), "dimensions"),
-        (f, np.zeros((4, 7), np.float32), "shapes differ"),
-        (f, np.zeros((4, 6), np.float64), "item sizes"),
-        (f.astype(np.complex128, order="F"), np.zeros((4, 6), np.complex128), "item sizes"),
-        (c, np.zeros((4, 6), np.float32), "Fortran-contiguous"),
-        (f, np.zeros((6, 4), np.float32).T, "C-contiguous"),
-        (f, np.zeros((4, 6, 2), np.float32)[..., 0], "C-contiguous"),
-    ]
     readonly = np.zeros((4, 6), np.float32)
     readonly.flags.writeable = False
-    cases.append((f, readonly, "writeable"))
     overlapping = np.zeros(30, np.float32)
-    cases.append((overlapping[:24].reshape(6, 4).T, overlapping[4:28].reshape(4, 6), "overlap"))
+    misaligned = np.zeros(4 * 6 * 4 + 1, np.uint8)[1:].view(np.float32).reshape(6, 4).T
+    cases = [
+        (np.zeros(5, np.float32), np.zeros(5, np.float32), "unit stride"),
+        (f, np.zeros((4, 6, 1), np.float32), "dimensions"),
+        (f, np.zeros((4, 7), np.float32), "shapes differ"),
+        (f, np.zeros((4, 6), np.float64), "item sizes differ"),
+        (f.astype(np.complex128, order="F"), np.zeros((4, 6), np.complex128), "item size 16"),
+        (c, np.zeros((4, 6), np.float32), "unit stride"),       # C order: nothing to transpose
+        (c[::-1].T, np.zeros((6, 4), np.float32), "unit stride"),  # a negative stride
+        (f, np.zeros((6, 4), np.float32).T, "C-contiguous"),
+        (f, np.zeros((4, 6, 2), np.float32)[..., 0], "C-contiguous"),
+        (f, readonly, "writeable"),
+        (misaligned, np.zeros((4, 6), np.float32), "aligned"),
+        (overlapping[:24].reshape(6, 4).T, overlapping[4:28].reshape(4, 6), "overlap"),
+        (overlapping[6:30].reshape(6, 4).T, overlapping[:24].reshape(4, 6), "overlap"),
+    ]
     for src, dst, message in cases:
         with pytest.raises(ValueError, match=message):
             to_c_order(src, dst, 1, True)
@@ -128,12 +161,15 @@ def copies(monkeypatch):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_aligned_contiguous_reorders_large_arrays_through_the_kernel(dtype, copies, rng):
     x = rng.standard_normal((300, 70)).astype(dtype)
-    for source, order in ((np.asfortranarray(x), "C"), (x, "F"), (np.asfortranarray(x.reshape(30, 10, 70)), "C")):
+    x3 = x.reshape(30, 10, 70)
+    for source, order in ((np.asfortranarray(x), "C"), (x, "F"), (np.asfortranarray(x3), "C"),
+                          (x3.swapaxes(1, 2), "C"), (x3.transpose(0, 2, 1)[:, ::2], "C"),
+                          (x3.transpose(2, 0, 1), "C")):
         result = aligned_contiguous(source, order=order)
         assert result.flags.c_contiguous if order == "C" else result.flags.f_contiguous
         assert not np.shares_memory(result, source) and result.dtype == dtype
         np.testing.assert_array_equal(result, source)
-    assert len(copies) == 3
+    assert len(copies) == 5  # (the sliced one has 10500 elements: NumPy copies it)
     copies.clear()
     aligned_contiguous(np.asfortranarray(x[:100, :50]))  # 5000 elements: NumPy's copy
     aligned_contiguous(x[:, ::2])                        # neither order: NumPy's copy

@@ -98,58 +98,107 @@ def float_to_half(const float[::1] src, uint16_t[::1] dst):
 
 cdef extern from "fn_layout.h" nogil:
     int FN_LAYOUT_MAX_DIMS
+    ctypedef struct fn_layout_planes:
+        int64_t rows, cols, src_ld, dst_ld, planes
+        int count
+        int64_t dims[64]
+        int64_t src_step[64]
+        int64_t dst_step[64]
     int fn_layout_has_vector()
-    int64_t fn_layout_tasks(int64_t rows, int64_t mid)
-    void fn_to_c_order(const void *src, void *dst, int size, int64_t rows, int64_t cols,
-                       const int64_t *mid_dims, int mid_count, int64_t task0, int64_t task1,
-                       int vector)
+    int64_t fn_layout_tasks(const fn_layout_planes *g)
+    void fn_transpose(const void *src, void *dst, int size, const fn_layout_planes *g,
+                      int64_t task0, int64_t task1, int vector)
 
-#: The Fortran-to-C-order copy has its vector blocks on this CPU (fn_layout.h).
+assert FN_LAYOUT_MAX_DIMS == 64
+#: The copy into C order has its vector blocks in this build (fn_layout.h).
 LAYOUT_VECTOR = bool(fn_layout_has_vector())
 
 
+cdef int _plan(cnp.ndarray src, fn_layout_planes *g) noexcept:
+    """g, the planes that copy src into C order (fn_layout.h): src's rows run along an axis of
+    unit stride other than its last, its columns along its last, one plane per index of the
+    other axes (those of length 1 left out).  0, or -1 where src has no such layout (no such
+    axis, a stride that is not a positive multiple of the item size, an item size other than
+    2, 4 or 8)."""
+    cdef int nd = src.ndim, a, k = -1, n = -1, size = <int>src.itemsize
+    cdef cnp.npy_intp *shape = cnp.PyArray_DIMS(src)
+    cdef cnp.npy_intp *strides = cnp.PyArray_STRIDES(src)
+    cdef int64_t c_stride[64]
+    cdef int64_t step = 1
+    if size not in (2, 4, 8) or nd < 2 or nd > FN_LAYOUT_MAX_DIMS:
+        return -1
+    for a in range(nd - 1, -1, -1):  # the C-order strides of the destination, in elements
+        c_stride[a] = step
+        step *= shape[a]
+    for a in range(nd):
+        if shape[a] == 1:
+            continue
+        if strides[a] <= 0 or strides[a] % size:
+            return -1
+        n = a
+    for a in range(n):
+        if shape[a] > 1 and strides[a] == size:
+            k = a
+            break
+    if n < 0 or k < 0:
+        return -1
+    g.rows, g.cols = shape[k], shape[n]
+    g.src_ld, g.dst_ld = strides[n] // size, c_stride[k]
+    g.count, g.planes = 0, 1
+    for a in range(nd):
+        if a != k and a != n and shape[a] > 1:
+            g.dims[g.count] = shape[a]
+            g.src_step[g.count] = strides[a] // size
+            g.dst_step[g.count] = c_stride[a]
+            g.planes *= shape[a]
+            g.count += 1
+    return 0
+
+
+def transposable(cnp.ndarray src not None):
+    """Whether to_c_order takes src: an axis of unit stride other than its last, positive
+    strides, items of 2, 4 or 8 bytes."""
+    cdef fn_layout_planes g
+    return _plan(src, &g) == 0
+
+
 def to_c_order(cnp.ndarray src not None, cnp.ndarray dst not None, int nthreads, bint vector):
-    """dst[...] = src, element bits copied as they are.  IN src: Fortran-contiguous, at least
-    2-d; OUT dst: C-contiguous, src's shape and item size (2, 4 or 8 bytes), not overlapping
-    src; both aligned for their item size.  vector: use the vector blocks (where
-    LAYOUT_VECTOR)."""
-    cdef int nd = src.ndim, a, mid_count, size = <int>src.itemsize
-    cdef int64_t mid_dims[64]
-    cdef int64_t rows, cols, mid = 1, tasks, part, t
-    cdef const void *s = cnp.PyArray_DATA(src)
-    cdef void *d = cnp.PyArray_DATA(dst)
-    cdef Py_ssize_t nbytes
-    if nd < 2 or nd > FN_LAYOUT_MAX_DIMS or dst.ndim != nd:
-        raise ValueError(f"to_c_order: src and dst must have one number of dimensions in [2, "
-                         f"{FN_LAYOUT_MAX_DIMS}], got {nd} and {dst.ndim}")
+    """dst[...] = src, element bits copied as they are.  IN src: transposable(src), aligned;
+    OUT dst: C-contiguous, aligned and writeable, src's shape and item size, not overlapping
+    src.  vector: use the vector blocks (where LAYOUT_VECTOR)."""
+    cdef fn_layout_planes g
+    cdef int nd = src.ndim, a, size = <int>src.itemsize
+    cdef int64_t tasks, part, t
+    cdef char *s = <char *>cnp.PyArray_DATA(src)
+    cdef char *d = <char *>cnp.PyArray_DATA(dst)
+    cdef Py_ssize_t extent = size
+    if dst.ndim != nd:
+        raise ValueError(f"to_c_order: src and dst differ in dimensions, {nd} and {dst.ndim}")
     for a in range(nd):
         if src.shape[a] != dst.shape[a]:
             raise ValueError(f"to_c_order: shapes differ, {(<object>src).shape} and {(<object>dst).shape}")
-    if size not in (2, 4, 8) or dst.itemsize != size:
-        raise ValueError(f"to_c_order: item sizes must be one of 2, 4, 8, got {size} and "
-                         f"{dst.itemsize}")
-    if not (cnp.PyArray_IS_F_CONTIGUOUS(src) and cnp.PyArray_ISALIGNED(src)
-            and cnp.PyArray_IS_C_CONTIGUOUS(dst) and cnp.PyArray_ISALIGNED(dst)
-            and cnp.PyArray_ISWRITEABLE(dst)):
-        raise ValueError("to_c_order: src must be Fortran-contiguous and dst C-contiguous and "
-                         "writeable, both aligned")
-    nbytes = src.size * size
-    if nbytes and <char *>s < <char *>d + nbytes and <char *>d < <char *>s + nbytes:
+    if dst.itemsize != size:
+        raise ValueError(f"to_c_order: item sizes differ, {size} and {dst.itemsize}")
+    if src.size == 0:
+        return
+    if _plan(src, &g) != 0:
+        raise ValueError("to_c_order: src must have an axis of unit stride other than its last, "
+                         f"positive strides and items of 2, 4 or 8 bytes, got strides "
+                         f"{(<object>src).strides} and item size {size}")
+    if not (cnp.PyArray_ISALIGNED(src) and cnp.PyArray_IS_C_CONTIGUOUS(dst)
+            and cnp.PyArray_ISALIGNED(dst) and cnp.PyArray_ISWRITEABLE(dst)):
+        raise ValueError("to_c_order: src must be aligned and dst C-contiguous, aligned and writeable")
+    for a in range(nd):
+        extent += (src.shape[a] - 1) * src.strides[a]
+    if s < d + src.size * size and d < s + extent:
         raise ValueError("to_c_order: src and dst overlap")
     vector = vector and LAYOUT_VECTOR
-    rows, cols, mid_count = src.shape[0], src.shape[nd - 1], nd - 2
-    for a in range(mid_count):
-        mid_dims[a] = src.shape[a + 1]
-        mid *= mid_dims[a]
-    if nbytes == 0:
-        return
-    tasks = fn_layout_tasks(rows, mid)
+    tasks = fn_layout_tasks(&g)
     nthreads = <int>max(1, min(nthreads, tasks))
     with nogil:
         if nthreads == 1:
-            fn_to_c_order(s, d, size, rows, cols, mid_dims, mid_count, 0, tasks, vector)
+            fn_transpose(s, d, size, &g, 0, tasks, vector)
         else:
             part = (tasks + nthreads - 1) // nthreads
             for t in prange(nthreads, num_threads=nthreads, schedule="static"):
-                fn_to_c_order(s, d, size, rows, cols, mid_dims, mid_count, t * part,
-                              min(tasks, (t + 1) * part), vector)
+                fn_transpose(s, d, size, &g, t * part, min(tasks, (t + 1) * part), vector)

@@ -1,23 +1,25 @@
-/* Fortran-order arrays into C order (and back): the copy every kernel family makes of an
- * input whose axes run the other way (x.T of a C-order matrix, say).  NumPy copies such an
- * array in the destination's order, reading one element per cache line of the source: a
- * (8192, 768) float32 array took 38 ms on AMD Zen 4, 15 times its copy floor, and a layer
- * norm of it spent 30 of its 31 ms there.  Here the copy goes by square blocks of M x M
- * elements, transposed in SSE2 registers on x86-64 (by plain loops elsewhere and at the
- * edges), and each destination line is written whole by consecutive blocks.  The source is
- * read along its rows, FN_LAYOUT_BLOCK elements of each, which the hardware prefetcher
- * follows with some help (FN_LAYOUT_AHEAD).
+/* Arrays whose last axis is not their contiguous one into C order (and C-order ones into
+ * Fortran order): the copy every kernel family makes of such an input (x.T of a C-order
+ * matrix, say, or x.swapaxes(-1, -2)).  NumPy copies it in the destination's order, reading
+ * one element per cache line of the source: a Fortran-order (8192, 768) float32 array took
+ * 29.5 ms on AMD Zen 4 (1 thread), 25 times its copy floor, and a layer norm of it spent 30
+ * of its 31 ms there.  Here the copy goes by square blocks of M x M elements, transposed in
+ * SSE2 registers on x86-64 (by plain loops elsewhere and at the edges), and each destination
+ * line is written whole by consecutive blocks.  The source is read along its rows,
+ * FN_LAYOUT_BLOCK elements of each, which the hardware prefetcher follows with some help
+ * (FN_LAYOUT_AHEAD).
  *
  * Elements are moved as bit patterns (2, 4 or 8 bytes), so the values are untouched: NaN
  * payloads, signed zeros and float16 included.
  *
- * Layout.  An N-d array of shape (d0, ..., dn) (n >= 1) in Fortran order is, for every index
- * of its middle axes (d1, ..., dn-1), a (dn, d0) row-major matrix in its memory, and the same
- * array in C order is, for that index, a (d0, dn) matrix with rows d1 * ... * dn elements apart:
- * each middle index is one transpose of a (d0, dn) plane.  The plane of middle index m (its
- * C-order number m_c) starts at m_c * dn in the destination and at d0 * m_f in the source,
- * m_f the same index numbered in Fortran order.  Going from C to Fortran order is the same
- * copy with the shape reversed. */
+ * Layout.  The copy is a set of planes, each a transpose: plane p copies a (rows, cols)
+ * matrix whose source element (i, j) lies at i + j * src_ld (the source runs along i) to
+ * destination i * dst_ld + j (the destination runs along j).  An array with an axis k of unit
+ * stride other than its last, copied into C order, is such a set: rows along k, cols along
+ * the last axis, one plane per index of the other ("outer") axes.  A Fortran-order (d0, ...,
+ * dn) array has k = 0 and the middle axes outer; x.swapaxes(-1, -2) of a C-order array has k
+ * = ndim - 2 and the leading axes outer.  Going from C to Fortran order is the same copy of
+ * the transposes. */
 #ifndef FN_LAYOUT_H
 #define FN_LAYOUT_H
 
@@ -30,26 +32,34 @@
 /* How far ahead of the blocks in a source row its lines are prefetched, in bytes. */
 #define FN_LAYOUT_AHEAD 256
 
-/* The Fortran-order number of the middle index whose C-order number is m_c: dims[0..count)
- * are the middle axes' lengths. */
-static inline int64_t fn_layout_fortran_number(int64_t m_c, const int64_t *dims, int count)
+/* The planes of a copy (see the top): plane p's outer index is p's C-order digits over
+ * dims[0..count), and its source and destination start at that index weighed by src_step and
+ * dst_step (elements). */
+typedef struct fn_layout_planes {
+    int64_t rows, cols, src_ld, dst_ld, planes;
+    int count;
+    int64_t dims[FN_LAYOUT_MAX_DIMS], src_step[FN_LAYOUT_MAX_DIMS], dst_step[FN_LAYOUT_MAX_DIMS];
+} fn_layout_planes;
+
+static inline void fn_layout_plane_start(const fn_layout_planes *g, int64_t p, int64_t *src_at,
+                                         int64_t *dst_at)
 {
-    int64_t m_f = 0, stride = 1;
-    for (int a = 0; a < count; a++)
-        stride *= dims[a];
-    for (int a = count - 1; a >= 0; a--) {   /* C order: the last axis varies fastest */
-        stride /= dims[a];
-        m_f += (m_c % dims[a]) * stride;
-        m_c /= dims[a];
+    int64_t s = 0, d = 0;
+    for (int a = g->count - 1; a >= 0; a--) {   /* C order: the last axis varies fastest */
+        const int64_t index = p % g->dims[a];
+        p /= g->dims[a];
+        s += index * g->src_step[a];
+        d += index * g->dst_step[a];
     }
-    return m_f;
+    *src_at = s;
+    *dst_at = d;
 }
 
 /* The copy is cut into tasks of FN_LAYOUT_BLOCK destination rows of one plane, numbered plane
  * by plane: fn_layout_tasks of them in all, any range of which can run on its own thread. */
-static inline int64_t fn_layout_tasks(int64_t rows, int64_t mid)
+static inline int64_t fn_layout_tasks(const fn_layout_planes *g)
 {
-    return mid * ((rows + FN_LAYOUT_BLOCK - 1) / FN_LAYOUT_BLOCK);
+    return g->planes * ((g->rows + FN_LAYOUT_BLOCK - 1) / FN_LAYOUT_BLOCK);
 }
 
 /* d[i * dst_ld + j] = s[j * src_ld + i] for i < ni, j < nj: a block's plain copy. */
@@ -115,28 +125,25 @@ fn_layout_block_u64_vector(const uint64_t *s, int64_t src_ld, uint64_t *d, int64
 #define FN_LAYOUT_VECTOR 0
 #endif
 
-/* Tasks [task0, task1) of the copy of src (Fortran order, shape (rows, mid_dims..., cols))
- * into dst (C order, the same shape), by blocks of M x M (BLOCK_FN).  The blocks of a task
- * go destination line by destination line (64 bytes: LINE elements), so that each line is
- * written whole before the next; the edges the blocks leave (fewer than M rows or columns)
- * are copied plainly. */
-#define FN_DEFINE_TO_C_ORDER_TASKS(U, name, M, BLOCK_FN)                                       \
-static void name(const U *src, U *dst, int64_t rows, int64_t cols, const int64_t *mid_dims,  \
-                 int mid_count, int64_t task0, int64_t task1)                                 \
+/* Tasks [task0, task1) of the copy g of src into dst, by blocks of M x M (BLOCK_FN).  The
+ * blocks of a task go destination line by destination line (64 bytes: LINE elements), so
+ * that each line is written whole before the next; the edges the blocks leave (fewer than M
+ * rows or columns) are copied plainly. */
+#define FN_DEFINE_TRANSPOSE_TASKS(U, name, M, BLOCK_FN)                                        \
+static void name(const U *src, U *dst, const fn_layout_planes *g, int64_t task0, int64_t task1) \
 {                                                                                             \
     enum { LINE = 64 / (int)sizeof(U), AHEAD = FN_LAYOUT_AHEAD / (int)sizeof(U) };            \
-    int64_t mid = 1;                                                                          \
-    for (int a = 0; a < mid_count; a++)                                                       \
-        mid *= mid_dims[a];                                                                   \
+    const int64_t rows = g->rows, cols = g->cols, src_ld = g->src_ld, dst_ld = g->dst_ld;     \
     const int64_t blocks = (rows + FN_LAYOUT_BLOCK - 1) / FN_LAYOUT_BLOCK;                    \
-    const int64_t dst_ld = mid * cols, src_ld = rows * mid;                                   \
     const int64_t cols_m = cols - cols % (M);                                                 \
     for (int64_t task = task0; task < task1; task++) {                                        \
-        const int64_t m_c = task / blocks, b0 = (task % blocks) * FN_LAYOUT_BLOCK;            \
+        const int64_t b0 = (task % blocks) * FN_LAYOUT_BLOCK;                                 \
         const int64_t b1 = b0 + FN_LAYOUT_BLOCK < rows ? b0 + FN_LAYOUT_BLOCK : rows;         \
         const int64_t b1_m = b1 - (b1 - b0) % (M);                                            \
-        const U *s = src + rows * fn_layout_fortran_number(m_c, mid_dims, mid_count);         \
-        U *d = dst + m_c * cols;                                                              \
+        int64_t src_at, dst_at;                                                               \
+        fn_layout_plane_start(g, task / blocks, &src_at, &dst_at);                            \
+        const U *s = src + src_at;                                                            \
+        U *d = dst + dst_at;                                                                  \
         for (int64_t j0 = 0; j0 < cols_m; j0 += LINE) {                                       \
             const int64_t j1 = j0 + LINE <= cols_m ? j0 + LINE : cols_m;                      \
             for (int64_t i0 = b0; i0 < b1_m; i0 += (M)) {                                     \
@@ -166,38 +173,34 @@ static inline void fn_layout_block_##suf##_plain(const U *s, int64_t src_ld, U *
 FN_DEFINE_PLAIN_BLOCK(uint16_t, u16, 8)
 FN_DEFINE_PLAIN_BLOCK(uint32_t, u32, 4)
 FN_DEFINE_PLAIN_BLOCK(uint64_t, u64, 2)
-FN_DEFINE_TO_C_ORDER_TASKS(uint16_t, fn_to_c_order_u16_plain, 8, fn_layout_block_u16_plain)
-FN_DEFINE_TO_C_ORDER_TASKS(uint32_t, fn_to_c_order_u32_plain, 4, fn_layout_block_u32_plain)
-FN_DEFINE_TO_C_ORDER_TASKS(uint64_t, fn_to_c_order_u64_plain, 2, fn_layout_block_u64_plain)
+FN_DEFINE_TRANSPOSE_TASKS(uint16_t, fn_transpose_u16_plain, 8, fn_layout_block_u16_plain)
+FN_DEFINE_TRANSPOSE_TASKS(uint32_t, fn_transpose_u32_plain, 4, fn_layout_block_u32_plain)
+FN_DEFINE_TRANSPOSE_TASKS(uint64_t, fn_transpose_u64_plain, 2, fn_layout_block_u64_plain)
 #if FN_LAYOUT_VECTOR
-FN_DEFINE_TO_C_ORDER_TASKS(uint16_t, fn_to_c_order_u16_vector, 8, fn_layout_block_u16_vector)
-FN_DEFINE_TO_C_ORDER_TASKS(uint32_t, fn_to_c_order_u32_vector, 4, fn_layout_block_u32_vector)
-FN_DEFINE_TO_C_ORDER_TASKS(uint64_t, fn_to_c_order_u64_vector, 2, fn_layout_block_u64_vector)
+FN_DEFINE_TRANSPOSE_TASKS(uint16_t, fn_transpose_u16_vector, 8, fn_layout_block_u16_vector)
+FN_DEFINE_TRANSPOSE_TASKS(uint32_t, fn_transpose_u32_vector, 4, fn_layout_block_u32_vector)
+FN_DEFINE_TRANSPOSE_TASKS(uint64_t, fn_transpose_u64_vector, 2, fn_layout_block_u64_vector)
 #endif
 
 /* Whether this build has the vector blocks. */
 static inline int fn_layout_has_vector(void) { return FN_LAYOUT_VECTOR; }
 
-/* Tasks [task0, task1) of the copy, of elements of `size` bytes (2, 4 or 8), with the vector
+/* Tasks [task0, task1) of the copy g, of elements of `size` bytes (2, 4 or 8), with the vector
  * blocks when `vector` (where the build has them), else with the plain ones. */
-static void fn_to_c_order(const void *src, void *dst, int size, int64_t rows, int64_t cols,
-                          const int64_t *mid_dims, int mid_count, int64_t task0, int64_t task1,
-                          int vector)
+static void fn_transpose(const void *src, void *dst, int size, const fn_layout_planes *g,
+                         int64_t task0, int64_t task1, int vector)
 {
 #if FN_LAYOUT_VECTOR
-#define FN_LAYOUT_PICK(suf) (vector ? fn_to_c_order_##suf##_vector : fn_to_c_order_##suf##_plain)
+#define FN_LAYOUT_PICK(suf) (vector ? fn_transpose_##suf##_vector : fn_transpose_##suf##_plain)
 #else
-#define FN_LAYOUT_PICK(suf) ((void)vector, fn_to_c_order_##suf##_plain)
+#define FN_LAYOUT_PICK(suf) ((void)vector, fn_transpose_##suf##_plain)
 #endif
     if (size == 2)
-        FN_LAYOUT_PICK(u16)((const uint16_t *)src, (uint16_t *)dst, rows, cols, mid_dims,
-                            mid_count, task0, task1);
+        FN_LAYOUT_PICK(u16)((const uint16_t *)src, (uint16_t *)dst, g, task0, task1);
     else if (size == 4)
-        FN_LAYOUT_PICK(u32)((const uint32_t *)src, (uint32_t *)dst, rows, cols, mid_dims,
-                            mid_count, task0, task1);
+        FN_LAYOUT_PICK(u32)((const uint32_t *)src, (uint32_t *)dst, g, task0, task1);
     else
-        FN_LAYOUT_PICK(u64)((const uint64_t *)src, (uint64_t *)dst, rows, cols, mid_dims,
-                            mid_count, task0, task1);
+        FN_LAYOUT_PICK(u64)((const uint64_t *)src, (uint64_t *)dst, g, task0, task1);
 #undef FN_LAYOUT_PICK
 }
 
