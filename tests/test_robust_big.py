@@ -5,7 +5,9 @@ offsets beyond 2**31 in one call: an activation over 2**31 + 2**20 + 3 elements,
 layer norm over (2**21 + 3, 1024) rows (row offsets r * K > 2**31), and a batch-norm
 channel of 2**31 + 16 elements as ONE contiguous run.  Each test works in place
 (``out=x``) so the peak stays at ~8.1 GiB, and checks windows at the start, across
-element 2**31 and at the end against values recomputed from an index pattern.
+element 2**31 and at the end against values recomputed from an index pattern.  The copy
+of a Fortran-order array into C order (fn_layout.h) goes beyond 2**31 items of 2 bytes
+(8.6 GiB for its source and destination).
 
 Opt-in (memory and ~1 minute per test on the 2-core box):
 
@@ -139,3 +141,32 @@ def test_batch_norm_channel_of_more_than_2_31_elements(settings):
     for (s, e), got in windows.items():
         want = (_pattern(s, e, period=period, scale=1.0, offset=-511.5) - mean) / np.sqrt(var + 1e-5)
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def _transposed_windows(rows, cols):
+    """A Fortran-order (rows, cols) uint16 array (x.T of a C-order one; item (i, j) holds
+    (7 i + 13 j) mod 2**16) copied into C order by fn_layout.h: source and destination offsets
+    beyond 2**31 elements."""
+    from fastnorm import _config
+    need = 2 * rows * cols * 2 + GIB
+    if _available_bytes() < need:
+        pytest.skip(f"needs {need / GIB:.1f} GiB of free memory")
+    src = np.empty((cols, rows), np.uint16)
+    i7 = (np.arange(rows, dtype=np.int64) * 7)[None, :]
+    for j0 in range(0, cols, 1024):
+        j = np.arange(j0, min(j0 + 1024, cols), dtype=np.int64)[:, None]
+        src[j0:j0 + j.size] = (i7 + 13 * j) & 0xFFFF
+    dst = np.empty((rows, cols), np.uint16)
+    _config._runtime.to_c_order(src.T, dst, fastnorm.get_num_threads(), True)
+    del src
+    flat = dst.reshape(-1)
+    return {w: flat[w[0]:w[1]].copy() for w in _windows(rows * cols)}
+
+
+@pytest.mark.parametrize("settings", [("avx512", 2)], indirect=True, ids=str)
+def test_transposing_copy_beyond_2_31_elements(settings):
+    rows, cols = (1 << 16) + 3, (1 << 15) + 5   # 2**31 + 425999 items of 2 bytes
+    for (s, e), got in _transposed_windows(rows, cols).items():
+        k = np.arange(s, e, dtype=np.int64)
+        i, j = k // cols, k % cols
+        np.testing.assert_array_equal(got, ((7 * i + 13 * j) & 0xFFFF).astype(np.uint16))
