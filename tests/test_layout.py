@@ -122,8 +122,10 @@ def test_arguments_a_kernel_cannot_take_are_refused():
         (np.zeros(5, np.float32), np.zeros(5, np.float32), "unit stride"),
         (f, np.zeros((4, 6, 1), np.float32), "dimensions"),
         (f, np.zeros((4, 7), np.float32), "shapes differ"),
-        (f, np.zeros((4, 6), np.float64), "item sizes differ"),
-        (f.astype(np.complex128, order="F"), np.zeros((4, 6), np.complex128), "item size 16"),
+        (f, np.zeros((4, 6), np.float64), "dtypes differ"),
+        (f, np.zeros((4, 6), np.int32), "dtypes differ"),
+        (f.astype(np.complex128, order="F"), np.zeros((4, 6), np.complex128), "dtype complex128"),
+        (np.asfortranarray(np.empty((4, 6), object)), np.empty((4, 6), object), "dtype object"),
         (c, np.zeros((4, 6), np.float32), "unit stride"),       # C order: nothing to transpose
         (c[::-1].T, np.zeros((6, 4), np.float32), "unit stride"),  # a negative stride
         (f, np.zeros((6, 4), np.float32).T, "C-contiguous"),
@@ -136,6 +138,7 @@ def test_arguments_a_kernel_cannot_take_are_refused():
     for src, dst, message in cases:
         with pytest.raises(ValueError, match=message):
             to_c_order(src, dst, 1, True)
+    assert not _runtime().transposable(np.asfortranarray(np.empty((4, 6), object)))  # 8 bytes
     with pytest.raises(TypeError):
         to_c_order([[1.0]], c, 1, True)
 
@@ -243,8 +246,17 @@ def test_batch_norm_reads_fortran_order_in_place(shape, channels_last, dtype, co
     for out in (np.empty(shape, dtype), np.empty(shape, dtype, order="F")):
         assert fastnorm.batch_norm(xf, w, b, channels_last=channels_last, out=out)[0] is out
         _close(out, y, dtype)
+    y_eval = fastnorm.batch_norm(x, w, b, rm, rv, training=False, channels_last=channels_last)[0]
+    y_eval_f = fastnorm.batch_norm(xf, w, b, rm, rv, training=False, channels_last=channels_last)[0]
+    assert y_eval_f.flags.f_contiguous
+    _close(y_eval_f, y_eval, dtype)
+    in_place = xf.copy(order="F")
+    assert fastnorm.batch_norm(in_place, w, b, channels_last=channels_last, out=in_place)[0] is in_place
+    _close(in_place, y, dtype)
+    strided = np.zeros(shape[:-1] + (2 * shape[-1],), dtype)
+    strided[..., ::2] = g
     grads = fastnorm.batch_norm_backward(g, x, w, mean, rstd, channels_last=channels_last, bias=b)
-    for grad_output in (gf, g):  # the C-order one is copied into x's layout
+    for grad_output in (gf, g, strided[..., ::2]):  # the others are copied into x's layout
         grads_f = fastnorm.batch_norm_backward(grad_output, xf, w, mean, rstd, channels_last=channels_last, bias=b)
         assert grads_f[0].flags.f_contiguous and grads_f[0].dtype == dtype
         for u, v in zip(grads_f, grads):

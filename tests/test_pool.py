@@ -23,9 +23,9 @@ MIB = 1 << 20
 
 def block(nbytes):
     """The cached block that serves nbytes: a 64-byte header and up to a page of lead
-    (fn_pool.h) on top, in whole 2 MiB granules, or whole 64 KiB units below a granule."""
+    (fn_pool.h) on top, in whole 64 KiB units below 8 MiB, whole 2 MiB granules from there."""
     need = nbytes + 4096 + 64
-    unit = 64 * 1024 if need < 2 * MIB else 2 * MIB
+    unit = 64 * 1024 if need < 8 * MIB else 2 * MIB
     return -(-need // unit) * unit
 
 
@@ -175,15 +175,19 @@ def test_tracemalloc_sees_cached_arrays(small_pool):
 
 
 def test_the_cache_keeps_to_its_limit(small_pool):
-    arrays = [fastnorm.relu(np.ones((1024, 1024), np.float32)) for _ in range(6)]  # 4 MiB each
+    arrays = [fastnorm.relu(np.ones((2048, 1024), np.float32)) for _ in range(6)]  # 8 MiB each
     del arrays
-    assert block(4 * MIB) == 6 * MIB
-    assert small_pool.stats()["cached"] == 12 * MIB  # two of six kept: 16 MiB holds two blocks
+    assert block(8 * MIB) == 10 * MIB
+    assert small_pool.stats()["cached"] == 10 * MIB  # one of six kept: 16 MiB holds one block
     big = fastnorm.relu(np.ones((5 * 1024, 1024), np.float32))  # 20 MiB: above the limit
     del big
-    assert small_pool.stats()["cached"] == 12 * MIB
-    _config.set_pool_bytes(7 * MIB)
-    assert small_pool.stats()["cached"] == 6 * MIB
+    assert small_pool.stats()["cached"] == 10 * MIB
+    arrays = [fastnorm.relu(np.ones((1024, 1024), np.float32)) for _ in range(3)]  # 4 MiB each
+    del arrays
+    assert block(4 * MIB) == 4 * MIB + 64 * 1024
+    assert small_pool.stats()["cached"] == 3 * block(4 * MIB)  # the 10 MiB block made room
+    _config.set_pool_bytes(9 * MIB)
+    assert small_pool.stats()["cached"] == 2 * block(4 * MIB)
     _config.set_pool_bytes(0)
     assert small_pool.stats()["cached"] == 0
     y = fastnorm.relu(np.ones((1024, 1024), np.float32))
@@ -192,20 +196,21 @@ def test_the_cache_keeps_to_its_limit(small_pool):
 
 
 def test_sizes_share_blocks_by_whole_granules(small_pool):
-    y = fastnorm.relu(np.ones(1024 * 1024 + 7, np.float32))  # 4 MiB + 28 bytes: 3 granules
+    y = fastnorm.relu(np.ones(2 * 1024 * 1024 + 7, np.float32))  # 8 MiB + 28 bytes: 5 granules
     address = y.ctypes.data
     del y
-    assert small_pool.stats()["cached"] == 6 * MIB
-    y = fastnorm.relu(np.ones(1024 * 1024 + 100_000, np.float32))
+    assert small_pool.stats()["cached"] == 10 * MIB
+    y = fastnorm.relu(np.ones(2 * 1024 * 1024 + 400_000, np.float32))
     # the same block (fn_pool.h: it starts at the page holding data - 64), at this input's offset
     assert (y.ctypes.data - 64) // 4096 == (address - 64) // 4096
     del y
 
 
-def test_blocks_below_a_granule_are_cached_in_64_kib_units(small_pool):
-    """Results of 1-2 MiB (the default threshold is 1 MiB) are kept too: in a loop that frees
+def test_blocks_below_8_mib_are_cached_in_64_kib_units(small_pool):
+    """Results of 1-8 MiB (the default threshold is 1 MiB) are kept too: in a loop that frees
     a few such buffers per step, glibc's malloc trims its heap and faults them in again
-    (_pool.pyx)."""
+    (_pool.pyx).  A 2 MiB result takes 2 MiB and 64 KiB (whole granules would be 4 MiB)."""
+    assert block(2 * MIB) == 2 * MIB + 64 * 1024
     assert small_pool.MIN_BYTES == MIB
     x = np.ones((384, 1024), np.float32)  # 1.5 MiB
     y = fastnorm.silu(x)
@@ -219,6 +224,30 @@ def test_blocks_below_a_granule_are_cached_in_64_kib_units(small_pool):
     z = fastnorm.relu(np.ones((400, 1024), np.float32))  # 64 KiB more: another block
     assert small_pool.stats()["cached"] == block(x.nbytes)
     np.testing.assert_array_equal(z, 1.0)
+
+
+def test_a_full_set_of_slots_gives_way_to_the_newest_block(small_pool):
+    """With every slot holding a block and the limit not reached, a freed block replaces the
+    oldest (it used to be dropped itself, and the cache went stale)."""
+    _config.set_pool_bytes(512 * MIB)
+    kept = [fastnorm.relu(np.ones((256 + 2 * i, 1024), np.float32)) for i in range(140)]
+    for i in range(140):  # 140 sizes of 1-2.1 MiB, freed in this order: more than the 128 slots
+        kept[i] = None
+    stats = small_pool.stats()
+    sizes = [block((256 + 2 * i) * 4096) for i in range(140)]
+    assert stats["cached"] == sum(sizes[12:])  # the 12 freed first gave way
+    newest = fastnorm.relu(np.ones((256 + 2 * 139, 1024), np.float32))  # freed last: cached
+    assert small_pool.stats()["hits"] == stats["hits"] + 1
+    del newest
+    oldest = fastnorm.relu(np.ones((256 + 2 * 0, 1024), np.float32))  # freed first: gone
+    assert small_pool.stats()["hits"] == stats["hits"] + 1
+    del oldest
+    x = np.ones((600, 1024), np.float32)  # a size not cached
+    assert block(x.nbytes) not in sizes
+    for _ in range(3):
+        y = fastnorm.relu(x)
+        del y
+    assert small_pool.stats()["hits"] == stats["hits"] + 3  # reused from the second call on
 
 
 def test_frees_from_many_threads(small_pool):

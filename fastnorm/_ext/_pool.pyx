@@ -44,8 +44,8 @@ cdef object _handler = fn_pool_new_capsule()
 # malloc and 40 + 70 + 141 + 118 us from the cache (NumPy's copy among them: it no longer
 # shared a churning heap).  Below 1 MiB the handler's cost (about 0.3 us a result, two
 # switches of NumPy's handler) is a larger share of a call and the trap was not seen
-# (256-512 KiB results level); fn_pool.h sizes blocks below 2 MiB in 64 KiB units, so at
-# most about a sixteenth of such a block goes unused (a fifth above).
+# (256-512 KiB results level); fn_pool.h sizes blocks below 8 MiB in 64 KiB units, so at
+# most about a sixteenth of such a block goes unused (a fifth above, in 2 MiB granules).
 cdef Py_ssize_t _min_bytes = 1 << 20
 #: The default of set_min_bytes: results from this size on come from the cache.
 MIN_BYTES = _min_bytes

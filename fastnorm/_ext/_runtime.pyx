@@ -109,6 +109,10 @@ cdef extern from "fn_layout.h" nogil:
     void fn_transpose(const void *src, void *dst, int size, const fn_layout_planes *g,
                       int64_t task0, int64_t task1, int vector)
 
+cdef extern from "numpy/arrayobject.h":
+    bint PyDataType_REFCHK(cnp.PyArray_Descr *descr)
+    bint PyArray_EquivTypes(cnp.PyArray_Descr *a, cnp.PyArray_Descr *b)
+
 assert FN_LAYOUT_MAX_DIMS == 64
 #: The copy into C order has its vector blocks in this build (fn_layout.h).
 LAYOUT_VECTOR = bool(fn_layout_has_vector())
@@ -119,13 +123,15 @@ cdef int _plan(cnp.ndarray src, fn_layout_planes *g) noexcept:
     unit stride other than its last, its columns along its last, one plane per index of the
     other axes (those of length 1 left out).  0, or -1 where src has no such layout (no such
     axis, a stride that is not a positive multiple of the item size, an item size other than
-    2, 4 or 8)."""
+    2, 4 or 8) or holds object references (the copy moves bits, no reference counts)."""
     cdef int nd = src.ndim, a, k = -1, n = -1, size = <int>src.itemsize
     cdef cnp.npy_intp *shape = cnp.PyArray_DIMS(src)
     cdef cnp.npy_intp *strides = cnp.PyArray_STRIDES(src)
     cdef int64_t c_stride[64]
     cdef int64_t step = 1
     if size not in (2, 4, 8) or nd < 2 or nd > FN_LAYOUT_MAX_DIMS:
+        return -1
+    if PyDataType_REFCHK(cnp.PyArray_DESCR(src)):
         return -1
     for a in range(nd - 1, -1, -1):  # the C-order strides of the destination, in elements
         c_stride[a] = step
@@ -157,15 +163,15 @@ cdef int _plan(cnp.ndarray src, fn_layout_planes *g) noexcept:
 
 def transposable(cnp.ndarray src not None):
     """Whether to_c_order takes src: an axis of unit stride other than its last, positive
-    strides, items of 2, 4 or 8 bytes."""
+    strides, items of 2, 4 or 8 bytes and no object references."""
     cdef fn_layout_planes g
     return _plan(src, &g) == 0
 
 
 def to_c_order(cnp.ndarray src not None, cnp.ndarray dst not None, int nthreads, bint vector):
     """dst[...] = src, element bits copied as they are.  IN src: transposable(src), aligned;
-    OUT dst: C-contiguous, aligned and writeable, src's shape and item size, not overlapping
-    src.  vector: use the vector blocks (where LAYOUT_VECTOR)."""
+    OUT dst: C-contiguous, aligned and writeable, src's shape and dtype, not overlapping src.
+    vector: use the vector blocks (where LAYOUT_VECTOR)."""
     cdef fn_layout_planes g
     cdef int nd = src.ndim, a, size = <int>src.itemsize
     cdef int64_t tasks, part, t
@@ -177,14 +183,14 @@ def to_c_order(cnp.ndarray src not None, cnp.ndarray dst not None, int nthreads,
     for a in range(nd):
         if src.shape[a] != dst.shape[a]:
             raise ValueError(f"to_c_order: shapes differ, {(<object>src).shape} and {(<object>dst).shape}")
-    if dst.itemsize != size:
-        raise ValueError(f"to_c_order: item sizes differ, {size} and {dst.itemsize}")
+    if not PyArray_EquivTypes(cnp.PyArray_DESCR(src), cnp.PyArray_DESCR(dst)):
+        raise ValueError(f"to_c_order: dtypes differ, {src.dtype} and {dst.dtype}")
     if src.size == 0:
         return
     if _plan(src, &g) != 0:
         raise ValueError("to_c_order: src must have an axis of unit stride other than its last, "
-                         f"positive strides and items of 2, 4 or 8 bytes, got strides "
-                         f"{(<object>src).strides} and item size {size}")
+                         f"positive strides and items of 2, 4 or 8 bytes without object references, "
+                         f"got strides {(<object>src).strides} and dtype {src.dtype}")
     if not (cnp.PyArray_ISALIGNED(src) and cnp.PyArray_IS_C_CONTIGUOUS(dst)
             and cnp.PyArray_ISALIGNED(dst) and cnp.PyArray_ISWRITEABLE(dst)):
         raise ValueError("to_c_order: src must be aligned and dst C-contiguous, aligned and writeable")

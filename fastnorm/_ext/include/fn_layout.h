@@ -29,6 +29,9 @@
 #define FN_LAYOUT_MAX_DIMS 64
 /* Destination rows per task: the source rows are read in runs of this many elements. */
 #define FN_LAYOUT_BLOCK 256
+/* Destination columns per task (whole lines of every item size), so that a copy of few rows
+ * still splits among threads. */
+#define FN_LAYOUT_COL_BLOCK 2048
 /* How far ahead of the blocks in a source row its lines are prefetched, in bytes. */
 #define FN_LAYOUT_AHEAD 256
 
@@ -55,11 +58,22 @@ static inline void fn_layout_plane_start(const fn_layout_planes *g, int64_t p, i
     *dst_at = d;
 }
 
-/* The copy is cut into tasks of FN_LAYOUT_BLOCK destination rows of one plane, numbered plane
- * by plane: fn_layout_tasks of them in all, any range of which can run on its own thread. */
+/* The copy is cut into tasks of up to FN_LAYOUT_BLOCK destination rows by FN_LAYOUT_COL_BLOCK
+ * columns of one plane, numbered plane by plane, row block by row block: fn_layout_tasks of
+ * them in all, any range of which can run on its own thread. */
+static inline int64_t fn_layout_row_blocks(const fn_layout_planes *g)
+{
+    return (g->rows + FN_LAYOUT_BLOCK - 1) / FN_LAYOUT_BLOCK;
+}
+
+static inline int64_t fn_layout_col_blocks(const fn_layout_planes *g)
+{
+    return (g->cols + FN_LAYOUT_COL_BLOCK - 1) / FN_LAYOUT_COL_BLOCK;
+}
+
 static inline int64_t fn_layout_tasks(const fn_layout_planes *g)
 {
-    return g->planes * ((g->rows + FN_LAYOUT_BLOCK - 1) / FN_LAYOUT_BLOCK);
+    return g->planes * fn_layout_row_blocks(g) * fn_layout_col_blocks(g);
 }
 
 /* d[i * dst_ld + j] = s[j * src_ld + i] for i < ni, j < nj: a block's plain copy. */
@@ -126,26 +140,29 @@ fn_layout_block_u64_vector(const uint64_t *s, int64_t src_ld, uint64_t *d, int64
 #endif
 
 /* Tasks [task0, task1) of the copy g of src into dst, by blocks of M x M (BLOCK_FN).  The
- * blocks of a task go destination line by destination line (64 bytes: LINE elements), so
- * that each line is written whole before the next; the edges the blocks leave (fewer than M
- * rows or columns) are copied plainly. */
+ * blocks of a task go destination line by destination line (64 bytes: LINE elements; a task's
+ * columns start a whole number of lines into the row), so that each line is written whole before the next; the
+ * edges the blocks leave (fewer than M rows or columns) are copied plainly. */
 #define FN_DEFINE_TRANSPOSE_TASKS(U, name, M, BLOCK_FN)                                        \
 static void name(const U *src, U *dst, const fn_layout_planes *g, int64_t task0, int64_t task1) \
 {                                                                                             \
     enum { LINE = 64 / (int)sizeof(U), AHEAD = FN_LAYOUT_AHEAD / (int)sizeof(U) };            \
     const int64_t rows = g->rows, cols = g->cols, src_ld = g->src_ld, dst_ld = g->dst_ld;     \
-    const int64_t blocks = (rows + FN_LAYOUT_BLOCK - 1) / FN_LAYOUT_BLOCK;                    \
-    const int64_t cols_m = cols - cols % (M);                                                 \
+    const int64_t row_blocks = fn_layout_row_blocks(g), col_blocks = fn_layout_col_blocks(g); \
     for (int64_t task = task0; task < task1; task++) {                                        \
-        const int64_t b0 = (task % blocks) * FN_LAYOUT_BLOCK;                                 \
+        const int64_t plane = task / (row_blocks * col_blocks);                               \
+        const int64_t b0 = (task / col_blocks % row_blocks) * FN_LAYOUT_BLOCK;                \
         const int64_t b1 = b0 + FN_LAYOUT_BLOCK < rows ? b0 + FN_LAYOUT_BLOCK : rows;         \
         const int64_t b1_m = b1 - (b1 - b0) % (M);                                            \
+        const int64_t c0 = (task % col_blocks) * FN_LAYOUT_COL_BLOCK;                         \
+        const int64_t c1 = c0 + FN_LAYOUT_COL_BLOCK < cols ? c0 + FN_LAYOUT_COL_BLOCK : cols; \
+        const int64_t c1_m = c1 - (c1 - c0) % (M);                                            \
         int64_t src_at, dst_at;                                                               \
-        fn_layout_plane_start(g, task / blocks, &src_at, &dst_at);                            \
+        fn_layout_plane_start(g, plane, &src_at, &dst_at);                                    \
         const U *s = src + src_at;                                                            \
         U *d = dst + dst_at;                                                                  \
-        for (int64_t j0 = 0; j0 < cols_m; j0 += LINE) {                                       \
-            const int64_t j1 = j0 + LINE <= cols_m ? j0 + LINE : cols_m;                      \
+        for (int64_t j0 = c0; j0 < c1_m; j0 += LINE) {                                        \
+            const int64_t j1 = j0 + LINE <= c1_m ? j0 + LINE : c1_m;                          \
             for (int64_t i0 = b0; i0 < b1_m; i0 += (M)) {                                     \
                 if ((i0 - b0) % LINE == 0 && i0 + AHEAD < b1)                                 \
                     for (int64_t j = j0; j < j1; j++)                                         \
@@ -155,10 +172,11 @@ static void name(const U *src, U *dst, const fn_layout_planes *g, int64_t task0,
             }                                                                                 \
         }                                                                                     \
         if (b1_m < b1)          /* the last rows, under the blocks' columns */                \
-            FN_LAYOUT_PLAIN(s + b1_m, src_ld, d + b1_m * dst_ld, dst_ld, b1 - b1_m, cols_m);  \
-        if (cols_m < cols)      /* the last columns, every row of the task */                 \
-            FN_LAYOUT_PLAIN(s + cols_m * src_ld + b0, src_ld, d + b0 * dst_ld + cols_m,       \
-                            dst_ld, b1 - b0, cols - cols_m);                                  \
+            FN_LAYOUT_PLAIN(s + c0 * src_ld + b1_m, src_ld, d + b1_m * dst_ld + c0, dst_ld,   \
+                            b1 - b1_m, c1_m - c0);                                            \
+        if (c1_m < c1)          /* the last columns, every row of the task */                 \
+            FN_LAYOUT_PLAIN(s + c1_m * src_ld + b0, src_ld, d + b0 * dst_ld + c1_m,           \
+                            dst_ld, b1 - b0, c1 - c1_m);                                      \
     }                                                                                         \
 }
 

@@ -12,11 +12,12 @@
  * (fastnorm/_ext/_pool.pyx); the arrays are ordinary NumPy arrays that own their data
  * and remember the handler, so NumPy calls fn_pool_free when they die, and tracemalloc
  * sees them as it sees any array.  Every block carries a small header (below, at
- * FN_POOL_HEADER); blocks are rounded up to whole granules (FN_POOL_GRANULE), or below a
- * granule to whole units (FN_POOL_UNIT), so that near sizes share blocks, and kept, most
- * recently freed first, while the cached total stays within the limit (fn_pool_set_limit;
- * 0 disables caching) and a slot is free; otherwise the oldest go.  Every block comes from
- * posix_memalign and goes back with free(), so a block may leave the cache at any time.
+ * FN_POOL_HEADER); blocks are rounded up to whole units (FN_POOL_UNIT), or from
+ * FN_POOL_UNITS_UP_TO on to whole granules (FN_POOL_GRANULE), so that near sizes share
+ * blocks, and kept, most recently freed first, while the cached total stays within the
+ * limit (fn_pool_set_limit; 0 disables caching) and a slot is free; otherwise the oldest go.
+ * Every block comes from posix_memalign and goes back with free(), so a block may leave the
+ * cache at any time.
  */
 #ifndef FN_POOL_H
 #define FN_POOL_H
@@ -25,7 +26,8 @@
 #include <stdint.h>
 
 #define FN_POOL_GRANULE ((size_t)2 << 20)    /* 2 MiB: one huge page */
-#define FN_POOL_UNIT ((size_t)64 << 10)      /* blocks below a granule: multiples of 64 KiB */
+#define FN_POOL_UNIT ((size_t)64 << 10)      /* blocks below FN_POOL_UNITS_UP_TO: 64 KiB units */
+#define FN_POOL_UNITS_UP_TO ((size_t)8 << 20)
 #define FN_POOL_SLOTS 128
 
 #if defined(_WIN32)
@@ -65,11 +67,13 @@ static struct {
     uint64_t hits, misses;
 } fn_pool = { PTHREAD_MUTEX_INITIALIZER, {{0}}, 0, 0, 0, 0, 0 };
 
-/* The capacity of a block serving `bytes`: whole granules from one granule on, whole
- * units below (at most a quarter of a block of 256 KiB or more unused). */
+/* The capacity of a block serving `bytes` (its data, header and lead): whole units below
+ * FN_POOL_UNITS_UP_TO, at most 64 KiB unused of a block of 1 MiB and more (whole granules
+ * there would give a 2 MiB result, whose header and lead pass a granule, a block of 4 MiB);
+ * whole granules from there on, at most a fifth unused. */
 static inline size_t fn_pool_capacity(size_t bytes)
 {
-    const size_t unit = bytes < FN_POOL_GRANULE ? FN_POOL_UNIT : FN_POOL_GRANULE;
+    const size_t unit = bytes < FN_POOL_UNITS_UP_TO ? FN_POOL_UNIT : FN_POOL_GRANULE;
     return (bytes + unit - 1) / unit * unit;
 }
 
@@ -234,14 +238,17 @@ static void fn_pool_release(char *block)
                 if (!fn_pool.slot[i].ptr)
                     slot = i;
         }
-        if (slot < 0) {
-            evicted[n++] = ptr;
-        } else {
-            fn_pool.slot[slot].ptr = ptr;
-            fn_pool.slot[slot].bytes = cap;
-            fn_pool.slot[slot].stamp = ++fn_pool.clock;
-            fn_pool.cached += cap;
+        if (slot < 0) {  /* every slot still busy, the limit not reached: the oldest goes */
+            for (int i = 0; i < FN_POOL_SLOTS; ++i)
+                if (slot < 0 || fn_pool.slot[i].stamp < fn_pool.slot[slot].stamp)
+                    slot = i;
+            evicted[n++] = fn_pool.slot[slot].ptr;
+            fn_pool.cached -= fn_pool.slot[slot].bytes;
         }
+        fn_pool.slot[slot].ptr = ptr;
+        fn_pool.slot[slot].bytes = cap;
+        fn_pool.slot[slot].stamp = ++fn_pool.clock;
+        fn_pool.cached += cap;
     }
     pthread_mutex_unlock(&fn_pool.lock);
     for (int i = 0; i < n; ++i)
