@@ -249,7 +249,8 @@ def pool_bytes():
     Results of 1 MiB and more are allocated through this cache (fastnorm/_ext/_pool.pyx):
     glibc returns such blocks to the kernel when they are freed (or trims its heap of them),
     and a fresh block is page-faulted and zeroed as it is first written, which cost as much
-    as relu itself on 64 MiB and 5-10x a layer norm of 1.5 MiB.  The arrays are ordinary NumPy arrays.  ``FASTNORM_POOL_BYTES`` sets it at import."""
+    as relu itself on 64 MiB and 5-10x a layer norm of 1.5 MiB.  The arrays are ordinary
+    NumPy arrays.  ``FASTNORM_POOL_BYTES`` sets it at import."""
     return _pool_bytes
 
 

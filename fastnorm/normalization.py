@@ -437,7 +437,8 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
     # A Fortran-order x is read as the C-order x.T (its channels the same, the other axes
     # reversed), and y written in x's layout: no copy into C order (fn_layout.h) needed.
     if _fortran_only(x):
-        xk, outk, geometry = x.T, None if out is None else out.T, _transposed_channel_geometry(x, channels_last)
+        xk, outk = x.T, None if out is None else out.T
+        geometry = _transposed_channel_geometry(x, channels_last)
     else:
         xk, outk, geometry = x, out, _channel_geometry(x, channels_last)
     xc = _contiguous(xk)

@@ -228,7 +228,8 @@ def _close(a, b, dtype):
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("shape,channels_last", [((400, 96), False), ((30, 12, 7, 5), False),
                                                  ((30, 7, 5, 12), True), ((3, 5), False)])
-def test_batch_norm_reads_fortran_order_in_place(shape, channels_last, dtype, copies, backend_cython, rng):
+def test_batch_norm_reads_fortran_order_in_place(shape, channels_last, dtype, copies, backend_cython,
+                                                  rng):
     """A Fortran-order x is read as x.T (no copy into C order), y and grad_x come out in its
     layout, with the C-order call's values (summed in another order: not always its bits)."""
     c = shape[-1] if channels_last else shape[1]
@@ -257,7 +258,8 @@ def test_batch_norm_reads_fortran_order_in_place(shape, channels_last, dtype, co
     strided[..., ::2] = g
     grads = fastnorm.batch_norm_backward(g, x, w, mean, rstd, channels_last=channels_last, bias=b)
     for grad_output in (gf, g, strided[..., ::2]):  # the others are copied into x's layout
-        grads_f = fastnorm.batch_norm_backward(grad_output, xf, w, mean, rstd, channels_last=channels_last, bias=b)
+        grads_f = fastnorm.batch_norm_backward(grad_output, xf, w, mean, rstd,
+                                               channels_last=channels_last, bias=b)
         assert grads_f[0].flags.f_contiguous and grads_f[0].dtype == dtype
         for u, v in zip(grads_f, grads):
             _close(u, v, dtype)

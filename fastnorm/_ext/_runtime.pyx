@@ -182,7 +182,8 @@ def to_c_order(cnp.ndarray src not None, cnp.ndarray dst not None, int nthreads,
         raise ValueError(f"to_c_order: src and dst differ in dimensions, {nd} and {dst.ndim}")
     for a in range(nd):
         if src.shape[a] != dst.shape[a]:
-            raise ValueError(f"to_c_order: shapes differ, {(<object>src).shape} and {(<object>dst).shape}")
+            raise ValueError(f"to_c_order: shapes differ, {(<object>src).shape} and "
+                             f"{(<object>dst).shape}")
     if not PyArray_EquivTypes(cnp.PyArray_DESCR(src), cnp.PyArray_DESCR(dst)):
         raise ValueError(f"to_c_order: dtypes differ, {src.dtype} and {dst.dtype}")
     if src.size == 0:
@@ -193,7 +194,8 @@ def to_c_order(cnp.ndarray src not None, cnp.ndarray dst not None, int nthreads,
                          f"got strides {(<object>src).strides} and dtype {src.dtype}")
     if not (cnp.PyArray_ISALIGNED(src) and cnp.PyArray_IS_C_CONTIGUOUS(dst)
             and cnp.PyArray_ISALIGNED(dst) and cnp.PyArray_ISWRITEABLE(dst)):
-        raise ValueError("to_c_order: src must be aligned and dst C-contiguous, aligned and writeable")
+        raise ValueError("to_c_order: src must be aligned and dst C-contiguous, aligned and "
+                         "writeable")
     for a in range(nd):
         extent += (src.shape[a] - 1) * src.strides[a]
     if s < d + src.size * size and d < s + extent:

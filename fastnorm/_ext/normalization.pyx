@@ -225,8 +225,8 @@ cdef inline bint _warm_serial(bint training, Py_ssize_t A, Py_ssize_t B,
 # rows at a time instead was slower still ((256, 2048) 223 and 171 us at one offset).  So such
 # results are placed apart from their inputs (_pool.pyx, _placement), where the cache serves
 # them (from pool's min_bytes, 1 MiB by default, 8 MiB before 2026-12-05).  Through the API,
-# dy and x at one offset, apart against at it, two runs, 1 / 2 threads: batch norm 1-D backward float32 (1024, 2048)
-# 1.06-1.07x / 1.02-1.09x, (512, 4096) 1.07-1.09x / 1.04-1.08x, (2048, 4096) 1.00-1.01x /
+# dy and x at one offset, apart against at it, two runs, 1 / 2 threads: batch norm 1-D
+# backward float32 (1024, 2048) 1.06-1.07x / 1.02-1.09x, (512, 4096) 1.07-1.09x / 1.04-1.08x, (2048, 4096) 1.00-1.01x /
 # 1.05-1.10x, (4096, 2048) 1.02-1.03x / 1.02-1.04x, float64 (1024, 1024) 1.10-1.11x /
 # 1.12x, (2048, 1024) 1.08-1.09x / 1.03-1.05x; channels-last group norm backward float32
 # (8, 16, 16, 2048) 0.99-1.02x / 0.99-1.03x, float64 (4, 32, 32, 1024) 1.02-1.08x / 1.01-1.06x;

@@ -140,9 +140,10 @@ fn_layout_block_u64_vector(const uint64_t *s, int64_t src_ld, uint64_t *d, int64
 #endif
 
 /* Tasks [task0, task1) of the copy g of src into dst, by blocks of M x M (BLOCK_FN).  The
- * blocks of a task go destination line by destination line (64 bytes: LINE elements; a task's
- * columns start a whole number of lines into the row), so that each line is written whole before the next; the
- * edges the blocks leave (fewer than M rows or columns) are copied plainly. */
+ * blocks of a task go destination line by destination line (64 bytes: LINE elements; a
+ * task's columns start a whole number of lines into the row), so that each line is written
+ * whole before the next; the edges the blocks leave (fewer than M rows or columns) are
+ * copied plainly. */
 #define FN_DEFINE_TRANSPOSE_TASKS(U, name, M, BLOCK_FN)                                        \
 static void name(const U *src, U *dst, const fn_layout_planes *g, int64_t task0, int64_t task1) \
 {                                                                                             \
