@@ -168,19 +168,18 @@ def aligned_contiguous(a, dtype=None, order="C"):
     flags = a.flags
     if (flags.c_contiguous if order == "C" else flags.f_contiguous) and flags.aligned and a.dtype == dtype:
         return a
+    reordered = _reordered(a, order)  # item bits moved as they are: layout first, then dtype
+    if reordered is not None:
+        if reordered.dtype == dtype:
+            return reordered
+        a = reordered
     if a.dtype == _F16 and dtype == _F32 and _fast_half(a.size):
-        # float16 copied into the layout first where needed, then widened
-        reordered = _reordered(a, order)
-        a = np.asarray(a, order=order) if reordered is None else reordered
+        a = np.asarray(a, order=order)  # (a plain copy into the layout where still needed)
         a = a if a.flags.aligned else a.copy(order=order)
         out = np.empty(a.shape, _F32, order=order)
         _config._runtime.half_to_float(a.reshape(-1, order=order).view(np.uint16),
                                        out.reshape(-1, order=order))
         return out
-    if a.dtype == dtype:
-        reordered = _reordered(a, order)
-        if reordered is not None:
-            return reordered
     return np.array(a, dtype=dtype, order=order)  # always a fresh buffer, which NumPy aligns
 
 
