@@ -63,9 +63,15 @@ def dropout(x, p=0.5, *, seed=None, offset=0, out=None):
     if ext is None:
         return reference.dropout(x, p, seed=seed, offset=offset, out=out)
 
-    packed = np.empty((x.size + 7) // 8, dtype=np.uint8)
     threshold, scale = keep_threshold(p), keep_scale(p)
     key_lo, key_hi = seed & _WORD, seed >> 64
+    # (An empty x may start at counter 2**64, past a uint64: the general path returns it.)
+    fast = ext.forward_fast(x, out, key_lo, key_hi, offset, threshold, scale,
+                            _GRAIN_FORWARD) if x.size else None
+    if fast is not None:
+        y, packed = fast
+        return y, DropoutMask._validated(x.shape, p, seed, offset, packed)
+    packed = np.empty((x.size + 7) // 8, dtype=np.uint8)
 
     def kernel(flat, y):
         # y comes from _config.empty (the pool, which then decides on streaming), except
@@ -78,7 +84,7 @@ def dropout(x, p=0.5, *, seed=None, offset=0, out=None):
             y = elementwise(func, [x], out, kernel, c_order=True)
     else:
         y = elementwise(func, [x], out, kernel, c_order=True)
-    return y, DropoutMask(x.shape, p, seed, offset, packed)
+    return y, DropoutMask._validated(x.shape, p, seed, offset, packed)
 
 
 def dropout_backward(grad_output, mask, *, out=None):
@@ -96,6 +102,9 @@ def dropout_backward(grad_output, mask, *, out=None):
     if ext is None:
         return reference.dropout_backward(g, mask, out=out)
     packed, scale = mask.packed, mask.scale
+    gx = ext.backward_fast(g, packed, out, scale, _GRAIN_BACKWARD)
+    if gx is not None:
+        return gx
 
     def kernel(flat, gx):
         ext.backward(flat[0], packed, gx, scale, _config.threads_for(gx.shape[0], _GRAIN_BACKWARD))

@@ -30,6 +30,17 @@ cdef inline bint plain(object a, int typenum):
             and cnp.PyArray_ISALIGNED(arr) and cnp.PyArray_ISNOTSWAPPED(arr))
 
 
+cdef inline int plain_float(object a):
+    """a's typenum if a is a plain (above) float32 or float64 array, else -1: the arrays
+    the C-level fast paths take as they are."""
+    if type(a) is not cnp.ndarray:
+        return -1
+    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>a)
+    if (typenum == cnp.NPY_FLOAT32 or typenum == cnp.NPY_FLOAT64) and plain(a, typenum):
+        return typenum
+    return -1
+
+
 cdef inline bint overlap(cnp.ndarray a, cnp.ndarray b):
     """Some byte of a is also a byte of b."""
     cdef intptr_t pa = <intptr_t>cnp.PyArray_DATA(a), pb = <intptr_t>cnp.PyArray_DATA(b)

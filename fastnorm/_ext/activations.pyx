@@ -8,7 +8,8 @@ from libc.math cimport isfinite
 from cython.parallel cimport prange
 from cython cimport floating
 cimport numpy as cnp
-from fastnorm._ext._shared cimport isa_level, threads_for, plain, same_or_apart, same_shape, output_for
+from fastnorm._ext._shared cimport isa_level, threads_for, plain, plain_float, same_or_apart, same_shape,\
+    output_for
 from fastnorm._ext._pool cimport streams
 
 cnp.import_array()
@@ -151,11 +152,10 @@ def forward_fast(int op, object x, object out, double a, double b, Py_ssize_t gr
 
 
 cdef object _forward_fast(int op, object x, object out, double a, double b, Py_ssize_t grain):
-    cdef int typenum
-    if type(x) is not cnp.ndarray or not 0 <= op <= FN_ACT_SOFTSIGN or not _params_ok(op, a, b):
+    if not 0 <= op <= FN_ACT_SOFTSIGN or not _params_ok(op, a, b):
         return None
-    typenum = cnp.PyArray_TYPE(<cnp.ndarray>x)
-    if not (typenum == cnp.NPY_FLOAT32 or typenum == cnp.NPY_FLOAT64) or not plain(x, typenum):
+    cdef int typenum = plain_float(x)
+    if typenum < 0:
         return None
     cdef cnp.ndarray xa = <cnp.ndarray>x
     y = output_for(xa, out)
@@ -194,12 +194,10 @@ def backward_fast(int op, object g, object s, object out, double a, double b, Py
 
 cdef object _backward_fast(int op, object g, object s, object out, double a, double b,
                            Py_ssize_t grain):
-    cdef int typenum
-    if type(g) is not cnp.ndarray or not 0 <= op <= FN_ACT_SOFTSIGN or not _params_ok(op, a, b):
+    if not 0 <= op <= FN_ACT_SOFTSIGN or not _params_ok(op, a, b):
         return None
-    typenum = cnp.PyArray_TYPE(<cnp.ndarray>g)
-    if not (typenum == cnp.NPY_FLOAT32 or typenum == cnp.NPY_FLOAT64) \
-            or not plain(g, typenum) or not plain(s, typenum):
+    cdef int typenum = plain_float(g)
+    if typenum < 0 or not plain(s, typenum):
         return None
     cdef cnp.ndarray ga = <cnp.ndarray>g, sa = <cnp.ndarray>s
     if not same_shape(ga, sa):

@@ -7,7 +7,7 @@ threads and releases the GIL.
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from cython.parallel cimport prange
 from cython cimport floating
-from fastnorm._ext._shared cimport isa_level
+from fastnorm._ext._shared cimport isa_level, threads_for, plain, plain_float, output_for
 from fastnorm._ext._pool cimport streams
 cimport numpy as cnp
 
@@ -58,6 +58,40 @@ cdef inline void _backward_part(const floating *g, const uint8_t *mask, floating
         _kernels.backward_f64(g + start, mask + start // 8, gx + start, n, scale)
 
 
+cdef void _forward_all(const floating *x, floating *y, uint8_t *mask, Py_ssize_t n,
+                       uint64_t key_lo, uint64_t key_hi, uint64_t offset, int32_t threshold,
+                       double scale, int nthreads, int stream) noexcept nogil:
+    cdef Py_ssize_t c, start, chunk
+    if nthreads <= 1:
+        _forward_part(x, y, mask, n, 0, key_lo, key_hi, offset, threshold, scale, stream)
+        return
+    chunk = _chunk(n, nthreads)
+    for c in prange(nthreads, num_threads=nthreads, schedule="static"):
+        start = c * chunk
+        if start < n:
+            _forward_part(x, y, mask, min(chunk, n - start), start, key_lo, key_hi, offset,
+                          threshold, scale, stream)
+
+
+cdef void _backward_all(const floating *g, const uint8_t *mask, floating *gx, Py_ssize_t n,
+                        double scale, int nthreads) noexcept nogil:
+    cdef Py_ssize_t c, start, chunk
+    if nthreads <= 1:
+        _backward_part(g, mask, gx, n, 0, scale)
+        return
+    chunk = _chunk(n, nthreads)
+    for c in prange(nthreads, num_threads=nthreads, schedule="static"):
+        start = c * chunk
+        if start < n:
+            _backward_part(g, mask, gx, min(chunk, n - start), start, scale)
+
+
+cdef inline int _check_threshold(int32_t threshold) except -1:
+    if not 0 <= threshold <= 65536:
+        raise ValueError(f"forward: threshold must be in [0, 65536], got {threshold}")
+    return 0
+
+
 def forward(const floating[::1] x, floating[::1] y, uint8_t[::1] mask, uint64_t key_lo,
             uint64_t key_hi, uint64_t offset, int32_t threshold, double scale, int nthreads,
             object out=None, bint y_from_config_empty=False):
@@ -71,45 +105,119 @@ def forward(const floating[::1] x, floating[::1] y, uint8_t[::1] mask, uint64_t 
     allocated by _config.empty just before this call, so that the pool's state describes it
     (then the pool decides), not by np.empty (float16's float32 intermediate).
     """
-    cdef Py_ssize_t n = x.shape[0], c, start, chunk
+    cdef Py_ssize_t n = x.shape[0]
     cdef Py_ssize_t nbytes = n * <Py_ssize_t>sizeof(floating)
     cdef bint callers_out
     cdef int stream
     if y.shape[0] != n or mask.shape[0] != (n + 7) // 8:
         raise ValueError("forward: x, y and mask lengths do not match")
-    if not 0 <= threshold <= 65536:
-        raise ValueError(f"forward: threshold must be in [0, 65536], got {threshold}")
+    _check_threshold(threshold)
     if n == 0:
         return
     callers_out = isinstance(out, cnp.ndarray) and cnp.PyArray_DATA(<cnp.ndarray>out) == <void *>&y[0]
     stream = (callers_out or y_from_config_empty) and streams(nbytes, 2 * nbytes, callers_out)
     with nogil:
-        if nthreads <= 1:
-            _forward_part(&x[0], &y[0], &mask[0], n, 0, key_lo, key_hi, offset, threshold, scale, stream)
-        else:
-            chunk = _chunk(n, nthreads)
-            for c in prange(nthreads, num_threads=nthreads, schedule="static"):
-                start = c * chunk
-                if start < n:
-                    _forward_part(&x[0], &y[0], &mask[0], min(chunk, n - start), start,
-                                  key_lo, key_hi, offset, threshold, scale, stream)
+        _forward_all(&x[0], &y[0], &mask[0], n, key_lo, key_hi, offset, threshold, scale,
+                     nthreads, stream)
 
 
 def backward(const floating[::1] g, const uint8_t[::1] mask, floating[::1] gx, double scale,
              int nthreads):
     """gx = g * (bit ? scale : 0).  IN g: (n,); IN mask: (ceil(n / 8),) packed keep bits;
     OUT gx: (n,), may be g's buffer."""
-    cdef Py_ssize_t n = g.shape[0], c, start, chunk
+    cdef Py_ssize_t n = g.shape[0]
     if gx.shape[0] != n or mask.shape[0] != (n + 7) // 8:
         raise ValueError("backward: g, gx and mask lengths do not match")
     if n == 0:
         return
     with nogil:
-        if nthreads <= 1:
-            _backward_part(&g[0], &mask[0], &gx[0], n, 0, scale)
-        else:
-            chunk = _chunk(n, nthreads)
-            for c in prange(nthreads, num_threads=nthreads, schedule="static"):
-                start = c * chunk
-                if start < n:
-                    _backward_part(&g[0], &mask[0], &gx[0], min(chunk, n - start), start, scale)
+        _backward_all(&g[0], &mask[0], &gx[0], n, scale, nthreads)
+
+
+# ---------------------------------------------------------------------------- fast path
+# The common call -- an aligned, C-contiguous, native float32/float64 array and no or a
+# matching out= -- runs here without memoryviews (whose fused-type dispatch alone took
+# about 1 us of a (32, 128) call).  Anything else returns None and takes the general path
+# in fastnorm.dropout, which also produces every error message.
+
+def forward_fast(object x, object out, uint64_t key_lo, uint64_t key_hi, uint64_t offset,
+                 int32_t threshold, double scale, Py_ssize_t grain):
+    """(y, packed) as forward for a plain array x (and out=), packed a new uint8 array of
+    ceil(x.size / 8) bytes; None when the general path is needed."""
+    _check_threshold(threshold)
+    cdef int typenum = plain_float(x)
+    if typenum < 0:
+        return None
+    cdef cnp.ndarray xa = <cnp.ndarray>x
+    y = output_for(xa, out)
+    if y is None:
+        return None
+    cdef cnp.ndarray ya = <cnp.ndarray>y
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(xa)
+    cdef cnp.npy_intp mask_bytes = (n + 7) // 8
+    cdef cnp.ndarray packed = cnp.PyArray_EMPTY(1, &mask_bytes, cnp.NPY_UINT8, 0)
+    cdef Py_ssize_t nbytes = n * cnp.PyArray_ITEMSIZE(xa)
+    cdef int stream = streams(nbytes, 2 * nbytes, out is not None)
+    cdef int nthreads = threads_for(n, grain)
+    cdef void *xp = cnp.PyArray_DATA(xa)
+    cdef void *yp = cnp.PyArray_DATA(ya)
+    cdef uint8_t *mp = <uint8_t *>cnp.PyArray_DATA(packed)
+    if n == 0:
+        return y, packed
+    # Below the threading grain the call keeps the GIL (releasing and retaking it costs more
+    # than it could give back on one thread).
+    if nthreads <= 1 and n < grain:
+        _forward_typed(typenum, xp, yp, mp, n, key_lo, key_hi, offset, threshold, scale, 1, stream)
+    else:
+        with nogil:
+            _forward_typed(typenum, xp, yp, mp, n, key_lo, key_hi, offset, threshold, scale,
+                           nthreads, stream)
+    return y, packed
+
+
+cdef inline void _forward_typed(int typenum, const void *x, void *y, uint8_t *mask, Py_ssize_t n,
+                                uint64_t key_lo, uint64_t key_hi, uint64_t offset,
+                                int32_t threshold, double scale, int nthreads,
+                                int stream) noexcept nogil:
+    if typenum == cnp.NPY_FLOAT32:
+        _forward_all[float](<const float *>x, <float *>y, mask, n, key_lo, key_hi, offset,
+                            threshold, scale, nthreads, stream)
+    else:
+        _forward_all[double](<const double *>x, <double *>y, mask, n, key_lo, key_hi, offset,
+                             threshold, scale, nthreads, stream)
+
+
+def backward_fast(object g, object packed, object out, double scale, Py_ssize_t grain):
+    """gx as backward for a plain array g (and out=) and packed, the C-contiguous uint8 keep
+    bits of g.size elements; None when the general path is needed."""
+    cdef int typenum = plain_float(g)
+    if typenum < 0 or not plain(packed, cnp.NPY_UINT8):
+        return None
+    cdef cnp.ndarray ga = <cnp.ndarray>g, pa = <cnp.ndarray>packed
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(ga)
+    if cnp.PyArray_SIZE(pa) != (n + 7) // 8:
+        return None
+    gx = output_for(ga, out)
+    if gx is None:
+        return None
+    cdef cnp.ndarray gxa = <cnp.ndarray>gx
+    cdef int nthreads = threads_for(n, grain)
+    cdef const void *gp = cnp.PyArray_DATA(ga)
+    cdef void *gxp = cnp.PyArray_DATA(gxa)
+    cdef const uint8_t *mp = <const uint8_t *>cnp.PyArray_DATA(pa)
+    if n == 0:
+        return gx
+    if nthreads <= 1 and n < grain:
+        _backward_typed(typenum, gp, mp, gxp, n, scale, 1)
+    else:
+        with nogil:
+            _backward_typed(typenum, gp, mp, gxp, n, scale, nthreads)
+    return gx
+
+
+cdef inline void _backward_typed(int typenum, const void *g, const uint8_t *mask, void *gx,
+                                 Py_ssize_t n, double scale, int nthreads) noexcept nogil:
+    if typenum == cnp.NPY_FLOAT32:
+        _backward_all[float](<const float *>g, mask, <float *>gx, n, scale, nthreads)
+    else:
+        _backward_all[double](<const double *>g, mask, <double *>gx, n, scale, nthreads)

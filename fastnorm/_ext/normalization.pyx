@@ -14,7 +14,7 @@ from libc.math cimport isfinite, isinf, isnan, sqrt
 from libc.string cimport memset
 from cpython.pyport cimport PY_SSIZE_T_MAX
 cimport numpy as cnp
-from fastnorm._ext._shared cimport isa_level, threads_for, plain, overlap, output_for
+from fastnorm._ext._shared cimport isa_level, threads_for, plain, plain_float, overlap, output_for
 from fastnorm._ext._pool cimport pooled_empty, streams
 from cython.parallel cimport prange
 from cython cimport floating
@@ -1095,10 +1095,8 @@ cdef inline int _trailing_axes(object normalized_shape, int nd, cnp.npy_intp *di
 
 cdef inline int _fast_typenum(object x):
     """typenum of a plain non-empty float32/float64 array of >= 1 dimensions, else -1."""
-    if type(x) is not cnp.ndarray:
-        return -1
-    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>x)
-    if not (typenum == cnp.NPY_FLOAT32 or typenum == cnp.NPY_FLOAT64) or not plain(x, typenum):
+    cdef int typenum = plain_float(x)
+    if typenum < 0:
         return -1
     if cnp.PyArray_NDIM(<cnp.ndarray>x) < 1 or cnp.PyArray_SIZE(<cnp.ndarray>x) == 0:
         return -1

@@ -62,6 +62,8 @@ def keep_scale(p):
 
 
 def check_p(func, p):
+    if type(p) is float and 0.0 <= p <= 1.0:  # the common call, before the ABC checks
+        return p
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
         raise TypeError(f"{func}: p must be a real number in [0, 1], got {type(p).__name__}")
     value = float(p)
@@ -74,6 +76,8 @@ def check_seed(func, seed):
     """``seed`` as an int in [0, 2**128); None draws a fresh 64-bit seed from OS entropy."""
     if seed is None:
         return secrets.randbits(64)
+    if type(seed) is int and 0 <= seed < _SEED_LIMIT:
+        return seed
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"{func}: seed must be an int in [0, 2**128) or None, got {type(seed).__name__}")
     value = int(seed)
@@ -84,6 +88,8 @@ def check_seed(func, seed):
 
 def check_offset(func, offset, blocks):
     """``offset`` as an int in [0, 2**64 - blocks] (the counter must not pass 2**64)."""
+    if type(offset) is int and 0 <= offset <= _COUNTER_LIMIT - blocks:
+        return offset
     if isinstance(offset, (bool, np.bool_)) or not isinstance(offset, numbers.Integral):
         raise TypeError(f"{func}: offset must be an int, got {type(offset).__name__}")
     value = int(offset)
@@ -122,6 +128,17 @@ class DropoutMask:
             packed.flags.writeable = False
         self._shape, self._p, self._seed, self._offset = shape, float(p), int(seed), int(offset)
         self._packed = packed
+
+    @classmethod
+    def _validated(cls, shape, p, seed, offset, packed):
+        """The mask of a dropout call whose arguments were checked: shape a tuple of ints, p
+        a float in [0, 1], seed and offset ints in range, packed a fresh C-contiguous uint8
+        array of ceil(size / 8) bytes that no one else holds.  The constructor's checks
+        are skipped: they cost more than a small dropout call's kernel."""
+        mask = object.__new__(cls)
+        packed.flags.writeable = False
+        mask._shape, mask._p, mask._seed, mask._offset, mask._packed = shape, p, seed, offset, packed
+        return mask
 
     shape = property(lambda self: self._shape, doc="Shape of the input (and of numpy()).")
     p = property(lambda self: self._p, doc="Drop probability.")
