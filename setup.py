@@ -2,13 +2,18 @@
 
 Each ``fastnorm/_ext/<family>.pyx`` becomes one extension module; the C files
 ``fastnorm/_ext/src/<family>_*.c`` are compiled into it (one translation unit per
-instruction-set variant, chosen at import time).  Metadata lives in pyproject.toml.
+instruction-set variant, chosen at import time).  The public Python modules that every
+call passes through (``fastnorm._config.API_MODULES``) are compiled by Cython as well,
+from their own .py files, which remain the package where nothing is compiled: the same
+code, without an interpreted frame per call.  Metadata lives in pyproject.toml.
 
 Environment:
   FASTNORM_NO_EXTENSION=1   install the pure-NumPy package only (no compiler needed)
   FASTNORM_NO_OPENMP=1      build the kernels without OpenMP (single-threaded)
-  FASTNORM_BUILD_ONLY=a,b   development: (re)build only these kernel families
+  FASTNORM_BUILD_ONLY=a,b   development: (re)build only these kernel families ("api": the
+                            compiled Python modules)
 """
+import ast
 import glob
 import os
 import sys
@@ -66,6 +71,27 @@ class OptionalBuildExt(build_ext):
             _warn(f"building {ext.name} failed ({exc}).")
 
 
+def _api_modules():
+    """fastnorm._config.API_MODULES, read from its source (the package is not importable here)."""
+    with open(os.path.join(HERE, "fastnorm", "_config.py")) as f:
+        tree = ast.parse(f.read())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "API_MODULES"
+                                                for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise RuntimeError("fastnorm/_config.py defines no API_MODULES")
+
+
+def _api_extensions():
+    from Cython.Build import cythonize
+
+    # Plain Python semantics: none of the kernels' directives (wraparound=False would change
+    # what a negative index means in this code).
+    exts = [Extension("fastnorm." + name, sources=[os.path.join("fastnorm", name + ".py")])
+            for name in _api_modules()]
+    return cythonize(exts, compiler_directives={"language_level": 3})
+
+
 def extensions():
     if _flag("FASTNORM_NO_EXTENSION"):
         return []
@@ -79,13 +105,14 @@ def extensions():
     use_openmp = not _flag("FASTNORM_NO_OPENMP")
     cargs, largs = _compile_args(use_openmp)
     only = {f.strip() for f in os.environ.get("FASTNORM_BUILD_ONLY", "").split(",") if f.strip()}
-    exts = []
+    exts = _api_extensions() if not only or "api" in only else []
+    kernels = []
     for pyx in sorted(glob.glob(os.path.join(EXT_DIR, "*.pyx"))):
         family = os.path.splitext(os.path.basename(pyx))[0]
         if only and family not in only:
             continue
         sources = [pyx] + sorted(glob.glob(os.path.join(EXT_DIR, "src", family + "_*.c")))
-        exts.append(Extension(
+        kernels.append(Extension(
             "fastnorm._ext." + family,
             sources=sources,
             include_dirs=[os.path.join(EXT_DIR, "include"), numpy.get_include()],
@@ -97,8 +124,8 @@ def extensions():
             extra_compile_args=cargs,
             extra_link_args=largs,
         ))
-    return cythonize(
-        exts,
+    return exts + cythonize(
+        kernels,
         compile_time_env={"FASTNORM_OPENMP": use_openmp},
         compiler_directives={
             "language_level": 3,

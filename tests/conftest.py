@@ -1,5 +1,6 @@
 """Shared fixtures.  The suite refuses to run on a silent NumPy fallback: unless
 FASTNORM_BACKEND=numpy was asked for, the compiled kernels must be what is tested."""
+import importlib
 import os
 
 import numpy as np
@@ -33,6 +34,30 @@ def pytest_sessionstart(session):
         pytest.exit("fastnorm's compiled extension is not importable "
                     f"({_config._import_error}); refusing to test the NumPy fallback in its place. "
                     "Set FASTNORM_BACKEND=numpy to test the NumPy backend on purpose.", returncode=3)
+    if not NUMPY_ONLY and _config.interpreted_modules():
+        pytest.exit(f"fastnorm's Python modules {_config.interpreted_modules()} are not compiled; "
+                    "refusing to test them in place of the compiled ones (build them: "
+                    "FASTNORM_BUILD_ONLY=api python setup.py build_ext --inplace)", returncode=3)
+    stale = _stale_compiled_modules()
+    if stale:
+        pytest.exit(f"fastnorm's compiled {stale} are older than their .py files, which the tests "
+                    "would not be testing: rebuild them (FASTNORM_BUILD_ONLY=api python setup.py "
+                    "build_ext --inplace)", returncode=3)
+
+
+def _stale_compiled_modules():
+    """In a source checkout: the compiled API modules whose .py changed after they were built
+    (an installed package is left alone: its files' times say nothing about the build)."""
+    package = os.path.dirname(os.path.abspath(fastnorm.__file__))
+    if not os.path.exists(os.path.join(os.path.dirname(package), "setup.py")):
+        return []
+    stale = []
+    for name in _config.API_MODULES:
+        compiled = importlib.import_module("fastnorm." + name).__file__
+        source = os.path.join(package, name + ".py")
+        if not compiled.endswith(".py") and os.path.getmtime(source) > os.path.getmtime(compiled):
+            stale.append(name)
+    return stale
 
 
 def _implementations():

@@ -30,6 +30,20 @@ def test_compiled_backend_is_what_is_tested():
     assert fastnorm.backend() == ("numpy" if NUMPY_ONLY else "cython")
 
 
+def test_python_modules_are_compiled_and_reported():
+    """The API modules run compiled wherever the kernels are (a build compiles both), and
+    show_config says which way they run."""
+    import io
+    interpreted = _config.interpreted_modules()
+    if _config.compiled_available():
+        assert interpreted == []
+        assert type(fastnorm.relu).__name__ == "cython_function_or_method"
+    text = io.StringIO()
+    fastnorm.show_config(file=text)
+    line = next(ln for ln in text.getvalue().splitlines() if "Python modules:" in ln)
+    assert line.endswith("compiled by Cython" if not interpreted else ", ".join(interpreted))
+
+
 def test_reference_is_the_numpy_module():
     assert fastnorm.reference.relu.__module__ == "fastnorm.reference._activations"
 
