@@ -48,10 +48,12 @@ def _compile_args(use_openmp):
     return args, link
 
 
-def _warn(message):
+_NO_KERNELS = "fastnorm will install without its compiled kernels and run on the (much slower) NumPy backend."
+
+
+def _warn(message, consequence=_NO_KERNELS):
     bar = "*" * 78
-    sys.stderr.write(f"\n{bar}\nfastnorm: {message}\nfastnorm will install without its compiled "
-                     f"kernels and run on the (much slower) NumPy backend.\n{bar}\n\n")
+    sys.stderr.write(f"\n{bar}\nfastnorm: {message}\n{consequence}\n{bar}\n\n")
 
 
 class OptionalBuildExt(build_ext):
@@ -68,12 +70,16 @@ class OptionalBuildExt(build_ext):
         try:
             super().build_extension(ext)
         except Exception as exc:
-            _warn(f"building {ext.name} failed ({exc}).")
+            if ext.name.startswith("fastnorm._ext."):
+                _warn(f"building {ext.name} failed ({exc}).")
+            else:
+                _warn(f"building {ext.name} failed ({exc}).",
+                      f"{ext.name} will run as interpreted Python (the same code, slower per call).")
 
 
 def _api_modules():
     """fastnorm._config.API_MODULES, read from its source (the package is not importable here)."""
-    with open(os.path.join(HERE, "fastnorm", "_config.py")) as f:
+    with open(os.path.join(HERE, "fastnorm", "_config.py"), encoding="utf-8") as f:
         tree = ast.parse(f.read())
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "API_MODULES"

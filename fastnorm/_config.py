@@ -345,13 +345,14 @@ def show_config(file=None):
 
     import numpy as np
 
+    interpreted = interpreted_modules()
     lines = [
         f"fastnorm {_version()}",
         f"  backend:        {_backend}" + ("" if _runtime is not None
                                            else f" (compiled kernels unavailable: {_import_error})"),
         f"  kernel variant: {_isa} (best this CPU and build run: {_best_isa()})",
-        f"  Python modules: " + (("interpreted: " + ", ".join(interpreted_modules()))
-                                 if interpreted_modules() else "compiled by Cython"),
+        f"  Python modules: " + (("interpreted: " + ", ".join(interpreted))
+                                 if interpreted else "compiled by Cython"),
         f"  OpenMP:         " + (("built in (libgomp), omp_get_max_threads() = "
                                   f"{_runtime.omp_max_threads()}") if _runtime is not None
                                  and _runtime.openmp_enabled() else "not built in"),

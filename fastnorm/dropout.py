@@ -27,6 +27,10 @@ _F16 = np.dtype(np.float16)
 # the forward pass is bound by the Philox generator, the backward pass by memory.
 _GRAIN_FORWARD = 1 << 14
 _GRAIN_BACKWARD = 1 << 17
+# The compiled kernels' module for the fast paths, tried when _config._backend is "cython"
+# (an attribute test, not a call: this is on every call's path); the general paths ask
+# _config.extension as the other families do.
+_ext = _config.compiled_module("dropout")
 
 
 def dropout(x, p=0.5, *, seed=None, offset=0, out=None):
@@ -59,18 +63,17 @@ def dropout(x, p=0.5, *, seed=None, offset=0, out=None):
     p = check_p(func, p)
     seed = check_seed(func, seed)
     offset = check_offset(func, offset, blocks_for(x.size))
-    ext = _config.extension("dropout")
-    if ext is None:
-        return reference.dropout(x, p, seed=seed, offset=offset, out=out)
-
     threshold, scale = keep_threshold(p), keep_scale(p)
     key_lo, key_hi = seed & _WORD, seed >> 64
     # (An empty x may start at counter 2**64, past a uint64: the general path returns it.)
-    fast = ext.forward_fast(x, out, key_lo, key_hi, offset, threshold, scale,
-                            _GRAIN_FORWARD) if x.size else None
-    if fast is not None:
-        y, packed = fast
-        return y, DropoutMask._validated(x.shape, p, seed, offset, packed)
+    if _config._backend == "cython" and x.size:
+        fast = _ext.forward_fast(x, out, key_lo, key_hi, offset, threshold, scale, _GRAIN_FORWARD)
+        if fast is not None:
+            y, packed = fast
+            return y, DropoutMask._validated(x.shape, p, seed, offset, packed)
+    ext = _config.extension("dropout")
+    if ext is None:
+        return reference.dropout(x, p, seed=seed, offset=offset, out=out)
     packed = np.empty((x.size + 7) // 8, dtype=np.uint8)
 
     def kernel(flat, y):
@@ -98,13 +101,14 @@ def dropout_backward(grad_output, mask, *, out=None):
     func = "dropout_backward"
     g = as_float_array(func, "grad_output", grad_output)
     check_mask(func, g, mask)
+    packed, scale = mask.packed, mask.scale
+    if _config._backend == "cython":
+        gx = _ext.backward_fast(g, packed, out, scale, _GRAIN_BACKWARD)
+        if gx is not None:
+            return gx
     ext = _config.extension("dropout")
     if ext is None:
         return reference.dropout_backward(g, mask, out=out)
-    packed, scale = mask.packed, mask.scale
-    gx = ext.backward_fast(g, packed, out, scale, _GRAIN_BACKWARD)
-    if gx is not None:
-        return gx
 
     def kernel(flat, gx):
         ext.backward(flat[0], packed, gx, scale, _config.threads_for(gx.shape[0], _GRAIN_BACKWARD))

@@ -34,8 +34,9 @@ def pytest_sessionstart(session):
         pytest.exit("fastnorm's compiled extension is not importable "
                     f"({_config._import_error}); refusing to test the NumPy fallback in its place. "
                     "Set FASTNORM_BACKEND=numpy to test the NumPy backend on purpose.", returncode=3)
-    if not NUMPY_ONLY and _config.interpreted_modules():
-        pytest.exit(f"fastnorm's Python modules {_config.interpreted_modules()} are not compiled; "
+    interpreted = _config.interpreted_modules()
+    if not NUMPY_ONLY and interpreted:
+        pytest.exit(f"fastnorm's Python modules {interpreted} are not compiled; "
                     "refusing to test them in place of the compiled ones (build them: "
                     "FASTNORM_BUILD_ONLY=api python setup.py build_ext --inplace)", returncode=3)
     stale = _stale_compiled_modules()
@@ -51,13 +52,10 @@ def _stale_compiled_modules():
     package = os.path.dirname(os.path.abspath(fastnorm.__file__))
     if not os.path.exists(os.path.join(os.path.dirname(package), "setup.py")):
         return []
-    stale = []
-    for name in _config.API_MODULES:
-        compiled = importlib.import_module("fastnorm." + name).__file__
-        source = os.path.join(package, name + ".py")
-        if not compiled.endswith(".py") and os.path.getmtime(source) > os.path.getmtime(compiled):
-            stale.append(name)
-    return stale
+    interpreted = _config.interpreted_modules()
+    return [name for name in _config.API_MODULES if name not in interpreted
+            and os.path.getmtime(os.path.join(package, name + ".py"))
+            > os.path.getmtime(importlib.import_module("fastnorm." + name).__file__)]
 
 
 def _implementations():

@@ -504,3 +504,94 @@ def test_semantics_match_pytorch_given_the_mask(rng):
     np.testing.assert_allclose(dropout_backward(g, mask), tx.grad.numpy(), rtol=1e-6, atol=0)
     tz = torch.nn.functional.dropout(torch.ones(1000), p=1.0, training=True)
     assert float(tz.abs().sum()) == 0.0
+
+
+# ---------------------------------------------------------------- the C-level fast path
+
+def _spy_fast_paths(monkeypatch):
+    """A list that receives (name, taken) for every call of the extension's fast paths."""
+    calls, module = [], _config.compiled_module("dropout")
+    for name in ("forward_fast", "backward_fast"):
+        original = getattr(module, name)
+
+        def counted(*args, _original=original, _name=name):
+            result = _original(*args)
+            calls.append((_name, result is not None))
+            return result
+
+        monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("where", ["new", "out", "in place"])
+def test_fast_path_is_taken_and_equals_the_general_path(dtype, where, backend, num_threads,
+                                                        monkeypatch, rng):
+    """Plain arrays take forward_fast / backward_fast; a strided view of the same values
+    takes the general path; results, masks and gradients are the same bits."""
+    if backend[0] != "cython":
+        pytest.skip("the fast path exists only on the compiled backend")
+    calls = _spy_fast_paths(monkeypatch)
+    x = rng.standard_normal((67, 129)).astype(dtype)
+    strided = np.empty((67, 258), dtype)[:, ::2]
+    strided[...] = x
+    g = rng.standard_normal(x.shape).astype(dtype)
+    y_general, m_general = dropout(strided, 0.3, seed=SEED, offset=5)
+    gx_general = dropout_backward(g[:, ::-1][:, ::-1].copy(order="F"), m_general)
+    assert calls == [("forward_fast", False), ("backward_fast", False)]
+    calls.clear()
+    arg = x.copy()
+    out = {"new": None, "out": np.empty_like(x), "in place": arg}[where]
+    y, mask = dropout(arg, 0.3, seed=SEED, offset=5, out=out)
+    gx = dropout_backward(g, mask, out=None if where == "new" else np.empty_like(g))
+    assert calls == [("forward_fast", True), ("backward_fast", True)]
+    assert out is None or y is out
+    assert y.tobytes() == y_general.tobytes() and gx.tobytes() == gx_general.tobytes()
+    np.testing.assert_array_equal(mask.packed, m_general.packed)
+    assert not mask.packed.flags.writeable
+    assert (mask.shape, mask.p, mask.seed, mask.offset) == (m_general.shape, 0.3, SEED, 5)
+
+
+def test_mask_attributes_are_python_numbers(backend):
+    """NumPy scalars as arguments give the mask Python ints and floats (the fast path builds
+    it without the constructor's conversions)."""
+    _, mask = dropout(np.ones((4, 8), np.float32), np.float32(0.25), seed=np.uint64(7),
+                      offset=np.int64(3))
+    assert type(mask.p) is float and type(mask.seed) is int and type(mask.offset) is int
+    assert all(type(d) is int for d in mask.shape) and mask.shape == (4, 8)
+
+
+@pytest.mark.parametrize("p", [0.0, -0.0, 1.0, 2.0 ** -17, 1 - 2.0 ** -17])
+def test_extreme_arguments_match_the_oracle(p, backend):
+    """p at and next to its ends, the largest seed, and the last offset a call may start at."""
+    x = np.linspace(-3, 3, 1000, dtype=np.float32).reshape(10, 100)
+    for seed, offset in ((2**128 - 1, 0), (SEED, 2**64 - blocks(x.size))):
+        y, mask = dropout(x, p, seed=seed, offset=offset)
+        y_ref, m_ref = ref.dropout(x, p, seed=seed, offset=offset)
+        assert y.tobytes() == y_ref.tobytes()
+        np.testing.assert_array_equal(mask.packed, m_ref.packed)
+        assert mask.next_offset == offset + blocks(x.size)
+    with pytest.raises(ValueError, match="offset"):
+        dropout(x, p, seed=1, offset=2**64 - blocks(x.size) + 1)
+
+
+def test_mask_pickles_read_only(backend):
+    import pickle
+    x = np.arange(100, dtype=np.float64)
+    g = np.ones_like(x)
+    _, mask = dropout(x, 0.5, seed=9)
+    copy = pickle.loads(pickle.dumps(mask))
+    assert not copy.packed.flags.writeable
+    np.testing.assert_array_equal(copy.packed, mask.packed)
+    assert dropout_backward(g, copy).tobytes() == dropout_backward(g, mask).tobytes()
+
+
+def test_backward_with_a_hand_built_mask_of_strided_bits(backend):
+    """A DropoutMask built from a non-contiguous uint8 array (the constructor copies it)."""
+    x = np.arange(1, 65, dtype=np.float32)
+    _, mask = dropout(x, 0.5, seed=3)
+    spread = np.zeros(2 * mask.packed.size, np.uint8)
+    spread[::2] = mask.packed
+    built = DropoutMask(x.shape, 0.5, 3, 0, spread[::2])
+    assert built.packed.flags.c_contiguous and not built.packed.flags.writeable
+    assert dropout_backward(x, built).tobytes() == dropout_backward(x, mask).tobytes()

@@ -1,8 +1,9 @@
 """Cython glue of the dropout kernels (C loops in fn_dropout_impl.h, Philox in fn_philox.h).
 
-Arguments arrive validated and C-order flat from fastnorm.dropout; this module picks the
-ISA variant, decides whether the forward's result streams, splits the work over OpenMP
-threads and releases the GIL.
+forward / backward take arguments validated and C-order flat from fastnorm.dropout;
+forward_fast / backward_fast take its plain arrays as they are and check them here.  This
+module picks the ISA variant, decides whether the forward's result streams, splits the work
+over OpenMP threads and releases the GIL on calls that use them.
 """
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from cython.parallel cimport prange
@@ -166,7 +167,7 @@ def forward_fast(object x, object out, uint64_t key_lo, uint64_t key_hi, uint64_
         return y, packed
     # Below the threading grain the call keeps the GIL (releasing and retaking it costs more
     # than it could give back on one thread).
-    if nthreads <= 1 and n < grain:
+    if n < grain:
         _forward_typed(typenum, xp, yp, mp, n, key_lo, key_hi, offset, threshold, scale, 1, stream)
     else:
         with nogil:
@@ -207,7 +208,7 @@ def backward_fast(object g, object packed, object out, double scale, Py_ssize_t 
     cdef const uint8_t *mp = <const uint8_t *>cnp.PyArray_DATA(pa)
     if n == 0:
         return gx
-    if nthreads <= 1 and n < grain:
+    if n < grain:
         _backward_typed(typenum, gp, mp, gxp, n, scale, 1)
     else:
         with nogil:

@@ -61,10 +61,11 @@ def keep_scale(p):
     return 0.0 if p == 1.0 else 1.0 / (1.0 - p)
 
 
+# The exact float / int of the common call skips the ABC checks below, which take longer
+# than a small dropout call's kernel.
+
 def check_p(func, p):
-    if type(p) is float and 0.0 <= p <= 1.0:  # the common call, before the ABC checks
-        return p
-    if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
+    if type(p) is not float and (isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real)):
         raise TypeError(f"{func}: p must be a real number in [0, 1], got {type(p).__name__}")
     value = float(p)
     if not 0.0 <= value <= 1.0:  # also rejects NaN
@@ -76,9 +77,8 @@ def check_seed(func, seed):
     """``seed`` as an int in [0, 2**128); None draws a fresh 64-bit seed from OS entropy."""
     if seed is None:
         return secrets.randbits(64)
-    if type(seed) is int and 0 <= seed < _SEED_LIMIT:
-        return seed
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+    if type(seed) is not int and (isinstance(seed, (bool, np.bool_))
+                                  or not isinstance(seed, numbers.Integral)):
         raise TypeError(f"{func}: seed must be an int in [0, 2**128) or None, got {type(seed).__name__}")
     value = int(seed)
     if not 0 <= value < _SEED_LIMIT:
@@ -88,9 +88,8 @@ def check_seed(func, seed):
 
 def check_offset(func, offset, blocks):
     """``offset`` as an int in [0, 2**64 - blocks] (the counter must not pass 2**64)."""
-    if type(offset) is int and 0 <= offset <= _COUNTER_LIMIT - blocks:
-        return offset
-    if isinstance(offset, (bool, np.bool_)) or not isinstance(offset, numbers.Integral):
+    if type(offset) is not int and (isinstance(offset, (bool, np.bool_))
+                                    or not isinstance(offset, numbers.Integral)):
         raise TypeError(f"{func}: offset must be an int, got {type(offset).__name__}")
     value = int(offset)
     if not 0 <= value <= _COUNTER_LIMIT - blocks:
@@ -139,6 +138,10 @@ class DropoutMask:
         packed.flags.writeable = False
         mask._shape, mask._p, mask._seed, mask._offset, mask._packed = shape, p, seed, offset, packed
         return mask
+
+    def __reduce__(self):
+        # through the constructor, which makes the unpickled bits read-only again
+        return DropoutMask, (self._shape, self._p, self._seed, self._offset, self._packed)
 
     shape = property(lambda self: self._shape, doc="Shape of the input (and of numpy()).")
     p = property(lambda self: self._p, doc="Drop probability.")
