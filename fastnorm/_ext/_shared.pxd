@@ -63,7 +63,8 @@ cdef inline bint same_shape(cnp.ndarray a, cnp.ndarray b):
     return True
 
 
-cdef inline object output_for(cnp.ndarray x, object out, const void *like2=NULL):
+cdef inline object output_for(cnp.ndarray x, object out, const void *like2=NULL,
+                              bint apart=False):
     """Where a fast path writes its result of x's shape and type: a new array when out is
     None (_pool.pyx's pooled_empty for a result of x and like2, the call's other input or
     NULL: from fastnorm's cache of large buffers when x is large, at x's offset within a
@@ -72,7 +73,7 @@ cdef inline object output_for(cnp.ndarray x, object out, const void *like2=NULL)
     else None (the general path validates and copies)."""
     if out is None:
         return pooled_empty(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x),
-                            cnp.PyArray_DATA(x), like2)
+                            cnp.PyArray_DATA(x), like2, apart)
     if not plain(out, cnp.PyArray_TYPE(x)):
         return None
     cdef cnp.ndarray o = <cnp.ndarray>out
