@@ -94,15 +94,24 @@ _env_threads = _parse_threads(_env("FASTNORM_NUM_THREADS"), "FASTNORM_NUM_THREAD
 _forked_child = False
 
 
+def _sync_threads():
+    """Give the compiled glue what get_num_threads() resolves to (_runtime.fix_num_threads):
+    a fixed count, or 0 for OpenMP's own setting, which it asks itself call by call."""
+    if _runtime is not None:
+        _runtime.fix_num_threads(1 if _forked_child else _requested_threads or _env_threads or 0)
+
+
 def _after_fork_in_child():
     # libgomp's thread pool does not survive fork(): a child that enters a parallel
     # region after its parent used one can hang.  Children run the kernels serially.
     global _forked_child
     _forked_child = True
+    _sync_threads()
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+_sync_threads()
 
 
 def backend():
@@ -316,6 +325,7 @@ def set_num_threads(n):
         if n > _MAX_THREADS:
             raise ValueError(f"set_num_threads: n must be <= {_MAX_THREADS}, got {n}")
     previous, _requested_threads = _requested_threads, n
+    _sync_threads()
     return previous
 
 

@@ -118,8 +118,9 @@ def test_best_variant_matches_the_kernels_cpu_flags():
 def test_thread_count_precedence(env, expected):
     if expected > 1 and "FASTNORM_NUM_THREADS" not in env and not fastnorm._config._runtime.openmp_enabled():
         pytest.skip("built without OpenMP: OMP_NUM_THREADS sets nothing")
-    out, _ = run_python("import fastnorm; print(fastnorm.get_num_threads())", **env)
-    assert int(out) == expected
+    out, _ = run_python("import fastnorm; print(fastnorm.get_num_threads(), "
+                        "fastnorm._config._runtime.glue_num_threads())", **env)
+    assert out.split() == [str(expected)] * 2  # the compiled glue's count is the same
 
 
 def test_set_num_threads_returns_the_previous_setting():
@@ -141,10 +142,10 @@ def test_set_num_threads_wins_and_resets():
     default = fastnorm.get_num_threads()
     fastnorm.set_num_threads(3)
     try:
-        assert fastnorm.get_num_threads() == 3
+        assert fastnorm.get_num_threads() == 3 == _config._runtime.glue_num_threads()
     finally:
         fastnorm.set_num_threads(None)
-    assert fastnorm.get_num_threads() == default
+    assert fastnorm.get_num_threads() == default == _config._runtime.glue_num_threads()
     with pytest.raises(ValueError, match="set_num_threads: n must be >= 1, got 0"):
         fastnorm.set_num_threads(0)
     with pytest.raises(TypeError, match="set_num_threads: n must be a positive int"):
@@ -160,11 +161,12 @@ def test_threadpoolctl_sees_and_limits_the_openmp_threads():
         import fastnorm
         from threadpoolctl import threadpool_info, threadpool_limits
         apis = {lib['user_api'] for lib in threadpool_info()}
+        glue = fastnorm._config._runtime.glue_num_threads
         with threadpool_limits(1, user_api='openmp'):
-            inside = fastnorm.get_num_threads()
-        print('openmp' in apis, inside, fastnorm.get_num_threads())
+            inside = fastnorm.get_num_threads(), glue()
+        print('openmp' in apis, *inside, fastnorm.get_num_threads(), glue())
     """, OMP_NUM_THREADS="2")
-    assert out.split() == ["True", "1", "2"]
+    assert out.split() == ["True", "1", "1", "2", "2"]
 
 
 @compiled
@@ -235,7 +237,8 @@ def test_forked_child_can_still_compute():
         expected = fastnorm.sigmoid(x)          # the parent uses an OpenMP region
         pid = os.fork()
         if pid == 0:
-            ok = np.array_equal(fastnorm.sigmoid(x), expected)
+            ok = (np.array_equal(fastnorm.sigmoid(x), expected)
+                  and fastnorm.get_num_threads() == 1 == fastnorm._config._runtime.glue_num_threads())
             os._exit(0 if ok else 1)
         _, status = os.waitpid(pid, 0)
         print(os.WEXITSTATUS(status))

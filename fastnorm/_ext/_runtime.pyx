@@ -52,6 +52,33 @@ def omp_set_num_threads(int n):
     fn_omp_set_num_threads(n)
 
 
+# The count fastnorm._config.get_num_threads() resolves to, held here for the kernels' glue
+# (_shared.pxd's threads_for), which asked _config in Python on every call at or above its
+# threading grain (0.2 us, 8 % of a sigmoid of 8192 elements): a fixed count
+# (set_num_threads, FASTNORM_NUM_THREADS, 1 in a forked child), or 0 for OpenMP's own, which
+# threadpoolctl may change at any time and so is asked call by call.
+cdef int _fixed_threads = 0
+
+
+def fix_num_threads(int n):
+    """Set by fastnorm._config whenever what get_num_threads() resolves to changes: n > 0
+    threads, or 0 for omp_get_max_threads()."""
+    global _fixed_threads
+    if n < 0:
+        raise ValueError(f"fix_num_threads: n must be >= 0, got {n}")
+    _fixed_threads = n
+
+
+cdef int num_threads() noexcept nogil:
+    return _fixed_threads if _fixed_threads > 0 else fn_omp_max_threads()
+
+
+def glue_num_threads():
+    """The thread count the kernels' glue uses above its grain (for the tests: it must be
+    what fastnorm.get_num_threads() says)."""
+    return num_threads()
+
+
 def best_isa():
     """The best kernel variant this CPU runs and this build has compiled."""
     return ISA_NAMES[fn_cpu_isa()] if FN_HAVE_X86_VARIANTS else "base"

@@ -4,6 +4,7 @@ a C-level fast path take an array as it is and write into a caller's out=."""
 cimport numpy as cnp
 from libc.stdint cimport intptr_t
 from fastnorm._ext._pool cimport pooled_empty
+from fastnorm._ext._runtime cimport num_threads
 
 
 cdef inline int isa_level(int level, int count) except -1:
@@ -13,12 +14,12 @@ cdef inline int isa_level(int level, int count) except -1:
     return level
 
 
-cdef inline int threads_for(Py_ssize_t n, Py_ssize_t grain) except -1:
-    """1 below the threading grain (n elements), else fastnorm's thread setting."""
+cdef inline int threads_for(Py_ssize_t n, Py_ssize_t grain) noexcept:
+    """1 below the threading grain (n elements), else fastnorm's thread setting
+    (fastnorm._config.get_num_threads(), as _runtime holds it)."""
     if n < grain:
         return 1
-    from fastnorm._config import get_num_threads
-    return get_num_threads()
+    return num_threads()
 
 
 cdef inline bint plain(object a, int typenum):
