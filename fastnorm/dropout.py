@@ -87,6 +87,7 @@ def dropout(x, p=0.5, *, seed=None, offset=0, out=None):
             y = elementwise(func, [x], out, kernel, c_order=True)
     else:
         y = elementwise(func, [x], out, kernel, c_order=True)
+    packed.flags.writeable = False
     return y, DropoutMask._validated(x.shape, p, seed, offset, packed)
 
 

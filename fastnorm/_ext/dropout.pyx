@@ -143,8 +143,8 @@ def backward(const floating[::1] g, const uint8_t[::1] mask, floating[::1] gx, d
 
 def forward_fast(object x, object out, uint64_t key_lo, uint64_t key_hi, uint64_t offset,
                  int32_t threshold, double scale, Py_ssize_t grain):
-    """(y, packed) as forward for a plain array x (and out=), packed a new uint8 array of
-    ceil(x.size / 8) bytes; None when the general path is needed."""
+    """(y, packed) as forward for a plain array x (and out=), packed a new read-only uint8
+    array of ceil(x.size / 8) bytes; None when the general path is needed."""
     _check_threshold(threshold)
     cdef int typenum = plain_float(x)
     if typenum < 0:
@@ -164,6 +164,7 @@ def forward_fast(object x, object out, uint64_t key_lo, uint64_t key_hi, uint64_
     cdef void *yp = cnp.PyArray_DATA(ya)
     cdef uint8_t *mp = <uint8_t *>cnp.PyArray_DATA(packed)
     if n == 0:
+        cnp.PyArray_CLEARFLAGS(packed, cnp.NPY_ARRAY_WRITEABLE)
         return y, packed
     # Below the threading grain the call keeps the GIL (releasing and retaking it costs more
     # than it could give back on one thread).
@@ -173,6 +174,7 @@ def forward_fast(object x, object out, uint64_t key_lo, uint64_t key_hi, uint64_
         with nogil:
             _forward_typed(typenum, xp, yp, mp, n, key_lo, key_hi, offset, threshold, scale,
                            nthreads, stream)
+    cnp.PyArray_CLEARFLAGS(packed, cnp.NPY_ARRAY_WRITEABLE)  # the mask's bits are read-only
     return y, packed
 
 

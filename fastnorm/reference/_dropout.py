@@ -131,11 +131,10 @@ class DropoutMask:
     @classmethod
     def _validated(cls, shape, p, seed, offset, packed):
         """The mask of a dropout call whose arguments were checked: shape a tuple of ints, p
-        a float in [0, 1], seed and offset ints in range, packed a fresh C-contiguous uint8
-        array of ceil(size / 8) bytes that no one else holds.  The constructor's checks
-        are skipped: they cost more than a small dropout call's kernel."""
+        a float in [0, 1], seed and offset ints in range, packed a fresh, read-only,
+        C-contiguous uint8 array of ceil(size / 8) bytes that no one else holds.  The
+        constructor's checks are skipped: they cost more than a small dropout call's kernel."""
         mask = object.__new__(cls)
-        packed.flags.writeable = False
         mask._shape, mask._p, mask._seed, mask._offset, mask._packed = shape, p, seed, offset, packed
         return mask
 
