@@ -7,6 +7,7 @@ looked up with :func:`extension`, which returns ``None`` on the NumPy backend.
 import contextlib
 import operator
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -94,11 +95,24 @@ _env_threads = _parse_threads(_env("FASTNORM_NUM_THREADS"), "FASTNORM_NUM_THREAD
 _forked_child = False
 
 
+def _fixed_threads():
+    """The thread count the process's state fixes (1 in a forked child, else set_num_threads,
+    else FASTNORM_NUM_THREADS), or None where OpenMP's own setting applies."""
+    if _forked_child:
+        return 1
+    return _requested_threads if _requested_threads is not None else _env_threads
+
+
+_threads_lock = threading.Lock()
+
+
 def _sync_threads():
     """Give the compiled glue what get_num_threads() resolves to (_runtime.fix_num_threads):
-    a fixed count, or 0 for OpenMP's own setting, which it asks itself call by call."""
+    the fixed count, or 0 for OpenMP's own setting, which it asks itself call by call.
+    Called with _threads_lock held where the state can change in two threads at once."""
     if _runtime is not None:
-        _runtime.fix_num_threads(1 if _forked_child else _requested_threads or _env_threads or 0)
+        fixed = _fixed_threads()
+        _runtime.fix_num_threads(0 if fixed is None else fixed)
 
 
 def _after_fork_in_child():
@@ -298,12 +312,9 @@ def get_num_threads():
     to the process).  Always 1 in a forked child process.  Built without OpenMP, the
     kernels run on one thread whatever the setting, and the default is 1.
     """
-    if _forked_child:
-        return 1
-    if _requested_threads is not None:
-        return _requested_threads
-    if _env_threads is not None:
-        return _env_threads
+    fixed = _fixed_threads()
+    if fixed is not None:
+        return fixed
     if _runtime is None:
         return 1
     return _runtime.omp_max_threads()
@@ -324,8 +335,9 @@ def set_num_threads(n):
             raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
         if n > _MAX_THREADS:
             raise ValueError(f"set_num_threads: n must be <= {_MAX_THREADS}, got {n}")
-    previous, _requested_threads = _requested_threads, n
-    _sync_threads()
+    with _threads_lock:  # the setting and the compiled glue's copy of it change together
+        previous, _requested_threads = _requested_threads, n
+        _sync_threads()
     return previous
 
 

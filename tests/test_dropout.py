@@ -595,3 +595,12 @@ def test_backward_with_a_hand_built_mask_of_strided_bits(backend):
     built = DropoutMask(x.shape, 0.5, 3, 0, spread[::2])
     assert built.packed.flags.c_contiguous and not built.packed.flags.writeable
     assert dropout_backward(x, built).tobytes() == dropout_backward(x, mask).tobytes()
+
+
+def test_mask_bits_are_read_only_on_every_path(backend, rng):
+    """Plain arrays (the fast path), float16, strided and Fortran-order inputs (the general
+    path) and empty ones all hand back read-only bits."""
+    x = rng.standard_normal((40, 33)).astype(np.float32)
+    for arg in (x, x.astype(np.float16), x[:, ::2], np.asfortranarray(x), x[:0]):
+        _, mask = dropout(arg, 0.5, seed=2)
+        assert not mask.packed.flags.writeable, (arg.dtype, arg.strides)

@@ -58,7 +58,7 @@ def test_freed_results_are_reused(small_pool):
     assert y.flags.owndata and y.flags.writeable
 
 
-def test_results_sit_at_their_inputs_offset_within_a_page(small_pool):
+def test_where_results_sit_within_a_page(small_pool):
     """Results at x's offset within a page, except the single-input elementwise forwards
     (activations, dropout), a quarter page on (activations.pyx)."""
     raw = np.zeros(512 * 1024 + 1024, np.float32)
@@ -84,7 +84,7 @@ def test_gradients_of_whole_page_rows_sit_apart_from_their_inputs(small_pool, ca
     window (256 bytes) from both inputs' offsets, either way: a quarter page from x's, or
     three quarters where dy is near a quarter (normalization.pyx, _whole_page_rows; dy 16
     bytes after x's offset, after a quarter page and after three quarters).  The same bits
-    wherever gx lies; rows of one page (test_results_sit_at_their_inputs_offset_within_a_page)
+    wherever gx lies; rows of one page (test_where_results_sit_within_a_page)
     and rows over a page that are not whole pages ((176, 1536) float32: 6 KiB) stay at x's
     offset."""
     from fastnorm._ext import normalization as ext
@@ -307,7 +307,7 @@ def test_results_below_the_cache_are_mallocs_blocks(case):
     again through the handler (2026-12-02 to 12-03) made glibc hand out fresh pages call
     after call in loops that keep their last results (129-189 page faults per call for a
     1 MiB result, _pool.pyx).  The cache's results are placed
-    (test_results_sit_at_their_inputs_offset_within_a_page)."""
+    (test_where_results_sit_within_a_page)."""
     count = 64 * 1024  # 256 KiB: below the cache's threshold
     raw = np.empty(3 * count * 4 + 8192, np.uint8)
     other = _input_just_before(raw[count * 4 + 4096:], 0, 0, count)  # page-aligned, apart from x

@@ -133,7 +133,8 @@ cdef unsigned _placement(uintptr_t like, uintptr_t like2, Py_ssize_t itemsize,
     of like2's (like2 blocks less than a quarter page, so one of the two is): for passes that
     visit four rows of a whole number of pages side by side in each of their arrays, where
     arrays at one offset put all their rows' lines in one L1 set (see normalization.pyx,
-    _whole_page_rows), and for the single-input elementwise forwards (activations.pyx)."""
+    _whole_page_rows), and for the single-input elementwise forwards (activations.pyx,
+    dropout.pyx)."""
     cdef unsigned offset = _page_offset(like, itemsize)
     if apart:
         if like2 == 0 or _clear_of((offset + 1024) % 4096, like2, itemsize):

@@ -69,7 +69,8 @@ cdef inline object output_for(cnp.ndarray x, object out, const void *like2=NULL,
     """Where a fast path writes its result of x's shape and type: a new array when out is
     None (_pool.pyx's pooled_empty for a result of x and like2, the call's other input or
     NULL: from fastnorm's cache of large buffers when x is large, at x's offset within a
-    page, not just after like2 modulo 4 KiB; else NumPy's), out itself when the kernel can
+    page, not just after like2 modulo 4 KiB, or with apart a quarter page after it; else
+    NumPy's), out itself when the kernel can
     write it directly (plain, x's type and shape, writeable, x itself or disjoint from it),
     else None (the general path validates and copies)."""
     if out is None:

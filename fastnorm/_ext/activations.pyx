@@ -158,9 +158,9 @@ cdef object _forward_fast(int op, object x, object out, double a, double b, Py_s
     if typenum < 0:
         return None
     cdef cnp.ndarray xa = <cnp.ndarray>x
-    # Apart from x (a quarter page on): memory-bound maps ran 3-6 % faster there than at
-    # x's own page offset (relu 1024x1024 and 4096x4096, leaky_relu, float64 relu; 1 thread),
-    # the others level (docs/performance-log.md, "an eighteenth session").
+    # Apart from x (a quarter page on): memory-bound maps ran faster there than at x's own
+    # page offset (1 thread: relu 1024x1024, 4096x4096 and float64 5-6 %, leaky_relu 2-4 %,
+    # dropout 2-3 %), the others level (docs/performance-log.md, "an eighteenth session").
     y = output_for(xa, out, NULL, True)
     if y is None:
         return None

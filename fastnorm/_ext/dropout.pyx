@@ -150,13 +150,14 @@ def forward_fast(object x, object out, uint64_t key_lo, uint64_t key_hi, uint64_
     if typenum < 0:
         return None
     cdef cnp.ndarray xa = <cnp.ndarray>x
-    y = output_for(xa, out, NULL, True)  # apart from x, as the activations place theirs
+    y = output_for(xa, out, NULL, True)  # a quarter page after x, as the activations' forwards
     if y is None:
         return None
     cdef cnp.ndarray ya = <cnp.ndarray>y
     cdef Py_ssize_t n = cnp.PyArray_SIZE(xa)
     cdef cnp.npy_intp mask_bytes = (n + 7) // 8
     cdef cnp.ndarray packed = cnp.PyArray_EMPTY(1, &mask_bytes, cnp.NPY_UINT8, 0)
+    cnp.PyArray_CLEARFLAGS(packed, cnp.NPY_ARRAY_WRITEABLE)  # the mask's bits are read-only
     cdef Py_ssize_t nbytes = n * cnp.PyArray_ITEMSIZE(xa)
     cdef int stream = streams(nbytes, 2 * nbytes, out is not None)
     cdef int nthreads = threads_for(n, grain)
@@ -164,7 +165,6 @@ def forward_fast(object x, object out, uint64_t key_lo, uint64_t key_hi, uint64_
     cdef void *yp = cnp.PyArray_DATA(ya)
     cdef uint8_t *mp = <uint8_t *>cnp.PyArray_DATA(packed)
     if n == 0:
-        cnp.PyArray_CLEARFLAGS(packed, cnp.NPY_ARRAY_WRITEABLE)
         return y, packed
     # Below the threading grain the call keeps the GIL (releasing and retaking it costs more
     # than it could give back on one thread).
@@ -174,7 +174,6 @@ def forward_fast(object x, object out, uint64_t key_lo, uint64_t key_hi, uint64_
         with nogil:
             _forward_typed(typenum, xp, yp, mp, n, key_lo, key_hi, offset, threshold, scale,
                            nthreads, stream)
-    cnp.PyArray_CLEARFLAGS(packed, cnp.NPY_ARRAY_WRITEABLE)  # the mask's bits are read-only
     return y, packed
 
 
