@@ -8,7 +8,8 @@ that rotates from round to round), and reported as medians and ratios:
 NumPy/fastnorm, torch/fastnorm (allocating and writing into a preallocated output)
 and fastnorm/copy-floor, where the floor is ``np.copyto`` of the same bytes
 measured in the same run.  A small-shape section (group norm, channels first and
-last, instance and batch norm on arrays of 64-256 KiB, rows named "small: ...") follows
+last, instance and batch norm on arrays of 64-256 KiB, dropout on (32, 128); rows named
+"small: ...") follows
 the standard suite and has geometric means of its own.  ``--quick`` runs small shapes for
 a few seconds (a smoke test; its numbers mean little).
 """
@@ -121,18 +122,21 @@ def activation_workloads(shapes, torch):
     return rows
 
 
-def dropout_workloads(shapes, torch):
+def dropout_workloads(shapes, torch, sizes=("large", "cache"), small=False):
+    """Dropout forward and backward at shapes[size] for each of sizes; small: rows of the
+    small-shape section (the "tiny" shape, where the call's own cost shows: 12.5 us of a
+    (32, 128) forward before its C-level fast path, 2026-12-05)."""
     rng = np.random.default_rng(1)
     np_rng = np.random.default_rng(2)
     rows = []
-    for size in ("large", "cache"):
+    for size in sizes:
         shape = shapes[size]
         x = rng.standard_normal(shape).astype(np.float32)
         g = rng.standard_normal(shape).astype(np.float32)
         out = np.empty_like(x)
         _, mask = fastnorm.dropout(x, 0.5, seed=7)
         keep = mask.numpy()
-        tag = f"dropout p=0.5 {shape[0]}x{shape[1]} float32"
+        tag = f"{'small: ' if small else ''}dropout p=0.5 {shape[0]}x{shape[1]} float32"
 
         def np_forward(x=x):
             m = np_rng.random(x.shape, dtype=np.float32) >= 0.5
@@ -149,8 +153,8 @@ def dropout_workloads(shapes, torch):
             tmask = torch.from_numpy(keep)
             fwd["torch"] = lambda tx=tx: torch.ops.aten.native_dropout(tx, 0.5, True)
             bwd["torch"] = lambda tg=tg, tm=tmask: torch.ops.aten.native_dropout_backward(tg, tm, 2.0)
-        rows.append(Workload(f"{tag} fwd", fwd, x.nbytes))
-        rows.append(Workload(f"{tag} bwd", bwd, x.nbytes))
+        rows.append(Workload(f"{tag} fwd", fwd, x.nbytes, small))
+        rows.append(Workload(f"{tag} bwd", bwd, x.nbytes, small))
     return rows
 
 
@@ -457,7 +461,8 @@ def run(quick=False, threads=(1, 2), names=None, repeats=None, budget_s=None, us
     repeats = repeats or (3 if quick else 15)
     budget_s = budget_s if budget_s is not None else (0.05 if quick else 3.0)
     workloads = (activation_workloads(shapes, torch) + dropout_workloads(shapes, torch)
-                 + norm_workloads(QUICK_NORM_SHAPES if quick else NORM_SHAPES, torch, SMALL_NORM_SHAPES))
+                 + norm_workloads(QUICK_NORM_SHAPES if quick else NORM_SHAPES, torch, SMALL_NORM_SHAPES)
+                 + dropout_workloads(shapes, torch, ("tiny",), small=True))
     if names:
         workloads = [w for w in workloads if any(n in w.name for n in names)]
     # Memory does not depend on the thread count: measured once, before the timings.

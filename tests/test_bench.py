@@ -233,8 +233,9 @@ def test_summary_keeps_small_shapes_out_of_the_suites_geometric_means():
 
 def test_small_shape_rows_are_marked_in_the_results():
     """run() marks every small-shape row, and only those, in its JSON rows."""
-    report = bench.run(quick=True, threads=[1], names=["small: group_norm", "layer_norm"],
+    report = bench.run(quick=True, threads=[1], names=["small: group_norm", "layer_norm", "dropout"],
                        repeats=1, budget_s=0.0, use_torch=False)
     marks = {r["workload"]: r["small"] for r in report["results"]}
     assert marks and any(marks.values()) and not all(marks.values())
+    assert marks["small: dropout p=0.5 32x128 float32 fwd"] and not marks["dropout p=0.5 64x256 float32 fwd"]
     assert all(small == name.startswith("small: ") for name, small in marks.items())
