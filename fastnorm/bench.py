@@ -9,9 +9,8 @@ NumPy/fastnorm, torch/fastnorm (allocating and writing into a preallocated outpu
 and fastnorm/copy-floor, where the floor is ``np.copyto`` of the same bytes
 measured in the same run.  A small-shape section (group norm, channels first and
 last, instance and batch norm on arrays of 64-256 KiB, dropout on (32, 128); rows named
-"small: ...") follows
-the standard suite and has geometric means of its own.  ``--quick`` runs small shapes for
-a few seconds (a smoke test; its numbers mean little).
+"small: ...") follows the standard suite and has geometric means of its own.  ``--quick``
+runs small shapes for a few seconds (a smoke test; its numbers mean little).
 """
 import argparse
 import ctypes

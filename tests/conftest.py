@@ -39,23 +39,39 @@ def pytest_sessionstart(session):
         pytest.exit(f"fastnorm's Python modules {interpreted} are not compiled; "
                     "refusing to test them in place of the compiled ones (build them: "
                     "FASTNORM_BUILD_ONLY=api python setup.py build_ext --inplace)", returncode=3)
-    stale = _stale_compiled_modules()
+    stale = _stale_compiled_modules(interpreted)
     if stale:
         pytest.exit(f"fastnorm's compiled {stale} are older than their .py files, which the tests "
                     "would not be testing: rebuild them (FASTNORM_BUILD_ONLY=api python setup.py "
                     "build_ext --inplace)", returncode=3)
 
 
-def _stale_compiled_modules():
-    """In a source checkout: the compiled API modules whose .py changed after they were built
-    (an installed package is left alone: its files' times say nothing about the build)."""
+def _stale_compiled_modules(interpreted):
+    """In a source checkout: the compiled API modules (those not in `interpreted`) whose .py
+    changed after they were built (an installed package is left alone: its files' times say
+    nothing about the build)."""
     package = os.path.dirname(os.path.abspath(fastnorm.__file__))
     if not os.path.exists(os.path.join(os.path.dirname(package), "setup.py")):
         return []
-    interpreted = _config.interpreted_modules()
     return [name for name in _config.API_MODULES if name not in interpreted
             and os.path.getmtime(os.path.join(package, name + ".py"))
             > os.path.getmtime(importlib.import_module("fastnorm." + name).__file__)]
+
+
+def count_fast_calls(monkeypatch, module, names):
+    """A list that receives (name, taken) for every call of the named C-level fast paths of a
+    compiled module while the test runs (taken: the fast path returned a result, not None)."""
+    calls = []
+    for name in names:
+        original = getattr(module, name)
+
+        def counted(*args, _original=original, _name=name):
+            result = _original(*args)
+            calls.append((_name, result is not None))
+            return result
+
+        monkeypatch.setattr(module, name, counted)
+    return calls
 
 
 def _implementations():

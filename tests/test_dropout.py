@@ -16,6 +16,7 @@ from fastnorm import reference as ref
 from fastnorm import _config
 
 from _placement import Pages
+from conftest import count_fast_calls
 
 SEED = (0x1234 << 64) | 0xDEADBEEF
 NUMPY_ONLY = os.environ.get("FASTNORM_BACKEND", "").strip().lower() == "numpy"
@@ -508,21 +509,6 @@ def test_semantics_match_pytorch_given_the_mask(rng):
 
 # ---------------------------------------------------------------- the C-level fast path
 
-def _spy_fast_paths(monkeypatch):
-    """A list that receives (name, taken) for every call of the extension's fast paths."""
-    calls, module = [], _config.compiled_module("dropout")
-    for name in ("forward_fast", "backward_fast"):
-        original = getattr(module, name)
-
-        def counted(*args, _original=original, _name=name):
-            result = _original(*args)
-            calls.append((_name, result is not None))
-            return result
-
-        monkeypatch.setattr(module, name, counted)
-    return calls
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("where", ["new", "out", "in place"])
 def test_fast_path_is_taken_and_equals_the_general_path(dtype, where, backend, num_threads,
@@ -531,7 +517,8 @@ def test_fast_path_is_taken_and_equals_the_general_path(dtype, where, backend, n
     takes the general path; results, masks and gradients are the same bits."""
     if backend[0] != "cython":
         pytest.skip("the fast path exists only on the compiled backend")
-    calls = _spy_fast_paths(monkeypatch)
+    calls = count_fast_calls(monkeypatch, _config.compiled_module("dropout"),
+                             ("forward_fast", "backward_fast"))
     x = rng.standard_normal((67, 129)).astype(dtype)
     strided = np.empty((67, 258), dtype)[:, ::2]
     strided[...] = x

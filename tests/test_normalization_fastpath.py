@@ -8,6 +8,7 @@ import pytest
 
 import fastnorm
 from fastnorm import _config
+from conftest import count_fast_calls
 
 pytestmark = pytest.mark.skipif(not _config.compiled_available(), reason="no compiled kernels")
 GRAIN = 1 << 15
@@ -39,21 +40,6 @@ def assert_identical(fast, general):
         assert type(f) is np.ndarray and f.dtype == g.dtype and f.shape == g.shape
         np.testing.assert_array_equal(f, g)
         assert f.tobytes() == g.tobytes()  # bit for bit, signed zeros and NaN payloads included
-
-
-def _count_fast_calls(monkeypatch, names):
-    """A list that receives (name, taken) for every call of the named fast paths."""
-    calls = []
-    for name in names:
-        original = getattr(ext(), name)
-
-        def counted(*args, _original=original, _name=name):
-            result = _original(*args)
-            calls.append((_name, result is not None))
-            return result
-
-        monkeypatch.setattr(ext(), name, counted)
-    return calls
 
 
 def _params(rng, k, dtype, affine):
@@ -358,7 +344,7 @@ def test_batch_norm_num_batches_tracked_takes_the_fast_path(momentum, num_batche
     path's bits and running statistics."""
     if backend[0] != "cython":
         pytest.skip("the fast path exists only on the compiled backend")
-    calls = _count_fast_calls(monkeypatch, ["batch_norm_fast"])
+    calls = count_fast_calls(monkeypatch, ext(), ["batch_norm_fast"])
     x = (2 + 3 * rng.standard_normal((4, 3, 5, 2))).astype(np.float32)
     w, b = _params(rng, 3, np.float32, True)
     rm0, rv0 = rng.standard_normal(3).astype(np.float32), rng.uniform(0.5, 2, 3).astype(np.float32)
@@ -895,7 +881,7 @@ def test_instance_norm_with_running_statistics_takes_the_fast_paths(dtype, shape
     rm0, rv0 = rng.standard_normal(c).astype(dtype), rng.uniform(0.5, 2, c).astype(dtype)
     assert ext().group_norm_fast(x, c, w, b, 1e-5, False, None, GRAIN, rm0.copy(), rv0.copy(), 0.3) is not None
     assert ext().batch_norm_fast(x, w, b, rm0.copy(), rv0.copy(), False, 0.3, 1e-5, False, None, GRAIN) is not None
-    calls = _count_fast_calls(monkeypatch, ["group_norm_fast", "batch_norm_fast"])
+    calls = count_fast_calls(monkeypatch, ext(), ["group_norm_fast", "batch_norm_fast"])
     for use_input_stats in (True, False):
         results = []
         for xx in (x, _strided_any(x)):
@@ -1013,7 +999,7 @@ def test_batch_norm_backward_fast_float32_parameter_gradient_overflow_warns(rng)
 def test_group_and_instance_norm_calls_take_the_fast_paths(monkeypatch, backend, rng):
     if backend[0] != "cython":
         pytest.skip("the fast path exists only on the compiled backend")
-    taken = _count_fast_calls(monkeypatch, ["group_norm_fast", "group_norm_backward_fast"])
+    taken = count_fast_calls(monkeypatch, ext(), ["group_norm_fast", "group_norm_backward_fast"])
     x = rng.standard_normal((2, 4, 3, 3)).astype(np.float32)
     w, b = np.ones(4, np.float32), np.zeros(4, np.float32)
     _, mean, rstd = fastnorm.group_norm(x, 2, w, b)
@@ -1050,7 +1036,7 @@ def test_norm_layers_take_the_fast_paths(name, make, shape, monkeypatch, backend
     if backend[0] != "cython":
         pytest.skip("the fast path exists only on the compiled backend")
     import fastnorm.layers as L
-    calls = _count_fast_calls(monkeypatch, [n for n in dir(ext()) if n.endswith("_fast")])
+    calls = count_fast_calls(monkeypatch, ext(), [n for n in dir(ext()) if n.endswith("_fast")])
     layer = make(L)
     x = (1 + rng.standard_normal(shape)).astype(np.float32)
     y = layer.forward(x)
