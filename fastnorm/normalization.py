@@ -527,28 +527,72 @@ def batch_norm_backward(grad_output, x, weight, mean, rstd, *, training=True, ch
 
 # ---------------------------------------------------------------------------- layer / RMS norm
 
+# A Fortran-order x whose rows are normalized is read in place as x.T (the cols kernels,
+# batch norm 1-D's column sums) when it has at least _COLS_MIN_ROWS rows (the kernels' loops
+# run along a row of x.T, one element per row of x) and rows of two elements or more; any
+# other layout is copied into C order.
+_COLS_MIN_ROWS = 64
+
+
+def _by_columns(x, k):
+    return _fortran_only(x) and k >= 2 and x.size // k >= _COLS_MIN_ROWS
+
+
 def _rows_forward(func, x, ns, weight, bias, eps, rms, out):
     cd = compute_dtype(x.dtype)
     k = math.prod(ns)
     m = x.size // k
     lead = x.shape[:x.ndim - len(ns)]
+    ext = _config.extension("normalization")
+    if _by_columns(x, k):
+        # x.T is C-order, x's rows its columns, and its leading axes (x's trailing ones,
+        # reversed) flatten to k in the order of the weight's transpose; the statistics come
+        # in the order of x's leading axes reversed, y in x's layout.
+        xk, outk = x.T, None if out is None else out.T
+        xc = _contiguous(xk)
+        wc = None if weight is None else _vector(weight.T, cd)
+        bc = None if bias is None else _vector(bias.T, cd)
+        buf = _output_buffer(xk, xc, outk, wc, bc)
+        mean, rstd = np.empty(m, cd), np.empty(m, cd)
+        ext.cols_forward(xc.reshape(-1), buf.reshape(-1), m, k, wc, bc, eps, rms, mean, rstd,
+                         _threads(x), buf is outk)
+        y = _deliver(buf, x.dtype, outk)
+        return (out if out is not None else y.T), _lead_stat(mean, lead), _lead_stat(rstd, lead)
     xc = _contiguous(x)
     wc, bc = _vector(weight, cd), _vector(bias, cd)
     buf = _output_buffer(x, xc, out, wc, bc)
     mean, rstd = np.empty(m, cd), np.empty(m, cd)
-    ext = _config.extension("normalization")
     ext.rows_forward(xc.reshape(-1), buf.reshape(-1), m, k, wc, bc, eps, rms, mean, rstd, _threads(x),
                      buf is out)
     return _deliver(buf, x.dtype, out), mean.reshape(lead), rstd.reshape(lead)
+
+
+def _lead_stat(flat, lead):
+    """A statistic of x.T's columns (x's leading axes reversed, flattened) in lead's shape,
+    C-contiguous, as the C-order path gives it."""
+    return np.ascontiguousarray(flat.reshape(lead[::-1]).T)
 
 
 def _rows_backward(func, g, x, ns, weight, mean, rstd, rms, want_gb):
     cd = compute_dtype(x.dtype)
     k = math.prod(ns)
     m = x.size // k
+    ext = _config.extension("normalization")
+    if _by_columns(x, k):
+        # as in _rows_forward: x and g read as their transposes (g taken in that layout), the
+        # statistics in the order of x.T's columns, and grad_x given x's layout
+        xc, gc = _contiguous(x.T), _contiguous(g.T)
+        gx = _config.empty(xc.shape, cd, like=xc)
+        rstd_c = _vector(rstd.T, cd)
+        mean_c = rstd_c if mean is None else _vector(mean.T, cd)
+        gw, gb = ext.cols_backward(gc.reshape(-1), xc.reshape(-1), gx.reshape(-1), m, k,
+                                   None if weight is None else _vector(weight.T, cd), mean_c, rstd_c,
+                                   rms, weight is not None, want_gb, _threads(x))
+        gw = None if gw is None else gw.reshape(ns[::-1]).T.astype(weight.dtype, order="C")
+        gb = None if gb is None else np.ascontiguousarray(gb.reshape(ns[::-1]).T)
+        return cast(gx, x.dtype).T, gw, gb
     xc, gc = _contiguous(x), _contiguous(g)
     gx = _config.empty(x.shape, cd, like=xc)
-    ext = _config.extension("normalization")
     rstd_c = _vector(rstd, cd)
     mean_c = rstd_c if mean is None else _vector(mean, cd)
     gw, gb = ext.rows_backward(gc.reshape(-1), xc.reshape(-1), gx.reshape(-1), m, k,

@@ -204,13 +204,7 @@ def test_the_families_give_the_same_bits_for_fortran_order_input(dtype, copies, 
                 assert u.shape == v.shape and u.dtype == v.dtype
                 assert np.ascontiguousarray(u).tobytes() == np.ascontiguousarray(v).tobytes()
 
-    y, mean, rstd = fastnorm.layer_norm(x, 96, w, w)
-    same(fastnorm.layer_norm(xf, 96, w, w), (y, mean, rstd))
-    same(fastnorm.layer_norm_backward(gf, xf, 96, w, mean, rstd),
-         fastnorm.layer_norm_backward(g, x, 96, w, mean, rstd))
-    y, rstd = fastnorm.rms_norm(x, 96, w)
-    same(fastnorm.rms_norm(xf, 96, w), (y, rstd))
-    same(fastnorm.rms_norm_backward(gf, xf, 96, w, rstd), fastnorm.rms_norm_backward(g, x, 96, w, rstd))
+    # (layer and RMS norm read a Fortran-order x in place: test_layer_norm_reads_fortran_order_in_place)
     same(fastnorm.group_norm(xf, 8, w, w), fastnorm.group_norm(x, 8, w, w))
     # elementwise maps run in whichever order their inputs share; mixed orders are copied
     same(fastnorm.silu_backward(g, xf), fastnorm.silu_backward(g, x))
@@ -265,3 +259,130 @@ def test_batch_norm_reads_fortran_order_in_place(shape, channels_last, dtype, co
             _close(u, v, dtype)
     x_copies = [s for s in copies if s in (shape, shape[::-1])]
     assert len(x_copies) == (1 if x.size >= _arrays._REORDER_MIN else 0), copies  # g's, once
+
+
+@pytest.fixture
+def column_calls(monkeypatch):
+    """Counts the calls of the column kernels of layer and RMS norm (Fortran-order x)."""
+    calls = []
+    ext = _config.extension("normalization")
+    for name in ("cols_forward", "cols_backward"):
+        original = getattr(ext, name)
+        monkeypatch.setattr(ext, name, lambda *a, _o=original, _n=name: (calls.append(_n), _o(*a))[1])
+    return calls
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape,nk", [((400, 96), 1), ((100, 6, 8), 2), ((20, 5, 64), 1),
+                                      ((2000, 3), 1), ((64, 2), 1)])
+def test_layer_norm_reads_fortran_order_in_place(shape, nk, dtype, copies, column_calls,
+                                                 backend_cython, rng):
+    """A Fortran-order x with at least 64 rows is read as x.T (no copy into C order), y and
+    grad_x come out in its layout, mean, rstd and the parameter gradients in C order, all with
+    the C-order call's values (summed in another order: not always its bits)."""
+    ns = shape[len(shape) - nk:]
+    x = (3 + rng.standard_normal(shape)).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    w, b = rng.standard_normal(ns).astype(dtype), rng.standard_normal(ns).astype(dtype)
+    xf, gf = np.asfortranarray(x), np.asfortranarray(g)
+    for weight, bias in ((w, b), (None, None), (w, None), (None, b)):
+        y, mean, rstd = fastnorm.layer_norm(x, ns, weight, bias)
+        yf, mean_f, rstd_f = fastnorm.layer_norm(xf, ns, weight, bias)
+        assert yf.flags.f_contiguous and yf.dtype == dtype
+        for u, v in ((yf, y), (mean_f, mean), (rstd_f, rstd)):
+            assert u.shape == v.shape and u.dtype == v.dtype and (u is yf or u.flags.c_contiguous)
+            _close(u, v, dtype)
+        grads = fastnorm.layer_norm_backward(g, x, ns, weight, mean, rstd, bias=bias)
+        for grad_output in (gf, g):  # g is copied into x's layout
+            grads_f = fastnorm.layer_norm_backward(grad_output, xf, ns, weight, mean, rstd, bias=bias)
+            assert grads_f[0].flags.f_contiguous and grads_f[0].dtype == dtype
+            for u, v in zip(grads_f, grads):
+                assert (u is None) == (v is None)
+                if u is not None:
+                    assert u.shape == v.shape and u.dtype == v.dtype
+                    assert u is grads_f[0] or u.flags.c_contiguous
+                    _close(u, v, dtype)
+        y, rstd = fastnorm.rms_norm(x, ns, weight)
+        yf, rstd_f = fastnorm.rms_norm(xf, ns, weight)
+        assert yf.flags.f_contiguous
+        _close(yf, y, dtype)
+        _close(rstd_f, rstd, dtype)
+        for u, v in zip(fastnorm.rms_norm_backward(gf, xf, ns, weight, rstd),
+                        fastnorm.rms_norm_backward(g, x, ns, weight, rstd)):
+            assert (u is None) == (v is None)
+            if u is not None:
+                _close(u, v, dtype)
+    y = fastnorm.layer_norm(x, ns, w, b)[0]
+    for out in (np.empty(shape, dtype), np.empty(shape, dtype, order="F")):
+        assert fastnorm.layer_norm(xf, ns, w, b, out=out)[0] is out
+        _close(out, y, dtype)
+    in_place = xf.copy(order="F")
+    assert fastnorm.layer_norm(in_place, ns, w, b, out=in_place)[0] is in_place
+    _close(in_place, y, dtype)
+    assert "cols_forward" in column_calls and "cols_backward" in column_calls
+    copies.clear()
+    fastnorm.layer_norm_backward(gf, xf, ns, w, *fastnorm.layer_norm(xf, ns, w, b)[1:], bias=b)
+    fastnorm.rms_norm_backward(gf, xf, ns, w, fastnorm.rms_norm(xf, ns, w)[1])
+    assert copies == []
+
+
+def test_layer_norm_of_few_fortran_order_rows_copies(column_calls, backend_cython, rng):
+    """Below 64 rows (and for rows of one element) a Fortran-order x is copied into C order,
+    whose kernels are faster there; the same values either way."""
+    for shape in ((63, 300), (2, 5000), (200, 1, 1)):
+        x = np.asfortranarray(rng.standard_normal(shape).astype(np.float32))
+        y, mean, rstd = fastnorm.layer_norm(x, shape[-1])
+        _close(y, fastnorm.layer_norm(np.ascontiguousarray(x), shape[-1])[0], np.float32)
+        fastnorm.layer_norm_backward(x, x, shape[-1], None, mean, rstd)
+    assert column_calls == []
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layer_norm_of_fortran_order_matches_the_oracle_and_threads(dtype, column_calls,
+                                                                     backend_cython, rng):
+    """The column kernels against the NumPy reference, rows with a NaN, an infinity, a
+    constant and a large offset included, and with the same bits at 1 and 2 threads (each
+    row's sums are split by the shape alone)."""
+    from fastnorm import reference
+    x = rng.standard_normal((300, 160)).astype(dtype)
+    x[3, 7], x[5, 0], x[9] = np.nan, np.inf, 2.5
+    x[11] += 1e4
+    g = rng.standard_normal(x.shape).astype(dtype)
+    w, b = rng.standard_normal(160).astype(dtype), rng.standard_normal(160).astype(dtype)
+    xf, gf = np.asfortranarray(x), np.asfortranarray(g)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+
+    def run():
+        y, mean, rstd = fastnorm.layer_norm(xf, 160, w, b)
+        y_rms, rstd_rms = fastnorm.rms_norm(xf, 160, w)
+        return ((y, mean, rstd) + fastnorm.layer_norm_backward(gf, xf, 160, w, mean, rstd, bias=b)
+                + (y_rms, rstd_rms) + fastnorm.rms_norm_backward(gf, xf, 160, w, rstd_rms))
+
+    fastnorm.set_num_threads(1)
+    try:
+        one = run()
+        fastnorm.set_num_threads(2)
+        two = run()
+    finally:
+        fastnorm.set_num_threads(None)
+    for u, v in zip(one, two):
+        assert u.tobytes() == v.tobytes()
+    y, mean, rstd = one[:3]
+    finite = np.isfinite(x).all(axis=1)
+    expected = reference.layer_norm(x, (160,), w, b)
+    for u, v in zip((y, mean, rstd), expected):
+        np.testing.assert_allclose(u, v, rtol=tol, atol=tol)
+    assert np.isnan(y[~finite]).all() and np.isfinite(y[finite]).all()
+    np.testing.assert_array_equal(y[9], b)  # a constant row: (x - mean) * rstd is 0
+    expected = reference.layer_norm_backward(g, x, (160,), w, mean, rstd, bias=b)
+    for u, v in zip(one[3:6], expected):
+        np.testing.assert_allclose(u[finite] if u.shape == x.shape else u[np.isfinite(v)],
+                                   v[finite] if v.shape == x.shape else v[np.isfinite(v)],
+                                   rtol=10 * tol, atol=10 * tol)
+    expected = reference.rms_norm(x, (160,), w)
+    for u, v in zip(one[6:8], expected):
+        np.testing.assert_allclose(u, v, rtol=tol, atol=tol)
+    expected = reference.rms_norm_backward(g, x, (160,), w, one[7])
+    for u, v in zip(one[8:], expected):
+        np.testing.assert_allclose(u, v, rtol=10 * tol, atol=10 * tol)
+    assert column_calls

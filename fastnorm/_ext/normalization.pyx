@@ -27,11 +27,15 @@ cdef extern from "fn_normalization.h" nogil:
         void (*stats_runs_f32)(const float *, int64_t, int64_t, int64_t, int64_t, int64_t, double *, double *) noexcept nogil
         void (*stats_cols_f32)(const float *, int64_t, int64_t, const double *, double *, double *, int) noexcept nogil
         void (*dual_runs_f32)(const float *, const float *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, double *, double *) noexcept nogil
-        void (*dual_cols_f32)(const float *, const float *, int64_t, int64_t, const double *, double *, double *, int) noexcept nogil
+        void (*dual_cols_f32)(const float *, const float *, int64_t, int64_t, const double *, double *, double *, int, const float *) noexcept nogil
         void (*affine_f32)(const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, const float *, int) noexcept nogil
         void (*affine_grad_f32)(const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, const float *, const float *, int) noexcept nogil
         void (*rows_forward_f32)(const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, double, int, float *, float *, int) noexcept nogil
         void (*rows_backward_f32)(const float *, const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, const float *, int, double *, double *, int, int) noexcept nogil
+        void (*cols_coefs_f32)(int64_t, int64_t, const double *, const double *, double, int, float *, float *, float *, float *, float *) noexcept nogil
+        void (*cols_forward_f32)(const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, const float *, const float *, const float *, int) noexcept nogil
+        void (*cols_grad_coefs_f32)(int64_t, int64_t, const float *, const double *, const double *, int, float *, float *, float *) noexcept nogil
+        void (*cols_backward_f32)(const float *, const float *, float *, int64_t, int64_t, int64_t, const float *, const float *, const float *, const float *, const float *, const float *, double *, double *, int) noexcept nogil
         void (*group_forward_f32)(const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const float *, double, double *, double *, int) noexcept nogil
         void (*group_backward_f32)(const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t, const float *, const double *, const float *, const double *, double *, double *, int) noexcept nogil
         void (*bn_channels_f32)(int64_t, int64_t, int, int, double, double, double *, const double *, float *, float *, const float *, const float *, float *, float *, float *, float *, float *) noexcept nogil
@@ -41,11 +45,15 @@ cdef extern from "fn_normalization.h" nogil:
         void (*stats_runs_f64)(const double *, int64_t, int64_t, int64_t, int64_t, int64_t, double *, double *) noexcept nogil
         void (*stats_cols_f64)(const double *, int64_t, int64_t, const double *, double *, double *, int) noexcept nogil
         void (*dual_runs_f64)(const double *, const double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, double *, double *) noexcept nogil
-        void (*dual_cols_f64)(const double *, const double *, int64_t, int64_t, const double *, double *, double *, int) noexcept nogil
+        void (*dual_cols_f64)(const double *, const double *, int64_t, int64_t, const double *, double *, double *, int, const double *) noexcept nogil
         void (*affine_f64)(const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, int) noexcept nogil
         void (*affine_grad_f64)(const double *, const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *, int) noexcept nogil
         void (*rows_forward_f64)(const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, double, int, double *, double *, int) noexcept nogil
         void (*rows_backward_f64)(const double *, const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, const double *, int, double *, double *, int, int) noexcept nogil
+        void (*cols_coefs_f64)(int64_t, int64_t, const double *, const double *, double, int, double *, double *, double *, double *, double *) noexcept nogil
+        void (*cols_forward_f64)(const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *, const double *, int) noexcept nogil
+        void (*cols_grad_coefs_f64)(int64_t, int64_t, const double *, const double *, const double *, int, double *, double *, double *) noexcept nogil
+        void (*cols_backward_f64)(const double *, const double *, double *, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *, const double *, const double *, double *, double *, int) noexcept nogil
         void (*group_forward_f64)(const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, double, double *, double *, int) noexcept nogil
         void (*group_backward_f64)(const double *, const double *, double *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, const double *, const double *, const double *, double *, double *, int) noexcept nogil
         void (*bn_channels_f64)(int64_t, int64_t, int, int, double, double, double *, const double *, double *, double *, const double *, const double *, double *, double *, double *, double *, double *) noexcept nogil
@@ -298,9 +306,12 @@ def stats(const floating[::1] x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C, Py_ss
 
 
 cdef int _stats_run(const floating *x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B,
-                    double *mean, double *m2, int nthreads) except -1:
+                    double *mean, double *m2, int nthreads, bint raw=False) except -1:
     """stats on raw pointers (sizes checked by the caller, P*C and A*B >= 1): what the fast
-    paths call, without typed memoryviews' cost per call."""
+    paths call, without typed memoryviews' cost per call.  raw (one-element runs only): the
+    plain sums instead, sum(x) into mean and sum(x^2) into m2 (RMS norm of a Fortran-order
+    x, whose mean square must not come from a mean and M2: a row with an infinity has an
+    infinite sum of squares, but an M2 of inf - inf)."""
     cdef Py_ssize_t U = P * C, t, u0, ch, W, p, blk, nblk, rb, rows, c, j
     cdef int fetch
     cdef const floating *xp
@@ -311,6 +322,8 @@ cdef int _stats_run(const floating *x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C,
     cdef double n
     cdef bint direct
     if B >= RUN_MIN or A == 1:
+        if raw:
+            raise ValueError("_stats_run: raw sums need one-element runs")
         with nogil:
             if nthreads <= 1 or U == 1:
                 if floating is float:
@@ -348,7 +361,7 @@ cdef int _stats_run(const floating *x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C,
         xp = x + p * A * W
         for c in range(C):
             for j in range(B):
-                shift_p[c * B + j] = fn_sums_center(<double>xp[c * B])
+                shift_p[c * B + j] = 0.0 if raw else fn_sums_center(<double>xp[c * B])
         if direct:
             s1p, s2p = mean + p * C, m2 + p * C
         memset(s1p, 0, nblk * W * sizeof(double))
@@ -369,7 +382,8 @@ cdef int _stats_run(const floating *x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C,
                     else:
                         _kernels.stats_cols_f64(xp + blk * rb * W, rows, W, shift_p, s1p + blk * W, s2p + blk * W, fetch)
         if direct:
-            _kernels.finish_moments(C, shift_p, n, s1p, s2p)
+            if not raw:
+                _kernels.finish_moments(C, shift_p, n, s1p, s2p)
             continue
         # The channels' totals into mean and m2, and their shifts to slots 0 .. C - 1 (slot
         # c from slot c * B, upwards: no slot is read after it is written), then the same.
@@ -379,7 +393,8 @@ cdef int _stats_run(const floating *x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C,
             mean[p * C + c] = _channel_total(s1p, c * B, B)
             m2[p * C + c] = _channel_total(s2p, c * B, B)
             shift_p[c] = shift_p[c * B]
-        _kernels.finish_moments(C, shift_p, n, mean + p * C, m2 + p * C)
+        if not raw:
+            _kernels.finish_moments(C, shift_p, n, mean + p * C, m2 + p * C)
     return 0
 
 
@@ -434,13 +449,15 @@ def dual_sums(const floating[::1] dy, const floating[::1] x, Py_ssize_t P, Py_ss
         np.asarray(s1_out)[:] = 0
         np.asarray(s2_out)[:] = 0
         return
-    _dual_sums_run(&dy[0], &x[0], P, A, C, B, &center[0], &s1_out[0], &s2_out[0], nthreads)
+    _dual_sums_run(&dy[0], &x[0], P, A, C, B, &center[0], &s1_out[0], &s2_out[0], nthreads, NULL)
 
 
 cdef int _dual_sums_run(const floating *dy, const floating *x, Py_ssize_t P, Py_ssize_t A,
                         Py_ssize_t C, Py_ssize_t B, const double *center, double *s1_out,
-                        double *s2_out, int nthreads) except -1:
-    """dual_sums on raw pointers (sizes checked by the caller, P*C and A*B >= 1)."""
+                        double *s2_out, int nthreads, const floating *rw) except -1:
+    """dual_sums on raw pointers (sizes checked by the caller, P*C and A*B >= 1); rw: NULL, or
+    a weight per row of dy (A of them; P == 1, B == 1, A > 1: layer norm of a Fortran-order
+    x, cols_backward), the sums then of dy * rw."""
     cdef Py_ssize_t U = P * C, t, u0, ch, W, p, blk, nblk, rb, rows, c, j
     cdef int fetch
     cdef const floating *xp
@@ -452,6 +469,8 @@ cdef int _dual_sums_run(const floating *dy, const floating *x, Py_ssize_t P, Py_
     cdef bint direct
     cdef Py_ssize_t cen_words
     if B >= RUN_MIN or A == 1:
+        if rw != NULL:
+            raise ValueError("_dual_sums_run: row weights need one-element runs")
         with nogil:
             if nthreads <= 1 or U == 1:
                 if floating is float:
@@ -502,16 +521,16 @@ cdef int _dual_sums_run(const floating *dy, const floating *x, Py_ssize_t P, Py_
                 for blk in range(nblk):
                     rows = min(rb, A - blk * rb)
                     if floating is float:
-                        _kernels.dual_cols_f32(gp + blk * rb * W, xp + blk * rb * W, rows, W, cen_p, s1p + blk * W, s2p + blk * W, fetch)
+                        _kernels.dual_cols_f32(gp + blk * rb * W, xp + blk * rb * W, rows, W, cen_p, s1p + blk * W, s2p + blk * W, fetch, NULL if rw == NULL else rw + blk * rb)
                     else:
-                        _kernels.dual_cols_f64(gp + blk * rb * W, xp + blk * rb * W, rows, W, cen_p, s1p + blk * W, s2p + blk * W, fetch)
+                        _kernels.dual_cols_f64(gp + blk * rb * W, xp + blk * rb * W, rows, W, cen_p, s1p + blk * W, s2p + blk * W, fetch, NULL if rw == NULL else rw + blk * rb)
             else:
                 for blk in prange(nblk, num_threads=nthreads, schedule="static"):
                     rows = min(rb, A - blk * rb)
                     if floating is float:
-                        _kernels.dual_cols_f32(gp + blk * rb * W, xp + blk * rb * W, rows, W, cen_p, s1p + blk * W, s2p + blk * W, fetch)
+                        _kernels.dual_cols_f32(gp + blk * rb * W, xp + blk * rb * W, rows, W, cen_p, s1p + blk * W, s2p + blk * W, fetch, NULL if rw == NULL else rw + blk * rb)
                     else:
-                        _kernels.dual_cols_f64(gp + blk * rb * W, xp + blk * rb * W, rows, W, cen_p, s1p + blk * W, s2p + blk * W, fetch)
+                        _kernels.dual_cols_f64(gp + blk * rb * W, xp + blk * rb * W, rows, W, cen_p, s1p + blk * W, s2p + blk * W, fetch, NULL if rw == NULL else rw + blk * rb)
         if not direct:
             _fold_blocks(s1p, nblk, W)
             _fold_blocks(s2p, nblk, W)
@@ -778,7 +797,7 @@ cdef int _group_cl_backward_run(const floating *dy, const floating *x, floating 
     for u in range(N * G):  # each group's centre for its channels (no division per channel)
         for c in range(u * cg, u * cg + cg):
             center_c[c] = center[u]
-    _dual_sums_run(dy, x, N, hw, C, 1, center_c, s1, s2, nthreads)
+    _dual_sums_run(dy, x, N, hw, C, 1, center_c, s1, s2, nthreads, NULL)
     for n in range(N):
         for g in range(G):
             u = n * G + g
@@ -1039,6 +1058,132 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] g
                            rb, nthreads, 0)
     return ((_block_sum(pw, cnp.NPY_FLOAT64) if want_gw else None),
             (_block_sum(pb, cnp.NPY_FLOAT64) if want_gb else None))
+
+
+cdef void _cols_forward_run(const floating *xt, floating *yt, Py_ssize_t M, Py_ssize_t K,
+                            const floating *coefs, const floating *wp, const floating *bp,
+                            int nthreads, int stream) noexcept nogil:
+    """The output pass of cols_forward, xt's rows split evenly over the threads; coefs: the
+    (3, M) h, s, o of fn_norm_cols_coefs."""
+    cdef Py_ssize_t t, k0, ch
+    if nthreads <= 1:
+        if floating is float:
+            _kernels.cols_forward_f32(xt, yt, M, 0, K, coefs, coefs + M, coefs + 2 * M, wp, bp, stream)
+        else:
+            _kernels.cols_forward_f64(xt, yt, M, 0, K, coefs, coefs + M, coefs + 2 * M, wp, bp, stream)
+        return
+    ch = _share(K, nthreads)
+    for t in prange(nthreads, num_threads=nthreads, schedule="static"):
+        k0 = t * ch
+        if k0 < K:
+            if floating is float:
+                _kernels.cols_forward_f32(xt, yt, M, k0, min(k0 + ch, K), coefs, coefs + M,
+                                          coefs + 2 * M, wp, bp, stream)
+            else:
+                _kernels.cols_forward_f64(xt, yt, M, k0, min(k0 + ch, K), coefs, coefs + M,
+                                          coefs + 2 * M, wp, bp, stream)
+
+
+cdef void _cols_backward_run(const floating *dyt, const floating *xt, floating *gxt, Py_ssize_t M,
+                             Py_ssize_t K, const floating *wp, const floating *coefs,
+                             const floating *rstd, double *gw, double *gb, int nthreads,
+                             int stream) noexcept nogil:
+    """The gradient pass of cols_backward, xt's rows split evenly over the threads (each row's
+    parameter gradients are its own sums: the same bits at any split); coefs: the (4, M)
+    mean (0 for RMS norm), s, k2, k3."""
+    cdef Py_ssize_t t, k0, ch
+    if nthreads <= 1:
+        if floating is float:
+            _kernels.cols_backward_f32(dyt, xt, gxt, M, 0, K, wp, coefs, coefs + M, coefs + 2 * M,
+                                       coefs + 3 * M, rstd, gw, gb, stream)
+        else:
+            _kernels.cols_backward_f64(dyt, xt, gxt, M, 0, K, wp, coefs, coefs + M, coefs + 2 * M,
+                                       coefs + 3 * M, rstd, gw, gb, stream)
+        return
+    ch = _share(K, nthreads)
+    for t in prange(nthreads, num_threads=nthreads, schedule="static"):
+        k0 = t * ch
+        if k0 < K:
+            if floating is float:
+                _kernels.cols_backward_f32(dyt, xt, gxt, M, k0, min(k0 + ch, K), wp, coefs,
+                                           coefs + M, coefs + 2 * M, coefs + 3 * M, rstd, gw, gb,
+                                           stream)
+            else:
+                _kernels.cols_backward_f64(dyt, xt, gxt, M, k0, min(k0 + ch, K), wp, coefs,
+                                           coefs + M, coefs + 2 * M, coefs + 3 * M, rstd, gw, gb,
+                                           stream)
+
+
+def cols_forward(const floating[::1] xt, floating[::1] yt, Py_ssize_t M, Py_ssize_t K,
+                 const floating[::1] w, const floating[::1] b, double eps, bint rms,
+                 floating[::1] mean, floating[::1] rstd, int nthreads, bint callers_out=False):
+    """rows_forward of the M rows of a Fortran-order (M, K) x (K >= 2), read in place as
+    xt = x.T, the C-order (K, M) array whose columns are x's rows: the statistics are batch
+    norm 1-D's column sums (_stats_run), then a pass over xt's rows writes yt = y.T.
+    IN xt: (K*M,), w, b: (K,) or None; OUT yt: like xt, mean (M,; unused for RMS), rstd (M,)."""
+    _check(xt.shape[0] == M * K == yt.shape[0] and K >= 2 and mean.shape[0] == M == rstd.shape[0]
+           and (w is None or w.shape[0] == K) and (b is None or b.shape[0] == K),
+           "cols_forward: inconsistent sizes")
+    if M == 0:
+        return
+    cdef const floating *wp = NULL if w is None else &w[0]
+    cdef const floating *bp = NULL if b is None else &b[0]
+    cdef cnp.ndarray sums = _scratch(2 * M)   # mean, M2
+    cdef double *mean_d = <double *>cnp.PyArray_DATA(sums)
+    cdef floating[::1] coefs = np.empty(3 * M, np.float32 if floating is float else np.float64)
+    cdef Py_ssize_t nbytes = xt.shape[0] * sizeof(floating)
+    cdef int stream = streams(nbytes, 2 * nbytes, callers_out)
+    _stats_run(&xt[0], 1, K, M, 1, mean_d, mean_d + M, nthreads, rms)
+    with nogil:
+        if floating is float:
+            _kernels.cols_coefs_f32(M, K, mean_d, mean_d + M, eps, rms, &mean[0], &rstd[0],
+                                    &coefs[0], &coefs[M], &coefs[2 * M])
+        else:
+            _kernels.cols_coefs_f64(M, K, mean_d, mean_d + M, eps, rms, &mean[0], &rstd[0],
+                                    &coefs[0], &coefs[M], &coefs[2 * M])
+        _cols_forward_run(&xt[0], &yt[0], M, K, &coefs[0], wp, bp, nthreads, stream)
+
+
+def cols_backward(const floating[::1] dyt, const floating[::1] xt, floating[::1] gxt, Py_ssize_t M,
+                  Py_ssize_t K, const floating[::1] w, const floating[::1] mean,
+                  const floating[::1] rstd, bint rms, bint want_gw, bint want_gb, int nthreads):
+    """rows_backward of a Fortran-order (M, K) x (K >= 2) read as cols_forward reads it:
+    dyt, xt and gxt the C-order transposes, (K*M,); mean (M,; ignored for RMS norm).  The
+    sums per row of x are batch norm 1-D's column sums of dy * w (_dual_sums_run with row
+    weights), then a pass over xt's rows writes gxt and sums each of its rows' parameter
+    gradients.  Returns (gw, gb): float64 (K,) arrays, or None where not wanted."""
+    _check(xt.shape[0] == M * K == dyt.shape[0] == gxt.shape[0] and K >= 2
+           and mean.shape[0] == M == rstd.shape[0] and (w is None or w.shape[0] == K),
+           "cols_backward: inconsistent sizes")
+    if M == 0:
+        return (np.zeros(K) if want_gw else None), (np.zeros(K) if want_gb else None)
+    cdef object gw = np.empty(K) if want_gw else None
+    cdef object gb = np.empty(K) if want_gb else None
+    cdef double *gwp = <double *>_data_or_null(gw)
+    cdef double *gbp = <double *>_data_or_null(gb)
+    cdef const floating *wp = NULL if w is None else &w[0]
+    cdef cnp.ndarray sums = _scratch(3 * M)   # centres, a1, a2
+    cdef double *center = <double *>cnp.PyArray_DATA(sums)
+    # mean (zeros for RMS norm, whose rows are centred on 0), s, k2, k3
+    cdef floating[::1] coefs = np.zeros(4 * M, np.float32 if floating is float else np.float64)
+    cdef Py_ssize_t m
+    cdef Py_ssize_t nbytes = xt.shape[0] * sizeof(floating)
+    cdef int stream = streams(nbytes, 3 * nbytes, False)
+    for m in range(M):
+        if not rms:
+            coefs[m] = mean[m]
+        center[m] = <double>coefs[m]
+    _dual_sums_run(&dyt[0], &xt[0], 1, K, M, 1, center, center + M, center + 2 * M, nthreads, wp)
+    with nogil:
+        if floating is float:
+            _kernels.cols_grad_coefs_f32(M, K, &rstd[0], center + M, center + 2 * M, rms,
+                                         &coefs[M], &coefs[2 * M], &coefs[3 * M])
+        else:
+            _kernels.cols_grad_coefs_f64(M, K, &rstd[0], center + M, center + 2 * M, rms,
+                                         &coefs[M], &coefs[2 * M], &coefs[3 * M])
+        _cols_backward_run(&dyt[0], &xt[0], &gxt[0], M, K, wp, &coefs[0], &rstd[0], gwp, gbp,
+                           nthreads, stream)
+    return gw, gb
 
 
 # ---------------------------------------------------------------------------- fast path
@@ -1714,12 +1859,12 @@ def batch_norm_backward_fast(object grad_output, object x, object weight, object
         return (gx,) + _bn_param_grads(weight is not None, bias is not None, rstd_d, s1, s2, typenum)
     if typenum == cnp.NPY_FLOAT32:
         _dual_sums_run[float](<const float *>g_p, <const float *>x_p, 1, A, C, B, mean_dp, s1_p, s2_p,
-                              nthreads)
+                              nthreads, NULL)
         _bn_backward_channels[float](C, n, train, <const float *>w_p, rstd_dp, s1_p, s2_p,
                                      <float *>k1_p, <float *>k2_p, <float *>k3_p)
     else:
         _dual_sums_run[double](<const double *>g_p, <const double *>x_p, 1, A, C, B, mean_dp, s1_p,
-                               s2_p, nthreads)
+                               s2_p, nthreads, NULL)
         _bn_backward_channels[double](C, n, train, <const double *>w_p, rstd_dp, s1_p, s2_p,
                                       <double *>k1_p, <double *>k2_p, <double *>k3_p)
     gx = pooled_empty(nd, dims, typenum, x_p, g_p, B == 1 and _whole_page_rows(C * itemsize))

@@ -6,7 +6,8 @@
  * Batch norm NCHW is (1, N, C, H*W), channels-last (1, N*H*W, C, 1); group norm NCHW is
  * (1, 1, N*G, C/G*H*W) for its statistics and (N, 1, C, H*W) for the affine pass; group
  * norm channels-last (N, H*W, C, 1).  Per-unit parameters are indexed p*C + c.
- * Row kernels see x as (M, K) and normalize each row (layer norm, RMS norm).
+ * Row kernels see x as (M, K) and normalize each row (layer norm, RMS norm); column kernels
+ * normalize the rows of a Fortran-order x, read as its transpose (K, M).
  */
 #ifndef FN_NORMALIZATION_H
 #define FN_NORMALIZATION_H
@@ -70,7 +71,7 @@ static inline double fn_running_step(double r, double f, double s)
     void fn_norm_dual_runs_##suf##_##isa(const T *dy, const T *x, int64_t A, int64_t C, int64_t B, \
         int64_t u0, int64_t u1, const double *center, double *s1, double *s2); \
     void fn_norm_dual_cols_##suf##_##isa(const T *dy, const T *x, int64_t rows, int64_t W, \
-        const double *center, double *s1, double *s2, int fetch); \
+        const double *center, double *s1, double *s2, int fetch, const T *rw); \
     void fn_norm_affine_##suf##_##isa(const T *x, T *y, int64_t A, int64_t C, int64_t B, \
         int64_t u0, int64_t u1, const T *mhi, const T *scale, const T *shift, int stream); \
     void fn_norm_affine_grad_##suf##_##isa(const T *dy, const T *x, T *gx, int64_t A, int64_t C, \
@@ -81,6 +82,15 @@ static inline double fn_running_step(double r, double f, double s)
     void fn_norm_rows_backward_##suf##_##isa(const T *dy, const T *x, T *gx, int64_t K, int64_t r0, \
         int64_t r1, const T *w, const T *mean, const T *rstd, int rms, double *gw, double *gb, \
         int param_pass, int stream); \
+    void fn_norm_cols_coefs_##suf##_##isa(int64_t M, int64_t K, const double *mean_d, \
+        const double *m2, double eps, int rms, T *mean, T *rstd, T *h, T *s, T *o); \
+    void fn_norm_cols_forward_##suf##_##isa(const T *xt, T *yt, int64_t M, int64_t k0, int64_t k1, \
+        const T *h, const T *s, const T *o, const T *w, const T *b, int stream); \
+    void fn_norm_cols_grad_coefs_##suf##_##isa(int64_t M, int64_t K, const T *rstd, \
+        const double *a1, const double *a2, int rms, T *s, T *k2, T *k3); \
+    void fn_norm_cols_backward_##suf##_##isa(const T *dyt, const T *xt, T *gxt, int64_t M, \
+        int64_t k0, int64_t k1, const T *w, const T *mu, const T *s, const T *k2, const T *k3, \
+        const T *rstd, double *gw, double *gb, int stream); \
     void fn_norm_group_forward_##suf##_##isa(const T *x, T *y, int64_t G, int64_t cg, int64_t hw, \
         int64_t u0, int64_t u1, const T *w, const T *b, double eps, double *mean, double *m2, \
         int stream); \
@@ -111,7 +121,8 @@ FN_DECLARE_NORM(avx512)
     void (*stats_cols_##suf)(const T *, int64_t, int64_t, const double *, double *, double *, int); \
     void (*dual_runs_##suf)(const T *, const T *, int64_t, int64_t, int64_t, int64_t, int64_t, \
                             const double *, double *, double *); \
-    void (*dual_cols_##suf)(const T *, const T *, int64_t, int64_t, const double *, double *, double *, int); \
+    void (*dual_cols_##suf)(const T *, const T *, int64_t, int64_t, const double *, double *, double *, int, \
+                            const T *); \
     void (*affine_##suf)(const T *, T *, int64_t, int64_t, int64_t, int64_t, int64_t, \
                          const T *, const T *, const T *, int); \
     void (*affine_grad_##suf)(const T *, const T *, T *, int64_t, int64_t, int64_t, int64_t, int64_t, \
@@ -120,6 +131,15 @@ FN_DECLARE_NORM(avx512)
                                double, int, T *, T *, int); \
     void (*rows_backward_##suf)(const T *, const T *, T *, int64_t, int64_t, int64_t, const T *, \
                                 const T *, const T *, int, double *, double *, int, int); \
+    void (*cols_coefs_##suf)(int64_t, int64_t, const double *, const double *, double, int, T *, T *, \
+                             T *, T *, T *); \
+    void (*cols_forward_##suf)(const T *, T *, int64_t, int64_t, int64_t, const T *, const T *, \
+                               const T *, const T *, const T *, int); \
+    void (*cols_grad_coefs_##suf)(int64_t, int64_t, const T *, const double *, const double *, int, \
+                                  T *, T *, T *); \
+    void (*cols_backward_##suf)(const T *, const T *, T *, int64_t, int64_t, int64_t, const T *, \
+                                const T *, const T *, const T *, const T *, const T *, double *, \
+                                double *, int); \
     void (*group_forward_##suf)(const T *, T *, int64_t, int64_t, int64_t, int64_t, int64_t, \
                                 const T *, const T *, double, double *, double *, int); \
     void (*group_backward_##suf)(const T *, const T *, T *, int64_t, int64_t, int64_t, int64_t, \
@@ -148,6 +168,8 @@ extern const fn_norm_kernels *const fn_norm_kernels_by_isa[FN_ISA_COUNT];
     fn_norm_dual_runs_##suf##_##impl, fn_norm_dual_cols_##suf##_##impl, \
     fn_norm_affine_##suf##_##impl, fn_norm_affine_grad_##suf##_##impl, \
     fn_norm_rows_forward_##suf##_##impl, fn_norm_rows_backward_##suf##_##impl, \
+    fn_norm_cols_coefs_##suf##_##impl, fn_norm_cols_forward_##suf##_##impl, \
+    fn_norm_cols_grad_coefs_##suf##_##impl, fn_norm_cols_backward_##suf##_##impl, \
     fn_norm_group_forward_##suf##_##impl, fn_norm_group_backward_##suf##_##impl, \
     fn_norm_bn_channels_##suf##_##impl, fn_norm_bn_backward_channels_##suf##_##impl, \
     fn_norm_channel_affine_##suf##_##impl, fn_norm_narrow_##suf##_##impl

@@ -881,7 +881,7 @@ void FN_NAME(fn_norm_dual_runs, FN_SUF)(const T *dy, const T *x, int64_t A, int6
  * done. */
 static inline __attribute__((always_inline)) int64_t FN_NAME(dual_cols_visits, FN_SUF)(
     const T *dy, const T *x, int64_t r, int64_t rows, int64_t W, const double *center,
-    double *s1, double *s2, const int k, int fetch)
+    double *s1, double *s2, const int k, int fetch, const T *rw)
 {
     for (; r + k <= rows; r += k) {
         const T *xr = x + r * W, *gr = dy + r * W;
@@ -904,7 +904,7 @@ static inline __attribute__((always_inline)) int64_t FN_NAME(dual_cols_visits, F
                 double h[4];
 #pragma GCC unroll 4
                 for (int j = 0; j < k; ++j)
-                    h[j] = (double)gr[j * W + w];
+                    h[j] = rw ? (double)gr[j * W + w] * (double)rw[r + j] : (double)gr[j * W + w];
 #pragma GCC unroll 4
                 for (int j = 0; j < k; ++j) {
                     a += h[j];
@@ -918,8 +918,13 @@ static inline __attribute__((always_inline)) int64_t FN_NAME(dual_cols_visits, F
     return r;
 }
 
-void FN_NAME(fn_norm_dual_cols, FN_SUF)(const T *dy, const T *x, int64_t rows, int64_t W,
-                                        const double *center, double *s1, double *s2, int fetch)
+/* Column sums of a (rows, W) block: s1[w] += sum_r g, s2[w] += sum_r g * (x[r,w] - center[w])
+ * with g = dy[r,w] * rw[r] (rw: a weight per row, NULL: none, g = dy; the weighted sums are
+ * layer norm's of a Fortran-order x).  dual_cols below is inlined with rw a literal NULL
+ * or not, so that batch norm's sums do not multiply by a weight. */
+static inline __attribute__((always_inline)) void FN_NAME(dual_cols, FN_SUF)(
+    const T *dy, const T *x, int64_t rows, int64_t W, const double *center, double *s1,
+    double *s2, int fetch, const T *rw)
 {
     /* Four rows per visit (fn_norm_stats_cols: eight from 2 KiB rows), the next visit's rows
      * of both arrays fetched chunk by chunk: from memory, 1 thread, Zen 4, kernels through
@@ -927,21 +932,32 @@ void FN_NAME(fn_norm_dual_cols, FN_SUF)(const T *dy, const T *x, int64_t rows, i
      * (8192, 512) 2.00x, (16384, 256) 2.02x, (2048, 2048) 1.21x; from L3 1.13-2.35x.  Chunks
      * of 32 and 128 columns: 1.08-2.30x and 1.10-2.13x.  (On Zen 5, a burst of the next four
      * rows into L1 before each visit had made these sums slower, 1.27-1.30 -> 1.43-1.46 ms.) */
-    int64_t r = FN_NAME(dual_cols_visits, FN_SUF)(dy, x, 0, rows, W, center, s1, s2, 4, fetch);
+    int64_t r = FN_NAME(dual_cols_visits, FN_SUF)(dy, x, 0, rows, W, center, s1, s2, 4, fetch, rw);
     /* The last two or three rows in one visit (as fn_norm_stats_cols, nothing to fetch). */
     if (rows - r == 3)
-        r = FN_NAME(dual_cols_visits, FN_SUF)(dy, x, r, rows, W, center, s1, s2, 3, 0);
+        r = FN_NAME(dual_cols_visits, FN_SUF)(dy, x, r, rows, W, center, s1, s2, 3, 0, rw);
     else if (rows - r == 2)
-        r = FN_NAME(dual_cols_visits, FN_SUF)(dy, x, r, rows, W, center, s1, s2, 2, 0);
+        r = FN_NAME(dual_cols_visits, FN_SUF)(dy, x, r, rows, W, center, s1, s2, 2, 0, rw);
     for (; r < rows; ++r) {
         const T *xr = x + r * W, *gr = dy + r * W;
+        const double wr = rw ? (double)rw[r] : 1.0;
 #pragma omp simd
         for (int64_t w = 0; w < W; ++w) {
-            const double g = (double)gr[w];
+            const double g = rw ? (double)gr[w] * wr : (double)gr[w];
             s1[w] += g;
             s2[w] += g * ((double)xr[w] - center[w]);
         }
     }
+}
+
+void FN_NAME(fn_norm_dual_cols, FN_SUF)(const T *dy, const T *x, int64_t rows, int64_t W,
+                                        const double *center, double *s1, double *s2, int fetch,
+                                        const T *rw)
+{
+    if (rw)
+        FN_NAME(dual_cols, FN_SUF)(dy, x, rows, W, center, s1, s2, fetch, rw);
+    else
+        FN_NAME(dual_cols, FN_SUF)(dy, x, rows, W, center, s1, s2, fetch, NULL);
 }
 
 /* The runs [u0, u1) of fn_norm_affine (B > 1) and of fn_norm_affine_grad, from the last down
@@ -1155,22 +1171,13 @@ static inline __attribute__((always_inline)) void FN_NAME(row_output, FN_SUF)(
 /* What a row's output pass needs of its statistics: y = ((x - h) * s + o) [* w] [+ b]. */
 typedef struct { T h, s, o; } FN_NAME(row_coefs, FN_SUF);
 
-/* Row r's statistics from its sums s1, s2 of x - shift (shift 0 for RMS norm): mean[r] (not
- * for RMS norm) and rstd[r] stored, and the coefficients of its output pass returned. */
-static inline FN_NAME(row_coefs, FN_SUF) FN_NAME(row_stats, FN_SUF)(
-    double shift, double s1, double s2, int64_t K, double eps, int rms, T *mean, T *rstd,
-    int64_t r)
+/* Row r's statistics from its mean mu (0 for RMS norm) and (biased) variance var: mean[r]
+ * (not for RMS norm) and rstd[r] stored, and the coefficients of its output pass returned. */
+static inline FN_NAME(row_coefs, FN_SUF) FN_NAME(row_coefs_from, FN_SUF)(
+    double mu, double var, double eps, int rms, T *mean, T *rstd, int64_t r)
 {
-    double mu = 0.0, var;
-    if (rms) {
-        var = s2 / (double)K;
-    } else {
-        mu = shift + s1 / (double)K;
-        var = (s2 - s1 * (s1 / (double)K)) / (double)K;
-        if (var < 0.0)
-            var = 0.0;
+    if (!rms)
         mean[r] = (T)mu;
-    }
     const double rs = 1.0 / sqrt(var + eps);
     rstd[r] = (T)rs;
     /* x - mu = (x - h) - (mu - h) with h = mu rounded to T: x - h is exact near the
@@ -1187,6 +1194,24 @@ static inline FN_NAME(row_coefs, FN_SUF) FN_NAME(row_stats, FN_SUF)(
     const double shift_o = fn_affine_shift(mu, (double)c.h, (double)c.s, -0.0);
     c.o = (T)(isnan(shift_o) ? -0.0 : shift_o);
     return c;
+}
+
+/* Row r's statistics from its sums s1, s2 of x - shift (shift 0 for RMS norm): mean[r] (not
+ * for RMS norm) and rstd[r] stored, and the coefficients of its output pass returned. */
+static inline FN_NAME(row_coefs, FN_SUF) FN_NAME(row_stats, FN_SUF)(
+    double shift, double s1, double s2, int64_t K, double eps, int rms, T *mean, T *rstd,
+    int64_t r)
+{
+    double mu = 0.0, var;
+    if (rms) {
+        var = s2 / (double)K;
+    } else {
+        mu = shift + s1 / (double)K;
+        var = (s2 - s1 * (s1 / (double)K)) / (double)K;
+        if (var < 0.0)
+            var = 0.0;
+    }
+    return FN_NAME(row_coefs_from, FN_SUF)(mu, var, eps, rms, mean, rstd, r);
 }
 
 /* row_output of row r (xr, yr) with coefficients c, for each combination of w and b. */
@@ -1503,6 +1528,17 @@ static inline void FN_NAME(rows_param_sums, FN_SUF)(const T *dy, const T *x, int
  * in cache (at least four rows). */
 #define PARAM_BLOCK_BYTES ((int64_t)192 << 10)
 
+/* The coefficients of a row's gx = g * s + (x - mean) * k2 + k3 (fn_norm_rows_backward below)
+ * from its rstd rs (as double) and its sums a1 = sum(g), a2 = sum(g * (x - mean)) over K
+ * elements. */
+static inline void FN_NAME(row_grad_coefs, FN_SUF)(double rs, double a1, double a2, int64_t K,
+                                                   int rms, T *s, T *k2, T *k3)
+{
+    *s = (T)rs;
+    *k2 = (T)(-rs * rs * rs * a2 / (double)K);
+    *k3 = rms ? (T)0 : (T)(-rs * a1 / (double)K);
+}
+
 /* The body of rows_backward_up / rows_backward_down below, each row's gx written by
  * ROW_MAP(EXPR of k): upwards (ROW_UP, streamed where asked) or downwards (ROW_DOWN). */
 #define ROWS_BACKWARD(ROW_MAP)                                                                 \
@@ -1530,9 +1566,8 @@ static inline void FN_NAME(rows_param_sums, FN_SUF)(const T *dy, const T *x, int
                     else                                                                       \
                         GRAD_ROW_SUMS(NULL, NULL, NULL, 0);                                    \
                 }                                                                              \
-                const T s = (T)rs;                                                             \
-                const T k2 = (T)(-rs * rs * rs * a2 / (double)K);                              \
-                const T k3 = rms ? (T)0 : (T)(-rs * a1 / (double)K);                           \
+                T s, k2, k3;                                                                   \
+                FN_NAME(row_grad_coefs, FN_SUF)(rs, a1, a2, K, rms, &s, &k2, &k3);             \
                 if (FN_NAME(nan_grad_run, FN_SUF)(out, K, s, mu, k2, k3))                      \
                     continue; /* a NaN row: one NaN's bits in both directions */               \
                 if (w)                                                                         \
@@ -1599,6 +1634,135 @@ void FN_NAME(fn_norm_rows_backward, FN_SUF)(const T *dy, const T *x, T *gx, int6
                                           param_pass, stream);
 }
 #undef GRAD_ROW_SUMS
+
+/* Layer and RMS norm of a Fortran-order (M, K) x, each of its M rows normalized, read in
+ * place as its C-order transpose xt, (K, M): row m of x is column m of xt.  Its statistics
+ * are the column sums of batch norm 1-D (fn_norm_stats_cols, fn_norm_dual_cols, called by
+ * normalization.pyx); below are the coefficients and the passes over the rows of xt.  The
+ * arithmetic per element is that of the row kernels above, so the results differ from those
+ * of x in C order only where the sums, added in another order, round differently. */
+
+/* Each column's statistics over K elements from its float64 mean and M2 (the column sums of
+ * fn_norm_stats_cols shifted by the column's first element, finished), or for RMS norm from
+ * its plain sum of squares m2 (unshifted sums, not finished: a mean square as the rows'
+ * s2 / K): mean[m] (not for RMS norm) and rstd[m] stored, and the output pass's h[m], s[m],
+ * o[m] (row_coefs_from). */
+void FN_NAME(fn_norm_cols_coefs, FN_SUF)(int64_t M, int64_t K, const double *mean_d,
+                                         const double *m2, double eps, int rms, T *mean, T *rstd,
+                                         T *h, T *s, T *o)
+{
+    for (int64_t m = 0; m < M; ++m) {
+        const FN_NAME(row_coefs, FN_SUF) c = FN_NAME(row_coefs_from, FN_SUF)(
+            rms ? 0.0 : mean_d[m], m2[m] / (double)K, eps, rms, mean, rstd, m);
+        h[m] = c.h;
+        s[m] = c.s;
+        o[m] = c.o;
+    }
+}
+
+/* The cols passes below go over xt's rows in tiles of 4 KiB of each per-column
+ * vector, all rows [k0, k1) of one tile before the next: the vectors of a tile stay in L1,
+ * where whole rows of wide x.T (an (8192, 768) x: three vectors of 32 KiB) read them from L2
+ * for every row. */
+#define COLS_TILE ((int64_t)(4096 / sizeof(T)))
+
+/* Rows [k0, k1) of yt = y.T: yt[k, m] = ((xt[k, m] - h[m]) * s[m] + o[m]) [* w[k]] [+ b[k]]
+ * (w, b NULL: absent), row_output's expression for row m of x.  stream: yt by non-temporal
+ * stores (fn_stream.h). */
+void FN_NAME(fn_norm_cols_forward, FN_SUF)(const T *xt, T *yt, int64_t M, int64_t k0, int64_t k1,
+                                           const T *h, const T *s, const T *o, const T *w,
+                                           const T *b, int stream)
+{
+    for (int64_t m0 = 0; m0 < M; m0 += COLS_TILE) {
+        const int64_t n = M - m0 < COLS_TILE ? M - m0 : COLS_TILE;
+        const T *ht = h + m0, *st = s + m0, *ot = o + m0;
+        for (int64_t k = k0; k < k1; ++k) {
+            const T *xr = xt + k * M + m0;
+            T *yr = yt + k * M + m0;
+            if (w && b) {
+                const T wk = w[k], bk = b[k];
+                FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, yr, n, m,
+                                ((xr[m] - ht[m]) * st[m] + ot[m]) * wk + bk);
+            } else if (w) {
+                const T wk = w[k];
+                FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, yr, n, m,
+                                ((xr[m] - ht[m]) * st[m] + ot[m]) * wk);
+            } else if (b) {
+                const T bk = b[k];
+                FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, yr, n, m,
+                                ((xr[m] - ht[m]) * st[m] + ot[m]) + bk);
+            } else {
+                FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, yr, n, m, (xr[m] - ht[m]) * st[m] + ot[m]);
+            }
+        }
+    }
+    if (stream)
+        fn_stream_fence();
+}
+
+/* Each column's coefficients of the backward (row_grad_coefs) from its rstd and its float64
+ * sums a1 = sum(dy * w), a2 = sum(dy * w * (x - mean)) (fn_norm_dual_cols with row weights). */
+void FN_NAME(fn_norm_cols_grad_coefs, FN_SUF)(int64_t M, int64_t K, const T *rstd,
+                                              const double *a1, const double *a2, int rms, T *s,
+                                              T *k2, T *k3)
+{
+    for (int64_t m = 0; m < M; ++m)
+        FN_NAME(row_grad_coefs, FN_SUF)((double)rstd[m], a1[m], a2[m], K, rms, &s[m], &k2[m],
+                                        &k3[m]);
+}
+
+/* Rows [k0, k1) of gxt = grad_x.T: gxt[k, m] = dyt[k, m] [* w[k]] * s[m] + (xt[k, m] - mu[m])
+ * * k2[m] + k3[m] (w NULL: absent; mu zeros for RMS norm), the row kernels' expression for
+ * row m of x, by tiles (COLS_TILE); where gw / gb are not NULL, also row k's parameter
+ * gradients gw[k] = sum_m dy * ((x - mu[m]) * rstd[m]) and gb[k] = sum_m dy in float64 (the
+ * terms as rows_param_sums computes them), each tile's part summed after the tile's gxt
+ * while its dy and x are in cache, and the parts added tile after tile.  stream: gxt by
+ * non-temporal stores. */
+void FN_NAME(fn_norm_cols_backward, FN_SUF)(const T *dyt, const T *xt, T *gxt, int64_t M,
+                                            int64_t k0, int64_t k1, const T *w, const T *mu,
+                                            const T *s, const T *k2, const T *k3, const T *rstd,
+                                            double *gw, double *gb, int stream)
+{
+    for (int64_t k = k0; k < k1; ++k) {
+        if (gw)
+            gw[k] = 0.0;
+        if (gb)
+            gb[k] = 0.0;
+    }
+    for (int64_t m0 = 0; m0 < M; m0 += COLS_TILE) {
+        const int64_t n = M - m0 < COLS_TILE ? M - m0 : COLS_TILE;
+        const T *mt = mu + m0, *st = s + m0, *k2t = k2 + m0, *k3t = k3 + m0, *rt = rstd + m0;
+        for (int64_t k = k0; k < k1; ++k) {
+            const T *dr = dyt + k * M + m0, *xr = xt + k * M + m0;
+            T *out = gxt + k * M + m0;
+            if (w) {
+                const T wk = w[k];
+                FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, out, n, m,
+                                dr[m] * wk * st[m] + (xr[m] - mt[m]) * k2t[m] + k3t[m]);
+            } else {
+                FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, out, n, m,
+                                dr[m] * st[m] + (xr[m] - mt[m]) * k2t[m] + k3t[m]);
+            }
+            if (gw) {
+                double a = 0.0;
+#pragma omp simd reduction(+:a)
+                for (int64_t m = 0; m < n; ++m)
+                    a += (double)dr[m] * ((double)(xr[m] - mt[m]) * (double)rt[m]);
+                gw[k] += a;
+            }
+            if (gb) {
+                double c = 0.0;
+#pragma omp simd reduction(+:c)
+                for (int64_t m = 0; m < n; ++m)
+                    c += (double)dr[m];
+                gb[k] += c;
+            }
+        }
+    }
+    if (stream)
+        fn_stream_fence();
+}
+#undef COLS_TILE
 
 /* Batch norm's per-channel arithmetic in float64, vectorized: every operation is one IEEE
  * operation (+, -, *, /, sqrt, a conversion), each correctly rounded in a vector lane as in
