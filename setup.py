@@ -93,7 +93,7 @@ def _api_extensions():
 
     # Plain Python semantics: none of the kernels' directives (wraparound=False would change
     # what a negative index means in this code).
-    exts = [Extension("fastnorm." + name, sources=[os.path.join("fastnorm", name + ".py")])
+    exts = [Extension("fastnorm." + name, sources=[os.path.join("fastnorm", *name.split(".")) + ".py"])
             for name in _api_modules()]
     return cythonize(exts, compiler_directives={"language_level": 3})
 

@@ -54,7 +54,7 @@ def _stale_compiled_modules(interpreted):
     if not os.path.exists(os.path.join(os.path.dirname(package), "setup.py")):
         return []
     return [name for name in _config.API_MODULES if name not in interpreted
-            and os.path.getmtime(os.path.join(package, name + ".py"))
+            and os.path.getmtime(os.path.join(package, *name.split(".")) + ".py")
             > os.path.getmtime(importlib.import_module("fastnorm." + name).__file__)]
 
 
