@@ -3,9 +3,10 @@ backward on such inputs, against the same values in C order, NumPy's formula and
 
     python bench/layout.py [--threads 1 2] [--repeats 15] [--json FILE]
 
-Every kernel reads C-order rows, so a Fortran-order input is first copied into C order
-(fastnorm/_ext/include/fn_layout.h, from _arrays._REORDER_MIN elements on); this shows what
-that copy costs on top of the C-order call.  Peers, interleaved in one run (medians, as
+The elementwise kernels read C-order rows, so a Fortran-order input is first copied into C
+order there (fastnorm/_ext/include/fn_layout.h, from _arrays._REORDER_MIN elements on); batch
+norm, and layer and RMS norm from 64 rows, read it in place as x.T.  This shows what the
+layout costs on top of the C-order call.  Peers, interleaved in one run (medians, as
 fastnorm.bench measures them, with its malloc settings): "fastnorm" on the Fortran-order
 input, "fastnorm C" on a C-order copy of it, "numpy" (fastnorm.reference, the formula a
 NumPy user writes, on the Fortran-order input) and "torch" (its native op on a tensor with

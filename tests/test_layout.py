@@ -1,4 +1,4 @@
-"""The copy of Fortran-order arrays into C order (and back) that every family makes of such
+"""The copy of Fortran-order arrays into C order (and back) that most families make of such
 inputs: fn_layout.h through _runtime.to_c_order, used by _arrays.aligned_contiguous from
 _REORDER_MIN elements on (NumPy's own copy below that)."""
 import numpy as np
@@ -263,20 +263,21 @@ def test_batch_norm_reads_fortran_order_in_place(shape, channels_last, dtype, co
 
 @pytest.fixture
 def column_calls(monkeypatch):
-    """Counts the calls of the column kernels of layer and RMS norm (Fortran-order x)."""
+    """Records (name, arguments) of every call of the column kernels of layer and RMS norm
+    (Fortran-order x)."""
     calls = []
     ext = _config.extension("normalization")
     for name in ("cols_forward", "cols_backward"):
         original = getattr(ext, name)
-        monkeypatch.setattr(ext, name, lambda *a, _o=original, _n=name: (calls.append(_n), _o(*a))[1])
+        monkeypatch.setattr(ext, name, lambda *a, _o=original, _n=name: (calls.append((_n, a)), _o(*a))[1])
     return calls
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("shape,nk", [((400, 96), 1), ((100, 6, 8), 2), ((20, 5, 64), 1),
                                       ((2000, 3), 1), ((64, 2), 1)])
-def test_layer_norm_reads_fortran_order_in_place(shape, nk, dtype, copies, column_calls,
-                                                 backend_cython, rng):
+def test_layer_norm_reads_fortran_order_in_place(shape, nk, dtype, column_calls, backend_cython,
+                                                 rng):
     """A Fortran-order x with at least 64 rows is read as x.T (no copy into C order), y and
     grad_x come out in its layout, mean, rstd and the parameter gradients in C order, all with
     the C-order call's values (summed in another order: not always its bits)."""
@@ -286,6 +287,7 @@ def test_layer_norm_reads_fortran_order_in_place(shape, nk, dtype, copies, colum
     w, b = rng.standard_normal(ns).astype(dtype), rng.standard_normal(ns).astype(dtype)
     xf, gf = np.asfortranarray(x), np.asfortranarray(g)
     for weight, bias in ((w, b), (None, None), (w, None), (None, b)):
+        column_calls.clear()
         y, mean, rstd = fastnorm.layer_norm(x, ns, weight, bias)
         yf, mean_f, rstd_f = fastnorm.layer_norm(xf, ns, weight, bias)
         assert yf.flags.f_contiguous and yf.dtype == dtype
@@ -311,29 +313,48 @@ def test_layer_norm_reads_fortran_order_in_place(shape, nk, dtype, copies, colum
                         fastnorm.rms_norm_backward(g, x, ns, weight, rstd)):
             assert (u is None) == (v is None)
             if u is not None:
+                assert u.shape == v.shape and u.dtype == v.dtype
                 _close(u, v, dtype)
+        names = [name for name, _ in column_calls]
+        assert names == ["cols_forward", "cols_backward", "cols_backward", "cols_forward",
+                         "cols_backward"]
+        if dtype != np.float16:  # (float16 is converted to float32 first)
+            for name, args in column_calls:  # x read where it lies: (dy, x) or (x)
+                assert np.shares_memory(args[1] if name == "cols_backward" else args[0], xf)
     y = fastnorm.layer_norm(x, ns, w, b)[0]
-    for out in (np.empty(shape, dtype), np.empty(shape, dtype, order="F")):
-        assert fastnorm.layer_norm(xf, ns, w, b, out=out)[0] is out
-        _close(out, y, dtype)
+    out = np.empty(shape, dtype, order="F")
+    assert fastnorm.layer_norm(xf, ns, w, b, out=out)[0] is out
+    _close(out, y, dtype)
     in_place = xf.copy(order="F")
     assert fastnorm.layer_norm(in_place, ns, w, b, out=in_place)[0] is in_place
     _close(in_place, y, dtype)
-    assert "cols_forward" in column_calls and "cols_backward" in column_calls
-    copies.clear()
-    fastnorm.layer_norm_backward(gf, xf, ns, w, *fastnorm.layer_norm(xf, ns, w, b)[1:], bias=b)
-    fastnorm.rms_norm_backward(gf, xf, ns, w, fastnorm.rms_norm(xf, ns, w)[1])
-    assert copies == []
 
 
-def test_layer_norm_of_few_fortran_order_rows_copies(column_calls, backend_cython, rng):
-    """Below 64 rows (and for rows of one element) a Fortran-order x is copied into C order,
-    whose kernels are faster there; the same values either way."""
-    for shape in ((63, 300), (2, 5000), (200, 1, 1)):
-        x = np.asfortranarray(rng.standard_normal(shape).astype(np.float32))
-        y, mean, rstd = fastnorm.layer_norm(x, shape[-1])
-        _close(y, fastnorm.layer_norm(np.ascontiguousarray(x), shape[-1])[0], np.float32)
-        fastnorm.layer_norm_backward(x, x, shape[-1], None, mean, rstd)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layer_norm_of_other_fortran_order_calls_copies(dtype, copies, column_calls,
+                                                         backend_cython, rng):
+    """Below 64 rows, for rows of one element, and with a C-order out=, a Fortran-order x is
+    copied into C order and takes the C-order kernels: their bits, in every output."""
+    for shape, out_order in (((63, 300), None), ((20, 10, 1), None), ((400, 96), "C")):
+        x = (3 + rng.standard_normal(shape)).astype(dtype)
+        g = rng.standard_normal(shape).astype(dtype)
+        w = rng.standard_normal(shape[-1]).astype(dtype)
+        xf, gf = np.asfortranarray(x), np.asfortranarray(g)
+        copies.clear()
+        out = None if out_order is None else np.empty(shape, dtype, order=out_order)
+        y, mean, rstd = fastnorm.layer_norm(x, shape[-1], w, w)
+        yf, mean_f, rstd_f = fastnorm.layer_norm(xf, shape[-1], w, w, out=out)
+        assert out is None or yf is out
+        for u, v in ((yf, y), (mean_f, mean), (rstd_f, rstd)):
+            assert u.tobytes("C") == v.tobytes("C")
+        if out is None:
+            for u, v in zip(fastnorm.layer_norm_backward(gf, xf, shape[-1], w, mean, rstd, bias=w),
+                            fastnorm.layer_norm_backward(g, x, shape[-1], w, mean, rstd, bias=w)):
+                assert u.tobytes("C") == v.tobytes("C")
+            y, rstd = fastnorm.rms_norm(x, shape[-1], w)
+            for u, v in zip(fastnorm.rms_norm(xf, shape[-1], w), (y, rstd)):
+                assert u.tobytes("C") == v.tobytes("C")
+        assert copies or x.size < _arrays._REORDER_MIN  # the compiled copy from 8192 elements
     assert column_calls == []
 
 
@@ -341,18 +362,20 @@ def test_layer_norm_of_few_fortran_order_rows_copies(column_calls, backend_cytho
 def test_layer_norm_of_fortran_order_matches_the_oracle_and_threads(dtype, column_calls,
                                                                      backend_cython, rng):
     """The column kernels against the NumPy reference, rows with a NaN, an infinity, a
-    constant and a large offset included, and with the same bits at 1 and 2 threads (each
-    row's sums are split by the shape alone)."""
+    constant and a large offset included (the parameter gradients, which sum over all rows,
+    on the finite rows alone), and with the same bits at 1 and 2 threads (each row's sums
+    are split by the shape alone)."""
     from fastnorm import reference
     x = rng.standard_normal((300, 160)).astype(dtype)
     x[3, 7], x[5, 0], x[9] = np.nan, np.inf, 2.5
     x[11] += 1e4
+    finite = np.isfinite(x).all(axis=1)
     g = rng.standard_normal(x.shape).astype(dtype)
     w, b = rng.standard_normal(160).astype(dtype), rng.standard_normal(160).astype(dtype)
-    xf, gf = np.asfortranarray(x), np.asfortranarray(g)
     tol = 1e-4 if dtype == np.float32 else 1e-10
 
-    def run():
+    def run(x, g):
+        xf, gf = np.asfortranarray(x), np.asfortranarray(g)
         y, mean, rstd = fastnorm.layer_norm(xf, 160, w, b)
         y_rms, rstd_rms = fastnorm.rms_norm(xf, 160, w)
         return ((y, mean, rstd) + fastnorm.layer_norm_backward(gf, xf, 160, w, mean, rstd, bias=b)
@@ -360,29 +383,30 @@ def test_layer_norm_of_fortran_order_matches_the_oracle_and_threads(dtype, colum
 
     fastnorm.set_num_threads(1)
     try:
-        one = run()
+        one = run(x, g)
         fastnorm.set_num_threads(2)
-        two = run()
+        two = run(x, g)
     finally:
         fastnorm.set_num_threads(None)
     for u, v in zip(one, two):
         assert u.tobytes() == v.tobytes()
-    y, mean, rstd = one[:3]
-    finite = np.isfinite(x).all(axis=1)
-    expected = reference.layer_norm(x, (160,), w, b)
-    for u, v in zip((y, mean, rstd), expected):
+    y, mean, rstd, gx, _, _, y_rms, rstd_rms, gx_rms, _ = one
+    for u, v in zip((y, mean, rstd), reference.layer_norm(x, (160,), w, b)):
         np.testing.assert_allclose(u, v, rtol=tol, atol=tol)
     assert np.isnan(y[~finite]).all() and np.isfinite(y[finite]).all()
     np.testing.assert_array_equal(y[9], b)  # a constant row: (x - mean) * rstd is 0
-    expected = reference.layer_norm_backward(g, x, (160,), w, mean, rstd, bias=b)
-    for u, v in zip(one[3:6], expected):
-        np.testing.assert_allclose(u[finite] if u.shape == x.shape else u[np.isfinite(v)],
-                                   v[finite] if v.shape == x.shape else v[np.isfinite(v)],
-                                   rtol=10 * tol, atol=10 * tol)
-    expected = reference.rms_norm(x, (160,), w)
-    for u, v in zip(one[6:8], expected):
+    expected = reference.layer_norm_backward(g, x, (160,), w, mean, rstd, bias=b)[0]
+    np.testing.assert_allclose(gx, expected, rtol=10 * tol, atol=10 * tol)
+    for u, v in zip((y_rms, rstd_rms), reference.rms_norm(x, (160,), w)):
         np.testing.assert_allclose(u, v, rtol=tol, atol=tol)
-    expected = reference.rms_norm_backward(g, x, (160,), w, one[7])
-    for u, v in zip(one[8:], expected):
+    expected = reference.rms_norm_backward(g, x, (160,), w, rstd_rms)[0]
+    np.testing.assert_allclose(gx_rms, expected, rtol=10 * tol, atol=10 * tol)
+    xc, gc = x[finite], g[finite]  # the parameter gradients over the finite rows
+    clean = run(xc, gc)
+    expected = reference.layer_norm_backward(gc, xc, (160,), w, clean[1], clean[2], bias=b)
+    for u, v in zip(clean[3:6], expected):
         np.testing.assert_allclose(u, v, rtol=10 * tol, atol=10 * tol)
-    assert column_calls
+    expected = reference.rms_norm_backward(gc, xc, (160,), w, clean[7])
+    for u, v in zip(clean[8:], expected):
+        np.testing.assert_allclose(u, v, rtol=10 * tol, atol=10 * tol)
+    assert {name for name, _ in column_calls} == {"cols_forward", "cols_backward"}

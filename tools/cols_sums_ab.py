@@ -2,10 +2,12 @@
 builds, called through ctypes in one process, interleaved, as normalization.pyx calls them
 (row blocks of max(64, ceil(rows / 32)) rows, each into its own partial sums).
 
-    python tools/cols_sums_ab.py OLD.so[:FETCH] NEW.so[:FETCH] [SHAPES] [--cold] [--f64]
+    python tools/cols_sums_ab.py OLD.so[:FETCH[:rw]] NEW.so[:FETCH[:rw]] [SHAPES] [--cold] [--f64]
 
 OLD.so / NEW.so: copies of fastnorm/_ext/normalization*.so of the two builds.  FETCH (0 or 1)
-is the kernels' last argument; leave it out for a build from before it existed.  SHAPES:
+is the kernels' fetch argument; leave it out for a build from before it existed.  ":rw" marks
+a build whose fn_norm_dual_cols takes row weights after it (from 2026-12-05 on; passed NULL,
+batch norm's call); leave it out for a build from before.  SHAPES:
 rows x columns, comma-separated (default 4096x1024,8192x512,16384x256).  --cold reads a
 64 MiB buffer before every call.  Prints medians per kernel and build, the ratio to the first
 build, and whether the sums are the same bits.
@@ -20,10 +22,11 @@ P, I = ctypes.c_void_p, ctypes.c_int64
 
 
 def kernel(spec, name, dtype, args):
-    path, _, fetch = spec.partition(":")
+    path, fetch, rw = (spec.split(":") + ["", ""])[:3]
     f = getattr(ctypes.CDLL(path), f"fn_norm_{name}_{'f64' if dtype == np.float64 else 'f32'}_avx512")
-    f.argtypes = args + ([ctypes.c_int] if fetch else [])
-    return (lambda *a: f(*a, int(fetch))) if fetch else f
+    tail = ([int(fetch)] if fetch else []) + ([None] if rw == "rw" and name == "dual_cols" else [])
+    f.argtypes = args + ([ctypes.c_int] if fetch else []) + ([P] if len(tail) > bool(fetch) else [])
+    return lambda *a: f(*a, *tail)
 
 
 def by_blocks(call, rows, cols):

@@ -468,9 +468,9 @@ cdef int _dual_sums_run(const floating *dy, const floating *x, Py_ssize_t P, Py_
     cdef double *s2p
     cdef bint direct
     cdef Py_ssize_t cen_words
+    if rw != NULL and not (P == 1 and B == 1 and A > 1):
+        raise ValueError("_dual_sums_run: row weights need P == 1, one-element runs, A > 1")
     if B >= RUN_MIN or A == 1:
-        if rw != NULL:
-            raise ValueError("_dual_sums_run: row weights need one-element runs")
         with nogil:
             if nthreads <= 1 or U == 1:
                 if floating is float:

@@ -1639,8 +1639,12 @@ void FN_NAME(fn_norm_rows_backward, FN_SUF)(const T *dy, const T *x, T *gx, int6
  * place as its C-order transpose xt, (K, M): row m of x is column m of xt.  Its statistics
  * are the column sums of batch norm 1-D (fn_norm_stats_cols, fn_norm_dual_cols, called by
  * normalization.pyx); below are the coefficients and the passes over the rows of xt.  The
- * arithmetic per element is that of the row kernels above, so the results differ from those
- * of x in C order only where the sums, added in another order, round differently. */
+ * forward's arithmetic per element is that of the row kernels above, so its results differ
+ * from those of x in C order only where the sums, added in another order, round differently;
+ * the backward's sums take x - mean in double (the column sums' form), where the row kernels
+ * round it to T first, so its float32 gradients differ in the last bits more often.  The
+ * parameter gradients' sums along xt's rows are gcc's vector reductions, whose order follows
+ * the vector width: float64 ones can differ in the last bit between the kernel variants. */
 
 /* Each column's statistics over K elements from its float64 mean and M2 (the column sums of
  * fn_norm_stats_cols shifted by the column's first element, finished), or for RMS norm from
