@@ -528,16 +528,17 @@ def batch_norm_backward(grad_output, x, weight, mean, rstd, *, training=True, ch
 # ---------------------------------------------------------------------------- layer / RMS norm
 
 # A Fortran-order x whose rows are normalized is read in place as x.T (the cols kernels,
-# batch norm 1-D's column sums) when it has at least _COLS_MIN_ROWS rows (the kernels' loops
-# run along a row of x.T, one element per row of x) and rows of two elements or more, and
-# any out= is Fortran-order too (a C-order out would take NumPy's transposing copy of the
-# result: (8192, 768) float32 32.7 ms against 4.9 through the C-order copy of x); anything
-# else is copied into C order.  The copy against the cols kernels, float32 rows of 768,
-# through the API, 1 / 2 threads, forward and backward: 32 rows 0.93x / 0.82x at 1 thread
-# (0.93x / 0.74x at 2), 64 rows 1.06x / 3.3x (1.5x / 4.6x), 128 rows 7.2x / 6.1x (10.3x /
-# 8.9x; the copy of rows a multiple of 4 KiB apart is slow), (32, 4096) 1.4x / 1.0x,
-# (4096, 8) 1.9x / 2.8x.
-_COLS_MIN_ROWS = 64
+# batch norm 1-D's column sums) when it has _COLS_MIN_ROWS rows or more, of two elements or
+# more, and any out= is Fortran-order too (a C-order out would take NumPy's transposing copy
+# of the result: (8192, 768) float32 32.7 ms, against 4.9 through the C-order copy of x).
+# Any other layout is copied into C order, and so are fewer or one-element rows, whose y and
+# grad_x are then copied back into Fortran order: y and grad_x come in x's layout either way.
+# The cols kernels' loops run along x.T's rows, an element per row of x: float32 rows of 768,
+# 1 thread, forward / backward, cols against the copies (both ways), us: 8 rows 5.4 / 19.3
+# against 7.5 / 11.5, 16 rows 6.6 / 20.1 against 15.1 / 26.1, 64 rows 16.2 / 44.5 against
+# 80.8 / 249 (the copy of rows a multiple of 4 KiB apart is slow).  (normalization.pyx's
+# fast path takes the same turns.)
+_COLS_MIN_ROWS = 16
 
 
 def _by_columns(x, k, out=None):
@@ -571,7 +572,10 @@ def _rows_forward(func, x, ns, weight, bias, eps, rms, out):
     mean, rstd = np.empty(m, cd), np.empty(m, cd)
     ext.rows_forward(xc.reshape(-1), buf.reshape(-1), m, k, wc, bc, eps, rms, mean, rstd, _threads(x),
                      buf is out)
-    return _deliver(buf, x.dtype, out), mean.reshape(lead), rstd.reshape(lead)
+    y = _deliver(buf, x.dtype, out)
+    if out is None and _fortran_only(x):
+        y = aligned_contiguous(y, order="F")
+    return y, mean.reshape(lead), rstd.reshape(lead)
 
 
 def _lead_stat(flat, lead):
@@ -607,7 +611,8 @@ def _rows_backward(func, g, x, ns, weight, mean, rstd, rms, want_gb):
                                _vector(weight, cd), mean_c, rstd_c, rms, weight is not None,
                                want_gb, _threads(x))
     gw = None if gw is None else gw.reshape(ns).astype(weight.dtype)
-    return cast(gx, x.dtype), gw, gb
+    gx = cast(gx, x.dtype)
+    return (aligned_contiguous(gx, order="F") if _fortran_only(x) else gx), gw, gb
 
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, out=None):

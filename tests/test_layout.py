@@ -275,27 +275,41 @@ def column_calls(monkeypatch):
 
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("shape,nk", [((400, 96), 1), ((100, 6, 8), 2), ((20, 5, 64), 1),
-                                      ((2000, 3), 1), ((64, 2), 1)])
-def test_layer_norm_reads_fortran_order_in_place(shape, nk, dtype, column_calls, backend_cython,
-                                                 rng):
-    """A Fortran-order x with at least 64 rows is read as x.T (no copy into C order), y and
-    grad_x come out in its layout, mean, rstd and the parameter gradients in C order, all with
-    the C-order call's values (summed in another order: not always its bits)."""
+                                      ((2000, 3), 1), ((16, 2), 1)])
+def test_layer_norm_reads_fortran_order_in_place(shape, nk, dtype, column_calls, monkeypatch,
+                                                 backend_cython, rng):
+    """A Fortran-order x with at least 16 rows is read as x.T (no copy into C order), by the
+    C-level fast path (2-D float32 / float64, one normalized axis) or the general path, with
+    the same bits: y and grad_x come out in x's layout, mean, rstd and the parameter
+    gradients in C order, all with the C-order call's values (summed in another order: not
+    always its bits)."""
+    ext, fast = _config.extension("normalization"), []
+    for name, x_at in (("rows_forward_fast", 0), ("rows_backward_fast", 1)):
+        def spy(*a, _o=getattr(ext, name), _n=name, _x=x_at):
+            result = _o(*a)
+            if a[_x].flags.f_contiguous and not a[_x].flags.c_contiguous:
+                fast.append((_n, result is not None))
+            return result
+        monkeypatch.setattr(ext, name, spy)
     ns = shape[len(shape) - nk:]
     x = (3 + rng.standard_normal(shape)).astype(dtype)
     g = rng.standard_normal(shape).astype(dtype)
     w, b = rng.standard_normal(ns).astype(dtype), rng.standard_normal(ns).astype(dtype)
     xf, gf = np.asfortranarray(x), np.asfortranarray(g)
+    general_eps = np.float64(1e-5)  # not an exact float: the fast paths leave the call
     for weight, bias in ((w, b), (None, None), (w, None), (None, b)):
         column_calls.clear()
+        fast.clear()
         y, mean, rstd = fastnorm.layer_norm(x, ns, weight, bias)
         yf, mean_f, rstd_f = fastnorm.layer_norm(xf, ns, weight, bias)
         assert yf.flags.f_contiguous and yf.dtype == dtype
         for u, v in ((yf, y), (mean_f, mean), (rstd_f, rstd)):
             assert u.shape == v.shape and u.dtype == v.dtype and (u is yf or u.flags.c_contiguous)
             _close(u, v, dtype)
+        for u, v in zip(fastnorm.layer_norm(xf, ns, weight, bias, eps=general_eps), (yf, mean_f, rstd_f)):
+            assert u.flags.f_contiguous == v.flags.f_contiguous and u.tobytes("A") == v.tobytes("A")
         grads = fastnorm.layer_norm_backward(g, x, ns, weight, mean, rstd, bias=bias)
-        for grad_output in (gf, g):  # g is copied into x's layout
+        for grad_output in (gf, g):  # g is copied into x's layout (by the general path)
             grads_f = fastnorm.layer_norm_backward(grad_output, xf, ns, weight, mean, rstd, bias=bias)
             assert grads_f[0].flags.f_contiguous and grads_f[0].dtype == dtype
             for u, v in zip(grads_f, grads):
@@ -304,20 +318,32 @@ def test_layer_norm_reads_fortran_order_in_place(shape, nk, dtype, column_calls,
                     assert u.shape == v.shape and u.dtype == v.dtype
                     assert u is grads_f[0] or u.flags.c_contiguous
                     _close(u, v, dtype)
+            if grad_output is gf:
+                grads_ff = grads_f
+            else:  # the general path's bits are the fast path's
+                for u, v in zip(grads_f, grads_ff):
+                    assert (u is None and v is None) or u.tobytes("A") == v.tobytes("A")
         y, rstd = fastnorm.rms_norm(x, ns, weight)
         yf, rstd_f = fastnorm.rms_norm(xf, ns, weight)
         assert yf.flags.f_contiguous
         _close(yf, y, dtype)
         _close(rstd_f, rstd, dtype)
+        for u, v in zip(fastnorm.rms_norm(xf, ns, weight, eps=np.float64(np.finfo(np.float32 if dtype != np.float64 else dtype).eps)), (yf, rstd_f)):
+            assert u.tobytes("A") == v.tobytes("A")
         for u, v in zip(fastnorm.rms_norm_backward(gf, xf, ns, weight, rstd),
                         fastnorm.rms_norm_backward(g, x, ns, weight, rstd)):
             assert (u is None) == (v is None)
             if u is not None:
                 assert u.shape == v.shape and u.dtype == v.dtype
                 _close(u, v, dtype)
-        names = [name for name, _ in column_calls]
-        assert names == ["cols_forward", "cols_backward", "cols_backward", "cols_forward",
-                         "cols_backward"]
+        taken = [name for name, result in fast if result]
+        if len(shape) == 2 and dtype != np.float16:  # all but the eps= calls and a C-order g
+            assert taken == ["rows_forward_fast", "rows_backward_fast", "rows_forward_fast",
+                             "rows_backward_fast"]
+        else:
+            assert taken == []
+        calls = [name for name, _ in column_calls]
+        assert calls.count("cols_forward") == (2 if taken else 4) and "cols_backward" in calls
         if dtype != np.float16:  # (float16 is converted to float32 first)
             for name, args in column_calls:  # x read where it lies: (dy, x) or (x)
                 assert np.shares_memory(args[1] if name == "cols_backward" else args[0], xf)
@@ -331,37 +357,38 @@ def test_layer_norm_reads_fortran_order_in_place(shape, nk, dtype, column_calls,
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_layer_norm_of_other_fortran_order_calls_copies(dtype, copies, column_calls,
-                                                         backend_cython, rng):
-    """Below 64 rows, for rows of one element, and with a C-order out=, a Fortran-order x is
-    copied into C order and takes the C-order kernels: their bits, in every output."""
-    for shape, out_order in (((63, 300), None), ((20, 10, 1), None), ((400, 96), "C")):
+def test_layer_norm_of_other_fortran_order_calls_copies(dtype, column_calls, backend_cython, rng):
+    """Below 16 rows, for rows of one element, and with a C-order out=, a Fortran-order x is
+    copied into C order and takes the C-order kernels: their bits in every output, y and
+    grad_x (without out=) copied back into x's layout."""
+    for shape, out_order in (((15, 800), None), ((3, 5, 40), None), ((20, 10, 1), None),
+                             ((400, 96), "C")):
+        ns = shape[-1]
         x = (3 + rng.standard_normal(shape)).astype(dtype)
         g = rng.standard_normal(shape).astype(dtype)
-        w = rng.standard_normal(shape[-1]).astype(dtype)
+        w = rng.standard_normal(ns).astype(dtype)
         xf, gf = np.asfortranarray(x), np.asfortranarray(g)
-        copies.clear()
         out = None if out_order is None else np.empty(shape, dtype, order=out_order)
-        y, mean, rstd = fastnorm.layer_norm(x, shape[-1], w, w)
-        yf, mean_f, rstd_f = fastnorm.layer_norm(xf, shape[-1], w, w, out=out)
-        assert out is None or yf is out
+        y, mean, rstd = fastnorm.layer_norm(x, ns, w, w)
+        yf, mean_f, rstd_f = fastnorm.layer_norm(xf, ns, w, w, out=out)
+        assert yf is out if out is not None else yf.flags.f_contiguous
         for u, v in ((yf, y), (mean_f, mean), (rstd_f, rstd)):
             assert u.tobytes("C") == v.tobytes("C")
         if out is None:
-            for u, v in zip(fastnorm.layer_norm_backward(gf, xf, shape[-1], w, mean, rstd, bias=w),
-                            fastnorm.layer_norm_backward(g, x, shape[-1], w, mean, rstd, bias=w)):
+            grads_f = fastnorm.layer_norm_backward(gf, xf, ns, w, mean, rstd, bias=w)
+            assert grads_f[0].flags.f_contiguous
+            for u, v in zip(grads_f, fastnorm.layer_norm_backward(g, x, ns, w, mean, rstd, bias=w)):
                 assert u.tobytes("C") == v.tobytes("C")
-            y, rstd = fastnorm.rms_norm(x, shape[-1], w)
-            for u, v in zip(fastnorm.rms_norm(xf, shape[-1], w), (y, rstd)):
+            y, rstd = fastnorm.rms_norm(x, ns, w)
+            for u, v in zip(fastnorm.rms_norm(xf, ns, w), (y, rstd)):
                 assert u.tobytes("C") == v.tobytes("C")
-        assert copies or x.size < _arrays._REORDER_MIN  # the compiled copy from 8192 elements
     assert column_calls == []
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_layer_norm_of_fortran_order_matches_the_oracle_and_threads(dtype, column_calls,
                                                                      backend_cython, rng):
-    """The column kernels against the NumPy reference, rows with a NaN, an infinity, a
+    """The column kernels (through the fast path) against the NumPy reference, rows with a NaN, an infinity, a
     constant and a large offset included (the parameter gradients, which sum over all rows,
     on the finite rows alone), and with the same bits at 1 and 2 threads (each row's sums
     are split by the shape alone)."""
@@ -409,4 +436,43 @@ def test_layer_norm_of_fortran_order_matches_the_oracle_and_threads(dtype, colum
     expected = reference.rms_norm_backward(gc, xc, (160,), w, clean[7])
     for u, v in zip(clean[8:], expected):
         np.testing.assert_allclose(u, v, rtol=10 * tol, atol=10 * tol)
-    assert {name for name, _ in column_calls} == {"cols_forward", "cols_backward"}
+    assert one[0].flags.f_contiguous and one[3].flags.f_contiguous and column_calls == []  # (fast path)
+
+
+@given(lead=st.lists(st.integers(1, 40), min_size=1, max_size=3).map(tuple),
+       norm=st.lists(st.integers(1, 9), min_size=1, max_size=2).map(tuple),
+       dtype=st.sampled_from([np.float32, np.float64]), affine=st.sampled_from(["wb", "w", "b", ""]),
+       offset=st.sampled_from([0.0, 3.0, -1e3]), threads=st.integers(1, 2),
+       seed=st.integers(0, 2**32 - 1))
+def test_layer_norm_of_fortran_order_against_the_oracle(lead, norm, dtype, affine, offset, threads,
+                                                        seed):
+    """Any Fortran-order x, whichever way it is read (as x.T from 64 rows with rows of two
+    elements or more, else copied), against fastnorm.reference: layer and RMS norm, forward
+    and backward, y and grad_x in x's layout."""
+    rng = np.random.default_rng(seed)
+    shape, ns = lead + norm, norm
+    x = np.asfortranarray((offset + rng.standard_normal(shape)).astype(dtype))
+    g = np.asfortranarray(rng.standard_normal(shape).astype(dtype))
+    w = rng.standard_normal(ns).astype(dtype) if "w" in affine else None
+    b = rng.standard_normal(ns).astype(dtype) if "b" in affine else None
+    tol = 2e-4 if dtype == np.float32 else 1e-10
+    fastnorm.set_num_threads(threads)
+    try:
+        y, mean, rstd = fastnorm.layer_norm(x, ns, w, b)
+        grads = fastnorm.layer_norm_backward(g, x, ns, w, mean, rstd, bias=b)
+        y_rms, rstd_rms = fastnorm.rms_norm(x, ns, w)
+        grads_rms = fastnorm.rms_norm_backward(g, x, ns, w, rstd_rms)
+    finally:
+        fastnorm.set_num_threads(None)
+    layout = x.flags.f_contiguous
+    assert y.flags.f_contiguous == layout and grads[0].flags.f_contiguous == layout
+    pairs = list(zip((y, mean, rstd), fastnorm.reference.layer_norm(x, ns, w, b)))
+    pairs += zip(grads, fastnorm.reference.layer_norm_backward(g, x, ns, w, mean, rstd, bias=b))
+    pairs += zip((y_rms, rstd_rms), fastnorm.reference.rms_norm(x, ns, w))
+    pairs += zip(grads_rms, fastnorm.reference.rms_norm_backward(g, x, ns, w, rstd_rms))
+    for u, v in pairs:
+        assert (u is None) == (v is None)
+        if u is not None:
+            assert u.shape == v.shape and u.dtype == v.dtype
+            scale = max(1.0, float(np.abs(v).max(initial=0.0)))
+            np.testing.assert_allclose(u, v, rtol=tol, atol=tol * scale)

@@ -169,7 +169,9 @@ def _unusual_forward_calls(x, w, b):
         ("list", (x.tolist(), 5, w, b, 1e-5)),
         ("float16", (x.astype(np.float16), 5, w, b, 1e-5)),
         ("int", (x.astype(np.int64), 5, w, b, 1e-5)),
-        ("non-contiguous", (x.T.copy().T, 5, w, b, 1e-5)),
+        ("non-contiguous", (np.repeat(x, 2, axis=1)[:, ::2], 5, w, b, 1e-5)),
+        ("Fortran-order 3-d", (np.asfortranarray(x[None]), 5, w, b, 1e-5)),
+        ("Fortran-order, C-order out", (np.asfortranarray(x), 5, w, b, 1e-5, np.empty_like(x))),
         ("byte-swapped", (swapped, 5, w, b, 1e-5)),
         ("unaligned", (unaligned, 5, w, b, 1e-5)),
         ("subclass", (x.view(np.matrix), 5, w, b, 1e-5)),
@@ -203,14 +205,15 @@ def test_fast_path_declines_unusual_calls(rng):
     w, b = rng.standard_normal(5).astype(np.float32), rng.standard_normal(5).astype(np.float32)
     assert ext().rows_forward_fast(x, 5, w, b, 1e-5, False, None, GRAIN) is not None
     assert ext().rows_forward_fast(x, (5,), w, b, 1e-5, False, None, GRAIN) is not None
-    for label, (xx, ns, ww, bb, eps) in _unusual_forward_calls(x, w, b):
-        assert ext().rows_forward_fast(xx, ns, ww, bb, eps, False, None, GRAIN) is None, label
+    for label, (xx, ns, ww, bb, eps, *out) in _unusual_forward_calls(x, w, b):
+        assert ext().rows_forward_fast(xx, ns, ww, bb, eps, False, (out or [None])[0], GRAIN) is None, label
     _, mean, rstd = fastnorm.layer_norm(x, 5, w, b)
     assert ext().rows_backward_fast(x, x, 5, w, mean, rstd, b, False, GRAIN) is not None
     declined = [
         ("grad dtype", (x.astype(np.float64), x, 5, w, mean, rstd, b, False)),
         ("grad shape", (x[:2], x, 5, w, mean, rstd, b, False)),
         ("grad strided", (x.T.copy().T, x, 5, w, mean, rstd, b, False)),
+        ("x Fortran-order, grad C-order", (x, np.asfortranarray(x), 5, w, mean, rstd, b, False)),
         ("mean shape", (x, x, 5, w, mean[None], rstd, b, False)),
         ("mean float64", (x, x, 5, w, mean.astype(np.float64), rstd, b, False)),
         ("mean missing", (x, x, 5, w, None, rstd, b, False)),

@@ -14,7 +14,8 @@ from libc.math cimport isfinite, isinf, isnan, sqrt
 from libc.string cimport memset
 from cpython.pyport cimport PY_SSIZE_T_MAX
 cimport numpy as cnp
-from fastnorm._ext._shared cimport isa_level, threads_for, plain, plain_float, overlap, output_for
+from fastnorm._ext._shared cimport (isa_level, threads_for, plain, plain_float, overlap, output_for,
+                                    same_or_apart, same_shape)
 from fastnorm._ext._pool cimport pooled_empty, streams
 from cython.parallel cimport prange
 from cython cimport floating
@@ -1114,6 +1115,86 @@ cdef void _cols_backward_run(const floating *dyt, const floating *xt, floating *
                                            stream)
 
 
+cdef int _cols_forward_core(const floating *xt, floating *yt, Py_ssize_t M, Py_ssize_t K,
+                            const floating *wp, const floating *bp, double eps, bint rms,
+                            floating *mean, floating *rstd, int nthreads, int stream) except -1:
+    """cols_forward on raw pointers (sizes checked by the caller, M >= 1, K >= 2; mean
+    unused for RMS norm): what the general and the fast path call."""
+    cdef cnp.ndarray sums = _scratch(2 * M)   # mean and M2, or for RMS norm sum and sum of squares
+    cdef double *mean_d = <double *>cnp.PyArray_DATA(sums)
+    cdef cnp.npy_intp ncoefs = 3 * M
+    cdef cnp.ndarray coefs = cnp.PyArray_EMPTY(1, &ncoefs, cnp.NPY_FLOAT32 if floating is float
+                                               else cnp.NPY_FLOAT64, 0)
+    cdef floating *cp = <floating *>cnp.PyArray_DATA(coefs)
+    _stats_run(xt, 1, K, M, 1, mean_d, mean_d + M, nthreads, rms)
+    if nthreads <= 1:  # the GIL kept, as the row kernels' fast path below the grain
+        _cols_forward_finish(xt, yt, M, K, wp, bp, eps, rms, mean, rstd, mean_d, cp, 1, stream)
+    else:
+        with nogil:
+            _cols_forward_finish(xt, yt, M, K, wp, bp, eps, rms, mean, rstd, mean_d, cp, nthreads,
+                                 stream)
+    return 0
+
+
+cdef inline void _cols_forward_finish(const floating *xt, floating *yt, Py_ssize_t M, Py_ssize_t K,
+                                      const floating *wp, const floating *bp, double eps, bint rms,
+                                      floating *mean, floating *rstd, const double *sums,
+                                      floating *coefs, int nthreads, int stream) noexcept nogil:
+    """The coefficients (fn_norm_cols_coefs) from the (2, M) float64 sums, then the output."""
+    if floating is float:
+        _kernels.cols_coefs_f32(M, K, sums, sums + M, eps, rms, mean, rstd, coefs, coefs + M,
+                                coefs + 2 * M)
+    else:
+        _kernels.cols_coefs_f64(M, K, sums, sums + M, eps, rms, mean, rstd, coefs, coefs + M,
+                                coefs + 2 * M)
+    _cols_forward_run(xt, yt, M, K, coefs, wp, bp, nthreads, stream)
+
+
+cdef int _cols_backward_core(const floating *dyt, const floating *xt, floating *gxt, Py_ssize_t M,
+                             Py_ssize_t K, const floating *wp, const floating *mean,
+                             const floating *rstd, double *gw, double *gb, int nthreads,
+                             int stream) except -1:
+    """cols_backward on raw pointers (sizes checked by the caller, M >= 1, K >= 2; mean NULL
+    for RMS norm, gw / gb NULL where not wanted)."""
+    cdef cnp.ndarray sums = _scratch(3 * M)   # centres, a1, a2
+    cdef double *center = <double *>cnp.PyArray_DATA(sums)
+    # mean (zeros for RMS norm, whose rows are centred on 0), s, k2, k3
+    cdef cnp.npy_intp ncoefs = 4 * M
+    cdef cnp.ndarray coefs = cnp.PyArray_ZEROS(1, &ncoefs, cnp.NPY_FLOAT32 if floating is float
+                                               else cnp.NPY_FLOAT64, 0)
+    cdef floating *cp = <floating *>cnp.PyArray_DATA(coefs)
+    cdef Py_ssize_t m
+    for m in range(M):
+        if mean != NULL:
+            cp[m] = mean[m]
+        center[m] = <double>cp[m]
+    _dual_sums_run(dyt, xt, 1, K, M, 1, center, center + M, center + 2 * M, nthreads, wp)
+    if nthreads <= 1:
+        _cols_backward_finish(dyt, xt, gxt, M, K, wp, rstd, mean == NULL, center + M, cp, gw, gb,
+                              1, stream)
+    else:
+        with nogil:
+            _cols_backward_finish(dyt, xt, gxt, M, K, wp, rstd, mean == NULL, center + M, cp, gw,
+                                  gb, nthreads, stream)
+    return 0
+
+
+cdef inline void _cols_backward_finish(const floating *dyt, const floating *xt, floating *gxt,
+                                       Py_ssize_t M, Py_ssize_t K, const floating *wp,
+                                       const floating *rstd, bint rms, const double *sums,
+                                       floating *coefs, double *gw, double *gb, int nthreads,
+                                       int stream) noexcept nogil:
+    """The coefficients (fn_norm_cols_grad_coefs) from the (2, M) float64 sums a1, a2, then
+    the gradient pass."""
+    if floating is float:
+        _kernels.cols_grad_coefs_f32(M, K, rstd, sums, sums + M, rms, coefs + M, coefs + 2 * M,
+                                     coefs + 3 * M)
+    else:
+        _kernels.cols_grad_coefs_f64(M, K, rstd, sums, sums + M, rms, coefs + M, coefs + 2 * M,
+                                     coefs + 3 * M)
+    _cols_backward_run(dyt, xt, gxt, M, K, wp, coefs, rstd, gw, gb, nthreads, stream)
+
+
 def cols_forward(const floating[::1] xt, floating[::1] yt, Py_ssize_t M, Py_ssize_t K,
                  const floating[::1] w, const floating[::1] b, double eps, bint rms,
                  floating[::1] mean, floating[::1] rstd, int nthreads, bint callers_out=False):
@@ -1126,22 +1207,10 @@ def cols_forward(const floating[::1] xt, floating[::1] yt, Py_ssize_t M, Py_ssiz
            "cols_forward: inconsistent sizes")
     if M == 0:
         return
-    cdef const floating *wp = NULL if w is None else &w[0]
-    cdef const floating *bp = NULL if b is None else &b[0]
-    cdef cnp.ndarray sums = _scratch(2 * M)   # mean, M2
-    cdef double *mean_d = <double *>cnp.PyArray_DATA(sums)
-    cdef floating[::1] coefs = np.empty(3 * M, np.float32 if floating is float else np.float64)
     cdef Py_ssize_t nbytes = xt.shape[0] * sizeof(floating)
-    cdef int stream = streams(nbytes, 2 * nbytes, callers_out)
-    _stats_run(&xt[0], 1, K, M, 1, mean_d, mean_d + M, nthreads, rms)
-    with nogil:
-        if floating is float:
-            _kernels.cols_coefs_f32(M, K, mean_d, mean_d + M, eps, rms, &mean[0], &rstd[0],
-                                    &coefs[0], &coefs[M], &coefs[2 * M])
-        else:
-            _kernels.cols_coefs_f64(M, K, mean_d, mean_d + M, eps, rms, &mean[0], &rstd[0],
-                                    &coefs[0], &coefs[M], &coefs[2 * M])
-        _cols_forward_run(&xt[0], &yt[0], M, K, &coefs[0], wp, bp, nthreads, stream)
+    _cols_forward_core(&xt[0], &yt[0], M, K, NULL if w is None else &w[0],
+                       NULL if b is None else &b[0], eps, rms, &mean[0], &rstd[0], nthreads,
+                       streams(nbytes, 2 * nbytes, callers_out))
 
 
 def cols_backward(const floating[::1] dyt, const floating[::1] xt, floating[::1] gxt, Py_ssize_t M,
@@ -1159,30 +1228,10 @@ def cols_backward(const floating[::1] dyt, const floating[::1] xt, floating[::1]
         return (np.zeros(K) if want_gw else None), (np.zeros(K) if want_gb else None)
     cdef object gw = np.empty(K) if want_gw else None
     cdef object gb = np.empty(K) if want_gb else None
-    cdef double *gwp = <double *>_data_or_null(gw)
-    cdef double *gbp = <double *>_data_or_null(gb)
-    cdef const floating *wp = NULL if w is None else &w[0]
-    cdef cnp.ndarray sums = _scratch(3 * M)   # centres, a1, a2
-    cdef double *center = <double *>cnp.PyArray_DATA(sums)
-    # mean (zeros for RMS norm, whose rows are centred on 0), s, k2, k3
-    cdef floating[::1] coefs = np.zeros(4 * M, np.float32 if floating is float else np.float64)
-    cdef Py_ssize_t m
     cdef Py_ssize_t nbytes = xt.shape[0] * sizeof(floating)
-    cdef int stream = streams(nbytes, 3 * nbytes, False)
-    for m in range(M):
-        if not rms:
-            coefs[m] = mean[m]
-        center[m] = <double>coefs[m]
-    _dual_sums_run(&dyt[0], &xt[0], 1, K, M, 1, center, center + M, center + 2 * M, nthreads, wp)
-    with nogil:
-        if floating is float:
-            _kernels.cols_grad_coefs_f32(M, K, &rstd[0], center + M, center + 2 * M, rms,
-                                         &coefs[M], &coefs[2 * M], &coefs[3 * M])
-        else:
-            _kernels.cols_grad_coefs_f64(M, K, &rstd[0], center + M, center + 2 * M, rms,
-                                         &coefs[M], &coefs[2 * M], &coefs[3 * M])
-        _cols_backward_run(&dyt[0], &xt[0], &gxt[0], M, K, wp, &coefs[0], &rstd[0], gwp, gbp,
-                           nthreads, stream)
+    _cols_backward_core(&dyt[0], &xt[0], &gxt[0], M, K, NULL if w is None else &w[0],
+                        NULL if rms else &mean[0], &rstd[0], <double *>_data_or_null(gw),
+                        <double *>_data_or_null(gb), nthreads, streams(nbytes, 3 * nbytes, False))
     return gw, gb
 
 
@@ -1270,15 +1319,107 @@ cdef inline void *_data_or_null(object a):
     return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
+# Fortran-order rows read as columns from this many rows (normalization._COLS_MIN_ROWS, which
+# says why).
+cdef Py_ssize_t _COLS_MIN_ROWS = 16
+
+
+cdef inline int _fortran_typenum(object x):
+    """typenum of a non-empty 2-D float32/float64 array in Fortran order only (x.T plain: aligned,
+    native byte order), else -1: what the Fortran-order fast paths read as x.T."""
+    if type(x) is not cnp.ndarray:
+        return -1
+    cdef cnp.ndarray a = <cnp.ndarray>x
+    cdef int typenum = cnp.PyArray_TYPE(a)
+    if (cnp.PyArray_NDIM(a) != 2 or cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_IS_F_CONTIGUOUS(a)
+            or not (typenum == cnp.NPY_FLOAT32 or typenum == cnp.NPY_FLOAT64)
+            or not cnp.PyArray_ISALIGNED(a) or not cnp.PyArray_ISNOTSWAPPED(a)
+            or cnp.PyArray_SIZE(a) == 0):
+        return -1
+    return typenum
+
+
+cdef object _rows_forward_fortran(cnp.ndarray xa, Py_ssize_t M, Py_ssize_t K, object weight,
+                                  object bias, double eps, bint rms, object out, Py_ssize_t grain,
+                                  int typenum):
+    """rows_forward_fast of a Fortran-order (M, K) x (_fortran_typenum; weight and bias
+    checked), read as x.T by _cols_forward_core, as the general path's cols_forward: y in x's
+    layout, into out where out is a Fortran-order array the kernel can write directly (else
+    None: the general path)."""
+    cdef cnp.npy_intp tdims[2]
+    cdef cnp.ndarray y
+    if out is None:
+        tdims[0], tdims[1] = K, M
+        y = pooled_empty(2, tdims, typenum, cnp.PyArray_DATA(xa)).T
+    elif (_fortran_typenum(out) == typenum and same_shape(xa, <cnp.ndarray>out)
+          and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out) and same_or_apart(xa, <cnp.ndarray>out)
+          and _reads_apart(<cnp.ndarray>out, weight) and _reads_apart(<cnp.ndarray>out, bias)):
+        y = <cnp.ndarray>out
+    else:
+        return None
+    cdef cnp.npy_intp m = M
+    mean = None if rms else cnp.PyArray_EMPTY(1, &m, typenum, 0)
+    cdef cnp.ndarray rstd = cnp.PyArray_EMPTY(1, &m, typenum, 0)
+    cdef void *meanp = NULL if rms else cnp.PyArray_DATA(<cnp.ndarray>mean)
+    cdef Py_ssize_t nbytes = cnp.PyArray_NBYTES(xa)
+    cdef int stream = streams(nbytes, 2 * nbytes, out is not None)
+    cdef int nthreads = threads_for(M * K, grain)
+    if typenum == cnp.NPY_FLOAT32:
+        _cols_forward_core[float](<const float *>cnp.PyArray_DATA(xa), <float *>cnp.PyArray_DATA(y), M, K,
+                                  <const float *>_data_or_null(weight), <const float *>_data_or_null(bias),
+                                  eps, rms, <float *>meanp, <float *>cnp.PyArray_DATA(rstd), nthreads,
+                                  stream)
+    else:
+        _cols_forward_core[double](<const double *>cnp.PyArray_DATA(xa), <double *>cnp.PyArray_DATA(y), M,
+                                   K, <const double *>_data_or_null(weight),
+                                   <const double *>_data_or_null(bias), eps, rms, <double *>meanp,
+                                   <double *>cnp.PyArray_DATA(rstd), nthreads, stream)
+    return y, mean, rstd
+
+
+cdef object _rows_backward_fortran(cnp.ndarray ga, cnp.ndarray xa, object weight, object mean,
+                                   object rstd, object bias, Py_ssize_t grain, int typenum):
+    """rows_backward_fast of a Fortran-order (M, K) x and grad_output (all checked), read as
+    their transposes by _cols_backward_core: grad_x in x's layout, the parameter gradients
+    (K,) of x's dtype."""
+    cdef Py_ssize_t M = cnp.PyArray_DIM(xa, 0), K = cnp.PyArray_DIM(xa, 1)
+    cdef cnp.npy_intp tdims[2]
+    tdims[0], tdims[1] = K, M
+    cdef cnp.ndarray gxt = pooled_empty(2, tdims, typenum, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(ga))
+    cdef cnp.npy_intp k = K
+    cdef object gw = cnp.PyArray_EMPTY(1, &k, cnp.NPY_FLOAT64, 0) if weight is not None else None
+    cdef object gb = cnp.PyArray_EMPTY(1, &k, cnp.NPY_FLOAT64, 0) if bias is not None else None
+    cdef Py_ssize_t nbytes = cnp.PyArray_NBYTES(xa)
+    cdef int stream = streams(nbytes, 3 * nbytes, False)
+    cdef int nthreads = threads_for(M * K, grain)
+    if typenum == cnp.NPY_FLOAT32:
+        _cols_backward_core[float](<const float *>cnp.PyArray_DATA(ga), <const float *>cnp.PyArray_DATA(xa),
+                                   <float *>cnp.PyArray_DATA(gxt), M, K, <const float *>_data_or_null(weight),
+                                   <const float *>_data_or_null(mean), <const float *>cnp.PyArray_DATA(<cnp.ndarray>rstd),
+                                   <double *>_data_or_null(gw), <double *>_data_or_null(gb), nthreads, stream)
+    else:
+        _cols_backward_core[double](<const double *>cnp.PyArray_DATA(ga), <const double *>cnp.PyArray_DATA(xa),
+                                    <double *>cnp.PyArray_DATA(gxt), M, K, <const double *>_data_or_null(weight),
+                                    <const double *>_data_or_null(mean),
+                                    <const double *>cnp.PyArray_DATA(<cnp.ndarray>rstd),
+                                    <double *>_data_or_null(gw), <double *>_data_or_null(gb), nthreads, stream)
+    return (gxt.T, None if gw is None else _cast_sums(<cnp.ndarray>gw, typenum),
+            None if gb is None else _cast_sums(<cnp.ndarray>gb, typenum))
+
+
 def rows_forward_fast(object x, object normalized_shape, object weight, object bias, object eps,
                       bint rms, object out, Py_ssize_t grain):
     """(y, mean, rstd) of layer norm (rms=False; mean is None for RMS) over the trailing
     axes normalized_shape names, for plain arrays (see above), mean and rstd of x's leading
     shape (0-d over all of x's axes); eps None means the machine epsilon of x's dtype; y
-    is out when given.  None when the general path is needed."""
+    is out when given.  A 2-D Fortran-order x normalized over its last axis is read as x.T
+    (_rows_forward_fortran).  None when the general path is needed."""
     cdef int typenum = _fast_typenum(x)
-    if typenum < 0:
-        return None
+    cdef bint fortran = typenum < 0
+    if fortran:
+        typenum = _fortran_typenum(x)
+        if typenum < 0:
+            return None
     cdef cnp.ndarray xa = <cnp.ndarray>x
     cdef int nd = cnp.PyArray_NDIM(xa)
     cdef cnp.npy_intp *dims = cnp.PyArray_DIMS(xa)
@@ -1294,6 +1435,18 @@ def rows_forward_fast(object x, object normalized_shape, object weight, object b
     else:
         return None
     cdef Py_ssize_t n = cnp.PyArray_SIZE(xa), K = _product(nk, dims + lead), M = n // K
+    if fortran:
+        if nk != 1:
+            return None
+        if M >= _COLS_MIN_ROWS:
+            return _rows_forward_fortran(xa, M, K, weight, bias, eps_d, rms, out, grain, typenum)
+        if out is not None:
+            return None
+        # few rows: through a C-order copy, the result copied back into x's layout (as the
+        # general path), NumPy's copies of small arrays
+        result = rows_forward_fast(cnp.PyArray_NewCopy(xa, cnp.NPY_CORDER), normalized_shape,
+                                   weight, bias, eps, rms, None, grain)
+        return (cnp.PyArray_NewCopy(<cnp.ndarray>result[0], cnp.NPY_FORTRANORDER),) + result[1:]
     y_obj = _fast_output(xa, out, weight, bias, None, None)
     if y_obj is None:
         return None
@@ -1353,14 +1506,33 @@ def rows_backward_fast(object grad_output, object x, object normalized_shape, ob
     with weight and grad_bias only with bias (which is only a marker), both in x's dtype
     and the parameters' shape.  Float32 rows without either take their sums in float
     stretches (rows_grad_sums), so grad_x may differ in the last bit from a call with a
-    parameter gradient.  None when the general path is needed."""
+    parameter gradient.  A 2-D Fortran-order x (and grad_output) normalized over its last axis
+    is read as x.T (_rows_backward_fortran).  None when the general path is needed."""
     cdef int typenum = _fast_typenum(x)
-    if typenum < 0:
-        return None
+    cdef bint fortran = typenum < 0
+    if fortran:
+        typenum = _fortran_typenum(x)
+        if typenum < 0:
+            return None
     cdef cnp.ndarray xa = <cnp.ndarray>x
     cdef int nd = cnp.PyArray_NDIM(xa)
     cdef cnp.npy_intp *dims = cnp.PyArray_DIMS(xa)
     cdef int nk = _trailing_axes(normalized_shape, nd, dims), lead = nd - nk
+    if fortran:
+        if not (nk == 1 and _fortran_typenum(grad_output) == typenum
+                and same_shape(xa, <cnp.ndarray>grad_output)
+                and (weight is None or _plain_shape(weight, typenum, 1, dims + 1))
+                and (bias is None or _plain_shape(bias, typenum, 1, dims + 1))
+                and _plain_shape(rstd, typenum, 1, dims)
+                and (_plain_shape(mean, typenum, 1, dims) if not rms else mean is None)):
+            return None
+        if cnp.PyArray_DIM(xa, 0) >= _COLS_MIN_ROWS:
+            return _rows_backward_fortran(<cnp.ndarray>grad_output, xa, weight, mean, rstd, bias,
+                                          grain, typenum)
+        result = rows_backward_fast(cnp.PyArray_NewCopy(<cnp.ndarray>grad_output, cnp.NPY_CORDER),
+                                    cnp.PyArray_NewCopy(xa, cnp.NPY_CORDER), normalized_shape,
+                                    weight, mean, rstd, bias, rms, grain)
+        return (cnp.PyArray_NewCopy(<cnp.ndarray>result[0], cnp.NPY_FORTRANORDER),) + result[1:]
     if not (nk > 0 and _plain_shape(grad_output, typenum, nd, dims)
             and (weight is None or _plain_shape(weight, typenum, nk, dims + lead))
             and (bias is None or _plain_shape(bias, typenum, nk, dims + lead))
