@@ -619,7 +619,8 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, out=Non
     """Layer normalization over the trailing ``normalized_shape`` axes (biased variance).
 
     weight, bias: normalized_shape.  Returns ``(y, mean, rstd)``, mean/rstd of shape
-    ``x.shape[:-len(normalized_shape)]``.
+    ``x.shape[:-len(normalized_shape)]`` (C order); y (and :func:`layer_norm_backward`'s
+    grad_x) in Fortran order for a Fortran-order x, which is read as it lies, else in C order.
     """
     if _config._backend == "cython":
         result = _ext.rows_forward_fast(x, normalized_shape, weight, bias, eps, False, out, _GRAIN)
