@@ -5,7 +5,7 @@ backward on such inputs, against the same values in C order, NumPy's formula and
 
 The elementwise kernels read C-order rows, so a Fortran-order input is first copied into C
 order there (fastnorm/_ext/include/fn_layout.h, from _arrays._REORDER_MIN elements on); batch
-norm, and layer and RMS norm from 64 rows, read it in place as x.T.  This shows what the
+norm, and layer and RMS norm from 16 rows, read it in place as x.T.  This shows what the
 layout costs on top of the C-order call.  Peers, interleaved in one run (medians, as
 fastnorm.bench measures them, with its malloc settings): "fastnorm" on the Fortran-order
 input, "fastnorm C" on a C-order copy of it, "numpy" (fastnorm.reference, the formula a

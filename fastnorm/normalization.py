@@ -536,9 +536,10 @@ def batch_norm_backward(grad_output, x, weight, mean, rstd, *, training=True, ch
 # The cols kernels' loops run along x.T's rows, an element per row of x: float32 rows of 768,
 # 1 thread, forward / backward, cols against the copies (both ways), us: 8 rows 5.4 / 19.3
 # against 7.5 / 11.5, 16 rows 6.6 / 20.1 against 15.1 / 26.1, 64 rows 16.2 / 44.5 against
-# 80.8 / 249 (the copy of rows a multiple of 4 KiB apart is slow).  (normalization.pyx's
-# fast path takes the same turns.)
-_COLS_MIN_ROWS = 16
+# 80.8 / 249 (the copy of rows a multiple of 4 KiB apart is slow).  The threshold is the
+# compiled module's, whose fast path takes the same turns (the copies there NumPy's, for
+# small arrays only).
+_COLS_MIN_ROWS = getattr(_ext, "COLS_MIN_ROWS", 16)
 
 
 def _by_columns(x, k, out=None):
@@ -620,7 +621,8 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, out=Non
 
     weight, bias: normalized_shape.  Returns ``(y, mean, rstd)``, mean/rstd of shape
     ``x.shape[:-len(normalized_shape)]`` (C order); y (and :func:`layer_norm_backward`'s
-    grad_x) in Fortran order for a Fortran-order x, which is read as it lies, else in C order.
+    grad_x) in Fortran order for a Fortran-order x (read as it lies from 16 rows of two
+    elements or more without a C-order ``out``, else through a copy), else in C order.
     """
     if _config._backend == "cython":
         result = _ext.rows_forward_fast(x, normalized_shape, weight, bias, eps, False, out, _GRAIN)
@@ -664,7 +666,8 @@ def layer_norm_backward(grad_output, x, normalized_shape, weight, mean, rstd, *,
 def rms_norm(x, normalized_shape, weight=None, *, eps=None, out=None):
     """RMS normalization: ``x / sqrt(mean(x**2) + eps) * weight`` over the trailing
     ``normalized_shape`` axes; eps=None means the machine epsilon of the compute dtype
-    (float32's for float16/float32 input), as torch.  Returns ``(y, rstd)``."""
+    (float32's for float16/float32 input), as torch.  Returns ``(y, rstd)``; layouts as
+    :func:`layer_norm`'s."""
     if _config._backend == "cython":
         result = _ext.rows_forward_fast(x, normalized_shape, weight, None, eps, True, out, _GRAIN)
         if result is not None:

@@ -446,7 +446,7 @@ def test_layer_norm_of_fortran_order_matches_the_oracle_and_threads(dtype, colum
        seed=st.integers(0, 2**32 - 1))
 def test_layer_norm_of_fortran_order_against_the_oracle(lead, norm, dtype, affine, offset, threads,
                                                         seed):
-    """Any Fortran-order x, whichever way it is read (as x.T from 64 rows with rows of two
+    """Any Fortran-order x, whichever way it is read (as x.T from 16 rows with rows of two
     elements or more, else copied), against fastnorm.reference: layer and RMS norm, forward
     and backward, y and grad_x in x's layout."""
     rng = np.random.default_rng(seed)
@@ -476,3 +476,55 @@ def test_layer_norm_of_fortran_order_against_the_oracle(lead, norm, dtype, affin
             assert u.shape == v.shape and u.dtype == v.dtype
             scale = max(1.0, float(np.abs(v).max(initial=0.0)))
             np.testing.assert_allclose(u, v, rtol=tol, atol=tol * scale)
+
+
+def test_fortran_order_fast_path_turns(backend_cython, rng):
+    """The C-level fast path of a 2-D Fortran-order x: from 16 rows it reads x.T, into a
+    Fortran-order out= (a C-order one, or one that shares the weight's memory, is left to the
+    general path); below 16 rows it copies small arrays only (larger ones are left to the
+    general path's block transposes)."""
+    ext = _config.extension("normalization")
+    grain = fastnorm.normalization._GRAIN
+    x = np.asfortranarray(rng.standard_normal((40, 96)).astype(np.float32))
+    w = rng.standard_normal(96).astype(np.float32)
+    expected = fastnorm.layer_norm(x, 96, w, w, eps=np.float64(1e-5))[0]  # (the general path)
+    out = np.empty(x.shape, np.float32, order="F")
+    assert ext.rows_forward_fast(x, 96, w, w, 1e-5, False, out, grain)[0] is out
+    assert out.tobytes("A") == expected.tobytes("A")
+    assert ext.rows_forward_fast(x, 96, w, w, 1e-5, False, np.empty(x.shape, np.float32), grain) is None
+    both = np.empty(40 * 96 + 96, np.float32)
+    aliased = both[96:].reshape(96, 40).T  # a Fortran-order out whose first bytes follow w...
+    assert ext.rows_forward_fast(x, 96, both[:96], None, 1e-5, False, aliased, grain) is not None
+    assert ext.rows_forward_fast(x, 96, both[96:192], None, 1e-5, False, aliased, grain) is None
+    y, rstd = fastnorm.rms_norm(x, 96, w)
+    out_rms = np.empty(x.shape, np.float32, order="F")
+    assert fastnorm.rms_norm(x, 96, w, out=out_rms)[0] is out_rms
+    assert out_rms.tobytes("A") == y.tobytes("A")
+    small, large = (np.asfortranarray(rng.standard_normal(s).astype(np.float32)) for s in ((8, 768), (8, 2000)))
+    assert ext.rows_forward_fast(small, 768, None, None, 1e-5, False, None, grain) is not None
+    assert ext.rows_forward_fast(large, 2000, None, None, 1e-5, False, None, grain) is None
+    _, mean, rstd = fastnorm.layer_norm(large, 2000)
+    assert ext.rows_backward_fast(large, large, 2000, None, mean, rstd, None, False, grain) is None
+    y = fastnorm.layer_norm(large, 2000)[0]  # by block transposes, y copied back
+    assert y.flags.f_contiguous
+    assert y.tobytes("C") == fastnorm.layer_norm(np.ascontiguousarray(large), 2000)[0].tobytes("C")
+
+
+def test_fortran_order_general_path_threads(backend_cython, rng):
+    """A Fortran-order x the fast path leaves to the general path (3-D) gives the same bits at
+    1 and 2 threads."""
+    x = np.asfortranarray(rng.standard_normal((40, 30, 50)).astype(np.float32))
+    g = np.asfortranarray(rng.standard_normal(x.shape).astype(np.float32))
+    w = rng.standard_normal(50).astype(np.float32)
+    results = []
+    for n in (1, 2):
+        fastnorm.set_num_threads(n)
+        try:
+            y, mean, rstd = fastnorm.layer_norm(x, 50, w, w)
+            results.append((y, mean, rstd) + fastnorm.layer_norm_backward(g, x, 50, w, mean, rstd, bias=w)
+                           + fastnorm.rms_norm(x, 50, w))
+        finally:
+            fastnorm.set_num_threads(None)
+    for u, v in zip(*results):
+        assert u.tobytes("A") == v.tobytes("A")
+    assert results[0][0].flags.f_contiguous and results[0][3].flags.f_contiguous

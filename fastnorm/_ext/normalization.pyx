@@ -1117,9 +1117,12 @@ cdef void _cols_backward_run(const floating *dyt, const floating *xt, floating *
 
 cdef int _cols_forward_core(const floating *xt, floating *yt, Py_ssize_t M, Py_ssize_t K,
                             const floating *wp, const floating *bp, double eps, bint rms,
-                            floating *mean, floating *rstd, int nthreads, int stream) except -1:
+                            floating *mean, floating *rstd, int nthreads, int stream,
+                            bint keep_gil) except -1:
     """cols_forward on raw pointers (sizes checked by the caller, M >= 1, K >= 2; mean
-    unused for RMS norm): what the general and the fast path call."""
+    unused for RMS norm): what the general and the fast path call.  keep_gil: the call is
+    below the threading grain (one thread), and its coefficients and output pass keep the
+    GIL, as the row kernels' fast path there."""
     cdef cnp.ndarray sums = _scratch(2 * M)   # mean and M2, or for RMS norm sum and sum of squares
     cdef double *mean_d = <double *>cnp.PyArray_DATA(sums)
     cdef cnp.npy_intp ncoefs = 3 * M
@@ -1127,7 +1130,7 @@ cdef int _cols_forward_core(const floating *xt, floating *yt, Py_ssize_t M, Py_s
                                                else cnp.NPY_FLOAT64, 0)
     cdef floating *cp = <floating *>cnp.PyArray_DATA(coefs)
     _stats_run(xt, 1, K, M, 1, mean_d, mean_d + M, nthreads, rms)
-    if nthreads <= 1:  # the GIL kept, as the row kernels' fast path below the grain
+    if keep_gil:
         _cols_forward_finish(xt, yt, M, K, wp, bp, eps, rms, mean, rstd, mean_d, cp, 1, stream)
     else:
         with nogil:
@@ -1153,9 +1156,9 @@ cdef inline void _cols_forward_finish(const floating *xt, floating *yt, Py_ssize
 cdef int _cols_backward_core(const floating *dyt, const floating *xt, floating *gxt, Py_ssize_t M,
                              Py_ssize_t K, const floating *wp, const floating *mean,
                              const floating *rstd, double *gw, double *gb, int nthreads,
-                             int stream) except -1:
+                             int stream, bint keep_gil) except -1:
     """cols_backward on raw pointers (sizes checked by the caller, M >= 1, K >= 2; mean NULL
-    for RMS norm, gw / gb NULL where not wanted)."""
+    for RMS norm, gw / gb NULL where not wanted; keep_gil as _cols_forward_core's)."""
     cdef cnp.ndarray sums = _scratch(3 * M)   # centres, a1, a2
     cdef double *center = <double *>cnp.PyArray_DATA(sums)
     # mean (zeros for RMS norm, whose rows are centred on 0), s, k2, k3
@@ -1169,7 +1172,7 @@ cdef int _cols_backward_core(const floating *dyt, const floating *xt, floating *
             cp[m] = mean[m]
         center[m] = <double>cp[m]
     _dual_sums_run(dyt, xt, 1, K, M, 1, center, center + M, center + 2 * M, nthreads, wp)
-    if nthreads <= 1:
+    if keep_gil:
         _cols_backward_finish(dyt, xt, gxt, M, K, wp, rstd, mean == NULL, center + M, cp, gw, gb,
                               1, stream)
     else:
@@ -1210,7 +1213,7 @@ def cols_forward(const floating[::1] xt, floating[::1] yt, Py_ssize_t M, Py_ssiz
     cdef Py_ssize_t nbytes = xt.shape[0] * sizeof(floating)
     _cols_forward_core(&xt[0], &yt[0], M, K, NULL if w is None else &w[0],
                        NULL if b is None else &b[0], eps, rms, &mean[0], &rstd[0], nthreads,
-                       streams(nbytes, 2 * nbytes, callers_out))
+                       streams(nbytes, 2 * nbytes, callers_out), False)
 
 
 def cols_backward(const floating[::1] dyt, const floating[::1] xt, floating[::1] gxt, Py_ssize_t M,
@@ -1231,7 +1234,8 @@ def cols_backward(const floating[::1] dyt, const floating[::1] xt, floating[::1]
     cdef Py_ssize_t nbytes = xt.shape[0] * sizeof(floating)
     _cols_backward_core(&dyt[0], &xt[0], &gxt[0], M, K, NULL if w is None else &w[0],
                         NULL if rms else &mean[0], &rstd[0], <double *>_data_or_null(gw),
-                        <double *>_data_or_null(gb), nthreads, streams(nbytes, 3 * nbytes, False))
+                        <double *>_data_or_null(gb), nthreads, streams(nbytes, 3 * nbytes, False),
+                        False)
     return gw, gb
 
 
@@ -1319,9 +1323,14 @@ cdef inline void *_data_or_null(object a):
     return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
-# Fortran-order rows read as columns from this many rows (normalization._COLS_MIN_ROWS, which
-# says why).
+# Fortran-order rows read as columns from this many rows (normalization.py says why; it reads
+# COLS_MIN_ROWS).  Fewer rows of at most _FEW_ROWS_COPY_MAX elements in all go through NumPy's
+# C-order copy in the fast path (below _arrays._REORDER_MIN, where NumPy's copy is as fast as
+# the block transposes); larger ones take the general path, whose copies are block transposes
+# ((8, 2**20) float32 through NumPy's copies: 22.8 ms forward, 9.3 ms by block transposes).
 cdef Py_ssize_t _COLS_MIN_ROWS = 16
+COLS_MIN_ROWS = _COLS_MIN_ROWS
+cdef Py_ssize_t _FEW_ROWS_COPY_MAX = 1 << 13
 
 
 cdef inline int _fortran_typenum(object x):
@@ -1368,12 +1377,12 @@ cdef object _rows_forward_fortran(cnp.ndarray xa, Py_ssize_t M, Py_ssize_t K, ob
         _cols_forward_core[float](<const float *>cnp.PyArray_DATA(xa), <float *>cnp.PyArray_DATA(y), M, K,
                                   <const float *>_data_or_null(weight), <const float *>_data_or_null(bias),
                                   eps, rms, <float *>meanp, <float *>cnp.PyArray_DATA(rstd), nthreads,
-                                  stream)
+                                  stream, M * K < grain)
     else:
         _cols_forward_core[double](<const double *>cnp.PyArray_DATA(xa), <double *>cnp.PyArray_DATA(y), M,
                                    K, <const double *>_data_or_null(weight),
                                    <const double *>_data_or_null(bias), eps, rms, <double *>meanp,
-                                   <double *>cnp.PyArray_DATA(rstd), nthreads, stream)
+                                   <double *>cnp.PyArray_DATA(rstd), nthreads, stream, M * K < grain)
     return y, mean, rstd
 
 
@@ -1396,13 +1405,15 @@ cdef object _rows_backward_fortran(cnp.ndarray ga, cnp.ndarray xa, object weight
         _cols_backward_core[float](<const float *>cnp.PyArray_DATA(ga), <const float *>cnp.PyArray_DATA(xa),
                                    <float *>cnp.PyArray_DATA(gxt), M, K, <const float *>_data_or_null(weight),
                                    <const float *>_data_or_null(mean), <const float *>cnp.PyArray_DATA(<cnp.ndarray>rstd),
-                                   <double *>_data_or_null(gw), <double *>_data_or_null(gb), nthreads, stream)
+                                   <double *>_data_or_null(gw), <double *>_data_or_null(gb), nthreads, stream,
+                                   M * K < grain)
     else:
         _cols_backward_core[double](<const double *>cnp.PyArray_DATA(ga), <const double *>cnp.PyArray_DATA(xa),
                                     <double *>cnp.PyArray_DATA(gxt), M, K, <const double *>_data_or_null(weight),
                                     <const double *>_data_or_null(mean),
                                     <const double *>cnp.PyArray_DATA(<cnp.ndarray>rstd),
-                                    <double *>_data_or_null(gw), <double *>_data_or_null(gb), nthreads, stream)
+                                    <double *>_data_or_null(gw), <double *>_data_or_null(gb), nthreads, stream,
+                                    M * K < grain)
     return (gxt.T, None if gw is None else _cast_sums(<cnp.ndarray>gw, typenum),
             None if gb is None else _cast_sums(<cnp.ndarray>gb, typenum))
 
@@ -1413,7 +1424,8 @@ def rows_forward_fast(object x, object normalized_shape, object weight, object b
     axes normalized_shape names, for plain arrays (see above), mean and rstd of x's leading
     shape (0-d over all of x's axes); eps None means the machine epsilon of x's dtype; y
     is out when given.  A 2-D Fortran-order x normalized over its last axis is read as x.T
-    (_rows_forward_fortran).  None when the general path is needed."""
+    (_rows_forward_fortran) from _COLS_MIN_ROWS rows, and below that, if small, copied into C
+    order and y copied back.  None when the general path is needed."""
     cdef int typenum = _fast_typenum(x)
     cdef bint fortran = typenum < 0
     if fortran:
@@ -1440,7 +1452,7 @@ def rows_forward_fast(object x, object normalized_shape, object weight, object b
             return None
         if M >= _COLS_MIN_ROWS:
             return _rows_forward_fortran(xa, M, K, weight, bias, eps_d, rms, out, grain, typenum)
-        if out is not None:
+        if out is not None or n > _FEW_ROWS_COPY_MAX:
             return None
         # few rows: through a C-order copy, the result copied back into x's layout (as the
         # general path), NumPy's copies of small arrays
@@ -1507,7 +1519,8 @@ def rows_backward_fast(object grad_output, object x, object normalized_shape, ob
     and the parameters' shape.  Float32 rows without either take their sums in float
     stretches (rows_grad_sums), so grad_x may differ in the last bit from a call with a
     parameter gradient.  A 2-D Fortran-order x (and grad_output) normalized over its last axis
-    is read as x.T (_rows_backward_fortran).  None when the general path is needed."""
+    is read as x.T (_rows_backward_fortran) from _COLS_MIN_ROWS rows, and below that, if small,
+    copied into C order and grad_x copied back.  None when the general path is needed."""
     cdef int typenum = _fast_typenum(x)
     cdef bint fortran = typenum < 0
     if fortran:
@@ -1529,6 +1542,8 @@ def rows_backward_fast(object grad_output, object x, object normalized_shape, ob
         if cnp.PyArray_DIM(xa, 0) >= _COLS_MIN_ROWS:
             return _rows_backward_fortran(<cnp.ndarray>grad_output, xa, weight, mean, rstd, bias,
                                           grain, typenum)
+        if cnp.PyArray_SIZE(xa) > _FEW_ROWS_COPY_MAX:
+            return None
         result = rows_backward_fast(cnp.PyArray_NewCopy(<cnp.ndarray>grad_output, cnp.NPY_CORDER),
                                     cnp.PyArray_NewCopy(xa, cnp.NPY_CORDER), normalized_shape,
                                     weight, mean, rstd, bias, rms, grain)

@@ -1,14 +1,14 @@
 /* Arrays whose last axis is not their contiguous one into C order (and C-order ones into
  * Fortran order): the copy the kernel families make of such an input (x.T of a C-order
  * matrix, say, or x.swapaxes(-1, -2)) where they do not read it as it lies (batch norm, and
- * layer and RMS norm from 64 rows, read a Fortran-order x as x.T).  NumPy copies it in the destination's order, reading
- * one element per cache line of the source: a Fortran-order (8192, 768) float32 array took
- * 29.5 ms on AMD Zen 4 (1 thread), 25 times its copy floor, and a layer norm of it spent 30
- * of its 31 ms there.  Here the copy goes by square blocks of M x M elements, transposed in
- * SSE2 registers on x86-64 (by plain loops elsewhere and at the edges), and each destination
- * line is written whole by consecutive blocks.  The source is read along its rows,
- * FN_LAYOUT_BLOCK elements of each, which the hardware prefetcher follows with some help
- * (FN_LAYOUT_AHEAD).
+ * layer and RMS norm from 16 rows, read a Fortran-order x as x.T).  NumPy copies it in the
+ * destination's order, reading one element per cache line of the source: a Fortran-order
+ * (8192, 768) float32 array took 29.5 ms on AMD Zen 4 (1 thread), 25 times its copy floor,
+ * and a layer norm of it spent 30 of its 31 ms there.  Here the copy goes by square blocks
+ * of M x M elements, transposed in SSE2 registers on x86-64 (by plain loops elsewhere and at
+ * the edges), and each destination line is written whole by consecutive blocks.  The source
+ * is read along its rows, FN_LAYOUT_BLOCK elements of each, which the hardware prefetcher
+ * follows with some help (FN_LAYOUT_AHEAD).
  *
  * Elements are moved as bit patterns (2, 4 or 8 bytes), so the values are untouched: NaN
  * payloads, signed zeros and float16 included.

@@ -1721,7 +1721,9 @@ void FN_NAME(fn_norm_cols_grad_coefs, FN_SUF)(int64_t M, int64_t K, const T *rst
  * gradients gw[k] = sum_m dy * ((x - mu[m]) * rstd[m]) and gb[k] = sum_m dy in float64 (the
  * terms as rows_param_sums computes them), each tile's part summed after the tile's gxt
  * while its dy and x are in cache, and the parts added tile after tile.  stream: gxt by
- * non-temporal stores. */
+ * non-temporal stores.  A row of x whose coefficients hold a NaN gives NaNs through the
+ * arithmetic, without the row kernels' one-NaN fill (nan_grad_run, which keeps their two
+ * directions alike): their sign bits can differ from the C-order call's. */
 void FN_NAME(fn_norm_cols_backward, FN_SUF)(const T *dyt, const T *xt, T *gxt, int64_t M,
                                             int64_t k0, int64_t k1, const T *w, const T *mu,
                                             const T *s, const T *k2, const T *k3, const T *rstd,
