@@ -1749,14 +1749,23 @@ void FN_NAME(fn_norm_cols_backward, FN_SUF)(const T *dyt, const T *xt, T *gxt, i
                 FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, out, n, m,
                                 dr[m] * st[m] + (xr[m] - mt[m]) * k2t[m] + k3t[m]);
             }
-            if (gw) {
+            if (gw && gb) {  /* one loop: dy is loaded and converted once for both */
+                double a = 0.0, c = 0.0;
+#pragma omp simd reduction(+:a, c)
+                for (int64_t m = 0; m < n; ++m) {
+                    const double d = (double)dr[m];
+                    a += d * ((double)(xr[m] - mt[m]) * (double)rt[m]);
+                    c += d;
+                }
+                gw[k] += a;
+                gb[k] += c;
+            } else if (gw) {
                 double a = 0.0;
 #pragma omp simd reduction(+:a)
                 for (int64_t m = 0; m < n; ++m)
                     a += (double)dr[m] * ((double)(xr[m] - mt[m]) * (double)rt[m]);
                 gw[k] += a;
-            }
-            if (gb) {
+            } else if (gb) {
                 double c = 0.0;
 #pragma omp simd reduction(+:c)
                 for (int64_t m = 0; m < n; ++m)
