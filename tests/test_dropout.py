@@ -397,6 +397,46 @@ def test_streamed_forward_matches_oracle(dtype, rng):
         fastnorm.set_num_threads(None)
 
 
+@pytest.mark.skipif(not _config.compiled_available() or NUMPY_ONLY or "avx2" not in _config._runnable_isas(),
+                    reason="the compiled AVX2 variant only")
+@pytest.mark.parametrize("split", [False, True])
+def test_both_avx2_philox_groups_give_the_oracle_stream(split, rng):
+    """The AVX2 variant generates Philox blocks by one of two groups of eight (fn_philox.h):
+    two vectors of four blocks, or one vector and four scalar blocks, its choice where 256-bit
+    instructions run as two halves (AMD Zen 1).  Either must give NumPy's stream on any CPU:
+    lengths around a group (128 elements) and a tile (1024), chunks split over two threads,
+    a counter carrying into its second word within a group's scalar blocks, streamed stores
+    (the large call into out=), both dtypes."""
+    ext = _config.extension("dropout")
+    default = ext.split_group()
+    pool = _config._pool
+    try:
+        ext.set_split_group(split)
+        assert ext.split_group() is split
+        _config.set_stream_min_bytes(0)
+        pool.set_min_bytes(0)
+        with variant("cython", "avx2"):
+            for threads in (1, 2):
+                fastnorm.set_num_threads(threads)
+                for n in (1, 15, 16, 127, 128, 129, 1023, 1024, 1025, 300_001):
+                    for offset in (0, 3, 2**64 - blocks(n), 2**64 - blocks(n) // 2):
+                        offset = max(0, min(offset, 2**64 - blocks(n)))
+                        for dtype in (np.float32, np.float64):
+                            x = rng.standard_normal(n).astype(dtype)
+                            out = np.empty_like(x)
+                            y, mask = dropout(x, 0.3, seed=SEED, offset=offset, out=out)
+                            y_ref, mask_ref = ref.dropout(x, 0.3, seed=SEED, offset=offset)
+                            where = f"split={split} threads={threads} n={n} offset={offset} {dtype.__name__}"
+                            np.testing.assert_array_equal(mask.packed, mask_ref.packed, err_msg=where)
+                            np.testing.assert_array_equal(y, y_ref, err_msg=where)
+    finally:
+        ext.set_split_group(None)
+        _config.set_stream_min_bytes(None)
+        pool.set_min_bytes(pool.MIN_BYTES)
+        fastnorm.set_num_threads(None)
+    assert ext.split_group() is default
+
+
 def test_read_only_input_and_inputs_not_modified(backend, rng):
     x = rng.standard_normal((50, 40)).astype(np.float32)
     g = rng.standard_normal((50, 40)).astype(np.float32)

@@ -17,21 +17,39 @@ cnp.import_array()
 cdef extern from "fn_dropout.h" nogil:
     ctypedef struct fn_dropout_kernels:
         void (*forward_f32)(const float *, float *, uint8_t *, int64_t, int64_t,
-                            uint64_t, uint64_t, uint64_t, int32_t, double, int) noexcept nogil
+                            uint64_t, uint64_t, uint64_t, int32_t, double, int, int) noexcept nogil
         void (*forward_f64)(const double *, double *, uint8_t *, int64_t, int64_t,
-                            uint64_t, uint64_t, uint64_t, int32_t, double, int) noexcept nogil
+                            uint64_t, uint64_t, uint64_t, int32_t, double, int, int) noexcept nogil
         void (*backward_f32)(const float *, const uint8_t *, float *, int64_t, double) noexcept nogil
         void (*backward_f64)(const double *, const uint8_t *, double *, int64_t, double) noexcept nogil
     const fn_dropout_kernels *fn_dropout_kernels_by_isa[]
     int FN_ISA_COUNT
+    int fn_cpu_halves_256bit()
 
 cdef const fn_dropout_kernels *_kernels = fn_dropout_kernels_by_isa[0]
+# The AVX2 variant's generator mix (fn_philox.h): its split group where 256-bit instructions
+# run as two halves.  The same stream either way; set_split_group chooses for the tests.
+cdef int _split_group = fn_cpu_halves_256bit()
 
 
 def set_isa(int level):
     """Route every call to kernel variant `level` (an index of _runtime.ISA_NAMES)."""
     global _kernels
     _kernels = fn_dropout_kernels_by_isa[isa_level(level, FN_ISA_COUNT)]
+
+
+def split_group():
+    """Whether the AVX2 variant generates its Philox blocks by the split group (one vector
+    of four blocks and four scalar blocks) rather than two vectors of four."""
+    return bool(_split_group)
+
+
+def set_split_group(value=None):
+    """Choose the AVX2 variant's Philox group: True for the split one, False for the vector
+    one, None for this CPU's default (split where 256-bit instructions run as two 128-bit
+    halves).  The stream is the same; this is for tests and measurements."""
+    global _split_group
+    _split_group = fn_cpu_halves_256bit() if value is None else bool(value)
 
 
 cdef inline Py_ssize_t _chunk(Py_ssize_t n, int nthreads) noexcept nogil:
@@ -45,10 +63,10 @@ cdef inline void _forward_part(const floating *x, floating *y, uint8_t *mask, Py
                                uint64_t offset, int32_t threshold, double scale, int stream) noexcept nogil:
     if floating is float:
         _kernels.forward_f32(x + start, y + start, mask + start // 8, n, start, key_lo, key_hi, offset,
-                 threshold, scale, stream)
+                 threshold, scale, stream, _split_group)
     else:
         _kernels.forward_f64(x + start, y + start, mask + start // 8, n, start, key_lo, key_hi, offset,
-                 threshold, scale, stream)
+                 threshold, scale, stream, _split_group)
 
 
 cdef inline void _backward_part(const floating *g, const uint8_t *mask, floating *gx,

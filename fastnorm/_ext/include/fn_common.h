@@ -79,6 +79,27 @@ static inline int fn_cpu_isa(void)
 #endif
 }
 
+/* 1 on CPUs that issue each 256-bit vector instruction as two 128-bit halves and run the
+ * AVX2 variant: AMD family 23 (17h) models 0-47, Zen and Zen+ (Zen 2, from model 48, has
+ * 256-bit units).  The AVX2 dropout generator takes another mix of vector and scalar blocks
+ * there (fn_philox.h).  Asked once per process, by the dropout module at import. */
+static inline int fn_cpu_halves_256bit(void)
+{
+#if FN_HAVE_X86_VARIANTS
+    unsigned a, b, c, d;
+    if (!__get_cpuid(0, &a, &b, &c, &d))
+        return 0;
+    const int amd = b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u;   /* "AuthenticAMD" */
+    if (!amd || !__get_cpuid(1, &a, &b, &c, &d))
+        return 0;
+    const unsigned family = ((a >> 8) & 0xF) + ((a >> 20) & 0xFF);
+    const unsigned model = ((a >> 4) & 0xF) | ((a >> 12) & 0xF0);
+    return family == 0x17 && model < 0x30;
+#else
+    return 0;
+#endif
+}
+
 /* After "omp simd", over a loop of a constant trip count (16 elements beside a piece of
  * sums): clang unrolls such a loop fully before its loop vectorizer runs, and the unrolled
  * statements stayed scalar (vfmadd213ss, one element each: group norm (16, 64, 16, 16) 2.7-3.2x

@@ -13,7 +13,10 @@
  *           of x[0] within the whole array and must be a multiple of 16; mask points
  *           at byte start / 8.  Writes ceil(n / 8) mask bytes.  stream: y's whole
  *           64-byte lines by non-temporal stores (fn_stream.h), the same values, fenced
- *           before the call returns.
+ *           before the call returns.  split_group: the AVX2 variant generates its blocks
+ *           by fn_philox_group_fields_split (fn_philox.h), for CPUs whose 256-bit
+ *           instructions run as two halves (fn_cpu_halves_256bit); the same stream, and
+ *           ignored by the other variants.
  * backward: gx[i] = g[i] * (bit i of mask ? scale : 0).  g and gx may be the same
  *           buffer; mask[0] holds the bit of g[0].
  */
@@ -24,10 +27,10 @@
 #define FN_DECLARE_DROPOUT(isa) \
     void fn_dropout_forward_f32_##isa(const float *x, float *y, uint8_t *mask, int64_t n, int64_t start, \
                                       uint64_t key_lo, uint64_t key_hi, uint64_t offset, \
-                                      int32_t threshold, double scale, int stream); \
+                                      int32_t threshold, double scale, int stream, int split_group); \
     void fn_dropout_forward_f64_##isa(const double *x, double *y, uint8_t *mask, int64_t n, int64_t start, \
                                       uint64_t key_lo, uint64_t key_hi, uint64_t offset, \
-                                      int32_t threshold, double scale, int stream); \
+                                      int32_t threshold, double scale, int stream, int split_group); \
     void fn_dropout_backward_f32_##isa(const float *g, const uint8_t *mask, float *gx, int64_t n, double scale); \
     void fn_dropout_backward_f64_##isa(const double *g, const uint8_t *mask, double *gx, int64_t n, double scale);
 
@@ -37,9 +40,9 @@ FN_DECLARE_DROPOUT(avx512)
 
 typedef struct fn_dropout_kernels {
     void (*forward_f32)(const float *, float *, uint8_t *, int64_t, int64_t, uint64_t, uint64_t,
-                        uint64_t, int32_t, double, int);
+                        uint64_t, int32_t, double, int, int);
     void (*forward_f64)(const double *, double *, uint8_t *, int64_t, int64_t, uint64_t, uint64_t,
-                        uint64_t, int32_t, double, int);
+                        uint64_t, int32_t, double, int, int);
     void (*backward_f32)(const float *, const uint8_t *, float *, int64_t, double);
     void (*backward_f64)(const double *, const uint8_t *, double *, int64_t, double);
 } fn_dropout_kernels;

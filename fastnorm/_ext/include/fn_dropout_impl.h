@@ -73,12 +73,13 @@ static inline void FN_NAME(fn_dropout_pack, any)(const uint16_t *field, int32_t 
 
 void FN_NAME(fn_dropout_forward, FN_SUF)(const T *x, T *y, uint8_t *mask, int64_t n, int64_t start,
                                          uint64_t key_lo, uint64_t key_hi, uint64_t offset,
-                                         int32_t threshold, double scale, int stream)
+                                         int32_t threshold, double scale, int stream, int split_group)
 {
     fn_philox_keys ks;
     uint16_t field[FN_DROPOUT_TILE] __attribute__((aligned(64)));   /* whole cache lines for 64-byte vectors */
     const T kept_factor = (T)scale;
     const int32_t t = threshold;
+    (void)split_group;   /* read by the AVX2 variant alone (FN_PHILOX_HAS_SPLIT) */
     fn_philox_schedule(&ks, key_lo, key_hi);
     /* Counter of this call's first block; 128-bit so that offset + 1 + b carries
      * into the second counter word exactly as NumPy's 256-bit counter does. */
@@ -93,7 +94,12 @@ void FN_NAME(fn_dropout_forward, FN_SUF)(const T *x, T *y, uint8_t *mask, int64_
         const int64_t ahead = n - s - FN_DROPOUT_TILE < FN_DROPOUT_TILE ? n - s - FN_DROPOUT_TILE : FN_DROPOUT_TILE;
         fn_prefetch_lines(x + s + FN_DROPOUT_TILE, ahead * (int64_t)sizeof(T));
         for (int64_t gi = 0; gi < groups; ++gi) {
-            fn_philox_group_fields(&ks, ctr, field + gi * 16 * FN_PHILOX_GROUP);
+#if FN_PHILOX_HAS_SPLIT
+            if (split_group)
+                fn_philox_group_fields_split(&ks, ctr, field + gi * 16 * FN_PHILOX_GROUP);
+            else
+#endif
+                fn_philox_group_fields(&ks, ctr, field + gi * 16 * FN_PHILOX_GROUP);
             ctr += FN_PHILOX_GROUP;
         }
         const T *xs = x + s;

@@ -191,7 +191,8 @@ static inline void fn_philox_group_fields(const fn_philox_keys *ks, unsigned __i
  * dropout forward through the API, Zen 3, 1 thread, builds in one process, paired medians,
  * against 8 vector + 8 scalar blocks: 8 vector blocks alone 1.32-1.47x ((256, 1024) and
  * (4096, 4096)), 16 alone the same (0.98-1.02x of 8), 32 alone level, 12 + 4 scalar
- * 1.22-1.25x, 4 + 4 1.10-1.18x. */
+ * 1.22-1.25x, 4 + 4 1.10-1.18x.  Zen 1 is the other way round (fn_philox_group_fields_split
+ * below). */
 #include <immintrin.h>
 #define FN_PHILOX_VLANES 8
 #define FN_PHILOX_GROUP FN_PHILOX_VLANES
@@ -209,16 +210,20 @@ static inline void fn_philox_mulhilo_v(__m256i a, __m256i m_lo, __m256i m_hi, __
     *lo = _mm256_blend_epi32(ll, _mm256_slli_epi64(mid2, 32), 0xAA);   /* mid2's low half: lo's high half */
 }
 
-/* Blocks ctr .. ctr + FN_PHILOX_GROUP - 1 as 16-bit fields (FN_PHILOX_GROUP * 16 of them). */
-static inline void fn_philox_group_fields(const fn_philox_keys *ks, unsigned __int128 ctr, uint16_t *fields)
+/* Blocks ctr .. ctr + 4 nv + ns - 1 as 16-bit fields: nv vectors of four blocks, then ns
+ * blocks in scalar registers (fn_philox_scalar_round) in the same round loop.  nv and ns are
+ * constants where it is inlined. */
+static inline __attribute__((always_inline)) void fn_philox_avx2_blocks(const fn_philox_keys *ks, unsigned __int128 ctr,
+                                                                        uint16_t *fields, const int nv, const int ns)
 {
-    enum { NV = FN_PHILOX_VLANES / 4 };
+    enum { NV_MAX = FN_PHILOX_VLANES / 4 };
     const __m256i m0_lo = _mm256_set1_epi64x((long long)(FN_PHILOX_M0 & 0xFFFFFFFF));
     const __m256i m0_hi = _mm256_set1_epi64x((long long)(FN_PHILOX_M0 >> 32));
     const __m256i m1_lo = _mm256_set1_epi64x((long long)(FN_PHILOX_M1 & 0xFFFFFFFF));
     const __m256i m1_hi = _mm256_set1_epi64x((long long)(FN_PHILOX_M1 >> 32));
-    __m256i v0[NV], v1[NV], v2[NV], v3[NV];
-    for (int v = 0; v < NV; ++v) {
+    __m256i v0[NV_MAX], v1[NV_MAX], v2[NV_MAX], v3[NV_MAX];
+    fn_philox_scalar sb;
+    for (int v = 0; v < nv; ++v) {
         unsigned __int128 c[4];
         for (int j = 0; j < 4; ++j)
             c[j] = ctr + (unsigned)(4 * v + j);
@@ -229,12 +234,14 @@ static inline void fn_philox_group_fields(const fn_philox_keys *ks, unsigned __i
         v2[v] = _mm256_setzero_si256();
         v3[v] = _mm256_setzero_si256();
     }
+    if (ns)
+        fn_philox_scalar_init(&sb, ctr + (unsigned)(4 * nv), ns);
 #pragma GCC unroll 2     /* as in the AVX-512 group: 145 -> 130 us for (256, 1024), 8 + 8 blocks */
     for (int r = 0; r < FN_PHILOX_ROUNDS; ++r) {
         const uint64_t k0 = ks->k0[r], k1 = ks->k1[r];
         const __m256i vk0 = _mm256_set1_epi64x((long long)k0), vk1 = _mm256_set1_epi64x((long long)k1);
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) {
+        for (int v = 0; v < nv; ++v) {
             __m256i hi0, lo0, hi1, lo1;
             fn_philox_mulhilo_v(v0[v], m0_lo, m0_hi, &hi0, &lo0);
             fn_philox_mulhilo_v(v2[v], m1_lo, m1_hi, &hi1, &lo1);
@@ -245,9 +252,11 @@ static inline void fn_philox_group_fields(const fn_philox_keys *ks, unsigned __i
             v0[v] = n0;
             v2[v] = n2;
         }
+        if (ns)
+            fn_philox_scalar_round(&sb, k0, k1, ns);
     }
     /* Lanes hold word w of four blocks; a 4x4 transpose gives each block's four words. */
-    for (int v = 0; v < NV; ++v) {
+    for (int v = 0; v < nv; ++v) {
         const __m256i t0 = _mm256_unpacklo_epi64(v0[v], v1[v]), t1 = _mm256_unpackhi_epi64(v0[v], v1[v]);
         const __m256i t2 = _mm256_unpacklo_epi64(v2[v], v3[v]), t3 = _mm256_unpackhi_epi64(v2[v], v3[v]);
         __m256i *dst = (__m256i *)(fields + 64 * v);
@@ -256,6 +265,36 @@ static inline void fn_philox_group_fields(const fn_philox_keys *ks, unsigned __i
         _mm256_storeu_si256(dst + 2, _mm256_permute2x128_si256(t0, t2, 0x31));
         _mm256_storeu_si256(dst + 3, _mm256_permute2x128_si256(t1, t3, 0x31));
     }
+    if (ns) {
+        uint64_t words[4 * FN_PHILOX_VLANES];
+        fn_philox_scalar_words(&sb, words, ns);
+        fn_philox_words_to_fields(words, 4 * ns, fields + 64 * nv);
+    }
+}
+
+/* Blocks ctr .. ctr + FN_PHILOX_GROUP - 1 as 16-bit fields (FN_PHILOX_GROUP * 16 of them). */
+static inline void fn_philox_group_fields(const fn_philox_keys *ks, unsigned __int128 ctr, uint16_t *fields)
+{
+    fn_philox_avx2_blocks(ks, ctr, fields, FN_PHILOX_VLANES / 4, 0);
+}
+
+/* The same blocks as one vector of four and four scalar blocks, for CPUs that issue a 256-bit
+ * instruction as two 128-bit halves (fn_cpu_halves_256bit): there the vector multiplies are
+ * the slow part, and the scalar multiplier, idle in the vector group, takes half the blocks.
+ * AMD EPYC family 23 model 1 (Zen 1, 2 vCPUs), 1 thread, C harness of the group alone (4096
+ * blocks, best of 15, interleaved rounds): 17.9-26.5 ns per block against 29.5-33.0 for the
+ * vector group; as mixes of the same code, 4 vector + 2 scalar blocks 23.3-23.8, 8 + 4
+ * 25.0-26.0, 4 scalar alone 36.5-47.1.  Dropout forward through the API against the build
+ * without it, processes alternated, three rounds, float32: (256, 1024) 627-654 -> 434-503 us,
+ * (4096, 4096) 44.0-46.0 -> 32.3-34.5 ms at 1 thread and 22.6-23.2 -> 16.9-19.8 ms at 2.
+ * Not inlined: inlined beside the vector group, it spilled more and ran only 1.16x faster.
+ * Not measured on Zen 3 or Intel, where the vector group stays (on Zen 3 it beat every mix,
+ * above). */
+#define FN_PHILOX_HAS_SPLIT 1
+static __attribute__((noinline)) void fn_philox_group_fields_split(const fn_philox_keys *ks, unsigned __int128 ctr, uint16_t *fields)
+{
+    _Static_assert(FN_PHILOX_VLANES == 8, "one vector of four blocks and four scalar blocks make a group");
+    fn_philox_avx2_blocks(ks, ctr, fields, 1, 4);
 }
 
 #else /* scalar blocks only */
@@ -272,6 +311,10 @@ static inline void fn_philox_group_fields(const fn_philox_keys *ks, unsigned __i
     fn_philox_scalar_words(&sb, words, FN_PHILOX_GROUP);
     fn_philox_words_to_fields(words, 4 * FN_PHILOX_GROUP, fields);
 }
+#endif
+
+#ifndef FN_PHILOX_HAS_SPLIT
+#define FN_PHILOX_HAS_SPLIT 0   /* fn_philox_group_fields_split is the AVX2 variant's alone */
 #endif
 
 #endif /* FN_PHILOX_H */
