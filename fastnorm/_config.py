@@ -370,6 +370,7 @@ def show_config(file=None):
     import numpy as np
 
     interpreted = interpreted_modules()
+    dropout_kernels = compiled_module("dropout")
     lines = [
         f"fastnorm {_version()}",
         f"  backend:        {_backend}" + ("" if _runtime is not None
@@ -387,6 +388,11 @@ def show_config(file=None):
         f"  buffer cache:   up to {_pool_bytes} bytes of freed results"
         + (f" >= {_pool.stats()['min_bytes']} bytes" if _pool is not None else "")
         + ("" if _pool is None or _pool.AVAILABLE else " (not in this build)"),
+        f"  dropout:        "
+        + ("NumPy's Philox4x64-10 stream; the AVX2 variant generates "
+           + ("1 vector + 4 scalar blocks at a time (the default where 256-bit instructions "
+              "run as two halves)" if dropout_kernels.split_group() else "2 vectors of 4 blocks at a time")
+           if dropout_kernels is not None else "NumPy's Philox4x64-10 stream, by NumPy"),
         f"  float16:        converted by "
         + ("F16C on the compiled backend" if _runtime is not None and _runtime.HALF_CONVERSION
            else "NumPy's casts"),

@@ -44,6 +44,23 @@ def test_python_modules_are_compiled_and_reported():
     assert line.endswith("compiled by Cython" if not interpreted else ", ".join(interpreted))
 
 
+@compiled
+def test_show_config_names_the_dropout_generator_group():
+    """The AVX2 dropout generator's mix of vector and scalar Philox blocks depends on the CPU
+    (fn_cpu_halves_256bit); show_config says which one runs."""
+    import io
+    kernels = _config.compiled_module("dropout")
+    try:
+        for split, words in ((True, "1 vector + 4 scalar blocks"), (False, "2 vectors of 4 blocks")):
+            kernels.set_split_group(split)
+            text = io.StringIO()
+            fastnorm.show_config(file=text)
+            line = next(ln for ln in text.getvalue().splitlines() if "dropout:" in ln)
+            assert words in line, line
+    finally:
+        kernels.set_split_group(None)
+
+
 def test_reference_is_the_numpy_module():
     assert fastnorm.reference.relu.__module__ == "fastnorm.reference._activations"
 

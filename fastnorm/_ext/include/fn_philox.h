@@ -182,8 +182,8 @@ static inline void fn_philox_group_fields(const fn_philox_keys *ks, unsigned __i
 
 #elif FN_TARGET_AVX2
 /* AVX2 has no 64x64->128 multiply, but four 32x32->64 products (vpmuludq) per lane
- * build one, four lanes at a time, on the vector pipes.  A group is FN_PHILOX_GROUP blocks
- * in two vectors of four.  Until 2026-12 the group also ran eight blocks in scalar
+ * build one, four lanes at a time, on the vector pipes.  A group is FN_PHILOX_GROUP blocks,
+ * in two vectors of four (or, on Zen 1, one vector and four scalar blocks: below).  Until 2026-12 the group also ran eight blocks in scalar
  * registers in the same round loop (measured then, one Zen 3 core: 4.6-5.2 ns per block
  * against 10.3-11.6 for scalar blocks alone or 7.2-9.4 for vector blocks alone); with the
  * cheaper multiply-high above, and the scalar blocks' 32 words spilled to the stack in every
@@ -288,8 +288,8 @@ static inline void fn_philox_group_fields(const fn_philox_keys *ks, unsigned __i
  * without it, processes alternated, three rounds, float32: (256, 1024) 627-654 -> 434-503 us,
  * (4096, 4096) 44.0-46.0 -> 32.3-34.5 ms at 1 thread and 22.6-23.2 -> 16.9-19.8 ms at 2.
  * Not inlined: inlined beside the vector group, it spilled more and ran only 1.16x faster.
- * Not measured on Zen 3 or Intel, where the vector group stays (on Zen 3 it beat every mix,
- * above). */
+ * Elsewhere the vector group stays: on Zen 3 it beat every mix of vector and scalar blocks
+ * (above; this build not measured there), and Intel was not measured. */
 #define FN_PHILOX_HAS_SPLIT 1
 static __attribute__((noinline)) void fn_philox_group_fields_split(const fn_philox_keys *ks, unsigned __int128 ctr, uint16_t *fields)
 {
