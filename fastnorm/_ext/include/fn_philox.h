@@ -282,11 +282,11 @@ static inline void fn_philox_group_fields(const fn_philox_keys *ks, unsigned __i
  * instruction as two 128-bit halves (fn_cpu_halves_256bit): there the vector multiplies are
  * the slow part, and the scalar multiplier, idle in the vector group, takes half the blocks.
  * AMD EPYC family 23 model 1 (Zen 1, 2 vCPUs), 1 thread, C harness of the group alone (4096
- * blocks, best of 15, interleaved rounds): 17.9-26.5 ns per block against 29.5-33.0 for the
+ * blocks, best of 15, interleaved rounds): 19.8-26.5 ns per block against 29.5-33.0 for the
  * vector group; as mixes of the same code, 4 vector + 2 scalar blocks 23.3-23.8, 8 + 4
- * 25.0-26.0, 4 scalar alone 36.5-47.1.  Dropout forward through the API against the build
- * without it, processes alternated, three rounds, float32: (256, 1024) 627-654 -> 434-503 us,
- * (4096, 4096) 44.0-46.0 -> 32.3-34.5 ms at 1 thread and 22.6-23.2 -> 16.9-19.8 ms at 2.
+ * 25.2-26.0, 4 scalar alone 36.5-47.1.  Dropout forward through the API against the build
+ * without it, processes alternated, three rounds, float32: (256, 1024) 626-654 -> 434-503 us,
+ * (4096, 4096) 43.9-46.0 -> 32.3-34.5 ms at 1 thread and 22.6-23.2 -> 16.9-19.8 ms at 2.
  * Not inlined: inlined beside the vector group, it spilled more and ran only 1.16x faster.
  * Elsewhere the vector group stays: on Zen 3 it beat every mix of vector and scalar blocks
  * (above; this build not measured there), and Intel was not measured. */
