@@ -406,7 +406,7 @@ def test_both_avx2_philox_groups_give_the_oracle_stream(split, rng):
     instructions run as two halves (AMD Zen 1).  Either must give NumPy's stream on any CPU:
     lengths around a group (128 elements) and a tile (1024), chunks split over two threads,
     the counter carrying into its second word at the last block (only the last block can:
-    offsets stop at 2**64 - blocks), which n = 80, 96, 127 and 128 put at each scalar block
+    offsets stop at 2**64 - blocks), which n = 80, 96, 112 and 128 put at each scalar block
     of a group, streamed stores (every call here, into out=), both dtypes."""
     ext = _config.compiled_module("dropout")
     default = ext.split_group()
@@ -419,7 +419,7 @@ def test_both_avx2_philox_groups_give_the_oracle_stream(split, rng):
         with variant("cython", "avx2"):
             for threads in (1, 2):
                 fastnorm.set_num_threads(threads)
-                for n in (1, 15, 16, 80, 96, 127, 128, 129, 1023, 1024, 1025, 300_001):
+                for n in (1, 15, 16, 80, 96, 112, 127, 128, 129, 1023, 1024, 1025, 300_001):
                     for offset in (0, 3, 2**64 - blocks(n)):
                         for dtype in (np.float32, np.float64):
                             x = rng.standard_normal(n).astype(dtype)

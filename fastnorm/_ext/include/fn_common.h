@@ -82,8 +82,9 @@ static inline int fn_cpu_isa(void)
 /* 1 on the CPUs known here to issue each 256-bit vector instruction as two 128-bit halves
  * and run the AVX2 variant: AMD family 23 (17h) models 0-47, Zen and Zen+ (Zen 2, from model
  * 48, has 256-bit units).  Other such cores (Intel's Gracemont E-cores, Hygon's family 24)
- * are neither detected nor measured.  The AVX2 dropout generator takes another mix of vector and scalar blocks
- * there (fn_philox.h).  Asked once per process, by the dropout module at import. */
+ * are neither detected nor measured.  The AVX2 dropout generator takes another mix of
+ * vector and scalar blocks there (fn_philox.h).  Asked once per process, by the dropout
+ * module at import. */
 static inline int fn_cpu_halves_256bit(void)
 {
 #if FN_HAVE_X86_VARIANTS

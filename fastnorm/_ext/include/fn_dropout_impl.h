@@ -4,8 +4,8 @@
  * The forward pass works in tiles of FN_DROPOUT_TILE elements: generate the tile's
  * Philox blocks into a small buffer of 16-bit fields (fn_philox.h: blocks in vectors, and
  * with AVX-512, or AVX2 on Zen 1 (split_group), scalar blocks beside them; the generator is
- * the bottleneck), then two loops
- * over the tile -- apply (y = x * factor) and pack the keep bits.  The tile buffer stays in L1.
+ * the bottleneck), then two loops over the tile -- apply (y = x * factor) and pack the keep
+ * bits.  The tile buffer stays in L1.
  * With `stream`, y goes out by non-temporal stores (fn_stream.h; whole 64-byte lines
  * only, the kernel fences before it returns): on Zen 4, where the generator is slower than
  * on Zen 5, plain stores' read for ownership did not overlap with the generator, and
