@@ -17,6 +17,8 @@ import ast
 import glob
 import os
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -56,9 +58,40 @@ def _warn(message, consequence=_NO_KERNELS):
     sys.stderr.write(f"\n{bar}\nfastnorm: {message}\n{consequence}\n{bar}\n\n")
 
 
+def _cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 class OptionalBuildExt(build_ext):
     """Build the kernels, but let the package install without them if the compiler fails
-    (the import then warns once and uses the NumPy reference)."""
+    (the import then warns once and uses the NumPy reference).
+
+    Compiles in parallel, one C file per job, as many jobs as the CPUs this process may use
+    (``-j N`` / ``--parallel N`` sets another number): the extensions side by side, and each
+    extension's files side by side (its generated module and its three kernel variants take
+    about as long each), so that the largest extension is not one long serial chain."""
+
+    def build_extensions(self):
+        jobs = int(self.parallel) if self.parallel and self.parallel is not True else _cpus()
+        if jobs > 1 and self.compiler.compiler_type == "unix":
+            slots = threading.BoundedSemaphore(jobs)   # the compiler processes running at once
+            compile_files = self.compiler.compile
+
+            def compile_one(source, args, kwargs):
+                with slots:
+                    return compile_files([source], *args, **kwargs)
+
+            def compile_each(sources, *args, **kwargs):
+                with ThreadPoolExecutor(max(1, len(sources))) as pool:
+                    parts = list(pool.map(lambda s: compile_one(s, args, kwargs), sources))
+                return [obj for part in parts for obj in part]
+
+            self.compiler.compile = compile_each
+            self.parallel = len(self.extensions)   # the slots bound the compilers, not this
+        super().build_extensions()
 
     def run(self):
         try:
@@ -95,7 +128,7 @@ def _api_extensions():
     # what a negative index means in this code).
     exts = [Extension("fastnorm." + name, sources=[os.path.join("fastnorm", *name.split(".")) + ".py"])
             for name in _api_modules()]
-    return cythonize(exts, compiler_directives={"language_level": 3})
+    return cythonize(exts, nthreads=_cpus(), compiler_directives={"language_level": 3})
 
 
 def extensions():
@@ -132,6 +165,7 @@ def extensions():
         ))
     return exts + cythonize(
         kernels,
+        nthreads=_cpus(),
         compile_time_env={"FASTNORM_OPENMP": use_openmp},
         compiler_directives={
             "language_level": 3,

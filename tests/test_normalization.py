@@ -1606,7 +1606,8 @@ def test_per_unit_sums_kernels_with_several_samples(P, A, C, B, dtype, rng):
     # The per-unit kernels take their units as spans of channels of one sample p, visited
     # in address order; the Python layer only calls them with P = 1, so P > 1 and thread
     # shares that cut a span mid-sample are checked here, directly, against float64
-    # NumPy, and bit for bit across thread counts.
+    # NumPy, and bit for bit across thread counts.  (Float32 dual sums with the lanes go
+    # through float stretches: test_dual_sums_in_float_stretches.)
     ext = fastnorm._config._modules["normalization"]
     x = (5 + rng.standard_normal((P, A, C, B))).astype(dtype)
     dy = rng.standard_normal(x.shape).astype(dtype)
@@ -1622,11 +1623,69 @@ def test_per_unit_sums_kernels_with_several_samples(P, A, C, B, dtype, rng):
     g = dy.transpose(0, 2, 1, 3).reshape(P * C, A * B).astype(np.float64)
     want = (units.mean(axis=1), ((units - units.mean(axis=1, keepdims=True)) ** 2).sum(axis=1),
             g.sum(axis=1), (g * (units - center[:, None])).sum(axis=1))
-    for got, expected in zip(results[0], want):
-        np.testing.assert_allclose(got, expected, rtol=1e-11, atol=1e-9)
+    terms = (np.abs(g).sum(axis=1), np.abs(g * (units - center[:, None])).sum(axis=1))
+    for i, (got, expected) in enumerate(zip(results[0], want)):
+        if i >= 2 and dtype == np.float32:
+            assert (np.abs(got - expected) <= 3e-6 * terms[i - 2]).all(), i
+        else:
+            np.testing.assert_allclose(got, expected, rtol=1e-11, atol=1e-9)
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.skipif(not fastnorm._config.compiled_available(), reason="compiled kernels only")
+@pytest.mark.parametrize("B", [1, 15, 16, 17, 127, 128, 129, 144, 256, 300, 1000])
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+def test_dual_sums_in_float_stretches(isa, B, rng):
+    """The float32 dual sums (batch and group norm backward: s1 = sum(dy), s2 = sum(dy * (x -
+    center)) per unit) with the AVX2 / AVX-512 lanes go in float vectors over stretches of at
+    most 128 elements of a run, then in double (float_dual_pieces), centred on the float
+    nearest center and moved to center in double: within a few float roundings of the
+    float64 sums (scaled by the sum of the terms' magnitudes), for runs without a whole
+    16-element piece, of whole stretches, of stretches and a part-stretch, with and without a
+    tail, with an offset of 1e4 on one unit and a center that is no float; the same bits
+    from both variants where the CPU runs both.  A unit whose float sums overflow (dy near
+    1e38) takes the double sums: within float64's roundings; one whose s2 alone overflows in
+    float (dy and x near 1e20) takes s2 from them and keeps s1's float sum; a unit with a
+    NaN gives NaN."""
+    if not fastnorm._config._runs(isa):
+        pytest.skip(f"this CPU does not run the {isa} variant")
+    ext = fastnorm._config._modules["normalization"]
+    P, A, C = 1, 3, 5
+    x = (2 + 3 * rng.standard_normal((P, A, C, B))).astype(np.float32)
+    x[:, :, 1] += 1e4
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    dy[:, :, 2] = np.float32(1e38) * np.sign(dy[:, :, 2])
+    dy[0, 1, 3, B // 2] = np.nan
+    x[:, :, 4] *= np.float32(1e20)
+    dy[:, :, 4] *= np.float32(1e20)
+    units = x.transpose(0, 2, 1, 3).reshape(C, A * B).astype(np.float64)
+    g = dy.transpose(0, 2, 1, 3).reshape(C, A * B).astype(np.float64)
+    center = units.mean(axis=1) + 1 / 3
+
+    def sums(name):
+        s1, s2 = np.empty(C), np.empty(C)
+        previous = fastnorm.isa()
+        fastnorm.set_isa(name)
+        try:
+            ext.dual_sums(dy.reshape(-1), x.reshape(-1), P, A, C, B, center, s1, s2, 1)
+        finally:
+            fastnorm.set_isa(previous)
+        return s1, s2
+
+    got = sums(isa)
+    with np.errstate(invalid="ignore"):
+        terms = (g, g * (units - center[:, None]))
+    for k, (s, t) in enumerate(zip(got, terms)):
+        expected = t.sum(axis=1)
+        assert np.isnan(s[3]) and np.isnan(expected[3])
+        double = [2, 4] if k == 1 else [2]
+        single = [0, 1, 4] if k == 0 else [0, 1]
+        assert (np.abs(s[double] - expected[double]) <= 1e-12 * np.abs(t[double]).sum(axis=1)).all()
+        assert (np.abs(s[single] - expected[single]) <= 3e-6 * np.abs(t[single]).sum(axis=1)).all()
+    if isa == "avx512" and fastnorm._config._runs("avx2"):
+        assert [a.tobytes() for a in got] == [a.tobytes() for a in sums("avx2")]
 
 
 @pytest.mark.skipif(not fastnorm._config.compiled_available(), reason="compiled kernels only")

@@ -121,7 +121,7 @@
 #endif
 #define PS_VECS (LANE_VECS / 2)   /* float vectors per 16-element piece */
 #define PS_W (16 / PS_VECS)       /* floats per vector */
-#define ROW_SUM_STRETCH 8         /* most 16-element pieces a float row sum takes */
+#define ROW_SUM_STRETCH 8         /* most 16-element pieces a float stretch takes */
 typedef struct { VPD v[LANE_VECS]; } FN_NAME(lanes16, FN_SUF);
 #define LANES FN_NAME(lanes16, FN_SUF)
 
@@ -272,6 +272,56 @@ static inline int FN_NAME(fetch_next_sample, FN_SUF)(int64_t B, int64_t channels
     return run_bytes >= FETCH_RUN_MIN_BYTES && channels * run_bytes <= FETCH_STRETCH_MAX_BYTES;
 }
 
+/* The float32 variants with the lanes: p = sum(g) and q = sum(g * (x - c)), g = dy * w (w
+ * NULL: dy), over the whole 16-element pieces of [0, n), as float vectors over stretches of
+ * up to ROW_SUM_STRETCH pieces (a lane adds at most that many terms, g * (x - c) fused, x - c
+ * rounded to float), each stretch then added into the double lanes, instead of converting
+ * every element to double.  The sums then carry a few float roundings of a stretch's size,
+ * not of the run's.  Float sums overflow where double ones do not (|dy| near 1e38, or
+ * |dy * (x - c)| above 3.4e38), so a caller takes double sums where one comes out inf or
+ * NaN (also from an inf or a NaN in the data).  Returns the index after the last whole
+ * piece.  The lines `next` elements further on in dy and x (0: none) are fetched into L2
+ * meanwhile.  The same lanes and order for AVX2 and AVX-512: the same bits. */
+#if defined(FN_LANES16) && FN_REAL == 32
+static inline FN_LANES_INLINE int64_t FN_NAME(float_dual_pieces, FN_SUF)(
+    const T *dy, const T *w, const T *x, int64_t n, T c, double *p, double *q, int64_t next)
+{
+    const VPS cv = VPS_SET1(c);
+    LANES pl = FN_NAME(lanes_set1, FN_SUF)(0.0), ql = pl;
+    int64_t k0 = 0;
+    while (k0 + 16 <= n) {
+        const int64_t end = n - k0 >= 16 * ROW_SUM_STRETCH ? k0 + 16 * ROW_SUM_STRETCH
+                                                           : k0 + (n - k0) / 16 * 16;
+        VPS pf[PS_VECS], qf[PS_VECS];
+        for (int v = 0; v < PS_VECS; ++v)
+            pf[v] = qf[v] = VPS_SET1(0.0f);
+        for (; k0 < end; k0 += 16) {
+#pragma GCC unroll 2
+            for (int v = 0; v < PS_VECS; ++v) {
+                const int64_t k = k0 + v * PS_W;
+                const VPS d = VPS_LOADU(dy + k);
+                const VPS g = w ? VPS_MUL(d, VPS_LOADU(w + k)) : d;
+                pf[v] = VPS_ADD(pf[v], g);
+                qf[v] = VPS_FMA(g, VPS_SUB(VPS_LOADU(x + k), cv), qf[v]);
+            }
+            if (next) {
+                fn_prefetch_lines_l2(dy + next + k0, 16 * (int64_t)sizeof(T));
+                fn_prefetch_lines_l2(x + next + k0, 16 * (int64_t)sizeof(T));
+            }
+        }
+        for (int v = 0; v < PS_VECS; ++v) {
+            pl.v[2 * v] = VPD_ADD(pl.v[2 * v], VPS_LO_PD(pf[v]));
+            pl.v[2 * v + 1] = VPD_ADD(pl.v[2 * v + 1], VPS_HI_PD(pf[v]));
+            ql.v[2 * v] = VPD_ADD(ql.v[2 * v], VPS_LO_PD(qf[v]));
+            ql.v[2 * v + 1] = VPD_ADD(ql.v[2 * v + 1], VPS_HI_PD(qf[v]));
+        }
+    }
+    *p = FN_NAME(lanes_tree_sum, FN_SUF)(pl);
+    *q = FN_NAME(lanes_tree_sum, FN_SUF)(ql);
+    return k0;
+}
+#endif
+
 /* s1 += sum(dy), s2 += sum(dy * (x - center)) over one contiguous run; the lines of the runs
  * `next` elements further on in dy and x (0: none) are fetched into L2 meanwhile where the
  * lanes exist, as run_sums does; fn_norm_dual_runs asks for it with AVX-512 only, under the
@@ -291,24 +341,48 @@ static inline FN_LANES_INLINE void FN_NAME(run_dual, FN_SUF)(const T *dy, const 
     double sa = 0.0, sb = 0.0;
     int64_t i = 0;
 #ifdef FN_LANES16
-    LANES a = FN_NAME(lanes_set1, FN_SUF)(0.0), b = a;
-    for (; i + 16 <= n; i += 16) {
-        /* Lane vector by lane vector, each loaded, centered and added before the next one's
-         * loads: with all of dy's and then all of x's loaded first, gcc kept two of the eight
-         * AVX2 accumulators on the stack in fn_norm_group_backward (a store-to-load round trip
-         * in every step; its backward 1.06-1.21x faster without). */
-        for (int q = 0; q < LANE_VECS; ++q) {
-            const VPD h = FN_NAME(vpd_load, FN_SUF)(dy + i + q * LANE_W);
-            const VPD d = VPD_SUB(FN_NAME(vpd_load, FN_SUF)(x + i + q * LANE_W), VPD_SET1(center));
-            FN_NAME(vpd_add, FN_SUF)(h, d, &a.v[q], &b.v[q]);
+    int double_lanes = 1;
+#if FN_REAL == 32
+    /* Float stretches (float_dual_pieces), centred on the float nearest center, then moved
+     * to center exactly: sum(dy * (x - center)) = sum(dy * (x - cf)) + (cf - center) * sum(dy).
+     * Against the double lanes below, on AMD Zen 1 (AVX2, whose 256-bit conversions and double
+     * operations issue as two halves), through the API, builds in processes alternated, three
+     * rounds, 1 / 2 threads: batch norm backward (64, 64, 56, 56) 15.0-16.1 -> 12.2-12.8 ms /
+     * 9.1-10.5 -> 8.0-9.3 ms, (256, 64, 14, 14) 4.68-4.79 -> 4.03-4.57 / 3.20-3.73 ->
+     * 2.79-3.02 ms, group norm backward (16, 256, 32, 32) 4.09-4.53 -> 3.42-3.64 / 2.48-2.64 ->
+     * 2.31-2.32 ms.  Not measured with AVX-512 (Zen 4, where these sums ran near memory
+     * speed). */
+    const T cf = (T)center;
+    i = FN_NAME(float_dual_pieces, FN_SUF)(dy, NULL, x, n, cf, &sa, &sb, next);
+    sb += ((double)cf - center) * sa;
+    double_lanes = !(isfinite(sa) && isfinite(sb));
+    const double float_sa = sa;
+#endif
+    if (double_lanes) {   /* float64, or float sums that came out inf or NaN */
+        LANES a = FN_NAME(lanes_set1, FN_SUF)(0.0), b = a;
+        for (i = 0; i + 16 <= n; i += 16) {
+            /* Lane vector by lane vector, each loaded, centered and added before the next
+             * one's loads: with all of dy's and then all of x's loaded first, gcc kept two of
+             * the eight AVX2 accumulators on the stack in fn_norm_group_backward (a
+             * store-to-load round trip in every step; its backward 1.06-1.21x faster
+             * without). */
+            for (int q = 0; q < LANE_VECS; ++q) {
+                const VPD h = FN_NAME(vpd_load, FN_SUF)(dy + i + q * LANE_W);
+                const VPD d = VPD_SUB(FN_NAME(vpd_load, FN_SUF)(x + i + q * LANE_W), VPD_SET1(center));
+                FN_NAME(vpd_add, FN_SUF)(h, d, &a.v[q], &b.v[q]);
+            }
+            if (next) {
+                fn_prefetch_lines_l2(dy + next + i, 16 * (int64_t)sizeof(T));
+                fn_prefetch_lines_l2(x + next + i, 16 * (int64_t)sizeof(T));
+            }
         }
-        if (next) {
-            fn_prefetch_lines_l2(dy + next + i, 16 * (int64_t)sizeof(T));
-            fn_prefetch_lines_l2(x + next + i, 16 * (int64_t)sizeof(T));
-        }
+        sa = FN_NAME(lanes_tree_sum, FN_SUF)(a);
+        sb = FN_NAME(lanes_tree_sum, FN_SUF)(b);
+#if FN_REAL == 32
+        if (isfinite(float_sa))   /* only s2 failed: sum(dy) keeps its bits, as it does not see x */
+            sa = float_sa;
+#endif
     }
-    sa = FN_NAME(lanes_tree_sum, FN_SUF)(a);
-    sb = FN_NAME(lanes_tree_sum, FN_SUF)(b);
 #else
     (void)next;
 #pragma omp simd reduction(+:sa, sb)
@@ -1341,49 +1415,19 @@ static inline __attribute__((always_inline)) void FN_NAME(rows_grad_sums, FN_SUF
     double p = 0.0, q = 0.0;
     int64_t k0 = 0;
 #if defined(FN_LANES16) && FN_REAL == 32
-    /* float_sums (float32, no column terms): the sums go in float vectors over stretches of
-     * up to ROW_SUM_STRETCH 16-element pieces (a lane adds at most that many terms, g * xc
-     * fused), then into the double lanes, instead of converting every element to double:
-     * the conversions limited this loop (backward without parameter gradients, Zen 3,
+    /* float_sums (float32, no column terms): the sums by float_dual_pieces, whose
+     * conversions limited this loop (backward without parameter gradients, Zen 3,
      * paired medians of the final build, 1 / 2 threads: (512, 768) 1.10x / 1.14x, (2048,
      * 256) 1.08x / 1.20x, (32, 768) 1.12x / 1.11x, (64, 4096) 1.13x / 1.13x, (4, 50000)
-     * 1.18x / 1.16x, (8192, 768) from memory level; earlier runs up to 1.23x).  a1 and a2
-     * then carry a few float roundings of a stretch's size, not of the row's.  Float sums
-     * overflow where double ones do not (|dy| near 1e38, or |dy * xc| above 3.4e38): a row
-     * whose sums come out inf or NaN (also a row with an inf or a NaN) takes the double sums
-     * below instead, which give the bits it had before.  The column terms need d and xc as
-     * doubles anyway (done here alongside the float sums, 0.92-0.95x), so rows with them
-     * keep the double sums; grad_x of a call with parameter gradients can therefore differ
-     * in the last bit from the same call without them. */
+     * 1.18x / 1.16x, (8192, 768) from memory level; earlier runs up to 1.23x).  A row
+     * whose float sums come out inf or NaN takes the double sums below instead, which give
+     * the bits it had before.  The column terms need d and xc as doubles anyway (done here
+     * alongside the float sums, 0.92-0.95x), so rows with them keep the double sums; grad_x
+     * of a call with parameter gradients can therefore differ in the last bit from the same
+     * call without them. */
     int double_sums = 1;
     if (float_sums && !gw && !gb) {
-        const VPS muv = VPS_SET1(mu);
-        LANES pl = FN_NAME(lanes_set1, FN_SUF)(0.0), ql = pl;
-        while (k0 + 16 <= K) {
-            const int64_t end = K - k0 >= 16 * ROW_SUM_STRETCH ? k0 + 16 * ROW_SUM_STRETCH
-                                                               : k0 + (K - k0) / 16 * 16;
-            VPS pf[PS_VECS], qf[PS_VECS];
-            for (int v = 0; v < PS_VECS; ++v)
-                pf[v] = qf[v] = VPS_SET1(0.0f);
-            for (; k0 < end; k0 += 16) {
-#pragma GCC unroll 2
-                for (int v = 0; v < PS_VECS; ++v) {
-                    const int64_t k = k0 + v * PS_W;
-                    const VPS d = VPS_LOADU(dy + k);
-                    const VPS g = w ? VPS_MUL(d, VPS_LOADU(w + k)) : d;
-                    pf[v] = VPS_ADD(pf[v], g);
-                    qf[v] = VPS_FMA(g, VPS_SUB(VPS_LOADU(x + k), muv), qf[v]);
-                }
-            }
-            for (int v = 0; v < PS_VECS; ++v) {
-                pl.v[2 * v] = VPD_ADD(pl.v[2 * v], VPS_LO_PD(pf[v]));
-                pl.v[2 * v + 1] = VPD_ADD(pl.v[2 * v + 1], VPS_HI_PD(pf[v]));
-                ql.v[2 * v] = VPD_ADD(ql.v[2 * v], VPS_LO_PD(qf[v]));
-                ql.v[2 * v + 1] = VPD_ADD(ql.v[2 * v + 1], VPS_HI_PD(qf[v]));
-            }
-        }
-        p = FN_NAME(lanes_tree_sum, FN_SUF)(pl);
-        q = FN_NAME(lanes_tree_sum, FN_SUF)(ql);
+        k0 = FN_NAME(float_dual_pieces, FN_SUF)(dy, w, x, K, mu, &p, &q, 0);
         double_sums = !(isfinite(p) && isfinite(q));
         if (double_sums)
             p = q = 0.0, k0 = 0;
