@@ -65,6 +65,13 @@ def _cpus():
         return os.cpu_count() or 1
 
 
+def _cython_jobs():
+    """Processes for cythonize: its pool's workers re-run this unguarded script where they
+    start by spawn or forkserver (macOS, Windows, Linux from Python 3.14), so only by fork."""
+    import multiprocessing
+    return _cpus() if multiprocessing.get_all_start_methods()[0] == "fork" else 0
+
+
 class OptionalBuildExt(build_ext):
     """Build the kernels, but let the package install without them if the compiler fails
     (the import then warns once and uses the NumPy reference).
@@ -128,7 +135,7 @@ def _api_extensions():
     # what a negative index means in this code).
     exts = [Extension("fastnorm." + name, sources=[os.path.join("fastnorm", *name.split(".")) + ".py"])
             for name in _api_modules()]
-    return cythonize(exts, nthreads=_cpus(), compiler_directives={"language_level": 3})
+    return cythonize(exts, nthreads=_cython_jobs(), compiler_directives={"language_level": 3})
 
 
 def extensions():
@@ -165,7 +172,7 @@ def extensions():
         ))
     return exts + cythonize(
         kernels,
-        nthreads=_cpus(),
+        nthreads=_cython_jobs(),
         compile_time_env={"FASTNORM_OPENMP": use_openmp},
         compiler_directives={
             "language_level": 3,

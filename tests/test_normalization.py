@@ -1635,57 +1635,62 @@ def test_per_unit_sums_kernels_with_several_samples(P, A, C, B, dtype, rng):
 
 
 @pytest.mark.skipif(not fastnorm._config.compiled_available(), reason="compiled kernels only")
-@pytest.mark.parametrize("B", [1, 15, 16, 17, 127, 128, 129, 144, 256, 300, 1000])
+@pytest.mark.parametrize("A, B", [(1, 1), (1, 15), (3, 16), (3, 17), (3, 127), (3, 128), (3, 129),
+                                  (1, 144), (3, 256), (3, 300), (1, 1000)])
 @pytest.mark.parametrize("isa", ["avx2", "avx512"])
-def test_dual_sums_in_float_stretches(isa, B, rng):
+def test_dual_sums_in_float_stretches(isa, A, B, rng):
     """The float32 dual sums (batch and group norm backward: s1 = sum(dy), s2 = sum(dy * (x -
-    center)) per unit) with the AVX2 / AVX-512 lanes go in float vectors over stretches of at
-    most 128 elements of a run, then in double (float_dual_pieces), centred on the float
-    nearest center and moved to center in double: within a few float roundings of the
-    float64 sums (scaled by the sum of the terms' magnitudes), for runs without a whole
-    16-element piece, of whole stretches, of stretches and a part-stretch, with and without a
-    tail, with an offset of 1e4 on one unit and a center that is no float; the same bits
-    from both variants where the CPU runs both.  A unit whose float sums overflow (dy near
-    1e38) takes the double sums: within float64's roundings; one whose s2 alone overflows in
-    float (dy and x near 1e20) takes s2 from them and keeps s1's float sum; a unit with a
-    NaN gives NaN."""
+    center)) per unit, here A runs of B elements each) with the AVX2 / AVX-512 lanes go in
+    float vectors over stretches of at most 128 elements of a run, then in double
+    (float_dual_pieces), centred on the float nearest center and moved to center in double:
+    within a few float roundings of the float64 sums (scaled by the sum of the terms'
+    magnitudes), for runs without a whole 16-element piece (one run per unit: shorter runs
+    of several go by columns), of whole stretches, of stretches and a part-stretch, with
+    and without a tail, with an offset of 1e4 on one unit and a center that is no float; the
+    same bits from both variants where the CPU runs both.  A unit whose s2 overflows in float
+    (dy near 1e38, |x - center| near 10) takes it in double: within float64's roundings.  A
+    unit whose s2 alone overflows in float (dy and x near 1e20) keeps s1's float sum, the bits
+    it has with x near 1 (sum(dy) does not see x).  A unit with a NaN gives NaN."""
     if not fastnorm._config._runs(isa):
         pytest.skip(f"this CPU does not run the {isa} variant")
     ext = fastnorm._config._modules["normalization"]
-    P, A, C = 1, 3, 5
+    P, C = 1, 5
     x = (2 + 3 * rng.standard_normal((P, A, C, B))).astype(np.float32)
     x[:, :, 1] += 1e4
+    x[:, :, 2] = np.where(rng.random((P, A, B)) < 0.5, -10, 10)
     dy = rng.standard_normal(x.shape).astype(np.float32)
     dy[:, :, 2] = np.float32(1e38) * np.sign(dy[:, :, 2])
-    dy[0, 1, 3, B // 2] = np.nan
-    x[:, :, 4] *= np.float32(1e20)
+    dy[0, A // 2, 3, B // 2] = np.nan
     dy[:, :, 4] *= np.float32(1e20)
-    units = x.transpose(0, 2, 1, 3).reshape(C, A * B).astype(np.float64)
-    g = dy.transpose(0, 2, 1, 3).reshape(C, A * B).astype(np.float64)
-    center = units.mean(axis=1) + 1 / 3
+    benign = x.copy()
+    x[:, :, 4] *= np.float32(1e20)
 
-    def sums(name):
+    def sums(name, data):
+        units = data.transpose(0, 2, 1, 3).reshape(C, A * B).astype(np.float64)
+        center = units.mean(axis=1) + 1 / 3
         s1, s2 = np.empty(C), np.empty(C)
         previous = fastnorm.isa()
         fastnorm.set_isa(name)
         try:
-            ext.dual_sums(dy.reshape(-1), x.reshape(-1), P, A, C, B, center, s1, s2, 1)
+            ext.dual_sums(dy.reshape(-1), data.reshape(-1), P, A, C, B, center, s1, s2, 1)
         finally:
             fastnorm.set_isa(previous)
-        return s1, s2
+        return (s1, s2), units, center
 
-    got = sums(isa)
+    got, units, center = sums(isa, x)
+    g = dy.transpose(0, 2, 1, 3).reshape(C, A * B).astype(np.float64)
     with np.errstate(invalid="ignore"):
         terms = (g, g * (units - center[:, None]))
     for k, (s, t) in enumerate(zip(got, terms)):
         expected = t.sum(axis=1)
         assert np.isnan(s[3]) and np.isnan(expected[3])
-        double = [2, 4] if k == 1 else [2]
-        single = [0, 1, 4] if k == 0 else [0, 1]
+        double = [2, 4] if k == 1 else []
+        single = [0, 1, 2, 4] if k == 0 else [0, 1]
         assert (np.abs(s[double] - expected[double]) <= 1e-12 * np.abs(t[double]).sum(axis=1)).all()
         assert (np.abs(s[single] - expected[single]) <= 3e-6 * np.abs(t[single]).sum(axis=1)).all()
+    assert got[0][4].tobytes() == sums(isa, benign)[0][0][4].tobytes()
     if isa == "avx512" and fastnorm._config._runs("avx2"):
-        assert [a.tobytes() for a in got] == [a.tobytes() for a in sums("avx2")]
+        assert [a.tobytes() for a in got] == [a.tobytes() for a in sums("avx2", x)[0]]
 
 
 @pytest.mark.skipif(not fastnorm._config.compiled_available(), reason="compiled kernels only")
