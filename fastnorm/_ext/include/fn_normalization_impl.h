@@ -1416,11 +1416,11 @@ static inline __attribute__((always_inline)) void FN_NAME(rows_grad_sums, FN_SUF
     double p = 0.0, q = 0.0;
     int64_t k0 = 0;
 #if defined(FN_LANES16) && FN_REAL == 32
-    /* float_sums (float32, no column terms): the sums by float_dual_pieces, whose
-     * conversions limited this loop (backward without parameter gradients, Zen 3,
-     * paired medians of the final build, 1 / 2 threads: (512, 768) 1.10x / 1.14x, (2048,
-     * 256) 1.08x / 1.20x, (32, 768) 1.12x / 1.11x, (64, 4096) 1.13x / 1.13x, (4, 50000)
-     * 1.18x / 1.16x, (8192, 768) from memory level; earlier runs up to 1.23x).  A row
+    /* float_sums (float32, no column terms): the sums by float_dual_pieces, as converting
+     * every element to double had limited this loop (backward without parameter gradients,
+     * Zen 3, paired medians of the final build, 1 / 2 threads: (512, 768) 1.10x / 1.14x,
+     * (2048, 256) 1.08x / 1.20x, (32, 768) 1.12x / 1.11x, (64, 4096) 1.13x / 1.13x,
+     * (4, 50000) 1.18x / 1.16x, (8192, 768) from memory level; earlier runs up to 1.23x).  A row
      * whose float sums come out inf or NaN takes the double sums below instead, which give
      * the bits it had before.  The column terms need d and xc as doubles anyway (done here
      * alongside the float sums, 0.92-0.95x), so rows with them keep the double sums; grad_x
