@@ -1650,7 +1650,7 @@ def test_dual_sums_in_float_stretches(isa, A, B, rng):
     same bits from both variants where the CPU runs both.  A unit whose s2 overflows in float
     (dy near 1e38, |x - center| near 10) takes it in double: within float64's roundings.  A
     unit whose s2 alone overflows in float (dy and x near 1e20) keeps s1's float sum, the bits
-    it has with x near 1 (sum(dy) does not see x).  A unit with a NaN gives NaN."""
+    it has with x of ordinary size (sum(dy) does not see x).  A unit with a NaN gives NaN."""
     if not fastnorm._config._runs(isa):
         pytest.skip(f"this CPU does not run the {isa} variant")
     ext = fastnorm._config._modules["normalization"]
