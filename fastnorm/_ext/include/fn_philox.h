@@ -184,8 +184,9 @@ static inline void fn_philox_group_fields(const fn_philox_keys *ks, unsigned __i
 /* AVX2 has no 64x64->128 multiply, but four 32x32->64 products (vpmuludq) per lane
  * build one, four lanes at a time, on the vector pipes.  A group is FN_PHILOX_GROUP blocks,
  * in two vectors of four (or, on Zen 1, one vector and four scalar blocks: below).  Until
- * 2026-12 the group also ran eight blocks in scalar registers in the same round loop (measured then, one Zen 3 core: 4.6-5.2 ns per block
- * against 10.3-11.6 for scalar blocks alone or 7.2-9.4 for vector blocks alone); with the
+ * 2026-12 the group also ran eight blocks in scalar registers in the same round loop
+ * (measured then, one Zen 3 core: 4.6-5.2 ns per block against 10.3-11.6 for scalar
+ * blocks alone or 7.2-9.4 for vector blocks alone); with the
  * cheaper multiply-high above, and the scalar blocks' 32 words spilled to the stack in every
  * round (two fifths of the kernel's samples were stack moves), vectors alone are faster:
  * dropout forward through the API, Zen 3, 1 thread, builds in one process, paired medians,
