@@ -25,12 +25,16 @@
  * below).  With stream set (n is then a whole number of chunks and y 64-byte aligned) each
  * chunk goes through a stack buffer to non-temporal stores (fn_stream.h); the chunk loop
  * sits inside each case so that gcc can keep the chunk in registers.  The loop written out
- * below (mish's backward) always stores plainly (its streamed form was not measured). */
+ * below (mish's backward) always stores plainly (its streamed form was not measured).
+ *   Streamed, the forward maps and relu's backward ask for their input's lines (relu's: g)
+ * FN_STREAM_AHEAD bytes ahead (FN_STREAM_PREFETCH); the other backward maps do not (PREFETCH
+ * empty), as the measurement there did not support it (fn_stream.h). */
 #define MAP(EXPR) \
     do { \
         if (stream) { \
             for (int64_t i0 = 0; i0 < n; i0 += STREAM_CHUNK) { \
                 _Alignas(FN_STREAM_ALIGN) T buf[STREAM_CHUNK]; \
+                FN_STREAM_PREFETCH(x + i0, STREAM_CHUNK); \
                 _Pragma("omp simd") for (int64_t i = 0; i < STREAM_CHUNK; ++i) { \
                     const T v = x[i0 + i]; buf[i] = (EXPR); } \
                 FN_STREAM_COPY(y + i0, buf, STREAM_CHUNK); \
@@ -39,11 +43,12 @@
             _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) { const T v = x[i]; y[i] = (EXPR); } \
         } \
     } while (0)
-#define MAP_GRAD_BY(CHUNK, EXPR) \
+#define MAP_GRAD_BY(CHUNK, PREFETCH, EXPR) \
     do { \
         if (stream) { \
             for (int64_t i0 = 0; i0 < n; i0 += (CHUNK)) { \
                 _Alignas(FN_STREAM_ALIGN) T buf[(CHUNK)]; \
+                PREFETCH; \
                 _Pragma("omp simd") for (int64_t i = 0; i < (CHUNK); ++i) { \
                     const T v = s[i0 + i]; const T d = g[i0 + i]; buf[i] = (EXPR); } \
                 FN_STREAM_COPY(gx + i0, buf, (CHUNK)); \
@@ -53,7 +58,6 @@
                 const T v = s[i]; const T d = g[i]; gx[i] = (EXPR); } \
         } \
     } while (0)
-#define MAP_GRAD(EXPR) MAP_GRAD_BY(STREAM_CHUNK, EXPR)
 /* MAP's and MAP_GRAD's loops from the last vector down to the first, one vector at a time (for
  * an output that trails its input, fn_trails in fn_stream.h); n a multiple of the step.
  * The same vector code per element as the loops upwards, so the same bits.
@@ -464,10 +468,10 @@ static void FN_NAME(act_backward_span, FN_SUF)(int op, const T *g, const T *s, T
 #if FN_TARGET_AVX512
         FN_NAME(relu_grad_avx512, FN_SUF)(g, s, gx, n, stream);
 #else
-        MAP_GRAD(RELU_GRAD);
+        MAP_GRAD_BY(STREAM_CHUNK, FN_STREAM_PREFETCH(g + i0, STREAM_CHUNK), RELU_GRAD);
 #endif
         break;
-#define UPWARDS(OP, CHUNK, EXPR) case OP: MAP_GRAD_BY(CHUNK, EXPR); break;
+#define UPWARDS(OP, CHUNK, EXPR) case OP: MAP_GRAD_BY(CHUNK, , EXPR); break;
     ONE_LOOP_BACKWARD_MAPS(UPWARDS)
 #undef UPWARDS
     /* The GELU derivatives are exactly 1 or 0 (in either precision) beyond |x| = 1e6:
