@@ -112,7 +112,9 @@ def dropout_backward(grad_output, mask, *, out=None):
         return reference.dropout_backward(g, mask, out=out)
 
     def kernel(flat, gx):
-        ext.backward(flat[0], packed, gx, scale, _config.threads_for(gx.shape[0], _GRAIN_BACKWARD))
+        # gx comes from _config.empty (the pool decides on streaming) but for float16's
+        ext.backward(flat[0], packed, gx, scale, _config.threads_for(gx.shape[0], _GRAIN_BACKWARD),
+                     out, g.dtype != _F16)
 
     if g.dtype == _F16:
         with np.errstate(over="ignore"):

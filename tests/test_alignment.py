@@ -16,8 +16,9 @@ from _placement import misaligned_copy
 
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 # Arguments that a kernel receives only to compare its address with the buffer it writes:
-# dropout's forward gets the caller's out= to know whether its result goes to the caller.
-_ADDRESS_ONLY = {("dropout", "forward"): 9}
+# dropout's forward and backward get the caller's out= to know whether their result goes to
+# the caller.
+_ADDRESS_ONLY = {("dropout", "forward"): 9, ("dropout", "backward"): 5}
 
 
 def _offsets(dtype):

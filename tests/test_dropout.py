@@ -350,13 +350,15 @@ def test_backward_does_not_depend_on_where_the_output_lies(dtype, backend, rng):
 
 @pytest.mark.skipif(not _config.compiled_available() or NUMPY_ONLY, reason="compiled kernels only")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_streamed_forward_matches_oracle(dtype, rng):
-    """Large forwards write y with streaming stores (from stream_min_bytes() of traffic);
-    forced from 0 bytes here, with the buffer cache taking any size: into out= at several
-    offsets from a cache line (a lead, whole chunks and a tail in every tile), into a strided
-    out= (through a cached block), in place, and allocating twice (the second call reuses a
-    cached block, which streams), on every variant and 1 and 2 threads.  float16 computes in
-    a float32 intermediate from np.empty, which is not streamed; its values are checked."""
+def test_streamed_forward_and_backward_match_oracle(dtype, rng):
+    """Large forwards and backwards write their result with streaming stores (from
+    stream_min_bytes() of traffic); forced from 0 bytes here, with the buffer cache taking any
+    size: into out= at several offsets from a cache line (a lead, whole chunks and a tail in
+    every tile; for the backward every place of the first streamed element's bit in its mask
+    byte), into a strided out= (through a cached block), in place, and allocating twice (the
+    second call reuses a cached block, which streams), on every variant and 1 and 2 threads.
+    float16 computes in a float32 intermediate from np.empty, which is not streamed; its
+    values are checked."""
     n = 600_001 if dtype == np.float32 else 300_001    # results of 2.3-2.4 MB: cached blocks
     itemsize = np.dtype(dtype).itemsize
     raw = np.empty((n + 64) * itemsize + 64, np.uint8)
@@ -388,9 +390,26 @@ def test_streamed_forward_matches_oracle(dtype, rng):
                         inplace = x.copy()
                         dropout(inplace, 0.3, seed=7, offset=5, out=inplace)
                         np.testing.assert_array_equal(inplace, expected)
+                    _, mask = dropout(base[:n], 0.3, seed=7, offset=5)
+                    for shift in range(8):   # gx's first line starts at element (8 - shift) % 8 mod 8
+                        g = base[16 - shift:16 - shift + n]
+                        expected = ref.dropout_backward(g, mask)
+                        o = out[shift:shift + n]
+                        assert dropout_backward(g, mask, out=o) is o
+                        np.testing.assert_array_equal(o, expected, err_msg=f"{isa} {threads} {shift}")
+                        for _ in range(2):
+                            np.testing.assert_array_equal(dropout_backward(g, mask), expected)
+                        strided = np.empty(2 * n, dtype)[::2]
+                        dropout_backward(g, mask, out=strided)
+                        np.testing.assert_array_equal(strided, expected)
+                        inplace = g.copy()
+                        dropout_backward(inplace, mask, out=inplace)
+                        np.testing.assert_array_equal(inplace, expected)
                     half = base[:n].astype(np.float16)
-                    y, _ = dropout(half, 0.3, seed=7, offset=5)
+                    y, half_mask = dropout(half, 0.3, seed=7, offset=5)
                     np.testing.assert_array_equal(y, ref.dropout(half, 0.3, seed=7, offset=5)[0])
+                    np.testing.assert_array_equal(dropout_backward(half, half_mask),
+                                                  ref.dropout_backward(half, half_mask))
     finally:
         _config.set_stream_min_bytes(None)
         pool.set_min_bytes(pool.MIN_BYTES)

@@ -2,7 +2,7 @@
 
 forward / backward take arguments validated and C-order flat from fastnorm.dropout;
 forward_fast / backward_fast take its plain arrays as they are and check them here.  This
-module picks the ISA variant, decides whether the forward's result streams, splits the work
+module picks the ISA variant, decides whether a result streams, splits the work
 over OpenMP threads and releases the GIL on calls that use them.
 """
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
@@ -20,8 +20,8 @@ cdef extern from "fn_dropout.h" nogil:
                             uint64_t, uint64_t, uint64_t, int32_t, double, int, int) noexcept nogil
         void (*forward_f64)(const double *, double *, uint8_t *, int64_t, int64_t,
                             uint64_t, uint64_t, uint64_t, int32_t, double, int, int) noexcept nogil
-        void (*backward_f32)(const float *, const uint8_t *, float *, int64_t, double) noexcept nogil
-        void (*backward_f64)(const double *, const uint8_t *, double *, int64_t, double) noexcept nogil
+        void (*backward_f32)(const float *, const uint8_t *, float *, int64_t, double, int) noexcept nogil
+        void (*backward_f64)(const double *, const uint8_t *, double *, int64_t, double, int) noexcept nogil
     const fn_dropout_kernels *fn_dropout_kernels_by_isa[]
     int FN_ISA_COUNT
     int fn_cpu_halves_256bit()
@@ -70,11 +70,11 @@ cdef inline void _forward_part(const floating *x, floating *y, uint8_t *mask, Py
 
 
 cdef inline void _backward_part(const floating *g, const uint8_t *mask, floating *gx,
-                                Py_ssize_t n, Py_ssize_t start, double scale) noexcept nogil:
+                                Py_ssize_t n, Py_ssize_t start, double scale, int stream) noexcept nogil:
     if floating is float:
-        _kernels.backward_f32(g + start, mask + start // 8, gx + start, n, scale)
+        _kernels.backward_f32(g + start, mask + start // 8, gx + start, n, scale, stream)
     else:
-        _kernels.backward_f64(g + start, mask + start // 8, gx + start, n, scale)
+        _kernels.backward_f64(g + start, mask + start // 8, gx + start, n, scale, stream)
 
 
 cdef void _forward_all(const floating *x, floating *y, uint8_t *mask, Py_ssize_t n,
@@ -93,16 +93,16 @@ cdef void _forward_all(const floating *x, floating *y, uint8_t *mask, Py_ssize_t
 
 
 cdef void _backward_all(const floating *g, const uint8_t *mask, floating *gx, Py_ssize_t n,
-                        double scale, int nthreads) noexcept nogil:
+                        double scale, int nthreads, int stream) noexcept nogil:
     cdef Py_ssize_t c, start, chunk
     if nthreads <= 1:
-        _backward_part(g, mask, gx, n, 0, scale)
+        _backward_part(g, mask, gx, n, 0, scale, stream)
         return
     chunk = _chunk(n, nthreads)
     for c in prange(nthreads, num_threads=nthreads, schedule="static"):
         start = c * chunk
         if start < n:
-            _backward_part(g, mask, gx, min(chunk, n - start), start, scale)
+            _backward_part(g, mask, gx, min(chunk, n - start), start, scale, stream)
 
 
 cdef inline int _check_threshold(int32_t threshold) except -1:
@@ -141,16 +141,21 @@ def forward(const floating[::1] x, floating[::1] y, uint8_t[::1] mask, uint64_t 
 
 
 def backward(const floating[::1] g, const uint8_t[::1] mask, floating[::1] gx, double scale,
-             int nthreads):
+             int nthreads, object out=None, bint gx_from_config_empty=False):
     """gx = g * (bit ? scale : 0).  IN g: (n,); IN mask: (ceil(n / 8),) packed keep bits;
-    OUT gx: (n,), may be g's buffer."""
+    OUT gx: (n,), may be g's buffer.  Streams as forward (out, gx_from_config_empty)."""
     cdef Py_ssize_t n = g.shape[0]
+    cdef Py_ssize_t nbytes = n * <Py_ssize_t>sizeof(floating)
+    cdef bint callers_out
+    cdef int stream
     if gx.shape[0] != n or mask.shape[0] != (n + 7) // 8:
         raise ValueError("backward: g, gx and mask lengths do not match")
     if n == 0:
         return
+    callers_out = isinstance(out, cnp.ndarray) and cnp.PyArray_DATA(<cnp.ndarray>out) == <void *>&gx[0]
+    stream = (callers_out or gx_from_config_empty) and streams(nbytes, 2 * nbytes, callers_out)
     with nogil:
-        _backward_all(&g[0], &mask[0], &gx[0], n, scale, nthreads)
+        _backward_all(&g[0], &mask[0], &gx[0], n, scale, nthreads, stream)
 
 
 # ---------------------------------------------------------------------------- fast path
@@ -221,6 +226,7 @@ def backward_fast(object g, object packed, object out, double scale, Py_ssize_t 
     if gx is None:
         return None
     cdef cnp.ndarray gxa = <cnp.ndarray>gx
+    cdef int stream = streams(n * cnp.PyArray_ITEMSIZE(ga), 2 * n * cnp.PyArray_ITEMSIZE(ga), out is not None)
     cdef int nthreads = threads_for(n, grain)
     cdef const void *gp = cnp.PyArray_DATA(ga)
     cdef void *gxp = cnp.PyArray_DATA(gxa)
@@ -228,16 +234,16 @@ def backward_fast(object g, object packed, object out, double scale, Py_ssize_t 
     if n == 0:
         return gx
     if n < grain:
-        _backward_typed(typenum, gp, mp, gxp, n, scale, 1)
+        _backward_typed(typenum, gp, mp, gxp, n, scale, 1, stream)
     else:
         with nogil:
-            _backward_typed(typenum, gp, mp, gxp, n, scale, nthreads)
+            _backward_typed(typenum, gp, mp, gxp, n, scale, nthreads, stream)
     return gx
 
 
 cdef inline void _backward_typed(int typenum, const void *g, const uint8_t *mask, void *gx,
-                                 Py_ssize_t n, double scale, int nthreads) noexcept nogil:
+                                 Py_ssize_t n, double scale, int nthreads, int stream) noexcept nogil:
     if typenum == cnp.NPY_FLOAT32:
-        _backward_all[float](<const float *>g, mask, <float *>gx, n, scale, nthreads)
+        _backward_all[float](<const float *>g, mask, <float *>gx, n, scale, nthreads, stream)
     else:
-        _backward_all[double](<const double *>g, mask, <double *>gx, n, scale, nthreads)
+        _backward_all[double](<const double *>g, mask, <double *>gx, n, scale, nthreads, stream)

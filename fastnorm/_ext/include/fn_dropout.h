@@ -18,7 +18,8 @@
  *           instructions run as two halves (fn_cpu_halves_256bit); the same stream, and
  *           ignored by the other variants.
  * backward: gx[i] = g[i] * (bit i of mask ? scale : 0).  g and gx may be the same
- *           buffer; mask[0] holds the bit of g[0].
+ *           buffer; mask[0] holds the bit of g[0].  stream: as forward's, in the AVX2
+ *           and AVX-512 variants (the baseline variant stores plainly).
  */
 #ifndef FN_DROPOUT_H
 #define FN_DROPOUT_H
@@ -31,8 +32,10 @@
     void fn_dropout_forward_f64_##isa(const double *x, double *y, uint8_t *mask, int64_t n, int64_t start, \
                                       uint64_t key_lo, uint64_t key_hi, uint64_t offset, \
                                       int32_t threshold, double scale, int stream, int split_group); \
-    void fn_dropout_backward_f32_##isa(const float *g, const uint8_t *mask, float *gx, int64_t n, double scale); \
-    void fn_dropout_backward_f64_##isa(const double *g, const uint8_t *mask, double *gx, int64_t n, double scale);
+    void fn_dropout_backward_f32_##isa(const float *g, const uint8_t *mask, float *gx, int64_t n, double scale, \
+                                       int stream); \
+    void fn_dropout_backward_f64_##isa(const double *g, const uint8_t *mask, double *gx, int64_t n, double scale, \
+                                       int stream);
 
 FN_DECLARE_DROPOUT(base)
 FN_DECLARE_DROPOUT(avx2)
@@ -43,8 +46,8 @@ typedef struct fn_dropout_kernels {
                         uint64_t, int32_t, double, int, int);
     void (*forward_f64)(const double *, double *, uint8_t *, int64_t, int64_t, uint64_t, uint64_t,
                         uint64_t, int32_t, double, int, int);
-    void (*backward_f32)(const float *, const uint8_t *, float *, int64_t, double);
-    void (*backward_f64)(const double *, const uint8_t *, double *, int64_t, double);
+    void (*backward_f32)(const float *, const uint8_t *, float *, int64_t, double, int);
+    void (*backward_f64)(const double *, const uint8_t *, double *, int64_t, double, int);
 } fn_dropout_kernels;
 
 /* Indexed by FN_ISA_BASE / FN_ISA_AVX2 / FN_ISA_AVX512 (defined in dropout_base.c). */
