@@ -5,6 +5,7 @@ package runs on the NumPy reference (one warning at import).  Kernel families ar
 looked up with :func:`extension`, which returns ``None`` on the NumPy backend.
 """
 import contextlib
+import glob
 import operator
 import os
 import threading
@@ -41,6 +42,35 @@ try:
 except ImportError as exc:  # no compiler at install time, or FASTNORM_NO_EXTENSION=1
     _runtime, _pool, _modules, _import_error = None, None, {}, exc
 assert _runtime is None or _runtime.ISA_NAMES == _ISAS, "kernel variant numbering differs"
+
+
+def cache_sizes():
+    """CPU 0's data and unified cache sizes from sysfs (L1d, L2 per core; L3 the shared one),
+    e.g. {'L1d': '32K', 'L2': '1024K', 'L3': '32768K'}; {} where sysfs has none."""
+    def read(index, name):
+        with open(os.path.join(index, name)) as f:
+            return f.read().strip()
+
+    sizes = {}
+    for index in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index[0-9]*")):
+        try:
+            level, kind, size = (read(index, name) for name in ("level", "type", "size"))
+        except OSError:
+            continue
+        if kind != "Instruction":
+            sizes[f"L{level}" + ("d" if kind == "Data" else "")] = size
+    return sizes
+
+
+def _cache_bytes(size):
+    """'8192K' / '32M' / '512' (sysfs) in bytes; None when it does not parse."""
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:].upper(), 1)
+    digits = size[:-1] if scale > 1 else size
+    return int(digits) * scale if digits.isdigit() else None
+
+
+if "normalization" in _modules:  # batch norm's channel blocks fit this machine's L3
+    _modules["normalization"]._fit_channel_blocks(_cache_bytes(cache_sizes().get("L3", "")))
 
 
 def _env(name):

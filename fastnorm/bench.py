@@ -14,7 +14,6 @@ runs small shapes for a few seconds (a smoke test; its numbers mean little).
 """
 import argparse
 import ctypes
-import glob
 import json
 import math
 import os
@@ -32,6 +31,7 @@ except ImportError:  # Windows
 import numpy as np
 
 import fastnorm
+from fastnorm import _config
 from fastnorm import reference as ref
 
 SHAPES = {"large": (4096, 4096), "cache": (256, 1024), "tiny": (32, 128)}
@@ -512,24 +512,6 @@ def _cpuinfo_fields(names):
     return found
 
 
-def _cache_sizes():
-    """CPU 0's data and unified cache sizes from sysfs (L1d, L2 per core; L3 the shared one),
-    e.g. {'L1d': '32K', 'L2': '1024K', 'L3': '32768K'}; {} where sysfs has none."""
-    def read(index, name):
-        with open(os.path.join(index, name)) as f:
-            return f.read().strip()
-
-    sizes = {}
-    for index in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index[0-9]*")):
-        try:
-            level, kind, size = (read(index, name) for name in ("level", "type", "size"))
-        except OSError:
-            continue
-        if kind != "Instruction":
-            sizes[f"L{level}" + ("d" if kind == "Data" else "")] = size
-    return sizes
-
-
 def machine_info(torch):
     """What the numbers depend on.  The CPU's family/model and cache sizes are recorded because
     one VM image runs on different hosts: runs on AMD Zen 4 (family 25, 32K L1d) and Zen 5
@@ -538,7 +520,7 @@ def machine_info(torch):
     cpu = info.get("model name") or platform.processor() or platform.machine()
     cpu_id = (f"family {info['cpu family']} model {info['model']}"
               if "cpu family" in info and "model" in info else None)
-    return {"cpu": cpu, "cpu_id": cpu_id, "caches": _cache_sizes(), "cores": os.cpu_count(),
+    return {"cpu": cpu, "cpu_id": cpu_id, "caches": _config.cache_sizes(), "cores": os.cpu_count(),
             "python": platform.python_version(),
             "numpy": np.__version__, "torch": getattr(torch, "__version__", None),
             "fastnorm": fastnorm.__version__, "isa": fastnorm.isa(), "backend": fastnorm.backend(),

@@ -1319,6 +1319,44 @@ def test_channel_blocks_same_bits(shape, dtype, backend, num_threads, rng):
         fastnorm.set_stream_min_bytes(None)
 
 
+@pytest.mark.skipif(not fastnorm._config.compiled_available(), reason="compiled kernels only")
+def test_channel_blocks_fit_the_l3():
+    """The channel blocks take a quarter of the L3 that fastnorm._config reads from sysfs, at
+    most 4 MiB (the size measured on a 32 MiB L3); a channel of up to 4 MiB larger than the
+    block goes as a block of its own, a larger one leaves batch norm unblocked."""
+    ext = fastnorm._config._modules["normalization"]
+    previous = ext._set_channel_blocks(0, 0, 0)
+    ext._set_channel_blocks(*previous)
+    mib = 1 << 20
+    try:
+        assert ext._fit_channel_blocks(None) == previous[0]   # unknown: unchanged
+        assert ext._fit_channel_blocks(32 * mib) == 4 * mib
+        assert ext._fit_channel_blocks(64 * mib) == 4 * mib
+        assert ext._fit_channel_blocks(8 * mib) == 2 * mib
+        # (A, C, B) float32 of 64 channels (48 MiB or more), one channel's bytes A * B * 4
+        # per array that the statistics read
+        blocks = lambda a, b, arrays: ext._channel_block_count(a, 64, b, 4, arrays, 1)
+        assert blocks(64, 4096, 1) == 32        # 1 MiB channels: two per 2 MiB block
+        assert blocks(64, 3136, 1) == 32        # 0.77 MiB: two
+        assert blocks(64, 3136, 2) == 64        # 1.5 MiB: one
+        assert blocks(64, 6272, 2) == 64        # 3 MiB: alone, over the block
+        assert blocks(128, 6272, 2) == 0        # 6 MiB: no blocks
+        ext._fit_channel_blocks(32 * mib)
+        assert blocks(64, 4096, 1) == 16 and blocks(64, 3136, 2) == 32 and blocks(64, 6272, 2) == 64
+    finally:
+        ext._set_channel_blocks(*previous)
+    sizes = fastnorm._config.cache_sizes()
+    l3 = fastnorm._config._cache_bytes(sizes.get("L3", ""))
+    if l3:
+        assert previous[0] == min(4 * mib, l3 // 4), (sizes, previous)
+
+
+@pytest.mark.parametrize("text, expected", [("8192K", 8 << 20), ("32M", 32 << 20), ("1G", 1 << 30),
+                                            ("512", 512), ("", None), ("abcK", None), ("K", None)])
+def test_cache_sizes_parse(text, expected):
+    assert fastnorm._config._cache_bytes(text) == expected
+
+
 @pytest.mark.parametrize("rows, channels", [(150, 1100), (70, 520), (23, 600), (40, 65), (9, 7),
                                            (300, 64), (33, 2048)], ids=str)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -108,9 +108,29 @@ RUN_MIN = 16
 # 64, 32, 32) 0.72-0.87x, (256, 64, 28, 28) 0.70-0.74x, 1 thread), and so did data that mostly
 # fit the L3 ((64, 32, 32, 64) float32 backward, 34 MB read: 0.86-1.05x).  Blocks and no blocks
 # give the same bits.
-cdef Py_ssize_t _channel_block_bytes = 4 << 20
+#   That host's 4 MiB blocks are _CHANNEL_BLOCK_MAX; fastnorm._config sets a smaller L3's
+# quarter (_fit_channel_blocks).  A channel of up to _CHANNEL_BLOCK_MAX bytes that exceeds the
+# block goes as a block of its own.  AMD Zen 1 (8 MiB L3 shared by both vCPUs), one process,
+# 5 interleaved rounds, medians at 1 / 2 threads, 2 MiB blocks against 4 MiB: (64, 64, 56,
+# 56) float32 forward 9.83 / 5.83 against 11.05 / 6.66 ms (no blocks 13.38 / 7.68), backward
+# 12.40 / 8.72 against 12.97 / 9.58 (none 15.78 / 11.58); float64 forward 17.81 / 14.72
+# against 21.18 / 17.62, backward (3 MiB channels, alone either way) 27.33 / 21.53 (none 33.03
+# / 24.38); (16, 256, 56, 56) float32 forward 10.97 / 7.24 against 13.67 / 8.54, backward
+# 13.36 / 10.10 against 15.17 / 11.20; (8, 64, 112, 112) backward 6.43 / 4.37 against 8.02 /
+# 5.00, forward level.
+cdef Py_ssize_t _CHANNEL_BLOCK_MAX = 4 << 20
+cdef Py_ssize_t _channel_block_bytes = _CHANNEL_BLOCK_MAX
 cdef Py_ssize_t _channel_blocks_from = 48 << 20
 cdef Py_ssize_t _channel_block_min_run = 8 << 10
+
+
+def _fit_channel_blocks(l3_bytes):
+    """Set the channel blocks' size for an L3 cache of l3_bytes (None or 0: unknown, no
+    change): a quarter of it, at most _CHANNEL_BLOCK_MAX.  Returns the block size."""
+    global _channel_block_bytes
+    if l3_bytes:
+        _channel_block_bytes = min(_CHANNEL_BLOCK_MAX, <Py_ssize_t>l3_bytes // 4)
+    return _channel_block_bytes
 
 
 def _set_channel_blocks(Py_ssize_t block_bytes, Py_ssize_t from_bytes, Py_ssize_t min_run):
@@ -171,10 +191,11 @@ cdef Py_ssize_t _channel_blocks(Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssi
     B >= RUN_MIN or A == 1), so that blocks sum every channel in the same order."""
     cdef Py_ssize_t channel_bytes = arrays * A * B * itemsize, per_block, per_thread
     if (_channel_block_bytes <= 0 or C * channel_bytes < _channel_blocks_from
-            or B * itemsize < _channel_block_min_run or channel_bytes > _channel_block_bytes
+            or B * itemsize < _channel_block_min_run
+            or channel_bytes > max(_channel_block_bytes, _CHANNEL_BLOCK_MAX)
             or C < 4 * nthreads or not (B >= RUN_MIN or A == 1)):
         return 0
-    per_block = _channel_block_bytes // channel_bytes      # channels; >= 1 here
+    per_block = max(1, _channel_block_bytes // channel_bytes)      # channels
     per_thread = _share(C, nthreads)
     return min(C, nthreads * ((per_thread + per_block - 1) // per_block))
 
