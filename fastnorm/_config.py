@@ -66,11 +66,14 @@ def _cache_bytes(size):
     """'8192K' / '32M' / '512' (sysfs) in bytes; None when it does not parse."""
     scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:].upper(), 1)
     digits = size[:-1] if scale > 1 else size
-    return int(digits) * scale if digits.isdigit() else None
+    return int(digits) * scale if digits.isdecimal() and digits.isascii() else None
 
 
-if "normalization" in _modules:  # batch norm's channel blocks fit this machine's L3
-    _modules["normalization"]._fit_channel_blocks(_cache_bytes(cache_sizes().get("L3", "")))
+# Batch norm's channel blocks fit this machine's L3 (getattr: a normalization module built
+# before the setting existed still imports; its blocks stay as built).
+_fit_channel_blocks = getattr(_modules.get("normalization"), "_fit_channel_blocks", None)
+if _fit_channel_blocks is not None:
+    _fit_channel_blocks(_cache_bytes(cache_sizes().get("L3", "")))
 
 
 def _env(name):

@@ -112,7 +112,8 @@ def dropout_backward(grad_output, mask, *, out=None):
         return reference.dropout_backward(g, mask, out=out)
 
     def kernel(flat, gx):
-        # gx comes from _config.empty (the pool decides on streaming) but for float16's
+        # gx comes from _config.empty (the pool then decides on streaming), except float16's
+        # float32 intermediate, from np.empty (as the forward's kernel above)
         ext.backward(flat[0], packed, gx, scale, _config.threads_for(gx.shape[0], _GRAIN_BACKWARD),
                      out, g.dtype != _F16)
 

@@ -395,8 +395,10 @@ def test_streamed_forward_and_backward_match_oracle(dtype, rng):
                         g = base[16 - shift:16 - shift + n]
                         expected = ref.dropout_backward(g, mask)
                         o = out[shift:shift + n]
+                        out[:] = np.inf      # and nothing written outside o
                         assert dropout_backward(g, mask, out=o) is o
                         np.testing.assert_array_equal(o, expected, err_msg=f"{isa} {threads} {shift}")
+                        assert np.isinf(out[:shift]).all() and np.isinf(out[shift + n:]).all()
                         for _ in range(2):
                             np.testing.assert_array_equal(dropout_backward(g, mask), expected)
                         strided = np.empty(2 * n, dtype)[::2]
@@ -426,7 +428,9 @@ def test_both_avx2_philox_groups_give_the_oracle_stream(split, rng):
     lengths around a group (128 elements) and a tile (1024), chunks split over two threads,
     the counter carrying into its second word at the last block (only the last block can:
     offsets stop at 2**64 - blocks), which n = 80, 96, 112 and 128 put at each scalar block
-    of a group, streamed stores (every call here, into out=), both dtypes."""
+    of a group, streamed stores (every call here, into out=), both dtypes.  Beside it the
+    streamed backward of the same lengths (none to a few whole lines between its head and
+    tail), and nothing written outside its out=."""
     ext = _config.compiled_module("dropout")
     default = ext.split_group()
     pool = _config._pool
@@ -448,6 +452,14 @@ def test_both_avx2_philox_groups_give_the_oracle_stream(split, rng):
                             where = f"split={split} threads={threads} n={n} offset={offset} {dtype.__name__}"
                             np.testing.assert_array_equal(mask.packed, mask_ref.packed, err_msg=where)
                             np.testing.assert_array_equal(y, y_ref, err_msg=where)
+                            # the streamed backward of a few lines, at two places in a line
+                            for lead in (3, 8):
+                                buf = np.full(n + 32, np.inf, dtype)
+                                gx = buf[lead:lead + n]
+                                assert dropout_backward(x, mask, out=gx) is gx
+                                np.testing.assert_array_equal(gx, ref.dropout_backward(x, mask_ref),
+                                                              err_msg=where)
+                                assert np.isinf(buf[:lead]).all() and np.isinf(buf[lead + n:]).all()
     finally:
         ext.set_split_group(None)
         _config.set_stream_min_bytes(None)

@@ -1322,17 +1322,22 @@ def test_channel_blocks_same_bits(shape, dtype, backend, num_threads, rng):
 @pytest.mark.skipif(not fastnorm._config.compiled_available(), reason="compiled kernels only")
 def test_channel_blocks_fit_the_l3():
     """The channel blocks take a quarter of the L3 that fastnorm._config reads from sysfs, at
-    most 4 MiB (the size measured on a 32 MiB L3); a channel of up to 4 MiB larger than the
-    block goes as a block of its own, a larger one leaves batch norm unblocked."""
+    most 4 MiB (the size measured on a 32 MiB L3); a channel larger than the block but at most
+    half the L3 and 4 MiB goes as a block of its own, a larger one leaves batch norm
+    unblocked."""
     ext = fastnorm._config._modules["normalization"]
     previous = ext._set_channel_blocks(0, 0, 0)
     ext._set_channel_blocks(*previous)
+    fitted = ext._fit_channel_blocks(None)      # unknown: unchanged
+    assert fitted[0] == previous[0]
     mib = 1 << 20
     try:
-        assert ext._fit_channel_blocks(None) == previous[0]   # unknown: unchanged
-        assert ext._fit_channel_blocks(32 * mib) == 4 * mib
-        assert ext._fit_channel_blocks(64 * mib) == 4 * mib
-        assert ext._fit_channel_blocks(8 * mib) == 2 * mib
+        assert ext._fit_channel_blocks(32 * mib) == (4 * mib, 4 * mib)
+        assert ext._fit_channel_blocks(64 * mib) == (4 * mib, 4 * mib)
+        assert ext._fit_channel_blocks(4 * mib) == (1 * mib, 2 * mib)
+        blocks = lambda a, b, arrays: ext._channel_block_count(a, 64, b, 4, arrays, 1)
+        assert blocks(64, 3136, 2) == 64 and blocks(64, 6272, 2) == 0   # 1.5 MiB alone, 3 MiB not
+        assert ext._fit_channel_blocks(8 * mib) == (2 * mib, 4 * mib)
         # (A, C, B) float32 of 64 channels (48 MiB or more), one channel's bytes A * B * 4
         # per array that the statistics read
         blocks = lambda a, b, arrays: ext._channel_block_count(a, 64, b, 4, arrays, 1)
@@ -1345,14 +1350,18 @@ def test_channel_blocks_fit_the_l3():
         assert blocks(64, 4096, 1) == 16 and blocks(64, 3136, 2) == 32 and blocks(64, 6272, 2) == 64
     finally:
         ext._set_channel_blocks(*previous)
+        ext._fit_channel_blocks(2 * fitted[1])   # the alone bound as fitted at import
+        ext._set_channel_blocks(*previous)
+    assert ext._fit_channel_blocks(None) == fitted
     sizes = fastnorm._config.cache_sizes()
     l3 = fastnorm._config._cache_bytes(sizes.get("L3", ""))
     if l3:
-        assert previous[0] == min(4 * mib, l3 // 4), (sizes, previous)
+        assert fitted == (min(4 * mib, l3 // 4), min(4 * mib, l3 // 2)), (sizes, fitted)
 
 
 @pytest.mark.parametrize("text, expected", [("8192K", 8 << 20), ("32M", 32 << 20), ("1G", 1 << 30),
-                                            ("512", 512), ("", None), ("abcK", None), ("K", None)])
+                                            ("512", 512), ("", None), ("abcK", None), ("K", None),
+                                            ("1.5M", None), ("²K", None), ("32 MiB", None)])
 def test_cache_sizes_parse(text, expected):
     assert fastnorm._config._cache_bytes(text) == expected
 

@@ -105,6 +105,15 @@ cdef void _backward_all(const floating *g, const uint8_t *mask, floating *gx, Py
             _backward_part(g, mask, gx, min(chunk, n - start), start, scale, stream)
 
 
+cdef inline int _streams_into(object out, const void *result, Py_ssize_t nbytes,
+                              bint from_config_empty) noexcept:
+    """Whether a general-path result of nbytes at `result` streams: it is the buffer of the
+    caller's `out`, or from_config_empty says that it was allocated by _config.empty just
+    before this call, so that the pool's state describes it (then the pool decides)."""
+    cdef bint callers_out = isinstance(out, cnp.ndarray) and cnp.PyArray_DATA(<cnp.ndarray>out) == result
+    return (callers_out or from_config_empty) and streams(nbytes, 2 * nbytes, callers_out)
+
+
 cdef inline int _check_threshold(int32_t threshold) except -1:
     if not 0 <= threshold <= 65536:
         raise ValueError(f"forward: threshold must be in [0, 65536], got {threshold}")
@@ -125,16 +134,13 @@ def forward(const floating[::1] x, floating[::1] y, uint8_t[::1] mask, uint64_t 
     (then the pool decides), not by np.empty (float16's float32 intermediate).
     """
     cdef Py_ssize_t n = x.shape[0]
-    cdef Py_ssize_t nbytes = n * <Py_ssize_t>sizeof(floating)
-    cdef bint callers_out
     cdef int stream
     if y.shape[0] != n or mask.shape[0] != (n + 7) // 8:
         raise ValueError("forward: x, y and mask lengths do not match")
     _check_threshold(threshold)
     if n == 0:
         return
-    callers_out = isinstance(out, cnp.ndarray) and cnp.PyArray_DATA(<cnp.ndarray>out) == <void *>&y[0]
-    stream = (callers_out or y_from_config_empty) and streams(nbytes, 2 * nbytes, callers_out)
+    stream = _streams_into(out, &y[0], n * <Py_ssize_t>sizeof(floating), y_from_config_empty)
     with nogil:
         _forward_all(&x[0], &y[0], &mask[0], n, key_lo, key_hi, offset, threshold, scale,
                      nthreads, stream)
@@ -145,15 +151,12 @@ def backward(const floating[::1] g, const uint8_t[::1] mask, floating[::1] gx, d
     """gx = g * (bit ? scale : 0).  IN g: (n,); IN mask: (ceil(n / 8),) packed keep bits;
     OUT gx: (n,), may be g's buffer.  Streams as forward (out, gx_from_config_empty)."""
     cdef Py_ssize_t n = g.shape[0]
-    cdef Py_ssize_t nbytes = n * <Py_ssize_t>sizeof(floating)
-    cdef bint callers_out
     cdef int stream
     if gx.shape[0] != n or mask.shape[0] != (n + 7) // 8:
         raise ValueError("backward: g, gx and mask lengths do not match")
     if n == 0:
         return
-    callers_out = isinstance(out, cnp.ndarray) and cnp.PyArray_DATA(<cnp.ndarray>out) == <void *>&gx[0]
-    stream = (callers_out or gx_from_config_empty) and streams(nbytes, 2 * nbytes, callers_out)
+    stream = _streams_into(out, &gx[0], n * <Py_ssize_t>sizeof(floating), gx_from_config_empty)
     with nogil:
         _backward_all(&g[0], &mask[0], &gx[0], n, scale, nthreads, stream)
 

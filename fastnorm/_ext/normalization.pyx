@@ -109,8 +109,8 @@ RUN_MIN = 16
 # fit the L3 ((64, 32, 32, 64) float32 backward, 34 MB read: 0.86-1.05x).  Blocks and no blocks
 # give the same bits.
 #   That host's 4 MiB blocks are _CHANNEL_BLOCK_MAX; fastnorm._config sets a smaller L3's
-# quarter (_fit_channel_blocks).  A channel of up to _CHANNEL_BLOCK_MAX bytes that exceeds the
-# block goes as a block of its own.  AMD Zen 1 (8 MiB L3 shared by both vCPUs), one process,
+# quarter (_fit_channel_blocks), and a channel larger than the block but at most half the L3
+# (and _CHANNEL_BLOCK_MAX) goes as a block of its own.  AMD Zen 1 (8 MiB L3 shared by both vCPUs), one process,
 # 5 interleaved rounds, medians at 1 / 2 threads, 2 MiB blocks against 4 MiB: (64, 64, 56,
 # 56) float32 forward 9.83 / 5.83 against 11.05 / 6.66 ms (no blocks 13.38 / 7.68), backward
 # 12.40 / 8.72 against 12.97 / 9.58 (none 15.78 / 11.58); float64 forward 17.81 / 14.72
@@ -120,17 +120,20 @@ RUN_MIN = 16
 # 5.00, forward level.
 cdef Py_ssize_t _CHANNEL_BLOCK_MAX = 4 << 20
 cdef Py_ssize_t _channel_block_bytes = _CHANNEL_BLOCK_MAX
+cdef Py_ssize_t _channel_alone_bytes = _CHANNEL_BLOCK_MAX
 cdef Py_ssize_t _channel_blocks_from = 48 << 20
 cdef Py_ssize_t _channel_block_min_run = 8 << 10
 
 
 def _fit_channel_blocks(l3_bytes):
-    """Set the channel blocks' size for an L3 cache of l3_bytes (None or 0: unknown, no
-    change): a quarter of it, at most _CHANNEL_BLOCK_MAX.  Returns the block size."""
-    global _channel_block_bytes
+    """Set the channel blocks for an L3 cache of l3_bytes (None or 0: unknown, no change):
+    blocks of a quarter of it, single channels of up to half of it, both at most
+    _CHANNEL_BLOCK_MAX.  Returns (block bytes, largest single channel's bytes)."""
+    global _channel_block_bytes, _channel_alone_bytes
     if l3_bytes:
         _channel_block_bytes = min(_CHANNEL_BLOCK_MAX, <Py_ssize_t>l3_bytes // 4)
-    return _channel_block_bytes
+        _channel_alone_bytes = min(_CHANNEL_BLOCK_MAX, <Py_ssize_t>l3_bytes // 2)
+    return _channel_block_bytes, _channel_alone_bytes
 
 
 def _set_channel_blocks(Py_ssize_t block_bytes, Py_ssize_t from_bytes, Py_ssize_t min_run):
@@ -192,7 +195,7 @@ cdef Py_ssize_t _channel_blocks(Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssi
     cdef Py_ssize_t channel_bytes = arrays * A * B * itemsize, per_block, per_thread
     if (_channel_block_bytes <= 0 or C * channel_bytes < _channel_blocks_from
             or B * itemsize < _channel_block_min_run
-            or channel_bytes > max(_channel_block_bytes, _CHANNEL_BLOCK_MAX)
+            or channel_bytes > max(_channel_block_bytes, _channel_alone_bytes)
             or C < 4 * nthreads or not (B >= RUN_MIN or A == 1)):
         return 0
     per_block = max(1, _channel_block_bytes // channel_bytes)      # channels

@@ -26,9 +26,11 @@
  * chunk goes through a stack buffer to non-temporal stores (fn_stream.h); the chunk loop
  * sits inside each case so that gcc can keep the chunk in registers.  The loop written out
  * below (mish's backward) always stores plainly (its streamed form was not measured).
- *   Streamed, the forward maps and relu's backward ask for their input's lines (relu's: g)
+ *   Streamed, MAP's forward maps and relu's backward (but the AVX-512 variant's,
+ * relu_grad_avx512, not measured with it) ask for their input's lines (relu's backward: g's)
  * FN_STREAM_AHEAD bytes ahead (FN_STREAM_PREFETCH); the other backward maps do not (PREFETCH
- * empty), as the measurement there did not support it (fn_stream.h). */
+ * empty), as the measurement there did not support it (fn_stream.h), nor do the staged maps
+ * (MAP_STAGES: compute-bound). */
 #define MAP(EXPR) \
     do { \
         if (stream) { \
@@ -58,7 +60,7 @@
                 const T v = s[i]; const T d = g[i]; gx[i] = (EXPR); } \
         } \
     } while (0)
-/* MAP's and MAP_GRAD's loops from the last vector down to the first, one vector at a time (for
+/* MAP's and MAP_GRAD_BY's loops from the last vector down to the first, one vector at a time (for
  * an output that trails its input, fn_trails in fn_stream.h); n a multiple of the step.
  * The same vector code per element as the loops upwards, so the same bits.
  *   Not shared with fn_normalization_impl.h's PIECE16 / MAP_DOWN, whose inner loop runs over
@@ -611,7 +613,6 @@ void FN_NAME(fn_act_backward, FN_SUF)(int op, const T *g, const T *s, T *gx, int
 #undef MAP_GRAD_BY
 #undef T
 #undef MAP
-#undef MAP_GRAD
 #undef DESCENDING_STEP
 #undef DESCENDING_KEEP
 #undef DESCENDING

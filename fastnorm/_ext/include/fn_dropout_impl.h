@@ -127,6 +127,7 @@ void FN_NAME(fn_dropout_backward, FN_SUF)(const T *g, const uint8_t *mask, T *gx
     const T kept_factor = (T)scale;
     const int64_t full = n / 8;
     int64_t j0 = 0;
+#define KEPT_GRAD(i) (g[(i)] * (((mask[(i) / 8] >> ((i) % 8)) & 1u) ? kept_factor : (T)0))   /* one element */
 #if FN_TARGET_AVX2
     /* Per mask byte: broadcast it, test one bit per lane, and the lane mask selects
      * the factor (gcc's own vectorization of the bit loop was slower than SSE2's).  From the
@@ -134,7 +135,8 @@ void FN_NAME(fn_dropout_backward, FN_SUF)(const T *g, const uint8_t *mask, T *gx
      * kernel through ctypes against the upward loop alone: gx 16 / 48 / 64 bytes after g
      * modulo 4 KiB, (4096, 4096) 1.27x / 1.46x / 1.42x, (256, 1024) 0.94-0.97x / 1.21-1.43x /
      * 0.97-1.00x; elsewhere 0.97-1.02x.
-     * GRAD_OF_BITS(bits, e, STORE): the 8 elements from e, of the keep bits `bits`. */
+     * GRAD_OF_BITS(bits, e, STORE): the 8 elements from e, of the keep bits `bits`, stored by
+     * the intrinsic _mm256_<STORE>_ps / _pd (storeu, or stream for non-temporal stores). */
 #if FN_REAL == 32
     const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
     const __m256 factor = _mm256_set1_ps(kept_factor);
@@ -172,17 +174,17 @@ void FN_NAME(fn_dropout_backward, FN_SUF)(const T *g, const uint8_t *mask, T *gx
     if (body > 0) {
         const unsigned shift = (unsigned)(head & 7);
         for (int64_t i = 0; i < head; ++i)
-            gx[i] = g[i] * (((mask[i / 8] >> (i % 8)) & 1u) ? kept_factor : (T)0);
+            gx[i] = KEPT_GRAD(i);
         for (int64_t e0 = head; e0 < head + body; e0 += FN_STREAM_LINE(T)) {
             FN_STREAM_PREFETCH(g + e0, FN_STREAM_LINE(T));
             for (int64_t e = e0; e < e0 + FN_STREAM_LINE(T); e += 8) {
                 const int64_t j = e / 8;
                 const unsigned bits = shift ? ((mask[j] | (unsigned)mask[j + 1] << 8) >> shift) & 0xffu : mask[j];
-                GRAD_OF_BITS(bits, e, stream);
+                GRAD_OF_BITS(bits, e, stream);   /* _mm256_stream_ps / _pd */
             }
         }
         for (int64_t i = head + body; i < n; ++i)
-            gx[i] = g[i] * (((mask[i / 8] >> (i % 8)) & 1u) ? kept_factor : (T)0);
+            gx[i] = KEPT_GRAD(i);
         fn_stream_fence();
         return;
     }
@@ -206,7 +208,8 @@ void FN_NAME(fn_dropout_backward, FN_SUF)(const T *g, const uint8_t *mask, T *gx
             gx[8 * j + k] = g[8 * j + k] * (((byte >> k) & 1u) ? kept_factor : (T)0);
     }
     for (int64_t i = full * 8; i < n; ++i)
-        gx[i] = g[i] * (((mask[i / 8] >> (i % 8)) & 1u) ? kept_factor : (T)0);
+        gx[i] = KEPT_GRAD(i);
+#undef KEPT_GRAD
 }
 
 #undef T
