@@ -110,9 +110,9 @@ RUN_MIN = 16
 # give the same bits.
 #   That host's 4 MiB blocks are _CHANNEL_BLOCK_MAX; fastnorm._config sets a smaller L3's
 # quarter (_fit_channel_blocks), and a channel larger than the block but at most half the L3
-# (and _CHANNEL_BLOCK_MAX) goes as a block of its own.  AMD Zen 1 (8 MiB L3 shared by both vCPUs), one process,
-# 5 interleaved rounds, medians at 1 / 2 threads, 2 MiB blocks against 4 MiB: (64, 64, 56,
-# 56) float32 forward 9.83 / 5.83 against 11.05 / 6.66 ms (no blocks 13.38 / 7.68), backward
+# (and _CHANNEL_BLOCK_MAX) goes as a block of its own.  AMD Zen 1 (8 MiB L3 shared by both
+# vCPUs), one process, 5 interleaved rounds, medians at 1 / 2 threads, 2 MiB blocks against
+# 4 MiB: (64, 64, 56, 56) float32 forward 9.83 / 5.83 against 11.05 / 6.66 ms (no blocks 13.38 / 7.68), backward
 # 12.40 / 8.72 against 12.97 / 9.58 (none 15.78 / 11.58); float64 forward 17.81 / 14.72
 # against 21.18 / 17.62, backward (3 MiB channels, alone either way) 27.33 / 21.53 (none 33.03
 # / 24.38); (16, 256, 56, 56) float32 forward 10.97 / 7.24 against 13.67 / 8.54, backward

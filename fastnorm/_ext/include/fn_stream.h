@@ -84,10 +84,10 @@ FN_DEFINE_COPY(fn_chunk_copy, storeu, f64, double, pd)
 /* A streamed chunk of n elements from p asks for the input lines FN_STREAM_AHEAD bytes
  * further on, into L2 (a hint: no fault past the array's end).  With non-temporal stores
  * nothing but the hardware prefetcher brings the input in ahead of the loads, and on AMD Zen 1
- * (2 vCPUs, 4096 x 4096 through the API, the build without it in processes alternated, 1
- * thread) it fell behind: a C loop copying with streamed stores took 8.3-9.0 ms where memcpy
- * took 7.0-7.3 and the same loop with this prefetch 7.1-7.6 (2-16 KiB ahead alike); relu
- * forward float32 8.3-9.7 -> 7.0-7.1 ms, float64 16.4-18.0 -> 13.7-14.4, relu backward
+ * (2 vCPUs, 1 thread, 4096 x 4096) it fell behind: a C loop copying with streamed stores
+ * (huge pages) took 8.3-9.0 ms where memcpy took 7.0-7.3 and the same loop with this
+ * prefetch 7.1-7.6 (2-16 KiB ahead alike).  Through the API, the build without it in
+ * processes alternated: relu forward float32 8.3-9.7 -> 7.0-7.1 ms, float64 16.4-18.0 -> 13.7-14.4, relu backward
  * float32 13.2-17.4 -> 10.6-10.9, float64 30.3-33.7 -> 20.7-22.4 (2 threads 21.6-23.3 ->
  * 16.1-16.6; np.copyto 6.5-7.8 / 12.6-13.1).  The other backward maps did not gain: asking
  * for both inputs' lines was slower than for one, and for g alone leaky_relu's and sigmoid's
