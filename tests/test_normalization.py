@@ -1334,13 +1334,12 @@ def test_channel_blocks_fit_the_l3():
     try:
         assert ext._fit_channel_blocks(32 * mib) == (4 * mib, 4 * mib)
         assert ext._fit_channel_blocks(64 * mib) == (4 * mib, 4 * mib)
-        assert ext._fit_channel_blocks(4 * mib) == (1 * mib, 2 * mib)
-        blocks = lambda a, b, arrays: ext._channel_block_count(a, 64, b, 4, arrays, 1)
-        assert blocks(64, 3136, 2) == 64 and blocks(64, 6272, 2) == 0   # 1.5 MiB alone, 3 MiB not
-        assert ext._fit_channel_blocks(8 * mib) == (2 * mib, 4 * mib)
         # (A, C, B) float32 of 64 channels (48 MiB or more), one channel's bytes A * B * 4
         # per array that the statistics read
         blocks = lambda a, b, arrays: ext._channel_block_count(a, 64, b, 4, arrays, 1)
+        assert ext._fit_channel_blocks(4 * mib) == (1 * mib, 2 * mib)
+        assert blocks(64, 3136, 2) == 64 and blocks(64, 6272, 2) == 0   # 1.5 MiB alone, 3 MiB not
+        assert ext._fit_channel_blocks(8 * mib) == (2 * mib, 4 * mib)
         assert blocks(64, 4096, 1) == 32        # 1 MiB channels: two per 2 MiB block
         assert blocks(64, 3136, 1) == 32        # 0.77 MiB: two
         assert blocks(64, 3136, 2) == 64        # 1.5 MiB: one
@@ -1349,7 +1348,6 @@ def test_channel_blocks_fit_the_l3():
         ext._fit_channel_blocks(32 * mib)
         assert blocks(64, 4096, 1) == 16 and blocks(64, 3136, 2) == 32 and blocks(64, 6272, 2) == 64
     finally:
-        ext._set_channel_blocks(*previous)
         ext._fit_channel_blocks(2 * fitted[1])   # the alone bound as fitted at import
         ext._set_channel_blocks(*previous)
     assert ext._fit_channel_blocks(None) == fitted

@@ -229,7 +229,8 @@ def backward_fast(object g, object packed, object out, double scale, Py_ssize_t 
     if gx is None:
         return None
     cdef cnp.ndarray gxa = <cnp.ndarray>gx
-    cdef int stream = streams(n * cnp.PyArray_ITEMSIZE(ga), 2 * n * cnp.PyArray_ITEMSIZE(ga), out is not None)
+    cdef Py_ssize_t nbytes = n * cnp.PyArray_ITEMSIZE(ga)
+    cdef int stream = streams(nbytes, 2 * nbytes, out is not None)
     cdef int nthreads = threads_for(n, grain)
     cdef const void *gp = cnp.PyArray_DATA(ga)
     cdef void *gxp = cnp.PyArray_DATA(gxa)
