@@ -1035,12 +1035,14 @@ def test_row_gradients_same_bits_wherever_they_lie(dtype, threads, backend, rng)
                     assert [a.tobytes() for a in sums if a is not None] == expected_sums
 
 
+@pytest.mark.parametrize("rows", [2, 5])
 @pytest.mark.parametrize("path", ["fast", "general"])
-def test_float32_parameter_gradient_overflow_warns(path):
+def test_float32_parameter_gradient_overflow_warns(path, rows):
     """A float32 weight/bias gradient beyond float32's range is inf with NumPy's overflow
-    warning, on the fast path (plain arrays) as on the general one (a strided x)."""
-    g = np.full((2, 8), 3e38, np.float32)
-    x = np.arange(16, dtype=np.float32).reshape(2, 8)
+    warning, on the fast path (plain arrays) as on the general one (a strided x); also where
+    a four-row float partial overflowed first (5 rows: the block's float64 terms again)."""
+    g = np.full((rows, 8), 3e38, np.float32)
+    x = np.arange(rows * 8, dtype=np.float32).reshape(rows, 8)
     w, b = np.ones(8, np.float32), np.zeros(8, np.float32)
     y, mean, rstd = fastnorm.layer_norm(x, 8, w, b)
     if path == "general":
@@ -1052,13 +1054,39 @@ def test_float32_parameter_gradient_overflow_warns(path):
         fastnorm.layer_norm_backward(g, x, 8, w, mean, rstd, bias=b)
 
 
+@pytest.mark.parametrize("shape", [(4, 8), (9, 8), (600, 600)], ids=str)
+def test_float32_parameter_gradient_partial_overflow(shape, backend, num_threads, rng):
+    """float32 layer norm backward adds its parameter-gradient terms four rows at a time in
+    float before the float64 column sums: four equal rows of x with dy = 3e38, 3e38, -3e38,
+    -3e38 cancel in float64, while their float terms and partials overflow.  Such a block
+    takes the float64 terms, so the gradients are finite and the oracle's to within float64
+    rounding of those terms (a multiply-add keeps one product unrounded: up to ~1e22 off
+    0), where float partials would be Inf, NaN or ~1e31 off (the four rows at the start,
+    and again in a later block of (600, 600))."""
+    m, k = shape
+    x = rng.standard_normal(shape).astype(np.float32)
+    g = rng.standard_normal(shape).astype(np.float32)
+    w, b = rng.standard_normal(k).astype(np.float32), rng.standard_normal(k).astype(np.float32)
+    for r0 in (0, 301) if m > 301 else (0,):
+        x[r0:r0 + 4] = np.linspace(-2, 2, k, dtype=np.float32)
+        g[r0:r0 + 4] = np.array([3e38, 3e38, -3e38, -3e38], np.float32)[:, None]
+    _, mean, rstd = fastnorm.layer_norm(x, k, w, b)
+    with np.errstate(over="ignore", invalid="ignore"):
+        _, gw, gb = fastnorm.layer_norm_backward(g, x, k, w, mean, rstd, bias=b)
+        _, ew, eb = ref.layer_norm_backward(f64(g), f64(x), k, f64(w), f64(mean), f64(rstd), bias=f64(b))
+    for got, expected in ((gw, ew), (gb, eb)):
+        assert np.isfinite(got).all()
+        np.testing.assert_allclose(f64(got), expected, rtol=1e-5, atol=3e38 * 2.0 ** -40)
+
+
 @pytest.mark.parametrize("shape", [(37, 513), (2703, 600), (3, 901, 1030)], ids=str)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_wide_row_parameter_gradients(shape, dtype, backend, rng):
-    """Rows wider than 512 from more than 12 MiB of dy and x sum the parameter gradients in
-    a pass over each sub-block of rows (four per visit, remainder rows included; the last
-    two shapes) with the AVX-512 kernels, the other variants and smaller calls in the row
-    loop (test_parameter_gradient_pass_same_bits forces both places on every variant):
+    """float64 rows wider than 512 from more than 12 MiB of dy and x sum the parameter
+    gradients in a pass over each sub-block of rows (four per visit, remainder rows included;
+    the last two shapes) with the AVX-512 kernels, the other variants and smaller calls in the
+    row loop (test_parameter_gradient_pass_same_bits forces both places on every variant);
+    float32 always in its pass:
     the oracle's values, and the
     same bits at 1 and 2 threads, with both, either or neither gradient, for layer and RMS
     norm."""
@@ -1237,7 +1265,8 @@ def test_column_statistics_same_bits(rows, channels, dtype, backend, num_threads
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_parameter_gradient_pass_same_bits(shape, dtype, backend, num_threads, rng):
     """Layer norm backward's two places for the parameter-gradient sums (the row loop and
-    the pass over rows in cache, chosen by size) give the same bits: forced one way and the
+    the pass over rows in cache, chosen by size; float32 always takes its pass, with float
+    terms four rows at a time, whatever the setting) give the same bits: forced one way and the
     other, with sub-blocks of 1-3 remainder rows, the 4-row minimum block ((6, 30000)),
     fewer rows than one visit ((3, 600)), and rows shorter than one 16-element piece or
     with a tail of 9-15 elements after them ((7, 13), (9, 47))."""

@@ -80,8 +80,9 @@ cdef Py_ssize_t _param_pass_min_bytes = _PARAM_PASS_NEVER   # set by set_isa
 
 
 def _set_param_pass_threshold(Py_ssize_t min_k, Py_ssize_t min_bytes):
-    """For tests: set where layer norm backward takes the parameter-gradient pass (rows
-    wider than min_k whose dy and x exceed min_bytes; both paths give the same bits).
+    """For tests: set where float64 layer norm backward takes the parameter-gradient pass
+    (rows wider than min_k whose dy and x exceed min_bytes; both paths give the same bits;
+    float32 always takes its pass).
     Returns the previous (min_k, min_bytes).  set_isa sets min_bytes again (by variant)."""
     global _param_pass_min_k, _param_pass_min_bytes
     previous = (_param_pass_min_k, _param_pass_min_bytes)
@@ -311,7 +312,9 @@ cdef Py_ssize_t _ln_param_rows(Py_ssize_t M, Py_ssize_t K, Py_ssize_t itemsize):
     """Rows per block of layer norm backward's parameter-gradient partials: from the shape
     only, so that the sums do not depend on the thread count."""
     cdef Py_ssize_t row_bytes = 2 * K * itemsize
-    return max(_LN_PARAM_MIN_ROWS, (_LN_PARAM_BLOCK_BYTES + row_bytes - 1) // row_bytes, (M + 31) // 32)
+    cdef Py_ssize_t rows = max(_LN_PARAM_MIN_ROWS, (_LN_PARAM_BLOCK_BYTES + row_bytes - 1) // row_bytes,
+                               (M + 31) // 32)
+    return (rows + 3) // 4 * 4   # whole four-row visits of float32's pass (fn_norm_rows_backward)
 
 
 def _check(cond, what):
@@ -965,9 +968,11 @@ cdef void _rows_backward_run(const floating *dy, const floating *x, floating *gx
                 else:
                     _kernels.rows_backward_f64(dy, x, gx, K, r0, min(r0 + ch, M), wp, mean, rstd, rms, NULL, NULL, 0, stream)
         return
-    # Where the kernel adds the parameter gradients (the same bits either way): in each
-    # row's first loop, or by a pass over every ~192 KiB of rows while they are in cache
-    # (fn_norm_rows_backward).  The pass pays when the rows come from memory and are wide.
+    # Where the float64 kernels add the parameter gradients (the same bits either way): in
+    # each row's first loop, or by a pass over every ~192 KiB of rows while they are in cache
+    # (fn_norm_rows_backward; float32 always takes its own pass, with float terms added four
+    # rows at a time, and ignores param_pass).  The pass pays when the rows come from memory
+    # and are wide.  Measured with the float64 terms, when float32 took them too:
     # 1 thread, float32 (M, 768), both gradients, us (in the row loop -> by the pass),
     # AVX-512 on Zen 4: M = 32 8.0-8.1 -> 9.2, 1024 192-202 -> 236-238, 2048 494-616 ->
     # 478-562, 3072 1114-1238 -> 703-782, 8192 3322-3393 -> 2314-2593; (12288, 512)
@@ -996,15 +1001,15 @@ cdef void _rows_backward_run(const floating *dy, const floating *x, floating *gx
                 _kernels.rows_backward_f64(dy, x, gx, K, blk * rb, min(blk * rb + rb, M), wp, mean, rstd, rms, pwp, pbp, param_pass, stream)
 
 
-cdef cnp.ndarray _zeroed(int nd, cnp.npy_intp *dims):
-    """PyArray_ZEROS(nd, dims, NPY_FLOAT64, 0) with the zeros written here, for sums that
-    kernels add into.  Not calloc's zeros: their pages map the shared zero page on the first
-    read, and the first write then takes a copy-on-write fault whose TLB flush interrupts
-    every CPU the process runs on -- (384, 16384) float32 layer norm backward with its
-    parameter gradients took 15 ms on 2 threads against 7.6 ms on one, most of it there."""
-    cdef cnp.ndarray a = cnp.PyArray_EMPTY(nd, dims, cnp.NPY_FLOAT64, 0)
-    memset(cnp.PyArray_DATA(a), 0, cnp.PyArray_NBYTES(a))
-    return a
+cdef cnp.ndarray _partials(int nd, cnp.npy_intp *dims):
+    """The float64 (nblk, K) partial rows of layer norm backward's parameter gradients, left
+    uninitialized: each kernel call zeroes its own row before it adds into it (and zeroes it
+    again where float32's partials overflow, fn_norm_rows_backward).  Not calloc's zeros:
+    their pages map the shared zero page on the first read, and the first write then takes a
+    copy-on-write fault whose TLB flush interrupts every CPU the process runs on -- (384,
+    16384) float32 layer norm backward with its parameter gradients took 15 ms on 2 threads
+    against 7.6 ms on one, most of it there."""
+    return cnp.PyArray_EMPTY(nd, dims, cnp.NPY_FLOAT64, 0)
 
 
 cdef object _block_sum(cnp.ndarray partial, int typenum):
@@ -1074,9 +1079,9 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] g
     nblk = (M + rb - 1) // rb
     pdims[0], pdims[1] = nblk, K
     if want_gw:
-        pw = _zeroed(2, pdims)
+        pw = _partials(2, pdims)
     if want_gb:
-        pb = _zeroed(2, pdims)
+        pb = _partials(2, pdims)
     pwp, pbp = <double *>_data_or_null(pw), <double *>_data_or_null(pb)
     with nogil:
         _rows_backward_run(&dy[0], &x[0], &gx[0], M, K, wp, &mean[0], &rstd[0], rms, pwp, pbp,
@@ -1590,9 +1595,9 @@ def rows_backward_fast(object grad_output, object x, object normalized_shape, ob
     cdef object pw = None, pb = None
     pdims[0], pdims[1] = nblk, K
     if want_gw:
-        pw = _zeroed(2, pdims)
+        pw = _partials(2, pdims)
     if want_gb:
-        pb = _zeroed(2, pdims)
+        pb = _partials(2, pdims)
     cdef double *pwp = <double *>_data_or_null(pw)
     cdef double *pbp = <double *>_data_or_null(pb)
     cdef const void *wp = _data_or_null(weight)

@@ -1423,9 +1423,9 @@ static inline __attribute__((always_inline)) void FN_NAME(rows_grad_sums, FN_SUF
      * (4, 50000) 1.18x / 1.16x, (8192, 768) from memory level; earlier runs up to 1.23x).  A row
      * whose float sums come out inf or NaN takes the double sums below instead, which give
      * the bits it had before.  The column terms need d and xc as doubles anyway (done here
-     * alongside the float sums, 0.92-0.95x), so rows with them keep the double sums; grad_x
-     * of a call with parameter gradients can therefore differ in the last bit from the same
-     * call without them. */
+     * alongside the float sums, 0.92-0.95x), so rows with them keep the double sums; float32
+     * no longer takes them here (its parameter gradients go by rows_param_sums_float), so its
+     * grad_x has the same bits with and without parameter gradients. */
     int double_sums = 1;
     if (float_sums && !gw && !gb) {
         k0 = FN_NAME(float_dual_pieces, FN_SUF)(dy, w, x, K, mu, &p, &q, 0);
@@ -1569,8 +1569,94 @@ static inline void FN_NAME(rows_param_sums, FN_SUF)(const T *dy, const T *x, int
     }
 }
 
+#if FN_REAL == 32
+/* Rows r .. r + n - 1 (n = 4 or 1) of rows_param_sums_float, with_w / with_b literals at
+ * every call (one loop reads dy once for both gradients).  Returns its part of the check. */
+static inline __attribute__((always_inline)) float FN_NAME(param_group_float, FN_SUF)(
+    const T *dy, const T *x, int64_t K, int64_t r, int n, const T *mean, const T *rstd, int rms,
+    double *gw, double *gb, const int with_w, const int with_b)
+{
+    float finite = 0.0f;
+    const T *d0 = dy + r * K, *x0 = x + r * K;
+    const T m0 = rms ? (T)0 : mean[r], q0 = rstd[r];
+#define PARAM_TERM(j) (d##j[k] * ((x##j[k] - m##j) * q##j))
+    if (n == 1) {
+#pragma omp simd reduction(+:finite)
+        for (int64_t k = 0; k < K; ++k) {
+            if (with_w) {
+                const T a = PARAM_TERM(0);
+                finite += a - a;
+                gw[k] += (double)a;
+            }
+            if (with_b) {
+                finite += d0[k] - d0[k];
+                gb[k] += (double)d0[k];
+            }
+        }
+        return finite;
+    }
+    const T *d1 = d0 + K, *d2 = d1 + K, *d3 = d2 + K;
+    const T *x1 = x0 + K, *x2 = x1 + K, *x3 = x2 + K;
+    const T m1 = rms ? (T)0 : mean[r + 1], m2 = rms ? (T)0 : mean[r + 2];
+    const T m3 = rms ? (T)0 : mean[r + 3];
+    const T q1 = rstd[r + 1], q2 = rstd[r + 2], q3 = rstd[r + 3];
+#pragma omp simd reduction(+:finite)
+    for (int64_t k = 0; k < K; ++k) {
+        if (with_w) {
+            T a = PARAM_TERM(0);
+            a += PARAM_TERM(1);
+            a += PARAM_TERM(2);
+            a += PARAM_TERM(3);
+            finite += a - a;
+            gw[k] += (double)a;
+        }
+        if (with_b) {
+            const T c = (d0[k] + d1[k]) + (d2[k] + d3[k]);
+            finite += c - c;
+            gb[k] += (double)c;
+        }
+    }
+#undef PARAM_TERM
+    return finite;
+}
+
+/* float32's parameter gradients over rows [r0, r1), as rows_param_sums but with the terms
+ * dy * ((x - mu_r) * rs_r) formed in float and added four rows at a time in float (in row
+ * order, then that partial added to the float64 column sum gw[k]); gb likewise, its four dy
+ * added pairwise.  Remainder rows add their float terms one by one.  Zen 1 (two 128-bit
+ * halves per vector, one 16-byte store per cycle), through the API, 1 thread, both
+ * gradients, against the float64 terms in the row loop (interleaved medians): (32, 768)
+ * 1.24-1.39x, (256, 768) 1.38x, (8192, 768) 1.17-1.20x, (2048, 256) 1.08-1.11x, (1024, 768)
+ * and (64, 4096) level; eight rows per visit measured the same as four.  A partial is a
+ * float sum of four terms, so the gradients keep float32's relative accuracy in the terms
+ * of each four-row group (about 5 ulp of the group's largest terms at worst), and the sum
+ * across groups stays in float64.  Returns 0 where a partial came out Inf or NaN (a float
+ * overflow the float64 terms may not have, or Inf / NaN inputs): the caller then takes the
+ * float64 terms for the whole block, whose Inf, NaN and overflow warning are the float64
+ * path's.  The check is a sum of a - a over the partials: 0 while all are finite, NaN
+ * from the first that is not. */
+static inline int FN_NAME(rows_param_sums_float, FN_SUF)(const T *dy, const T *x, int64_t K,
+                                                         int64_t r0, int64_t r1, const T *mean,
+                                                         const T *rstd, int rms, double *gw,
+                                                         double *gb)
+{
+    float finite = 0.0f;
+    for (int64_t r = r0; r < r1;) {
+        const int n = r1 - r >= 4 ? 4 : 1;
+        if (gw && gb)
+            finite += FN_NAME(param_group_float, FN_SUF)(dy, x, K, r, n, mean, rstd, rms, gw, gb, 1, 1);
+        else if (gw)
+            finite += FN_NAME(param_group_float, FN_SUF)(dy, x, K, r, n, mean, rstd, rms, gw, NULL, 1, 0);
+        else
+            finite += FN_NAME(param_group_float, FN_SUF)(dy, x, K, r, n, mean, rstd, rms, NULL, gb, 0, 1);
+        r += n;
+    }
+    return finite == 0.0f;
+}
+#endif
+
 /* Rows of dy and x per rows_param_sums pass: about 192 KiB of them, so that they are still
- * in cache (at least four rows). */
+ * in cache (a multiple of four rows, at least four). */
 #define PARAM_BLOCK_BYTES ((int64_t)192 << 10)
 
 /* The coefficients of a row's gx = g * s + (x - mean) * k2 + k3 (fn_norm_rows_backward below)
@@ -1588,9 +1674,14 @@ static inline void FN_NAME(row_grad_coefs, FN_SUF)(double rs, double a1, double 
  * ROW_MAP(EXPR of k): upwards (ROW_UP, streamed where asked) or downwards (ROW_DOWN). */
 #define ROWS_BACKWARD(ROW_MAP)                                                                 \
     do {                                                                                       \
-        int64_t block = PARAM_BLOCK_BYTES / (2 * K * (int64_t)sizeof(T));                     \
+        /* whole four-row visits of rows_param_sums_float */                                   \
+        int64_t block = PARAM_BLOCK_BYTES / (2 * K * (int64_t)sizeof(T)) / 4 * 4;             \
         if (block < 4)                                                                         \
             block = 4;                                                                         \
+        /* float32 always takes the pass (rows_param_sums_float), and its float row sums */   \
+        const int pass = FN_REAL == 32 || param_pass;                                          \
+        int param_float = FN_REAL == 32;                                                       \
+        ZERO_SUMS();                                                                           \
         for (int64_t b0 = r0; b0 < r1; b0 += block) {                                         \
             const int64_t b1 = r1 - b0 > block ? b0 + block : r1;                              \
             for (int64_t r = b0; r < b1; ++r) {                                                \
@@ -1600,16 +1691,16 @@ static inline void FN_NAME(row_grad_coefs, FN_SUF)(double rs, double a1, double 
                 const double rs = (double)rstd[r];                                             \
                 /* Not RUN_DUAL: the gradient is dy * w here, and the row's mean is given. */  \
                 double a1 = 0.0, a2 = 0.0;                                                     \
-                if (!param_pass) {                                                             \
+                if (!pass) {                                                                   \
                     if (w)                                                                     \
                         GRAD_ROW_SUMS(w, gw, gb, 1);                                           \
                     else                                                                       \
                         GRAD_ROW_SUMS(NULL, gw, gb, 1);                                        \
-                } else { /* the double sums of the row loop's parameter path: the same bits */ \
-                    if (w)                                                                     \
-                        GRAD_ROW_SUMS(w, NULL, NULL, 0);                                       \
+                } else { /* float64: the double sums of the row loop's parameter path, the */  \
+                    if (w) /* same bits; float32: the float sums, as without parameters */     \
+                        GRAD_ROW_SUMS(w, NULL, NULL, 1);                                       \
                     else                                                                       \
-                        GRAD_ROW_SUMS(NULL, NULL, NULL, 0);                                    \
+                        GRAD_ROW_SUMS(NULL, NULL, NULL, 1);                                    \
                 }                                                                              \
                 T s, k2, k3;                                                                   \
                 FN_NAME(row_grad_coefs, FN_SUF)(rs, a1, a2, K, rms, &s, &k2, &k3);             \
@@ -1620,10 +1711,31 @@ static inline void FN_NAME(row_grad_coefs, FN_SUF)(double rs, double a1, double 
                 else                                                                           \
                     ROW_MAP(gr[k] * s + (xr[k] - mu) * k2 + k3);                               \
             }                                                                                  \
-            if (param_pass && (gw || gb))                                                      \
-                FN_NAME(rows_param_sums, FN_SUF)(dy, x, K, b0, b1, mean, rstd, rms, gw, gb);   \
+            if (pass && (gw || gb))                                                            \
+                PARAM_PASS(b0, b1);                                                            \
+        }                                                                                      \
+        if (!param_float && FN_REAL == 32 && (gw || gb)) { /* an Inf or NaN partial */        \
+            ZERO_SUMS();                                                                       \
+            FN_NAME(rows_param_sums, FN_SUF)(dy, x, K, r0, r1, mean, rstd, rms, gw, gb);       \
         }                                                                                      \
     } while (0)
+#define ZERO_SUMS()                                                                            \
+    do {                                                                                       \
+        if (gw)                                                                                \
+            memset(gw, 0, (size_t)K * sizeof(double));                                         \
+        if (gb)                                                                                \
+            memset(gb, 0, (size_t)K * sizeof(double));                                         \
+    } while (0)
+#if FN_REAL == 32
+#define PARAM_PASS(b0, b1)                                                                     \
+    do {                                                                                       \
+        if (param_float)                                                                       \
+            param_float = FN_NAME(rows_param_sums_float, FN_SUF)(dy, x, K, b0, b1, mean, rstd, \
+                                                                 rms, gw, gb);                 \
+    } while (0)
+#else
+#define PARAM_PASS(b0, b1) FN_NAME(rows_param_sums, FN_SUF)(dy, x, K, b0, b1, mean, rstd, rms, gw, gb)
+#endif
 #define ROW_UP(EXPR) FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, out, K, k, EXPR)
 #define ROW_DOWN(EXPR) MAP_DOWN(K, k, out[k] = (EXPR))
 
@@ -1643,16 +1755,21 @@ static __attribute__((noinline)) void FN_NAME(rows_backward_down, FN_SUF)(
     ROWS_BACKWARD(ROW_DOWN);
 }
 #undef ROWS_BACKWARD
+#undef PARAM_PASS
+#undef ZERO_SUMS
 #undef ROW_UP
 #undef ROW_DOWN
 
 /* Backward of rows_forward for rows [r0, r1): with g = dy * w and xc = x - mean (mean = 0
  * for RMS norm), gx = rstd * g + xc * k2 + k3, k2 = -rstd^3 * mean(g * xc),
- * k3 = -rstd * mean(g) (0 for RMS norm).  When gw / gb are not NULL, adds this block's
- * sum(dy * xc * rstd) and sum(dy) per column to them (double, K each), row by row: in each
- * row's first loop (param_pass = 0), or after every PARAM_BLOCK_BYTES of rows by
- * rows_param_sums (param_pass = 1); the same bits either way, the caller picks the faster
- * (normalization.pyx).  The pass reads dy and x after the rows' gx is written: gx must not
+ * k3 = -rstd * mean(g) (0 for RMS norm).  When gw / gb are not NULL, sets them (double, K
+ * each; zeroed here first) to this block's sum(dy * xc * rstd) and sum(dy) per column.
+ * float64 adds its terms row by row: in each row's first loop (param_pass = 0), or after
+ * every PARAM_BLOCK_BYTES of rows by rows_param_sums (param_pass = 1); the same bits either
+ * way, the caller picks the faster (normalization.pyx).  float32 always takes the pass,
+ * rows_param_sums_float (param_pass is ignored), and where one of its float partials comes
+ * out Inf or NaN, the whole block's sums again by rows_param_sums after the rows (dy and x
+ * read once more).  The pass reads dy and x after the rows' gx is written: gx must not
  * overlap them (both callers write into a fresh array).  stream: gx by non-temporal stores
  * (fn_stream.h), the same values; gx is not read back here, and streaming it saves its
  * lines' reads from memory (8192 x 768, 1 thread, Zen 3: float32 1.28x, float64 1.39x).
