@@ -1054,6 +1054,24 @@ def test_float32_parameter_gradient_overflow_warns(path, rows):
         fastnorm.layer_norm_backward(g, x, 8, w, mean, rstd, bias=b)
 
 
+def test_float32_parameter_gradient_overflow_boundary():
+    """The float64 sums round to float32 as NumPy's cast: FLT_MAX + 2^103 (half an ulp, a tie
+    to even) becomes Inf with the overflow warning, FLT_MAX + 2^102 becomes FLT_MAX without
+    one."""
+    fmax = float(np.finfo(np.float32).max)
+    x = np.arange(16, dtype=np.float32).reshape(2, 8)
+    _, mean, rstd = fastnorm.layer_norm(x, 8)
+    b = np.zeros(8, np.float32)
+    for extra, overflows in ((2.0 ** 103, True), (2.0 ** 102, False)):
+        g = np.array([[fmax] * 8, [extra] * 8], np.float32)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            gb = fastnorm.layer_norm_backward(g, x, 8, None, mean, rstd, bias=b)[2]
+        assert bool(caught) == overflows
+        expected = np.float32(np.inf) if overflows else np.float32(fmax)
+        assert (gb == expected).all()
+
+
 @pytest.mark.parametrize("shape", [(4, 8), (9, 8), (600, 600)], ids=str)
 def test_float32_parameter_gradient_partial_overflow(shape, backend, num_threads, rng):
     """float32 layer norm backward adds its parameter-gradient terms four rows at a time in

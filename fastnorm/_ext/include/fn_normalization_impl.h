@@ -2103,15 +2103,21 @@ void FN_CAT3(fn_norm, finish_moments, FN_ISA)(int64_t C, const double *shift, do
 
 /* dst = src rounded to T (float64 sums as the parameter gradients' type); 1 where a finite
  * sum became infinite (a float32 overflow, which the caller reports as NumPy's cast would),
- * else 0.  The flag is an OR over the elements, not a branch, so that the loop vectorizes. */
+ * else 0.  The flag is an OR over the elements, not a branch, so that the loop vectorizes;
+ * it is taken from src alone (finite and at least FLT_MAX + half its ulp, which rounds to
+ * Inf) in 64-bit lanes: converting dst back and packing 64-bit compares into an int flag
+ * made the float32 loop about 3 cycles per element on Zen 1. */
 int FN_NAME(fn_norm_narrow, FN_SUF)(int64_t K, const double *src, T *dst)
 {
-    int overflow = 0;
+    int64_t overflow = 0;
     for (int64_t k = 0; k < K; ++k) {
         dst[k] = (T)src[k];
-        overflow |= (isinf((double)dst[k]) != 0) & (isinf(src[k]) == 0);
+#if FN_REAL == 32
+        const double a = fabs(src[k]);
+        overflow |= (int64_t)((a >= 0x1.ffffffp+127) & (a < (double)INFINITY));
+#endif
     }
-    return overflow;
+    return overflow != 0;
 }
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC pop_options
