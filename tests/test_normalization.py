@@ -778,7 +778,7 @@ def test_rows_backward_sums_without_parameter_gradients(k, backend, num_threads,
     sums with a weight (no public call has a weight without its gradient: the kernel's own
     entry point).  Rows whose float sums overflow (dy near 1e38) or hold a NaN take the double
     sums instead: finite where the double sums are, and the bits of the call with a parameter
-    gradient, which always takes the double sums."""
+    gradient, whose row sums are the same."""
     x = (rng.standard_normal((9, k)) * 3 + 2).astype(np.float32)
     x[2] += 1e4
     g = rng.standard_normal((9, k)).astype(np.float32)
@@ -1072,29 +1072,40 @@ def test_float32_parameter_gradient_overflow_boundary():
         assert (gb == expected).all()
 
 
+@pytest.mark.parametrize("which", ["both", "weight", "bias", "rms"])
 @pytest.mark.parametrize("shape", [(4, 8), (9, 8), (600, 600)], ids=str)
-def test_float32_parameter_gradient_partial_overflow(shape, backend, num_threads, rng):
-    """float32 layer norm backward adds its parameter-gradient terms four rows at a time in
-    float before the float64 column sums: four equal rows of x with dy = 3e38, 3e38, -3e38,
-    -3e38 cancel in float64, while their float terms and partials overflow.  Such a block
-    takes the float64 terms, so the gradients are finite and the oracle's to within float64
-    rounding of those terms (a multiply-add keeps one product unrounded: up to ~1e22 off
-    0), where float partials would be Inf, NaN or ~1e31 off (the four rows at the start,
-    and again in a later block of (600, 600))."""
+def test_float32_parameter_gradient_partial_overflow(shape, which, backend, num_threads, rng):
+    """float32 layer / RMS norm backward adds its parameter-gradient terms four rows at a
+    time in float before the float64 column sums.  Four equal first rows of x with dy = 2^127,
+    2^127, -2^127, -2^127: their float terms or partials overflow (Inf, then NaN), while in
+    float64 the products are exact and cancel to 0.  The block then takes the float64 terms
+    for all its rows, so the gradients are the other rows' sums, the oracle's to float32
+    accuracy: a fallback that kept an Inf, or redid only some rows ((600, 600) has several
+    sub-blocks), would fail."""
     m, k = shape
     x = rng.standard_normal(shape).astype(np.float32)
     g = rng.standard_normal(shape).astype(np.float32)
     w, b = rng.standard_normal(k).astype(np.float32), rng.standard_normal(k).astype(np.float32)
-    for r0 in (0, 301) if m > 301 else (0,):
-        x[r0:r0 + 4] = np.linspace(-2, 2, k, dtype=np.float32)
-        g[r0:r0 + 4] = np.array([3e38, 3e38, -3e38, -3e38], np.float32)[:, None]
-    _, mean, rstd = fastnorm.layer_norm(x, k, w, b)
+    x[:4] = np.linspace(-2, 2, k, dtype=np.float32)
+    g[:4] = np.array([1, 1, -1, -1], np.float32)[:, None] * np.float32(2.0 ** 127)
+    weight = None if which == "bias" else w
+    bias = b if which in ("both", "bias") else None
     with np.errstate(over="ignore", invalid="ignore"):
-        _, gw, gb = fastnorm.layer_norm_backward(g, x, k, w, mean, rstd, bias=b)
-        _, ew, eb = ref.layer_norm_backward(f64(g), f64(x), k, f64(w), f64(mean), f64(rstd), bias=f64(b))
-    for got, expected in ((gw, ew), (gb, eb)):
-        assert np.isfinite(got).all()
-        np.testing.assert_allclose(f64(got), expected, rtol=1e-5, atol=3e38 * 2.0 ** -40)
+        if which == "rms":
+            _, rstd = fastnorm.rms_norm(x, k, w)
+            got = fastnorm.rms_norm_backward(g, x, k, w, rstd)[1:]
+            expected = ref.rms_norm_backward(f64(g), f64(x), k, f64(w), f64(rstd))[1:]
+        else:
+            _, mean, rstd = fastnorm.layer_norm(x, k, weight, bias)
+            got = fastnorm.layer_norm_backward(g, x, k, weight, mean, rstd, bias=bias)[1:]
+            expected = ref.layer_norm_backward(f64(g), f64(x), k, f64(weight), f64(mean), f64(rstd),
+                                               bias=f64(bias))[1:]
+    assert sum(e is not None for e in expected) == (2 if which == "both" else 1)
+    for a, e in zip(got, expected):
+        assert (a is None) == (e is None)
+        if a is not None:
+            assert np.isfinite(a).all()
+            assert_close(a, e, np.float32)
 
 
 @pytest.mark.parametrize("shape", [(37, 513), (2703, 600), (3, 901, 1030)], ids=str)
@@ -1280,11 +1291,11 @@ def test_column_statistics_same_bits(rows, channels, dtype, backend, num_threads
 
 @pytest.mark.parametrize("shape", [(41, 600), (3, 600), (6, 30000), (2, 5, 1030), (7, 13), (9, 47)],
                          ids=str)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float64])   # float32 always takes its own pass
 def test_parameter_gradient_pass_same_bits(shape, dtype, backend, num_threads, rng):
-    """Layer norm backward's two places for the parameter-gradient sums (the row loop and
-    the pass over rows in cache, chosen by size; float32 always takes its pass, with float
-    terms four rows at a time, whatever the setting) give the same bits: forced one way and the
+    """float64 layer norm backward's two places for the parameter-gradient sums (the row loop
+    and the pass over rows in cache, chosen by size; float32 always takes its own pass, with
+    float terms four rows at a time) give the same bits: forced one way and the
     other, with sub-blocks of 1-3 remainder rows, the 4-row minimum block ((6, 30000)),
     fewer rows than one visit ((3, 600)), and rows shorter than one 16-element piece or
     with a tail of 9-15 elements after them ((7, 13), (9, 47))."""

@@ -70,9 +70,10 @@ cdef extern from "fn_normalization.h" nogil:
 
 cdef const fn_norm_kernels *_kernels = fn_norm_kernels_by_isa[0]
 
-# Layer norm backward sums its parameter gradients in a separate pass over rows in cache
-# (see _rows_backward_run) for rows wider than _param_pass_min_k elements whose dy and x
-# together exceed _param_pass_min_bytes; set_isa sets the bytes by kernel variant.
+# float64 layer norm backward sums its parameter gradients in a separate pass over rows in
+# cache (see _rows_backward_run) for rows wider than _param_pass_min_k elements whose dy and x
+# together exceed _param_pass_min_bytes; set_isa sets the bytes by kernel variant.  (float32
+# always takes its own pass, fn_norm_rows_backward.)
 cdef Py_ssize_t _PARAM_PASS_NEVER = PY_SSIZE_T_MAX
 cdef Py_ssize_t _PARAM_PASS_AVX512_MIN_BYTES = 12 << 20
 cdef Py_ssize_t _param_pass_min_k = 512
@@ -209,8 +210,8 @@ def set_isa(int level):
     global _kernels, _param_pass_min_bytes
     cdef int chosen = isa_level(level, FN_ISA_COUNT)
     _kernels = fn_norm_kernels_by_isa[chosen]
-    # The parameter-gradient pass was measured faster with the AVX-512 kernels (Zen 4) and
-    # slower with the others (Zen 3): see _rows_backward_run.
+    # The float64 parameter-gradient pass was measured faster with the AVX-512 kernels (Zen
+    # 4) and slower with the others (Zen 3): see _rows_backward_run.
     _param_pass_min_bytes = _PARAM_PASS_AVX512_MIN_BYTES if chosen == FN_ISA_AVX512 else _PARAM_PASS_NEVER
 
 
@@ -314,7 +315,9 @@ cdef Py_ssize_t _ln_param_rows(Py_ssize_t M, Py_ssize_t K, Py_ssize_t itemsize):
     cdef Py_ssize_t row_bytes = 2 * K * itemsize
     cdef Py_ssize_t rows = max(_LN_PARAM_MIN_ROWS, (_LN_PARAM_BLOCK_BYTES + row_bytes - 1) // row_bytes,
                                (M + 31) // 32)
-    return (rows + 3) // 4 * 4   # whole four-row visits of float32's pass (fn_norm_rows_backward)
+    if itemsize == 4:   # whole four-row visits of float32's pass (fn_norm_rows_backward)
+        rows = (rows + 3) // 4 * 4
+    return rows
 
 
 def _check(cond, what):
@@ -946,8 +949,8 @@ cdef void _rows_backward_run(const floating *dy, const floating *x, floating *gx
                              const floating *rstd, bint rms, double *pw, double *pb,
                              Py_ssize_t rb, int nthreads, int stream) noexcept nogil:
     """Without parameter gradients (pw = pb = NULL) rows are split evenly over the
-    threads; with them, rows go in blocks of rb and block blk adds its column sums into
-    row blk of the (nblk, K) partials pw/pb (either may be NULL)."""
+    threads; with them, rows go in blocks of rb and block blk sets row blk of the (nblk, K)
+    partials pw/pb (either may be NULL; left uninitialized by the caller) to its column sums."""
     cdef Py_ssize_t t, r0, ch, blk, nblk
     cdef double *pwp
     cdef double *pbp
@@ -1545,9 +1548,8 @@ def rows_backward_fast(object grad_output, object x, object normalized_shape, ob
     """(grad_x, grad_weight, grad_bias) of rows_forward_fast for plain arrays: mean and
     rstd of x's shape without the normalized axes (mean None for RMS), grad_weight only
     with weight and grad_bias only with bias (which is only a marker), both in x's dtype
-    and the parameters' shape.  Float32 rows without either take their sums in float
-    stretches (rows_grad_sums), so grad_x may differ in the last bit from a call with a
-    parameter gradient.  A 2-D Fortran-order x (and grad_output) normalized over its last axis
+    and the parameters' shape.  Float32 rows take their sums in float stretches
+    (rows_grad_sums), with or without parameter gradients.  A 2-D Fortran-order x (and grad_output) normalized over its last axis
     is read as x.T (_rows_backward_fortran) from _COLS_MIN_ROWS rows, and below that, if small,
     copied into C order and grad_x copied back.  None when the general path is needed."""
     cdef int typenum = _fast_typenum(x)

@@ -1405,7 +1405,8 @@ void FN_NAME(fn_norm_rows_forward, FN_SUF)(const T *x, T *y, int64_t K, int64_t 
  * 2.9x slower than without parameter gradients (4.0 ms against 1.4; here 2.5-2.9 ms).
  * Taking two or four rows per visit of the columns in this loop was slower still
  * (interleaved rows from memory: 2.6x slower even without parameter gradients); wider
- * rows from memory leave the updates to rows_param_sums (see normalization.pyx).  Every
+ * rows from memory leave the updates to rows_param_sums (see normalization.pyx).  The
+ * column terms here serve float64 only: float32 takes rows_param_sums_float.  Every
  * call site passes gw and gb as themselves or a literal NULL, and w as a literal NULL or
  * under a test of w, so each variant is compiled knowing which terms exist (with
  * "w ? w[k] : 1" left to run time, gcc loaded w[k] under a mask from address 0, 7x slower). */
@@ -1443,8 +1444,8 @@ static inline __attribute__((always_inline)) void FN_NAME(rows_grad_sums, FN_SUF
         /* Whole 16-element pieces in the lanes, as run_dual (gcc's reduction converted the upper
          * halves by extracts and reduced through the stack), the column terms alongside with the
          * per-element operations of the loop below (one fused multiply-add into gw, as
-         * rows_param_sums), so that both parameter paths give the same bits; the loop below
-         * takes the rest. */
+         * rows_param_sums), so that both float64 parameter paths give the same bits; the loop
+         * below takes the rest. */
         const VPD rsv = VPD_SET1(rs);
         LANES pl = FN_NAME(lanes_set1, FN_SUF)(0.0), ql = pl;
         for (; k0 + 16 <= K; k0 += 16) {
@@ -1627,14 +1628,16 @@ static inline __attribute__((always_inline)) float FN_NAME(param_group_float, FN
  * halves per vector, one 16-byte store per cycle), through the API, 1 thread, both
  * gradients, against the float64 terms in the row loop (interleaved medians): (32, 768)
  * 1.24-1.39x, (256, 768) 1.38x, (8192, 768) 1.17-1.20x, (2048, 256) 1.08-1.11x, (1024, 768)
- * and (64, 4096) level; eight rows per visit measured the same as four.  A partial is a
- * float sum of four terms, so the gradients keep float32's relative accuracy in the terms
- * of each four-row group (about 5 ulp of the group's largest terms at worst), and the sum
- * across groups stays in float64.  Returns 0 where a partial came out Inf or NaN (a float
- * overflow the float64 terms may not have, or Inf / NaN inputs): the caller then takes the
- * float64 terms for the whole block, whose Inf, NaN and overflow warning are the float64
- * path's.  The check is a sum of a - a over the partials: 0 while all are finite, NaN
- * from the first that is not. */
+ * and (64, 4096) level; eight rows per visit measured the same as four.  Not measured on
+ * Zen 3 or Zen 4; a close variant on Zen 3 (an earlier session, performance-log "Tried for
+ * the parameter gradients") ran 0.93-0.96x at (64, 4096) and (8192, 768), 1.03-1.07x at
+ * smaller shapes.  A partial is a float sum of four terms, each rounded at most twice, so it
+ * is within about 5 float32 roundings of the sum of the group's term magnitudes (5 * 2^-24 *
+ * sum |term|, less with the multiply-adds), and the sum across groups stays in float64.
+ * Returns 0 where a partial came out Inf or NaN (a float overflow the float64 terms may not
+ * have, or Inf / NaN inputs): the caller then takes the float64 terms for the whole block,
+ * whose Inf, NaN and overflow warning are the float64 path's.  The check is a sum of a - a
+ * over the partials: 0 while all are finite, NaN from the first that is not. */
 static inline int FN_NAME(rows_param_sums_float, FN_SUF)(const T *dy, const T *x, int64_t K,
                                                          int64_t r0, int64_t r1, const T *mean,
                                                          const T *rstd, int rms, double *gw,
@@ -1643,20 +1646,23 @@ static inline int FN_NAME(rows_param_sums_float, FN_SUF)(const T *dy, const T *x
     float finite = 0.0f;
     for (int64_t r = r0; r < r1;) {
         const int n = r1 - r >= 4 ? 4 : 1;
+#define GROUP(pw, pb, with_w, with_b)                                                             \
+    FN_NAME(param_group_float, FN_SUF)(dy, x, K, r, n, mean, rstd, rms, pw, pb, with_w, with_b)
         if (gw && gb)
-            finite += FN_NAME(param_group_float, FN_SUF)(dy, x, K, r, n, mean, rstd, rms, gw, gb, 1, 1);
+            finite += GROUP(gw, gb, 1, 1);
         else if (gw)
-            finite += FN_NAME(param_group_float, FN_SUF)(dy, x, K, r, n, mean, rstd, rms, gw, NULL, 1, 0);
+            finite += GROUP(gw, NULL, 1, 0);
         else
-            finite += FN_NAME(param_group_float, FN_SUF)(dy, x, K, r, n, mean, rstd, rms, NULL, gb, 0, 1);
+            finite += GROUP(NULL, gb, 0, 1);
+#undef GROUP
         r += n;
     }
     return finite == 0.0f;
 }
 #endif
 
-/* Rows of dy and x per rows_param_sums pass: about 192 KiB of them, so that they are still
- * in cache (a multiple of four rows, at least four). */
+/* Rows of dy and x per parameter pass (rows_param_sums, rows_param_sums_float): about 192
+ * KiB of them, so that they are still in cache (a multiple of four rows, at least four). */
 #define PARAM_BLOCK_BYTES ((int64_t)192 << 10)
 
 /* The coefficients of a row's gx = g * s + (x - mean) * k2 + k3 (fn_norm_rows_backward below)
@@ -1734,7 +1740,8 @@ static inline void FN_NAME(row_grad_coefs, FN_SUF)(double rs, double a1, double 
                                                                  rms, gw, gb);                 \
     } while (0)
 #else
-#define PARAM_PASS(b0, b1) FN_NAME(rows_param_sums, FN_SUF)(dy, x, K, b0, b1, mean, rstd, rms, gw, gb)
+#define PARAM_PASS(b0, b1)                                                                     \
+    FN_NAME(rows_param_sums, FN_SUF)(dy, x, K, b0, b1, mean, rstd, rms, gw, gb)
 #endif
 #define ROW_UP(EXPR) FN_MAP_STREAMED(T, FN_STREAM_COPY, stream, out, K, k, EXPR)
 #define ROW_DOWN(EXPR) MAP_DOWN(K, k, out[k] = (EXPR))
@@ -1806,7 +1813,9 @@ void FN_NAME(fn_norm_rows_backward, FN_SUF)(const T *dy, const T *x, T *gx, int6
  * the backward's sums take x - mean in double (the column sums' form), where the row kernels
  * round it to T first, so its float32 gradients differ in the last bits more often.  The
  * parameter gradients' sums along xt's rows are gcc's vector reductions, whose order follows
- * the vector width: float64 ones can differ in the last bit between the kernel variants. */
+ * the vector width: float64 ones can differ in the last bit between the kernel variants.
+ * They take float64 terms, where C order's float32 ones take float partials of four rows
+ * (rows_param_sums_float): the two agree to within float32 roundings of the terms' sizes. */
 
 /* Each column's statistics over K elements from its float64 mean and M2 (the column sums of
  * fn_norm_stats_cols shifted by the column's first element, finished), or for RMS norm from
