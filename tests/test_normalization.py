@@ -1115,10 +1115,8 @@ def test_wide_row_parameter_gradients(shape, dtype, backend, rng):
     gradients in a pass over each sub-block of rows (four per visit, remainder rows included;
     the last two shapes) with the AVX-512 kernels, the other variants and smaller calls in the
     row loop (test_parameter_gradient_pass_same_bits forces both places on every variant);
-    float32 always in its pass:
-    the oracle's values, and the
-    same bits at 1 and 2 threads, with both, either or neither gradient, for layer and RMS
-    norm."""
+    float32 always in its own pass.  Both: the oracle's values, and the same bits at 1 and 2
+    threads, with both, either or neither gradient, for layer and RMS norm."""
     calls = _wide_row_calls(shape, dtype, rng)
     for name, call in calls.items():
         got = _at_one_and_two_threads(call)
