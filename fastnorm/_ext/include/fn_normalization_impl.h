@@ -1412,12 +1412,12 @@ void FN_NAME(fn_norm_rows_forward, FN_SUF)(const T *x, T *y, int64_t K, int64_t 
  * "w ? w[k] : 1" left to run time, gcc loaded w[k] under a mask from address 0, 7x slower). */
 static inline __attribute__((always_inline)) void FN_NAME(rows_grad_sums, FN_SUF)(
     const T *dy, const T *x, int64_t K, const T *w, T mu, double rs, double *a1, double *a2,
-    double *gw, double *gb, int float_sums)
+    double *gw, double *gb)
 {
     double p = 0.0, q = 0.0;
     int64_t k0 = 0;
 #if defined(FN_LANES16) && FN_REAL == 32
-    /* float_sums (float32, no column terms): the sums by float_dual_pieces, as converting
+    /* float32 without column terms: the sums by float_dual_pieces, as converting
      * every element to double had limited this loop (backward without parameter gradients,
      * Zen 3, paired medians of the final build, 1 / 2 threads: (512, 768) 1.10x / 1.14x,
      * (2048, 256) 1.08x / 1.20x, (32, 768) 1.12x / 1.11x, (64, 4096) 1.13x / 1.13x,
@@ -1428,14 +1428,13 @@ static inline __attribute__((always_inline)) void FN_NAME(rows_grad_sums, FN_SUF
      * no longer takes them here (its parameter gradients go by rows_param_sums_float), so its
      * grad_x has the same bits with and without parameter gradients. */
     int double_sums = 1;
-    if (float_sums && !gw && !gb) {
+    if (!gw && !gb) {
         k0 = FN_NAME(float_dual_pieces, FN_SUF)(dy, w, x, K, mu, &p, &q, 0);
         double_sums = !(isfinite(p) && isfinite(q));
         if (double_sums)
             p = q = 0.0, k0 = 0;
     }
 #else
-    (void)float_sums;
     const int double_sums = 1;
     (void)double_sums;
 #endif
@@ -1482,18 +1481,17 @@ static inline __attribute__((always_inline)) void FN_NAME(rows_grad_sums, FN_SUF
 }
 
 /* rows_grad_sums of the current row (gr, xr, mu, rs of fn_norm_rows_backward below, its
- * sums into a1, a2) with w = wp, and its column terms into pw, pb (either may be NULL);
- * fs: float_sums where there are none. */
-#define GRAD_ROW_SUMS(wp, pw, pb, fs)                                                        \
+ * sums into a1, a2) with w = wp, and its column terms into pw, pb (either may be NULL). */
+#define GRAD_ROW_SUMS(wp, pw, pb)                                                            \
     do {                                                                                     \
         if ((pw) && (pb))                                                                    \
-            FN_NAME(rows_grad_sums, FN_SUF)(gr, xr, K, wp, mu, rs, &a1, &a2, pw, pb, 0);     \
+            FN_NAME(rows_grad_sums, FN_SUF)(gr, xr, K, wp, mu, rs, &a1, &a2, pw, pb);        \
         else if (pw)                                                                         \
-            FN_NAME(rows_grad_sums, FN_SUF)(gr, xr, K, wp, mu, rs, &a1, &a2, pw, NULL, 0);   \
+            FN_NAME(rows_grad_sums, FN_SUF)(gr, xr, K, wp, mu, rs, &a1, &a2, pw, NULL);      \
         else if (pb)                                                                         \
-            FN_NAME(rows_grad_sums, FN_SUF)(gr, xr, K, wp, mu, rs, &a1, &a2, NULL, pb, 0);   \
+            FN_NAME(rows_grad_sums, FN_SUF)(gr, xr, K, wp, mu, rs, &a1, &a2, NULL, pb);      \
         else                                                                                 \
-            FN_NAME(rows_grad_sums, FN_SUF)(gr, xr, K, wp, mu, rs, &a1, &a2, NULL, NULL, fs); \
+            FN_NAME(rows_grad_sums, FN_SUF)(gr, xr, K, wp, mu, rs, &a1, &a2, NULL, NULL);    \
     } while (0)
 
 /* Layer norm backward's parameter gradients: gw[k] += sum_r dy[r,k] * ((x[r,k] - mu_r) * rs_r)
@@ -1699,14 +1697,14 @@ static inline void FN_NAME(row_grad_coefs, FN_SUF)(double rs, double a1, double 
                 double a1 = 0.0, a2 = 0.0;                                                     \
                 if (!pass) {                                                                   \
                     if (w)                                                                     \
-                        GRAD_ROW_SUMS(w, gw, gb, 1);                                           \
+                        GRAD_ROW_SUMS(w, gw, gb);                                              \
                     else                                                                       \
-                        GRAD_ROW_SUMS(NULL, gw, gb, 1);                                        \
+                        GRAD_ROW_SUMS(NULL, gw, gb);                                           \
                 } else { /* float64: the double sums of the row loop's parameter path, the */  \
                     if (w) /* same bits; float32: the float sums, as without parameters */     \
-                        GRAD_ROW_SUMS(w, NULL, NULL, 1);                                       \
+                        GRAD_ROW_SUMS(w, NULL, NULL);                                          \
                     else                                                                       \
-                        GRAD_ROW_SUMS(NULL, NULL, NULL, 1);                                    \
+                        GRAD_ROW_SUMS(NULL, NULL, NULL);                                       \
                 }                                                                              \
                 T s, k2, k3;                                                                   \
                 FN_NAME(row_grad_coefs, FN_SUF)(rs, a1, a2, K, rms, &s, &k2, &k3);             \
