@@ -28,6 +28,7 @@ dtypes: parameters are float32 unless the constructor's ``dtype=`` says otherwis
 parameters must have the parameters' dtype (normalization layers also take float16
 input with float32 parameters, computed in float32).
 """
+import itertools
 import math
 import numbers
 import operator
@@ -137,20 +138,27 @@ class Parameter:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
 
 
-# The layers whose last training-mode forward kept arrays for backward, by the buffer the
-# arrays live in (id of its owner), so that an inplace layer finds those it is about to
-# overwrite without looking at every layer (a training step of 10 Linear / BatchNorm1d /
-# ReLU(inplace) blocks at (32, 128) took 1.75x as long when every inplace forward checked
-# every layer).  Nothing is filed until an inplace layer exists (constructed, unpickled or
-# switched to inplace).  Models may train in threads: every step is one atomic dict or set
-# operation (setdefault, pop with a default), so none raises; a filing that races with
-# another thread's emptying of the same set can be lost, which only loses a detection
-# (a lock around them cost 0.35 us per forward).
-_keepers_by_buffer = {}                       # id of a buffer's owner -> ids of layers
-_layers_by_id = weakref.WeakValueDictionary()  # layer id -> layer, while it lives
+# The layers whose training-mode forwards kept arrays for backward, by the buffer those
+# arrays may share with other layers (the owner of the forward's input or output), so that
+# an inplace layer finds those it is about to overwrite without looking at every layer (a
+# training step of 10 Linear / BatchNorm1d / ReLU(inplace) blocks at (32, 128) took 1.75x as
+# long when every inplace forward checked every layer).  A forward files its layer again and
+# leaves its earlier filings in place: the inplace layer looks at what a filed layer keeps
+# now, so an earlier filing costs a look, and the prune that runs every so many filings drops
+# those of layers since freed or filed elsewhere (taking filings back on every forward, and a
+# weak-value dictionary of the layers, made a (32, 128) ReLU forward 8.2 us where it is 5.3).
+# Nothing is filed until an inplace layer exists (constructed, unpickled or switched to
+# inplace).  Models may train in threads: every step is one atomic dict operation (get,
+# setdefault, item assignment, pop with a default), so none raises; a filing that races with
+# a prune of the same key can be lost, which only loses a detection (a lock around them cost
+# 0.35 us per forward).
+_keepers_by_buffer = {}   # id of a buffer's owner -> {layer id: weak reference to the layer}
 _watching = False
-_filed_since_prune = 0
-_prune_every = 4096   # filings between prunes of the ids of layers since freed
+# Filings are counted by an iterator, not in a module global: assigning a global on every
+# forward makes the compiled module look its globals up again (0.2 us of a 2.1 us filing).
+_filings = itertools.count(1)
+_PRUNE_MIN = 4096          # filings between prunes, at least
+_next_prune = _PRUNE_MIN   # the filing count at which the next prune runs
 
 
 def _watch():
@@ -160,9 +168,11 @@ def _watch():
 
 def _owner(a):
     """The object that owns a's memory: the base ndarray of a view, or the buffer under it."""
-    while isinstance(a.base, np.ndarray):
-        a = a.base
-    return a if a.base is None else a.base
+    base = a.base
+    while isinstance(base, np.ndarray):
+        a = base
+        base = a.base
+    return a if base is None else base
 
 
 def _kept_arrays(saved):
@@ -175,46 +185,38 @@ def _kept_arrays(saved):
 
 def _register_kept(layer, x, y):
     """Files layer under the buffers of its input x and output y: what it kept that another
-    layer can reach lies there (its copies, statistics and masks are its own).  Sets of
-    layer ids, two keys at most (filing each kept array in a WeakSet per buffer cost about
-    2 us per forward, this about 1)."""
-    global _filed_since_prune
-    lid = id(layer)
+    layer can reach lies there (its copies, statistics and masks are its own)."""
     ky = id(_owner(y))
     kx = id(_owner(x)) if isinstance(x, np.ndarray) else ky
     keys = (ky,) if kx == ky else (kx, ky)
-    _filed_since_prune += 1
-    if _filed_since_prune >= _prune_every:
-        _prune()
-    if _layers_by_id.get(lid) is not layer:
-        _layers_by_id[lid] = layer
-    for key in keys:
-        _keepers_by_buffer.setdefault(key, set()).add(lid)
-    layer._kept_keys = keys
-
-
-def _prune():
-    """Drops the ids of layers freed since they were filed, and the keys left empty."""
-    global _filed_since_prune, _prune_every
-    _filed_since_prune = 0
-    for key in list(_keepers_by_buffer):
-        ids = _keepers_by_buffer.get(key)
-        if ids is not None:
-            ids.intersection_update([lid for lid in list(ids) if lid in _layers_by_id])
-            if not ids:
-                _keepers_by_buffer.pop(key, None)
-    _prune_every = max(4096, 2 * sum(len(ids) for ids in list(_keepers_by_buffer.values())))
-
-
-def _forget_kept(layer):
     lid = id(layer)
-    for key in layer._kept_keys:
-        ids = _keepers_by_buffer.get(key)
-        if ids is not None:
-            ids.discard(lid)
-            if not ids:
-                _keepers_by_buffer.pop(key, None)
-    layer._kept_keys = ()
+    ref = weakref.ref(layer)   # the layer's one plain weak reference, made once
+    for key in keys:
+        refs = _keepers_by_buffer.get(key)
+        if refs is None:
+            refs = _keepers_by_buffer.setdefault(key, {})
+        refs[lid] = ref
+        filed = next(_filings)
+    layer._kept_keys = keys
+    if filed >= _next_prune:
+        _prune(filed)
+
+
+def _prune(filed):
+    """Drops the filings of layers since freed or filed under other buffers, and the keys
+    left empty; the next prune runs after as many filings as are left (_PRUNE_MIN at least)."""
+    global _next_prune
+    for key in list(_keepers_by_buffer):
+        refs = _keepers_by_buffer.get(key)
+        if refs is None:
+            continue
+        for lid, ref in list(refs.items()):
+            layer = ref()
+            if layer is None or key not in layer._kept_keys:
+                refs.pop(lid, None)
+        if not refs:
+            _keepers_by_buffer.pop(key, None)
+    _next_prune = filed + max(_PRUNE_MIN, sum(len(refs) for refs in list(_keepers_by_buffer.values())))
 
 
 def _overlap(a, b):
@@ -231,8 +233,9 @@ def _before_inplace_write(writer, x):
     next: their backward would read the new values."""
     _watch()
     owner = _owner(x)
-    for lid in list(_keepers_by_buffer.get(id(owner), ())):
-        layer = _layers_by_id.get(lid)
+    refs = _keepers_by_buffer.get(id(owner))
+    for ref in list(refs.values()) if refs else ():
+        layer = ref()
         if layer is not None and layer is not writer and layer._overwritten_by is None \
                 and any(_owner(a) is owner and _overlap(a, x) for a in _kept_arrays(layer._saved)):
             layer._overwritten_by = type(writer).__name__
@@ -278,11 +281,15 @@ class Layer:
         self._saved = None
         self._overwritten_by = None
         if self._kept_keys:
-            _forget_kept(self)
+            self._kept_keys = ()
         y = self._forward(x)
-        self._out_spec = (y.shape, y.dtype) if self._saved is not None else None
-        if _watching and _kept_arrays(self._saved):   # not Flatten's shape, Dropout's mask
-            _register_kept(self, x, y)
+        saved = self._saved
+        if saved is None:
+            self._out_spec = None
+        else:
+            self._out_spec = (y.shape, y.dtype)
+            if _watching and _kept_arrays(saved):   # not Flatten's shape, Dropout's mask
+                _register_kept(self, x, y)
         return y
 
     def __call__(self, x):
@@ -291,24 +298,36 @@ class Layer:
     def backward(self, grad_output):
         """Gradient with respect to the input of the last training-mode forward;
         parameter gradients are added to ``param.grad``."""
+        if self._saved is None or self._overwritten_by is not None:
+            self._refuse_backward()
+        shape, dtype = self._out_spec
+        g = grad_output
+        if type(g) is not np.ndarray or g.shape != shape or g.dtype != dtype:
+            g = self._converted_grad_output(g, shape, dtype)
+        return self._backward(g)
+
+    def _refuse_backward(self):
         name = type(self).__name__
         if self._saved is None:
             raise RuntimeError(f"{name}.backward: there is no training-mode forward to differentiate "
                                "(call the layer on an input in training mode first; an eval-mode "
                                "forward keeps nothing for backward)")
-        if self._overwritten_by is not None:
-            raise RuntimeError(f"{name}.backward: an array this layer kept for backward was overwritten "
-                               f"by an inplace {self._overwritten_by} that ran after it (use "
-                               "inplace=False there)")
+        raise RuntimeError(f"{name}.backward: an array this layer kept for backward was overwritten "
+                           f"by an inplace {self._overwritten_by} that ran after it (use "
+                           "inplace=False there)")
+
+    def _converted_grad_output(self, grad_output, shape, dtype):
+        """grad_output that is not already a float array of the forward output's shape and
+        dtype: converted as NumPy would (array-likes, byte-swapped floats), or the error."""
+        name = type(self).__name__
         g = as_float_array(f"{name}.backward", "grad_output", grad_output)
-        shape, dtype = self._out_spec
         if g.shape != shape:
             raise ValueError(f"{name}.backward: grad_output must have the shape of the forward output "
                              f"{shape}, got {g.shape}")
         if g.dtype != dtype:
             raise TypeError(f"{name}.backward: grad_output must have the dtype of the forward output "
                             f"({dtype}), got {g.dtype}")
-        return self._backward(g)
+        return g
 
     def _forward(self, x):
         raise NotImplementedError
@@ -566,14 +585,15 @@ class _InplaceOption:
 
 
 class _Activation(_InplaceOption, Layer):
-    """Elementwise layer over ``fastnorm.<fn>`` / ``<fn>_backward``.
+    """Elementwise layer over ``fastnorm.<fn>`` / ``<fn>_backward`` (``_forward_fn`` /
+    ``_backward_fn``).
 
     ``_saves_output``: the backward kernel takes the forward output (sigmoid, tanh).
     ``_output_backward``: with ``inplace`` the input is overwritten, and these layers
     can differentiate from the output with the same kernel (the output has the
     input's sign pattern), so nothing is copied; the others keep a copy of the input.
     """
-    _fn = None
+    _forward_fn = _backward_fn = None   # fastnorm.<fn> and <fn>_backward
     _saves_output = False
     _has_inplace = False
     _params = ()
@@ -597,24 +617,24 @@ class _Activation(_InplaceOption, Layer):
         return False
 
     def _forward(self, x):
-        name = type(self).__name__
-        x = as_float_array(name, "x", x)
-        forward = getattr(_act, self._fn)
-        if not self.inplace:
-            y = forward(x, **self._kwargs())
+        x = as_float_array(type(self).__name__, "x", x)
+        if not self._inplace:
+            y = self._forward_fn(x, **self._kwargs()) if self._params else self._forward_fn(x)
             if self.training:
                 self._saved = y if self._saves_output else x
             return y
         self._before_overwriting(x)
         from_output = self._saves_output or self._output_backward()
         keep = x.copy() if self.training and not from_output else None
-        y = forward(x, **self._kwargs(), out=x)
+        y = self._forward_fn(x, **self._kwargs(), out=x)
         if self.training:
             self._saved = y if from_output else keep
         return y
 
     def _backward(self, g):
-        return getattr(_act, self._fn + "_backward")(g, self._saved, **self._kwargs())
+        if self._params:
+            return self._backward_fn(g, self._saved, **self._kwargs())
+        return self._backward_fn(g, self._saved)
 
     def extra_repr(self):
         parts = [f"{name}={getattr(self, name)!r}" for name, show in self._params if show]
@@ -642,8 +662,10 @@ def _activation(cls_name, fn, *, params=(), inplace=False, saves_output=False, f
             values[name] = check(cls_name, name, value)
         _Activation.__init__(self, **values, **kwargs)
 
-    body = {"__init__": __init__, "_fn": fn, "_saves_output": saves_output, "_has_inplace": inplace,
-            "_params": spec, "__doc__": doc}
+    body = {"__init__": __init__, "_saves_output": saves_output, "_has_inplace": inplace,
+            "_params": spec, "__doc__": doc,
+            "_forward_fn": staticmethod(getattr(_act, fn)),
+            "_backward_fn": staticmethod(getattr(_act, fn + "_backward"))}
     if from_output is not None:
         body["_output_backward"] = from_output
     return type(cls_name, (_Activation,), body)

@@ -101,7 +101,7 @@ def test_activation_layers_match_kernels(cls, kwargs, rng):
     the kernel's backward whatever was kept (input, copy or output)."""
     x = rng.uniform(-5, 8, size=(4, 5))
     g = rng.standard_normal(x.shape)
-    fn = cls._fn
+    fn = cls._forward_fn.__name__
     params = {k: v for k, v in kwargs.items() if k != "inplace"}
     expected = getattr(fastnorm, fn)(x, **params)
     saved = expected if cls in (L.Sigmoid, L.Tanh) else x
@@ -603,17 +603,33 @@ def test_inplace_layers_that_overwrite_nothing_kept_run_as_before(rng):
     assert kept._overwritten_by == "ReLU"
 
 
+def test_a_layer_is_marked_for_what_it_keeps_now_not_for_what_it_kept_before(rng):
+    """A forward leaves the layer's earlier filing in place (under the buffer of the input
+    it kept before); an inplace write there marks nothing, one into what it keeps now does."""
+    L.ReLU(inplace=True)   # starts the watch
+    a, b = rng.standard_normal((4, 6)), rng.standard_normal((4, 6))
+    linear = L.Linear(6, 3, seed=0, dtype=F64)
+    linear(a)
+    y = linear(b)
+    L.ReLU(inplace=True)(a)
+    assert linear._overwritten_by is None
+    np.testing.assert_array_equal(linear.backward(np.ones_like(y)),
+                                  np.ones_like(y) @ linear.weight.data)
+    L.ReLU(inplace=True)(b[2:])
+    assert linear._overwritten_by == "ReLU"
+
+
 def test_the_watch_on_kept_arrays_does_not_grow_with_dropped_models(rng):
-    """Models dropped after a forward leave their ids behind until a prune, which runs every
-    so many filings: the registry stays bounded."""
+    """Models dropped after a forward leave their filings behind until a prune, which runs
+    every so many filings: the registry stays bounded."""
     x = rng.standard_normal((2, 3))
     hold = []
-    for _ in range(3 * L._prune_every):
+    for _ in range(3 * L._PRUNE_MIN):
         model = L.Sequential(L.Tanh(), L.Linear(3, 3, seed=0, dtype=F64), L.ReLU(inplace=True))
         model(x)                       # Tanh filed under x's buffer, the same every time
         hold.append(L.Tanh())          # takes the dropped layers' memory: new ids each time
     filed = sum(len(ids) for ids in L._keepers_by_buffer.values())
-    assert filed <= 2 * L._prune_every
+    assert filed <= 2 * L._PRUNE_MIN
 
 
 @pytest.mark.parametrize("build", ["pickle.loads(BLOB)",
