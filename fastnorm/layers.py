@@ -138,24 +138,25 @@ class Parameter:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
 
 
-# The layers whose training-mode forwards kept arrays for backward, by the buffer those
+# The layers whose last training-mode forward kept arrays for backward, by the buffer those
 # arrays may share with other layers (the owner of the forward's input or output), so that
 # an inplace layer finds those it is about to overwrite without looking at every layer (a
 # training step of 10 Linear / BatchNorm1d / ReLU(inplace) blocks at (32, 128) took 1.75x as
-# long when every inplace forward checked every layer).  A forward files its layer again and
-# leaves its earlier filings in place: the inplace layer looks at what a filed layer keeps
-# now, so an earlier filing costs a look, and the prune that runs every so many filings drops
-# those of layers since freed or filed elsewhere (taking filings back on every forward, and a
-# weak-value dictionary of the layers, made a (32, 128) ReLU forward 8.2 us where it is 5.3).
-# Nothing is filed until an inplace layer exists (constructed, unpickled or switched to
-# inplace).  Models may train in threads: every step is one atomic dict operation (get,
-# setdefault, item assignment, pop with a default), so none raises; a filing that races with
-# a prune of the same key can be lost, which only loses a detection (a lock around them cost
-# 0.35 us per forward).
+# long when every inplace forward checked every layer).  A forward takes its layer's earlier
+# filings back: left in place, they piled up under the addresses a training loop reuses (all
+# 30 layers of that step under each key), and every inplace write looked at them all.  Each
+# filing is a weak reference to the layer (a weak-value dictionary of the layers, and a count
+# kept in a module global, made a (32, 128) ReLU forward 8.2 us where it is 5.3).  Nothing is
+# filed until an inplace layer exists (constructed, unpickled or switched to inplace).  Models
+# may train in threads: every change is one atomic dict operation (get, setdefault, item
+# assignment, pop with a default) and the prune walks copies, so none raises; a filing that
+# races with another thread's emptying of the same key can be lost, which only loses a
+# detection (a lock around them cost 0.35 us per forward).
 _keepers_by_buffer = {}   # id of a buffer's owner -> {layer id: weak reference to the layer}
 _watching = False
-# Filings are counted by an iterator, not in a module global: assigning a global on every
-# forward makes the compiled module look its globals up again (0.2 us of a 2.1 us filing).
+# Filings are counted by an iterator, not in a module global: where Cython caches a module's
+# globals by the version of its dict (up to Python 3.11), assigning one on every forward made
+# the compiled module look them all up again (0.2 us of a 2.1 us filing).
 _filings = itertools.count(1)
 _PRUNE_MIN = 4096          # filings between prunes, at least
 _next_prune = _PRUNE_MIN   # the filing count at which the next prune runs
@@ -178,8 +179,8 @@ def _owner(a):
 def _kept_arrays(saved):
     if isinstance(saved, np.ndarray):
         return (saved,)
-    if isinstance(saved, tuple):
-        return tuple(a for a in saved if isinstance(a, np.ndarray))
+    if isinstance(saved, tuple):   # a list, not tuple(generator): 0.55 us here against 1.05
+        return [a for a in saved if isinstance(a, np.ndarray)]
     return ()
 
 
@@ -189,6 +190,7 @@ def _register_kept(layer, x, y):
     ky = id(_owner(y))
     kx = id(_owner(x)) if isinstance(x, np.ndarray) else ky
     keys = (ky,) if kx == ky else (kx, ky)
+    layer._kept_keys = keys   # first: a prune in another thread keeps what is filed next
     lid = id(layer)
     ref = weakref.ref(layer)   # the layer's one plain weak reference, made once
     for key in keys:
@@ -197,20 +199,31 @@ def _register_kept(layer, x, y):
             refs = _keepers_by_buffer.setdefault(key, {})
         refs[lid] = ref
         filed = next(_filings)
-    layer._kept_keys = keys
     if filed >= _next_prune:
         _prune(filed)
 
 
+def _forget_kept(layer):
+    lid = id(layer)
+    for key in layer._kept_keys:
+        refs = _keepers_by_buffer.get(key)
+        if refs is not None:
+            refs.pop(lid, None)
+            if not refs:
+                _keepers_by_buffer.pop(key, None)
+    layer._kept_keys = ()
+
+
 def _prune(filed):
-    """Drops the filings of layers since freed or filed under other buffers, and the keys
-    left empty; the next prune runs after as many filings as are left (_PRUNE_MIN at least)."""
+    """Drops the filings of layers freed since (they take back their own otherwise), or
+    whose current filings lack the key (a lost race), and the keys left empty; the next
+    prune runs after as many filings as are left (_PRUNE_MIN at least)."""
     global _next_prune
     for key in list(_keepers_by_buffer):
         refs = _keepers_by_buffer.get(key)
         if refs is None:
             continue
-        for lid, ref in list(refs.items()):
+        for lid, ref in refs.copy().items():   # a copy: other threads may file meanwhile
             layer = ref()
             if layer is None or key not in layer._kept_keys:
                 refs.pop(lid, None)
@@ -281,7 +294,7 @@ class Layer:
         self._saved = None
         self._overwritten_by = None
         if self._kept_keys:
-            self._kept_keys = ()
+            _forget_kept(self)
         y = self._forward(x)
         saved = self._saved
         if saved is None:

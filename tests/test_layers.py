@@ -442,6 +442,24 @@ def test_error_wrong_input_width():
         L.BatchNorm1d(3)(np.zeros((1, 3), np.float32))
 
 
+@pytest.mark.parametrize("layer", [L.ReLU(), L.Tanh(), L.LayerNorm(3, dtype=F64)],
+                         ids=lambda layer: type(layer).__name__)
+def test_backward_takes_grad_output_as_numpy_would(layer, rng):
+    """A nested list, a byte-swapped array and an ndarray subclass give the gradient of
+    the plain array (they are converted, not refused)."""
+    x = rng.standard_normal((2, 3))
+    g = rng.standard_normal((2, 3))
+    layer(x)
+    expected = layer.backward(g)
+
+    class Tagged(np.ndarray):
+        pass
+
+    for like in (g.tolist(), g.astype(g.dtype.newbyteorder()), g.view(Tagged)):
+        layer(x)
+        np.testing.assert_array_equal(layer.backward(like), expected)
+
+
 def test_failed_batch_norm_forward_does_not_count_the_batch():
     layer = L.BatchNorm1d(3)
     with pytest.raises(ValueError):
@@ -624,12 +642,15 @@ def test_the_watch_on_kept_arrays_does_not_grow_with_dropped_models(rng):
     every so many filings: the registry stays bounded."""
     x = rng.standard_normal((2, 3))
     hold = []
+    live = L.Tanh()
     for _ in range(3 * L._PRUNE_MIN):
         model = L.Sequential(L.Tanh(), L.Linear(3, 3, seed=0, dtype=F64), L.ReLU(inplace=True))
         model(x)                       # Tanh filed under x's buffer, the same every time
         hold.append(L.Tanh())          # takes the dropped layers' memory: new ids each time
-    filed = sum(len(ids) for ids in L._keepers_by_buffer.values())
+        live(rng.standard_normal(3))   # a live layer on fresh arrays: its filings move
+    filed = sum(len(refs) for refs in L._keepers_by_buffer.values())
     assert filed <= 2 * L._PRUNE_MIN
+    assert sum(id(live) in refs for refs in L._keepers_by_buffer.values()) == 2
 
 
 @pytest.mark.parametrize("build", ["pickle.loads(BLOB)",
@@ -675,7 +696,8 @@ def test_inplace_layers_pickled_by_the_previous_version_load(rng):
 def test_layers_train_in_threads_on_one_input(rng):
     """The watch's registry is shared: layers of separate models filed under one input's
     buffer from several threads, with the interpreter switching threads as often as it can
-    (a first form raised KeyError there, emptying one set twice)."""
+    (a first form raised KeyError there, emptying one set twice); enough filings for
+    several prunes to run among them."""
     import sys
     import threading
     x = rng.standard_normal((1, 1))
@@ -683,7 +705,7 @@ def test_layers_train_in_threads_on_one_input(rng):
     errors = []
 
     def train():
-        layer = L.Flatten()
+        layer = L.Tanh()   # keeps its output: filed under x's buffer and the output's
         try:
             for _ in range(20000):
                 layer(x)
