@@ -145,13 +145,13 @@ class Parameter:
 # long when every inplace forward checked every layer).  A forward takes its layer's earlier
 # filings back: left in place, they piled up under the addresses a training loop reuses (all
 # 30 layers of that step under each key), and every inplace write looked at them all.  Each
-# filing is a weak reference to the layer (with a weak-value dictionary of the layers and a
-# count kept in a module global, a (32, 128) ReLU forward took 8.0-8.2 us; now 7.2-7.6).
-# Nothing is filed until an inplace layer exists (constructed, unpickled or switched to
-# inplace).  Models may train in threads: every change is one atomic dict operation (get,
-# setdefault, item assignment, pop with a default) and the prune walks copies, so none
-# raises; a filing that races with another thread's emptying of the same key can be lost,
-# which only loses a detection (a lock around them cost 0.35 us per forward).
+# filing is a weak reference to the layer (a weak-value dictionary of the layers was Python
+# code on every filing).  Nothing is filed until an inplace layer exists (constructed,
+# unpickled or switched to inplace).  Models may train in threads: every change is one atomic
+# dict operation (get, setdefault, item assignment, pop with a default) and the prune walks
+# copies, so none raises; a filing that races with another thread's forget or prune of the
+# same key can be lost, which only loses a detection (a lock around them cost 0.35 us per
+# forward).
 _keepers_by_buffer = {}   # id of a buffer's owner -> {layer id: weak reference to the layer}
 _watching = False
 # Filings are counted by an iterator, not in a module global: where Cython caches a module's
@@ -186,11 +186,12 @@ def _kept_arrays(saved):
 
 def _register_kept(layer, x, y):
     """Files layer under the buffers of its input x and output y: what it kept that another
-    layer can reach lies there (its copies, statistics and masks are its own)."""
+    layer can reach lies there (its copies, statistics and masks are its own).  Replaces
+    the layer's keys: its forward has taken the earlier filings back (_forget_kept)."""
     ky = id(_owner(y))
     kx = id(_owner(x)) if isinstance(x, np.ndarray) else ky
     keys = (ky,) if kx == ky else (kx, ky)
-    layer._kept_keys = keys   # first: a prune in another thread keeps what is filed next
+    layer._kept_keys = keys   # first: a prune that starts later keeps what is filed next
     lid = id(layer)
     ref = weakref.ref(layer)   # the layer's one plain weak reference, made once
     for key in keys:

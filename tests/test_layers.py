@@ -622,8 +622,8 @@ def test_inplace_layers_that_overwrite_nothing_kept_run_as_before(rng):
 
 
 def test_a_layer_is_marked_for_what_it_keeps_now_not_for_what_it_kept_before(rng):
-    """A forward leaves the layer's earlier filing in place (under the buffer of the input
-    it kept before); an inplace write there marks nothing, one into what it keeps now does."""
+    """A forward takes back the layer's earlier filing (under the buffer of the input it
+    kept before); an inplace write there marks nothing, one into what it keeps now does."""
     L.ReLU(inplace=True)   # starts the watch
     a, b = rng.standard_normal((4, 6)), rng.standard_normal((4, 6))
     linear = L.Linear(6, 3, seed=0, dtype=F64)
@@ -642,12 +642,13 @@ def test_the_watch_on_kept_arrays_does_not_grow_with_dropped_models(rng):
     every so many filings: the registry stays bounded."""
     x = rng.standard_normal((2, 3))
     hold = []
-    live = L.Tanh()
+    live, inputs = L.Tanh(), []
     for _ in range(3 * L._PRUNE_MIN):
         model = L.Sequential(L.Tanh(), L.Linear(3, 3, seed=0, dtype=F64), L.ReLU(inplace=True))
         model(x)                       # Tanh filed under x's buffer, the same every time
         hold.append(L.Tanh())          # takes the dropped layers' memory: new ids each time
-        live(rng.standard_normal(3))   # a live layer on fresh arrays: its filings move
+        inputs.append(rng.standard_normal(3))
+        live(inputs[-1])               # a live layer on inputs kept alive: a new key each time
     filed = sum(len(refs) for refs in L._keepers_by_buffer.values())
     assert filed <= 2 * L._PRUNE_MIN
     assert sum(id(live) in refs for refs in L._keepers_by_buffer.values()) == 2
