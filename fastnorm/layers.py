@@ -193,7 +193,7 @@ def _register_kept(layer, x, y):
     keys = (ky,) if kx == ky else (kx, ky)
     layer._kept_keys = keys   # first: a prune that starts later keeps what is filed next
     lid = id(layer)
-    ref = weakref.ref(layer)   # the layer's one plain weak reference, made once
+    ref = weakref.ref(layer)   # the layer's plain weak reference, reused while one lives
     for key in keys:
         refs = _keepers_by_buffer.get(key)
         if refs is None:
