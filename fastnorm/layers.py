@@ -138,20 +138,25 @@ class Parameter:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
 
 
-# The layers whose last training-mode forward kept arrays for backward, by the buffer those
+# The layers whose training-mode forwards kept arrays for backward, by the buffer those
 # arrays may share with other layers (the owner of the forward's input or output), so that
 # an inplace layer finds those it is about to overwrite without looking at every layer (a
 # training step of 10 Linear / BatchNorm1d / ReLU(inplace) blocks at (32, 128) took 1.75x as
-# long when every inplace forward checked every layer).  A forward takes its layer's earlier
-# filings back: left in place, they piled up under the addresses a training loop reuses (all
-# 30 layers of that step under each key), and every inplace write looked at them all.  Each
-# filing is a weak reference to the layer (a weak-value dictionary of the layers was Python
-# code on every filing).  Nothing is filed until an inplace layer exists (constructed,
-# unpickled or switched to inplace).  Models may train in threads: every change is one atomic
-# dict operation (get, setdefault, item assignment, pop with a default) and the prune walks
-# copies, so none raises; a filing that races with another thread's forget or prune of the
-# same key can be lost, which only loses a detection (a lock around them cost 0.35 us per
-# forward).
+# long when every inplace forward checked every layer).  A forward files its layer under its
+# new keys and leaves the earlier filings where they are: a filing is current while its key
+# is among the layer's _kept_keys, and the stale ones go when an inplace layer looks at
+# their key (it drops every stale filing it sees, so it looks at each one once) or at the
+# next prune, which runs every so many filings.  Taking them back on every forward cost
+# about 2 us of a 4 us filing here, and leaving them for the prune alone piled them up
+# under the addresses a training loop reuses (all 30 layers of that step under each key),
+# which every inplace write then looked at.  Each filing is a weak reference to the layer
+# (a weak-value dictionary of the layers was Python code on every filing).  Nothing is
+# filed until an inplace layer exists (constructed, unpickled or switched to inplace).
+# Models may train in threads: every change is one atomic dict operation (get, setdefault,
+# item assignment, pop with a default) and the walks go over copies, so none raises; a
+# filing that races with another thread's drop of a stale filing of the same layer and key,
+# or of the emptied key, can be lost, which only loses a detection (a lock around them cost
+# 0.35 us per forward).
 _keepers_by_buffer = {}   # id of a buffer's owner -> {layer id: weak reference to the layer}
 _watching = False
 # Filings are counted by an iterator, not in a module global: where Cython caches a module's
@@ -187,8 +192,8 @@ def _kept_arrays(saved):
 def _register_kept(layer, x, y):
     """Files layer under the buffers of its input x and output y: what it kept that another
     layer can reach lies there (its copies, statistics and masks are its own).  Replaces
-    the layer's keys: its forward has taken the earlier filings back (_forget_kept)."""
-    ky = id(_owner(y))
+    the layer's keys, which makes its filings under other keys stale."""
+    ky = id(y if y.base is None else _owner(y))   # most outputs are fresh arrays
     kx = id(_owner(x)) if isinstance(x, np.ndarray) else ky
     keys = (ky,) if kx == ky else (kx, ky)
     layer._kept_keys = keys   # first: a prune that starts later keeps what is filed next
@@ -204,32 +209,30 @@ def _register_kept(layer, x, y):
         _prune(filed)
 
 
-def _forget_kept(layer):
-    lid = id(layer)
-    for key in layer._kept_keys:
-        refs = _keepers_by_buffer.get(key)
-        if refs is not None:
+def _current_keepers(key):
+    """The layers currently filed under key, after dropping its stale filings (of layers
+    freed since, or filed elsewhere) and, if none is left, the key."""
+    refs = _keepers_by_buffer.get(key)
+    if refs is None:
+        return []
+    layers = []
+    for lid, ref in refs.copy().items():   # a copy: other threads may file meanwhile
+        layer = ref()
+        if layer is None or key not in layer._kept_keys:
             refs.pop(lid, None)
-            if not refs:
-                _keepers_by_buffer.pop(key, None)
-    layer._kept_keys = ()
+        else:
+            layers.append(layer)
+    if not refs:
+        _keepers_by_buffer.pop(key, None)
+    return layers
 
 
 def _prune(filed):
-    """Drops the filings of layers freed since (they take back their own otherwise), or
-    whose current filings lack the key (a lost race), and the keys left empty; the next
-    prune runs after as many filings as are left (_PRUNE_MIN at least)."""
+    """Drops every stale filing and the keys left empty; the next prune runs after as many
+    filings as are left (_PRUNE_MIN at least)."""
     global _next_prune
     for key in list(_keepers_by_buffer):
-        refs = _keepers_by_buffer.get(key)
-        if refs is None:
-            continue
-        for lid, ref in refs.copy().items():   # a copy: other threads may file meanwhile
-            layer = ref()
-            if layer is None or key not in layer._kept_keys:
-                refs.pop(lid, None)
-        if not refs:
-            _keepers_by_buffer.pop(key, None)
+        _current_keepers(key)
     _next_prune = filed + max(_PRUNE_MIN, sum(len(refs) for refs in list(_keepers_by_buffer.values())))
 
 
@@ -247,10 +250,8 @@ def _before_inplace_write(writer, x):
     next: their backward would read the new values."""
     _watch()
     owner = _owner(x)
-    refs = _keepers_by_buffer.get(id(owner))
-    for ref in list(refs.values()) if refs else ():
-        layer = ref()
-        if layer is not None and layer is not writer and layer._overwritten_by is None \
+    for layer in _current_keepers(id(owner)):
+        if layer is not writer and layer._overwritten_by is None \
                 and any(_owner(a) is owner and _overlap(a, x) for a in _kept_arrays(layer._saved)):
             layer._overwritten_by = type(writer).__name__
 
@@ -295,7 +296,7 @@ class Layer:
         self._saved = None
         self._overwritten_by = None
         if self._kept_keys:
-            _forget_kept(self)
+            self._kept_keys = ()   # its filings are stale now (see _keepers_by_buffer)
         y = self._forward(x)
         saved = self._saved
         if saved is None:

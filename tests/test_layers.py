@@ -622,8 +622,8 @@ def test_inplace_layers_that_overwrite_nothing_kept_run_as_before(rng):
 
 
 def test_a_layer_is_marked_for_what_it_keeps_now_not_for_what_it_kept_before(rng):
-    """A forward takes back the layer's earlier filing (under the buffer of the input it
-    kept before); an inplace write there marks nothing, one into what it keeps now does."""
+    """A forward makes the layer's earlier filing (under the buffer of the input it kept
+    before) stale; an inplace write there marks nothing, one into what it keeps now does."""
     L.ReLU(inplace=True)   # starts the watch
     a, b = rng.standard_normal((4, 6)), rng.standard_normal((4, 6))
     linear = L.Linear(6, 3, seed=0, dtype=F64)
@@ -637,9 +637,30 @@ def test_a_layer_is_marked_for_what_it_keeps_now_not_for_what_it_kept_before(rng
     assert linear._overwritten_by == "ReLU"
 
 
+def test_an_inplace_write_drops_the_stale_filings_it_looks_at(rng):
+    """Layers filed under an earlier input's buffer and since under another's are stale
+    there: an inplace write into that buffer marks none of them and drops their filings,
+    which would otherwise pile up under the addresses a training loop reuses."""
+    L.ReLU(inplace=True)   # starts the watch
+    a, b = rng.standard_normal((4, 6)), rng.standard_normal((4, 6))
+    layers = [L.Tanh() for _ in range(5)]
+    for layer in layers:
+        layer(a)   # keeps its output; filed under a's buffer and the output's
+    for layer in layers:
+        layer(b)
+    assert all(id(layer) in L._keepers_by_buffer[id(a)] for layer in layers)
+    L.ReLU(inplace=True)(a)
+    assert all(layer._overwritten_by is None for layer in layers)
+    assert not any(id(layer) in L._keepers_by_buffer.get(id(a), {}) for layer in layers)
+    assert all(id(layer) in L._keepers_by_buffer[id(b)] for layer in layers)
+    for layer in layers:
+        assert np.isfinite(layer.backward(np.ones((4, 6)))).all()
+
+
 def test_the_watch_on_kept_arrays_does_not_grow_with_dropped_models(rng):
-    """Models dropped after a forward leave their filings behind until a prune, which runs
-    every so many filings: the registry stays bounded."""
+    """Models dropped after a forward, and a live layer's earlier filings, stay behind until
+    a prune, which runs every so many filings: the registry stays bounded, and a prune
+    leaves the live layer its current filings only."""
     x = rng.standard_normal((2, 3))
     hold = []
     live, inputs = L.Tanh(), []
@@ -651,6 +672,8 @@ def test_the_watch_on_kept_arrays_does_not_grow_with_dropped_models(rng):
         live(inputs[-1])               # a live layer on inputs kept alive: a new key each time
     filed = sum(len(refs) for refs in L._keepers_by_buffer.values())
     assert filed <= 2 * L._PRUNE_MIN
+    assert all(id(live) in L._keepers_by_buffer[key] for key in live._kept_keys)
+    L._prune(next(L._filings))
     assert sum(id(live) in refs for refs in L._keepers_by_buffer.values()) == 2
 
 
