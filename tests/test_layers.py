@@ -642,6 +642,7 @@ def test_an_inplace_write_drops_the_stale_filings_it_looks_at(rng):
     there: an inplace write into that buffer marks none of them and drops their filings,
     which would otherwise pile up under the addresses a training loop reuses."""
     L.ReLU(inplace=True)   # starts the watch
+    L._prune(next(L._filings))   # and no prune runs before the write, wherever the count stood
     a, b = rng.standard_normal((4, 6)), rng.standard_normal((4, 6))
     layers = [L.Tanh() for _ in range(5)]
     for layer in layers:
@@ -659,8 +660,9 @@ def test_an_inplace_write_drops_the_stale_filings_it_looks_at(rng):
 
 def test_the_watch_on_kept_arrays_does_not_grow_with_dropped_models(rng):
     """Models dropped after a forward, and a live layer's earlier filings, stay behind until
-    a prune, which runs every so many filings: the registry stays bounded, and a prune
-    leaves the live layer its current filings only."""
+    a prune, which runs every so many filings (or until an inplace layer looks at their
+    key): the registry stays bounded, and a prune leaves the live layer its current
+    filings only."""
     x = rng.standard_normal((2, 3))
     hold = []
     live, inputs = L.Tanh(), []
@@ -719,9 +721,9 @@ def test_inplace_layers_pickled_by_the_previous_version_load(rng):
 
 def test_layers_train_in_threads_on_one_input(rng):
     """The watch's registry is shared: layers of separate models filed under one input's
-    buffer from several threads, with the interpreter switching threads as often as it can
-    (a first form raised KeyError there, emptying one set twice); enough filings for
-    several prunes to run among them."""
+    buffer from several threads, and inplace layers dropping the stale filings there, with
+    the interpreter switching threads as often as it can (a first form raised KeyError
+    there, emptying one set twice); enough filings for several prunes to run among them."""
     import sys
     import threading
     x = rng.standard_normal((1, 1))
@@ -730,9 +732,12 @@ def test_layers_train_in_threads_on_one_input(rng):
 
     def train():
         layer = L.Tanh()   # keeps its output: filed under x's buffer and the output's
+        writer = L.ReLU(inplace=True)
         try:
-            for _ in range(20000):
+            for i in range(20000):
                 layer(x)
+                if i % 8 == 0:
+                    writer(x)   # looks at x's filings (x's values do not matter here)
         except Exception as exc:  # noqa: BLE001 -- any error fails the test below
             errors.append(repr(exc))
     interval = sys.getswitchinterval()
