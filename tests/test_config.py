@@ -51,8 +51,11 @@ def test_show_config_names_the_dropout_generator_group():
     import io
     kernels = _config.compiled_module("dropout")
     try:
-        for split, words in ((True, "1 vector + 4 scalar blocks"), (False, "2 vectors of 4 blocks")):
-            kernels.set_split_group(split)
+        for split, words in ((False, "2 vectors of 4 blocks"), (True, "1 vector + 4 scalar blocks")):
+            try:
+                kernels.set_split_group(split)
+            except ValueError as exc:   # the split group on an AVX2 CPU without BMI2
+                pytest.skip(str(exc))
             text = io.StringIO()
             fastnorm.show_config(file=text)
             line = next(ln for ln in text.getvalue().splitlines() if "dropout:" in ln)

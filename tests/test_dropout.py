@@ -435,7 +435,10 @@ def test_both_avx2_philox_groups_give_the_oracle_stream(split, rng):
     default = ext.split_group()
     pool = _config._pool
     try:
-        ext.set_split_group(split)
+        try:
+            ext.set_split_group(split)
+        except ValueError as exc:   # the split group on an AVX2 CPU without BMI2
+            pytest.skip(str(exc))
         assert ext.split_group() is split
         _config.set_stream_min_bytes(0)
         pool.set_min_bytes(0)

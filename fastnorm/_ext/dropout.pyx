@@ -25,6 +25,8 @@ cdef extern from "fn_dropout.h" nogil:
     const fn_dropout_kernels *fn_dropout_kernels_by_isa[]
     int FN_ISA_COUNT
     int fn_cpu_halves_256bit()
+    int fn_cpu_bmi2()
+    int fn_cpu_isa()
 
 cdef const fn_dropout_kernels *_kernels = fn_dropout_kernels_by_isa[0]
 # The AVX2 variant's generator mix (fn_philox.h): its split group where 256-bit instructions
@@ -47,8 +49,12 @@ def split_group():
 def set_split_group(value=None):
     """Choose the AVX2 variant's Philox group: True for the split one, False for the vector
     one, None for this CPU's default (split where 256-bit instructions run as two 128-bit
-    halves).  The stream is the same; this is for tests and measurements."""
+    halves).  The stream is the same; this is for tests and measurements.  The split group
+    uses BMI2: ValueError for True on a CPU that runs the AVX2 variant without it."""
     global _split_group
+    if value and fn_cpu_isa() >= 1 and not fn_cpu_bmi2():
+        raise ValueError("set_split_group: the split Philox group needs a CPU with BMI2, "
+                         "and this one runs the AVX2 variant without it")
     _split_group = fn_cpu_halves_256bit() if value is None else bool(value)
 
 

@@ -102,6 +102,21 @@ static inline int fn_cpu_halves_256bit(void)
 #endif
 }
 
+/* 1 where the CPU has BMI2 (mulx: the AVX2 variant's split dropout group is compiled for it,
+ * fn_philox.h).  Every CPU that fn_cpu_halves_256bit picks has it. */
+static inline int fn_cpu_bmi2(void)
+{
+#if FN_HAVE_X86_VARIANTS
+    unsigned a, b, c, d;
+    if (__get_cpuid_max(0, NULL) < 7)
+        return 0;
+    __cpuid_count(7, 0, a, b, c, d);
+    return (b >> 8) & 1;
+#else
+    return 0;
+#endif
+}
+
 /* After "omp simd", over a loop of a constant trip count (16 elements beside a piece of
  * sums): clang unrolls such a loop fully before its loop vectorizer runs, and the unrolled
  * statements stayed scalar (vfmadd213ss, one element each: group norm (16, 64, 16, 16) 2.7-3.2x

@@ -290,8 +290,17 @@ static inline void fn_philox_group_fields(const fn_philox_keys *ks, unsigned __i
  * (4096, 4096) 43.9-46.0 -> 32.3-34.5 ms at 1 thread and 22.6-23.2 -> 16.9-19.8 ms at 2.
  * Not inlined: inlined beside the vector group, it spilled more and ran only 1.16x faster.
  * Elsewhere the vector group stays: on Zen 3 it beat every mix of vector and scalar blocks
- * (above; this build not measured there), and Intel was not measured. */
+ * (above; this build not measured there), and Intel was not measured.  Compiled for BMI2
+ * too (gcc), whose mulx takes any registers where mul works in rdx:rax: the group alone
+ * 19.8-20.1 -> 17.9-18.1 ns per block (the harness above); dropout forward float32 through
+ * the API, processes alternated with the build without it, three rounds: (256, 1024)
+ * 437-458 -> 400-409 us at 1 thread, 224-230 -> 207-212 at 2; (4096, 4096) 32.7-33.2 ->
+ * 30.0-30.9 ms and 16.7-17.4 -> 15.4-15.5; (32, 128) 10.2-10.4 -> 9.5-9.9 us.  So the
+ * module runs it only on CPUs with BMI2 (fn_cpu_bmi2; all that pick it have it). */
 #define FN_PHILOX_HAS_SPLIT 1
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((target("avx2,fma,bmi2")))
+#endif
 static __attribute__((noinline)) void fn_philox_group_fields_split(const fn_philox_keys *ks, unsigned __int128 ctr, uint16_t *fields)
 {
     _Static_assert(FN_PHILOX_VLANES == 8, "one vector of four blocks and four scalar blocks make a group");
