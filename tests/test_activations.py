@@ -249,6 +249,28 @@ def test_backward_finite_differences(case, backend, rng):
     np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-7 * (1 + np.abs(x)).max())
 
 
+def test_gelu_tanh_derivative_in_the_far_negative_tail(backend):
+    """The tanh form's derivative is about -5.6e-18 at x = -7.668 and -2.8e-36 at -10: the
+    oracle forms it without 1 + tanh(u), which was exactly 0 in float64 from x = -6.9 on
+    (a fuzz run found grad_output = -inf giving the kernel's +inf against the oracle's NaN).
+    The oracle against central differences of its own forward, whose values there are as
+    small and keep their relative precision; the float32 and float64 kernels against it."""
+    x = np.linspace(-19.5, -6.0, 28)
+    h = 1e-6 * np.abs(x)
+    numeric = (ref.gelu(x + h, approximate="tanh") - ref.gelu(x - h, approximate="tanh")) / (2 * h)
+    oracle = ref.gelu_backward(np.ones_like(x), x, approximate="tanh")
+    assert np.all(oracle < 0)
+    np.testing.assert_allclose(oracle, numeric, rtol=1e-5)
+    np.testing.assert_allclose(fastnorm.gelu_backward(np.ones_like(x), x, approximate="tanh"), oracle,
+                               rtol=1e-12)
+    x32 = np.array([-7.668, -9.0, -10.0], np.float32)   # derivatives in float32's normal range
+    np.testing.assert_array_equal(
+        fastnorm.gelu_backward(np.full(3, -np.inf, np.float32), x32, approximate="tanh"), [np.inf] * 3)
+    np.testing.assert_allclose(fastnorm.gelu_backward(np.ones(3, np.float32), x32, approximate="tanh"),
+                               ref.gelu_backward(np.ones(3), x32.astype(np.float64), approximate="tanh"),
+                               rtol=1e-5)
+
+
 def test_derivatives_at_kinks_follow_pytorch(backend):
     g = np.ones(2)
     np.testing.assert_array_equal(fastnorm.relu_backward(np.ones(1), np.zeros(1)), [0])

@@ -132,6 +132,13 @@ def test_activation_backward_matches_oracle(name, data, backend):
     want = _oracle_activation(name + "_backward", [gd, saved_d], params, x.dtype)
     with np.errstate(all="ignore"):
         got = getattr(fastnorm, name + "_backward")(g, saved, **params)
+        slope = getattr(reference, name + "_backward")(np.ones(x.shape), saved_d.astype(F64), **params)
+    # grad_output +-inf times a derivative below the compute dtype's normal range (the GELU
+    # tails: the tanh form's from x = -10.5 in float32), which rounds or flushes to 0 there:
+    # inf * 0 is NaN, where the float64 oracle keeps the derivative and gives the inf
+    compute = F64 if x.dtype == F64 else F32
+    below = np.isinf(gd) & (np.abs(slope) < np.finfo(compute).tiny) & np.isnan(got)
+    want = np.where(below, want.dtype.type(np.nan), want)
     # a derivative evaluated at a rounded argument: compare on the scale of |grad_output|
     scale = np.array(np.abs(gd.astype(F64)))
     scale[~np.isfinite(scale)] = 0

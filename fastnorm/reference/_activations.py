@@ -133,9 +133,14 @@ def _tame(v):
 def gelu_backward(grad_output, x, approximate="none", *, out=None):
     if approximate == "tanh":
         def grad(g, v):
+            # d/dv of v sigmoid(z), z = 2u (_gelu_tanh): 0.5 (1 + tanh(u)) = sigmoid(z) and
+            # 0.5 (1 - tanh(u)^2) = 2 sigmoid(z) sigmoid(-z), which do not cancel for v << 0
+            # (1 + tanh(u) was exactly 0 in float64 from v = -6.9 on, where the derivative is
+            # about -1e-18: grad_output = -inf then gave NaN, not +inf)
             v = _tame(v)
-            t = np.tanh(_GELU_K * (v + _GELU_C * v ** 3))
-            return g * (0.5 * (1 + t) + 0.5 * v * (1 - t * t) * _GELU_K * (1 + 3 * _GELU_C * v * v))
+            z = 2 * _GELU_K * (v + _GELU_C * v ** 3)
+            s = _sigmoid(z)
+            return g * (s + v * s * _sigmoid(-z) * 2 * _GELU_K * (1 + 3 * _GELU_C * v * v))
         return _map_grad(grad, grad_output, x, out)
     return _map_grad(lambda g, v: g * (0.5 * _erfc(-v * _INV_SQRT2)
                                        + _tame(v) * _INV_SQRT_2PI * np.exp(-0.5 * _tame(v) ** 2)),
