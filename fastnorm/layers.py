@@ -224,7 +224,7 @@ def _current_keepers(key):
     for lid, ref in refs.copy().items():   # a copy: other threads may file meanwhile
         layer = ref()
         if layer is None or key not in layer._kept_keys:
-            if refs.get(lid) is ref:   # not filed again meanwhile (narrows that race)
+            if refs.get(lid) is ref:   # not a new layer at a freed one's address (narrows a race)
                 refs.pop(lid, None)
         else:
             layers.append(layer)

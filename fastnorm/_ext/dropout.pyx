@@ -27,6 +27,7 @@ cdef extern from "fn_dropout.h" nogil:
     int fn_cpu_halves_256bit()
     int fn_cpu_bmi2()
     int fn_cpu_isa()
+    enum: FN_ISA_AVX2
 
 cdef const fn_dropout_kernels *_kernels = fn_dropout_kernels_by_isa[0]
 # The AVX2 variant's generator mix (fn_philox.h): its split group where 256-bit instructions
@@ -52,7 +53,7 @@ def set_split_group(value=None):
     halves).  The stream is the same; this is for tests and measurements.  The split group
     uses BMI2: ValueError for True on a CPU that runs the AVX2 variant without it."""
     global _split_group
-    if value and fn_cpu_isa() >= 1 and not fn_cpu_bmi2():
+    if value and fn_cpu_isa() >= FN_ISA_AVX2 and not fn_cpu_bmi2():
         raise ValueError("set_split_group: the split Philox group needs a CPU with BMI2, "
                          "and this one runs the AVX2 variant without it")
     _split_group = fn_cpu_halves_256bit() if value is None else bool(value)
