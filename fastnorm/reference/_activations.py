@@ -53,7 +53,11 @@ def _map_grad(fn, grad_output, saved, out):
 
 
 def _sigmoid(z):
-    e = np.exp(-np.abs(z))
+    return _sigmoid_of(z, np.exp(-np.abs(z)))
+
+
+def _sigmoid_of(z, e):
+    """sigmoid(z) from e = exp(-|z|), which sigmoid(-z) shares."""
     return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
 
 
@@ -113,9 +117,14 @@ def celu_backward(grad_output, x, alpha=1.0, *, out=None):
     return _map_grad(lambda g, v: np.where(v > 0, g, g * np.exp(v / alpha)), grad_output, x, out)
 
 
+def _gelu_tanh_z(v):
+    """z = 2u of GELU's tanh form, u = sqrt(2/pi) (v + 0.044715 v^3)."""
+    return 2 * _GELU_K * (v + _GELU_C * v ** 3)
+
+
 def _gelu_tanh(v):
     # 0.5 v (1 + tanh(u)) == v sigmoid(2u); the latter does not cancel for v << 0.
-    return v * _sigmoid(2 * _GELU_K * (v + _GELU_C * v ** 3))
+    return v * _sigmoid(_gelu_tanh_z(v))
 
 
 def gelu(x, approximate="none", *, out=None):
@@ -138,9 +147,10 @@ def gelu_backward(grad_output, x, approximate="none", *, out=None):
             # (1 + tanh(u) was exactly 0 in float64 from v = -6.9 on, where the derivative is
             # about -1e-18: grad_output = -inf then gave NaN, not +inf)
             v = _tame(v)
-            z = 2 * _GELU_K * (v + _GELU_C * v ** 3)
-            s = _sigmoid(z)
-            return g * (s + v * s * _sigmoid(-z) * 2 * _GELU_K * (1 + 3 * _GELU_C * v * v))
+            z = _gelu_tanh_z(v)
+            e = np.exp(-np.abs(z))
+            s = _sigmoid_of(z, e)
+            return g * (s + v * s * _sigmoid_of(-z, e) * 2 * _GELU_K * (1 + 3 * _GELU_C * v * v))
         return _map_grad(grad, grad_output, x, out)
     return _map_grad(lambda g, v: g * (0.5 * _erfc(-v * _INV_SQRT2)
                                        + _tame(v) * _INV_SQRT_2PI * np.exp(-0.5 * _tame(v) ** 2)),
