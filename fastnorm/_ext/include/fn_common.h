@@ -47,6 +47,17 @@ static inline uint64_t fn__xcr0(void)
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
     return ((uint64_t)hi << 32) | lo;
 }
+
+/* CPUID leaf 7 (subleaf 0) EBX, the AVX2, BMI2 and AVX-512 feature bits; 0 where the CPU
+ * has no leaf 7. */
+static inline unsigned fn__cpuid7_ebx(void)
+{
+    unsigned a, b, c, d;
+    if (__get_cpuid_max(0, NULL) < 7)
+        return 0;
+    __cpuid_count(7, 0, a, b, c, d);
+    return b;
+}
 #endif
 
 static inline int fn_cpu_isa(void)
@@ -56,10 +67,10 @@ static inline int fn_cpu_isa(void)
     if (!__get_cpuid(1, &a, &b, &c, &d))
         return FN_ISA_BASE;
     const unsigned fma = 1u << 12, osxsave = 1u << 27, avx = 1u << 28;
-    if ((c & (fma | osxsave | avx)) != (fma | osxsave | avx) || __get_cpuid_max(0, NULL) < 7)
+    if ((c & (fma | osxsave | avx)) != (fma | osxsave | avx))
         return FN_ISA_BASE;
     const uint64_t xcr0 = fn__xcr0(), ymm_state = 0x6;
-    __cpuid_count(7, 0, a, b, c, d);
+    b = fn__cpuid7_ebx();
     if (!(b & (1u << 5)) || (xcr0 & ymm_state) != ymm_state)   /* AVX2 */
         return FN_ISA_BASE;
     const unsigned avx512 = (1u << 16) | (1u << 17) | (1u << 30) | (1u << 31);  /* F DQ BW VL */
@@ -107,11 +118,7 @@ static inline int fn_cpu_halves_256bit(void)
 static inline int fn_cpu_bmi2(void)
 {
 #if FN_HAVE_X86_VARIANTS
-    unsigned a, b, c, d;
-    if (__get_cpuid_max(0, NULL) < 7)
-        return 0;
-    __cpuid_count(7, 0, a, b, c, d);
-    return (b >> 8) & 1;
+    return (fn__cpuid7_ebx() >> 8) & 1;
 #else
     return 0;
 #endif
