@@ -404,6 +404,7 @@ def show_config(file=None):
 
     interpreted = interpreted_modules()
     dropout_kernels = compiled_module("dropout")
+    activation_kernels = compiled_module("activations")
     lines = [
         f"fastnorm {_version()}",
         f"  backend:        {_backend}" + ("" if _runtime is not None
@@ -426,6 +427,11 @@ def show_config(file=None):
            + ("1 vector + 4 scalar blocks at a time (the default where 256-bit instructions "
               "run as two halves)" if dropout_kernels.split_group() else "2 vectors of 4 blocks at a time")
            if dropout_kernels is not None else "NumPy's Philox4x64-10 stream, by NumPy"),
+        f"  exponentials:   "
+        + (("the AVX2 variant's sigmoid, silu and softplus take exp(-|x|) in "
+            + ("three loops (the default where 256-bit instructions run as two halves)"
+               if activation_kernels.split_exp() else "one loop"))
+           if activation_kernels is not None else "NumPy's"),
         f"  float16:        converted by "
         + ("F16C on the compiled backend" if _runtime is not None and _runtime.HALF_CONVERSION
            else "NumPy's casts"),

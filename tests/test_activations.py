@@ -2,6 +2,7 @@
 (itself checked against scalar float64 math and hand-computed values), finite
 differences of every backward, layouts, dtypes, special values and errors."""
 import math
+import os
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import fastnorm
+from fastnorm import _config
 from fastnorm import reference as ref
 
 from _placement import Pages
@@ -247,6 +249,62 @@ def test_backward_finite_differences(case, backend, rng):
     analytic = getattr(fastnorm, name + "_backward")(g, saved_for_backward(fastnorm, name, params, x),
                                                       **params)
     np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-7 * (1 + np.abs(x)).max())
+
+
+@pytest.mark.skipif(not _config.compiled_available()
+                    or os.environ.get("FASTNORM_BACKEND", "").strip().lower() == "numpy"
+                    or "avx2" not in _config._runnable_isas(), reason="the compiled AVX2 variant only")
+def test_split_exponential_gives_the_same_results(rng):
+    """The AVX2 variant runs exp(-|x|) of sigmoid, silu and softplus (forward and backward) in
+    one loop or, where 256-bit instructions run as two halves, split over three
+    (FN_ACT_SPLIT_EXP): the same results on any AVX2 CPU, but for the payload and sign of
+    NaN results.  Float32 bit patterns spread over every exponent and both signs, float64
+    values of every magnitude, each around the exponential's thresholds (its 0 from -103.97
+    / -745.13 on, the clamp at -104 and the select below -760 of the one-loop forms) and
+    the specials; lengths that end in the remainder loop; plain and streamed stores."""
+    ext = _config.compiled_module("activations")
+    default = ext.split_exp()
+    x32 = np.concatenate([np.arange(0, 2**32, 4099, dtype=np.uint64).astype(np.uint32).view(np.float32),
+                          np.linspace(-110.0, -100.0, 20001, dtype=np.float32)])
+    x64 = np.concatenate([rng.standard_normal(100_000) * 10.0 ** rng.integers(-300, 300, 100_000),
+                          np.linspace(-770.0, -700.0, 20001), rng.uniform(-40, 40, 100_000)])
+    specials = [np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1e30, -1e30]
+    cases = [("sigmoid", {}), ("silu", {}), ("softplus", {}), ("softplus", {"beta": 2.5, "threshold": 7.0}),
+             ("softplus", {"beta": -0.5, "threshold": 30.0})]
+
+    def results(x, g):
+        out = []
+        with np.errstate(all="ignore"):
+            for name, params in cases:
+                out.append(getattr(fastnorm, name)(x, **params))
+                if name != "sigmoid":   # sigmoid's backward takes the output: no exponential
+                    out.append(getattr(fastnorm, name + "_backward")(g, x, **params))
+        return out
+
+    try:
+        with fastnorm.use_backend("cython"):
+            previous = fastnorm.isa()
+            fastnorm.set_isa("avx2")
+            for x in (x32, x64):
+                x = np.concatenate([np.array(specials, x.dtype), x])
+                rng.shuffle(x)
+                g = rng.standard_normal(x.size).astype(x.dtype)
+                for stream_min in (None, 0):
+                    _config.set_stream_min_bytes(stream_min)
+                    for n in (x.size, 1, 7, 129, 515):
+                        ext.set_split_exp(False)
+                        one = results(x[:n], g[:n])
+                        ext.set_split_exp(True)
+                        three = results(x[:n], g[:n])
+                        for a, b in zip(one, three):
+                            assert a.dtype == b.dtype == x.dtype
+                            same = (a == b) | (np.isnan(a) & np.isnan(b))
+                            assert same.all(), (x.dtype, n, x[:n][~same][:5], a[~same][:5], b[~same][:5])
+            fastnorm.set_isa(previous)
+    finally:
+        ext.set_split_exp(None)
+        _config.set_stream_min_bytes(None)
+    assert ext.split_exp() is default
 
 
 def test_gelu_tanh_derivative_in_the_far_negative_tail(backend):

@@ -45,23 +45,30 @@ def test_python_modules_are_compiled_and_reported():
 
 
 @compiled
-def test_show_config_names_the_dropout_generator_group():
-    """The AVX2 dropout generator's mix of vector and scalar Philox blocks depends on the CPU
-    (fn_cpu_halves_256bit); show_config says which one runs."""
+@pytest.mark.parametrize("family, choice, label, words", [
+    ("dropout", "split_group", "dropout:", ("2 vectors of 4 blocks", "1 vector + 4 scalar blocks")),
+    ("activations", "split_exp", "exponentials:", ("in one loop", "in three loops")),
+], ids=["dropout generator group", "exponential loops"])
+def test_show_config_names_the_choices_made_by_cpu(family, choice, label, words):
+    """The AVX2 variant's choices that depend on whether 256-bit instructions run as two
+    halves (fn_cpu_halves_256bit): the dropout generator's mix of vector and scalar Philox
+    blocks, the staged activations' exponential in one loop or three.  show_config says
+    which runs."""
     import io
-    kernels = _config.compiled_module("dropout")
+    kernels = _config.compiled_module(family)
     try:
-        for split, words in ((False, "2 vectors of 4 blocks"), (True, "1 vector + 4 scalar blocks")):
+        for split, expected in zip((False, True), words):
             try:
-                kernels.set_split_group(split)
-            except ValueError as exc:   # the split group on an AVX2 CPU without BMI2
+                getattr(kernels, "set_" + choice)(split)
+            except ValueError as exc:   # the split Philox group on an AVX2 CPU without BMI2
                 pytest.skip(str(exc))
+            assert getattr(kernels, choice)() is split
             text = io.StringIO()
             fastnorm.show_config(file=text)
-            line = next(ln for ln in text.getvalue().splitlines() if "dropout:" in ln)
-            assert words in line, line
+            line = next(ln for ln in text.getvalue().splitlines() if label in ln)
+            assert expected in line, line
     finally:
-        kernels.set_split_group(None)
+        getattr(kernels, "set_" + choice)(None)
 
 
 def test_reference_is_the_numpy_module():

@@ -38,9 +38,17 @@ cdef extern from "fn_activations.h" nogil:
         void (*backward_f32)(int, const float *, const float *, float *, int64_t, double, double, int) noexcept nogil
         void (*backward_f64)(int, const double *, const double *, double *, int64_t, double, double, int) noexcept nogil
     const fn_act_kernels *fn_act_kernels_by_isa[]
+    const fn_act_kernels fn_act_kernels_avx2_split
     int FN_ISA_COUNT
+    int fn_cpu_halves_256bit()
+    enum: FN_ISA_AVX2
 
 cdef const fn_act_kernels *_kernels = fn_act_kernels_by_isa[0]
+cdef int _isa = 0
+# The AVX2 variant's staged exponentials in three loops where 256-bit instructions run as
+# two halves (FN_ACT_SPLIT_EXP, fn_activations_impl.h).  The same results either way;
+# set_split_exp chooses for the tests.
+cdef int _split_exp = fn_cpu_halves_256bit()
 
 OPS = {
     "relu": FN_ACT_RELU, "relu6": FN_ACT_RELU6, "leaky_relu": FN_ACT_LEAKY_RELU,
@@ -54,8 +62,25 @@ OPS = {
 
 def set_isa(int level):
     """Route every call to kernel variant `level` (an index of _runtime.ISA_NAMES)."""
-    global _kernels
-    _kernels = fn_act_kernels_by_isa[isa_level(level, FN_ISA_COUNT)]
+    global _kernels, _isa
+    _isa = isa_level(level, FN_ISA_COUNT)
+    _kernels = &fn_act_kernels_avx2_split if _isa == FN_ISA_AVX2 and _split_exp \
+        else fn_act_kernels_by_isa[_isa]
+
+
+def split_exp():
+    """Whether the AVX2 variant runs the staged maps' exponential (sigmoid, silu, softplus)
+    in three loops rather than in one."""
+    return bool(_split_exp)
+
+
+def set_split_exp(value=None):
+    """Choose how the AVX2 variant runs the staged maps' exponential: True in three loops,
+    False in one, None for this CPU's default (three where 256-bit instructions run as two
+    128-bit halves).  The results are the same; this is for tests and measurements."""
+    global _split_exp
+    _split_exp = fn_cpu_halves_256bit() if value is None else bool(value)
+    set_isa(_isa)
 
 
 cdef inline Py_ssize_t _chunk(Py_ssize_t n, int nthreads) noexcept nogil:

@@ -39,6 +39,7 @@ enum fn_act_op {
 
 FN_DECLARE_ACT(base)
 FN_DECLARE_ACT(avx2)
+FN_DECLARE_ACT(avx2_split)
 FN_DECLARE_ACT(avx512)
 
 typedef struct fn_act_kernels {
@@ -58,5 +59,8 @@ extern const fn_act_kernels *const fn_act_kernels_by_isa[FN_ISA_COUNT];
         fn_act_forward_f32_##impl, fn_act_forward_f64_##impl, \
         fn_act_backward_f32_##impl, fn_act_backward_f64_##impl };
 extern const fn_act_kernels fn_act_kernels_base, fn_act_kernels_avx2, fn_act_kernels_avx512;
+/* The AVX2 variant built with FN_ACT_SPLIT_EXP (src/activations_avx2_split.c): the same
+ * results, taken where 256-bit instructions run as two halves. */
+extern const fn_act_kernels fn_act_kernels_avx2_split;
 
 #endif /* FN_ACTIVATIONS_H */

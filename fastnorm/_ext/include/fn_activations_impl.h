@@ -136,7 +136,7 @@
  * then ub[i] = (SECOND), of v, wb[i] and ub[i]; then the result, EXPR, of v, u = ub[i],
  * wb[i] and what DECL declares (a gradient's d).  Streamed (n then whole chunks) or not,
  * the same loops. */
-#define MAP_STAGES(src, dst, DECL, FIRST, SECOND, EXPR) \
+#define MAP_STAGES(src, dst, DECL, FIRST, SECOND, U, EXPR) \
     do { \
         const int64_t whole = n / STREAM_CHUNK * STREAM_CHUNK; \
         _Alignas(FN_STREAM_ALIGN) T buf[STREAM_CHUNK]; \
@@ -145,34 +145,63 @@
         (void)wb; \
         if (stream) { \
             for (int64_t i0 = 0; i0 < whole; i0 += STREAM_CHUNK) { \
-                STAGE_LOOPS(src, STREAM_CHUNK, DECL, FIRST, SECOND, EXPR, buf[i]) \
+                STAGE_LOOPS(src, STREAM_CHUNK, DECL, FIRST, SECOND, U, EXPR, buf[i]) \
                 FN_STREAM_COPY(dst + i0, buf, STREAM_CHUNK); \
             } \
         } else { \
             for (int64_t i0 = 0; i0 < whole; i0 += STREAM_CHUNK) { \
-                STAGE_LOOPS(src, STREAM_CHUNK, DECL, FIRST, SECOND, EXPR, buf[i]) \
+                STAGE_LOOPS(src, STREAM_CHUNK, DECL, FIRST, SECOND, U, EXPR, buf[i]) \
                 FN_CHUNK_COPY(dst + i0, buf, STREAM_CHUNK); \
             } \
         } \
         if (whole < n) { \
             const int64_t i0 = whole, m = n - whole; \
-            STAGE_LOOPS(src, m, DECL, FIRST, SECOND, EXPR, dst[i0 + i]) \
+            STAGE_LOOPS(src, m, DECL, FIRST, SECOND, U, EXPR, dst[i0 + i]) \
         } \
     } while (0)
 /* The loops of one block of MAP_STAGES, `count` elements from i0 on, the results to OUT. */
-#define STAGE_LOOPS(src, count, DECL, FIRST, SECOND, EXPR, OUT) \
+#define STAGE_LOOPS(src, count, DECL, FIRST, SECOND, U, EXPR, OUT) \
     _Pragma("omp simd") for (int64_t i = 0; i < (count); ++i) { \
         const T v = src[i0 + i]; (void)v; FIRST } \
     _Pragma("omp simd") for (int64_t i = 0; i < (count); ++i) { \
         const T v = src[i0 + i]; (void)v; ub[i] = (SECOND); } \
     _Pragma("omp simd") for (int64_t i = 0; i < (count); ++i) { \
-        const T v = src[i0 + i]; const T u = ub[i]; DECL OUT = (EXPR); }
+        const T v = src[i0 + i]; const T u = (U); DECL OUT = (EXPR); }
 #define GRAD_DECL const T d = g[i0 + i];
-#define MAP2(STAGE, EXPR) MAP_STAGES(x, y, , , STAGE, EXPR)
-#define MAP3(FIRST, SECOND, EXPR) MAP_STAGES(x, y, , FIRST, SECOND, EXPR)
+#define MAP2(STAGE, EXPR) MAP_STAGES(x, y, , , STAGE, ub[i], EXPR)
+#define MAP3(FIRST, SECOND, EXPR) MAP_STAGES(x, y, , FIRST, SECOND, ub[i], EXPR)
 /* The same for gradients: of v = s[i] and d = g[i]. */
-#define MAP_GRAD2(STAGE, EXPR) MAP_STAGES(s, gx, GRAD_DECL, , STAGE, EXPR)
-#define MAP_GRAD3(FIRST, SECOND, EXPR) MAP_STAGES(s, gx, GRAD_DECL, FIRST, SECOND, EXPR)
+#define MAP_GRAD2(STAGE, EXPR) MAP_STAGES(s, gx, GRAD_DECL, , STAGE, ub[i], EXPR)
+#define MAP_GRAD3(FIRST, SECOND, EXPR) MAP_STAGES(s, gx, GRAD_DECL, FIRST, SECOND, ub[i], EXPR)
+/* MAP2 / MAP_GRAD2 with u = exp(-|ARG|).  Where FN_ACT_SPLIT_EXP is set (the AVX2 build
+ * for CPUs that run 256-bit instructions as two 128-bit halves, src/activations_avx2_split.c)
+ * the exponential itself is split over the three loops: its reduction (r into ub, t into
+ * wb), its polynomial, and its scaling by 2^k in the loop of EXPR (fn__exp_neg_reduce_tf
+ * and after, fn_math.h).  The same bits either way.  On AMD Zen 1 the chain of two loops
+ * still waited for the out-of-order window: a C harness of these loops, float32 in cache
+ * (16K elements, 512-byte blocks), ns per element, two loops against three: sigmoid 1.64
+ * -> 1.37, silu 1.69 -> 1.41, softplus 2.31 -> 2.11, silu backward 1.82 -> 1.72, softplus
+ * backward 1.79 -> 1.54; splitting it otherwise measured less (the reduction alone first,
+ * then the polynomial and scaling: sigmoid 1.52; the scaling in a loop of its own: 1.61;
+ * tanh's expm1 split the same way was level, 1.79-1.83 against 1.84).  Through the API, one
+ * process switching between the two tables (set_split_exp), medians of 7 alternated rounds,
+ * float32 at 1 thread, (256, 1024) / 4096x4096: sigmoid 1.16x / 1.20x, silu 1.10x / 1.18x,
+ * softplus 1.05x / 1.06x, softplus backward 1.14x / 1.13x, silu backward 0.99x / 1.01x;
+ * float64 4096x4096 sigmoid 1.19x, silu 1.17x.  Not measured on CPUs with full-width
+ * units, where another split (reduction, exponential, logistic) had run slower than two
+ * loops on Zen 3, so the other tables keep the exponential in one loop. */
+#ifndef FN_ACT_SPLIT_EXP
+#define FN_ACT_SPLIT_EXP 0
+#endif
+#if FN_ACT_SPLIT_EXP
+#define MAP_EXP_NEG_ABS(src, dst, DECL, ARG, EXPR) \
+    MAP_STAGES(src, dst, DECL, ub[i] = FN_EXP_NEG_REDUCE_T(-FN_FABS(ARG), &wb[i]);, \
+               FN_EXP_NEG_POLY(ub[i]), FN_EXP_NEG_SCALE_T(wb[i], ub[i]), EXPR)
+#else
+#define MAP_EXP_NEG_ABS(src, dst, DECL, ARG, EXPR) MAP_STAGES(src, dst, DECL, , EXP_NEG_ABS(ARG), ub[i], EXPR)
+#endif
+#define MAP2_EXP(ARG, EXPR) MAP_EXP_NEG_ABS(x, y, , ARG, EXPR)
+#define MAP_GRAD2_EXP(ARG, EXPR) MAP_EXP_NEG_ABS(s, gx, GRAD_DECL, ARG, EXPR)
 /* tanh's backward (below) streams by cache lines, FN_STREAM_LINE(T) per chunk: gcc unrolls a
  * 512-byte chunk of d * (1 - v * v) into eight vectors whose loads and streamed stores it
  * orders 0, 1, 6, 7, 2, ... within the chunk, and the streamed tanh backward of 4096 x 4096
@@ -357,18 +386,18 @@ static void FN_NAME(act_forward_span, FN_SUF)(int op, const T *x, T *y, int64_t 
              FN_NAME(gelu_tanh_exp, FN_SUF)(wb[i], ub[i]),
              v * LOGISTIC(wb[i], u));
         break;
-    case FN_ACT_SILU:        MAP2(EXP_NEG_ABS(v), v * LOGISTIC(v, u)); break;
+    case FN_ACT_SILU:        MAP2_EXP(v, v * LOGISTIC(v, u)); break;
     case FN_ACT_SOFTPLUS:
         /* PyTorch: x where beta*x > threshold, else log1p(exp(beta*x))/beta, written
          * as max(z,0) + log1p(exp(-|z|)) so that exp never overflows.  beta = 1 (the
          * default) drops the multiply and the division, which are exact there anyway. */
         if (pa == 1)
-            MAP2(EXP_NEG_ABS(v), v > pb ? v : (v > 0 ? v : (T)0) + FN_LOG1P_UNIT(u));
+            MAP2_EXP(v, v > pb ? v : (v > 0 ? v : (T)0) + FN_LOG1P_UNIT(u));
         else
-            MAP2(EXP_NEG_ABS(pa * v), pa * v > pb ? v : ((pa * v > 0 ? pa * v : (T)0) + FN_LOG1P_UNIT(u)) / pa);
+            MAP2_EXP(pa * v, pa * v > pb ? v : ((pa * v > 0 ? pa * v : (T)0) + FN_LOG1P_UNIT(u)) / pa);
         break;
     case FN_ACT_MISH:        MAP2(MISH_U(v), v * ((u * (u + 2)) / (u * (u + 2) + 2))); break;
-    case FN_ACT_SIGMOID:     MAP2(EXP_NEG_ABS(v), LOGISTIC(v, u)); break;
+    case FN_ACT_SIGMOID:     MAP2_EXP(v, LOGISTIC(v, u)); break;
 #if FN_REAL == 32   /* fn_tanhf's and fn_tanh's two halves, fn_math.h */
     case FN_ACT_TANH:        MAP2(fn__tanh_qf(v), fn_tanh_fromf(v, u)); break;
 #else
@@ -485,9 +514,9 @@ static void FN_NAME(act_backward_span, FN_SUF)(int op, const T *g, const T *s, T
                   d * FN_NAME(gelu_tanh_slope_from, FN_SUF)(GELU_CLAMP(v), wb[i], u));
         break;
     case FN_ACT_SILU:
-        MAP_GRAD2(EXP_NEG_ABS(v), d * (LOGISTIC_BY_RECIPROCAL(v, u) + GELU_CLAMP(v) * LOGISTIC_SLOPE(u)));
+        MAP_GRAD2_EXP(v, d * (LOGISTIC_BY_RECIPROCAL(v, u) + GELU_CLAMP(v) * LOGISTIC_SLOPE(u)));
         break;
-    case FN_ACT_SOFTPLUS:    MAP_GRAD2(EXP_NEG_ABS(pa * v), pa * v > pb ? d : d * LOGISTIC(pa * v, u)); break;
+    case FN_ACT_SOFTPLUS:    MAP_GRAD2_EXP(pa * v, pa * v > pb ? d : d * LOGISTIC(pa * v, u)); break;
     case FN_ACT_MISH: {
         /* d/dx x tanh(sp(x)) = t + x (1 - t^2) sigmoid(x), with t = q/(q+2),
          * 1 - t^2 = 4 (q+1)/(q+2)^2 and sigmoid(x) = u/(1+u). */
@@ -638,6 +667,9 @@ void FN_NAME(fn_act_backward, FN_SUF)(int op, const T *g, const T *s, T *gx, int
 #undef MAP3
 #undef MAP_GRAD2
 #undef MAP_GRAD3
+#undef MAP_EXP_NEG_ABS
+#undef MAP2_EXP
+#undef MAP_GRAD2_EXP
 #undef LOGISTIC
 #undef LOGISTIC_BY_RECIPROCAL
 #undef LOGISTIC_SLOPE

@@ -121,17 +121,17 @@ static inline float fn__nearest_log2f(float y, int32_t *k)
     *k = (int32_t)(fn__bits_f(t) - fn__bits_f(FN__SHIFTF));
     return t - FN__SHIFTF;
 }
+/* x - kf ln2, ln2 as a head and a tail. */
+static inline float fn__minus_k_ln2f(float x, float kf) { return (x - kf * FN__LN2HF) - kf * FN__LN2LF; }
 static inline float fn__reducef(float x, int32_t *k)
 {
-    const float kf = fn__nearest_log2f(x, k);
-    return (x - kf * FN__LN2HF) - kf * FN__LN2LF;
+    return fn__minus_k_ln2f(x, fn__nearest_log2f(x, k));
 }
 /* Same for an argument carried as x + lo, |lo| << |x| (GELU tanh form's z): k must
  * come from the sum, or |r| can leave the polynomial's fit range. */
 static inline float fn__reduce2f(float x, float lo, int32_t *k)
 {
-    const float kf = fn__nearest_log2f(x + lo, k);
-    return ((x - kf * FN__LN2HF) - kf * FN__LN2LF) + lo;
+    return fn__minus_k_ln2f(x, fn__nearest_log2f(x + lo, k)) + lo;
 }
 /* Same for x + lo with |lo| <= ulp(x)/2 (an exact product's rounding error): x + lo rounds
  * to x, so k comes from x alone, one addition shorter on the exponential's critical path;
@@ -212,6 +212,26 @@ static inline float fn_exp_negf(float x)
     int32_t k;
     const float r = fn__reducef(x < -104.0f ? -104.0f : x, &k);
     return fn__exp_neg_reducedf(r, k);
+}
+
+/* fn_exp_negf in three steps, for kernels that run them as three loops over a block
+ * (fn_activations_impl.h, FN_ACT_SPLIT_EXP): the reduction, which also returns t, the
+ * rounding sum that holds k in its low bits; the polynomial; and the scaling by 2^k, with
+ * the result 0 where k < -150.  The same bits as fn_exp_negf, whose clamp at -104 gives 0
+ * (the scaling of k = -150 rounds e^-104 to 0 as well): the results of k < -150 round to 0
+ * anyway, and the meaningless k of a huge argument or -inf comes with a t below the
+ * threshold too; a NaN argument makes t and the polynomial NaN, which the comparison
+ * keeps.  (tests/test_activations.py compares the two forms bit for bit.) */
+static inline float fn__exp_neg_reduce_tf(float x, float *t)
+{
+    *t = x * FN__LOG2EF + FN__SHIFTF;
+    return fn__minus_k_ln2f(x, *t - FN__SHIFTF);
+}
+static inline float fn__exp_neg_polyf(float r) { return 1.0f + fn__expm1_reducedf(r); }
+static inline float fn__exp_neg_scale_tf(float t, float p)
+{
+    const float e = fn__scale_negf(p, (int32_t)(fn__bits_f(t) - fn__bits_f(FN__SHIFTF)));
+    return t < FN__SHIFTF - 150.0f ? 0.0f : e;   /* p 2^k < 2^-150, half the least subnormal */
 }
 
 /* e^(x + lo) for x <= 0 and |lo| <= 2^-20 |x| (an argument carried as a compensated pair,
@@ -401,19 +421,18 @@ static inline float fn_normal_tailf(float x, float *gauss)
 #define FN__LN2H 0x1.62e42fefa38p-1     /* 42 bits: kf*LN2H exact for |k| < 2^11 */
 #define FN__LN2L 0x1.ef35793c7673p-45
 #define FN__SHIFT 0x1.8p52
+static inline double fn__minus_k_ln2(double x, double kf) { return (x - kf * FN__LN2H) - kf * FN__LN2L; }
 static inline double fn__reduce(double x, int64_t *k)
 {
     const double t = x * FN__LOG2E + FN__SHIFT;
-    const double kf = t - FN__SHIFT;
     *k = (int64_t)(fn__bits_d(t) - fn__bits_d(FN__SHIFT));
-    return (x - kf * FN__LN2H) - kf * FN__LN2L;
+    return fn__minus_k_ln2(x, t - FN__SHIFT);
 }
 static inline double fn__reduce2(double x, double lo, int64_t *k)
 {
     const double t = (x + lo) * FN__LOG2E + FN__SHIFT;
-    const double kf = t - FN__SHIFT;
     *k = (int64_t)(fn__bits_d(t) - fn__bits_d(FN__SHIFT));
-    return ((x - kf * FN__LN2H) - kf * FN__LN2L) + lo;
+    return fn__minus_k_ln2(x, t - FN__SHIFT) + lo;
 }
 
 /* As fn__expm1_polyf, degree 9, fit error 2^-55.5. */
@@ -463,6 +482,21 @@ FN_ELEMENT double fn_expm1(double x)
     y = x < -40.0 ? -1.0 : y;       /* e^x < 2^-57 */
     y = x == 0.0 ? x : y;
     return y;
+}
+
+/* fn_exp for x <= 0 in three steps, as fn__exp_neg_reduce_tf and the two after it: the same
+ * bits as fn_exp there, whose select gives 0 below -760 (k <= -1096), where every k below
+ * -1075 gives 0 here (p 2^k < 2^-1075, half the least subnormal). */
+static inline double fn__exp_neg_reduce_t(double x, double *t)
+{
+    *t = x * FN__LOG2E + FN__SHIFT;
+    return fn__minus_k_ln2(x, *t - FN__SHIFT);
+}
+static inline double fn__exp_neg_poly(double r) { return 1.0 + fn__expm1_reduced(r); }
+static inline double fn__exp_neg_scale_t(double t, double p)
+{
+    const double e = fn__scale(p, (int64_t)(fn__bits_d(t) - fn__bits_d(FN__SHIFT)));
+    return t < FN__SHIFT - 1075.0 ? 0.0 : e;
 }
 
 /* As fn_log1pf; Q degree 6, fit error 2^-59.1. */

@@ -5,6 +5,9 @@
 #undef FN_SUF
 #undef FN_EXP
 #undef FN_EXP_NEG
+#undef FN_EXP_NEG_REDUCE_T
+#undef FN_EXP_NEG_POLY
+#undef FN_EXP_NEG_SCALE_T
 #undef FN_EXPM1
 #undef FN_EXPM1_NEG
 #undef FN_LOG1P
@@ -20,6 +23,9 @@
 #define FN_SUF f32
 #define FN_EXP fn_expf
 #define FN_EXP_NEG fn_exp_negf          /* exp on x <= 0 */
+#define FN_EXP_NEG_REDUCE_T fn__exp_neg_reduce_tf   /* ... in three steps */
+#define FN_EXP_NEG_POLY fn__exp_neg_polyf
+#define FN_EXP_NEG_SCALE_T fn__exp_neg_scale_tf
 #define FN_EXPM1 fn_expm1f
 #define FN_EXPM1_NEG fn_expm1_negf      /* expm1 on x <= 0 */
 #define FN_LOG1P fn_log1pf
@@ -35,6 +41,9 @@
 #define FN_SUF f64
 #define FN_EXP fn_exp
 #define FN_EXP_NEG fn_exp
+#define FN_EXP_NEG_REDUCE_T fn__exp_neg_reduce_t
+#define FN_EXP_NEG_POLY fn__exp_neg_poly
+#define FN_EXP_NEG_SCALE_T fn__exp_neg_scale_t
 #define FN_EXPM1 fn_expm1
 #define FN_EXPM1_NEG fn_expm1
 #define FN_LOG1P fn_log1p
