@@ -255,13 +255,14 @@ def test_backward_finite_differences(case, backend, rng):
                     or os.environ.get("FASTNORM_BACKEND", "").strip().lower() == "numpy"
                     or "avx2" not in _config._runnable_isas(), reason="the compiled AVX2 variant only")
 def test_split_exponential_gives_the_same_results(rng):
-    """The AVX2 variant runs exp(-|x|) of sigmoid, silu and softplus (forward and backward) in
-    one loop or, where 256-bit instructions run as two halves, split over three
-    (FN_ACT_SPLIT_EXP): the same results on any AVX2 CPU, but for the payload and sign of
-    NaN results.  Float32 bit patterns spread over every exponent and both signs, float64
-    values of every magnitude, each around the exponential's thresholds (its 0 from -103.97
-    / -745.13 on, the clamp at -104 and the select below -760 of the one-loop forms) and
-    the specials; lengths that end in the remainder loop; plain and streamed stores."""
+    """The AVX2 variant runs the exponential of sigmoid, silu, softplus (forward and
+    backward), GELU's tanh form (forward) and ELU's and SELU's backward in one loop or, where
+    256-bit instructions run as two halves, split over three (FN_ACT_SPLIT_EXP): the same
+    results on any AVX2 CPU, but for the payload and sign of NaN results.  Float32 bit
+    patterns spread over every exponent and both signs, float64 values of every magnitude,
+    each around the exponential's thresholds (its 0 from -103.97 / -745.13 on, the clamp at
+    -104 and the select below -760 of the one-loop forms) and the specials; lengths that end
+    in the remainder loop; plain and streamed stores."""
     ext = _config.compiled_module("activations")
     default = ext.split_exp()
     x32 = np.concatenate([np.arange(0, 2**32, 4099, dtype=np.uint64).astype(np.uint32).view(np.float32),
@@ -270,7 +271,8 @@ def test_split_exponential_gives_the_same_results(rng):
                           np.linspace(-770.0, -700.0, 20001), rng.uniform(-40, 40, 100_000)])
     specials = [np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1e30, -1e30]
     cases = [("sigmoid", {}), ("silu", {}), ("softplus", {}), ("softplus", {"beta": 2.5, "threshold": 7.0}),
-             ("softplus", {"beta": -0.5, "threshold": 30.0})]
+             ("softplus", {"beta": -0.5, "threshold": 30.0}), ("gelu", {"approximate": "tanh"}),
+             ("elu", {}), ("elu", {"alpha": 0.3}), ("selu", {})]
 
     def results(x, g):
         out = []

@@ -45,8 +45,8 @@ cdef extern from "fn_activations.h" nogil:
 
 cdef const fn_act_kernels *_kernels = fn_act_kernels_by_isa[0]
 cdef int _isa = 0
-# The AVX2 variant's staged exponentials in three loops where 256-bit instructions run as
-# two halves (FN_ACT_SPLIT_EXP, fn_activations_impl.h).  The same results either way;
+# The AVX2 variant's exponentials split over three loops where 256-bit instructions run as
+# two halves (FN_ACT_SPLIT_EXP, STAGED_EXP in fn_activations_impl.h).  The same results either way;
 # set_split_exp chooses for the tests.
 cdef int _split_exp = fn_cpu_halves_256bit()
 
@@ -69,15 +69,15 @@ def set_isa(int level):
 
 
 def split_exp():
-    """Whether the AVX2 variant runs the staged maps' exponential (sigmoid, silu, softplus)
-    in three loops rather than in one."""
+    """Whether the AVX2 variant runs the exponential of sigmoid, silu, softplus, GELU's tanh
+    form (forward) and ELU's and SELU's backward split over three loops rather than in one."""
     return bool(_split_exp)
 
 
 def set_split_exp(value=None):
-    """Choose how the AVX2 variant runs the staged maps' exponential: True in three loops,
-    False in one, None for this CPU's default (three where 256-bit instructions run as two
-    128-bit halves).  The results are the same; this is for tests and measurements."""
+    """Choose how the AVX2 variant runs those exponentials (split_exp): True split over three
+    loops, False in one, None for this CPU's default (split where 256-bit instructions run as
+    two 128-bit halves).  The results are the same; this is for tests and measurements."""
     global _split_exp
     _split_exp = fn_cpu_halves_256bit() if value is None else bool(value)
     set_isa(_isa)

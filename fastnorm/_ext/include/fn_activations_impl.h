@@ -142,7 +142,8 @@
         _Alignas(FN_STREAM_ALIGN) T buf[STREAM_CHUNK]; \
         _Alignas(FN_STREAM_ALIGN) T wb[STREAM_CHUNK]; \
         _Alignas(FN_STREAM_ALIGN) T ub[STREAM_CHUNK]; \
-        (void)wb; \
+        _Alignas(FN_STREAM_ALIGN) T tb[STREAM_CHUNK]; \
+        (void)wb; (void)tb; \
         if (stream) { \
             for (int64_t i0 = 0; i0 < whole; i0 += STREAM_CHUNK) { \
                 STAGE_LOOPS(src, STREAM_CHUNK, DECL, FIRST, SECOND, U, EXPR, buf[i]) \
@@ -173,35 +174,46 @@
 /* The same for gradients: of v = s[i] and d = g[i]. */
 #define MAP_GRAD2(STAGE, EXPR) MAP_STAGES(s, gx, GRAD_DECL, , STAGE, ub[i], EXPR)
 #define MAP_GRAD3(FIRST, SECOND, EXPR) MAP_STAGES(s, gx, GRAD_DECL, FIRST, SECOND, ub[i], EXPR)
-/* MAP2 / MAP_GRAD2 with u = exp(-|ARG|).  Where FN_ACT_SPLIT_EXP is set (the AVX2 build
- * for CPUs that run 256-bit instructions as two 128-bit halves, src/activations_avx2_split.c)
- * the exponential itself is split over the three loops: its reduction (r into ub, t into
- * wb), its polynomial, and its scaling by 2^k in the loop of EXPR (fn__exp_neg_reduce_tf
- * and after, fn_math.h).  The same bits either way.  On AMD Zen 1 the chain of two loops
- * still waited for the out-of-order window: a C harness of these loops, float32 in cache
- * (16K elements, 512-byte blocks), ns per element, two loops against three: sigmoid 1.64
- * -> 1.37, silu 1.69 -> 1.41, softplus 2.31 -> 2.11, silu backward 1.82 -> 1.72, softplus
- * backward 1.79 -> 1.54; splitting it otherwise measured less (the reduction alone first,
- * then the polynomial and scaling: sigmoid 1.52; the scaling in a loop of its own: 1.61;
- * tanh's expm1 split the same way was level, 1.79-1.83 against 1.84).  Through the API, one
- * process switching between the two tables (set_split_exp), medians of 7 alternated rounds,
- * float32 at 1 thread, (256, 1024) / 4096x4096: sigmoid 1.16x / 1.20x, silu 1.10x / 1.18x,
- * softplus 1.05x / 1.06x, softplus backward 1.14x / 1.13x, silu backward 0.99x / 1.01x;
- * float64 4096x4096 sigmoid 1.19x, silu 1.17x.  Not measured on CPUs with full-width
- * units, where another split (reduction, exponential, logistic) had run slower than two
- * loops on Zen 3, so the other tables keep the exponential in one loop. */
+/* MAP_STAGES for maps of an exponential of a non-positive argument, u = exp(-|z|): FIRST
+ * as there, then u in one loop (ONE_LOOP, the expression of MAP_STAGES' SECOND) or, where
+ * FN_ACT_SPLIT_EXP is set (the AVX2 build for CPUs that run 256-bit instructions as two
+ * 128-bit halves, src/activations_avx2_split.c), split over the three loops: its reduction
+ * (REDUCE, of v, wb[i] and ub[i]: r, into ub, t into tb, fn__exp_neg_reduce_tf and after
+ * in fn_math.h) joins FIRST, its polynomial is the second loop, its scaling by 2^k opens the
+ * loop of EXPR.  The same bits either way.  On AMD Zen 1 the chains of two loops still waited
+ * for the out-of-order window: a C harness of these loops, float32 in cache (16K elements,
+ * 512-byte blocks), ns per element, one exponential loop against the split: sigmoid 1.64 ->
+ * 1.37, silu 1.69 -> 1.41, softplus 2.31 -> 2.11, silu backward 1.82 -> 1.72, softplus
+ * backward 1.79 -> 1.54, GELU's tanh form 5.1 -> 3.8, ELU backward (one loop before) 1.61 ->
+ * 1.33; splitting otherwise measured less (the reduction alone first, then the polynomial
+ * and scaling: sigmoid 1.52; the scaling in a loop of its own: 1.61; GELU's tanh form with z
+ * in a loop of its own: 3.7; ELU's forward, expm1 split the same way from its one loop:
+ * 1.38 -> 1.61; tanh's: level, 1.79-1.83 against 1.84).  Through the API, one process
+ * switching between the two tables (set_split_exp), medians of 7 alternated rounds, float32
+ * at 1 thread, (256, 1024) / 4096x4096: sigmoid 1.16x / 1.20x, silu 1.10x / 1.18x, softplus
+ * 1.05x / 1.06x, softplus backward 1.14x / 1.13x, silu backward 0.99x / 1.01x, GELU's tanh
+ * form 1.06x / 1.07x, ELU backward 1.15x / 1.23x, SELU backward 1.12x / 1.17x; float64
+ * 4096x4096 sigmoid 1.19x, silu 1.17x, GELU's tanh form 1.23x, ELU / SELU backward 1.17x /
+ * 1.20x.  Not taken: GELU's tanh-form backward (the harness 4.67 -> 4.10, the API 0.97x /
+ * 0.97x, float64 1.01x).  Not measured on CPUs with full-width units, where another split
+ * (reduction, exponential, logistic) had run slower than two loops on Zen 3, so the other
+ * tables keep the exponential in one loop. */
 #ifndef FN_ACT_SPLIT_EXP
 #define FN_ACT_SPLIT_EXP 0
 #endif
 #if FN_ACT_SPLIT_EXP
-#define MAP_EXP_NEG_ABS(src, dst, DECL, ARG, EXPR) \
-    MAP_STAGES(src, dst, DECL, ub[i] = FN_EXP_NEG_REDUCE_T(-FN_FABS(ARG), &wb[i]);, \
-               FN_EXP_NEG_POLY(ub[i]), FN_EXP_NEG_SCALE_T(wb[i], ub[i]), EXPR)
+#define STAGED_EXP(src, dst, DECL, FIRST, REDUCE, ONE_LOOP, EXPR) \
+    MAP_STAGES(src, dst, DECL, FIRST ub[i] = (REDUCE);, FN_EXP_NEG_POLY(ub[i]), \
+               FN_EXP_NEG_SCALE_T(tb[i], ub[i]), EXPR)
 #else
-#define MAP_EXP_NEG_ABS(src, dst, DECL, ARG, EXPR) MAP_STAGES(src, dst, DECL, , EXP_NEG_ABS(ARG), ub[i], EXPR)
+#define STAGED_EXP(src, dst, DECL, FIRST, REDUCE, ONE_LOOP, EXPR) \
+    MAP_STAGES(src, dst, DECL, FIRST, ONE_LOOP, ub[i], EXPR)
 #endif
-#define MAP2_EXP(ARG, EXPR) MAP_EXP_NEG_ABS(x, y, , ARG, EXPR)
-#define MAP_GRAD2_EXP(ARG, EXPR) MAP_EXP_NEG_ABS(s, gx, GRAD_DECL, ARG, EXPR)
+#define EXP_NEG_ABS_REDUCE_T(z) FN_EXP_NEG_REDUCE_T(-FN_FABS(z), &tb[i])
+/* MAP2 / MAP_GRAD2 with u = exp(-|ARG|) */
+#define MAP2_EXP(ARG, EXPR) STAGED_EXP(x, y, , , EXP_NEG_ABS_REDUCE_T(ARG), EXP_NEG_ABS(ARG), EXPR)
+#define MAP_GRAD2_EXP(ARG, EXPR) \
+    STAGED_EXP(s, gx, GRAD_DECL, , EXP_NEG_ABS_REDUCE_T(ARG), EXP_NEG_ABS(ARG), EXPR)
 /* tanh's backward (below) streams by cache lines, FN_STREAM_LINE(T) per chunk: gcc unrolls a
  * 512-byte chunk of d * (1 - v * v) into eight vectors whose loads and streamed stores it
  * orders 0, 1, 6, 7, 2, ... within the chunk, and the streamed tanh backward of 4096 x 4096
@@ -302,7 +314,7 @@ static inline T FN_NAME(gelu_tanh_arg, FN_SUF)(T v, T *lo)
     return (T)2 * GELU_K * (v + GELU_C * v * v * v);
 #endif
 }
-/* exp(-|z + lo|) */
+/* exp(-|z + lo|), and its reduction for STAGED_EXP (r returned, t into *t) */
 static inline T FN_NAME(gelu_tanh_exp, FN_SUF)(T z, T lo)
 {
 #if FN_REAL == 32
@@ -310,6 +322,15 @@ static inline T FN_NAME(gelu_tanh_exp, FN_SUF)(T z, T lo)
 #else
     (void)lo;
     return EXP_NEG_ABS(z);
+#endif
+}
+static inline T FN_NAME(gelu_tanh_exp_reduce_t, FN_SUF)(T z, T lo, T *t)
+{
+#if FN_REAL == 32
+    return fn__exp_neg2_reduce_tf(-FN_FABS(z), z >= 0 ? -lo : lo, t);
+#else
+    (void)lo;
+    return FN_EXP_NEG_REDUCE_T(-FN_FABS(z), t);
 #endif
 }
 
@@ -382,9 +403,10 @@ static void FN_NAME(act_forward_span, FN_SUF)(int op, const T *x, T *y, int64_t 
 #undef UPWARDS
     /* 0.5 x (1 + tanh(u)) = x sigmoid(2u): same function, no cancellation for x << 0. */
     case FN_ACT_GELU_TANH:
-        MAP3(wb[i] = FN_NAME(gelu_tanh_arg, FN_SUF)(v, &ub[i]);,
-             FN_NAME(gelu_tanh_exp, FN_SUF)(wb[i], ub[i]),
-             v * LOGISTIC(wb[i], u));
+        STAGED_EXP(x, y, , wb[i] = FN_NAME(gelu_tanh_arg, FN_SUF)(v, &ub[i]);,
+                   FN_NAME(gelu_tanh_exp_reduce_t, FN_SUF)(wb[i], ub[i], &tb[i]),
+                   FN_NAME(gelu_tanh_exp, FN_SUF)(wb[i], ub[i]),
+                   v * LOGISTIC(wb[i], u));
         break;
     case FN_ACT_SILU:        MAP2_EXP(v, v * LOGISTIC(v, u)); break;
     case FN_ACT_SOFTPLUS:
@@ -474,13 +496,16 @@ static inline void FN_NAME(relu_grad_avx512_descending, FN_SUF)(const T *g, cons
  * streamed backward (4096 x 4096 float32, 1 thread) take 6.7-7.3 ms instead of 3.3-3.6 in
  * the Python process -- not in a C harness running the same object code; not explained.
  * A NaN input gives a NaN whose sign is not the input's on every variant (+NaN with
- * AVX2/AVX-512, -NaN on SSE2; before, it kept the input's sign). */
-#define ONE_LOOP_BACKWARD_MAPS(X) \
+ * AVX2/AVX-512, -NaN on SSE2; before, it kept the input's sign).
+ *   Those two are X_EXP(op, gradient as a macro of the exponential): upwards they are staged
+ * maps where FN_ACT_SPLIT_EXP splits the exponential (STAGED_EXP), one loop elsewhere. */
+#define ELU_GRAD(E) (v > 0 ? d : d * pa * (E))
+#define SELU_GRAD(E) (v > 0 ? d * SELU_SCALE : d * (SELU_SCALE * SELU_ALPHA) * (E))
+#define ONE_LOOP_BACKWARD_MAPS(X, X_EXP) \
     X(FN_ACT_RELU6,       STREAM_CHUNK, (v <= 0 || v >= 6) ? (T)0 : d) \
     X(FN_ACT_LEAKY_RELU,  STREAM_CHUNK, v > 0 ? d : d * pa) \
-    X(FN_ACT_ELU,         STREAM_CHUNK, v > 0 ? d : d * pa * FN_EXP_NEG(-FN_FABS(v))) \
-    X(FN_ACT_SELU,        STREAM_CHUNK, \
-      v > 0 ? d * SELU_SCALE : d * (SELU_SCALE * SELU_ALPHA) * FN_EXP_NEG(-FN_FABS(v))) \
+    X_EXP(FN_ACT_ELU,     ELU_GRAD) \
+    X_EXP(FN_ACT_SELU,    SELU_GRAD) \
     X(FN_ACT_CELU,        STREAM_CHUNK, v > 0 ? d : d * FN_EXP(v * inv_alpha)) \
     X(FN_ACT_GELU,        STREAM_CHUNK, d * FN_NAME(gelu_slope, FN_SUF)(v)) \
     X(FN_ACT_SIGMOID,     STREAM_CHUNK, d * (1 - v) * v)   /* v = forward output */ \
@@ -503,8 +528,15 @@ static void FN_NAME(act_backward_span, FN_SUF)(int op, const T *g, const T *s, T
 #endif
         break;
 #define UPWARDS(OP, CHUNK, EXPR) case OP: MAP_GRAD_BY(CHUNK, , EXPR); break;
-    ONE_LOOP_BACKWARD_MAPS(UPWARDS)
+#if FN_ACT_SPLIT_EXP
+#define UPWARDS_EXP(OP, GRAD) \
+    case OP: STAGED_EXP(s, gx, GRAD_DECL, , EXP_NEG_ABS_REDUCE_T(v), , GRAD(u)); break;
+#else
+#define UPWARDS_EXP(OP, GRAD) UPWARDS(OP, STREAM_CHUNK, GRAD(EXP_NEG_ABS(v)))
+#endif
+    ONE_LOOP_BACKWARD_MAPS(UPWARDS, UPWARDS_EXP)
 #undef UPWARDS
+#undef UPWARDS_EXP
     /* The GELU derivatives are exactly 1 or 0 (in either precision) beyond |x| = 1e6:
      * GELU_CLAMP keeps Inf * 0 out of them (x = +-Inf, and x^3 overflowing in the tanh
      * form at |x| > 1.8e19 in float32, gave NaN). */
@@ -553,8 +585,10 @@ static int FN_NAME(act_backward_descending, FN_SUF)(int op, const T *g, const T 
 #endif
         return 1;
 #define DOWNWARDS(OP, CHUNK, EXPR) case OP: MAP_GRAD_DESCENDING(EXPR); return 1;
-    ONE_LOOP_BACKWARD_MAPS(DOWNWARDS)
+#define DOWNWARDS_EXP(OP, GRAD) DOWNWARDS(OP, STREAM_CHUNK, GRAD(EXP_NEG_ABS(v)))
+    ONE_LOOP_BACKWARD_MAPS(DOWNWARDS, DOWNWARDS_EXP)
 #undef DOWNWARDS
+#undef DOWNWARDS_EXP
     default: return 0;
     }
 }
@@ -649,6 +683,8 @@ void FN_NAME(fn_act_backward, FN_SUF)(int op, const T *g, const T *s, T *gx, int
 #undef MAP_GRAD_DESCENDING
 #undef ONE_LOOP_FORWARD_MAPS
 #undef ONE_LOOP_BACKWARD_MAPS
+#undef ELU_GRAD
+#undef SELU_GRAD
 #undef RELU_GRAD
 #undef SELU_ALPHA
 #undef SELU_SCALE
@@ -667,7 +703,8 @@ void FN_NAME(fn_act_backward, FN_SUF)(int op, const T *g, const T *s, T *gx, int
 #undef MAP3
 #undef MAP_GRAD2
 #undef MAP_GRAD3
-#undef MAP_EXP_NEG_ABS
+#undef STAGED_EXP
+#undef EXP_NEG_ABS_REDUCE_T
 #undef MAP2_EXP
 #undef MAP_GRAD2_EXP
 #undef LOGISTIC

@@ -227,6 +227,12 @@ static inline float fn__exp_neg_reduce_tf(float x, float *t)
     *t = x * FN__LOG2EF + FN__SHIFTF;
     return fn__minus_k_ln2f(x, *t - FN__SHIFTF);
 }
+/* The same for fn_exp_neg2f's pair x + lo (whose clamp is x's, at -104, as fn_exp_negf's). */
+static inline float fn__exp_neg2_reduce_tf(float x, float lo, float *t)
+{
+    *t = (x + lo) * FN__LOG2EF + FN__SHIFTF;
+    return fn__minus_k_ln2f(x, *t - FN__SHIFTF) + lo;
+}
 static inline float fn__exp_neg_polyf(float r) { return 1.0f + fn__expm1_reducedf(r); }
 static inline float fn__exp_neg_scale_tf(float t, float p)
 {

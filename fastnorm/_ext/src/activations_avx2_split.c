@@ -1,4 +1,4 @@
-/* AVX2+FMA variant of the activations kernels with the exponential of the staged maps split
+/* AVX2+FMA variant of the activations kernels with the exponentials of the staged maps split
  * over three loops (FN_ACT_SPLIT_EXP, fn_activations_impl.h): the AVX2 table on CPUs that
  * run 256-bit instructions as two 128-bit halves (activations.pyx).  The same results. */
 #define FN_ISA avx2_split
