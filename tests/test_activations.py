@@ -262,48 +262,62 @@ def test_split_exponential_gives_the_same_results(rng):
     patterns spread over every exponent and both signs, float64 values of every magnitude,
     each around the exponential's thresholds (its 0 from -103.97 / -745.13 on, the clamp at
     -104 and the select below -760 of the one-loop forms) and the specials; lengths that end
-    in the remainder loop; plain and streamed stores."""
+    in the remainder loop; results allocated, into out= (streamed with stream_min_bytes 0) and
+    in place; compared bit for bit where not NaN."""
     ext = _config.compiled_module("activations")
     default = ext.split_exp()
     x32 = np.concatenate([np.arange(0, 2**32, 4099, dtype=np.uint64).astype(np.uint32).view(np.float32),
                           np.linspace(-110.0, -100.0, 20001, dtype=np.float32)])
     x64 = np.concatenate([rng.standard_normal(100_000) * 10.0 ** rng.integers(-300, 300, 100_000),
                           np.linspace(-770.0, -700.0, 20001), rng.uniform(-40, 40, 100_000)])
-    specials = [np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1e30, -1e30]
     cases = [("sigmoid", {}), ("silu", {}), ("softplus", {}), ("softplus", {"beta": 2.5, "threshold": 7.0}),
              ("softplus", {"beta": -0.5, "threshold": 30.0}), ("gelu", {"approximate": "tanh"}),
              ("elu", {}), ("elu", {"alpha": 0.3}), ("selu", {})]
 
-    def results(x, g):
+    def results(x, g, into):
+        """Every case's forward and backward, allocated, into out= or in place (x's copy)."""
         out = []
         with np.errstate(all="ignore"):
             for name, params in cases:
-                out.append(getattr(fastnorm, name)(x, **params))
+                calls = [(getattr(fastnorm, name), (x,))]
                 if name != "sigmoid":   # sigmoid's backward takes the output: no exponential
-                    out.append(getattr(fastnorm, name + "_backward")(g, x, **params))
+                    calls.append((getattr(fastnorm, name + "_backward"), (g, x)))
+                for f, args in calls:
+                    if into == "allocated":
+                        out.append(f(*args, **params))
+                    else:
+                        args = tuple(a.copy() for a in args)
+                        target = np.empty_like(x) if into == "out" else args[-1]
+                        assert f(*args, **params, out=target) is target
+                        out.append(target)
         return out
 
+    previous = fastnorm.isa()
     try:
         with fastnorm.use_backend("cython"):
-            previous = fastnorm.isa()
             fastnorm.set_isa("avx2")
             for x in (x32, x64):
+                info = np.finfo(x.dtype)
+                specials = [np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1e30, -1e30, info.max, info.min,
+                            info.tiny / 4, -info.tiny / 4, info.smallest_subnormal, -info.smallest_subnormal]
                 x = np.concatenate([np.array(specials, x.dtype), x])
                 rng.shuffle(x)
                 g = rng.standard_normal(x.size).astype(x.dtype)
+                bits = np.uint32 if x.dtype == np.float32 else np.uint64
                 for stream_min in (None, 0):
                     _config.set_stream_min_bytes(stream_min)
-                    for n in (x.size, 1, 7, 129, 515):
+                    for n, into in ((x.size, "allocated"), (x.size, "out"), (x.size, "in place"),
+                                    (1, "out"), (7, "allocated"), (129, "in place"), (515, "out")):
                         ext.set_split_exp(False)
-                        one = results(x[:n], g[:n])
+                        one = results(x[:n], g[:n], into)
                         ext.set_split_exp(True)
-                        three = results(x[:n], g[:n])
+                        three = results(x[:n], g[:n], into)
                         for a, b in zip(one, three):
                             assert a.dtype == b.dtype == x.dtype
-                            same = (a == b) | (np.isnan(a) & np.isnan(b))
-                            assert same.all(), (x.dtype, n, x[:n][~same][:5], a[~same][:5], b[~same][:5])
-            fastnorm.set_isa(previous)
+                            same = (a.view(bits) == b.view(bits)) | (np.isnan(a) & np.isnan(b))
+                            assert same.all(), (x.dtype, n, into, x[:n][~same][:5], a[~same][:5], b[~same][:5])
     finally:
+        fastnorm.set_isa(previous)
         ext.set_split_exp(None)
         _config.set_stream_min_bytes(None)
     assert ext.split_exp() is default

@@ -132,10 +132,10 @@
  * host of that session) is the same C.  GELU's tanh form in three loops against two (its
  * backward) or one (its forward): the same bits but for NaN payloads and signs. */
 /* From src to dst, per block in up to three loops: FIRST, a statement of v that may fill
- * the block's buffers wb[i] and ub[i] (empty in the two-stage maps: that loop vanishes);
- * then ub[i] = (SECOND), of v, wb[i] and ub[i]; then the result, EXPR, of v, u = ub[i],
- * wb[i] and what DECL declares (a gradient's d).  Streamed (n then whole chunks) or not,
- * the same loops. */
+ * the block's buffers wb[i], ub[i] and tb[i] (empty in the two-stage maps: that loop
+ * vanishes); then ub[i] = (SECOND), of v, wb[i], ub[i] and tb[i]; then the result, EXPR, of
+ * v, u = (U) (ub[i], or an expression of the buffers: STAGED_EXP), wb[i] and what DECL
+ * declares (a gradient's d).  Streamed (n then whole chunks) or not, the same loops. */
 #define MAP_STAGES(src, dst, DECL, FIRST, SECOND, U, EXPR) \
     do { \
         const int64_t whole = n / STREAM_CHUNK * STREAM_CHUNK; \
@@ -178,9 +178,9 @@
  * as there, then u in one loop (ONE_LOOP, the expression of MAP_STAGES' SECOND) or, where
  * FN_ACT_SPLIT_EXP is set (the AVX2 build for CPUs that run 256-bit instructions as two
  * 128-bit halves, src/activations_avx2_split.c), split over the three loops: its reduction
- * (REDUCE, of v, wb[i] and ub[i]: r, into ub, t into tb, fn__exp_neg_reduce_tf and after
- * in fn_math.h) joins FIRST, its polynomial is the second loop, its scaling by 2^k opens the
- * loop of EXPR.  The same bits either way.  On AMD Zen 1 the chains of two loops still waited
+ * (REDUCE, of v, wb[i] and ub[i]: r, into ub, t into tb; fn__reduce_tf and fn__exp_neg_polyf
+ * and after in fn_math.h) joins FIRST, its polynomial is the second loop, its scaling by 2^k
+ * opens the loop of EXPR.  The same bits either way.  On AMD Zen 1 the chains of two loops still waited
  * for the out-of-order window: a C harness of these loops, float32 in cache (16K elements,
  * 512-byte blocks), ns per element, one exponential loop against the split: sigmoid 1.64 ->
  * 1.37, silu 1.69 -> 1.41, softplus 2.31 -> 2.11, silu backward 1.82 -> 1.72, softplus
@@ -209,7 +209,7 @@
 #define STAGED_EXP(src, dst, DECL, FIRST, REDUCE, ONE_LOOP, EXPR) \
     MAP_STAGES(src, dst, DECL, FIRST, ONE_LOOP, ub[i], EXPR)
 #endif
-#define EXP_NEG_ABS_REDUCE_T(z) FN_EXP_NEG_REDUCE_T(-FN_FABS(z), &tb[i])
+#define EXP_NEG_ABS_REDUCE_T(z) FN_REDUCE_T(-FN_FABS(z), &tb[i])
 /* MAP2 / MAP_GRAD2 with u = exp(-|ARG|) */
 #define MAP2_EXP(ARG, EXPR) STAGED_EXP(x, y, , , EXP_NEG_ABS_REDUCE_T(ARG), EXP_NEG_ABS(ARG), EXPR)
 #define MAP_GRAD2_EXP(ARG, EXPR) \
@@ -327,10 +327,10 @@ static inline T FN_NAME(gelu_tanh_exp, FN_SUF)(T z, T lo)
 static inline T FN_NAME(gelu_tanh_exp_reduce_t, FN_SUF)(T z, T lo, T *t)
 {
 #if FN_REAL == 32
-    return fn__exp_neg2_reduce_tf(-FN_FABS(z), z >= 0 ? -lo : lo, t);
+    return fn__reduce2_tf(-FN_FABS(z), z >= 0 ? -lo : lo, t);
 #else
     (void)lo;
-    return FN_EXP_NEG_REDUCE_T(-FN_FABS(z), t);
+    return FN_REDUCE_T(-FN_FABS(z), t);
 #endif
 }
 

@@ -1,7 +1,8 @@
 /* Instantiates one kernel family for one ISA variant.  A src/<family>_<isa>.c file
  * defines, before including this header:
  *
- *   FN_ISA          base | avx2 | avx512   (suffix of every function name, FN_NAME)
+ *   FN_ISA          base | avx2 | avx512 | avx2_split   (suffix of every function name, FN_NAME;
+ *                   avx2_split: the activations' AVX2 table with FN_ACT_SPLIT_EXP)
  *   FN_ISA_LEVEL    0 | 1 | 2              (FN_ISA_BASE, FN_ISA_AVX2, FN_ISA_AVX512)
  *   FN_FAMILY_IMPL  the family's template header, as a string
  *

@@ -114,24 +114,38 @@ static inline double fn__pow2(int64_t k) { return fn__from_bits_d(((uint64_t)k +
 #define FN__LN2HF 0x1.62ep-1f
 #define FN__LN2LF 0x1.0bfbe8p-15f
 #define FN__SHIFTF 0x1.8p23f
-/* k = the integer nearest y log2(e), as the float returned and in *k. */
-static inline float fn__nearest_log2f(float y, int32_t *k)
-{
-    const float t = y * FN__LOG2EF + FN__SHIFTF;
-    *k = (int32_t)(fn__bits_f(t) - fn__bits_f(FN__SHIFTF));
-    return t - FN__SHIFTF;
-}
+/* t = y log2(e) + 1.5 2^23, which holds the integer k nearest y log2(e) in its low bits:
+ * k itself, and kf = t - 1.5 2^23 as a float. */
+static inline float fn__shifted_log2f(float y) { return y * FN__LOG2EF + FN__SHIFTF; }
+static inline int32_t fn__k_of_tf(float t) { return (int32_t)(fn__bits_f(t) - fn__bits_f(FN__SHIFTF)); }
 /* x - kf ln2, ln2 as a head and a tail. */
 static inline float fn__minus_k_ln2f(float x, float kf) { return (x - kf * FN__LN2HF) - kf * FN__LN2LF; }
+/* r, and t into *t (the split exponentials of fn_activations_impl.h keep t, not k). */
+static inline float fn__reduce_tf(float x, float *t)
+{
+    *t = fn__shifted_log2f(x);
+    return fn__minus_k_ln2f(x, *t - FN__SHIFTF);
+}
 static inline float fn__reducef(float x, int32_t *k)
 {
-    return fn__minus_k_ln2f(x, fn__nearest_log2f(x, k));
+    float t;
+    const float r = fn__reduce_tf(x, &t);
+    *k = fn__k_of_tf(t);
+    return r;
 }
 /* Same for an argument carried as x + lo, |lo| << |x| (GELU tanh form's z): k must
  * come from the sum, or |r| can leave the polynomial's fit range. */
+static inline float fn__reduce2_tf(float x, float lo, float *t)
+{
+    *t = fn__shifted_log2f(x + lo);
+    return fn__minus_k_ln2f(x, *t - FN__SHIFTF) + lo;
+}
 static inline float fn__reduce2f(float x, float lo, int32_t *k)
 {
-    return fn__minus_k_ln2f(x, fn__nearest_log2f(x + lo, k)) + lo;
+    float t;
+    const float r = fn__reduce2_tf(x, lo, &t);
+    *k = fn__k_of_tf(t);
+    return r;
 }
 /* Same for x + lo with |lo| <= ulp(x)/2 (an exact product's rounding error): x + lo rounds
  * to x, so k comes from x alone, one addition shorter on the exponential's critical path;
@@ -139,7 +153,8 @@ static inline float fn__reduce2f(float x, float lo, int32_t *k)
  * and the final addition round. */
 static inline float fn__reduce_pairf(float x, float lo, int32_t *k)
 {
-    const float kf = fn__nearest_log2f(x, k);
+    const float t = fn__shifted_log2f(x), kf = t - FN__SHIFTF;
+    *k = fn__k_of_tf(t);
     return (x - kf * FN__LN2HF) + (lo - kf * FN__LN2LF);
 }
 
@@ -215,28 +230,18 @@ static inline float fn_exp_negf(float x)
 }
 
 /* fn_exp_negf in three steps, for kernels that run them as three loops over a block
- * (fn_activations_impl.h, FN_ACT_SPLIT_EXP): the reduction, which also returns t, the
- * rounding sum that holds k in its low bits; the polynomial; and the scaling by 2^k, with
- * the result 0 where k < -150.  The same bits as fn_exp_negf, whose clamp at -104 gives 0
- * (the scaling of k = -150 rounds e^-104 to 0 as well): the results of k < -150 round to 0
- * anyway, and the meaningless k of a huge argument or -inf comes with a t below the
- * threshold too; a NaN argument makes t and the polynomial NaN, which the comparison
- * keeps.  (tests/test_activations.py compares the two forms bit for bit.) */
-static inline float fn__exp_neg_reduce_tf(float x, float *t)
-{
-    *t = x * FN__LOG2EF + FN__SHIFTF;
-    return fn__minus_k_ln2f(x, *t - FN__SHIFTF);
-}
-/* The same for fn_exp_neg2f's pair x + lo (whose clamp is x's, at -104, as fn_exp_negf's). */
-static inline float fn__exp_neg2_reduce_tf(float x, float lo, float *t)
-{
-    *t = (x + lo) * FN__LOG2EF + FN__SHIFTF;
-    return fn__minus_k_ln2f(x, *t - FN__SHIFTF) + lo;
-}
+ * (fn_activations_impl.h, FN_ACT_SPLIT_EXP): the reduction without the clamp at -104
+ * (fn__reduce_tf, or fn__reduce2_tf for fn_exp_neg2f's pair, whose |lo| <= 2^-20 |x| keeps
+ * the same k there), the polynomial, and the scaling by 2^k, with the result 0 where k <
+ * -150.  The same bits as fn_exp_negf and fn_exp_neg2f, whose clamp gives 0 (the scaling of
+ * k = -150 rounds e^-104 to 0): the results of k < -150 round to 0 anyway, and the
+ * meaningless k of a huge argument or -inf comes with a t below the threshold too; a NaN
+ * argument makes t and the polynomial NaN, which the comparison keeps.
+ * (tests/test_activations.py compares the two forms bit for bit.) */
 static inline float fn__exp_neg_polyf(float r) { return 1.0f + fn__expm1_reducedf(r); }
 static inline float fn__exp_neg_scale_tf(float t, float p)
 {
-    const float e = fn__scale_negf(p, (int32_t)(fn__bits_f(t) - fn__bits_f(FN__SHIFTF)));
+    const float e = fn__scale_negf(p, fn__k_of_tf(t));
     return t < FN__SHIFTF - 150.0f ? 0.0f : e;   /* p 2^k < 2^-150, half the least subnormal */
 }
 
@@ -427,17 +432,24 @@ static inline float fn_normal_tailf(float x, float *gauss)
 #define FN__LN2H 0x1.62e42fefa38p-1     /* 42 bits: kf*LN2H exact for |k| < 2^11 */
 #define FN__LN2L 0x1.ef35793c7673p-45
 #define FN__SHIFT 0x1.8p52
+static inline int64_t fn__k_of_t(double t) { return (int64_t)(fn__bits_d(t) - fn__bits_d(FN__SHIFT)); }
 static inline double fn__minus_k_ln2(double x, double kf) { return (x - kf * FN__LN2H) - kf * FN__LN2L; }
+static inline double fn__reduce_t(double x, double *t)
+{
+    *t = x * FN__LOG2E + FN__SHIFT;
+    return fn__minus_k_ln2(x, *t - FN__SHIFT);
+}
 static inline double fn__reduce(double x, int64_t *k)
 {
-    const double t = x * FN__LOG2E + FN__SHIFT;
-    *k = (int64_t)(fn__bits_d(t) - fn__bits_d(FN__SHIFT));
-    return fn__minus_k_ln2(x, t - FN__SHIFT);
+    double t;
+    const double r = fn__reduce_t(x, &t);
+    *k = fn__k_of_t(t);
+    return r;
 }
 static inline double fn__reduce2(double x, double lo, int64_t *k)
 {
     const double t = (x + lo) * FN__LOG2E + FN__SHIFT;
-    *k = (int64_t)(fn__bits_d(t) - fn__bits_d(FN__SHIFT));
+    *k = fn__k_of_t(t);
     return fn__minus_k_ln2(x, t - FN__SHIFT) + lo;
 }
 
@@ -490,18 +502,13 @@ FN_ELEMENT double fn_expm1(double x)
     return y;
 }
 
-/* fn_exp for x <= 0 in three steps, as fn__exp_neg_reduce_tf and the two after it: the same
- * bits as fn_exp there, whose select gives 0 below -760 (k <= -1096), where every k below
- * -1075 gives 0 here (p 2^k < 2^-1075, half the least subnormal). */
-static inline double fn__exp_neg_reduce_t(double x, double *t)
-{
-    *t = x * FN__LOG2E + FN__SHIFT;
-    return fn__minus_k_ln2(x, *t - FN__SHIFT);
-}
+/* fn_exp for x <= 0 in three steps (fn__reduce_t, then as fn__exp_neg_polyf and the one
+ * after it): the same bits as fn_exp there, whose select gives 0 below -760 (k <= -1096),
+ * where every k below -1075 gives 0 here (p 2^k < 2^-1075, half the least subnormal). */
 static inline double fn__exp_neg_poly(double r) { return 1.0 + fn__expm1_reduced(r); }
 static inline double fn__exp_neg_scale_t(double t, double p)
 {
-    const double e = fn__scale(p, (int64_t)(fn__bits_d(t) - fn__bits_d(FN__SHIFT)));
+    const double e = fn__scale(p, fn__k_of_t(t));
     return t < FN__SHIFT - 1075.0 ? 0.0 : e;
 }
 

@@ -5,7 +5,7 @@
 #undef FN_SUF
 #undef FN_EXP
 #undef FN_EXP_NEG
-#undef FN_EXP_NEG_REDUCE_T
+#undef FN_REDUCE_T
 #undef FN_EXP_NEG_POLY
 #undef FN_EXP_NEG_SCALE_T
 #undef FN_EXPM1
@@ -23,7 +23,7 @@
 #define FN_SUF f32
 #define FN_EXP fn_expf
 #define FN_EXP_NEG fn_exp_negf          /* exp on x <= 0 */
-#define FN_EXP_NEG_REDUCE_T fn__exp_neg_reduce_tf   /* ... in three steps */
+#define FN_REDUCE_T fn__reduce_tf   /* exp on x <= 0 in three steps (FN_ACT_SPLIT_EXP) */
 #define FN_EXP_NEG_POLY fn__exp_neg_polyf
 #define FN_EXP_NEG_SCALE_T fn__exp_neg_scale_tf
 #define FN_EXPM1 fn_expm1f
@@ -41,7 +41,7 @@
 #define FN_SUF f64
 #define FN_EXP fn_exp
 #define FN_EXP_NEG fn_exp
-#define FN_EXP_NEG_REDUCE_T fn__exp_neg_reduce_t
+#define FN_REDUCE_T fn__reduce_t
 #define FN_EXP_NEG_POLY fn__exp_neg_poly
 #define FN_EXP_NEG_SCALE_T fn__exp_neg_scale_t
 #define FN_EXPM1 fn_expm1
