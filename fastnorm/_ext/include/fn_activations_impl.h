@@ -174,30 +174,30 @@
 /* The same for gradients: of v = s[i] and d = g[i]. */
 #define MAP_GRAD2(STAGE, EXPR) MAP_STAGES(s, gx, GRAD_DECL, , STAGE, ub[i], EXPR)
 #define MAP_GRAD3(FIRST, SECOND, EXPR) MAP_STAGES(s, gx, GRAD_DECL, FIRST, SECOND, ub[i], EXPR)
-/* MAP_STAGES for maps of an exponential of a non-positive argument, u = exp(-|z|): FIRST
- * as there, then u in one loop (ONE_LOOP, the expression of MAP_STAGES' SECOND) or, where
- * FN_ACT_SPLIT_EXP is set (the AVX2 build for CPUs that run 256-bit instructions as two
- * 128-bit halves, src/activations_avx2_split.c), split over the three loops: its reduction
- * (REDUCE, of v, wb[i] and ub[i]: r, into ub, t into tb; fn__reduce_tf and fn__exp_neg_polyf
- * and after in fn_math.h) joins FIRST, its polynomial is the second loop, its scaling by 2^k
- * opens the loop of EXPR.  The same bits either way.  On AMD Zen 1 the chains of two loops still waited
- * for the out-of-order window: a C harness of these loops, float32 in cache (16K elements,
- * 512-byte blocks), ns per element, one exponential loop against the split: sigmoid 1.64 ->
- * 1.37, silu 1.69 -> 1.41, softplus 2.31 -> 2.11, silu backward 1.82 -> 1.72, softplus
- * backward 1.79 -> 1.54, GELU's tanh form 5.1 -> 3.8, ELU backward (one loop before) 1.61 ->
- * 1.33; splitting otherwise measured less (the reduction alone first, then the polynomial
- * and scaling: sigmoid 1.52; the scaling in a loop of its own: 1.61; GELU's tanh form with z
- * in a loop of its own: 3.7; ELU's forward, expm1 split the same way from its one loop:
- * 1.38 -> 1.61; tanh's: level, 1.79-1.83 against 1.84).  Through the API, one process
- * switching between the two tables (set_split_exp), medians of 7 alternated rounds, float32
- * at 1 thread, (256, 1024) / 4096x4096: sigmoid 1.16x / 1.20x, silu 1.10x / 1.18x, softplus
- * 1.05x / 1.06x, softplus backward 1.14x / 1.13x, silu backward 0.99x / 1.01x, GELU's tanh
- * form 1.06x / 1.07x, ELU backward 1.15x / 1.23x, SELU backward 1.12x / 1.17x; float64
- * 4096x4096 sigmoid 1.19x, silu 1.17x, GELU's tanh form 1.23x, ELU / SELU backward 1.17x /
- * 1.20x.  Not taken: GELU's tanh-form backward (the harness 4.67 -> 4.10, the API 0.97x /
- * 0.97x, float64 1.01x).  Not measured on CPUs with full-width units, where another split
- * (reduction, exponential, logistic) had run slower than two loops on Zen 3, so the other
- * tables keep the exponential in one loop. */
+/* MAP_STAGES for maps of an exponential of a non-positive argument, u = exp(-|z|): FIRST as
+ * there, then u in one loop (ONE_LOOP, the expression of MAP_STAGES' SECOND) or, where
+ * FN_ACT_SPLIT_EXP is set (the AVX2 build for CPUs that run 256-bit instructions as two 128-bit
+ * halves, src/activations_avx2_split.c), split over the three loops: its reduction (REDUCE, of
+ * v, wb[i] and ub[i]: r, into ub, t into tb; fn__reduce_tf and fn__exp_neg_polyf and after in
+ * fn_math.h) joins FIRST, its polynomial is the second loop, its scaling by 2^k opens the loop
+ * of EXPR.  The same bits either way.  On AMD Zen 1 the chains of two loops still waited for
+ * the out-of-order window: a C harness of these loops, float32 in cache (16K elements, 512-byte
+ * blocks), ns per element, one exponential loop against the split: sigmoid 1.64 -> 1.37, silu
+ * 1.69 -> 1.41, softplus 2.31 -> 2.11, silu backward 1.82 -> 1.72, softplus backward 1.79 ->
+ * 1.54, GELU's tanh form 5.1 -> 3.8, ELU backward (one loop before) 1.61 -> 1.33; splitting
+ * otherwise measured less (the reduction alone first, then the polynomial and scaling: sigmoid
+ * 1.52; the scaling in a loop of its own: 1.61; GELU's tanh form with z in a loop of its own:
+ * 3.7; ELU's forward, expm1 split the same way from its one loop: 1.38 -> 1.61; tanh's: level,
+ * 1.79-1.83 against 1.84).  Through the API, one process switching between the two tables
+ * (set_split_exp), medians of 7 alternated rounds, float32 at 1 thread, (256, 1024) /
+ * 4096x4096: sigmoid 1.16x / 1.20x, silu 1.10x / 1.18x, softplus 1.05x / 1.06x, softplus
+ * backward 1.14x / 1.13x, silu backward 0.99x / 1.01x, GELU's tanh form 1.06x / 1.07x, ELU
+ * backward 1.15x / 1.23x, SELU backward 1.12x / 1.17x; float64 4096x4096 sigmoid 1.19x, silu
+ * 1.17x, GELU's tanh form 1.23x, ELU / SELU backward 1.17x / 1.20x.  Not taken: GELU's
+ * tanh-form backward (the harness 4.67 -> 4.10, the API 0.97x / 0.97x, float64 1.01x).  Not
+ * measured on CPUs with full-width units, where another split (reduction, exponential,
+ * logistic) had run slower than two loops on Zen 3, so the other tables keep the exponential in
+ * one loop. */
 #ifndef FN_ACT_SPLIT_EXP
 #define FN_ACT_SPLIT_EXP 0
 #endif
