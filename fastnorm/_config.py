@@ -428,9 +428,9 @@ def show_config(file=None):
               "run as two halves)" if dropout_kernels.split_group() else "2 vectors of 4 blocks at a time")
            if dropout_kernels is not None else "NumPy's Philox4x64-10 stream, by NumPy"),
         f"  exponentials:   "
-        + (("the AVX2 variant's sigmoid, silu, softplus, GELU (tanh) forward, ELU/SELU backward take "
-            + ("them split over three loops (the default where 256-bit instructions run as two "
-               "halves)" if activation_kernels.split_exp() else "them in one loop"))
+        + (("the AVX2 variant's sigmoid, silu, softplus, GELU (tanh) forward, ELU/SELU backward "
+            + ("split exp(-|x|) over three loops (the default where 256-bit instructions run as "
+               "two halves)" if activation_kernels.split_exp() else "take exp(-|x|) in one loop"))
            if activation_kernels is not None else "NumPy's"),
         f"  float16:        converted by "
         + ("F16C on the compiled backend" if _runtime is not None and _runtime.HALF_CONVERSION

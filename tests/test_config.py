@@ -47,7 +47,7 @@ def test_python_modules_are_compiled_and_reported():
 @compiled
 @pytest.mark.parametrize("family, choice, label, words", [
     ("dropout", "split_group", "dropout:", ("2 vectors of 4 blocks", "1 vector + 4 scalar blocks")),
-    ("activations", "split_exp", "exponentials:", ("in one loop", "split over three loops")),
+    ("activations", "split_exp", "exponentials:", ("in one loop", "over three loops")),
 ], ids=["dropout generator group", "exponential loops"])
 def test_show_config_names_the_choices_made_by_cpu(family, choice, label, words):
     """The AVX2 variant's choices that depend on whether 256-bit instructions run as two

@@ -46,8 +46,8 @@ cdef extern from "fn_activations.h" nogil:
 cdef const fn_act_kernels *_kernels = fn_act_kernels_by_isa[0]
 cdef int _isa = 0
 # The AVX2 variant's exponentials split over three loops where 256-bit instructions run as
-# two halves (FN_ACT_SPLIT_EXP, STAGED_EXP in fn_activations_impl.h).  The same results either way;
-# set_split_exp chooses for the tests.
+# two halves (FN_ACT_SPLIT_EXP, STAGED_EXP in fn_activations_impl.h).  The same results
+# either way; set_split_exp chooses for the tests.
 cdef int _split_exp = fn_cpu_halves_256bit()
 
 OPS = {
