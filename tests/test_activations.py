@@ -2,7 +2,6 @@
 (itself checked against scalar float64 math and hand-computed values), finite
 differences of every backward, layouts, dtypes, special values and errors."""
 import math
-import os
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from fastnorm import _config
 from fastnorm import reference as ref
 
 from _placement import Pages
+from conftest import NUMPY_ONLY
 from _activation_cases import (CASES, PARAM_CASES, case_id, kinks, saved_for_backward,
                                spread_values)
 
@@ -251,9 +251,8 @@ def test_backward_finite_differences(case, backend, rng):
     np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-7 * (1 + np.abs(x)).max())
 
 
-@pytest.mark.skipif(not _config.compiled_available()
-                    or os.environ.get("FASTNORM_BACKEND", "").strip().lower() == "numpy"
-                    or "avx2" not in _config._runnable_isas(), reason="the compiled AVX2 variant only")
+@pytest.mark.skipif(not _config.compiled_available() or NUMPY_ONLY or "avx2" not in _config._runnable_isas(),
+                    reason="the compiled AVX2 variant only")
 def test_split_exponential_gives_the_same_results(rng):
     """The AVX2 variant runs the exponential of sigmoid, silu, softplus (forward and
     backward), GELU's tanh form (forward) and ELU's and SELU's backward in one loop or, where

@@ -2,7 +2,6 @@
 on every kernel variant, thread count and memory layout."""
 import contextlib
 import math
-import os
 
 import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
@@ -16,10 +15,9 @@ from fastnorm import reference as ref
 from fastnorm import _config
 
 from _placement import Pages
-from conftest import count_fast_calls
+from conftest import NUMPY_ONLY, count_fast_calls
 
 SEED = (0x1234 << 64) | 0xDEADBEEF
-NUMPY_ONLY = os.environ.get("FASTNORM_BACKEND", "").strip().lower() == "numpy"
 
 
 def blocks(size):
