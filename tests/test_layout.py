@@ -292,9 +292,11 @@ def test_layer_norm_reads_fortran_order_in_place(shape, nk, dtype, column_calls,
     C-level fast path (2-D float32 / float64, one normalized axis) or the general path, with
     the same bits: y and grad_x come out in x's layout, mean, rstd and the parameter
     gradients in C order, all with the C-order call's values (summed in another order: not
-    always its bits; the float32 parameter gradients of C order add float terms four rows at
-    a time, the columns' in float64, so they agree to within float32 roundings of the sum of
-    the terms' magnitudes, as batch norm's above)."""
+    always its bits; in float32 the row sums of C order and the column sums of x.T each carry
+    float roundings of their own -- float stretches along the rows, float visits of four rows
+    of x.T without a weight, float terms of four rows in C order's parameter gradients, where
+    the columns' are float64 -- so grad_x and the parameter gradients agree to within float32
+    roundings of the terms' magnitudes, as batch norm's above)."""
     ext, fast = _config.extension("normalization"), []
     for name, x_at in (("rows_forward_fast", 0), ("rows_backward_fast", 1)):
         def spy(*a, _o=getattr(ext, name), _n=name, _x=x_at):
@@ -324,7 +326,13 @@ def test_layer_norm_reads_fortran_order_in_place(shape, nk, dtype, column_calls,
         lead = tuple(range(len(shape) - nk))
         xhat = ((x.astype(np.float64) - mean.reshape(mean.shape + (1,) * nk))
                 * rstd.reshape(rstd.shape + (1,) * nk))
-        magnitudes = (None, np.abs(g * xhat).sum(axis=lead), np.abs(g.astype(np.float64)).sum(axis=lead))
+        # grad_x = rstd * (gw - mean(gw) - xhat * mean(gw * xhat)) per row, gw = g * weight
+        gw = g.astype(np.float64) * (1 if weight is None else weight)
+        rows = tuple(range(len(shape) - nk, len(shape)))
+        magnitudes = (rstd.reshape(rstd.shape + (1,) * nk)
+                      * (np.abs(gw) + np.abs(gw).mean(axis=rows, keepdims=True)
+                         + np.abs(xhat) * np.abs(gw * xhat).mean(axis=rows, keepdims=True)),
+                      np.abs(g * xhat).sum(axis=lead), np.abs(g.astype(np.float64)).sum(axis=lead))
         for grad_output in (gf, g):  # g is copied into x's layout (by the general path)
             grads_f = fastnorm.layer_norm_backward(grad_output, xf, ns, weight, mean, rstd, bias=bias)
             assert grads_f[0].flags.f_contiguous and grads_f[0].dtype == dtype

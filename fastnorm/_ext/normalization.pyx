@@ -158,27 +158,37 @@ def _set_channel_blocks(Py_ssize_t block_bytes, Py_ssize_t from_bytes, Py_ssize_
 #           1.66x (rows of 1-2 KiB gain most: their streams end at every page);
 #   4-8 MiB: (4096, 256), (2048, 512), (8192, 256), (4096, 512) 0.97-1.05x, but rows of
 #           8 KiB lost: (1024, 2048) 0.95x forward, (512, 2048) 0.93x / 0.95x.
-# From memory the sums alone gain up to 2x (see the kernel).  The same bits either way.
+# From memory the sums alone gain up to 2x (see the kernel).  But only rows narrower than
+# _cols_fetch_row_below bytes fetch: on AMD Zen 1 (8 MiB L3), with the float32 column sums of
+# the backward in float visits (dual_cols_float), 1 / 2 threads, through the API, one process,
+# 7 interleaved rounds, medians, fetching against not, forward / backward: (4096, 1024)
+# 1.03x / 1.10x slower and 1.06x / 1.07x, (2048, 2048) 1.07x / 1.10x and 1.06x / 1.00x,
+# (1024, 4096) 1.06x / 1.11x and 1.05x / 1.04x, while narrower rows still gained forward and
+# were level backward: (8192, 512) 0.95x / 1.01x and 0.98x / 1.02x, (16384, 256) 0.81x / 0.99x
+# and 0.88x / 1.01x, (32768, 256) 0.84x / 1.01x and 0.89x / 1.01x.  Zen 4's rows of 4 KiB and
+# more (above) had lost forward and gained backward, level over both.  The same bits either way.
 cdef Py_ssize_t _cols_fetch_from = 12 << 20
+cdef Py_ssize_t _cols_fetch_row_below = 4 << 10
 
 
-def _set_cols_fetch_from(Py_ssize_t nbytes):
-    """For tests and benchmarks: fetch in the column sums from arrays of nbytes on.  Returns
-    the previous setting."""
-    global _cols_fetch_from
-    previous = _cols_fetch_from
-    _cols_fetch_from = nbytes
+def _set_cols_fetch(Py_ssize_t nbytes, Py_ssize_t row_below):
+    """For tests and benchmarks: fetch in the column sums from arrays of nbytes on whose rows
+    are narrower than row_below bytes.  Returns the previous (nbytes, row_below)."""
+    global _cols_fetch_from, _cols_fetch_row_below
+    previous = (_cols_fetch_from, _cols_fetch_row_below)
+    _cols_fetch_from, _cols_fetch_row_below = nbytes, row_below
     return previous
 
 
-cdef inline bint _cols_fetch(Py_ssize_t nbytes) noexcept:
-    """Whether the column sums over an x of nbytes fetch ahead (see _cols_fetch_from)."""
-    return nbytes >= _cols_fetch_from
+cdef inline bint _cols_fetch(Py_ssize_t nbytes, Py_ssize_t row_bytes) noexcept:
+    """Whether the column sums over an x of nbytes in rows of row_bytes fetch ahead (see
+    _cols_fetch_from)."""
+    return nbytes >= _cols_fetch_from and row_bytes < _cols_fetch_row_below
 
 
-def _cols_fetch_taken(Py_ssize_t nbytes):
+def _cols_fetch_taken(Py_ssize_t nbytes, Py_ssize_t row_bytes):
     """For tests: _cols_fetch."""
-    return _cols_fetch(nbytes)
+    return _cols_fetch(nbytes, row_bytes)
 
 
 def _channel_block_count(Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t itemsize, int arrays,
@@ -377,7 +387,7 @@ cdef int _stats_run(const floating *x, Py_ssize_t P, Py_ssize_t A, Py_ssize_t C,
     W = C * B
     rb = _row_block(A, 64)
     nblk = (A + rb - 1) // rb
-    fetch = _cols_fetch(P * A * W * <Py_ssize_t>sizeof(floating))
+    fetch = _cols_fetch(P * A * W * <Py_ssize_t>sizeof(floating), W * <Py_ssize_t>sizeof(floating))
     # One block of one-element runs (batch norm 1-D, channels-last data): the column sums
     # are the channels' sums, so they go into mean and m2 and are finished there (the same
     # bits: _channel_total adds each column sum to +0.0), without scratch of twice W.
@@ -523,7 +533,7 @@ cdef int _dual_sums_run(const floating *dy, const floating *x, Py_ssize_t P, Py_
     W = C * B
     rb = _row_block(A, 64)
     nblk = (A + rb - 1) // rb
-    fetch = _cols_fetch(P * A * W * <Py_ssize_t>sizeof(floating))
+    fetch = _cols_fetch(P * A * W * <Py_ssize_t>sizeof(floating), W * <Py_ssize_t>sizeof(floating))
     # One-element runs take their centres straight from center, and with one block their
     # column sums are the channels' sums, written straight into s1_out and s2_out (as
     # _stats_run): no scratch at all for batch norm 1-D's usual shapes.
@@ -543,8 +553,6 @@ cdef int _dual_sums_run(const floating *dy, const floating *x, Py_ssize_t P, Py_
                     cen_p[c * B + j] = center[p * C + c]
         if direct:
             s1p, s2p = s1_out + p * C, s2_out + p * C
-        memset(s1p, 0, nblk * W * sizeof(double))
-        memset(s2p, 0, nblk * W * sizeof(double))
         xp = x + p * A * W
         gp = dy + p * A * W
         with nogil:

@@ -828,53 +828,62 @@ static inline void FN_NAME(cols_fetch, FN_SUF)(const T *next, int k, int64_t W, 
         fn_prefetch_lines_l2(next + j * W + w0, (w1 - w0) * (int64_t)sizeof(T));
 }
 
+/* The visits of k rows from row r on while k whole rows are left, r advanced past them (k
+ * a constant at each call site, so that the rows' loop in BODY unrolls): for each, the
+ * statement ROWS (its rows' pointers from r), then the columns [0, n) under omp simd, the
+ * statement BODY (__VA_ARGS__) for column w, in chunks of COLS_CHUNK with the statement FETCH
+ * (columns [w0, w1) of the next visit's rows) before each where `fetch` asks and a next
+ * visit follows, else in one go.  Shared by stats_cols_visits and the column sums of the
+ * backward. */
+#define COLS_VISITS(r, rows, n, k, fetch, ROWS, FETCH, ...)                                     \
+    for (; (r) + (k) <= (rows); (r) += (k)) {                                                   \
+        ROWS                                                                                    \
+        const int fetch_next = (fetch) && (r) + 2 * (k) <= (rows);                              \
+        const int64_t chunk = fetch_next ? COLS_CHUNK : (n);                                    \
+        for (int64_t w0 = 0; w0 < (n); w0 += chunk) {                                           \
+            const int64_t w1 = (n) - w0 > chunk ? w0 + chunk : (n);                             \
+            if (fetch_next) {                                                                   \
+                FETCH                                                                           \
+            }                                                                                   \
+            _Pragma("omp simd") for (int64_t w = w0; w < w1; ++w) {                             \
+                __VA_ARGS__                                                                     \
+            }                                                                                   \
+        }                                                                                       \
+    }
+
 /* Visits of k rows from row r of fn_norm_stats_cols below while k whole rows are left;
- * returns the first row not done.  k is a constant at each call (the inner loop unrolls). */
+ * returns the first row not done.  With `fetch`, the columns in chunks, and with each chunk
+ * the same columns of the next visit's k rows fetched into L2: rows side by side are a pattern
+ * the hardware prefetcher follows poorly from memory (each row's stream ends at its page).  The
+ * statistics used to fetch the whole next visit into L1 at once before the sums, which left
+ * the sums and the memory traffic one after the other on Zen 4 (an L1 prefetch holds one of
+ * few miss buffers).  1 thread, Zen 4, kernels through ctypes, interleaved with that burst, one
+ * call over an array from memory: (4096, 1024) float32 1.19-1.52x (1.4-1.8 -> 1.0-1.5 ms;
+ * reading the array alone, np.sum: 0.9 ms), (8192, 512) 1.55-1.97x, (16384, 256) 1.16-1.48x,
+ * (2048, 2048) 1.13-1.46x, float64 (4096, 512) 1.49x, (2048, 1024) 1.20x, (8192, 256) 1.90x;
+ * from L3 1.28-2.47x.  Chunks of 32 and 128 columns came within 15 % of 64 and 256 were slower
+ * (float32 and float64 alike); the same chunks fetched into L1 were 0.90-1.08x (float32).
+ * Without `fetch` (arrays likely in cache, see normalization.pyx) no prefetch at all: against
+ * the burst, in the row blocks the module calls, 1.00-1.26x from memory and 1.04-1.11x from
+ * cache for (256, 1024) to (1024, 2048) float32.  (On Zen 5 the burst had measured 1.3x faster
+ * than nothing from memory; not measured there since.)  The order of the sums per column is
+ * unchanged: the same bits. */
 static inline __attribute__((always_inline)) int64_t FN_NAME(stats_cols_visits, FN_SUF)(
     const T *x, int64_t r, int64_t rows, int64_t W, const double *shift, double *s1, double *s2,
     const int k, int fetch)
 {
-    for (; r + k <= rows; r += k) {
-        const T *xr = x + r * W;
-        const int fetch_next = fetch && r + 2 * k <= rows;
-        /* With `fetch`, the columns in chunks, and with each chunk the same columns of the
-         * next visit's k rows fetched into L2: rows side by side are a pattern the hardware
-         * prefetcher follows poorly from memory (each row's stream ends at its page).  The
-         * statistics used to fetch the whole next visit into L1 at once before the sums,
-         * which left the sums and the memory traffic one after the other on Zen 4 (an L1
-         * prefetch holds one of few miss buffers).  1 thread, Zen 4, kernels through ctypes,
-         * interleaved with that burst, one call over an array from memory: (4096, 1024)
-         * float32 1.19-1.52x (1.4-1.8 -> 1.0-1.5 ms; reading the array alone, np.sum:
-         * 0.9 ms), (8192, 512) 1.55-1.97x, (16384, 256) 1.16-1.48x, (2048, 2048) 1.13-1.46x,
-         * float64 (4096, 512) 1.49x, (2048, 1024) 1.20x, (8192, 256) 1.90x; from L3
-         * 1.28-2.47x.  Chunks of 32 and 128 columns came within 15 % of 64 and 256 were
-         * slower (float32 and float64 alike); the same chunks fetched into L1 were
-         * 0.90-1.08x (float32).  Without `fetch` (arrays likely in cache, see
-         * normalization.pyx) no prefetch at all: against the burst, in the row blocks the
-         * module calls, 1.00-1.26x from memory and 1.04-1.11x from cache for (256, 1024) to
-         * (1024, 2048) float32.  (On Zen 5 the burst had measured 1.3x
-         * faster than nothing from memory; not measured there since.)  The order of the sums
-         * per column is unchanged: the same bits. */
-        const int64_t chunk = fetch_next ? COLS_CHUNK : W;
-        for (int64_t w0 = 0; w0 < W; w0 += chunk) {
-            const int64_t w1 = W - w0 > chunk ? w0 + chunk : W;
-            if (fetch_next)
-                FN_NAME(cols_fetch, FN_SUF)(xr + k * W, k, W, w0, w1);
-#pragma omp simd
-            for (int64_t w = w0; w < w1; ++w) {
+    COLS_VISITS(r, rows, W, k, fetch, const T *xr = x + r * W;,
+                FN_NAME(cols_fetch, FN_SUF)(xr + k * W, k, W, w0, w1);,
                 const double c = shift[w];
                 double a = s1[w], b = s2[w];
-#pragma GCC unroll 8
+                _Pragma("GCC unroll 8")
                 for (int j = 0; j < k; ++j) {
                     const double d = (double)xr[j * W + w] - c;
                     a += d;
                     b += d * d;
                 }
                 s1[w] = a;
-                s2[w] = b;
-            }
-        }
-    }
+                s2[w] = b;)
     return r;
 }
 
@@ -958,18 +967,9 @@ static inline __attribute__((always_inline)) int64_t FN_NAME(dual_cols_visits, F
     const T *dy, const T *x, int64_t r, int64_t rows, int64_t W, const double *center,
     double *s1, double *s2, const int k, int fetch, const T *rw)
 {
-    for (; r + k <= rows; r += k) {
-        const T *xr = x + r * W, *gr = dy + r * W;
-        const int fetch_next = fetch && r + 2 * k <= rows;
-        const int64_t chunk = fetch_next ? COLS_CHUNK : W;
-        for (int64_t w0 = 0; w0 < W; w0 += chunk) {
-            const int64_t w1 = W - w0 > chunk ? w0 + chunk : W;
-            if (fetch_next) {
+    COLS_VISITS(r, rows, W, k, fetch, const T *xr = x + r * W; const T *gr = dy + r * W;,
                 FN_NAME(cols_fetch, FN_SUF)(xr + k * W, k, W, w0, w1);
-                FN_NAME(cols_fetch, FN_SUF)(gr + k * W, k, W, w0, w1);
-            }
-#pragma omp simd
-            for (int64_t w = w0; w < w1; ++w) {
+                FN_NAME(cols_fetch, FN_SUF)(gr + k * W, k, W, w0, w1);,
                 const double c = center[w];
                 double a = s1[w], b = s2[w];
                 /* k <= 4.  Every row's dy converted first, as in the four-row visit when
@@ -977,30 +977,115 @@ static inline __attribute__((always_inline)) int64_t FN_NAME(dual_cols_visits, F
                  * each conversion beside its use and 0.97-1.00x like this (1 thread, paired;
                  * within noise of each other). */
                 double h[4];
-#pragma GCC unroll 4
+                _Pragma("GCC unroll 4")
                 for (int j = 0; j < k; ++j)
                     h[j] = rw ? (double)gr[j * W + w] * (double)rw[r + j] : (double)gr[j * W + w];
-#pragma GCC unroll 4
+                _Pragma("GCC unroll 4")
                 for (int j = 0; j < k; ++j) {
                     a += h[j];
                     b += h[j] * ((double)xr[j * W + w] - c);
                 }
                 s1[w] = a;
-                s2[w] = b;
-            }
-        }
-    }
+                s2[w] = b;)
     return r;
 }
 
-/* Column sums of a (rows, W) block: s1[w] += sum_r g, s2[w] += sum_r g * (x[r,w] - center[w])
+#if defined(FN_LANES16) && FN_REAL == 32
+/* The float32 column sums without row weights with the AVX2 / AVX-512 lanes: per visit of k
+ * rows (as dual_cols_visits) each column's k terms go in float, p = sum(g) and
+ * q = sum(g * (x - cf)) (cf the float nearest the column's centre, g * (x - cf) fused,
+ * x - cf rounded to float), and then into the float64 sums, instead of converting every
+ * element to double; the sums then carry a few float roundings of k <= 4 terms per visit, as
+ * the runs' float stretches do (run_dual).  Columns [0, n) of rows W apart from dy and x on;
+ * cf, s1 and s2 are the slab's (dual_cols_float).  Returns the first row not done. */
+static inline __attribute__((always_inline)) int64_t FN_NAME(dual_cols_float_visits, FN_SUF)(
+    const T *dy, const T *x, int64_t r, int64_t rows, int64_t W, int64_t n, const T *cf,
+    double *s1, double *s2, const int k, int fetch)
+{
+    COLS_VISITS(r, rows, n, k, fetch, const T *xr = x + r * W; const T *gr = dy + r * W;,
+                FN_NAME(cols_fetch, FN_SUF)(xr + k * W, k, W, w0, w1);
+                FN_NAME(cols_fetch, FN_SUF)(gr + k * W, k, W, w0, w1);,
+                T p = 0, q = 0;
+                _Pragma("GCC unroll 4")
+                for (int j = 0; j < k; ++j) {
+                    const T g = gr[j * W + w];
+                    p += g;
+                    q += g * (xr[j * W + w] - cf[w]);
+                }
+                s1[w] += (double)p;
+                s2[w] += (double)q;)
+    return r;
+}
+
+#define COLS_SLAB 2048   /* columns per slab of dual_cols_float: their float centres on the stack */
+
+/* dual_cols without row weights in float32 with the lanes, by slabs of at most COLS_SLAB
+ * columns (each over all the rows; the order of each column's terms does not depend on the
+ * slabs).  Each column's second sum is then moved from cf to its centre in double,
+ * sum(g * (x - c)) = sum(g * (x - cf)) + (cf - c) * sum(g), and a column whose float sums
+ * overflowed (|dy| near 1e38, or |dy * (x - c)| above 3.4e38) or hold a NaN takes its second
+ * sum in double, and its first too where that one failed (sum(dy) does not see x): the bits
+ * the double form gives it, and the other columns keep theirs.  Against the double form on
+ * AMD Zen 1 (whose 256-bit conversions issue as two halves), C harness, 1 thread, blocks of
+ * 128 rows as normalization.pyx takes them, (4096, 1024) from memory 3.8 -> 2.9-3.0 ms, (256,
+ * 1024) from L2/L3 0.15-0.17 -> 0.08 ms. */
+static inline __attribute__((always_inline)) void FN_NAME(dual_cols_float, FN_SUF)(
+    const T *dy, const T *x, int64_t rows, int64_t W, const double *center, double *s1,
+    double *s2, int fetch)
+{
+    T cf[COLS_SLAB];
+    for (int64_t c0 = 0; c0 < W; c0 += COLS_SLAB) {
+        const int64_t n = W - c0 < COLS_SLAB ? W - c0 : COLS_SLAB;
+        const T *gs = dy + c0, *xs = x + c0;
+        double *a = s1 + c0, *b = s2 + c0;
+        for (int64_t w = 0; w < n; ++w) {
+            cf[w] = (T)center[c0 + w];
+            a[w] = b[w] = 0.0;
+        }
+        int64_t r =
+            FN_NAME(dual_cols_float_visits, FN_SUF)(gs, xs, 0, rows, W, n, cf, a, b, 4, fetch);
+        if (rows - r == 3)
+            r = FN_NAME(dual_cols_float_visits, FN_SUF)(gs, xs, r, rows, W, n, cf, a, b, 3, 0);
+        else if (rows - r == 2)
+            r = FN_NAME(dual_cols_float_visits, FN_SUF)(gs, xs, r, rows, W, n, cf, a, b, 2, 0);
+        FN_NAME(dual_cols_float_visits, FN_SUF)(gs, xs, r, rows, W, n, cf, a, b, 1, 0);
+        for (int64_t w = 0; w < n; ++w) {
+            const double c = center[c0 + w];
+            b[w] += ((double)cf[w] - c) * a[w];
+            if (isfinite(a[w]) && isfinite(b[w]))
+                continue;
+            double da = 0.0, db = 0.0;
+            for (int64_t i = 0; i < rows; ++i) {
+                const double g = (double)gs[i * W + w];
+                da += g;
+                db += g * ((double)xs[i * W + w] - c);
+            }
+            if (!isfinite(a[w]))
+                a[w] = da;
+            b[w] = db;
+        }
+    }
+}
+#undef COLS_SLAB
+#endif
+
+/* Column sums of a (rows, W) block: s1[w] = sum_r g, s2[w] = sum_r g * (x[r,w] - center[w])
  * with g = dy[r,w] * rw[r] (rw: a weight per row, NULL: none, g = dy; the weighted sums are
  * layer norm's of a Fortran-order x).  dual_cols below is inlined with rw a literal NULL
- * or not, so that batch norm's sums do not multiply by a weight. */
+ * or not, so that batch norm's sums do not multiply by a weight.  Float32 without row weights
+ * goes by dual_cols_float where the lanes exist. */
 static inline __attribute__((always_inline)) void FN_NAME(dual_cols, FN_SUF)(
     const T *dy, const T *x, int64_t rows, int64_t W, const double *center, double *s1,
     double *s2, int fetch, const T *rw)
 {
+#if defined(FN_LANES16) && FN_REAL == 32
+    if (!rw) {
+        FN_NAME(dual_cols_float, FN_SUF)(dy, x, rows, W, center, s1, s2, fetch);
+        return;
+    }
+#endif
+    for (int64_t w = 0; w < W; ++w)
+        s1[w] = s2[w] = 0.0;
     /* Four rows per visit (fn_norm_stats_cols: eight from 2 KiB rows), the next visit's rows
      * of both arrays fetched chunk by chunk: from memory, 1 thread, Zen 4, kernels through
      * ctypes interleaved with no prefetch ((4096, 1024) float32: 1.21x, 2.37 -> 1.96 ms),
@@ -1808,8 +1893,10 @@ void FN_NAME(fn_norm_rows_backward, FN_SUF)(const T *dy, const T *x, T *gx, int6
  * normalization.pyx); below are the coefficients and the passes over the rows of xt.  The
  * forward's arithmetic per element is that of the row kernels above, so its results differ
  * from those of x in C order only where the sums, added in another order, round differently;
- * the backward's sums take x - mean in double (the column sums' form), where the row kernels
- * round it to T first, so its float32 gradients differ in the last bits more often.  The
+ * the backward's sums take x - mean in double with a weight (the column sums' form) and, in
+ * float32 without one, float terms per visit of four rows of xt (dual_cols_float), where the
+ * row kernels take float stretches along a row, so its float32 gradients differ from C
+ * order's within float roundings of the terms' sizes, and in the last bits more often.  The
  * parameter gradients' sums along xt's rows are gcc's vector reductions, whose order follows
  * the vector width: float64 ones can differ in the last bit between the kernel variants.
  * They take float64 terms, where C order's float32 ones take float partials of four rows
@@ -2170,6 +2257,7 @@ int FN_NAME(fn_norm_narrow, FN_SUF)(int64_t K, const double *src, T *dst)
 #undef CHANNEL_ROW_BYTES
 #undef CHANNEL_CACHED_RANGE_BYTES
 #undef COLS_CHUNK
+#undef COLS_VISITS
 #undef FOUR_ROWS_AT
 #undef AFFINE_RUN
 #undef AFFINE_RUN_DOWN
