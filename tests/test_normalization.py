@@ -1227,16 +1227,17 @@ def _fused_multiply_add32(a, b, c):
     return out
 
 
-def _column_sums_in_float_visits(g, x, center, madd):
+def _column_sums_in_float_visits(g, x, center, madd, move):
     """(s1, s2) = (sum(g), sum(g * (x - center))) per column of float32 (rows, W) data as the
     float32 column sums with the AVX2 / AVX-512 lanes take them (dual_cols_float): blocks of
     max(64, ceil(rows / 32)) rows, each in visits of four rows (the last two or three in one
-    visit, or a last one alone) whose terms go in float32, p = sum(g) and q = madd(g, x -
-    center, q) row after row, and then into float64 sums per block, the blocks' sums added in
-    order.  center: float32 values (so that the sums need no move to it)."""
+    visit, or a last one alone) whose terms go in float32, p = sum(g) and q = madd(g, x - cf,
+    q) row after row with cf = center rounded to float32, and then into float64 sums per
+    block, whose second sum is moved to the centre, move(cf - center, first, second), before
+    the blocks' sums are added in order."""
     rows, width = x.shape
     cf = center.astype(np.float32)
-    assert (cf == center).all()
+    shift = cf.astype(np.float64) - center
     block = max(64, (rows + 31) // 32)
     s1, s2 = np.zeros(width), np.zeros(width)
     for b0 in range(0, rows, block):
@@ -1249,7 +1250,7 @@ def _column_sums_in_float_visits(g, x, center, madd):
                 p = p + g[j]
                 q = madd(g[j], x[j] - cf, q)
             a, b, r = a + p.astype(np.float64), b + q.astype(np.float64), r + k
-        s1, s2 = s1 + a, s2 + b
+        s1, s2 = s1 + a, s2 + move(shift, a, b)
     return s1, s2
 
 
@@ -1261,7 +1262,7 @@ _FUSED_COLUMN_SUMS = {}
 
 @pytest.mark.parametrize("rows, channels", [(9, 1100), (23, 600), (70, 520), (150, 300), (13, 100),
                                            (200, 7), (17, 2048), (23, 512), (23, 256), (2, 1100),
-                                           (3, 600), (7, 300)], ids=str)
+                                           (3, 600), (7, 300), (5, 2100), (9, 4099)], ids=str)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_column_statistics_same_bits(rows, channels, dtype, backend, num_threads, rng):
     """Batch norm's per-feature statistics of (N, C) data (column sums over blocks of rows,
@@ -1275,9 +1276,11 @@ def test_column_statistics_same_bits(rows, channels, dtype, backend, num_threads
     which moves them between the vector body and the scalar remainder), on every ISA and
     thread count.  The backward's column sums (dual_sums: four rows per visit, then the last
     two or three in one visit, or a last one alone) add sum(dy) and sum(dy * (x - center))
-    the same way; their centre is x's last row, so that no row's terms are zero.  Values
-    spread over 7 decades, so that the float64 sums round and a different order would show
-    (in float64 data; float32 terms mostly add exactly)."""
+    the same way, in float64 (float32 with the AVX2 / AVX-512 lanes: each visit's terms in
+    float32 first, _column_sums_in_float_visits, also around a centre that is no float, and
+    over more than one slab of 2048 columns); their centre is x's last row, so that no row's
+    terms are zero.  Values spread over 7 decades, so that the float64 sums round and a
+    different order would show (in float64 data; float32 terms mostly add exactly)."""
     if backend[0] != "cython":
         pytest.skip("compiled kernels only")
     ext = fastnorm._config._modules["normalization"]
@@ -1326,12 +1329,20 @@ def test_column_statistics_same_bits(rows, channels, dtype, backend, num_threads
     models = (_FUSED_COLUMN_SUMS[key], products(lambda a, b, c: c + a * b))
     if float_visits:
         assert any(np.array_equal(m2, m2_ref) for m2_ref, _ in models)
+        # ... and again around a centre that is no float, which the sums move to per block
+        off_center = center + 1 / 3
+        t1, t2 = np.empty(channels), np.empty(channels)
+        ext.dual_sums(g.reshape(-1), x.reshape(-1), 1, rows, channels, 1, off_center, t1, t2,
+                      num_threads)
         if (key, "float visits") not in _FUSED_COLUMN_SUMS:
-            _FUSED_COLUMN_SUMS[key, "float visits"] = _column_sums_in_float_visits(
-                g, x, center, _fused_multiply_add32)
-        visits = (_FUSED_COLUMN_SUMS[key, "float visits"],
-                  _column_sums_in_float_visits(g, x, center, lambda a, b, c: c + a * b))
-        assert any(np.array_equal(s1, a) and np.array_equal(s2, b) for a, b in visits)
+            _FUSED_COLUMN_SUMS[key, "float visits"] = [
+                _column_sums_in_float_visits(g, x, c, _fused_multiply_add32, _fused_multiply_add)
+                for c in (center, off_center)]
+        unfused = [_column_sums_in_float_visits(g, x, c, lambda a, b, q: q + a * b,
+                                                lambda d, a, b: b + d * a)
+                   for c in (center, off_center)]
+        assert any(all(np.array_equal(u, v) for u, v in zip((s1, s2, t1, t2), (*on, *off)))
+                   for on, off in (_FUSED_COLUMN_SUMS[key, "float visits"], unfused))
     else:
         assert any(np.array_equal(m2, m2_ref) and np.array_equal(s2, s2_ref)
                    for m2_ref, s2_ref in models)

@@ -159,14 +159,16 @@ def _set_channel_blocks(Py_ssize_t block_bytes, Py_ssize_t from_bytes, Py_ssize_
 #   4-8 MiB: (4096, 256), (2048, 512), (8192, 256), (4096, 512) 0.97-1.05x, but rows of
 #           8 KiB lost: (1024, 2048) 0.95x forward, (512, 2048) 0.93x / 0.95x.
 # From memory the sums alone gain up to 2x (see the kernel).  But only rows narrower than
-# _cols_fetch_row_below bytes fetch: on AMD Zen 1 (8 MiB L3), with the float32 column sums of
-# the backward in float visits (dual_cols_float), 1 / 2 threads, through the API, one process,
-# 7 interleaved rounds, medians, fetching against not, forward / backward: (4096, 1024)
-# 1.03x / 1.10x slower and 1.06x / 1.07x, (2048, 2048) 1.07x / 1.10x and 1.06x / 1.00x,
-# (1024, 4096) 1.06x / 1.11x and 1.05x / 1.04x, while narrower rows still gained forward and
-# were level backward: (8192, 512) 0.95x / 1.01x and 0.98x / 1.02x, (16384, 256) 0.81x / 0.99x
-# and 0.88x / 1.01x, (32768, 256) 0.84x / 1.01x and 0.89x / 1.01x.  Zen 4's rows of 4 KiB and
-# more (above) had lost forward and gained backward, level over both.  The same bits either way.
+# _cols_fetch_row_below bytes fetch (forward and backward, float32 and float64 alike; only
+# float32 was measured): on AMD Zen 1 (8 MiB L3), with the float32 column sums of the
+# backward in float visits (dual_cols_float), through the API, one process, 7 interleaved
+# rounds, medians, time with the fetch / time without it (above 1: the fetch is slower), at
+# 1 thread forward, backward, then at 2 threads forward, backward: (4096, 1024) 1.03, 1.10,
+# 1.06, 1.07; (2048, 2048) 1.07, 1.10, 1.06, 1.00; (1024, 4096) 1.06, 1.11, 1.05, 1.04; while
+# narrower rows still gained forward and were level backward: (8192, 512) 0.95, 1.01, 0.98,
+# 1.02; (16384, 256) 0.81, 0.99, 0.88, 1.01; (32768, 256) 0.84, 1.01, 0.89, 1.01.  On Zen 4 the
+# rows of 4 KiB and more (above, the other way round: speed with the fetch / without) had
+# lost forward and gained backward, level over both.  The same bits either way.
 cdef Py_ssize_t _cols_fetch_from = 12 << 20
 cdef Py_ssize_t _cols_fetch_row_below = 4 << 10
 
@@ -1966,8 +1968,8 @@ def group_norm_backward_fast(object grad_output, object x, object num_groups, ob
     """(grad_x, grad_weight, grad_bias) of group_norm_fast for plain arrays, channels first
     or last: mean and rstd (N, num_groups) as it returned them, grad_weight only with weight
     and grad_bias only with bias (a marker of x's dtype here), by the same kernels and the
-    same float64 column sums, sample after sample, as fastnorm.normalization's general path
-    (so bit-identical).  None when the general path is needed."""
+    same column sums (dual_sums), sample after sample, as fastnorm.normalization's general
+    path (so bit-identical).  None when the general path is needed."""
     cdef int typenum = _fast_typenum(x)
     if typenum < 0 or cnp.PyArray_NDIM(<cnp.ndarray>x) < 2 or not _exact_bool(channels_last):
         return None

@@ -817,8 +817,9 @@ void FN_NAME(fn_norm_group_backward, FN_SUF)(const T *dy, const T *x, T *gx, int
 
 /* The column sums of batch norm 1-D (fn_norm_stats_cols, fn_norm_dual_cols) go over the
  * columns in chunks of COLS_CHUNK when the caller asks them to fetch (`fetch`: arrays too
- * large to be in cache, see normalization.pyx), and with each chunk fetch the same columns
- * of the next visit's rows (see stats_cols_visits); otherwise over whole rows. */
+ * large to be in cache, of rows under 4 KiB, see normalization.pyx), and with each chunk fetch
+ * the same columns of the next visit's rows (see stats_cols_visits); otherwise over whole
+ * rows. */
 #define COLS_CHUNK 64   /* 256 bytes of a float32 row, 512 of a float64 one */
 
 /* Columns [w0, w1) of k rows from `next` on (rows W apart), into L2. */
@@ -1894,9 +1895,10 @@ void FN_NAME(fn_norm_rows_backward, FN_SUF)(const T *dy, const T *x, T *gx, int6
  * forward's arithmetic per element is that of the row kernels above, so its results differ
  * from those of x in C order only where the sums, added in another order, round differently;
  * the backward's sums take x - mean in double with a weight (the column sums' form) and, in
- * float32 without one, float terms per visit of four rows of xt (dual_cols_float), where the
- * row kernels take float stretches along a row, so its float32 gradients differ from C
- * order's within float roundings of the terms' sizes, and in the last bits more often.  The
+ * float32 without one, where the lanes exist, float terms per visit of four rows of xt
+ * (dual_cols_float), where the row kernels take float stretches along a row, so its float32
+ * gradients differ from C order's within float roundings of the terms' sizes, and in the
+ * last bits more often.  The
  * parameter gradients' sums along xt's rows are gcc's vector reductions, whose order follows
  * the vector width: float64 ones can differ in the last bit between the kernel variants.
  * They take float64 terms, where C order's float32 ones take float partials of four rows
