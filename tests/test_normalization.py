@@ -1054,6 +1054,31 @@ def test_float32_parameter_gradient_overflow_warns(path, rows):
         fastnorm.layer_norm_backward(g, x, 8, w, mean, rstd, bias=b)
 
 
+def test_reference_rounds_parameter_gradients_under_the_callers_settings():
+    """The NumPy reference (the oracle and the backend without a compiler) is silent on
+    non-finite data, but rounds the parameter gradients to float32 under the caller's
+    floating-point settings: one beyond float32's range is inf with NumPy's overflow warning
+    (or error), as on the compiled backend (test_float32_parameter_gradient_overflow_warns)."""
+    g = np.full((2, 8), 3e38, np.float32)
+    x = np.arange(16, dtype=np.float32).reshape(2, 8)
+    w, b = np.ones(8, np.float32), np.zeros(8, np.float32)
+    _, mean, rstd = ref.layer_norm(x, 8, w, b)
+    _, bmean, brstd = ref.batch_norm(x, w, b)
+    for backward in (lambda: ref.layer_norm_backward(g, x, 8, w, mean, rstd, bias=b),
+                     lambda: ref.batch_norm_backward(g, x, w, bmean, brstd, bias=b)):
+        with pytest.warns(RuntimeWarning, match="overflow"):
+            gb = backward()[2]
+        assert gb.dtype == np.float32 and np.isposinf(gb).all()
+        with np.errstate(over="raise"), pytest.raises(FloatingPointError):
+            backward()
+    xn = x.copy()
+    xn[0, 3] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gx, gw, gb = ref.layer_norm_backward(np.ones_like(x), xn, 8, w, mean, rstd, bias=b)
+    assert np.isnan(gx[0]).all() and np.isfinite(gx[1]).all()
+
+
 def test_float32_parameter_gradient_overflow_boundary():
     """The float64 sums round to float32 as NumPy's cast: FLT_MAX + 2^103 (half an ulp, a tie
     to even) becomes Inf with the overflow warning, FLT_MAX + 2^102 becomes FLT_MAX without

@@ -7,6 +7,7 @@ rounded once: ``y`` to the input's dtype, ``mean``/``rstd`` to the compute dtype
 parameter's dtype.  Arguments are assumed valid (the public module validates them);
 running statistics are updated in place as PyTorch does.
 """
+import contextvars
 import functools
 import math
 from typing import NamedTuple
@@ -20,13 +21,22 @@ __all__ = ["moments", "merge_moments", "PartialMoments", "batch_norm", "batch_no
 _F64 = np.float64
 
 
+# The caller's np.geterr() while a _silent_on_nonfinite function runs (None outside one).
+_callers_errstate = contextvars.ContextVar("fastnorm_reference_errstate", default=None)
+
+
 def _silent_on_nonfinite(fn):
     """Run fn with NumPy's floating-point warnings off: NaN/Inf in the data propagate into
-    the affected channel/row/group silently, as on the compiled backend."""
+    the affected channel/row/group silently, as on the compiled backend (but for the
+    parameter gradients' rounding, _param_grads)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with np.errstate(all="ignore"):
-            return fn(*args, **kwargs)
+        token = _callers_errstate.set(np.geterr())
+        try:
+            with np.errstate(all="ignore"):
+                return fn(*args, **kwargs)
+        finally:
+            _callers_errstate.reset(token)
     return wrapper
 
 
@@ -190,9 +200,14 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
 
 
 def _param_grads(g, xhat, axes, weight, bias):
-    gw = None if weight is None else (g * xhat).sum(axis=axes).astype(np.asarray(weight).dtype)
-    gb = None if bias is None else g.sum(axis=axes).astype(np.asarray(bias).dtype)
-    return gw, gb
+    """The float64 weight and bias gradients rounded to the parameters' dtype under the
+    caller's floating-point settings: a float32 gradient beyond float32's range is inf with
+    NumPy's overflow warning (or error), as the compiled backend gives it."""
+    gw = None if weight is None else (g * xhat).sum(axis=axes)
+    gb = None if bias is None else g.sum(axis=axes)
+    with np.errstate(**(_callers_errstate.get() or np.geterr())):
+        return (None if gw is None else gw.astype(np.asarray(weight).dtype),
+                None if gb is None else gb.astype(np.asarray(bias).dtype))
 
 
 @_silent_on_nonfinite
@@ -385,7 +400,5 @@ def rms_norm_backward(grad_output, x, normalized_shape, weight, rstd):
     xhat = xd * rstd
     gy = g if weight is None else g * _d(weight)
     gx = rstd * (gy - xhat * _mean(gy * xhat, axes, keepdims=True))
-    gw = None if weight is None else (g * xhat).sum(axis=tuple(range(x.ndim - k))).astype(
-        np.asarray(weight).dtype)
-    return gx.astype(x.dtype), gw
+    return gx.astype(x.dtype), _param_grads(g, xhat, tuple(range(x.ndim - k)), weight, None)[0]
 
