@@ -1279,9 +1279,10 @@ def _column_sums_in_float_visits(g, x, center, madd, move):
     return s1, s2
 
 
-# The fused references of test_column_statistics_same_bits by (rows, channels, dtype, data):
-# exact rational arithmetic per element is slow, and every ISA and thread count of a case
-# compares against the same ones.
+# The fused references of test_column_statistics_same_bits by (rows, channels, dtype, data),
+# and those of its float32 float visits by (that key, "float visits"): exact rational
+# arithmetic per element is slow, and every ISA and thread count of a case compares against
+# the same ones.
 _FUSED_COLUMN_SUMS = {}
 
 
